@@ -1,0 +1,267 @@
+//! The shared segment, drawn: every byte two processes agree on.
+//!
+//! One channel is one anonymous memfd, mapped by both ports' processes. It is
+//! sealed against shrinking and growing before anyone else sees it, so a peer
+//! cannot truncate it under the other (which would turn reads into `SIGBUS`).
+//!
+//! ```text
+//! offset 0            +---------------------------------------------+
+//!                     | SegmentHeader (128 B)                        |
+//!                     |   magic u64 | version u32 | header_area u32  |
+//!                     |   ring_capacity u64 | total_size u64         |
+//! RING_HEADER[0] 128  +---------------------------------------------+
+//!                     | RingHeader, ring 0: side A -> side B (512 B) |
+//!                     |   ProducerLine      tail u64, closed u32     |  128 B, written by producer
+//!                     |   ConsumerLine      head u64                 |  128 B, written by consumer
+//!                     |   ConsumerWaitLine  sleeping u32, closed u32 |  128 B, written by consumer
+//!                     |   ProducerWaitLine  waiting u32              |  128 B, written by producer
+//! RING_HEADER[1] 640  +---------------------------------------------+
+//!                     | RingHeader, ring 1: side B -> side A (512 B) |
+//!               1152  +---------------------------------------------+
+//!                     | zero padding up to HEADER_AREA               |
+//! HEADER_AREA   4096  +---------------------------------------------+
+//!                     | ring 0 data: `ring_capacity` bytes           |
+//!    4096 + capacity  +---------------------------------------------+
+//!                     | ring 1 data: `ring_capacity` bytes           |
+//! total_size          +---------------------------------------------+
+//! ```
+//!
+//! A ring's data area is a sequence of records, each starting on a
+//! [`RECORD_ALIGN`]-byte boundary, none wrapping past the end of the area
+//! (a padding record fills the tail of a lap instead):
+//!
+//! ```text
+//! record at position p (offset p mod capacity):
+//!   0  commit      u64  p + 1, written last with Release: this publishes the record
+//!   8  len         u32  payload bytes that follow the header
+//!  12  kind        u8   1 typed (rkyv archive), 2 raw bytes, 3 padding
+//!  13  flags       u8   bit 0: out of line (payload is an OolDescriptor; bytes in a memfd)
+//!  14  nports      u16  ports carried with the message (0 for now)
+//!  16  fingerprint u64  type fingerprint of a typed message, 0 otherwise
+//!  24  reserved    u64  0
+//!  32  payload     `len` bytes, then zero padding to the next RECORD_ALIGN boundary
+//! ```
+//!
+//! Positions are monotonic `u64` byte counts; the offset in the data area is
+//! `position & (capacity - 1)`. The record protocol in one sentence: **writing
+//! the commit word (position + 1) last publishes the record**. A stale record
+//! from an earlier lap carries an older position, and all-zero memory never
+//! matches, so the consumer needs no separate tail line to find new records:
+//! one cache-line transfer per message instead of two.
+//!
+//! Everything here is read from memory a peer can write; the ring code checks
+//! every field before use ([`crate::ring`]).
+
+use core::mem::{offset_of, size_of};
+use core::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64};
+
+/// First word of every segment: `"SHMPORT\x01"` little-endian.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
+/// Version of this layout. A segment with another version is refused.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Bytes before the first ring's data area.
+pub const HEADER_AREA: usize = 4096;
+/// Records start on this boundary (rkyv checks absolute alignment, and the
+/// header is this size, so payloads start aligned too).
+pub const RECORD_ALIGN: usize = 32;
+/// Size of a record header.
+pub const RECORD_HEADER: usize = 32;
+/// Smallest ring data area.
+pub const MIN_CAPACITY: usize = 4096;
+/// Largest ring data area (1 GiB).
+pub const MAX_CAPACITY: usize = 1 << 30;
+
+/// Record kind: an rkyv archive with a type fingerprint.
+pub const KIND_TYPED: u8 = 1;
+/// Record kind: opaque bytes.
+pub const KIND_RAW: u8 = 2;
+/// Record kind: fills the rest of a lap; its `len` reaches exactly the end.
+pub const KIND_PADDING: u8 = 3;
+/// Flag: the payload lives in a sealed memfd sent over the port's socket
+/// before the record was committed; the ring holds an [`OolDescriptor`].
+pub const FLAG_OUT_OF_LINE: u8 = 1;
+
+/// Offset of each ring's header in the segment.
+pub const RING_HEADER: [usize; 2] = [128, 128 + size_of::<RingHeader>()];
+
+/// The segment header. Written once by the creator before the memfd is
+/// shared, read (and checked) by every process that maps it.
+#[repr(C, align(128))]
+pub struct SegmentHeader {
+    /// [`MAGIC`].
+    pub magic: AtomicU64,
+    /// [`LAYOUT_VERSION`].
+    pub version: AtomicU32,
+    /// [`HEADER_AREA`].
+    pub header_area: AtomicU32,
+    /// Bytes in each ring's data area: a power of two in
+    /// [`MIN_CAPACITY`]..=[`MAX_CAPACITY`].
+    pub ring_capacity: AtomicU64,
+    /// `HEADER_AREA + 2 * ring_capacity`; must equal the memfd's size.
+    pub total_size: AtomicU64,
+}
+
+/// Written only by the ring's producer.
+#[repr(C, align(128))]
+pub struct ProducerLine {
+    /// Producer position, published at flush points (before the producer
+    /// waits for space, and when the port closes or moves). Consumers find
+    /// records through commit words, not through this.
+    pub tail: AtomicU64,
+    /// Nonzero once the producer closed: no record will follow the last one
+    /// committed. Stored with Release after the last commit; loaded with
+    /// Acquire by the consumer when it finds the ring empty.
+    pub closed: AtomicU32,
+}
+
+/// Written only by the ring's consumer.
+#[repr(C, align(128))]
+pub struct ConsumerLine {
+    /// Everything below this position is released: the producer may reuse
+    /// it. Stored with Release in batches by the consumer; loaded with Acquire
+    /// by the producer when its cached copy shows too little room.
+    pub head: AtomicU64,
+}
+
+/// Written by the consumer (set) and the producer (swap to clear).
+/// Read by the producer after every commit, so it lives on its own line that
+/// changes only when the consumer goes to sleep.
+#[repr(C, align(128))]
+pub struct ConsumerWaitLine {
+    /// 1 while the consumer is about to sleep or sleeping on the socket.
+    /// The producer that swaps it from 1 to 0 sends the wake-up.
+    pub sleeping: AtomicU32,
+    /// Nonzero once the consumer closed: posting to this ring fails.
+    pub closed: AtomicU32,
+}
+
+/// Written by the producer (set) and the consumer (swap to clear).
+#[repr(C, align(128))]
+pub struct ProducerWaitLine {
+    /// 1 while the producer waits for room. The consumer that swaps it from
+    /// 1 to 0 after releasing space sends the wake-up.
+    pub waiting: AtomicU32,
+}
+
+/// The control block of one ring.
+#[repr(C)]
+pub struct RingHeader {
+    /// Producer-written line.
+    pub producer: ProducerLine,
+    /// Consumer-written line.
+    pub consumer: ConsumerLine,
+    /// Consumer's sleep announcement.
+    pub consumer_wait: ConsumerWaitLine,
+    /// Producer's wait-for-room announcement.
+    pub producer_wait: ProducerWaitLine,
+}
+
+/// The header in front of every record.
+#[repr(C)]
+pub struct RecordHeader {
+    /// `position + 1`; written last (Release), read first (Acquire).
+    pub commit: AtomicU64,
+    /// Payload length in bytes.
+    pub len: AtomicU32,
+    /// One of the `KIND_*` constants.
+    pub kind: AtomicU8,
+    /// `FLAG_*` bits.
+    pub flags: AtomicU8,
+    /// Ports carried with the message.
+    pub nports: AtomicU16,
+    /// Type fingerprint of a typed message.
+    pub fingerprint: AtomicU64,
+    /// Zero.
+    pub reserved: AtomicU64,
+}
+
+/// The ring payload of an out-of-line record.
+#[repr(C)]
+pub struct OolDescriptor {
+    /// Length of the message in the memfd.
+    pub len: AtomicU64,
+}
+
+/// Size in bytes of the out-of-line descriptor stored in the ring.
+pub const OOL_DESCRIPTOR: usize = size_of::<OolDescriptor>();
+
+/// Bytes a segment with rings of `capacity` bytes occupies.
+pub const fn segment_size(capacity: usize) -> usize {
+    HEADER_AREA + 2 * capacity
+}
+
+/// Offset of ring `index`'s data area.
+pub const fn ring_data(index: usize, capacity: usize) -> usize {
+    HEADER_AREA + index * capacity
+}
+
+/// Round `n` up to the record alignment (saturating near `usize::MAX`).
+pub const fn align_record(n: usize) -> usize {
+    match n.checked_add(RECORD_ALIGN - 1) {
+        Some(v) => v & !(RECORD_ALIGN - 1),
+        None => usize::MAX & !(RECORD_ALIGN - 1),
+    }
+}
+
+// Pin the layout: a change to any of these is a new LAYOUT_VERSION.
+const _: () = {
+    assert!(size_of::<SegmentHeader>() == 128);
+    assert!(offset_of!(SegmentHeader, magic) == 0);
+    assert!(offset_of!(SegmentHeader, version) == 8);
+    assert!(offset_of!(SegmentHeader, header_area) == 12);
+    assert!(offset_of!(SegmentHeader, ring_capacity) == 16);
+    assert!(offset_of!(SegmentHeader, total_size) == 24);
+
+    assert!(size_of::<ProducerLine>() == 128);
+    assert!(offset_of!(ProducerLine, tail) == 0);
+    assert!(offset_of!(ProducerLine, closed) == 8);
+    assert!(size_of::<ConsumerLine>() == 128);
+    assert!(size_of::<ConsumerWaitLine>() == 128);
+    assert!(offset_of!(ConsumerWaitLine, sleeping) == 0);
+    assert!(offset_of!(ConsumerWaitLine, closed) == 4);
+    assert!(size_of::<ProducerWaitLine>() == 128);
+
+    assert!(size_of::<RingHeader>() == 512);
+    assert!(offset_of!(RingHeader, producer) == 0);
+    assert!(offset_of!(RingHeader, consumer) == 128);
+    assert!(offset_of!(RingHeader, consumer_wait) == 256);
+    assert!(offset_of!(RingHeader, producer_wait) == 384);
+    assert!(RING_HEADER[0] == 128);
+    assert!(RING_HEADER[1] == 640);
+    assert!(RING_HEADER[1] + size_of::<RingHeader>() <= HEADER_AREA);
+
+    assert!(size_of::<RecordHeader>() == RECORD_HEADER);
+    assert!(offset_of!(RecordHeader, commit) == 0);
+    assert!(offset_of!(RecordHeader, len) == 8);
+    assert!(offset_of!(RecordHeader, kind) == 12);
+    assert!(offset_of!(RecordHeader, flags) == 13);
+    assert!(offset_of!(RecordHeader, nports) == 14);
+    assert!(offset_of!(RecordHeader, fingerprint) == 16);
+    assert!(offset_of!(RecordHeader, reserved) == 24);
+    assert!(RECORD_HEADER % RECORD_ALIGN == 0);
+    assert!(RECORD_ALIGN.is_power_of_two() && RECORD_ALIGN >= 16);
+    assert!(OOL_DESCRIPTOR == 8);
+    assert!(MIN_CAPACITY.is_power_of_two() && MAX_CAPACITY.is_power_of_two());
+    assert!(HEADER_AREA % 4096 == 0);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn align_record_rounds_up_and_saturates() {
+        assert_eq!(align_record(0), 0);
+        assert_eq!(align_record(1), 32);
+        assert_eq!(align_record(32), 32);
+        assert_eq!(align_record(33), 64);
+        assert_eq!(align_record(usize::MAX), usize::MAX & !31);
+    }
+
+    #[test]
+    fn segment_geometry() {
+        assert_eq!(segment_size(4096), 4096 * 3);
+        assert_eq!(ring_data(0, 8192), 4096);
+        assert_eq!(ring_data(1, 8192), 4096 + 8192);
+    }
+}

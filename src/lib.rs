@@ -1,0 +1,3 @@
+//! shmport (under construction)
+pub mod layout;
+pub mod ring;

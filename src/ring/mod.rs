@@ -1,0 +1,582 @@
+//! A lock-free single-producer single-consumer ring of variable-length records.
+//!
+//! No system calls here: the ring runs over any [`RingMemory`] — a shared
+//! segment in production, a heap block ([`heap::HeapRing`]) in unit tests.
+//! Waking a sleeper is the caller's job; the ring only says when one is due.
+//!
+//! Protocol (see [`crate::layout`] for the bytes):
+//! - The producer writes a record's payload and header fields, then stores
+//!   the commit word `position + 1` with Release. The consumer loads the
+//!   commit word at its head with Acquire; a match means the record is whole.
+//! - The consumer releases space by storing `head` with Release, in batches
+//!   (an eighth of the ring, or whenever it finds the ring empty). The
+//!   producer caches `head` and reloads it (Acquire) only when short of room.
+//! - Sleep/wake is a Dekker pair: the sleeper stores its flag, issues a
+//!   SeqCst fence, and re-checks; the other side publishes, issues a SeqCst
+//!   fence, and checks the flag. At least one of them sees the other.
+//!
+//! Everything loaded from the ring memory is untrusted: a bad value is a
+//! [`Corrupt`] error, never a panic or an out-of-bounds access.
+
+pub mod heap;
+
+use core::ptr::NonNull;
+use core::sync::atomic::{Ordering, fence};
+use std::collections::VecDeque;
+
+use crate::layout::{
+    FLAG_OUT_OF_LINE, KIND_PADDING, KIND_RAW, KIND_TYPED, RECORD_ALIGN, RECORD_HEADER,
+    RecordHeader, RingHeader, align_record,
+};
+
+/// Memory that holds one ring: a header and a data area.
+///
+/// # Safety
+/// Implementors promise that, for as long as the value lives:
+/// 1. `header()` points to a valid, 128-byte aligned [`RingHeader`];
+/// 2. `data()` points to `capacity()` bytes, readable and writable, aligned
+///    to [`RECORD_ALIGN`], that no Rust reference covers (they are accessed
+///    only through raw pointers and atomics);
+/// 3. `capacity()` is a power of two, at least 4096, constant.
+pub unsafe trait RingMemory {
+    /// The ring's control block.
+    fn header(&self) -> &RingHeader;
+    /// Start of the data area.
+    fn data(&self) -> NonNull<u8>;
+    /// Size of the data area in bytes.
+    fn capacity(&self) -> usize;
+}
+
+/// The ring memory holds values that the protocol forbids: the peer is
+/// broken or hostile. The string names the check that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Corrupt(pub &'static str);
+
+impl core::fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "corrupt ring: {}", self.0)
+    }
+}
+
+impl std::error::Error for Corrupt {}
+
+/// What a record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An rkyv archive with a type fingerprint.
+    Typed,
+    /// Opaque bytes.
+    Raw,
+}
+
+/// Header fields of a record, as the producer states them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// Typed or raw.
+    pub kind: Kind,
+    /// Payload is an out-of-line descriptor.
+    pub out_of_line: bool,
+    /// Ports carried.
+    pub nports: u16,
+    /// Type fingerprint (0 for raw).
+    pub fingerprint: u64,
+}
+
+/// Room for one record at the producer's position. Nothing is visible to
+/// the consumer until [`Producer::commit`].
+#[derive(Debug)]
+pub struct Slot {
+    /// Position of the record.
+    pub pos: u64,
+    /// Where the payload goes ([`RECORD_ALIGN`]-aligned).
+    pub payload: NonNull<u8>,
+    /// Bytes available for the payload, contiguous.
+    pub room: usize,
+}
+
+/// A committed record handed to the consumer. Its bytes stay valid and
+/// untouched by the producer until [`Consumer::release`] is called with `pos`.
+#[derive(Debug, Clone, Copy)]
+pub struct Record {
+    /// Position of the record (the key for [`Consumer::release`]).
+    pub pos: u64,
+    /// Header fields.
+    pub meta: RecordMeta,
+    /// Start of the payload.
+    pub payload: NonNull<u8>,
+    /// Payload length, checked to lie inside the data area.
+    pub len: usize,
+}
+
+fn header_at<M: RingMemory>(mem: &M, pos: u64) -> &RecordHeader {
+    let offset = (pos as usize) & (mem.capacity() - 1);
+    debug_assert!(offset % RECORD_ALIGN == 0);
+    // SAFETY: (1) `offset` is below `capacity` and a multiple of
+    // RECORD_ALIGN (positions are kept aligned and checked), and capacity is
+    // a multiple of RECORD_ALIGN, so the 32-byte header lies inside the data
+    // area (RingMemory guarantee 2); (2) the data area is RECORD_ALIGN
+    // aligned, which satisfies RecordHeader's 8-byte alignment; (3) every
+    // field is an atomic, so a concurrent writer in another process races
+    // with atomics only.
+    unsafe { &*mem.data().as_ptr().add(offset).cast::<RecordHeader>() }
+}
+
+/// Largest payload a record in a ring of `capacity` bytes may carry: half the
+/// ring, less the header, so a record never needs more than half a lap of
+/// padding in front of it.
+pub const fn max_payload(capacity: usize) -> usize {
+    capacity / 2 - RECORD_HEADER
+}
+
+/// The writing end of a ring.
+pub struct Producer<M: RingMemory> {
+    mem: M,
+    cap: u64,
+    /// Next position to write (local; published to `ProducerLine::tail` at
+    /// flush points only).
+    tail: u64,
+    /// Last `head` loaded from the consumer.
+    head_cache: u64,
+}
+
+impl<M: RingMemory> Producer<M> {
+    /// Take the producing role of the ring in `mem`, resuming at the tail the
+    /// previous producer published.
+    pub fn new(mem: M) -> Result<Self, Corrupt> {
+        let cap = mem.capacity() as u64;
+        let h = mem.header();
+        // Acquire: pairs with the Release stores of the previous holder of
+        // this role (`publish_tail`) and of the consumer (`publish_head`).
+        let tail = h.producer.tail.load(Ordering::Acquire);
+        let head = h.consumer.head.load(Ordering::Acquire);
+        check_positions(head, tail, cap)?;
+        Ok(Producer {
+            mem,
+            cap,
+            tail,
+            head_cache: head,
+        })
+    }
+
+    /// The ring memory.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// Largest payload one record can carry.
+    pub fn max_payload(&self) -> usize {
+        max_payload(self.cap as usize)
+    }
+
+    fn refresh_head(&mut self) -> Result<(), Corrupt> {
+        // Acquire: pairs with the Release store in `Consumer::publish_head`,
+        // so the consumer's reads of released records happen before we
+        // overwrite them.
+        let head = self.mem.header().consumer.head.load(Ordering::Acquire);
+        check_positions(head, self.tail, self.cap)?;
+        if head < self.head_cache {
+            return Err(Corrupt("consumer head moved backwards"));
+        }
+        self.head_cache = head;
+        Ok(())
+    }
+
+    /// Find room for a record whose payload is at least `min_payload` bytes.
+    /// Returns `None` when the consumer has not released enough yet. May
+    /// commit a padding record to skip the end of the lap.
+    ///
+    /// The slot's `room` is all contiguous free space, so a payload whose
+    /// size is unknown in advance can be written and measured afterwards.
+    pub fn reserve(&mut self, min_payload: usize) -> Result<Option<Slot>, Corrupt> {
+        if min_payload > self.max_payload() {
+            return Ok(None);
+        }
+        let to_end = self.cap - (self.tail & (self.cap - 1));
+        let required = self.required(min_payload);
+        if self.free() < required {
+            self.refresh_head()?;
+            if self.free() < required {
+                return Ok(None);
+            }
+        }
+        if required > align_record(RECORD_HEADER + min_payload) as u64 {
+            // Not enough contiguous room before the end of the lap: pad it
+            // out; the start of the next lap has room.
+            self.write_padding(to_end);
+        }
+        let offset = (self.tail & (self.cap - 1)) as usize;
+        let room = ((self.cap - offset as u64).min(self.free()) as usize)
+            .min(RECORD_HEADER + self.max_payload())
+            - RECORD_HEADER;
+        // SAFETY: offset + RECORD_HEADER <= capacity (room >= need >= header),
+        // so the pointer stays inside the data area (RingMemory guarantee 2).
+        let payload = unsafe { self.mem.data().add(offset + RECORD_HEADER) };
+        Ok(Some(Slot {
+            pos: self.tail,
+            payload,
+            room,
+        }))
+    }
+
+    fn free(&self) -> u64 {
+        self.cap - (self.tail - self.head_cache)
+    }
+
+    fn write_padding(&mut self, to_end: u64) {
+        let pos = self.tail;
+        let h = header_at(&self.mem, pos);
+        h.len
+            .store((to_end as usize - RECORD_HEADER) as u32, Ordering::Relaxed);
+        h.kind.store(KIND_PADDING, Ordering::Relaxed);
+        h.flags.store(0, Ordering::Relaxed);
+        h.nports.store(0, Ordering::Relaxed);
+        h.fingerprint.store(0, Ordering::Relaxed);
+        h.reserved.store(0, Ordering::Relaxed);
+        // Release: the header fields above are visible to the consumer's
+        // Acquire load of this word in `Consumer::take`.
+        h.commit.store(pos + 1, Ordering::Release);
+        self.tail += to_end;
+    }
+
+    /// Publish the record in `slot` with a payload of `len` bytes (already
+    /// written). `len` must not exceed `slot.room`.
+    ///
+    /// Returns `true` when the consumer announced it is asleep: the caller
+    /// must wake it.
+    pub fn commit(&mut self, slot: Slot, len: usize, meta: RecordMeta) -> bool {
+        assert!(len <= slot.room && slot.pos == self.tail, "commit outside its slot");
+        let h = header_at(&self.mem, slot.pos);
+        h.len.store(len as u32, Ordering::Relaxed);
+        h.kind.store(
+            match meta.kind {
+                Kind::Typed => KIND_TYPED,
+                Kind::Raw => KIND_RAW,
+            },
+            Ordering::Relaxed,
+        );
+        h.flags.store(
+            if meta.out_of_line { FLAG_OUT_OF_LINE } else { 0 },
+            Ordering::Relaxed,
+        );
+        h.nports.store(meta.nports, Ordering::Relaxed);
+        h.fingerprint.store(meta.fingerprint, Ordering::Relaxed);
+        h.reserved.store(0, Ordering::Relaxed);
+        // Release: the payload and header written before are visible to the
+        // consumer once its Acquire load in `Consumer::take` sees this value.
+        h.commit.store(slot.pos + 1, Ordering::Release);
+        self.tail += align_record(RECORD_HEADER + len) as u64;
+        self.consumer_needs_wake()
+    }
+
+    /// After a commit: does the consumer sleep? Clears its flag if so, so
+    /// that exactly one producer action sends the wake-up.
+    fn consumer_needs_wake(&self) -> bool {
+        let w = &self.mem.header().consumer_wait;
+        // SeqCst fence: pairs with the fence in `Consumer::prepare_sleep`.
+        // Either the consumer's re-check sees our commit, or we see its flag.
+        fence(Ordering::SeqCst);
+        // Relaxed: the fence above orders this load; the swap only decides
+        // which of several wakers sends the token.
+        w.sleeping.load(Ordering::Relaxed) != 0 && w.sleeping.swap(0, Ordering::Relaxed) != 0
+    }
+
+    /// Store the local tail in the shared producer line, so that a later
+    /// producer (after this port moves) resumes from it.
+    pub fn publish_tail(&self) {
+        // Release: pairs with the Acquire load in `Producer::new`.
+        self.mem
+            .header()
+            .producer
+            .tail
+            .store(self.tail, Ordering::Release);
+    }
+
+    /// Announce that the producer is about to sleep until `min_payload`
+    /// bytes of room appear. Returns `false` (and withdraws the announcement)
+    /// if the room is already there.
+    pub fn prepare_wait(&mut self, min_payload: usize) -> Result<bool, Corrupt> {
+        self.publish_tail();
+        self.mem
+            .header()
+            .producer_wait
+            .waiting
+            .store(1, Ordering::Relaxed);
+        // SeqCst fence: pairs with the fence in `Consumer::publish_head`.
+        fence(Ordering::SeqCst);
+        self.refresh_head()?;
+        if self.free() >= self.required(min_payload) {
+            self.end_wait();
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Bytes of free space a record with `min_payload` needs at the current
+    /// tail, counting the padding that skips a too-short end of lap.
+    fn required(&self, min_payload: usize) -> u64 {
+        let need = align_record(RECORD_HEADER + min_payload) as u64;
+        let to_end = self.cap - (self.tail & (self.cap - 1));
+        if to_end >= need { need } else { to_end + need }
+    }
+
+    /// Withdraw a wait announcement after waking.
+    pub fn end_wait(&self) {
+        // Relaxed: only this side sets it; a stale 1 costs the consumer one
+        // spurious wake-up at most.
+        self.mem
+            .header()
+            .producer_wait
+            .waiting
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// Has the consumer closed its end?
+    pub fn consumer_closed(&self) -> bool {
+        // Relaxed: a flag with no data attached; nothing is read after it.
+        self.mem.header().consumer_wait.closed.load(Ordering::Relaxed) != 0
+    }
+
+    /// No record will follow: publish the tail and the closed flag.
+    pub fn close(&self) {
+        self.publish_tail();
+        // Release: pairs with the Acquire load in `Consumer::producer_closed`;
+        // every commit made before is visible once the flag is.
+        self.mem
+            .header()
+            .producer
+            .closed
+            .store(1, Ordering::Release);
+    }
+}
+
+fn check_positions(head: u64, tail: u64, cap: u64) -> Result<(), Corrupt> {
+    if head > tail {
+        return Err(Corrupt("head beyond tail"));
+    }
+    if tail - head > cap {
+        return Err(Corrupt("more than a ring of bytes in flight"));
+    }
+    if head % RECORD_ALIGN as u64 != 0 || tail % RECORD_ALIGN as u64 != 0 {
+        return Err(Corrupt("misaligned position"));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    start: u64,
+    end: u64,
+    released: bool,
+}
+
+/// The reading end of a ring.
+pub struct Consumer<M: RingMemory> {
+    mem: M,
+    cap: u64,
+    /// Position of the next record to take.
+    head: u64,
+    /// Everything below is released locally.
+    released: u64,
+    /// Last value stored in the shared `head`.
+    published: u64,
+    /// Records taken and not yet released, oldest first.
+    in_flight: VecDeque<InFlight>,
+}
+
+impl<M: RingMemory> Consumer<M> {
+    /// Take the consuming role of the ring in `mem`, resuming at the head
+    /// the previous consumer published.
+    pub fn new(mem: M) -> Result<Self, Corrupt> {
+        let cap = mem.capacity() as u64;
+        // Acquire: pairs with the Release in `publish_head` of the previous
+        // holder of this role.
+        let head = mem.header().consumer.head.load(Ordering::Acquire);
+        if head % RECORD_ALIGN as u64 != 0 {
+            return Err(Corrupt("misaligned position"));
+        }
+        Ok(Consumer {
+            mem,
+            cap,
+            head,
+            released: head,
+            published: head,
+            in_flight: VecDeque::new(),
+        })
+    }
+
+    /// The ring memory.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// Is a committed record waiting at the head? One Acquire load.
+    pub fn ready(&self) -> bool {
+        // Acquire: pairs with the Release store of the commit word in
+        // `Producer::commit` / `write_padding`.
+        header_at(&self.mem, self.head).commit.load(Ordering::Acquire) == self.head + 1
+    }
+
+    /// Take the next record, skipping padding. `Ok(None)`: nothing committed.
+    pub fn take(&mut self) -> Result<Option<Record>, Corrupt> {
+        loop {
+            let pos = self.head;
+            let h = header_at(&self.mem, pos);
+            // Acquire: pairs with the Release store of the commit word in
+            // `Producer::commit` / `write_padding`; the fields read below were
+            // written before it.
+            if h.commit.load(Ordering::Acquire) != pos + 1 {
+                return Ok(None);
+            }
+            // Relaxed: ordered after the Acquire above. Copied once; only
+            // the copies are checked and used.
+            let len = h.len.load(Ordering::Relaxed) as usize;
+            let kind = h.kind.load(Ordering::Relaxed);
+            let flags = h.flags.load(Ordering::Relaxed);
+            let nports = h.nports.load(Ordering::Relaxed);
+            let fingerprint = h.fingerprint.load(Ordering::Relaxed);
+            let offset = (pos & (self.cap - 1)) as usize;
+            let to_end = self.cap as usize - offset;
+            if kind == KIND_PADDING {
+                if len != to_end - RECORD_HEADER {
+                    return Err(Corrupt("padding does not reach the end of the lap"));
+                }
+                self.head += to_end as u64;
+                self.push_in_flight(pos, self.head, true);
+                continue;
+            }
+            let kind = match kind {
+                KIND_TYPED => Kind::Typed,
+                KIND_RAW => Kind::Raw,
+                _ => return Err(Corrupt("unknown record kind")),
+            };
+            if flags & !FLAG_OUT_OF_LINE != 0 {
+                return Err(Corrupt("unknown record flags"));
+            }
+            if len > max_payload(self.cap as usize) || RECORD_HEADER + len > to_end {
+                return Err(Corrupt("record length outside the ring"));
+            }
+            let end = pos + align_record(RECORD_HEADER + len) as u64;
+            if end - self.released > self.cap {
+                return Err(Corrupt("record overruns unreleased space"));
+            }
+            self.head = end;
+            self.push_in_flight(pos, end, false);
+            // SAFETY: offset + RECORD_HEADER + len <= capacity (checked
+            // above), so the payload lies inside the data area.
+            let payload = unsafe { self.mem.data().add(offset + RECORD_HEADER) };
+            return Ok(Some(Record {
+                pos,
+                meta: RecordMeta {
+                    kind,
+                    out_of_line: flags & FLAG_OUT_OF_LINE != 0,
+                    nports,
+                    fingerprint,
+                },
+                payload,
+                len,
+            }));
+        }
+    }
+
+    fn push_in_flight(&mut self, start: u64, end: u64, released: bool) {
+        if released && self.in_flight.is_empty() {
+            self.released = end;
+        } else {
+            self.in_flight.push_back(InFlight {
+                start,
+                end,
+                released,
+            });
+        }
+    }
+
+    /// Number of records taken and not yet released.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.iter().filter(|r| !r.released).count()
+    }
+
+    /// Release the record taken at `pos`. Records may be released in any
+    /// order; space returns to the producer in order. Returns `true` when a
+    /// batch is due for publication (call [`Consumer::publish_head`]).
+    pub fn release(&mut self, pos: u64) -> bool {
+        if let Some(r) = self.in_flight.iter_mut().find(|r| r.start == pos) {
+            r.released = true;
+        }
+        while let Some(front) = self.in_flight.front() {
+            if !front.released {
+                break;
+            }
+            self.released = front.end;
+            self.in_flight.pop_front();
+        }
+        self.released - self.published >= self.cap / 8
+    }
+
+    /// Is there released space the producer has not been told about?
+    pub fn unpublished(&self) -> bool {
+        self.released != self.published
+    }
+
+    /// Store the released position in the shared head. Returns `true` when
+    /// the producer announced it waits for room: the caller must wake it.
+    pub fn publish_head(&mut self) -> bool {
+        let hdr = self.mem.header();
+        // Release: pairs with the Acquire load in `Producer::refresh_head`;
+        // our reads of the released records happen before the producer
+        // overwrites them.
+        hdr.consumer.head.store(self.released, Ordering::Release);
+        self.published = self.released;
+        // SeqCst fence: pairs with the fence in `Producer::prepare_wait`.
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fence; the swap only picks one waker.
+        let w = &hdr.producer_wait.waiting;
+        w.load(Ordering::Relaxed) != 0 && w.swap(0, Ordering::Relaxed) != 0
+    }
+
+    /// Announce that the consumer is about to sleep. Returns `false` (and
+    /// withdraws the announcement) if a record arrived meanwhile.
+    pub fn prepare_sleep(&self) -> bool {
+        let w = &self.mem.header().consumer_wait.sleeping;
+        w.store(1, Ordering::Relaxed);
+        // SeqCst fence: pairs with the fence in `Producer::commit`.
+        fence(Ordering::SeqCst);
+        if self.ready() {
+            w.store(0, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Withdraw a sleep announcement after waking.
+    pub fn end_sleep(&self) {
+        // Relaxed: a stale 1 costs the producer one needless token at most.
+        self.mem
+            .header()
+            .consumer_wait
+            .sleeping
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// Has the producer closed? Call only after finding the ring empty, and
+    /// re-check [`Consumer::ready`] after a `true`.
+    pub fn producer_closed(&self) -> bool {
+        // Acquire: pairs with the Release in `Producer::close`.
+        self.mem.header().producer.closed.load(Ordering::Acquire) != 0
+    }
+
+    /// This end reads no more: tell the producer.
+    pub fn close(&mut self) {
+        if self.unpublished() {
+            self.publish_head();
+        }
+        // Relaxed: a flag with no data attached.
+        self.mem
+            .header()
+            .consumer_wait
+            .closed
+            .store(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests;

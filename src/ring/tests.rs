@@ -1,0 +1,286 @@
+use super::heap::HeapRing;
+use super::*;
+use core::sync::atomic::Ordering;
+use std::sync::Arc;
+
+const RAW: RecordMeta = RecordMeta {
+    kind: Kind::Raw,
+    out_of_line: false,
+    nports: 0,
+    fingerprint: 0,
+};
+
+fn pair(cap: usize) -> (Producer<Arc<HeapRing>>, Consumer<Arc<HeapRing>>, Arc<HeapRing>) {
+    let mem = HeapRing::new(cap);
+    let p = Producer::new(mem.clone()).unwrap();
+    let c = Consumer::new(mem.clone()).unwrap();
+    (p, c, mem)
+}
+
+/// Write `bytes` as one record; `false` if there is no room.
+fn put(p: &mut Producer<Arc<HeapRing>>, bytes: &[u8]) -> bool {
+    match p.reserve(bytes.len()).unwrap() {
+        None => false,
+        Some(slot) => {
+            assert!(slot.room >= bytes.len());
+            assert_eq!(slot.payload.as_ptr() as usize % RECORD_ALIGN, 0);
+            // SAFETY: the slot has room for `bytes`.
+            unsafe {
+                core::ptr::copy_nonoverlapping(bytes.as_ptr(), slot.payload.as_ptr(), bytes.len())
+            };
+            p.commit(slot, bytes.len(), RAW);
+            true
+        }
+    }
+}
+
+/// Take one record, copy it out and release it.
+fn get(c: &mut Consumer<Arc<HeapRing>>) -> Option<Vec<u8>> {
+    let r = c.take().unwrap()?;
+    // SAFETY: the record's payload is valid until released.
+    let v = unsafe { core::slice::from_raw_parts(r.payload.as_ptr(), r.len) }.to_vec();
+    if c.release(r.pos) {
+        c.publish_head();
+    }
+    Some(v)
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn one_record_round_trips() {
+    let (mut p, mut c, _m) = pair(4096);
+    assert!(get(&mut c).is_none());
+    assert!(put(&mut p, b"hello"));
+    assert!(c.ready());
+    assert_eq!(get(&mut c).unwrap(), b"hello");
+    assert!(get(&mut c).is_none());
+    assert!(put(&mut p, b""));
+    assert_eq!(get(&mut c).unwrap(), b"");
+}
+
+#[test]
+fn many_laps_with_padding_keep_order_and_bytes() {
+    let (mut p, mut c, _m) = pair(4096);
+    let mut sent = 0u64;
+    let mut got = 0u64;
+    while got < 20_000 {
+        let len = (sent as usize * 37) % (max_payload(4096) + 1);
+        if put(&mut p, &pattern(sent, len)) {
+            sent += 1;
+        } else {
+            c.publish_head();
+        }
+        while let Some(v) = get(&mut c) {
+            let len = (got as usize * 37) % (max_payload(4096) + 1);
+            assert_eq!(v, pattern(got, len), "record {got}");
+            got += 1;
+        }
+        c.publish_head();
+    }
+}
+
+#[test]
+fn full_ring_refuses_until_released() {
+    let (mut p, mut c, _m) = pair(4096);
+    let mut n = 0;
+    while put(&mut p, &[7u8; 100]) {
+        n += 1;
+    }
+    // 4096 / align(32 + 100) = 4096 / 160 = 25 records (the rest is too short).
+    assert_eq!(n, 25);
+    assert!(p.reserve(100).unwrap().is_none());
+    let r = c.take().unwrap().unwrap();
+    c.release(r.pos);
+    // Released but not published: the producer cannot see it yet.
+    assert!(p.reserve(100).unwrap().is_none());
+    c.publish_head();
+    assert!(p.reserve(100).unwrap().is_some());
+}
+
+#[test]
+fn too_large_for_the_ring_is_never_reserved() {
+    let (mut p, _c, _m) = pair(4096);
+    assert!(p.reserve(max_payload(4096)).unwrap().is_some());
+    assert!(p.reserve(max_payload(4096) + 1).unwrap().is_none());
+}
+
+#[test]
+fn out_of_order_release_frees_space_in_order() {
+    let (mut p, mut c, _m) = pair(4096);
+    for i in 0..3u8 {
+        assert!(put(&mut p, &[i; 64]));
+    }
+    let a = c.take().unwrap().unwrap();
+    let b = c.take().unwrap().unwrap();
+    let d = c.take().unwrap().unwrap();
+    assert_eq!(c.in_flight(), 3);
+    c.release(b.pos);
+    c.release(d.pos);
+    c.publish_head();
+    assert_eq!(c.memory().header().consumer.head.load(Ordering::Relaxed), 0);
+    c.release(a.pos);
+    c.publish_head();
+    assert_eq!(c.memory().header().consumer.head.load(Ordering::Relaxed), 3 * 96);
+    assert_eq!(c.in_flight(), 0);
+}
+
+#[test]
+fn consumer_sleep_announcement_asks_for_exactly_one_wake() {
+    let (mut p, c, _m) = pair(4096);
+    assert!(c.prepare_sleep());
+    let slot = p.reserve(8).unwrap().unwrap();
+    assert!(p.commit(slot, 8, RAW), "sleeping consumer must be woken");
+    let slot = p.reserve(8).unwrap().unwrap();
+    assert!(!p.commit(slot, 8, RAW), "only one wake per sleep");
+    // With a record waiting, the consumer does not go to sleep.
+    assert!(!c.prepare_sleep());
+}
+
+#[test]
+fn producer_wait_announcement_is_answered_by_publish() {
+    let (mut p, mut c, _m) = pair(4096);
+    while put(&mut p, &[1u8; 1000]) {}
+    assert!(p.prepare_wait(1000).unwrap());
+    let r = c.take().unwrap().unwrap();
+    c.release(r.pos);
+    assert!(c.publish_head(), "waiting producer must be woken");
+    assert!(!c.publish_head(), "only one wake per wait");
+    assert!(!p.prepare_wait(1000).unwrap(), "room is there now");
+}
+
+#[test]
+fn close_flags_reach_the_other_end() {
+    let (p, mut c, _m) = pair(4096);
+    assert!(!c.producer_closed());
+    p.close();
+    assert!(c.producer_closed());
+    assert!(!p.consumer_closed());
+    c.close();
+    assert!(p.consumer_closed());
+}
+
+#[test]
+fn roles_resume_from_published_positions() {
+    let (mut p, mut c, m) = pair(4096);
+    assert!(put(&mut p, b"one"));
+    p.publish_tail();
+    drop(p);
+    let mut p2 = Producer::new(m.clone()).unwrap();
+    assert!(put(&mut p2, b"two"));
+    assert_eq!(get(&mut c).unwrap(), b"one");
+    c.publish_head();
+    drop(c);
+    let mut c2 = Consumer::new(m).unwrap();
+    assert_eq!(get(&mut c2).unwrap(), b"two");
+}
+
+fn corrupt_first(f: impl FnOnce(&RecordHeader)) -> Corrupt {
+    let (mut p, mut c, m) = pair(4096);
+    assert!(put(&mut p, b"payload"));
+    f(header_at(&m, 0));
+    c.take().unwrap_err()
+}
+
+#[test]
+fn corrupt_records_are_errors() {
+    assert_eq!(
+        corrupt_first(|h| h.kind.store(9, Ordering::Relaxed)).0,
+        "unknown record kind"
+    );
+    assert_eq!(
+        corrupt_first(|h| h.flags.store(0x80, Ordering::Relaxed)).0,
+        "unknown record flags"
+    );
+    for bad in [u32::MAX, 4096, 2048 - 31, 0x8000_0000] {
+        assert_eq!(
+            corrupt_first(|h| h.len.store(bad, Ordering::Relaxed)).0,
+            "record length outside the ring"
+        );
+    }
+    assert_eq!(
+        corrupt_first(|h| {
+            h.kind.store(crate::layout::KIND_PADDING, Ordering::Relaxed);
+            h.len.store(64, Ordering::Relaxed);
+        })
+        .0,
+        "padding does not reach the end of the lap"
+    );
+}
+
+#[test]
+fn uncommitted_or_stale_records_are_invisible() {
+    let (mut p, mut c, m) = pair(4096);
+    let slot = p.reserve(16).unwrap().unwrap();
+    // Reserved, payload half written, never committed: nothing to take.
+    // SAFETY: the slot has room for 8 bytes.
+    unsafe { core::ptr::write_bytes(slot.payload.as_ptr(), 0xAB, 8) };
+    assert!(c.take().unwrap().is_none());
+    // A commit word from another lap does not match either.
+    header_at(&m, 0).commit.store(4096 + 1, Ordering::Relaxed);
+    assert!(c.take().unwrap().is_none());
+}
+
+#[test]
+fn corrupt_positions_are_errors() {
+    let (mut p, _c, m) = pair(4096);
+    while put(&mut p, &[0u8; 200]) {}
+    for (head, why) in [
+        (u64::MAX - 31, "head beyond tail"),
+        (8, "misaligned position"),
+    ] {
+        m.header().consumer.head.store(head, Ordering::Relaxed);
+        assert_eq!(p.reserve(200).unwrap_err().0, why);
+    }
+    m.header().consumer.head.store(0, Ordering::Relaxed);
+    m.header().producer.tail.store(1 << 40, Ordering::Relaxed);
+    assert_eq!(
+        Producer::new(m.clone()).err().unwrap().0,
+        "more than a ring of bytes in flight"
+    );
+}
+
+#[test]
+fn two_threads_stream_checksummed_records() {
+    let mem = HeapRing::new(1 << 16);
+    let mut p = Producer::new(mem.clone()).unwrap();
+    let mut c = Consumer::new(mem).unwrap();
+    const N: u64 = 200_000;
+    let t = std::thread::spawn(move || {
+        let mut i = 0u64;
+        while i < N {
+            let len = (i % 300) as usize;
+            if put(&mut p, &pattern(i, len)) {
+                i += 1;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    });
+    let mut i = 0u64;
+    while i < N {
+        match get(&mut c) {
+            Some(v) => {
+                assert_eq!(v, pattern(i, (i % 300) as usize));
+                i += 1;
+            }
+            None => {
+                if c.unpublished() {
+                    c.publish_head();
+                }
+                std::hint::spin_loop();
+            }
+        }
+    }
+    t.join().unwrap();
+}
