@@ -1,3 +1,68 @@
-//! shmport (under construction)
+//! shmport: MessagePort-style channels between processes on one Linux
+//! machine, carried over shared memory.
+//!
+//! - [`MessageChannel::new`] makes two entangled [`MessagePort`]s; what one
+//!   posts, the other receives, in order, in both directions.
+//! - Messages are rkyv archives serialized straight into a shared ring and
+//!   read in place by the receiver, validated ([`Message::get`]), or raw
+//!   bytes ([`MessagePort::post_bytes`], [`Message::bytes`]).
+//! - A port's peer learns when the port goes away — closed, dropped, or its
+//!   process killed — as a close event with a [`CloseReason`], after every
+//!   message posted before.
+//! - [`spawn`] starts a child process with a port already connected;
+//!   the child calls [`MessagePort::from_parent`].
+//!
+//! Linux only: it is built on memfd, seals, `SCM_RIGHTS` and `SOCK_SEQPACKET`.
+//!
+//! # Example
+//! ```
+//! use shmport::MessageChannel;
+//!
+//! #[derive(rkyv::Archive, rkyv::Serialize)]
+//! struct Job {
+//!     id: u64,
+//!     input: Vec<f32>,
+//! }
+//!
+//! let (main, worker) = MessageChannel::new()?.into_ports();
+//! main.post(&Job { id: 1, input: vec![1.0, 2.0, 3.0] })?;
+//!
+//! let msg = worker.recv()?;
+//! let job = msg.get::<Job>()?; // &ArchivedJob, in shared memory
+//! let sum: f32 = job.input.iter().map(|x| x.to_native()).sum();
+//! worker.post(&(job.id.to_native(), sum))?;
+//! drop(msg); // gives the ring space back
+//!
+//! let reply = main.recv()?;
+//! assert_eq!(reply.get::<(u64, f32)>()?.1, 6.0);
+//!
+//! drop(worker);
+//! assert!(matches!(
+//!     main.recv(),
+//!     Err(shmport::RecvError::Closed(shmport::CloseReason::Closed))
+//! ));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![cfg(target_os = "linux")]
+
+mod channel;
+mod error;
 pub mod layout;
+mod message;
+mod port;
 pub mod ring;
+mod segment;
+mod ser;
+mod spawn;
+mod sys;
+
+pub use channel::{ChannelBuilder, DEFAULT_CAPACITY, MessageChannel};
+pub use error::{AccessError, CloseReason, OpenError, PostError, RecvError};
+pub use message::{Message, Receivable};
+pub use port::{DEFAULT_SPIN, MessagePort};
+pub use ser::{Postable, RecordSerializer, RecordWriter, fingerprint};
+pub use spawn::{PORT_ENV, spawn};
+
+/// rkyv, re-exported so users derive with the same version.
+pub use rkyv;

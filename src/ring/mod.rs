@@ -244,7 +244,10 @@ impl<M: RingMemory> Producer<M> {
     /// Returns `true` when the consumer announced it is asleep: the caller
     /// must wake it.
     pub fn commit(&mut self, slot: Slot, len: usize, meta: RecordMeta) -> bool {
-        assert!(len <= slot.room && slot.pos == self.tail, "commit outside its slot");
+        assert!(
+            len <= slot.room && slot.pos == self.tail,
+            "commit outside its slot"
+        );
         let h = header_at(&self.mem, slot.pos);
         h.len.store(len as u32, Ordering::Relaxed);
         h.kind.store(
@@ -255,7 +258,11 @@ impl<M: RingMemory> Producer<M> {
             Ordering::Relaxed,
         );
         h.flags.store(
-            if meta.out_of_line { FLAG_OUT_OF_LINE } else { 0 },
+            if meta.out_of_line {
+                FLAG_OUT_OF_LINE
+            } else {
+                0
+            },
             Ordering::Relaxed,
         );
         h.nports.store(meta.nports, Ordering::Relaxed);
@@ -333,7 +340,12 @@ impl<M: RingMemory> Producer<M> {
     /// Has the consumer closed its end?
     pub fn consumer_closed(&self) -> bool {
         // Relaxed: a flag with no data attached; nothing is read after it.
-        self.mem.header().consumer_wait.closed.load(Ordering::Relaxed) != 0
+        self.mem
+            .header()
+            .consumer_wait
+            .closed
+            .load(Ordering::Relaxed)
+            != 0
     }
 
     /// No record will follow: publish the tail and the closed flag.
@@ -413,7 +425,10 @@ impl<M: RingMemory> Consumer<M> {
     pub fn ready(&self) -> bool {
         // Acquire: pairs with the Release store of the commit word in
         // `Producer::commit` / `write_padding`.
-        header_at(&self.mem, self.head).commit.load(Ordering::Acquire) == self.head + 1
+        header_at(&self.mem, self.head)
+            .commit
+            .load(Ordering::Acquire)
+            == self.head + 1
     }
 
     /// Take the next record, skipping padding. `Ok(None)`: nothing committed.

@@ -10,7 +10,13 @@ const RAW: RecordMeta = RecordMeta {
     fingerprint: 0,
 };
 
-fn pair(cap: usize) -> (Producer<Arc<HeapRing>>, Consumer<Arc<HeapRing>>, Arc<HeapRing>) {
+fn pair(
+    cap: usize,
+) -> (
+    Producer<Arc<HeapRing>>,
+    Consumer<Arc<HeapRing>>,
+    Arc<HeapRing>,
+) {
     let mem = HeapRing::new(cap);
     let p = Producer::new(mem.clone()).unwrap();
     let c = Consumer::new(mem.clone()).unwrap();
@@ -131,7 +137,10 @@ fn out_of_order_release_frees_space_in_order() {
     assert_eq!(c.memory().header().consumer.head.load(Ordering::Relaxed), 0);
     c.release(a.pos);
     c.publish_head();
-    assert_eq!(c.memory().header().consumer.head.load(Ordering::Relaxed), 3 * 96);
+    assert_eq!(
+        c.memory().header().consumer.head.load(Ordering::Relaxed),
+        3 * 96
+    );
     assert_eq!(c.in_flight(), 0);
 }
 

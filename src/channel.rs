@@ -1,0 +1,130 @@
+//! Making entangled port pairs.
+
+use std::io;
+use std::time::Duration;
+
+use crate::layout::{MAX_CAPACITY, MIN_CAPACITY};
+use crate::port::{DEFAULT_SPIN, MessagePort, Side};
+use crate::segment::Segment;
+use crate::sys;
+
+/// Default bytes per ring (each direction has its own ring).
+pub const DEFAULT_CAPACITY: usize = 1 << 20;
+
+/// Two entangled ports: what one posts, the other receives, in order, in
+/// both directions.
+///
+/// # Example
+/// ```
+/// use shmport::MessageChannel;
+///
+/// let channel = MessageChannel::new()?;
+/// channel.port1.post_bytes(b"ping")?;
+/// assert_eq!(channel.port2.recv()?.bytes(), b"ping");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct MessageChannel {
+    /// One end.
+    pub port1: MessagePort,
+    /// The other end.
+    pub port2: MessagePort,
+}
+
+impl MessageChannel {
+    /// A channel with the default settings ([`ChannelBuilder::new`]).
+    pub fn new() -> io::Result<MessageChannel> {
+        ChannelBuilder::new().build()
+    }
+
+    /// Settings for a new channel.
+    pub fn builder() -> ChannelBuilder {
+        ChannelBuilder::new()
+    }
+
+    /// The two ports, `(port1, port2)`.
+    pub fn into_ports(self) -> (MessagePort, MessagePort) {
+        (self.port1, self.port2)
+    }
+}
+
+/// Settings for new channels (and for spawned children's ports).
+///
+/// ```
+/// use std::time::Duration;
+/// use shmport::MessageChannel;
+///
+/// let (a, b) = MessageChannel::builder()
+///     .capacity(64 * 1024)
+///     .spin(Duration::from_micros(50))
+///     .build()?
+///     .into_ports();
+/// assert_eq!(a.max_inline_payload(), 32 * 1024 - 32);
+/// # drop(b);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ChannelBuilder {
+    capacity: usize,
+    spin: Duration,
+}
+
+impl Default for ChannelBuilder {
+    fn default() -> Self {
+        ChannelBuilder::new()
+    }
+}
+
+impl ChannelBuilder {
+    /// 1 MiB per ring ([`DEFAULT_CAPACITY`]), 20 µs of spinning before a
+    /// blocking call sleeps.
+    pub fn new() -> Self {
+        ChannelBuilder {
+            capacity: DEFAULT_CAPACITY,
+            spin: DEFAULT_SPIN,
+        }
+    }
+
+    /// Bytes in each direction's ring, rounded up to a power of two within
+    /// 4 KiB..=1 GiB. A message up to half the ring travels inline; larger
+    /// ones go out of line in their own memfd (slower: a few system calls
+    /// and page faults each). Memory is touched only as the ring is used.
+    pub fn capacity(mut self, bytes: usize) -> Self {
+        self.capacity = bytes.clamp(MIN_CAPACITY, MAX_CAPACITY).next_power_of_two();
+        self
+    }
+
+    /// How long blocking calls spin before sleeping (see
+    /// [`MessagePort::set_spin`]).
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// Make the channel.
+    pub fn build(&self) -> io::Result<MessageChannel> {
+        let (port1, port2) = self.pair()?;
+        Ok(MessageChannel { port1, port2 })
+    }
+
+    pub(crate) fn pair(&self) -> io::Result<(MessagePort, MessagePort)> {
+        let seg = Segment::create(self.capacity)?;
+        let (sa, sb) = sys::socket::pair()?;
+        let a = MessagePort::from_parts(seg.clone(), Side::A, sa, self.spin).map_err(fresh)?;
+        let b = MessagePort::from_parts(seg, Side::B, sb, self.spin).map_err(fresh)?;
+        Ok((a, b))
+    }
+
+    pub(crate) fn spin_time(&self) -> Duration {
+        self.spin
+    }
+
+    pub(crate) fn ring_capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+fn fresh(c: crate::ring::Corrupt) -> io::Error {
+    // A segment this process just zeroed cannot be corrupt.
+    io::Error::other(c)
+}

@@ -1,0 +1,169 @@
+//! Errors, one type per kind of operation.
+
+use std::fmt;
+use std::io;
+
+/// Why a port's peer is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The peer port was closed: [`MessagePort::close`](crate::MessagePort::close)
+    /// or dropped.
+    Closed,
+    /// The process holding the peer port ended without closing it (killed,
+    /// crashed, or exited with the port still open). The kernel reported the
+    /// hang-up of the port's socket.
+    PeerDied,
+    /// The peer broke the protocol (corrupt ring, bad descriptor); this port
+    /// stopped reading from it.
+    ProtocolError,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CloseReason::Closed => "closed by the peer",
+            CloseReason::PeerDied => "peer died",
+            CloseReason::ProtocolError => "protocol error",
+        })
+    }
+}
+
+/// Receiving failed.
+#[derive(Debug)]
+pub enum RecvError {
+    /// Nothing to receive now ([`try_recv`](crate::MessagePort::try_recv) only).
+    Empty,
+    /// The time limit passed ([`recv_timeout`](crate::MessagePort::recv_timeout) only).
+    Timeout,
+    /// Every message the peer posted has been received, and the peer is
+    /// gone: this is the close event.
+    Closed(CloseReason),
+    /// The operating system refused a call (for example mapping an
+    /// out-of-line message when out of memory or descriptors).
+    Io(io::Error),
+}
+
+impl fmt::Display for RecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecvError::Empty => f.write_str("no message waiting"),
+            RecvError::Timeout => f.write_str("timed out waiting for a message"),
+            RecvError::Closed(r) => write!(f, "port closed: {r}"),
+            RecvError::Io(e) => write!(f, "receive failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RecvError {}
+
+/// Posting failed; nothing was sent. The value was only borrowed, so the
+/// caller still has it.
+#[derive(Debug)]
+pub enum PostError {
+    /// The ring has no room now ([`try_post`](crate::MessagePort::try_post) only).
+    Full,
+    /// No room appeared in time (timed posts only).
+    Timeout,
+    /// The peer is gone; the message could never be read.
+    Closed(CloseReason),
+    /// The value's own serialization failed (not a lack of room).
+    Serialize(rkyv::rancor::Error),
+    /// The operating system refused a call (for example creating the memfd
+    /// of an out-of-line message).
+    Io(io::Error),
+}
+
+impl fmt::Display for PostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PostError::Full => f.write_str("ring full"),
+            PostError::Timeout => f.write_str("timed out waiting for room"),
+            PostError::Closed(r) => write!(f, "peer gone: {r}"),
+            PostError::Serialize(e) => write!(f, "serialization failed: {e}"),
+            PostError::Io(e) => write!(f, "post failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PostError {}
+
+/// Reading a received message as a type failed.
+#[derive(Debug)]
+pub enum AccessError {
+    /// The message was posted as raw bytes, not as a typed value.
+    NotTyped,
+    /// The message holds another type.
+    TypeMismatch {
+        /// Fingerprint of the type asked for.
+        expected: u64,
+        /// Fingerprint the message carries.
+        found: u64,
+    },
+    /// The bytes are not a valid archive of the type (rkyv's validation).
+    Invalid(rkyv::rancor::Error),
+}
+
+impl fmt::Display for AccessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AccessError::NotTyped => f.write_str("message holds raw bytes, not a typed value"),
+            AccessError::TypeMismatch { expected, found } => write!(
+                f,
+                "type mismatch: asked for fingerprint {expected:#018x}, message has {found:#018x}"
+            ),
+            AccessError::Invalid(e) => write!(f, "invalid archive: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for AccessError {}
+
+/// Opening a port from descriptors (a spawned child adopting its port, or a
+/// segment received from elsewhere) failed.
+#[derive(Debug)]
+pub enum OpenError {
+    /// No port was passed to this process (`SHMPORT_PORT` is not set).
+    NoPort,
+    /// The port passed to this process was already adopted.
+    AlreadyAdopted,
+    /// `SHMPORT_PORT` does not name a port (bad syntax, closed or wrong kind
+    /// of descriptors).
+    BadDescriptor(String),
+    /// The segment does not start with shmport's magic word.
+    BadMagic(u64),
+    /// The segment was laid out by another version of shmport.
+    BadVersion(u32),
+    /// The segment's sizes disagree with each other or with the file.
+    BadGeometry(&'static str),
+    /// The ring state in the segment is inconsistent.
+    Corrupt(&'static str),
+    /// A system call failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::NoPort => f.write_str("no port was passed to this process"),
+            OpenError::AlreadyAdopted => f.write_str("the inherited port was already adopted"),
+            OpenError::BadDescriptor(s) => write!(f, "bad port descriptor: {s}"),
+            OpenError::BadMagic(m) => write!(f, "not a shmport segment (magic {m:#018x})"),
+            OpenError::BadVersion(v) => write!(
+                f,
+                "segment layout version {v}, this build reads version {}",
+                crate::layout::LAYOUT_VERSION
+            ),
+            OpenError::BadGeometry(s) => write!(f, "bad segment geometry: {s}"),
+            OpenError::Corrupt(s) => write!(f, "corrupt segment: {s}"),
+            OpenError::Io(e) => write!(f, "opening the segment failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+impl From<io::Error> for OpenError {
+    fn from(e: io::Error) -> Self {
+        OpenError::Io(e)
+    }
+}

@@ -1,0 +1,621 @@
+//! A port: one end of a channel.
+
+use core::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rkyv::rancor;
+
+use crate::error::{CloseReason, PostError, RecvError};
+use crate::layout::OOL_DESCRIPTOR;
+use crate::message::{Body, Message};
+use crate::ring::{Consumer, Corrupt, Kind, Producer, Record, RecordMeta, Slot};
+use crate::segment::{Segment, SegmentRing};
+use crate::ser::{Postable, RecordWriter, fingerprint};
+use crate::sys::{self, Mapping, socket::Incoming};
+
+/// How long a blocking call spins before it sleeps, unless configured.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
+
+/// Which side of the segment a port owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// Writes ring 0, reads ring 1.
+    A,
+    /// Writes ring 1, reads ring 0.
+    B,
+}
+
+impl Side {
+    fn rings(self) -> (usize, usize) {
+        match self {
+            Side::A => (0, 1),
+            Side::B => (1, 0),
+        }
+    }
+}
+
+/// How long an operation may wait.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Not at all (`try_*`).
+    No,
+    /// Until this instant.
+    Until(Instant),
+    /// For ever.
+    Forever,
+}
+
+impl Wait {
+    fn after(timeout: Duration) -> Wait {
+        match Instant::now().checked_add(timeout) {
+            Some(t) => Wait::Until(t),
+            None => Wait::Forever,
+        }
+    }
+
+    /// Time left; `None` means no limit.
+    fn remaining(self) -> Option<Duration> {
+        match self {
+            Wait::No => Some(Duration::ZERO),
+            Wait::Until(t) => Some(t.saturating_duration_since(Instant::now())),
+            Wait::Forever => None,
+        }
+    }
+
+    fn expired(self) -> bool {
+        self.remaining() == Some(Duration::ZERO)
+    }
+}
+
+/// One end of a channel: post messages to the peer port, receive the
+/// messages it posts.
+///
+/// A port is [`Send`] (it can move to another thread) but not [`Sync`]: one
+/// thread uses it at a time. Every method takes `&self`, so a received
+/// [`Message`] (which borrows the port) can be held while posting.
+///
+/// Dropping the port closes it, like [`MessagePort::close`].
+///
+/// # Example
+/// ```
+/// use shmport::MessageChannel;
+///
+/// let (a, b) = MessageChannel::new()?.into_ports();
+/// a.post(&(7u32, "seven".to_string()))?;
+/// let msg = b.recv()?;
+/// let value = msg.get::<(u32, String)>()?;
+/// assert_eq!(value.0, 7);
+/// assert_eq!(value.1, "seven");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct MessagePort {
+    seg: Arc<Segment>,
+    sock: OwnedFd,
+    tx: RefCell<Producer<SegmentRing>>,
+    rx: RefCell<Consumer<SegmentRing>>,
+    /// Descriptors received on the socket, waiting for the records that
+    /// refer to them (in order).
+    fds: RefCell<VecDeque<OwnedFd>>,
+    /// The socket reported hang-up: the peer port is gone.
+    hung_up: Cell<bool>,
+    /// The peer broke the protocol; the port no longer reads or writes.
+    broken: Cell<Option<Corrupt>>,
+    spin: Cell<Duration>,
+}
+
+impl MessagePort {
+    pub(crate) fn from_parts(
+        seg: Arc<Segment>,
+        side: Side,
+        sock: OwnedFd,
+        spin: Duration,
+    ) -> Result<MessagePort, Corrupt> {
+        let (tx, rx) = side.rings();
+        let tx = Producer::new(SegmentRing::new(seg.clone(), tx))?;
+        let rx = Consumer::new(SegmentRing::new(seg.clone(), rx))?;
+        Ok(MessagePort {
+            seg,
+            sock,
+            tx: RefCell::new(tx),
+            rx: RefCell::new(rx),
+            fds: RefCell::new(VecDeque::new()),
+            hung_up: Cell::new(false),
+            broken: Cell::new(None),
+            spin: Cell::new(spin),
+        })
+    }
+
+    /// How long blocking calls spin (checking the ring, no system call)
+    /// before they sleep on the port's socket. Zero sleeps at once; a long
+    /// spin gives the lowest latency and burns a core while waiting.
+    pub fn set_spin(&self, spin: Duration) {
+        self.spin.set(spin);
+    }
+
+    /// The current spin time (see [`MessagePort::set_spin`]).
+    pub fn spin(&self) -> Duration {
+        self.spin.get()
+    }
+
+    /// Largest payload that travels inside the ring; larger messages go out
+    /// of line, each in its own sealed memfd.
+    pub fn max_inline_payload(&self) -> usize {
+        self.tx.borrow().max_payload()
+    }
+
+    // ---------------------------------------------------------------- post
+
+    /// Post `value` as a typed message, waiting for room if the ring is
+    /// full. The value is serialized straight into shared memory.
+    ///
+    /// Fails with [`PostError::Closed`] when the peer is gone (the value was
+    /// only borrowed: the caller still has it).
+    pub fn post<T: Postable>(&self, value: &T) -> Result<(), PostError> {
+        self.post_typed(value, Wait::Forever)
+    }
+
+    /// Post `value` if there is room now; [`PostError::Full`] otherwise.
+    pub fn try_post<T: Postable>(&self, value: &T) -> Result<(), PostError> {
+        self.post_typed(value, Wait::No)
+    }
+
+    /// Post `value`, waiting at most `timeout` for room
+    /// ([`PostError::Timeout`]).
+    pub fn post_timeout<T: Postable>(&self, value: &T, timeout: Duration) -> Result<(), PostError> {
+        self.post_typed(value, Wait::after(timeout))
+    }
+
+    /// Post opaque bytes, waiting for room if the ring is full.
+    pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
+        self.post_raw(bytes, Wait::Forever)
+    }
+
+    /// Post opaque bytes if there is room now; [`PostError::Full`] otherwise.
+    pub fn try_post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
+        self.post_raw(bytes, Wait::No)
+    }
+
+    /// Post opaque bytes, waiting at most `timeout` for room.
+    pub fn post_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<(), PostError> {
+        self.post_raw(bytes, Wait::after(timeout))
+    }
+
+    fn post_typed<T: Postable>(&self, value: &T, wait: Wait) -> Result<(), PostError> {
+        let meta = RecordMeta {
+            kind: Kind::Typed,
+            out_of_line: false,
+            nports: 0,
+            fingerprint: fingerprint::<T>(),
+        };
+        self.send_record(meta, 0, wait, |w| {
+            rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, w).map(|_| ())
+        })
+    }
+
+    fn post_raw(&self, bytes: &[u8], wait: Wait) -> Result<(), PostError> {
+        let meta = RecordMeta {
+            kind: Kind::Raw,
+            out_of_line: false,
+            nports: 0,
+            fingerprint: 0,
+        };
+        self.send_record(meta, bytes.len(), wait, |w| w.put(bytes))
+    }
+
+    /// Write one record: reserve, fill in place, commit, wake the peer if it
+    /// sleeps. `size_hint` is a known lower bound on the payload size.
+    fn send_record(
+        &self,
+        meta: RecordMeta,
+        size_hint: usize,
+        wait: Wait,
+        mut fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
+    ) -> Result<(), PostError> {
+        self.check_postable()?;
+        let max = self.max_inline_payload();
+        let mut need = size_hint;
+        while need <= max {
+            let slot = self.reserve(need, wait)?;
+            // SAFETY: the slot's payload area is `room` bytes of ring memory
+            // that only this producer writes until it commits.
+            let mut w = unsafe { RecordWriter::slot(slot.payload, slot.room) };
+            match fill(&mut w) {
+                Ok(()) => return self.commit(slot, w.len(), meta),
+                Err(e) => match w.wanted() {
+                    // It did not fit: ask for at least what it wanted.
+                    Some(wanted) => need = wanted.max(need + 1),
+                    None => return Err(PostError::Serialize(e)),
+                },
+            }
+        }
+        self.send_out_of_line(meta, need, wait, fill)
+    }
+
+    /// A message too large for the ring: serialize it into its own memfd,
+    /// seal it, send the descriptor, then commit a small record pointing to
+    /// it. The descriptor is queued on the socket before the record is
+    /// visible, so the receiver always finds it.
+    fn send_out_of_line(
+        &self,
+        mut meta: RecordMeta,
+        size_hint: usize,
+        wait: Wait,
+        mut fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
+    ) -> Result<(), PostError> {
+        let slot = self.reserve(OOL_DESCRIPTOR, wait)?;
+        let mut w = RecordWriter::memfd(size_hint).map_err(PostError::Io)?;
+        fill(&mut w).map_err(PostError::Serialize)?;
+        let len = w.len() as u64;
+        let fd = w.finish_memfd().map_err(PostError::Io)?;
+        self.send_fd(fd.as_fd(), wait)?;
+        // SAFETY: the slot holds at least OOL_DESCRIPTOR bytes, aligned to
+        // RECORD_ALIGN, written only by this producer until commit.
+        unsafe { slot.payload.cast::<u64>().as_ptr().write(len) };
+        meta.out_of_line = true;
+        self.commit(slot, OOL_DESCRIPTOR, meta)
+    }
+
+    fn send_fd(&self, fd: BorrowedFd<'_>, wait: Wait) -> Result<(), PostError> {
+        loop {
+            match sys::socket::send_fds(&self.sock, &[fd], false) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The peer has not drained earlier descriptors yet.
+                    if matches!(wait, Wait::No) {
+                        return Err(PostError::Full);
+                    }
+                    if wait.expired() {
+                        return Err(PostError::Timeout);
+                    }
+                    let ready = sys::socket::wait(&self.sock, true, wait.remaining())
+                        .map_err(PostError::Io)?;
+                    if ready.readable || ready.hung_up {
+                        self.drain_socket(false).map_err(PostError::Io)?;
+                        self.check_postable()?;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    self.hung_up.set(true);
+                    return Err(PostError::Closed(self.peer_gone_reason()));
+                }
+                Err(e) => return Err(PostError::Io(e)),
+            }
+        }
+    }
+
+    fn commit(&self, slot: Slot, len: usize, meta: RecordMeta) -> Result<(), PostError> {
+        let wake = self.tx.borrow_mut().commit(slot, len, meta);
+        if wake {
+            self.wake_peer().map_err(PostError::Closed)?;
+        }
+        Ok(())
+    }
+
+    /// Send a wake token; a hung-up peer is reported as its close reason.
+    fn wake_peer(&self) -> Result<(), CloseReason> {
+        match sys::socket::send_wake(&self.sock) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                self.hung_up.set(true);
+                Err(self.peer_gone_reason())
+            }
+        }
+    }
+
+    /// Can a message still reach the peer?
+    fn check_postable(&self) -> Result<(), PostError> {
+        if self.broken.get().is_some() {
+            return Err(PostError::Closed(CloseReason::ProtocolError));
+        }
+        if self.tx.borrow().consumer_closed() {
+            return Err(PostError::Closed(CloseReason::Closed));
+        }
+        if self.hung_up.get() {
+            return Err(PostError::Closed(self.peer_gone_reason()));
+        }
+        Ok(())
+    }
+
+    fn peer_gone_reason(&self) -> CloseReason {
+        if self.broken.get().is_some() {
+            CloseReason::ProtocolError
+        } else if self.tx.borrow().consumer_closed() || self.rx.borrow().producer_closed() {
+            CloseReason::Closed
+        } else {
+            CloseReason::PeerDied
+        }
+    }
+
+    fn corrupt(&self, c: Corrupt) -> CloseReason {
+        self.broken.set(Some(c));
+        CloseReason::ProtocolError
+    }
+
+    /// A slot with room for at least `need` payload bytes, waiting as `wait`
+    /// allows: spin, then sleep on the socket until the consumer frees room.
+    fn reserve(&self, need: usize, wait: Wait) -> Result<Slot, PostError> {
+        let mut spin_until: Option<Instant> = None;
+        loop {
+            let r = self.tx.borrow_mut().reserve(need);
+            match r {
+                Ok(Some(slot)) => return Ok(slot),
+                Ok(None) => {}
+                Err(c) => return Err(PostError::Closed(self.corrupt(c))),
+            }
+            self.check_postable()?;
+            if matches!(wait, Wait::No) {
+                return Err(PostError::Full);
+            }
+            if wait.expired() {
+                return Err(PostError::Timeout);
+            }
+            let spin_end = *spin_until.get_or_insert_with(|| Instant::now() + self.spin.get());
+            if Instant::now() < spin_end {
+                std::hint::spin_loop();
+                continue;
+            }
+            let sleep = self
+                .tx
+                .borrow_mut()
+                .prepare_wait(need)
+                .map_err(|c| PostError::Closed(self.corrupt(c)))?;
+            if sleep {
+                let r = self.sleep(wait);
+                self.tx.borrow().end_wait();
+                r.map_err(PostError::Io)?;
+            }
+        }
+    }
+
+    /// Sleep on the socket until a token, a hang-up, or the deadline; then
+    /// take in whatever the socket holds.
+    fn sleep(&self, wait: Wait) -> io::Result<()> {
+        match wait.remaining() {
+            None => {
+                let got = sys::socket::recv(&self.sock, true, &mut self.fds.borrow_mut())?;
+                self.note(got);
+            }
+            Some(left) => {
+                sys::socket::wait(&self.sock, false, Some(left))?;
+            }
+        }
+        self.drain_socket(false)
+    }
+
+    fn note(&self, got: Incoming) {
+        match got {
+            Incoming::HungUp => self.hung_up.set(true),
+            Incoming::Garbage => self
+                .broken
+                .set(Some(Corrupt("garbage on the port's socket"))),
+            Incoming::Empty | Incoming::Wake | Incoming::Fds => {}
+        }
+    }
+
+    /// Take in everything queued on the socket without blocking (or until
+    /// one descriptor arrived, when `until_fd`).
+    fn drain_socket(&self, until_fd: bool) -> io::Result<()> {
+        while !self.hung_up.get() {
+            let got = sys::socket::recv(&self.sock, false, &mut self.fds.borrow_mut())?;
+            let done = matches!(got, Incoming::Empty) || (until_fd && got == Incoming::Fds);
+            self.note(got);
+            if done {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- recv
+
+    /// Receive the next message, waiting for one. After the last message the
+    /// peer posted, returns [`RecvError::Closed`] with the reason: this is
+    /// the close event.
+    pub fn recv(&self) -> Result<Message<'_>, RecvError> {
+        self.recv_wait(Wait::Forever)
+    }
+
+    /// Receive a message if one is waiting; [`RecvError::Empty`] otherwise.
+    /// When the ring is empty this makes one non-blocking system call to
+    /// learn whether the peer is gone.
+    pub fn try_recv(&self) -> Result<Message<'_>, RecvError> {
+        self.recv_wait(Wait::No)
+    }
+
+    /// Receive a message, waiting at most `timeout` ([`RecvError::Timeout`]).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Message<'_>, RecvError> {
+        self.recv_wait(Wait::after(timeout))
+    }
+
+    fn recv_wait(&self, wait: Wait) -> Result<Message<'_>, RecvError> {
+        let mut spin_until: Option<Instant> = None;
+        loop {
+            if let Some(m) = self.take()? {
+                return Ok(m);
+            }
+            self.flush_releases();
+            if let Some(reason) = self.close_reason() {
+                return Err(RecvError::Closed(reason));
+            }
+            match wait {
+                Wait::No if !self.hung_up.get() => {
+                    // One look at the socket: has the peer gone away?
+                    self.drain_socket(false).map_err(RecvError::Io)?;
+                    if !self.hung_up.get() && self.broken.get().is_none() {
+                        return Err(RecvError::Empty);
+                    }
+                    continue;
+                }
+                Wait::No => return Err(RecvError::Empty),
+                _ if wait.expired() => return Err(RecvError::Timeout),
+                _ => {}
+            }
+            let spin_end = *spin_until.get_or_insert_with(|| Instant::now() + self.spin.get());
+            if self.spin_for_record(spin_end) {
+                continue;
+            }
+            let rx = self.rx.borrow();
+            if rx.prepare_sleep() {
+                if rx.producer_closed() {
+                    rx.end_sleep();
+                    continue;
+                }
+                drop(rx);
+                let r = self.sleep(wait);
+                self.rx.borrow().end_sleep();
+                r.map_err(RecvError::Io)?;
+            }
+        }
+    }
+
+    /// Spin until a record is ready, the producer closed, or `until`.
+    fn spin_for_record(&self, until: Instant) -> bool {
+        let rx = self.rx.borrow();
+        let mut i = 0u32;
+        loop {
+            if rx.ready() || rx.producer_closed() {
+                return true;
+            }
+            std::hint::spin_loop();
+            i = i.wrapping_add(1);
+            if i % 64 == 0 && Instant::now() >= until {
+                return false;
+            }
+        }
+    }
+
+    /// The close reason, if the ring is empty and the peer is gone.
+    fn close_reason(&self) -> Option<CloseReason> {
+        if self.broken.get().is_some() {
+            return Some(CloseReason::ProtocolError);
+        }
+        let rx = self.rx.borrow();
+        // The closed flag (Acquire) or the hang-up comes after the peer's
+        // last commit: re-check the ring after seeing either.
+        let gone = rx.producer_closed() || self.hung_up.get();
+        if gone && !rx.ready() {
+            drop(rx);
+            return Some(self.peer_gone_reason());
+        }
+        None
+    }
+
+    /// Publish released space if any is unpublished, waking a producer that
+    /// waits for it.
+    fn flush_releases(&self) {
+        let mut rx = self.rx.borrow_mut();
+        if rx.unpublished() && rx.publish_head() {
+            drop(rx);
+            let _ = self.wake_peer();
+        }
+    }
+
+    /// Called by a dropped [`Message`].
+    pub(crate) fn release(&self, pos: u64) {
+        let mut rx = self.rx.borrow_mut();
+        if rx.release(pos) && rx.publish_head() {
+            drop(rx);
+            let _ = self.wake_peer();
+        }
+    }
+
+    /// Take the next record and make it a message.
+    fn take(&self) -> Result<Option<Message<'_>>, RecvError> {
+        if self.broken.get().is_some() {
+            return Err(RecvError::Closed(CloseReason::ProtocolError));
+        }
+        let r = self.rx.borrow_mut().take();
+        let rec = match r {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Ok(None),
+            Err(c) => return Err(RecvError::Closed(self.corrupt(c))),
+        };
+        let body = if rec.meta.out_of_line {
+            match self.map_out_of_line(&rec) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.release(rec.pos);
+                    return Err(e);
+                }
+            }
+        } else {
+            Body::Ring {
+                ptr: rec.payload,
+                len: rec.len,
+            }
+        };
+        Ok(Some(Message::new(self, rec.pos, rec.meta, body)))
+    }
+
+    fn map_out_of_line(&self, rec: &Record) -> Result<Body, RecvError> {
+        if rec.len != OOL_DESCRIPTOR {
+            return Err(RecvError::Closed(
+                self.corrupt(Corrupt("out-of-line descriptor has the wrong size")),
+            ));
+        }
+        // SAFETY: the record's payload holds OOL_DESCRIPTOR (8) bytes inside
+        // the ring, RECORD_ALIGN aligned; read once, as an atomic.
+        let len = unsafe { rec.payload.cast::<core::sync::atomic::AtomicU64>().as_ref() }
+            .load(core::sync::atomic::Ordering::Relaxed);
+        if self.fds.borrow().is_empty() {
+            self.drain_socket(true).map_err(RecvError::Io)?;
+        }
+        let Some(fd) = self.fds.borrow_mut().pop_front() else {
+            return Err(RecvError::Closed(
+                self.corrupt(Corrupt("out-of-line record without its descriptor")),
+            ));
+        };
+        let size = sys::memfd::checked_size(&fd, sys::memfd::OOL_SEALS).map_err(|_| {
+            RecvError::Closed(self.corrupt(Corrupt("out-of-line memfd not sealed")))
+        })?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len > size || len == 0 {
+            return Err(RecvError::Closed(
+                self.corrupt(Corrupt("out-of-line length outside its memfd")),
+            ));
+        }
+        let map = Mapping::new(&fd, len, false, true).map_err(RecvError::Io)?;
+        Ok(Body::OutOfLine { map, len })
+    }
+
+    // ---------------------------------------------------------------- close
+
+    /// Close the port. The peer receives every message posted before, then
+    /// the close event with [`CloseReason::Closed`]. Dropping the port does
+    /// the same.
+    pub fn close(self) {
+        drop(self)
+    }
+}
+
+impl Drop for MessagePort {
+    fn drop(&mut self) {
+        // Publish what this side consumed and produced, then the closed
+        // flags; the socket closes when the fields drop, and the peer's
+        // hang-up wakes it if it sleeps.
+        self.rx.get_mut().close();
+        self.tx.get_mut().close();
+    }
+}
+
+impl AsFd for MessagePort {
+    /// The port's socket: readable when the peer wakes this port (after this
+    /// port announced it sleeps) or hung up when the peer is gone.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+impl std::fmt::Debug for MessagePort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessagePort")
+            .field("capacity", &self.seg.capacity())
+            .field("hung_up", &self.hung_up.get())
+            .field("broken", &self.broken.get())
+            .finish_non_exhaustive()
+    }
+}

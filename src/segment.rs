@@ -1,0 +1,161 @@
+//! A channel's shared segment: creating it, and mapping and checking one
+//! received from elsewhere.
+
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::error::OpenError;
+use crate::layout::{
+    HEADER_AREA, LAYOUT_VERSION, MAGIC, MAX_CAPACITY, MIN_CAPACITY, RING_HEADER, RingHeader,
+    SegmentHeader, ring_data, segment_size,
+};
+use crate::ring::RingMemory;
+use crate::sys::{self, Mapping};
+
+/// One mapped segment and its memfd (kept to hand the segment on).
+pub struct Segment {
+    map: Mapping,
+    fd: OwnedFd,
+    capacity: usize,
+}
+
+impl Segment {
+    /// A new segment with two rings of `capacity` bytes, sealed against
+    /// shrinking and growing.
+    pub fn create(capacity: usize) -> std::io::Result<Arc<Segment>> {
+        assert!(
+            capacity.is_power_of_two() && (MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity),
+            "ring capacity must be a power of two in 4 KiB..=1 GiB"
+        );
+        let size = segment_size(capacity);
+        let fd = sys::memfd::create("shmport-channel", size)?;
+        sys::memfd::seal(&fd, sys::memfd::SIZE_SEALS)?;
+        let map = Mapping::new(&fd, size, true, false)?;
+        let seg = Segment { map, fd, capacity };
+        let h = seg.header();
+        // Relaxed: nobody else can see the segment before its descriptor is
+        // sent, and sending it (a system call) orders these stores first.
+        h.version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        h.header_area.store(HEADER_AREA as u32, Ordering::Relaxed);
+        h.ring_capacity.store(capacity as u64, Ordering::Relaxed);
+        h.total_size.store(size as u64, Ordering::Relaxed);
+        h.magic.store(MAGIC, Ordering::Release);
+        Ok(Arc::new(seg))
+    }
+
+    /// Map a segment received as a descriptor, and check it: sealed size,
+    /// magic, version, geometry.
+    pub fn open(fd: OwnedFd) -> Result<Arc<Segment>, OpenError> {
+        let size = sys::memfd::checked_size(&fd, sys::memfd::SIZE_SEALS)
+            .map_err(|e| OpenError::BadDescriptor(e.to_string()))?;
+        if size < HEADER_AREA {
+            return Err(OpenError::BadGeometry("file smaller than the header"));
+        }
+        let map = Mapping::new(&fd, size, true, false)?;
+        // Capacity is set below once checked; 0 until then.
+        let mut seg = Segment {
+            map,
+            fd,
+            capacity: 0,
+        };
+        let h = seg.header();
+        // Acquire: pairs with the Release store of the magic in `create`.
+        let magic = h.magic.load(Ordering::Acquire);
+        if magic != MAGIC {
+            return Err(OpenError::BadMagic(magic));
+        }
+        let version = h.version.load(Ordering::Relaxed);
+        if version != LAYOUT_VERSION {
+            return Err(OpenError::BadVersion(version));
+        }
+        if h.header_area.load(Ordering::Relaxed) as usize != HEADER_AREA {
+            return Err(OpenError::BadGeometry("unexpected header area size"));
+        }
+        let cap = h.ring_capacity.load(Ordering::Relaxed);
+        if !cap.is_power_of_two() || !(MIN_CAPACITY as u64..=MAX_CAPACITY as u64).contains(&cap) {
+            return Err(OpenError::BadGeometry(
+                "ring capacity is not a power of two in range",
+            ));
+        }
+        let cap = cap as usize;
+        if h.total_size.load(Ordering::Relaxed) != segment_size(cap) as u64
+            || size != segment_size(cap)
+        {
+            return Err(OpenError::BadGeometry(
+                "segment size does not match its rings",
+            ));
+        }
+        seg.capacity = cap;
+        Ok(Arc::new(seg))
+    }
+
+    fn header(&self) -> &SegmentHeader {
+        // SAFETY: the mapping is at least HEADER_AREA bytes (checked or
+        // created so), page aligned, and SegmentHeader holds only atomics.
+        unsafe { self.map.ptr().cast::<SegmentHeader>().as_ref() }
+    }
+
+    /// The memfd.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Bytes in each ring.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+impl AsFd for Segment {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// One of the segment's two rings.
+#[derive(Clone)]
+pub struct SegmentRing {
+    seg: Arc<Segment>,
+    index: usize,
+}
+
+impl SegmentRing {
+    /// Ring `index` (0: side A to side B, 1: side B to side A).
+    pub fn new(seg: Arc<Segment>, index: usize) -> Self {
+        assert!(index < 2);
+        SegmentRing { seg, index }
+    }
+}
+
+// SAFETY: `Segment::create`/`open` guarantee the mapping covers
+// HEADER_AREA + 2 * capacity bytes with capacity a power of two >= 4096; ring
+// headers sit at RING_HEADER[i] (128-aligned, inside HEADER_AREA) and data
+// areas at HEADER_AREA + i * capacity (page aligned). The Arc keeps the
+// mapping alive as long as this value.
+unsafe impl RingMemory for SegmentRing {
+    fn header(&self) -> &RingHeader {
+        // SAFETY: see the impl's comment; RingHeader holds only atomics.
+        unsafe {
+            self.seg
+                .map
+                .ptr()
+                .add(RING_HEADER[self.index])
+                .cast::<RingHeader>()
+                .as_ref()
+        }
+    }
+    fn data(&self) -> NonNull<u8> {
+        // SAFETY: inside the mapping, see the impl's comment.
+        unsafe {
+            self.seg
+                .map
+                .ptr()
+                .add(ring_data(self.index, self.seg.capacity))
+        }
+    }
+    fn capacity(&self) -> usize {
+        self.seg.capacity
+    }
+}

@@ -1,0 +1,144 @@
+//! A second process: spawn a child with a port already connected, and adopt
+//! that port in the child.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::io::{FdFlags, fcntl_setfd};
+
+use crate::channel::ChannelBuilder;
+use crate::error::OpenError;
+use crate::port::{DEFAULT_SPIN, MessagePort, Side};
+use crate::segment::Segment;
+use crate::sys;
+
+/// The environment variable that tells a spawned child where its port is:
+/// `"<socket fd>,<segment fd>"`.
+pub const PORT_ENV: &str = "SHMPORT_PORT";
+
+/// Spawn `cmd` with a new channel's other port passed to it; returns the
+/// child and this process's port. The child calls
+/// [`MessagePort::from_parent`] to adopt its end.
+///
+/// The child inherits exactly its standard streams and the port's two
+/// descriptors: every other descriptor is closed on `exec`, whoever opened
+/// it. The command is consumed, so its setup cannot leak into a second spawn.
+///
+/// # Example
+/// ```no_run
+/// use std::process::Command;
+///
+/// let (mut child, port) = shmport::spawn(Command::new("./worker"))?;
+/// port.post(&"hello".to_string())?;
+/// let reply = port.recv()?;
+/// println!("worker said {:?}", reply.bytes());
+/// child.wait()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn spawn(cmd: Command) -> std::io::Result<(Child, MessagePort)> {
+    ChannelBuilder::new().spawn(cmd)
+}
+
+impl ChannelBuilder {
+    /// [`spawn`] with these channel settings.
+    pub fn spawn(&self, mut cmd: Command) -> std::io::Result<(Child, MessagePort)> {
+        let seg = Segment::create(self.ring_capacity())?;
+        let (mine, theirs) = sys::socket::pair()?;
+        let port = MessagePort::from_parts(seg.clone(), Side::A, mine, self.spin_time())
+            .map_err(std::io::Error::other)?;
+        let keep: [RawFd; 2] = [theirs.as_raw_fd(), seg.fd().as_raw_fd()];
+        cmd.env(PORT_ENV, format!("{},{}", keep[0], keep[1]));
+        // SAFETY: the closure runs between fork and exec and makes only
+        // async-signal-safe system calls (close_range, fcntl), allocating
+        // nothing; the numbers it names stay open in the parent until the
+        // spawn returns (`theirs` and `seg` live past it).
+        unsafe {
+            cmd.pre_exec(move || sys::child::keep_only(&keep));
+        }
+        let child = cmd.spawn()?;
+        drop(cmd);
+        // Our copy of the child's socket end must go: while it is open here,
+        // the child's death would not hang up our port.
+        drop(theirs);
+        Ok((child, port))
+    }
+}
+
+static ADOPTED: AtomicBool = AtomicBool::new(false);
+
+impl MessagePort {
+    /// In a child started by [`spawn`]: adopt the port the parent passed.
+    ///
+    /// Fails with [`OpenError::NoPort`] in a process that was not given
+    /// one, [`OpenError::AlreadyAdopted`] on a second call, and with a
+    /// clear error when the descriptors or the segment are not what they
+    /// should be (wrong kind of descriptor, bad magic, version or size).
+    pub fn from_parent() -> Result<MessagePort, OpenError> {
+        let value = std::env::var(PORT_ENV).map_err(|_| OpenError::NoPort)?;
+        let (sock, mem) = parse_env(&value)?;
+        for fd in [sock, mem] {
+            // Look before taking ownership: the number must name an open
+            // descriptor of the right kind.
+            let target = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                .map_err(|_| OpenError::BadDescriptor(format!("descriptor {fd} is not open")))?;
+            let target = target.to_string_lossy();
+            let ok = if fd == sock {
+                target.starts_with("socket:")
+            } else {
+                target.starts_with("/memfd:")
+            };
+            if !ok {
+                return Err(OpenError::BadDescriptor(format!(
+                    "descriptor {fd} is {target}"
+                )));
+            }
+        }
+        if ADOPTED.swap(true, Ordering::AcqRel) {
+            return Err(OpenError::AlreadyAdopted);
+        }
+        // SAFETY: both numbers name open descriptors (checked above) that
+        // the parent passed to this process for the port; the ADOPTED flag
+        // makes this the only place that ever takes ownership of them.
+        let (sock, mem) = unsafe { (OwnedFd::from_raw_fd(sock), OwnedFd::from_raw_fd(mem)) };
+        // Our own children must not inherit them.
+        fcntl_setfd(&sock, FdFlags::CLOEXEC).map_err(std::io::Error::from)?;
+        fcntl_setfd(&mem, FdFlags::CLOEXEC).map_err(std::io::Error::from)?;
+        if !sys::socket::is_seqpacket(&sock) {
+            return Err(OpenError::BadDescriptor(
+                "the port's socket is not a SOCK_SEQPACKET socket".into(),
+            ));
+        }
+        let seg = Segment::open(mem)?;
+        MessagePort::from_parts(seg, Side::B, sock, DEFAULT_SPIN)
+            .map_err(|c| OpenError::Corrupt(c.0))
+    }
+}
+
+fn parse_env(value: &str) -> Result<(RawFd, RawFd), OpenError> {
+    let bad = || OpenError::BadDescriptor(format!("{PORT_ENV}={value:?} is not \"<fd>,<fd>\""));
+    let (a, b) = value.split_once(',').ok_or_else(bad)?;
+    let a: RawFd = a.trim().parse().map_err(|_| bad())?;
+    let b: RawFd = b.trim().parse().map_err(|_| bad())?;
+    if a < 3 || b < 3 || a == b {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_value_is_parsed_strictly() {
+        assert_eq!(parse_env("5,6").unwrap(), (5, 6));
+        for bad in ["", "5", "5,", "a,6", "5,5", "1,6", "-3,6", "5;6"] {
+            assert!(
+                matches!(parse_env(bad), Err(OpenError::BadDescriptor(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}

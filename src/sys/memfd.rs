@@ -1,0 +1,52 @@
+//! Anonymous memory files: nothing is created under `/dev/shm`, and the
+//! memory goes away with its last descriptor or mapping.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{FileType, MemfdFlags, SealFlags, fcntl_add_seals, fcntl_get_seals, fstat};
+
+/// Seals that keep a shared file's size fixed.
+pub const SIZE_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
+
+/// A new memfd of `size` bytes, close-on-exec, sealing allowed.
+pub fn create(name: &str, size: usize) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&fd, size as u64)?;
+    Ok(fd)
+}
+
+/// Set the file's size (before it is sealed).
+pub fn set_size(fd: impl AsFd, size: usize) -> io::Result<()> {
+    Ok(rustix::fs::ftruncate(fd, size as u64)?)
+}
+
+/// Add `seals` and forbid further seals.
+pub fn seal(fd: impl AsFd, seals: SealFlags) -> io::Result<()> {
+    Ok(fcntl_add_seals(fd, seals | SealFlags::SEAL)?)
+}
+
+/// The file's size, if it is a regular file (memfds are) carrying at least
+/// `required` seals; an error naming what is wrong otherwise.
+pub fn checked_size(fd: impl AsFd, required: SealFlags) -> io::Result<usize> {
+    let st = fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "descriptor is not a memory file",
+        ));
+    }
+    let seals = fcntl_get_seals(&fd)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "descriptor is not a memfd"))?;
+    if !seals.contains(required) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "memfd is missing required seals",
+        ));
+    }
+    usize::try_from(st.st_size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "memfd size out of range"))
+}
+
+/// Seals of an out-of-line message: its size and its bytes are fixed.
+pub const OOL_SEALS: SealFlags = SIZE_SEALS.union(SealFlags::WRITE);

@@ -1,0 +1,14 @@
+//! The only module that makes system calls (Linux).
+//!
+//! - [`memfd`]: anonymous memory files, their seals and sizes.
+//! - [`Mapping`]: an owned `mmap` region.
+//! - [`socket`]: the port's `SOCK_SEQPACKET` socket: wake tokens, descriptor
+//!   passing (`SCM_RIGHTS`), hang-up detection.
+//! - [`child`]: what runs between `fork` and `exec` of a spawned peer.
+
+pub mod child;
+mod mapping;
+pub mod memfd;
+pub mod socket;
+
+pub use mapping::Mapping;
