@@ -107,6 +107,12 @@ pub struct MessagePort {
     spin: Cell<Duration>,
 }
 
+// A port moves between threads (it is not shared between them).
+const _: () = {
+    const fn is_send<T: Send>() {}
+    is_send::<MessagePort>();
+};
+
 impl MessagePort {
     pub(crate) fn from_parts(
         seg: Arc<Segment>,

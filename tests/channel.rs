@@ -1,0 +1,242 @@
+//! The port API within one process (cross-process behaviour is in
+//! `process.rs`).
+
+use std::time::{Duration, Instant};
+
+use shmport::{AccessError, CloseReason, MessageChannel, MessagePort, PostError, RecvError};
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+struct Point {
+    x: i64,
+    y: i64,
+    label: String,
+}
+
+fn small() -> (MessagePort, MessagePort) {
+    MessageChannel::builder()
+        .capacity(4096)
+        .build()
+        .unwrap()
+        .into_ports()
+}
+
+#[test]
+fn typed_value_is_read_in_place_and_deserialized() {
+    let (a, b) = MessageChannel::new().unwrap().into_ports();
+    let p = Point {
+        x: -3,
+        y: 9,
+        label: "here".into(),
+    };
+    a.post(&p).unwrap();
+    let m = b.recv().unwrap();
+    assert!(m.is_typed());
+    let r = m.get::<Point>().unwrap();
+    assert_eq!(
+        (r.x.to_native(), r.y.to_native(), r.label.as_str()),
+        (-3, 9, "here")
+    );
+    assert_eq!(m.deserialize::<Point>().unwrap(), p);
+}
+
+#[test]
+fn both_directions_are_fifo() {
+    let (a, b) = MessageChannel::new().unwrap().into_ports();
+    for i in 0..1000u32 {
+        a.post(&i).unwrap();
+        b.post(&(i * 2)).unwrap();
+    }
+    for i in 0..1000u32 {
+        assert_eq!(b.recv().unwrap().get::<u32>().unwrap().to_native(), i);
+        assert_eq!(a.recv().unwrap().get::<u32>().unwrap().to_native(), i * 2);
+    }
+}
+
+#[test]
+fn wrong_type_and_raw_bytes_are_clear_errors() {
+    let (a, b) = MessageChannel::new().unwrap().into_ports();
+    a.post(&(1u32, 2u32)).unwrap();
+    a.post_bytes(b"raw").unwrap();
+    let m = b.recv().unwrap();
+    match m.get::<String>() {
+        Err(AccessError::TypeMismatch { expected, found }) => {
+            assert_eq!(expected, shmport::fingerprint::<String>());
+            assert_eq!(found, shmport::fingerprint::<(u32, u32)>());
+        }
+        other => panic!("expected a type mismatch, got {other:?}"),
+    }
+    assert_eq!(m.get::<(u32, u32)>().unwrap().1, 2);
+    let raw = b.recv().unwrap();
+    assert!(!raw.is_typed());
+    assert_eq!(raw.bytes(), b"raw");
+    assert!(matches!(raw.get::<u32>(), Err(AccessError::NotTyped)));
+    let text = format!("{}", m.get::<String>().unwrap_err());
+    assert!(text.contains("type mismatch"), "{text}");
+}
+
+#[test]
+fn empty_and_timeouts() {
+    let (a, b) = small();
+    assert!(matches!(b.try_recv(), Err(RecvError::Empty)));
+    let t = Instant::now();
+    assert!(matches!(
+        b.recv_timeout(Duration::from_millis(30)),
+        Err(RecvError::Timeout)
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(30));
+    // Fill the 4 KiB ring.
+    let mut n = 0;
+    loop {
+        match a.try_post_bytes(&[0u8; 200]) {
+            Ok(()) => n += 1,
+            Err(PostError::Full) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(n > 10);
+    assert!(matches!(
+        a.post_bytes_timeout(&[0u8; 200], Duration::from_millis(20)),
+        Err(PostError::Timeout)
+    ));
+    // Draining one message makes room again.
+    drop(b.recv().unwrap());
+    // Space is released to the producer in batches or when the ring looks
+    // empty to the consumer; drain fully.
+    while b.try_recv().is_ok() {}
+    a.try_post_bytes(&[0u8; 200]).unwrap();
+}
+
+#[test]
+fn held_messages_keep_their_bytes_and_release_in_any_order() {
+    let (a, b) = small();
+    for i in 0..10u8 {
+        a.post_bytes(&[i; 100]).unwrap();
+    }
+    let held: Vec<_> = (0..10).map(|_| b.recv().unwrap()).collect();
+    // The ring (4 KiB) has little room left while all ten are held.
+    for (i, m) in held.iter().enumerate() {
+        assert_eq!(m.bytes(), &[i as u8; 100][..]);
+    }
+    let mut held = held;
+    // Drop from the middle, then the rest reversed.
+    drop(held.remove(5));
+    while let Some(m) = held.pop() {
+        drop(m);
+    }
+    // All space is back: a message of half the ring fits.
+    assert!(matches!(b.try_recv(), Err(RecvError::Empty)));
+    a.try_post_bytes(&vec![1u8; a.max_inline_payload()])
+        .unwrap();
+    assert_eq!(b.recv().unwrap().bytes().len(), a.max_inline_payload());
+}
+
+#[test]
+fn large_messages_go_out_of_line_and_read_zero_copy() {
+    let (a, b) = small();
+    let big: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    a.post_bytes(&big).unwrap();
+    a.post(&big).unwrap();
+    a.post_bytes(b"after").unwrap();
+    let m = b.recv().unwrap();
+    assert!(m.is_out_of_line());
+    assert_eq!(m.bytes(), &big[..]);
+    let t = b.recv().unwrap();
+    assert!(t.is_out_of_line());
+    assert_eq!(t.get::<Vec<u8>>().unwrap().as_slice(), &big[..]);
+    assert_eq!(b.recv().unwrap().bytes(), b"after");
+}
+
+#[test]
+fn close_delivers_everything_first_then_the_reason() {
+    let (a, b) = small();
+    for i in 0..50u64 {
+        a.post(&i).unwrap();
+    }
+    a.close();
+    for i in 0..50u64 {
+        assert_eq!(b.recv().unwrap().get::<u64>().unwrap().to_native(), i);
+    }
+    assert!(matches!(
+        b.recv(),
+        Err(RecvError::Closed(CloseReason::Closed))
+    ));
+    assert!(matches!(
+        b.try_recv(),
+        Err(RecvError::Closed(CloseReason::Closed))
+    ));
+    match b.post(&1u64) {
+        Err(PostError::Closed(CloseReason::Closed)) => {}
+        other => panic!("post after close: {other:?}"),
+    }
+}
+
+#[test]
+fn dropping_a_port_wakes_a_blocked_receiver() {
+    let (a, b) = small();
+    b.set_spin(Duration::ZERO);
+    let t = std::thread::spawn(move || match b.recv() {
+        Err(RecvError::Closed(r)) => r,
+        other => panic!("{other:?}"),
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    drop(a);
+    assert_eq!(t.join().unwrap(), CloseReason::Closed);
+}
+
+#[test]
+fn blocked_sender_wakes_when_room_appears_and_when_peer_closes() {
+    let (a, b) = small();
+    a.set_spin(Duration::ZERO);
+    while a.try_post_bytes(&[9u8; 500]).is_ok() {}
+    let t = std::thread::spawn(move || {
+        // Blocks until the other thread drains.
+        a.post_bytes(&[9u8; 500]).unwrap();
+        // Then fill again and block until the peer closes.
+        loop {
+            match a.post_bytes(&[9u8; 500]) {
+                Ok(()) => continue,
+                Err(e) => return e,
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let mut got = 0;
+    while got < 3 {
+        if b.recv_timeout(Duration::from_millis(200)).is_ok() {
+            got += 1;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    drop(b);
+    match t.join().unwrap() {
+        PostError::Closed(CloseReason::Closed) => {}
+        e => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn blocking_ping_pong_between_threads_with_and_without_spin() {
+    for spin in [Duration::ZERO, Duration::from_millis(1)] {
+        let (a, b) = MessageChannel::builder()
+            .spin(spin)
+            .build()
+            .unwrap()
+            .into_ports();
+        let t = std::thread::spawn(move || {
+            loop {
+                let v = match b.recv() {
+                    Ok(m) => m.get::<u64>().unwrap().to_native(),
+                    Err(RecvError::Closed(_)) => return,
+                    Err(e) => panic!("{e}"),
+                };
+                b.post(&(v + 1)).unwrap();
+            }
+        });
+        for i in 0..2000u64 {
+            a.post(&i).unwrap();
+            assert_eq!(a.recv().unwrap().get::<u64>().unwrap().to_native(), i + 1);
+        }
+        drop(a);
+        t.join().unwrap();
+    }
+}

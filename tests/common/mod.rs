@@ -1,0 +1,78 @@
+//! Helpers shared by the integration tests: run this test binary again as a
+//! peer process, and make checkable payloads.
+#![allow(dead_code)]
+
+use std::process::Command;
+
+/// Environment variable naming the role a re-executed test binary plays.
+pub const ROLE: &str = "SHMPORT_TEST_ROLE";
+
+/// A command that runs this test binary as a peer playing `role`: only the
+/// `peer_entry` test runs, and it dispatches on the role. Its stdout is
+/// discarded unless the caller sets it.
+pub fn peer(role: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().expect("test binary path"));
+    c.args(["--exact", "peer_entry", "--nocapture", "--test-threads=1"])
+        .env(ROLE, role)
+        // The peer's libtest chatter would mix with ours; tests that read
+        // the peer's output pipe it instead.
+        .stdout(std::process::Stdio::null());
+    c
+}
+
+/// The role this process plays, if it is a peer.
+pub fn role() -> Option<String> {
+    std::env::var(ROLE).ok()
+}
+
+/// 64-bit checksum of `bytes` (FNV-1a over 8-byte words, then the tail).
+pub fn checksum(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        h ^= u64::from_le_bytes(c.try_into().unwrap());
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    for &b in chunks.remainder() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^ bytes.len() as u64
+}
+
+/// Pseudo-random bytes (xorshift) to slice payloads from.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Open descriptors of this process (numbers), from /proc/self/fd.
+pub fn open_fds() -> Vec<i32> {
+    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    // The directory handle used for the listing is gone by now: drop
+    // numbers that no longer resolve.
+    fds.retain(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok());
+    fds
+}
+
+/// Files in /dev/shm.
+pub fn dev_shm() -> Vec<String> {
+    match std::fs::read_dir("/dev/shm") {
+        Ok(d) => d
+            .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
