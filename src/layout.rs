@@ -13,8 +13,8 @@
 //!                     | RingHeader, ring 0: side A -> side B (512 B) |
 //!                     |   ProducerLine      tail u64, closed u32     |  128 B, written by producer
 //!                     |   ConsumerLine      head u64                 |  128 B, written by consumer
-//!                     |   ConsumerWaitLine  sleeping u32, closed u32 |  128 B, written by consumer
-//!                     |   ProducerWaitLine  waiting u32              |  128 B, written by producer
+//!                     |   ConsumerWaitLine  sleeping, closed, barrier|  128 B, written by consumer
+//!                     |   ProducerWaitLine  waiting, barrier (u32s)  |  128 B, written by producer
 //! RING_HEADER[1] 640  +---------------------------------------------+
 //!                     | RingHeader, ring 1: side B -> side A (512 B) |
 //!               1152  +---------------------------------------------+
@@ -133,6 +133,11 @@ pub struct ConsumerWaitLine {
     pub sleeping: AtomicU32,
     /// Nonzero once the consumer closed: posting to this ring fails.
     pub closed: AtomicU32,
+    /// [`BARRIER_MEMBARRIER`] when the consumer orders its sleep announcement
+    /// with `membarrier(2)` (then a registered producer needs no fence after
+    /// each commit); [`BARRIER_FENCE`] otherwise. Written when a process
+    /// takes the consumer role.
+    pub barrier: AtomicU32,
 }
 
 /// Written by the producer (set) and the consumer (swap to clear).
@@ -141,7 +146,18 @@ pub struct ProducerWaitLine {
     /// 1 while the producer waits for room. The consumer that swaps it from
     /// 1 to 0 after releasing space sends the wake-up.
     pub waiting: AtomicU32,
+    /// As [`ConsumerWaitLine::barrier`], for the producer's wait
+    /// announcement. Written when a process takes the producer role.
+    pub barrier: AtomicU32,
 }
+
+/// The sleeper fences its announcement with a SeqCst fence; the other side
+/// must fence too.
+pub const BARRIER_FENCE: u32 = 0;
+/// The sleeper fences its announcement with `membarrier(2)` (global,
+/// expedited); the other side needs only a compiler fence if its process is
+/// registered for those barriers.
+pub const BARRIER_MEMBARRIER: u32 = 1;
 
 /// The control block of one ring.
 #[repr(C)]
@@ -219,6 +235,9 @@ const _: () = {
     assert!(size_of::<ConsumerWaitLine>() == 128);
     assert!(offset_of!(ConsumerWaitLine, sleeping) == 0);
     assert!(offset_of!(ConsumerWaitLine, closed) == 4);
+    assert!(offset_of!(ConsumerWaitLine, barrier) == 8);
+    assert!(offset_of!(ProducerWaitLine, waiting) == 0);
+    assert!(offset_of!(ProducerWaitLine, barrier) == 4);
     assert!(size_of::<ProducerWaitLine>() == 128);
 
     assert!(size_of::<RingHeader>() == 512);

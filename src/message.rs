@@ -9,16 +9,16 @@ use rkyv::{Archive, Portable};
 
 use crate::error::AccessError;
 use crate::port::MessagePort;
-use crate::ring::{Kind, RecordMeta};
+use crate::ring::{Kind, Record, RecordMeta};
 use crate::ser::fingerprint;
 use crate::sys::Mapping;
 
-/// Where a message's bytes are.
-pub(crate) enum Body {
-    /// In the ring, until the record is released.
-    Ring { ptr: NonNull<u8>, len: usize },
-    /// In a sealed memfd mapped read-only for this message.
-    OutOfLine { map: Mapping, len: usize },
+/// Where a message's bytes are: in the ring (until the record is released),
+/// or in a sealed memfd mapped read-only for this message (`map`).
+pub(crate) struct Body {
+    pub(crate) ptr: NonNull<u8>,
+    pub(crate) len: usize,
+    pub(crate) map: Option<Mapping>,
 }
 
 /// A value that can be read from a typed message: its archived form can be
@@ -44,16 +44,19 @@ impl<T> Receivable for T where
 pub struct Message<'p> {
     port: &'p MessagePort,
     pos: u64,
+    end: u64,
     meta: RecordMeta,
     body: Body,
 }
 
 impl<'p> Message<'p> {
-    pub(crate) fn new(port: &'p MessagePort, pos: u64, meta: RecordMeta, body: Body) -> Self {
+    #[inline]
+    pub(crate) fn new(port: &'p MessagePort, rec: &Record, body: Body) -> Self {
         Message {
             port,
-            pos,
-            meta,
+            pos: rec.pos,
+            end: rec.end,
+            meta: rec.meta,
             body,
         }
     }
@@ -61,17 +64,12 @@ impl<'p> Message<'p> {
     /// The payload: an rkyv archive for typed messages, the posted bytes
     /// for raw ones. Zero copy.
     pub fn bytes(&self) -> &[u8] {
-        match &self.body {
-            // SAFETY: ptr/len were checked to lie inside the ring's data
-            // area, and the record is not released (so the producer does not
-            // write it) until this message drops.
-            Body::Ring { ptr, len } => unsafe { core::slice::from_raw_parts(ptr.as_ptr(), *len) },
-            // SAFETY: the mapping is `len` (<= its size) readable bytes of a
-            // memfd sealed against writes and resizes, owned by this message.
-            Body::OutOfLine { map, len } => unsafe {
-                core::slice::from_raw_parts(map.ptr().as_ptr(), *len)
-            },
-        }
+        // SAFETY: `ptr/len` lie either inside the ring's data area (checked
+        // when the record was taken; the producer does not write the record
+        // until this message releases it on drop) or inside `map`, a
+        // read-only mapping of at least `len` bytes of a memfd sealed against
+        // writes and resizes, owned by this message.
+        unsafe { core::slice::from_raw_parts(self.body.ptr.as_ptr(), self.body.len) }
     }
 
     /// Was this message posted as a typed value (rather than raw bytes)?
@@ -81,7 +79,7 @@ impl<'p> Message<'p> {
 
     /// Did the payload travel out of line (in its own memfd)?
     pub fn is_out_of_line(&self) -> bool {
-        matches!(self.body, Body::OutOfLine { .. })
+        self.body.map.is_some()
     }
 
     /// The type fingerprint the sender attached (0 for raw bytes).
@@ -123,7 +121,7 @@ impl<'p> Message<'p> {
 
 impl Drop for Message<'_> {
     fn drop(&mut self) {
-        self.port.release(self.pos);
+        self.port.release(self.pos, self.end);
     }
 }
 

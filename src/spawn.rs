@@ -5,6 +5,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use rustix::io::{FdFlags, fcntl_setfd};
 
@@ -15,7 +16,7 @@ use crate::segment::Segment;
 use crate::sys;
 
 /// The environment variable that tells a spawned child where its port is:
-/// `"<socket fd>,<segment fd>"`.
+/// `"<socket fd>,<segment fd>[,<spin in nanoseconds>]"`.
 pub const PORT_ENV: &str = "SHMPORT_PORT";
 
 /// Spawn `cmd` with a new channel's other port passed to it; returns the
@@ -49,7 +50,10 @@ impl ChannelBuilder {
         let port = MessagePort::from_parts(seg.clone(), Side::A, mine, self.spin_time())
             .map_err(std::io::Error::other)?;
         let keep: [RawFd; 2] = [theirs.as_raw_fd(), seg.fd().as_raw_fd()];
-        cmd.env(PORT_ENV, format!("{},{}", keep[0], keep[1]));
+        cmd.env(
+            PORT_ENV,
+            format!("{},{},{}", keep[0], keep[1], self.spin_time().as_nanos()),
+        );
         // SAFETY: the closure runs between fork and exec and makes only
         // async-signal-safe system calls (close_range, fcntl), allocating
         // nothing; the numbers it names stay open in the parent until the
@@ -77,7 +81,7 @@ impl MessagePort {
     /// should be (wrong kind of descriptor, bad magic, version or size).
     pub fn from_parent() -> Result<MessagePort, OpenError> {
         let value = std::env::var(PORT_ENV).map_err(|_| OpenError::NoPort)?;
-        let (sock, mem) = parse_env(&value)?;
+        let (sock, mem, spin) = parse_env(&value)?;
         for fd in [sock, mem] {
             // Look before taking ownership: the number must name an open
             // descriptor of the right kind.
@@ -111,20 +115,34 @@ impl MessagePort {
             ));
         }
         let seg = Segment::open(mem)?;
-        MessagePort::from_parts(seg, Side::B, sock, DEFAULT_SPIN)
-            .map_err(|c| OpenError::Corrupt(c.0))
+        MessagePort::from_parts(seg, Side::B, sock, spin).map_err(|c| OpenError::Corrupt(c.0))
     }
 }
 
-fn parse_env(value: &str) -> Result<(RawFd, RawFd), OpenError> {
-    let bad = || OpenError::BadDescriptor(format!("{PORT_ENV}={value:?} is not \"<fd>,<fd>\""));
-    let (a, b) = value.split_once(',').ok_or_else(bad)?;
-    let a: RawFd = a.trim().parse().map_err(|_| bad())?;
-    let b: RawFd = b.trim().parse().map_err(|_| bad())?;
-    if a < 3 || b < 3 || a == b {
+fn parse_env(value: &str) -> Result<(RawFd, RawFd, Duration), OpenError> {
+    let bad = || {
+        OpenError::BadDescriptor(format!(
+            "{PORT_ENV}={value:?} is not \"<fd>,<fd>[,<spin ns>]\""
+        ))
+    };
+    let mut parts = value.split(',');
+    let mut fd = || -> Result<RawFd, OpenError> {
+        parts
+            .next()
+            .ok_or_else(bad)?
+            .trim()
+            .parse()
+            .map_err(|_| bad())
+    };
+    let (a, b) = (fd()?, fd()?);
+    let spin = match parts.next() {
+        None => DEFAULT_SPIN,
+        Some(ns) => Duration::from_nanos(ns.trim().parse().map_err(|_| bad())?),
+    };
+    if parts.next().is_some() || a < 3 || b < 3 || a == b {
         return Err(bad());
     }
-    Ok((a, b))
+    Ok((a, b, spin))
 }
 
 #[cfg(test)]
@@ -133,8 +151,14 @@ mod tests {
 
     #[test]
     fn env_value_is_parsed_strictly() {
-        assert_eq!(parse_env("5,6").unwrap(), (5, 6));
-        for bad in ["", "5", "5,", "a,6", "5,5", "1,6", "-3,6", "5;6"] {
+        assert_eq!(parse_env("5,6").unwrap(), (5, 6, DEFAULT_SPIN));
+        assert_eq!(
+            parse_env("5,6,1000").unwrap(),
+            (5, 6, Duration::from_micros(1))
+        );
+        for bad in [
+            "", "5", "5,", "a,6", "5,5", "1,6", "-3,6", "5;6", "5,6,x", "5,6,1,2",
+        ] {
             assert!(
                 matches!(parse_env(bad), Err(OpenError::BadDescriptor(_))),
                 "{bad:?}"

@@ -12,8 +12,11 @@
 //!   (an eighth of the ring, or whenever it finds the ring empty). The
 //!   producer caches `head` and reloads it (Acquire) only when short of room.
 //! - Sleep/wake is a Dekker pair: the sleeper stores its flag, issues a
-//!   SeqCst fence, and re-checks; the other side publishes, issues a SeqCst
-//!   fence, and checks the flag. At least one of them sees the other.
+//!   full barrier, and re-checks; the other side publishes, issues a full
+//!   barrier, and checks the flag. At least one of them sees the other.
+//!   With [`Barriers::heavy`] (membarrier) the sleeper's barrier also runs on
+//!   the other side's CPU, so a registered publisher needs only a compiler
+//!   fence: the per-message cost moves to the rare sleep.
 //!
 //! Everything loaded from the ring memory is untrusted: a bad value is a
 //! [`Corrupt`] error, never a panic or an out-of-bounds access.
@@ -21,12 +24,11 @@
 pub mod heap;
 
 use core::ptr::NonNull;
-use core::sync::atomic::{Ordering, fence};
-use std::collections::VecDeque;
+use core::sync::atomic::{Ordering, compiler_fence, fence};
 
 use crate::layout::{
-    FLAG_OUT_OF_LINE, KIND_PADDING, KIND_RAW, KIND_TYPED, RECORD_ALIGN, RECORD_HEADER,
-    RecordHeader, RingHeader, align_record,
+    BARRIER_FENCE, BARRIER_MEMBARRIER, FLAG_OUT_OF_LINE, KIND_PADDING, KIND_RAW, KIND_TYPED,
+    RECORD_ALIGN, RECORD_HEADER, RecordHeader, RingHeader, align_record,
 };
 
 /// Memory that holds one ring: a header and a data area.
@@ -45,6 +47,55 @@ pub unsafe trait RingMemory {
     fn data(&self) -> NonNull<u8>;
     /// Size of the data area in bytes.
     fn capacity(&self) -> usize;
+}
+
+/// How this process takes part in the sleep/wake handshake.
+#[derive(Debug, Clone, Copy)]
+pub struct Barriers {
+    /// This process is registered for the peers' heavy barriers: when the
+    /// sleeper on the other side uses one, our publishes need no fence.
+    pub registered: bool,
+    /// A barrier that runs on every CPU of registered processes
+    /// (`membarrier(2)`), used before re-checking after a sleep
+    /// announcement; `None`: a SeqCst fence, and the other side fences too.
+    pub heavy: Option<fn()>,
+}
+
+impl Barriers {
+    /// Plain SeqCst fences on both sides (tests, models).
+    pub const FENCES: Barriers = Barriers {
+        registered: false,
+        heavy: None,
+    };
+
+    fn code(&self) -> u32 {
+        if self.heavy.is_some() {
+            BARRIER_MEMBARRIER
+        } else {
+            BARRIER_FENCE
+        }
+    }
+
+    /// The sleeper's barrier, between its announcement and its re-check.
+    fn sleeper(&self) {
+        match self.heavy {
+            Some(f) => f(),
+            None => fence(Ordering::SeqCst),
+        }
+    }
+
+    /// The publisher's barrier, between its publication and its look at the
+    /// sleeper's flag. `peer` is the sleeper's advertised barrier code.
+    #[inline]
+    fn publisher(&self, peer: u32) {
+        if self.registered && peer == BARRIER_MEMBARRIER {
+            // The sleeper's membarrier runs a full barrier on our CPU
+            // between our store and our load, if they straddle it.
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
+        }
+    }
 }
 
 /// The ring memory holds values that the protocol forbids: the peer is
@@ -95,11 +146,14 @@ pub struct Slot {
 }
 
 /// A committed record handed to the consumer. Its bytes stay valid and
-/// untouched by the producer until [`Consumer::release`] is called with `pos`.
+/// untouched by the producer until [`Consumer::release`] is called with
+/// `pos` and `end`.
 #[derive(Debug, Clone, Copy)]
 pub struct Record {
-    /// Position of the record (the key for [`Consumer::release`]).
+    /// Position of the record.
     pub pos: u64,
+    /// Position just past the record.
+    pub end: u64,
     /// Header fields.
     pub meta: RecordMeta,
     /// Start of the payload.
@@ -108,6 +162,7 @@ pub struct Record {
     pub len: usize,
 }
 
+#[inline]
 fn header_at<M: RingMemory>(mem: &M, pos: u64) -> &RecordHeader {
     let offset = (pos as usize) & (mem.capacity() - 1);
     debug_assert!(offset % RECORD_ALIGN == 0);
@@ -137,12 +192,13 @@ pub struct Producer<M: RingMemory> {
     tail: u64,
     /// Last `head` loaded from the consumer.
     head_cache: u64,
+    barriers: Barriers,
 }
 
 impl<M: RingMemory> Producer<M> {
     /// Take the producing role of the ring in `mem`, resuming at the tail the
     /// previous producer published.
-    pub fn new(mem: M) -> Result<Self, Corrupt> {
+    pub fn new(mem: M, barriers: Barriers) -> Result<Self, Corrupt> {
         let cap = mem.capacity() as u64;
         let h = mem.header();
         // Acquire: pairs with the Release stores of the previous holder of
@@ -150,11 +206,17 @@ impl<M: RingMemory> Producer<M> {
         let tail = h.producer.tail.load(Ordering::Acquire);
         let head = h.consumer.head.load(Ordering::Acquire);
         check_positions(head, tail, cap)?;
+        // Relaxed: read by the consumer only to choose its fence; see
+        // `Barriers::publisher`.
+        h.producer_wait
+            .barrier
+            .store(barriers.code(), Ordering::Relaxed);
         Ok(Producer {
             mem,
             cap,
             tail,
             head_cache: head,
+            barriers,
         })
     }
 
@@ -164,6 +226,7 @@ impl<M: RingMemory> Producer<M> {
     }
 
     /// Largest payload one record can carry.
+    #[inline]
     pub fn max_payload(&self) -> usize {
         max_payload(self.cap as usize)
     }
@@ -187,6 +250,7 @@ impl<M: RingMemory> Producer<M> {
     ///
     /// The slot's `room` is all contiguous free space, so a payload whose
     /// size is unknown in advance can be written and measured afterwards.
+    #[inline]
     pub fn reserve(&mut self, min_payload: usize) -> Result<Option<Slot>, Corrupt> {
         if min_payload > self.max_payload() {
             return Ok(None);
@@ -218,6 +282,7 @@ impl<M: RingMemory> Producer<M> {
         }))
     }
 
+    #[inline]
     fn free(&self) -> u64 {
         self.cap - (self.tail - self.head_cache)
     }
@@ -243,6 +308,7 @@ impl<M: RingMemory> Producer<M> {
     ///
     /// Returns `true` when the consumer announced it is asleep: the caller
     /// must wake it.
+    #[inline]
     pub fn commit(&mut self, slot: Slot, len: usize, meta: RecordMeta) -> bool {
         assert!(
             len <= slot.room && slot.pos == self.tail,
@@ -277,12 +343,14 @@ impl<M: RingMemory> Producer<M> {
 
     /// After a commit: does the consumer sleep? Clears its flag if so, so
     /// that exactly one producer action sends the wake-up.
+    #[inline]
     fn consumer_needs_wake(&self) -> bool {
         let w = &self.mem.header().consumer_wait;
-        // SeqCst fence: pairs with the fence in `Consumer::prepare_sleep`.
-        // Either the consumer's re-check sees our commit, or we see its flag.
-        fence(Ordering::SeqCst);
-        // Relaxed: the fence above orders this load; the swap only decides
+        // Full barrier (or the consumer's membarrier): pairs with the barrier
+        // in `Consumer::prepare_sleep`. Either the consumer's re-check sees
+        // our commit, or we see its flag.
+        self.barriers.publisher(w.barrier.load(Ordering::Relaxed));
+        // Relaxed: the barrier above orders this load; the swap only decides
         // which of several wakers sends the token.
         w.sleeping.load(Ordering::Relaxed) != 0 && w.sleeping.swap(0, Ordering::Relaxed) != 0
     }
@@ -308,8 +376,8 @@ impl<M: RingMemory> Producer<M> {
             .producer_wait
             .waiting
             .store(1, Ordering::Relaxed);
-        // SeqCst fence: pairs with the fence in `Consumer::publish_head`.
-        fence(Ordering::SeqCst);
+        // Full barrier: pairs with the one in `Consumer::publish_head`.
+        self.barriers.sleeper();
         self.refresh_head()?;
         if self.free() >= self.required(min_payload) {
             self.end_wait();
@@ -320,6 +388,7 @@ impl<M: RingMemory> Producer<M> {
 
     /// Bytes of free space a record with `min_payload` needs at the current
     /// tail, counting the padding that skips a too-short end of lap.
+    #[inline]
     fn required(&self, min_payload: usize) -> u64 {
         let need = align_record(RECORD_HEADER + min_payload) as u64;
         let to_end = self.cap - (self.tail & (self.cap - 1));
@@ -338,6 +407,7 @@ impl<M: RingMemory> Producer<M> {
     }
 
     /// Has the consumer closed its end?
+    #[inline]
     pub fn consumer_closed(&self) -> bool {
         // Relaxed: a flag with no data attached; nothing is read after it.
         self.mem
@@ -374,31 +444,30 @@ fn check_positions(head: u64, tail: u64, cap: u64) -> Result<(), Corrupt> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy)]
-struct InFlight {
-    start: u64,
-    end: u64,
-    released: bool,
-}
-
 /// The reading end of a ring.
 pub struct Consumer<M: RingMemory> {
     mem: M,
     cap: u64,
     /// Position of the next record to take.
     head: u64,
-    /// Everything below is released locally.
+    /// Everything below is released locally; records in
+    /// `released..head` are held by the application, except the spans in
+    /// `ahead`.
     released: u64,
     /// Last value stored in the shared `head`.
     published: u64,
-    /// Records taken and not yet released, oldest first.
-    in_flight: VecDeque<InFlight>,
+    /// Spans released out of order (and padding behind held records),
+    /// waiting for everything before them: `(start, end)`, unsorted, short.
+    ahead: Vec<(u64, u64)>,
+    /// Records taken and not yet released.
+    held: usize,
+    barriers: Barriers,
 }
 
 impl<M: RingMemory> Consumer<M> {
     /// Take the consuming role of the ring in `mem`, resuming at the head
     /// the previous consumer published.
-    pub fn new(mem: M) -> Result<Self, Corrupt> {
+    pub fn new(mem: M, barriers: Barriers) -> Result<Self, Corrupt> {
         let cap = mem.capacity() as u64;
         // Acquire: pairs with the Release in `publish_head` of the previous
         // holder of this role.
@@ -406,13 +475,20 @@ impl<M: RingMemory> Consumer<M> {
         if head % RECORD_ALIGN as u64 != 0 {
             return Err(Corrupt("misaligned position"));
         }
+        // Relaxed: read by the producer only to choose its fence.
+        mem.header()
+            .consumer_wait
+            .barrier
+            .store(barriers.code(), Ordering::Relaxed);
         Ok(Consumer {
             mem,
             cap,
             head,
             released: head,
             published: head,
-            in_flight: VecDeque::new(),
+            ahead: Vec::new(),
+            held: 0,
+            barriers,
         })
     }
 
@@ -421,7 +497,31 @@ impl<M: RingMemory> Consumer<M> {
         &self.mem
     }
 
+    /// Hint the CPU to fetch the cache line after the head record's header
+    /// line (where a small record's payload ends up), so that while spinning
+    /// both lines travel at once instead of one after the other. A prefetch
+    /// is not a memory access: it cannot fault or race.
+    #[inline]
+    pub fn prefetch_next(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let offset = (self.head as usize & (self.cap as usize - 1)) + 64;
+            if offset < self.cap as usize {
+                // SAFETY: `offset` is inside the data area (checked), so the
+                // pointer arithmetic stays in bounds; prefetching reads
+                // nothing architecturally.
+                unsafe {
+                    let p = self.mem.data().as_ptr().add(offset);
+                    core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                        p.cast::<i8>(),
+                    );
+                }
+            }
+        }
+    }
+
     /// Is a committed record waiting at the head? One Acquire load.
+    #[inline]
     pub fn ready(&self) -> bool {
         // Acquire: pairs with the Release store of the commit word in
         // `Producer::commit` / `write_padding`.
@@ -432,6 +532,7 @@ impl<M: RingMemory> Consumer<M> {
     }
 
     /// Take the next record, skipping padding. `Ok(None)`: nothing committed.
+    #[inline]
     pub fn take(&mut self) -> Result<Option<Record>, Corrupt> {
         loop {
             let pos = self.head;
@@ -456,7 +557,7 @@ impl<M: RingMemory> Consumer<M> {
                     return Err(Corrupt("padding does not reach the end of the lap"));
                 }
                 self.head += to_end as u64;
-                self.push_in_flight(pos, self.head, true);
+                self.release_span(pos, self.head);
                 continue;
             }
             let kind = match kind {
@@ -475,12 +576,13 @@ impl<M: RingMemory> Consumer<M> {
                 return Err(Corrupt("record overruns unreleased space"));
             }
             self.head = end;
-            self.push_in_flight(pos, end, false);
+            self.held += 1;
             // SAFETY: offset + RECORD_HEADER + len <= capacity (checked
             // above), so the payload lies inside the data area.
             let payload = unsafe { self.mem.data().add(offset + RECORD_HEADER) };
             return Ok(Some(Record {
                 pos,
+                end,
                 meta: RecordMeta {
                     kind,
                     out_of_line: flags & FLAG_OUT_OF_LINE != 0,
@@ -493,41 +595,40 @@ impl<M: RingMemory> Consumer<M> {
         }
     }
 
-    fn push_in_flight(&mut self, start: u64, end: u64, released: bool) {
-        if released && self.in_flight.is_empty() {
-            self.released = end;
-        } else {
-            self.in_flight.push_back(InFlight {
-                start,
-                end,
-                released,
-            });
-        }
-    }
-
     /// Number of records taken and not yet released.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.iter().filter(|r| !r.released).count()
+        self.held
     }
 
-    /// Release the record taken at `pos`. Records may be released in any
-    /// order; space returns to the producer in order. Returns `true` when a
-    /// batch is due for publication (call [`Consumer::publish_head`]).
-    pub fn release(&mut self, pos: u64) -> bool {
-        if let Some(r) = self.in_flight.iter_mut().find(|r| r.start == pos) {
-            r.released = true;
-        }
-        while let Some(front) = self.in_flight.front() {
-            if !front.released {
-                break;
-            }
-            self.released = front.end;
-            self.in_flight.pop_front();
-        }
+    /// Release the record taken at `pos`, which ends at `end` (both from its
+    /// [`Record`]). Records may be released in any order; space returns to
+    /// the producer in order. Returns `true` when a batch is due for
+    /// publication (call [`Consumer::publish_head`]).
+    #[inline]
+    pub fn release(&mut self, pos: u64, end: u64) -> bool {
+        self.held -= 1;
+        self.release_span(pos, end);
         self.released - self.published >= self.cap / 8
     }
 
+    #[inline]
+    fn release_span(&mut self, start: u64, end: u64) {
+        if start != self.released {
+            self.ahead.push((start, end));
+            return;
+        }
+        self.released = end;
+        // Spans released earlier that now follow on.
+        while !self.ahead.is_empty() {
+            match self.ahead.iter().position(|&(s, _)| s == self.released) {
+                Some(i) => self.released = self.ahead.swap_remove(i).1,
+                None => break,
+            }
+        }
+    }
+
     /// Is there released space the producer has not been told about?
+    #[inline]
     pub fn unpublished(&self) -> bool {
         self.released != self.published
     }
@@ -541,9 +642,11 @@ impl<M: RingMemory> Consumer<M> {
         // overwrites them.
         hdr.consumer.head.store(self.released, Ordering::Release);
         self.published = self.released;
-        // SeqCst fence: pairs with the fence in `Producer::prepare_wait`.
-        fence(Ordering::SeqCst);
-        // Relaxed: ordered by the fence; the swap only picks one waker.
+        // Full barrier (or the producer's membarrier): pairs with the one in
+        // `Producer::prepare_wait`.
+        self.barriers
+            .publisher(hdr.producer_wait.barrier.load(Ordering::Relaxed));
+        // Relaxed: ordered by the barrier; the swap only picks one waker.
         let w = &hdr.producer_wait.waiting;
         w.load(Ordering::Relaxed) != 0 && w.swap(0, Ordering::Relaxed) != 0
     }
@@ -553,8 +656,8 @@ impl<M: RingMemory> Consumer<M> {
     pub fn prepare_sleep(&self) -> bool {
         let w = &self.mem.header().consumer_wait.sleeping;
         w.store(1, Ordering::Relaxed);
-        // SeqCst fence: pairs with the fence in `Producer::commit`.
-        fence(Ordering::SeqCst);
+        // Full barrier: pairs with the one in `Producer::commit`.
+        self.barriers.sleeper();
         if self.ready() {
             w.store(0, Ordering::Relaxed);
             return false;
@@ -574,6 +677,7 @@ impl<M: RingMemory> Consumer<M> {
 
     /// Has the producer closed? Call only after finding the ring empty, and
     /// re-check [`Consumer::ready`] after a `true`.
+    #[inline]
     pub fn producer_closed(&self) -> bool {
         // Acquire: pairs with the Release in `Producer::close`.
         self.mem.header().producer.closed.load(Ordering::Acquire) != 0

@@ -18,8 +18,8 @@ fn pair(
     Arc<HeapRing>,
 ) {
     let mem = HeapRing::new(cap);
-    let p = Producer::new(mem.clone()).unwrap();
-    let c = Consumer::new(mem.clone()).unwrap();
+    let p = Producer::new(mem.clone(), Barriers::FENCES).unwrap();
+    let c = Consumer::new(mem.clone(), Barriers::FENCES).unwrap();
     (p, c, mem)
 }
 
@@ -45,7 +45,7 @@ fn get(c: &mut Consumer<Arc<HeapRing>>) -> Option<Vec<u8>> {
     let r = c.take().unwrap()?;
     // SAFETY: the record's payload is valid until released.
     let v = unsafe { core::slice::from_raw_parts(r.payload.as_ptr(), r.len) }.to_vec();
-    if c.release(r.pos) {
+    if c.release(r.pos, r.end) {
         c.publish_head();
     }
     Some(v)
@@ -107,7 +107,7 @@ fn full_ring_refuses_until_released() {
     assert_eq!(n, 25);
     assert!(p.reserve(100).unwrap().is_none());
     let r = c.take().unwrap().unwrap();
-    c.release(r.pos);
+    c.release(r.pos, r.end);
     // Released but not published: the producer cannot see it yet.
     assert!(p.reserve(100).unwrap().is_none());
     c.publish_head();
@@ -131,11 +131,11 @@ fn out_of_order_release_frees_space_in_order() {
     let b = c.take().unwrap().unwrap();
     let d = c.take().unwrap().unwrap();
     assert_eq!(c.in_flight(), 3);
-    c.release(b.pos);
-    c.release(d.pos);
+    c.release(b.pos, b.end);
+    c.release(d.pos, d.end);
     c.publish_head();
     assert_eq!(c.memory().header().consumer.head.load(Ordering::Relaxed), 0);
-    c.release(a.pos);
+    c.release(a.pos, a.end);
     c.publish_head();
     assert_eq!(
         c.memory().header().consumer.head.load(Ordering::Relaxed),
@@ -162,7 +162,7 @@ fn producer_wait_announcement_is_answered_by_publish() {
     while put(&mut p, &[1u8; 1000]) {}
     assert!(p.prepare_wait(1000).unwrap());
     let r = c.take().unwrap().unwrap();
-    c.release(r.pos);
+    c.release(r.pos, r.end);
     assert!(c.publish_head(), "waiting producer must be woken");
     assert!(!c.publish_head(), "only one wake per wait");
     assert!(!p.prepare_wait(1000).unwrap(), "room is there now");
@@ -185,12 +185,12 @@ fn roles_resume_from_published_positions() {
     assert!(put(&mut p, b"one"));
     p.publish_tail();
     drop(p);
-    let mut p2 = Producer::new(m.clone()).unwrap();
+    let mut p2 = Producer::new(m.clone(), Barriers::FENCES).unwrap();
     assert!(put(&mut p2, b"two"));
     assert_eq!(get(&mut c).unwrap(), b"one");
     c.publish_head();
     drop(c);
-    let mut c2 = Consumer::new(m).unwrap();
+    let mut c2 = Consumer::new(m, Barriers::FENCES).unwrap();
     assert_eq!(get(&mut c2).unwrap(), b"two");
 }
 
@@ -254,7 +254,7 @@ fn corrupt_positions_are_errors() {
     m.header().consumer.head.store(0, Ordering::Relaxed);
     m.header().producer.tail.store(1 << 40, Ordering::Relaxed);
     assert_eq!(
-        Producer::new(m.clone()).err().unwrap().0,
+        Producer::new(m.clone(), Barriers::FENCES).err().unwrap().0,
         "more than a ring of bytes in flight"
     );
 }
@@ -262,8 +262,8 @@ fn corrupt_positions_are_errors() {
 #[test]
 fn two_threads_stream_checksummed_records() {
     let mem = HeapRing::new(1 << 16);
-    let mut p = Producer::new(mem.clone()).unwrap();
-    let mut c = Consumer::new(mem).unwrap();
+    let mut p = Producer::new(mem.clone(), Barriers::FENCES).unwrap();
+    let mut c = Consumer::new(mem, Barriers::FENCES).unwrap();
     const N: u64 = 200_000;
     let t = std::thread::spawn(move || {
         let mut i = 0u64;

@@ -4,10 +4,12 @@
 //! - [`Mapping`]: an owned `mmap` region.
 //! - [`socket`]: the port's `SOCK_SEQPACKET` socket: wake tokens, descriptor
 //!   passing (`SCM_RIGHTS`), hang-up detection.
+//! - [`membarrier`]: asymmetric fences for the sleep/wake handshake.
 //! - [`child`]: what runs between `fork` and `exec` of a spawned peer.
 
 pub mod child;
 mod mapping;
+pub mod membarrier;
 pub mod memfd;
 pub mod socket;
 
