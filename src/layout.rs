@@ -33,13 +33,15 @@
 //! ```text
 //! record at position p (offset p mod capacity):
 //!   0  commit      u64  p + 1, written last with Release: this publishes the record
-//!   8  len         u32  payload bytes that follow the header
-//!  12  kind        u8   1 typed (rkyv archive), 2 raw bytes, 3 padding
-//!  13  flags       u8   bit 0: out of line (payload is an OolDescriptor; bytes in a memfd)
-//!  14  nports      u16  ports carried with the message (0 for now)
+//!   8  info        u64  one word, one store (see `pack_info`):
+//!                         bits  0..32 len    payload bytes that follow the header
+//!                         bits 32..40 kind   1 typed (rkyv archive), 2 raw bytes, 3 padding
+//!                         bits 40..48 flags  bit 0: out of line (payload is an
+//!                                            OolDescriptor; the bytes are in a memfd)
+//!                         bits 48..64 nports ports carried with the message (0 for now)
 //!  16  fingerprint u64  type fingerprint of a typed message, 0 otherwise
-//!  24  reserved    u64  0
-//!  32  payload     `len` bytes, then zero padding to the next RECORD_ALIGN boundary
+//!  24  reserved    u64  0 (never written)
+//!  32  payload     `len` bytes, then padding to the next RECORD_ALIGN (64) boundary
 //! ```
 //!
 //! Positions are monotonic `u64` byte counts; the offset in the data area is
@@ -53,7 +55,7 @@
 //! every field before use ([`crate::ring`]).
 
 use core::mem::{offset_of, size_of};
-use core::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64};
+use core::sync::atomic::{AtomicU32, AtomicU64};
 
 /// First word of every segment: `"SHMPORT\x01"` little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
@@ -61,10 +63,13 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
 pub const LAYOUT_VERSION: u32 = 1;
 /// Bytes before the first ring's data area.
 pub const HEADER_AREA: usize = 4096;
-/// Records start on this boundary (rkyv checks absolute alignment, and the
-/// header is this size, so payloads start aligned too).
-pub const RECORD_ALIGN: usize = 32;
-/// Size of a record header.
+/// Records start on this boundary: a cache line, so that consecutive
+/// records never share a line (the consumer reading one record would
+/// otherwise steal the line the producer is writing the next one into).
+pub const RECORD_ALIGN: usize = 64;
+/// Size of a record header. Payloads start right after it, so they are
+/// 32-byte aligned (rkyv checks absolute alignment; its types need 16 at
+/// most).
 pub const RECORD_HEADER: usize = 32;
 /// Smallest ring data area.
 pub const MIN_CAPACITY: usize = 4096;
@@ -172,23 +177,51 @@ pub struct RingHeader {
     pub producer_wait: ProducerWaitLine,
 }
 
-/// The header in front of every record.
+/// The header in front of every record. Its fields are whole words so that
+/// the producer writes a header in three stores: a consumer polling the
+/// line of the record being written steals it less often.
 #[repr(C)]
 pub struct RecordHeader {
     /// `position + 1`; written last (Release), read first (Acquire).
     pub commit: AtomicU64,
-    /// Payload length in bytes.
-    pub len: AtomicU32,
-    /// One of the `KIND_*` constants.
-    pub kind: AtomicU8,
-    /// `FLAG_*` bits.
-    pub flags: AtomicU8,
-    /// Ports carried with the message.
-    pub nports: AtomicU16,
+    /// Length, kind, flags and port count, packed by [`pack_info`].
+    pub info: AtomicU64,
     /// Type fingerprint of a typed message.
     pub fingerprint: AtomicU64,
     /// Zero.
     pub reserved: AtomicU64,
+}
+
+/// The fields of a record header's `info` word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordInfo {
+    /// Payload length in bytes.
+    pub len: u32,
+    /// One of the `KIND_*` constants.
+    pub kind: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Ports carried with the message.
+    pub nports: u16,
+}
+
+/// Pack `info` into a header's `info` word.
+pub const fn pack_info(info: RecordInfo) -> u64 {
+    info.len as u64
+        | (info.kind as u64) << 32
+        | (info.flags as u64) << 40
+        | (info.nports as u64) << 48
+}
+
+/// Unpack a header's `info` word (every bit pattern is some `RecordInfo`;
+/// the ring checks the values).
+pub const fn unpack_info(word: u64) -> RecordInfo {
+    RecordInfo {
+        len: word as u32,
+        kind: (word >> 32) as u8,
+        flags: (word >> 40) as u8,
+        nports: (word >> 48) as u16,
+    }
 }
 
 /// The ring payload of an out-of-line record.
@@ -251,13 +284,10 @@ const _: () = {
 
     assert!(size_of::<RecordHeader>() == RECORD_HEADER);
     assert!(offset_of!(RecordHeader, commit) == 0);
-    assert!(offset_of!(RecordHeader, len) == 8);
-    assert!(offset_of!(RecordHeader, kind) == 12);
-    assert!(offset_of!(RecordHeader, flags) == 13);
-    assert!(offset_of!(RecordHeader, nports) == 14);
+    assert!(offset_of!(RecordHeader, info) == 8);
     assert!(offset_of!(RecordHeader, fingerprint) == 16);
     assert!(offset_of!(RecordHeader, reserved) == 24);
-    assert!(RECORD_HEADER % RECORD_ALIGN == 0);
+    assert!(RECORD_ALIGN % RECORD_HEADER == 0 && RECORD_HEADER % 16 == 0);
     assert!(RECORD_ALIGN.is_power_of_two() && RECORD_ALIGN >= 16);
     assert!(OOL_DESCRIPTOR == 8);
     assert!(MIN_CAPACITY.is_power_of_two() && MAX_CAPACITY.is_power_of_two());
@@ -271,10 +301,22 @@ mod tests {
     #[test]
     fn align_record_rounds_up_and_saturates() {
         assert_eq!(align_record(0), 0);
-        assert_eq!(align_record(1), 32);
-        assert_eq!(align_record(32), 32);
-        assert_eq!(align_record(33), 64);
-        assert_eq!(align_record(usize::MAX), usize::MAX & !31);
+        assert_eq!(align_record(1), 64);
+        assert_eq!(align_record(64), 64);
+        assert_eq!(align_record(65), 128);
+        assert_eq!(align_record(usize::MAX), usize::MAX & !63);
+    }
+
+    #[test]
+    fn info_word_round_trips() {
+        let i = RecordInfo {
+            len: 0xdead_beef,
+            kind: KIND_TYPED,
+            flags: FLAG_OUT_OF_LINE,
+            nports: 0xabcd,
+        };
+        assert_eq!(unpack_info(pack_info(i)), i);
+        assert_eq!(pack_info(i) >> 48, 0xabcd);
     }
 
     #[test]

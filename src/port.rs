@@ -615,7 +615,7 @@ impl MessagePort {
                 self.corrupt(Corrupt("out-of-line record without its descriptor")),
             ));
         };
-        let size = sys::memfd::checked_size(&fd, sys::memfd::OOL_SEALS).map_err(|_| {
+        let size = sys::memfd::checked_size(&fd, sys::memfd::SIZE_SEALS).map_err(|_| {
             RecvError::Closed(self.corrupt(Corrupt("out-of-line memfd not sealed")))
         })?;
         let len = usize::try_from(len).unwrap_or(usize::MAX);

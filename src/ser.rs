@@ -185,6 +185,9 @@ impl OolBuffer {
         let size = round_page(hint);
         let fd = sys::memfd::create("shmport-message", size)?;
         let map = Mapping::new(&fd, size, true, true)?;
+        // A fork elsewhere in the process must not copy this writable
+        // mapping: the F_SEAL_WRITE in `finish` would fail while it exists.
+        map.dont_fork()?;
         Ok(OolBuffer { fd, map })
     }
 
@@ -207,13 +210,25 @@ impl OolBuffer {
         Ok(())
     }
 
-    /// Trim to `len`, unmap, and seal the file against any change, so the
-    /// receiver can map it read-only and trust it stays as validated.
+    /// Trim to `len`, unmap, and seal the file's size, and if the kernel
+    /// allows, its bytes: the receiver maps it read-only, and a write-sealed
+    /// file stays as it was validated.
+    ///
+    /// `F_SEAL_WRITE` fails with `EBUSY` while any page of the file still has
+    /// a reference beyond its mappings; right after the unmap, another CPU's
+    /// page-cache batches can briefly hold one. The size seals are what
+    /// memory safety needs (no `SIGBUS` for the reader), so the message then
+    /// goes with those alone.
     fn finish(self, len: usize) -> io::Result<OwnedFd> {
         let OolBuffer { fd, map } = self;
         drop(map); // F_SEAL_WRITE needs no writable mapping left
         sys::memfd::set_size(&fd, round_page(len))?;
-        sys::memfd::seal(&fd, sys::memfd::OOL_SEALS)?;
+        match sys::memfd::seal(&fd, sys::memfd::OOL_SEALS) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                sys::memfd::seal(&fd, sys::memfd::SIZE_SEALS)?
+            }
+            r => r?,
+        }
         Ok(fd)
     }
 }

@@ -10,7 +10,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{checksum, noise, peer, role};
-use shmport::layout::{HEADER_AREA, KIND_RAW, KIND_TYPED, RECORD_HEADER, RecordHeader};
+use shmport::layout::{
+    HEADER_AREA, KIND_RAW, KIND_TYPED, RECORD_HEADER, RecordHeader, RecordInfo, pack_info,
+};
 use shmport::{AccessError, ChannelBuilder, CloseReason, MessagePort, PostError, RecvError};
 
 /// A checksummed typed message.
@@ -444,10 +446,15 @@ fn hostile(role: &str) {
                 payload.len(),
             )
         };
-        h.len.store(claimed_len, Ordering::Relaxed);
-        h.kind.store(kind, Ordering::Relaxed);
-        h.flags.store(0, Ordering::Relaxed);
-        h.nports.store(0, Ordering::Relaxed);
+        h.info.store(
+            pack_info(RecordInfo {
+                len: claimed_len,
+                kind,
+                flags: 0,
+                nports: 0,
+            }),
+            Ordering::Relaxed,
+        );
         h.fingerprint.store(fp, Ordering::Relaxed);
         h.commit.store(pos as u64 + 1, Ordering::Release);
     };

@@ -28,7 +28,8 @@ use core::sync::atomic::{Ordering, compiler_fence, fence};
 
 use crate::layout::{
     BARRIER_FENCE, BARRIER_MEMBARRIER, FLAG_OUT_OF_LINE, KIND_PADDING, KIND_RAW, KIND_TYPED,
-    RECORD_ALIGN, RECORD_HEADER, RecordHeader, RingHeader, align_record,
+    RECORD_ALIGN, RECORD_HEADER, RecordHeader, RecordInfo, RingHeader, align_record, pack_info,
+    unpack_info,
 };
 
 /// Memory that holds one ring: a header and a data area.
@@ -139,7 +140,7 @@ pub struct RecordMeta {
 pub struct Slot {
     /// Position of the record.
     pub pos: u64,
-    /// Where the payload goes ([`RECORD_ALIGN`]-aligned).
+    /// Where the payload goes (32-byte aligned).
     pub payload: NonNull<u8>,
     /// Bytes available for the payload, contiguous.
     pub room: usize,
@@ -290,13 +291,16 @@ impl<M: RingMemory> Producer<M> {
     fn write_padding(&mut self, to_end: u64) {
         let pos = self.tail;
         let h = header_at(&self.mem, pos);
-        h.len
-            .store((to_end as usize - RECORD_HEADER) as u32, Ordering::Relaxed);
-        h.kind.store(KIND_PADDING, Ordering::Relaxed);
-        h.flags.store(0, Ordering::Relaxed);
-        h.nports.store(0, Ordering::Relaxed);
+        h.info.store(
+            pack_info(RecordInfo {
+                len: (to_end as usize - RECORD_HEADER) as u32,
+                kind: KIND_PADDING,
+                flags: 0,
+                nports: 0,
+            }),
+            Ordering::Relaxed,
+        );
         h.fingerprint.store(0, Ordering::Relaxed);
-        h.reserved.store(0, Ordering::Relaxed);
         // Release: the header fields above are visible to the consumer's
         // Acquire load of this word in `Consumer::take`.
         h.commit.store(pos + 1, Ordering::Release);
@@ -315,25 +319,23 @@ impl<M: RingMemory> Producer<M> {
             "commit outside its slot"
         );
         let h = header_at(&self.mem, slot.pos);
-        h.len.store(len as u32, Ordering::Relaxed);
-        h.kind.store(
-            match meta.kind {
-                Kind::Typed => KIND_TYPED,
-                Kind::Raw => KIND_RAW,
-            },
+        h.info.store(
+            pack_info(RecordInfo {
+                len: len as u32,
+                kind: match meta.kind {
+                    Kind::Typed => KIND_TYPED,
+                    Kind::Raw => KIND_RAW,
+                },
+                flags: if meta.out_of_line {
+                    FLAG_OUT_OF_LINE
+                } else {
+                    0
+                },
+                nports: meta.nports,
+            }),
             Ordering::Relaxed,
         );
-        h.flags.store(
-            if meta.out_of_line {
-                FLAG_OUT_OF_LINE
-            } else {
-                0
-            },
-            Ordering::Relaxed,
-        );
-        h.nports.store(meta.nports, Ordering::Relaxed);
         h.fingerprint.store(meta.fingerprint, Ordering::Relaxed);
-        h.reserved.store(0, Ordering::Relaxed);
         // Release: the payload and header written before are visible to the
         // consumer once its Acquire load in `Consumer::take` sees this value.
         h.commit.store(slot.pos + 1, Ordering::Release);
@@ -545,10 +547,13 @@ impl<M: RingMemory> Consumer<M> {
             }
             // Relaxed: ordered after the Acquire above. Copied once; only
             // the copies are checked and used.
-            let len = h.len.load(Ordering::Relaxed) as usize;
-            let kind = h.kind.load(Ordering::Relaxed);
-            let flags = h.flags.load(Ordering::Relaxed);
-            let nports = h.nports.load(Ordering::Relaxed);
+            let RecordInfo {
+                len,
+                kind,
+                flags,
+                nports,
+            } = unpack_info(h.info.load(Ordering::Relaxed));
+            let len = len as usize;
             let fingerprint = h.fingerprint.load(Ordering::Relaxed);
             let offset = (pos & (self.cap - 1)) as usize;
             let to_end = self.cap as usize - offset;

@@ -1,5 +1,6 @@
 use super::heap::HeapRing;
 use super::*;
+use crate::layout::{RecordInfo, pack_info, unpack_info};
 use core::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -29,7 +30,7 @@ fn put(p: &mut Producer<Arc<HeapRing>>, bytes: &[u8]) -> bool {
         None => false,
         Some(slot) => {
             assert!(slot.room >= bytes.len());
-            assert_eq!(slot.payload.as_ptr() as usize % RECORD_ALIGN, 0);
+            assert_eq!(slot.payload.as_ptr() as usize % 32, 0);
             // SAFETY: the slot has room for `bytes`.
             unsafe {
                 core::ptr::copy_nonoverlapping(bytes.as_ptr(), slot.payload.as_ptr(), bytes.len())
@@ -103,8 +104,8 @@ fn full_ring_refuses_until_released() {
     while put(&mut p, &[7u8; 100]) {
         n += 1;
     }
-    // 4096 / align(32 + 100) = 4096 / 160 = 25 records (the rest is too short).
-    assert_eq!(n, 25);
+    // 4096 / align64(32 + 100) = 4096 / 192 = 21 records (the rest is too short).
+    assert_eq!(n, 21);
     assert!(p.reserve(100).unwrap().is_none());
     let r = c.take().unwrap().unwrap();
     c.release(r.pos, r.end);
@@ -139,7 +140,7 @@ fn out_of_order_release_frees_space_in_order() {
     c.publish_head();
     assert_eq!(
         c.memory().header().consumer.head.load(Ordering::Relaxed),
-        3 * 96
+        3 * 128
     );
     assert_eq!(c.in_flight(), 0);
 }
@@ -194,33 +195,32 @@ fn roles_resume_from_published_positions() {
     assert_eq!(get(&mut c2).unwrap(), b"two");
 }
 
-fn corrupt_first(f: impl FnOnce(&RecordHeader)) -> Corrupt {
+/// Commit one good record, rewrite its header's info word with `f`, and
+/// return what the consumer says.
+fn corrupt_first(f: impl FnOnce(&mut RecordInfo)) -> Corrupt {
     let (mut p, mut c, m) = pair(4096);
     assert!(put(&mut p, b"payload"));
-    f(header_at(&m, 0));
+    let h = header_at(&m, 0);
+    let mut info = unpack_info(h.info.load(Ordering::Relaxed));
+    f(&mut info);
+    h.info.store(pack_info(info), Ordering::Relaxed);
     c.take().unwrap_err()
 }
 
 #[test]
 fn corrupt_records_are_errors() {
-    assert_eq!(
-        corrupt_first(|h| h.kind.store(9, Ordering::Relaxed)).0,
-        "unknown record kind"
-    );
-    assert_eq!(
-        corrupt_first(|h| h.flags.store(0x80, Ordering::Relaxed)).0,
-        "unknown record flags"
-    );
+    assert_eq!(corrupt_first(|i| i.kind = 9).0, "unknown record kind");
+    assert_eq!(corrupt_first(|i| i.flags = 0x80).0, "unknown record flags");
     for bad in [u32::MAX, 4096, 2048 - 31, 0x8000_0000] {
         assert_eq!(
-            corrupt_first(|h| h.len.store(bad, Ordering::Relaxed)).0,
+            corrupt_first(|i| i.len = bad).0,
             "record length outside the ring"
         );
     }
     assert_eq!(
-        corrupt_first(|h| {
-            h.kind.store(crate::layout::KIND_PADDING, Ordering::Relaxed);
-            h.len.store(64, Ordering::Relaxed);
+        corrupt_first(|i| {
+            i.kind = crate::layout::KIND_PADDING;
+            i.len = 64;
         })
         .0,
         "padding does not reach the end of the lap"

@@ -54,7 +54,23 @@ impl Mapping {
         self.len
     }
 
-    /// Grow or shrink the mapping (it may move). The file must already have
+    /// Keep this mapping out of processes forked from this one. A writable
+    /// shared mapping that a concurrent `fork` copies into a child (until it
+    /// execs) would make sealing the file against writes fail with `EBUSY`.
+    pub fn dont_fork(&self) -> io::Result<()> {
+        // SAFETY: advice on a range we own; MADV_DONTFORK changes only what
+        // a future fork copies, not this process's view of the memory.
+        unsafe {
+            rustix::mm::madvise(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                rustix::mm::Advice::LinuxDontFork,
+            )
+        }?;
+        Ok(())
+    }
+
+    /// Grow or shrink the mapping (it may move; its advice moves with it). The file must already have
     /// the new size.
     pub fn resize(&mut self, new_len: usize) -> io::Result<()> {
         // SAFETY: `ptr/len` is a mapping we own; no reference into it is

@@ -48,5 +48,6 @@ pub fn checked_size(fd: impl AsFd, required: SealFlags) -> io::Result<usize> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "memfd size out of range"))
 }
 
-/// Seals of an out-of-line message: its size and its bytes are fixed.
+/// Seals of an out-of-line message: its size and its bytes are fixed
+/// (the write seal when the kernel grants it; see `ser::OolBuffer::finish`).
 pub const OOL_SEALS: SealFlags = SIZE_SEALS.union(SealFlags::WRITE);
