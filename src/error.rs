@@ -68,6 +68,11 @@ pub enum PostError {
     Closed(CloseReason),
     /// The value's own serialization failed (not a lack of room).
     Serialize(rkyv::rancor::Error),
+    /// A port's own entangled peer was in the transfer list (it would
+    /// arrive at the port it is entangled with).
+    PeerInTransfer,
+    /// More ports (or queued descriptors) than one message can carry.
+    TooManyPorts,
     /// The operating system refused a call (for example creating the memfd
     /// of an out-of-line message).
     Io(io::Error),
@@ -80,12 +85,34 @@ impl fmt::Display for PostError {
             PostError::Timeout => f.write_str("timed out waiting for room"),
             PostError::Closed(r) => write!(f, "peer gone: {r}"),
             PostError::Serialize(e) => write!(f, "serialization failed: {e}"),
+            PostError::PeerInTransfer => {
+                f.write_str("a port cannot be sent over its own entangled peer")
+            }
+            PostError::TooManyPorts => f.write_str("too many ports for one message"),
             PostError::Io(e) => write!(f, "post failed: {e}"),
         }
     }
 }
 
 impl std::error::Error for PostError {}
+
+/// Posting with ports failed: nothing was sent, and every port is handed
+/// back, working, in `ports` (same order).
+#[derive(Debug)]
+pub struct TransferError {
+    /// Why.
+    pub error: PostError,
+    /// The ports that were to travel.
+    pub ports: Vec<crate::MessagePort>,
+}
+
+impl fmt::Display for TransferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} ports handed back)", self.error, self.ports.len())
+    }
+}
+
+impl std::error::Error for TransferError {}
 
 /// Reading a received message as a type failed.
 #[derive(Debug)]

@@ -56,11 +56,12 @@ mod segment;
 mod ser;
 mod spawn;
 mod sys;
+mod transfer;
 
 pub use channel::{ChannelBuilder, DEFAULT_CAPACITY, MessageChannel};
-pub use error::{AccessError, CloseReason, OpenError, PostError, RecvError};
+pub use error::{AccessError, CloseReason, OpenError, PostError, RecvError, TransferError};
 pub use message::{Message, Receivable};
-pub use port::{DEFAULT_SPIN, MessagePort};
+pub use port::{DEFAULT_SPIN, MAX_PORTS, MessagePort};
 pub use ser::{Postable, RecordSerializer, RecordWriter, fingerprint};
 pub use spawn::{PORT_ENV, spawn};
 

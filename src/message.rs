@@ -7,11 +7,12 @@ use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
 use rkyv::{Archive, Portable};
 
-use crate::error::AccessError;
+use crate::error::{AccessError, OpenError};
 use crate::port::MessagePort;
 use crate::ring::{Kind, Record, RecordMeta};
 use crate::ser::fingerprint;
 use crate::sys::Mapping;
+use crate::transfer::{self, PortParts};
 
 /// Where a message's bytes are: in the ring (until the record is released),
 /// or in a sealed memfd mapped read-only for this message (`map`).
@@ -47,17 +48,24 @@ pub struct Message<'p> {
     end: u64,
     meta: RecordMeta,
     body: Body,
+    ports: Vec<PortParts>,
 }
 
 impl<'p> Message<'p> {
     #[inline]
-    pub(crate) fn new(port: &'p MessagePort, rec: &Record, body: Body) -> Self {
+    pub(crate) fn new(
+        port: &'p MessagePort,
+        rec: &Record,
+        body: Body,
+        ports: Vec<PortParts>,
+    ) -> Self {
         Message {
             port,
             pos: rec.pos,
             end: rec.end,
             meta: rec.meta,
             body,
+            ports,
         }
     }
 
@@ -80,6 +88,25 @@ impl<'p> Message<'p> {
     /// Did the payload travel out of line (in its own memfd)?
     pub fn is_out_of_line(&self) -> bool {
         self.body.map.is_some()
+    }
+
+    /// Number of ports that came with this message and have not been taken.
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Take the ports that came with this message, in the order they were
+    /// posted. Ports not taken are closed when the message drops (their
+    /// peers see [`CloseReason::Closed`](crate::CloseReason::Closed)).
+    ///
+    /// Fails if a received port's segment is not valid (bad magic, version,
+    /// size); the ports after it stay in the message.
+    pub fn take_ports(&mut self) -> Result<Vec<MessagePort>, OpenError> {
+        let mut out = Vec::with_capacity(self.ports.len());
+        while !self.ports.is_empty() {
+            out.push(self.ports.remove(0).assemble()?);
+        }
+        Ok(out)
     }
 
     /// The type fingerprint the sender attached (0 for raw bytes).
@@ -121,6 +148,9 @@ impl<'p> Message<'p> {
 
 impl Drop for Message<'_> {
     fn drop(&mut self) {
+        for p in self.ports.drain(..) {
+            transfer::discard(p);
+        }
         self.port.release(self.pos, self.end);
     }
 }

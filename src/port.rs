@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use rkyv::rancor;
 use rkyv::ser::allocator::Arena;
 
-use crate::error::{CloseReason, PostError, RecvError};
+use crate::error::{CloseReason, PostError, RecvError, TransferError};
 use crate::layout::OOL_DESCRIPTOR;
 use crate::message::{Body, Message};
 use crate::ring::{Barriers, Consumer, Corrupt, Kind, Producer, Record, RecordMeta, Slot};
 use crate::segment::{Segment, SegmentRing};
 use crate::ser::{Postable, RecordWriter, fingerprint};
 use crate::sys::{self, Mapping, socket::Incoming};
+use crate::transfer::{Attachment, PortParts, SegmentRef};
 
 /// How long a blocking call spins before it sleeps, unless configured.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
@@ -98,9 +99,12 @@ pub struct MessagePort {
     sock: OwnedFd,
     tx: RefCell<Producer<SegmentRing>>,
     rx: RefCell<Consumer<SegmentRing>>,
-    /// Descriptors received on the socket, waiting for the records that
+    side: Side,
+    /// Attachments received on the socket, waiting for the records that
     /// refer to them (in order).
-    fds: RefCell<VecDeque<OwnedFd>>,
+    inbox: RefCell<VecDeque<Attachment>>,
+    /// The port was taken apart to travel: dropping it must not close it.
+    transferred: Cell<bool>,
     /// The socket reported hang-up: the peer port is gone.
     hung_up: Cell<bool>,
     /// The peer broke the protocol; the port no longer reads or writes.
@@ -141,12 +145,45 @@ impl MessagePort {
             sock,
             tx: RefCell::new(tx),
             rx: RefCell::new(rx),
-            fds: RefCell::new(VecDeque::new()),
+            side,
+            inbox: RefCell::new(VecDeque::new()),
+            transferred: Cell::new(false),
             hung_up: Cell::new(false),
             broken: Cell::new(None),
             spin: Cell::new(spin),
             arena: RefCell::new(Arena::new()),
         })
+    }
+
+    /// A rebuilt port gets back the attachments it had already received.
+    pub(crate) fn with_inbox(self, inbox: VecDeque<Attachment>) -> Self {
+        *self.inbox.borrow_mut() = inbox;
+        self
+    }
+
+    /// Take the port apart to send it: publish both positions, keep the
+    /// socket (a duplicate: dropping `self` closes the original) and the
+    /// inbox. The peer notices nothing.
+    fn into_parts(self) -> Result<PortParts, (io::Error, MessagePort)> {
+        let sock = match self.sock.try_clone() {
+            Ok(s) => s,
+            Err(e) => return Err((e, self)),
+        };
+        self.tx.borrow().publish_tail();
+        self.flush_releases();
+        self.transferred.set(true);
+        Ok(PortParts {
+            seg: SegmentRef::Mapped(self.seg.clone()),
+            sock,
+            side: self.side,
+            spin: self.spin.get(),
+            inbox: std::mem::take(&mut *self.inbox.borrow_mut()),
+        })
+    }
+
+    /// Is `other` this port's entangled peer?
+    fn is_peer(&self, other: &MessagePort) -> bool {
+        other.side != self.side && other.seg.id() == self.seg.id()
     }
 
     /// How long blocking calls spin (checking the ring, no system call)
@@ -206,37 +243,120 @@ impl MessagePort {
     }
 
     #[inline]
-    fn post_typed<T: Postable>(&self, value: &T, wait: Wait) -> Result<(), PostError> {
-        let meta = RecordMeta {
-            kind: Kind::Typed,
-            out_of_line: false,
-            nports: 0,
-            fingerprint: fingerprint::<T>(),
-        };
-        self.send_record(meta, 0, wait, |w| {
-            let mut arena = self.arena.borrow_mut();
-            rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(
-                value,
-                w,
-                arena.acquire(),
-            )
-            .map(|_| ())
+    /// Post `value` with `ports` attached (like `postMessage(message,
+    /// [ports])`): the receiver takes them from the message, in the same
+    /// order, as working ports ([`Message::take_ports`]). Messages already
+    /// queued on a transferred port, and ports inside them, move with it.
+    ///
+    /// Atomic: on any error nothing is sent and every port comes back in
+    /// the error. This port's own peer cannot be sent over it
+    /// ([`PostError::PeerInTransfer`]).
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    ///
+    /// let (a, b) = MessageChannel::new()?.into_ports();
+    /// let (mine, theirs) = MessageChannel::new()?.into_ports();
+    /// a.post_with_ports(&"here is a port".to_string(), vec![theirs])?;
+    /// let mut msg = b.recv()?;
+    /// let got = msg.take_ports()?.pop().unwrap();
+    /// mine.post_bytes(b"hello")?;
+    /// assert_eq!(got.recv()?.bytes(), b"hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn post_with_ports<T: Postable>(
+        &self,
+        value: &T,
+        ports: Vec<MessagePort>,
+    ) -> Result<(), TransferError> {
+        let meta = typed_meta::<T>();
+        self.transfer(meta, 0, Wait::Forever, ports, |w| self.serialize(value, w))
+    }
+
+    /// [`post_with_ports`](MessagePort::post_with_ports) for raw bytes.
+    pub fn post_bytes_with_ports(
+        &self,
+        bytes: &[u8],
+        ports: Vec<MessagePort>,
+    ) -> Result<(), TransferError> {
+        self.transfer(RAW_META, bytes.len(), Wait::Forever, ports, |w| {
+            w.put(bytes)
         })
     }
 
-    #[inline]
-    fn post_raw(&self, bytes: &[u8], wait: Wait) -> Result<(), PostError> {
-        let meta = RecordMeta {
-            kind: Kind::Raw,
-            out_of_line: false,
-            nports: 0,
-            fingerprint: 0,
-        };
-        self.send_record(meta, bytes.len(), wait, |w| w.put(bytes))
+    /// [`post_with_ports`](MessagePort::post_with_ports) without waiting for
+    /// room ([`PostError::Full`]).
+    pub fn try_post_with_ports<T: Postable>(
+        &self,
+        value: &T,
+        ports: Vec<MessagePort>,
+    ) -> Result<(), TransferError> {
+        let meta = typed_meta::<T>();
+        self.transfer(meta, 0, Wait::No, ports, |w| self.serialize(value, w))
     }
 
-    /// Write one record: reserve, fill in place, commit, wake the peer if it
-    /// sleeps. `size_hint` is a known lower bound on the payload size.
+    fn transfer(
+        &self,
+        mut meta: RecordMeta,
+        size_hint: usize,
+        wait: Wait,
+        ports: Vec<MessagePort>,
+        fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
+    ) -> Result<(), TransferError> {
+        let refuse = |error, ports| Err(TransferError { error, ports });
+        if ports.iter().any(|p| self.is_peer(p)) {
+            return refuse(PostError::PeerInTransfer, ports);
+        }
+        if ports.len() > MAX_PORTS {
+            return refuse(PostError::TooManyPorts, ports);
+        }
+        meta.nports = ports.len() as u16;
+        let mut parts = Vec::with_capacity(ports.len());
+        let mut rest = ports.into_iter();
+        for p in rest.by_ref() {
+            match p.into_parts() {
+                Ok(pp) => parts.push(pp),
+                Err((e, p)) => {
+                    let mut back = reassemble(parts);
+                    back.push(p);
+                    back.extend(rest);
+                    return refuse(PostError::Io(e), back);
+                }
+            }
+        }
+        self.send_record(meta, size_hint, wait, fill, parts)
+            .map_err(|(error, parts)| TransferError {
+                error,
+                ports: reassemble(parts),
+            })
+    }
+
+    fn serialize<T: Postable>(&self, value: &T, w: &mut RecordWriter) -> Result<(), rancor::Error> {
+        let mut arena = self.arena.borrow_mut();
+        rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(value, w, arena.acquire())
+            .map(|_| ())
+    }
+
+    fn post_typed<T: Postable>(&self, value: &T, wait: Wait) -> Result<(), PostError> {
+        self.send_record(
+            typed_meta::<T>(),
+            0,
+            wait,
+            |w| self.serialize(value, w),
+            Vec::new(),
+        )
+        .map_err(|(e, _)| e)
+    }
+
+    fn post_raw(&self, bytes: &[u8], wait: Wait) -> Result<(), PostError> {
+        self.send_record(RAW_META, bytes.len(), wait, |w| w.put(bytes), Vec::new())
+            .map_err(|(e, _)| e)
+    }
+
+    /// Write one record: reserve, fill in place, send the attachment (if
+    /// ports travel), commit, wake the peer if it sleeps. `size_hint` is a
+    /// known lower bound on the payload size. On failure nothing was
+    /// committed and the ports' parts come back.
     #[inline]
     fn send_record(
         &self,
@@ -244,57 +364,93 @@ impl MessagePort {
         size_hint: usize,
         wait: Wait,
         mut fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
-    ) -> Result<(), PostError> {
-        self.check_postable()?;
+        ports: Vec<PortParts>,
+    ) -> Result<(), (PostError, Vec<PortParts>)> {
+        if let Err(e) = self.check_postable() {
+            return Err((e, ports));
+        }
         let max = self.max_inline_payload();
         let mut need = size_hint;
         while need <= max {
-            let slot = self.reserve(need, wait)?;
+            let slot = match self.reserve(need, wait) {
+                Ok(s) => s,
+                Err(e) => return Err((e, ports)),
+            };
             // SAFETY: the slot's payload area is `room` bytes of ring memory
             // that only this producer writes until it commits.
             let mut w = unsafe { RecordWriter::slot(slot.payload, slot.room) };
             match fill(&mut w) {
-                Ok(()) => return self.commit(slot, w.len(), meta),
+                Ok(()) => {
+                    let len = w.len();
+                    if !ports.is_empty() {
+                        let att = Attachment { ool: None, ports };
+                        if let Err(e) = self.send_attachment(&att, wait) {
+                            return Err((e, att.ports));
+                        }
+                    }
+                    return self.commit(slot, len, meta).map_err(|e| (e, Vec::new()));
+                }
                 Err(e) => match w.wanted() {
                     // It did not fit: ask for at least what it wanted.
                     Some(wanted) => need = wanted.max(need + 1),
-                    None => return Err(PostError::Serialize(e)),
+                    None => return Err((PostError::Serialize(e), ports)),
                 },
             }
         }
-        self.send_out_of_line(meta, need, wait, fill)
+        self.send_out_of_line(meta, need, wait, fill, ports)
     }
 
     /// A message too large for the ring: serialize it into its own memfd,
-    /// seal it, send the descriptor, then commit a small record pointing to
-    /// it. The descriptor is queued on the socket before the record is
-    /// visible, so the receiver always finds it.
+    /// seal it, send it (with any ports) as the record's attachment, then
+    /// commit a small record pointing to it.
     fn send_out_of_line(
         &self,
         mut meta: RecordMeta,
         size_hint: usize,
         wait: Wait,
         mut fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
-    ) -> Result<(), PostError> {
-        let slot = self.reserve(OOL_DESCRIPTOR, wait)?;
-        let mut w = RecordWriter::memfd(size_hint).map_err(PostError::Io)?;
-        fill(&mut w).map_err(PostError::Serialize)?;
+        ports: Vec<PortParts>,
+    ) -> Result<(), (PostError, Vec<PortParts>)> {
+        let slot = match self.reserve(OOL_DESCRIPTOR, wait) {
+            Ok(s) => s,
+            Err(e) => return Err((e, ports)),
+        };
+        let mut w = match RecordWriter::memfd(size_hint) {
+            Ok(w) => w,
+            Err(e) => return Err((PostError::Io(e), ports)),
+        };
+        if let Err(e) = fill(&mut w) {
+            return Err((PostError::Serialize(e), ports));
+        }
         let len = w.len() as u64;
-        let fd = w.finish_memfd().map_err(PostError::Io)?;
-        self.send_fd(fd.as_fd(), wait)?;
+        let fd = match w.finish_memfd() {
+            Ok(fd) => fd,
+            Err(e) => return Err((PostError::Io(e), ports)),
+        };
+        let att = Attachment {
+            ool: Some(fd),
+            ports,
+        };
+        if let Err(e) = self.send_attachment(&att, wait) {
+            return Err((e, att.ports));
+        }
         // SAFETY: the slot holds at least OOL_DESCRIPTOR bytes, aligned to
-        // RECORD_ALIGN, written only by this producer until commit.
+        // 32, written only by this producer until commit.
         unsafe { slot.payload.cast::<u64>().as_ptr().write(len) };
         meta.out_of_line = true;
         self.commit(slot, OOL_DESCRIPTOR, meta)
+            .map_err(|e| (e, Vec::new()))
     }
 
-    fn send_fd(&self, fd: BorrowedFd<'_>, wait: Wait) -> Result<(), PostError> {
+    fn send_attachment(&self, att: &Attachment, wait: Wait) -> Result<(), PostError> {
+        let mut body = Vec::new();
+        let mut fds = Vec::new();
+        att.encode(&mut body, &mut fds);
         loop {
-            match sys::socket::send_fds(&self.sock, &[fd], false) {
+            match sys::socket::send_attachment(&self.sock, &body, &fds, false) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // The peer has not drained earlier descriptors yet.
+                    // The peer has not taken earlier attachments in yet.
                     if matches!(wait, Wait::No) {
                         return Err(PostError::Full);
                     }
@@ -311,6 +467,9 @@ impl MessagePort {
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                     self.hung_up.set(true);
                     return Err(PostError::Closed(self.peer_gone_reason()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                    return Err(PostError::TooManyPorts);
                 }
                 Err(e) => return Err(PostError::Io(e)),
             }
@@ -412,7 +571,7 @@ impl MessagePort {
                 // One blocking receive: a token (or descriptors, or the
                 // hang-up) is what we waited for. Anything else queued is
                 // taken in later, when it is needed.
-                let got = sys::socket::recv(&self.sock, true, &mut self.fds.borrow_mut())?;
+                let got = sys::socket::recv(&self.sock, true)?;
                 self.note(got);
                 Ok(())
             }
@@ -423,24 +582,33 @@ impl MessagePort {
         }
     }
 
-    fn note(&self, got: Incoming) {
+    /// Take in one thing the socket delivered. Returns `true` for an
+    /// attachment.
+    fn note(&self, got: Incoming) -> bool {
         match got {
             Incoming::HungUp => self.hung_up.set(true),
             Incoming::Garbage => self
                 .broken
                 .set(Some(Corrupt("garbage on the port's socket"))),
-            Incoming::Empty | Incoming::Wake | Incoming::Fds => {}
+            Incoming::Attachment(body, fds) => match Attachment::decode(&body, fds) {
+                Ok(a) => {
+                    self.inbox.borrow_mut().push_back(a);
+                    return true;
+                }
+                Err(c) => self.broken.set(Some(c)),
+            },
+            Incoming::Empty | Incoming::Wake => {}
         }
+        false
     }
 
     /// Take in everything queued on the socket without blocking (or until
-    /// one descriptor arrived, when `until_fd`).
-    fn drain_socket(&self, until_fd: bool) -> io::Result<()> {
-        while !self.hung_up.get() {
-            let got = sys::socket::recv(&self.sock, false, &mut self.fds.borrow_mut())?;
-            let done = matches!(got, Incoming::Empty) || (until_fd && got == Incoming::Fds);
-            self.note(got);
-            if done {
+    /// one attachment arrived, when `until_attachment`).
+    fn drain_socket(&self, until_attachment: bool) -> io::Result<()> {
+        while !self.hung_up.get() && self.broken.get().is_none() {
+            let got = sys::socket::recv(&self.sock, false)?;
+            let empty = matches!(got, Incoming::Empty);
+            if self.note(got) && until_attachment || empty {
                 break;
             }
         }
@@ -579,42 +747,61 @@ impl MessagePort {
             Ok(None) => return Ok(None),
             Err(c) => return Err(RecvError::Closed(self.corrupt(c))),
         };
-        let body = if rec.meta.out_of_line {
-            match self.map_out_of_line(&rec) {
-                Ok(b) => b,
-                Err(e) => {
-                    self.release(rec.pos, rec.end);
-                    return Err(e);
-                }
-            }
-        } else {
-            Body {
+        if !rec.meta.out_of_line && rec.meta.nports == 0 {
+            let body = Body {
                 ptr: rec.payload,
                 len: rec.len,
                 map: None,
+            };
+            return Ok(Some(Message::new(self, &rec, body, Vec::new())));
+        }
+        match self.with_attachment(&rec) {
+            Ok((body, ports)) => Ok(Some(Message::new(self, &rec, body, ports))),
+            Err(e) => {
+                self.release(rec.pos, rec.end);
+                Err(e)
             }
-        };
-        Ok(Some(Message::new(self, &rec, body)))
+        }
     }
 
-    fn map_out_of_line(&self, rec: &Record) -> Result<Body, RecvError> {
+    /// The record needs its attachment: take it from the inbox (or the
+    /// socket), check it matches the record, map an out-of-line payload.
+    fn with_attachment(&self, rec: &Record) -> Result<(Body, Vec<PortParts>), RecvError> {
+        if self.inbox.borrow().is_empty() {
+            self.drain_socket(true).map_err(RecvError::Io)?;
+        }
+        let Some(att) = self.inbox.borrow_mut().pop_front() else {
+            return Err(RecvError::Closed(
+                self.corrupt(Corrupt("record without its attachment")),
+            ));
+        };
+        if att.ports.len() != rec.meta.nports as usize || att.ool.is_some() != rec.meta.out_of_line
+        {
+            return Err(RecvError::Closed(
+                self.corrupt(Corrupt("attachment does not match its record")),
+            ));
+        }
+        let body = match att.ool {
+            None => Body {
+                ptr: rec.payload,
+                len: rec.len,
+                map: None,
+            },
+            Some(fd) => self.map_out_of_line(rec, fd)?,
+        };
+        Ok((body, att.ports))
+    }
+
+    fn map_out_of_line(&self, rec: &Record, fd: OwnedFd) -> Result<Body, RecvError> {
         if rec.len != OOL_DESCRIPTOR {
             return Err(RecvError::Closed(
                 self.corrupt(Corrupt("out-of-line descriptor has the wrong size")),
             ));
         }
         // SAFETY: the record's payload holds OOL_DESCRIPTOR (8) bytes inside
-        // the ring, RECORD_ALIGN aligned; read once, as an atomic.
+        // the ring, 32-byte aligned; read once, as an atomic.
         let len = unsafe { rec.payload.cast::<core::sync::atomic::AtomicU64>().as_ref() }
             .load(core::sync::atomic::Ordering::Relaxed);
-        if self.fds.borrow().is_empty() {
-            self.drain_socket(true).map_err(RecvError::Io)?;
-        }
-        let Some(fd) = self.fds.borrow_mut().pop_front() else {
-            return Err(RecvError::Closed(
-                self.corrupt(Corrupt("out-of-line record without its descriptor")),
-            ));
-        };
         let size = sys::memfd::checked_size(&fd, sys::memfd::SIZE_SEALS).map_err(|_| {
             RecvError::Closed(self.corrupt(Corrupt("out-of-line memfd not sealed")))
         })?;
@@ -644,12 +831,45 @@ impl MessagePort {
 
 impl Drop for MessagePort {
     fn drop(&mut self) {
+        if self.transferred.get() {
+            // Its parts travel on: this is not a close.
+            return;
+        }
         // Publish what this side consumed and produced, then the closed
         // flags; the socket closes when the fields drop, and the peer's
         // hang-up wakes it if it sleeps.
         self.rx.get_mut().close();
         self.tx.get_mut().close();
     }
+}
+
+/// Most ports one message carries (each takes two of the socket message's
+/// 253 descriptors, and their inboxes may take more).
+pub const MAX_PORTS: usize = 100;
+
+const RAW_META: RecordMeta = RecordMeta {
+    kind: Kind::Raw,
+    out_of_line: false,
+    nports: 0,
+    fingerprint: 0,
+};
+
+fn typed_meta<T: Postable>() -> RecordMeta {
+    RecordMeta {
+        kind: Kind::Typed,
+        out_of_line: false,
+        nports: 0,
+        fingerprint: fingerprint::<T>(),
+    }
+}
+
+/// Rebuild ports that were taken apart for a transfer that failed. Their
+/// segments are still mapped here, so this cannot fail short of memory.
+fn reassemble(parts: Vec<PortParts>) -> Vec<MessagePort> {
+    parts
+        .into_iter()
+        .filter_map(|p| p.assemble().ok())
+        .collect()
 }
 
 impl AsFd for MessagePort {

@@ -19,6 +19,13 @@ pub struct Segment {
     map: Mapping,
     fd: OwnedFd,
     capacity: usize,
+    /// (device, inode) of the memfd: the same in every process that maps it.
+    id: (u64, u64),
+}
+
+fn file_id(fd: &OwnedFd) -> std::io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 impl Segment {
@@ -33,7 +40,13 @@ impl Segment {
         let fd = sys::memfd::create("shmport-channel", size)?;
         sys::memfd::seal(&fd, sys::memfd::SIZE_SEALS)?;
         let map = Mapping::new(&fd, size, true, false)?;
-        let seg = Segment { map, fd, capacity };
+        let id = file_id(&fd)?;
+        let seg = Segment {
+            map,
+            fd,
+            capacity,
+            id,
+        };
         let h = seg.header();
         // Relaxed: nobody else can see the segment before its descriptor is
         // sent, and sending it (a system call) orders these stores first.
@@ -54,11 +67,13 @@ impl Segment {
             return Err(OpenError::BadGeometry("file smaller than the header"));
         }
         let map = Mapping::new(&fd, size, true, false)?;
+        let id = file_id(&fd)?;
         // Capacity is set below once checked; 0 until then.
         let mut seg = Segment {
             map,
             fd,
             capacity: 0,
+            id,
         };
         let h = seg.header();
         // Acquire: pairs with the Release store of the magic in `create`.
@@ -100,6 +115,11 @@ impl Segment {
     /// The memfd.
     pub fn fd(&self) -> &OwnedFd {
         &self.fd
+    }
+
+    /// Identity of the shared memory (the same in every process).
+    pub fn id(&self) -> (u64, u64) {
+        self.id
     }
 
     /// Bytes in each ring.

@@ -6,7 +6,6 @@
 //! closed, explicitly or by the kernel when the owning process dies — the
 //! hang-up that tells the peer the port is gone.
 
-use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -22,10 +21,12 @@ use rustix::net::{
 
 /// Tag byte of a wake token.
 pub const TAG_WAKE: u8 = b'W';
-/// Tag byte of a message carrying descriptors.
-pub const TAG_FDS: u8 = b'D';
-/// Most descriptors one socket message carries.
-pub const MAX_FDS: usize = 16;
+/// Tag byte of a message carrying descriptors (an attachment).
+pub const TAG_ATTACH: u8 = b'A';
+/// Most descriptors one socket message carries (the kernel's SCM_MAX_FD).
+pub const MAX_FDS: usize = 253;
+/// Largest attachment body, tag included.
+pub const MAX_BODY: usize = 4096;
 
 /// A connected pair, close-on-exec.
 pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -62,19 +63,32 @@ fn hangup_as_broken_pipe(e: Errno) -> io::Error {
     }
 }
 
-/// Send `fds` in one message. `WouldBlock` when the socket buffer is full
-/// and `block` is false; `BrokenPipe` when the peer hung up.
-pub fn send_fds(fd: impl AsFd, fds: &[BorrowedFd<'_>], block: bool) -> io::Result<()> {
-    assert!(!fds.is_empty() && fds.len() <= MAX_FDS);
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+/// Send one attachment: `body` (after the tag byte) and `fds`, in one
+/// message, so it arrives whole or not at all. `WouldBlock` when the socket
+/// buffer is full and `block` is false; `BrokenPipe` when the peer hung up.
+pub fn send_attachment(
+    fd: impl AsFd,
+    body: &[u8],
+    fds: &[BorrowedFd<'_>],
+    block: bool,
+) -> io::Result<()> {
+    if fds.len() > MAX_FDS || body.len() + 1 > MAX_BODY {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors or too large an attachment for one message",
+        ));
+    }
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    let pushed = control.push(SendAncillaryMessage::ScmRights(fds));
-    debug_assert!(pushed);
+    if !fds.is_empty() {
+        let pushed = control.push(SendAncillaryMessage::ScmRights(fds));
+        debug_assert!(pushed);
+    }
     let mut flags = SendFlags::NOSIGNAL;
     if !block {
         flags |= SendFlags::DONTWAIT;
     }
-    let iov = [io::IoSlice::new(&[TAG_FDS])];
+    let iov = [io::IoSlice::new(&[TAG_ATTACH]), io::IoSlice::new(body)];
     loop {
         match sendmsg(&fd, &iov, &mut control, flags) {
             Ok(_) => return Ok(()),
@@ -85,32 +99,33 @@ pub fn send_fds(fd: impl AsFd, fds: &[BorrowedFd<'_>], block: bool) -> io::Resul
 }
 
 /// What one receive found.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Incoming {
     /// Nothing queued (non-blocking receive).
     Empty,
     /// A wake token.
     Wake,
-    /// Descriptors, appended to the caller's queue.
-    Fds,
+    /// An attachment: its body (after the tag) and descriptors.
+    Attachment(Vec<u8>, Vec<OwnedFd>),
     /// The other end is closed: its owner closed it or died.
     HungUp,
     /// Something the protocol does not send (unknown tag, truncated
-    /// descriptors). Any descriptors that came with it were closed.
+    /// message or descriptors). Any descriptors that came with it were
+    /// closed.
     Garbage,
 }
 
-/// Receive one message. Descriptors it carries are pushed onto `fds`.
-pub fn recv(fd: impl AsFd, block: bool, fds: &mut VecDeque<OwnedFd>) -> io::Result<Incoming> {
+/// Receive one message.
+pub fn recv(fd: impl AsFd, block: bool) -> io::Result<Incoming> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let mut byte = [0u8; 1];
+    let mut buf = [0u8; MAX_BODY];
     let mut flags = RecvFlags::CMSG_CLOEXEC;
     if !block {
         flags |= RecvFlags::DONTWAIT;
     }
     let got = loop {
-        let mut iov = [io::IoSliceMut::new(&mut byte)];
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
         match recvmsg(&fd, &mut iov, &mut control, flags) {
             Ok(m) => break m,
             Err(Errno::INTR) => continue,
@@ -131,12 +146,10 @@ pub fn recv(fd: impl AsFd, block: bool, fds: &mut VecDeque<OwnedFd>) -> io::Resu
     let truncated = got
         .flags
         .intersects(ReturnFlags::CTRUNC | ReturnFlags::TRUNC);
-    match byte[0] {
-        TAG_WAKE if received.is_empty() && !truncated => Ok(Incoming::Wake),
-        TAG_FDS if !received.is_empty() && !truncated => {
-            fds.extend(received);
-            Ok(Incoming::Fds)
-        }
+    match buf[0] {
+        _ if truncated => Ok(Incoming::Garbage),
+        TAG_WAKE if received.is_empty() && got.bytes == 1 => Ok(Incoming::Wake),
+        TAG_ATTACH => Ok(Incoming::Attachment(buf[1..got.bytes].to_vec(), received)),
         _ => Ok(Incoming::Garbage),
     }
 }

@@ -1,0 +1,256 @@
+//! How descriptors travel with a record: out-of-line payloads and
+//! transferred ports.
+//!
+//! A record that needs descriptors (flag "out of line", or a port count
+//! above zero) is preceded on the port's socket by exactly one
+//! **attachment**: one `SOCK_SEQPACKET` message holding a small body and all
+//! the descriptors, so it arrives whole or not at all. The sender sends it
+//! before committing the record; the receiver takes attachments in order,
+//! one per such record.
+//!
+//! ```text
+//! attachment := has_ool u8 | nports u16 | port{nports}
+//! port       := side u8 | spin_ns u64 | inbox_len u32 | attachment{inbox_len}
+//! descriptors, in the same depth-first order:
+//!   [ool memfd] then per port: socket, segment memfd, its inbox's descriptors
+//! ```
+//!
+//! A transferred port carries its **inbox**: attachments it already took off
+//! its socket for records it has not read yet. Attachments still queued in
+//! its socket move with the socket itself. So the messages queued on a port,
+//! and the ports inside them, move with it through any number of hops.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::OpenError;
+use crate::port::{MessagePort, Side};
+use crate::ring::Corrupt;
+use crate::segment::Segment;
+
+/// Deepest nesting of ports inside ports' inboxes a receiver accepts.
+const MAX_DEPTH: usize = 16;
+
+/// The descriptors that travel with one record.
+#[derive(Default)]
+pub(crate) struct Attachment {
+    /// The memfd of an out-of-line payload.
+    pub ool: Option<OwnedFd>,
+    /// Transferred ports, in the order they were posted.
+    pub ports: Vec<PortParts>,
+}
+
+/// A port taken apart for travel: what is needed to rebuild it.
+pub(crate) struct PortParts {
+    /// The segment: mapped (on the sending side) or a descriptor not yet
+    /// checked (on the receiving side).
+    pub seg: SegmentRef,
+    pub sock: OwnedFd,
+    pub side: Side,
+    pub spin: Duration,
+    pub inbox: VecDeque<Attachment>,
+}
+
+pub(crate) enum SegmentRef {
+    Mapped(Arc<Segment>),
+    Unopened(OwnedFd),
+}
+
+impl SegmentRef {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            SegmentRef::Mapped(s) => s.as_fd(),
+            SegmentRef::Unopened(fd) => fd.as_fd(),
+        }
+    }
+}
+
+impl PortParts {
+    /// Put the port back together (checking a received segment).
+    pub fn assemble(self) -> Result<MessagePort, OpenError> {
+        let seg = match self.seg {
+            SegmentRef::Mapped(s) => s,
+            SegmentRef::Unopened(fd) => Segment::open(fd)?,
+        };
+        MessagePort::from_parts(seg, self.side, self.sock, self.spin)
+            .map(|p| p.with_inbox(self.inbox))
+            .map_err(|c| OpenError::Corrupt(c.0))
+    }
+}
+
+/// A port that arrived in a message and was never taken out: close it
+/// properly, so its peer sees `Closed` rather than a death.
+pub(crate) fn discard(parts: PortParts) {
+    // If the segment cannot be opened, dropping the descriptors still hangs
+    // up the socket: the peer sees the port gone.
+    let _ = parts.assemble();
+}
+
+impl Attachment {
+    /// Encode into `body` and the descriptor list `fds` (depth first).
+    pub fn encode<'a>(&'a self, body: &mut Vec<u8>, fds: &mut Vec<BorrowedFd<'a>>) {
+        body.push(self.ool.is_some() as u8);
+        if let Some(fd) = &self.ool {
+            fds.push(fd.as_fd());
+        }
+        body.extend_from_slice(&(self.ports.len() as u16).to_le_bytes());
+        for p in &self.ports {
+            body.push(match p.side {
+                Side::A => 0,
+                Side::B => 1,
+            });
+            body.extend_from_slice(&(p.spin.as_nanos().min(u64::MAX as u128) as u64).to_le_bytes());
+            body.extend_from_slice(&(p.inbox.len() as u32).to_le_bytes());
+            fds.push(p.sock.as_fd());
+            fds.push(p.seg.as_fd());
+            for a in &p.inbox {
+                a.encode(body, fds);
+            }
+        }
+    }
+
+    /// Decode a received attachment; every byte and descriptor must be used.
+    pub fn decode(body: &[u8], fds: Vec<OwnedFd>) -> Result<Attachment, Corrupt> {
+        let mut body = body;
+        let mut fds = fds.into_iter();
+        let a = Self::decode_one(&mut body, &mut fds, 0)?;
+        if !body.is_empty() || fds.next().is_some() {
+            return Err(Corrupt("attachment has bytes or descriptors left over"));
+        }
+        Ok(a)
+    }
+
+    fn decode_one(
+        body: &mut &[u8],
+        fds: &mut impl Iterator<Item = OwnedFd>,
+        depth: usize,
+    ) -> Result<Attachment, Corrupt> {
+        if depth > MAX_DEPTH {
+            return Err(Corrupt("attachment nested too deep"));
+        }
+        let short = Corrupt("attachment cut short");
+        let ool = match take::<1>(body)?[0] {
+            0 => None,
+            1 => Some(fds.next().ok_or(short)?),
+            _ => return Err(Corrupt("bad out-of-line flag in attachment")),
+        };
+        let nports = u16::from_le_bytes(take::<2>(body)?);
+        let mut ports = Vec::with_capacity(nports.min(64) as usize);
+        for _ in 0..nports {
+            let side = match take::<1>(body)?[0] {
+                0 => Side::A,
+                1 => Side::B,
+                _ => return Err(Corrupt("bad side in attachment")),
+            };
+            let spin = Duration::from_nanos(u64::from_le_bytes(take::<8>(body)?));
+            let inbox_len = u32::from_le_bytes(take::<4>(body)?);
+            let sock = fds.next().ok_or(short)?;
+            let mem = fds.next().ok_or(short)?;
+            let mut inbox = VecDeque::new();
+            for _ in 0..inbox_len {
+                inbox.push_back(Self::decode_one(body, fds, depth + 1)?);
+            }
+            ports.push(PortParts {
+                seg: SegmentRef::Unopened(mem),
+                sock,
+                side,
+                spin,
+                inbox,
+            });
+        }
+        Ok(Attachment { ool, ports })
+    }
+}
+
+fn take<const N: usize>(body: &mut &[u8]) -> Result<[u8; N], Corrupt> {
+    if body.len() < N {
+        return Err(Corrupt("attachment cut short"));
+    }
+    let (head, rest) = body.split_at(N);
+    *body = rest;
+    Ok(head.try_into().expect("split at N"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memfd() -> OwnedFd {
+        crate::sys::memfd::create("t", 4096).unwrap()
+    }
+
+    #[test]
+    fn nested_attachments_round_trip() {
+        let inner = Attachment {
+            ool: Some(memfd()),
+            ports: vec![],
+        };
+        let a = Attachment {
+            ool: Some(memfd()),
+            ports: vec![PortParts {
+                seg: SegmentRef::Unopened(memfd()),
+                sock: memfd(),
+                side: Side::B,
+                spin: Duration::from_micros(7),
+                inbox: VecDeque::from([inner]),
+            }],
+        };
+        let mut body = Vec::new();
+        let mut fds = Vec::new();
+        a.encode(&mut body, &mut fds);
+        assert_eq!(fds.len(), 4);
+        let owned: Vec<OwnedFd> = fds
+            .iter()
+            .map(|f| f.try_clone_to_owned().unwrap())
+            .collect();
+        let b = Attachment::decode(&body, owned).unwrap();
+        assert!(b.ool.is_some());
+        assert_eq!(b.ports.len(), 1);
+        assert_eq!(b.ports[0].side, Side::B);
+        assert_eq!(b.ports[0].spin, Duration::from_micros(7));
+        assert_eq!(b.ports[0].inbox.len(), 1);
+        assert!(b.ports[0].inbox[0].ool.is_some());
+    }
+
+    #[test]
+    fn malformed_attachments_are_refused() {
+        let fd = || vec![memfd()];
+        for (body, fds, why) in [
+            (vec![], vec![], "attachment cut short"),
+            (vec![2, 0, 0], vec![], "bad out-of-line flag in attachment"),
+            (vec![1, 0, 0], vec![], "attachment cut short"),
+            (
+                vec![0, 0, 0, 9],
+                vec![],
+                "attachment has bytes or descriptors left over",
+            ),
+            (
+                vec![0, 0, 0],
+                fd(),
+                "attachment has bytes or descriptors left over",
+            ),
+            (vec![0, 1, 0, 5], vec![], "bad side in attachment"),
+            (
+                vec![0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                fd(),
+                "attachment cut short",
+            ),
+        ] {
+            assert_eq!(Attachment::decode(&body, fds).err().unwrap().0, why);
+        }
+        // Hostile nesting depth.
+        let mut body = Vec::new();
+        for _ in 0..40 {
+            body.extend_from_slice(&[0, 1, 0, 0]);
+            body.extend_from_slice(&[0; 8]);
+            body.extend_from_slice(&1u32.to_le_bytes());
+        }
+        let fds: Vec<OwnedFd> = (0..80).map(|_| memfd()).collect();
+        assert_eq!(
+            Attachment::decode(&body, fds).err().unwrap().0,
+            "attachment nested too deep"
+        );
+    }
+}
