@@ -162,23 +162,19 @@ impl MessagePort {
     }
 
     /// Take the port apart to send it: publish both positions, keep the
-    /// socket (a duplicate: dropping `self` closes the original) and the
-    /// inbox. The peer notices nothing.
-    fn into_parts(self) -> Result<PortParts, (io::Error, MessagePort)> {
-        let sock = match self.sock.try_clone() {
-            Ok(s) => s,
-            Err(e) => return Err((e, self)),
-        };
+    /// socket (`sock`, a duplicate: dropping `self` closes the original) and
+    /// the inbox. The peer notices nothing.
+    fn into_parts(self, sock: OwnedFd) -> PortParts {
         self.tx.borrow().publish_tail();
         self.flush_releases();
         self.transferred.set(true);
-        Ok(PortParts {
+        PortParts {
             seg: SegmentRef::Mapped(self.seg.clone()),
             sock,
             side: self.side,
             spin: self.spin.get(),
             inbox: std::mem::take(&mut *self.inbox.borrow_mut()),
-        })
+        }
     }
 
     /// Is `other` this port's entangled peer?
@@ -314,9 +310,9 @@ impl MessagePort {
         let mut parts = Vec::with_capacity(ports.len());
         let mut rest = ports.into_iter();
         for p in rest.by_ref() {
-            match p.into_parts() {
-                Ok(pp) => parts.push(pp),
-                Err((e, p)) => {
+            match p.sock.try_clone() {
+                Ok(sock) => parts.push(p.into_parts(sock)),
+                Err(e) => {
                     let mut back = reassemble(parts);
                     back.push(p);
                     back.extend(rest);
