@@ -51,6 +51,7 @@ mod error;
 pub mod layout;
 mod message;
 mod port;
+mod port_set;
 pub mod ring;
 mod segment;
 mod ser;
@@ -62,6 +63,7 @@ pub use channel::{ChannelBuilder, DEFAULT_CAPACITY, MessageChannel};
 pub use error::{AccessError, CloseReason, OpenError, PostError, RecvError, TransferError};
 pub use message::{Message, Receivable};
 pub use port::{DEFAULT_SPIN, MAX_PORTS, MessagePort};
+pub use port_set::PortSet;
 pub use ser::{Postable, RecordSerializer, RecordWriter, fingerprint};
 pub use spawn::{PORT_ENV, spawn};
 

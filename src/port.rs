@@ -177,6 +177,12 @@ impl MessagePort {
         }
     }
 
+    /// [`into_parts`](Self::into_parts) with its own socket duplicate.
+    pub(crate) fn into_parts_for_send(self) -> io::Result<PortParts> {
+        let sock = self.sock.try_clone()?;
+        Ok(self.into_parts(sock))
+    }
+
     /// Is `other` this port's entangled peer?
     fn is_peer(&self, other: &MessagePort) -> bool {
         other.side != self.side && other.seg.id() == self.seg.id()
@@ -691,6 +697,38 @@ impl MessagePort {
             std::hint::spin_loop();
             i = i.wrapping_add(1);
         }
+    }
+
+    // ------------------------------------------------------- port sets
+
+    /// Would `try_recv` return a message or the close event now?
+    pub(crate) fn has_event(&self) -> bool {
+        if self.broken.get().is_some() || self.hung_up.get() {
+            return true;
+        }
+        let rx = self.rx.borrow();
+        rx.ready() || rx.producer_closed()
+    }
+
+    /// Announce a sleep (without the barrier: the set issues one for all).
+    pub(crate) fn arm(&self) {
+        self.flush_releases();
+        self.rx.borrow().announce_sleep();
+    }
+
+    /// The barrier between arming and re-checking.
+    pub(crate) fn sleep_barrier(&self) {
+        self.rx.borrow().sleep_barrier();
+    }
+
+    /// Withdraw the announcement.
+    pub(crate) fn disarm(&self) {
+        self.rx.borrow().end_sleep();
+    }
+
+    /// Take in what the socket holds (tokens, attachments, hang-up).
+    pub(crate) fn take_in(&self) -> io::Result<()> {
+        self.drain_socket(false)
     }
 
     /// The close reason, if the ring is empty and the peer is gone.

@@ -254,3 +254,67 @@ mod tests {
         );
     }
 }
+
+/// Send `port` alone over a plain socket (rendezvous): one attachment.
+pub(crate) fn send_port(sock: BorrowedFd<'_>, port: MessagePort) -> std::io::Result<()> {
+    let parts = port.into_parts_for_send()?;
+    let att = Attachment {
+        ool: None,
+        ports: vec![parts],
+    };
+    let mut body = Vec::new();
+    let mut fds = Vec::new();
+    att.encode(&mut body, &mut fds);
+    let r = crate::sys::socket::send_attachment(sock, &body, &fds, false);
+    drop(fds);
+    if r.is_err() {
+        // Close the port properly: its peer sees `Closed`.
+        for p in att.ports {
+            discard(p);
+        }
+    }
+    r
+}
+
+/// Why receiving a port over a plain socket failed.
+#[derive(Debug)]
+pub(crate) enum RecvPortError {
+    /// Nothing arrived in time.
+    Timeout,
+    /// The other side closed without sending a port.
+    HungUp,
+    /// What arrived is not one port.
+    Garbage(&'static str),
+    /// The port arrived but its segment is not valid.
+    Open(OpenError),
+    /// A system call failed.
+    Io(std::io::Error),
+}
+
+/// Receive one port sent by [`send_port`], waiting at most `timeout`.
+pub(crate) fn recv_port(
+    sock: BorrowedFd<'_>,
+    timeout: Option<Duration>,
+) -> Result<MessagePort, RecvPortError> {
+    use crate::sys::socket::{self, Incoming};
+    let ready = socket::wait(sock, false, timeout).map_err(RecvPortError::Io)?;
+    if !ready.readable && !ready.hung_up {
+        return Err(RecvPortError::Timeout);
+    }
+    match socket::recv(sock, false).map_err(RecvPortError::Io)? {
+        Incoming::Attachment(body, fds) => {
+            let mut att = Attachment::decode(&body, fds).map_err(|c| RecvPortError::Garbage(c.0))?;
+            if att.ool.is_some() || att.ports.len() != 1 {
+                return Err(RecvPortError::Garbage("expected exactly one port"));
+            }
+            att.ports
+                .pop()
+                .expect("one port")
+                .assemble()
+                .map_err(RecvPortError::Open)
+        }
+        Incoming::HungUp => Err(RecvPortError::HungUp),
+        Incoming::Empty => Err(RecvPortError::Timeout),
+        Incoming::Wake | Incoming::Garbage => Err(RecvPortError::Garbage("not a port")),
+    }
+}

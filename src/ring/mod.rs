@@ -670,6 +670,24 @@ impl<M: RingMemory> Consumer<M> {
         true
     }
 
+    /// Announce a sleep without the barrier and re-check, for a waiter that
+    /// announces on many rings and then issues one barrier for all
+    /// ([`Consumer::sleep_barrier`]) before re-checking them.
+    pub fn announce_sleep(&self) {
+        // Relaxed: ordered by the barrier the caller issues next.
+        self.mem
+            .header()
+            .consumer_wait
+            .sleeping
+            .store(1, Ordering::Relaxed);
+    }
+
+    /// The barrier between [`Consumer::announce_sleep`] and the re-check;
+    /// pairs with the one in `Producer::commit`.
+    pub fn sleep_barrier(&self) {
+        self.barriers.sleeper();
+    }
+
     /// Withdraw a sleep announcement after waking.
     pub fn end_sleep(&self) {
         // Relaxed: a stale 1 costs the producer one needless token at most.

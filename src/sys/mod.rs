@@ -5,12 +5,14 @@
 //! - [`socket`]: the port's `SOCK_SEQPACKET` socket: wake tokens, descriptor
 //!   passing (`SCM_RIGHTS`), hang-up detection.
 //! - [`membarrier`]: asymmetric fences for the sleep/wake handshake.
+//! - [`poller`]: epoll over many ports.
 //! - [`child`]: what runs between `fork` and `exec` of a spawned peer.
 
 pub mod child;
 mod mapping;
 pub mod membarrier;
 pub mod memfd;
+pub mod poller;
 pub mod socket;
 
 pub use mapping::Mapping;

@@ -1,0 +1,182 @@
+//! Waiting on many ports at once.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::port::MessagePort;
+use crate::sys::poller::Poller;
+
+/// A set of ports to wait on together: [`PortSet::wait`] returns a port
+/// that has a message or its close event, fairly (round robin: no busy port
+/// starves the others).
+///
+/// Built on epoll over the ports' sockets, with the same sleep announcement
+/// as a single port: a peer posting to a port of the set makes no system
+/// call unless the set's owner is actually asleep.
+///
+/// A port whose peer is gone keeps reporting its close event; remove it
+/// once its `try_recv` returned [`RecvError::Closed`](crate::RecvError::Closed).
+///
+/// # Example
+/// ```
+/// use shmport::{MessageChannel, PortSet, RecvError};
+///
+/// let mut set = PortSet::new()?;
+/// let (a, b) = MessageChannel::new()?.into_ports();
+/// let (c, d) = MessageChannel::new()?.into_ports();
+/// let kb = set.add(b)?;
+/// let kd = set.add(d)?;
+/// c.post(&2u32)?;
+/// a.post(&1u32)?;
+/// let mut seen = Vec::new();
+/// for _ in 0..2 {
+///     let key = set.wait()?.expect("the set is not empty");
+///     let msg = set.get(key).unwrap().try_recv()?;
+///     seen.push((key, msg.get::<u32>()?.to_native()));
+/// }
+/// seen.sort();
+/// assert_eq!(seen, vec![(kb, 1), (kd, 2)]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct PortSet {
+    poller: Poller,
+    ports: Vec<Option<MessagePort>>,
+    free: Vec<usize>,
+    len: usize,
+    /// Where the next scan starts (round robin).
+    cursor: usize,
+    keys: Vec<u64>,
+}
+
+impl PortSet {
+    /// An empty set.
+    pub fn new() -> io::Result<PortSet> {
+        Ok(PortSet {
+            poller: Poller::new()?,
+            ports: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+            cursor: 0,
+            keys: Vec::new(),
+        })
+    }
+
+    /// Add a port; returns its key in this set.
+    pub fn add(&mut self, port: MessagePort) -> io::Result<usize> {
+        let key = self.free.pop().unwrap_or(self.ports.len());
+        self.poller.add(&port, key as u64)?;
+        if key == self.ports.len() {
+            self.ports.push(Some(port));
+        } else {
+            self.ports[key] = Some(port);
+        }
+        self.len += 1;
+        Ok(key)
+    }
+
+    /// Take a port out of the set.
+    pub fn remove(&mut self, key: usize) -> Option<MessagePort> {
+        let port = self.ports.get_mut(key)?.take()?;
+        // The descriptor is still open, so this cannot fail short of a bug.
+        let _ = self.poller.delete(&port);
+        self.free.push(key);
+        self.len -= 1;
+        Some(port)
+    }
+
+    /// The port with this key.
+    pub fn get(&self, key: usize) -> Option<&MessagePort> {
+        self.ports.get(key)?.as_ref()
+    }
+
+    /// Number of ports in the set.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Is the set empty?
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keys and ports in the set.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &MessagePort)> {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter_map(|(k, p)| Some((k, p.as_ref()?)))
+    }
+
+    /// Wait until some port has a message or its close event; returns its
+    /// key (`None` only for an empty set).
+    pub fn wait(&mut self) -> io::Result<Option<usize>> {
+        self.wait_until(None)
+    }
+
+    /// [`PortSet::wait`], at most `timeout` (`Ok(None)` when it passes).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<usize>> {
+        self.wait_until(Instant::now().checked_add(timeout))
+    }
+
+    /// A port with an event now, if any (no waiting).
+    pub fn poll(&mut self) -> Option<usize> {
+        self.scan()
+    }
+
+    fn scan(&mut self) -> Option<usize> {
+        let n = self.ports.len();
+        for i in 0..n {
+            let k = (self.cursor + i) % n;
+            if let Some(p) = &self.ports[k] {
+                if p.has_event() {
+                    self.cursor = k + 1;
+                    return Some(k);
+                }
+            }
+        }
+        None
+    }
+
+    fn wait_until(&mut self, deadline: Option<Instant>) -> io::Result<Option<usize>> {
+        loop {
+            if self.is_empty() {
+                return Ok(None);
+            }
+            if let Some(k) = self.scan() {
+                return Ok(Some(k));
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(None);
+            }
+            // Announce on every port, one barrier for all, re-check: a
+            // message committed before our announcement is seen here, one
+            // committed after it sends a token (see ring::Consumer).
+            for p in self.ports.iter().flatten() {
+                p.arm();
+            }
+            if let Some(p) = self.ports.iter().flatten().next() {
+                p.sleep_barrier();
+            }
+            let found = self.scan();
+            if found.is_none() {
+                self.keys.clear();
+                let r = self.poller.wait(left, &mut self.keys);
+                for p in self.ports.iter().flatten() {
+                    p.disarm();
+                }
+                r?;
+                for i in 0..self.keys.len() {
+                    if let Some(Some(p)) = self.ports.get(self.keys[i] as usize) {
+                        p.take_in()?;
+                    }
+                }
+                continue;
+            }
+            for p in self.ports.iter().flatten() {
+                p.disarm();
+            }
+            return Ok(found);
+        }
+    }
+}
