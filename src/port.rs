@@ -185,7 +185,9 @@ impl MessagePort {
 
     /// Is `other` this port's entangled peer?
     fn is_peer(&self, other: &MessagePort) -> bool {
-        other.side != self.side && other.seg.id() == self.seg.id()
+        other.side != self.side
+            && (Arc::ptr_eq(&other.seg, &self.seg)
+                || matches!((other.seg.id(), self.seg.id()), (Some(a), Some(b)) if a == b))
     }
 
     /// How long blocking calls spin (checking the ring, no system call)

@@ -20,7 +20,8 @@ pub struct Segment {
     fd: OwnedFd,
     capacity: usize,
     /// (device, inode) of the memfd: the same in every process that maps it.
-    id: (u64, u64),
+    /// Looked up when first needed (a system call fewer per channel).
+    id: std::sync::OnceLock<(u64, u64)>,
 }
 
 fn file_id(fd: &OwnedFd) -> std::io::Result<(u64, u64)> {
@@ -40,12 +41,11 @@ impl Segment {
         let fd = sys::memfd::create("shmport-channel", size)?;
         sys::memfd::seal(&fd, sys::memfd::SIZE_SEALS)?;
         let map = Mapping::new(&fd, size, true, false)?;
-        let id = file_id(&fd)?;
         let seg = Segment {
             map,
             fd,
             capacity,
-            id,
+            id: std::sync::OnceLock::new(),
         };
         let h = seg.header();
         // Relaxed: nobody else can see the segment before its descriptor is
@@ -67,13 +67,12 @@ impl Segment {
             return Err(OpenError::BadGeometry("file smaller than the header"));
         }
         let map = Mapping::new(&fd, size, true, false)?;
-        let id = file_id(&fd)?;
         // Capacity is set below once checked; 0 until then.
         let mut seg = Segment {
             map,
             fd,
             capacity: 0,
-            id,
+            id: std::sync::OnceLock::new(),
         };
         let h = seg.header();
         // Acquire: pairs with the Release store of the magic in `create`.
@@ -117,9 +116,14 @@ impl Segment {
         &self.fd
     }
 
-    /// Identity of the shared memory (the same in every process).
-    pub fn id(&self) -> (u64, u64) {
-        self.id
+    /// Identity of the shared memory (the same in every process); `None`
+    /// if it cannot be looked up (then no two segments compare equal).
+    pub fn id(&self) -> Option<(u64, u64)> {
+        if let Some(id) = self.id.get() {
+            return Some(*id);
+        }
+        let id = file_id(&self.fd).ok()?;
+        Some(*self.id.get_or_init(|| id))
     }
 
     /// Bytes in each ring.
