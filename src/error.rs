@@ -194,3 +194,60 @@ impl From<io::Error> for OpenError {
         OpenError::Io(e)
     }
 }
+
+/// Getting a port from a [`Listener`](crate::Listener) failed
+/// ([`connect`](crate::connect) and its variants).
+#[derive(Debug)]
+pub enum ConnectError {
+    /// No socket file at the path.
+    NotFound,
+    /// Nothing listens there: a socket file left behind by a listener that
+    /// is gone, or an abstract name nobody holds.
+    Refused,
+    /// This process may not connect to the socket file (it is mode 0600 and
+    /// belongs to another user, or a directory on the way is closed).
+    PermissionDenied,
+    /// No port arrived in time: the listener did not accept the connection,
+    /// or its queue stayed full.
+    Timeout,
+    /// The listener closed the connection without sending a port: it
+    /// rejected this process (dropped the [`Incoming`](crate::Incoming)), or
+    /// it was dropped with the connection still queued.
+    Rejected,
+    /// The other side is not a shmport listener: what it sent is not one
+    /// port, or its socket is of another type.
+    Protocol(&'static str),
+    /// A port arrived but its shared segment is not valid.
+    Open(OpenError),
+    /// A system call failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::NotFound => f.write_str("no socket at that path"),
+            ConnectError::Refused => f.write_str("connection refused: nothing listens there"),
+            ConnectError::PermissionDenied => {
+                f.write_str("permission denied connecting to the socket")
+            }
+            ConnectError::Timeout => f.write_str("timed out waiting for a port from the listener"),
+            ConnectError::Rejected => {
+                f.write_str("the listener closed the connection without sending a port")
+            }
+            ConnectError::Protocol(s) => write!(f, "not a shmport listener: {s}"),
+            ConnectError::Open(e) => write!(f, "the port received is not valid: {e}"),
+            ConnectError::Io(e) => write!(f, "connecting failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectError::Open(e) => Some(e),
+            ConnectError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -9,8 +9,15 @@
 //! - A port's peer learns when the port goes away — closed, dropped, or its
 //!   process killed — as a close event with a [`CloseReason`], after every
 //!   message posted before.
+//! - Ports travel inside messages ([`MessagePort::post_with_ports`],
+//!   [`Message::take_ports`]) to any process, with the messages queued on
+//!   them.
 //! - [`spawn`] starts a child process with a port already connected;
-//!   the child calls [`MessagePort::from_parent`].
+//!   the child calls [`MessagePort::from_parent`]. Unrelated processes meet
+//!   through a [`Listener`] on a Unix socket path and [`connect`]; the
+//!   listener sees each connector's pid, uid and gid before it hands out a
+//!   port.
+//! - A [`PortSet`] waits on many ports at once; every port is `AsFd`.
 //!
 //! Linux only: it is built on memfd, seals, `SCM_RIGHTS` and `SOCK_SEQPACKET`.
 //!
@@ -52,6 +59,7 @@ pub mod layout;
 mod message;
 mod port;
 mod port_set;
+mod rendezvous;
 pub mod ring;
 mod segment;
 mod ser;
@@ -64,6 +72,10 @@ pub use error::{AccessError, CloseReason, OpenError, PostError, RecvError, Trans
 pub use message::{Message, Receivable};
 pub use port::{DEFAULT_SPIN, MAX_PORTS, MessagePort};
 pub use port_set::PortSet;
+pub use rendezvous::{
+    ConnectError, Credentials, DEFAULT_CONNECT_TIMEOUT, Incoming, Listener, connect,
+    connect_abstract, connect_abstract_timeout, connect_timeout,
+};
 pub use ser::{Postable, RecordSerializer, RecordWriter, fingerprint};
 pub use spawn::{PORT_ENV, spawn};
 

@@ -72,7 +72,15 @@ impl PortParts {
     pub fn assemble(self) -> Result<MessagePort, OpenError> {
         let seg = match self.seg {
             SegmentRef::Mapped(s) => s,
-            SegmentRef::Unopened(fd) => Segment::open(fd)?,
+            SegmentRef::Unopened(fd) => {
+                // A received descriptor claimed to be a port's socket.
+                if !crate::sys::socket::is_seqpacket(&self.sock) {
+                    return Err(OpenError::BadDescriptor(
+                        "a received port's socket is not a SOCK_SEQPACKET socket".into(),
+                    ));
+                }
+                Segment::open(fd)?
+            }
         };
         MessagePort::from_parts(seg, self.side, self.sock, self.spin)
             .map(|p| p.with_inbox(self.inbox))
@@ -303,7 +311,8 @@ pub(crate) fn recv_port(
     }
     match socket::recv(sock, false).map_err(RecvPortError::Io)? {
         Incoming::Attachment(body, fds) => {
-            let mut att = Attachment::decode(&body, fds).map_err(|c| RecvPortError::Garbage(c.0))?;
+            let mut att =
+                Attachment::decode(&body, fds).map_err(|c| RecvPortError::Garbage(c.0))?;
             if att.ool.is_some() || att.ports.len() != 1 {
                 return Err(RecvPortError::Garbage("expected exactly one port"));
             }

@@ -114,6 +114,7 @@ fn ports_of_other_processes_deliver_and_close_with_their_reasons() {
     let (mut loud, p2) = shmport::spawn(peer("talk-hang")).unwrap();
     let k1 = set.add(p1).unwrap();
     let k2 = set.add(p2).unwrap();
+    assert_ne!(k1, k2);
     let mut got = [0, 0];
     let mut reasons = [None, None];
     let mut killed = false;

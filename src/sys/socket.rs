@@ -188,3 +188,229 @@ pub fn wait(fd: impl AsFd, writable: bool, timeout: Option<Duration>) -> io::Res
         hung_up: r.intersects(PollFlags::HUP | PollFlags::ERR),
     })
 }
+
+// ------------------------------------------------------------- rendezvous
+//
+// A listening `SOCK_SEQPACKET` socket at a filesystem path or an abstract
+// name: a process connects to it to get its first port.
+
+/// Where a rendezvous socket lives.
+#[derive(Debug, Clone, Copy)]
+pub enum UnixAddr<'a> {
+    /// A filesystem path (a socket file).
+    Path(&'a std::path::Path),
+    /// A Linux abstract name (no file; the leading NUL is implied).
+    Abstract(&'a [u8]),
+}
+
+impl UnixAddr<'_> {
+    fn to_sockaddr(self) -> io::Result<rustix::net::SocketAddrUnix> {
+        let too_long = |what| io::Error::new(io::ErrorKind::InvalidInput, what);
+        match self {
+            UnixAddr::Path(p) => {
+                if p.as_os_str().is_empty() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "empty socket path",
+                    ));
+                }
+                rustix::net::SocketAddrUnix::new(p).map_err(|e| match e {
+                    Errno::NAMETOOLONG => too_long("socket path longer than 107 bytes"),
+                    e => e.into(),
+                })
+            }
+            UnixAddr::Abstract(name) => {
+                if name.is_empty() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "empty abstract socket name",
+                    ));
+                }
+                rustix::net::SocketAddrUnix::new_abstract_name(name)
+                    .map_err(|_| too_long("abstract socket name longer than 107 bytes"))
+            }
+        }
+    }
+}
+
+/// Identity of a file (device and inode), to recognise a socket file later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+/// The socket file at `path`, if that is what is there (not following a
+/// symbolic link).
+fn socket_file_id(path: &std::path::Path) -> io::Result<Option<FileId>> {
+    let st = rustix::fs::lstat(path)?;
+    let is_socket =
+        rustix::fs::FileType::from_raw_mode(st.st_mode as _) == rustix::fs::FileType::Socket;
+    Ok(is_socket.then_some(FileId {
+        dev: st.st_dev as u64,
+        ino: st.st_ino as u64,
+    }))
+}
+
+/// Remove the socket file at `path` if it is still `id` (not a file someone
+/// put there since). Errors are ignored: this runs when a listener drops.
+pub fn remove_socket_file(path: &std::path::Path, id: FileId) {
+    if let Ok(Some(now)) = socket_file_id(path) {
+        if now == id {
+            let _ = rustix::fs::unlink(path);
+        }
+    }
+}
+
+/// A listening `SOCK_SEQPACKET` socket at `addr`: non-blocking (accepts
+/// never wait), close-on-exec. A socket file is made with mode 0600 (set on
+/// the socket before `bind`, so the file never exists with wider access, and
+/// again on the file after it). Returns the socket file's identity for
+/// [`remove_socket_file`]. An existing file at the path is `AddrInUse`.
+pub fn listen(addr: UnixAddr<'_>, backlog: i32) -> io::Result<(OwnedFd, Option<FileId>)> {
+    use rustix::fs::Mode;
+    let sa = addr.to_sockaddr()?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let private = Mode::RUSR | Mode::WUSR;
+    if let UnixAddr::Path(_) = addr {
+        // The file `bind` makes takes the socket inode's mode (minus umask).
+        rustix::fs::fchmod(&fd, private)?;
+    }
+    match rustix::net::bind(&fd, &sa) {
+        Ok(()) => {}
+        Err(Errno::ADDRINUSE) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                match addr {
+                    UnixAddr::Path(p) => format!(
+                        "{} already exists (a stale socket? remove it if no listener uses it)",
+                        p.display()
+                    ),
+                    UnixAddr::Abstract(n) => format!(
+                        "abstract socket name {:?} is already in use",
+                        String::from_utf8_lossy(n)
+                    ),
+                },
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let id = match addr {
+        UnixAddr::Path(p) => {
+            // If the path no longer holds a socket, someone replaced our
+            // file: fail, and leave theirs alone.
+            let id = socket_file_id(p)?.ok_or_else(|| {
+                io::Error::other(format!("{} was replaced right after bind", p.display()))
+            })?;
+            if let Err(e) = rustix::fs::chmod(p, private) {
+                remove_socket_file(p, id);
+                return Err(e.into());
+            }
+            Some(id)
+        }
+        UnixAddr::Abstract(_) => None,
+    };
+    if let Err(e) = rustix::net::listen(&fd, backlog) {
+        if let (UnixAddr::Path(p), Some(id)) = (addr, id) {
+            remove_socket_file(p, id);
+        }
+        return Err(e.into());
+    }
+    Ok((fd, id))
+}
+
+/// Accept one pending connection, without waiting: `None` when none is
+/// pending. The connection is non-blocking and close-on-exec.
+pub fn accept(listener: impl AsFd) -> io::Result<Option<OwnedFd>> {
+    loop {
+        match rustix::net::accept_with(&listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+            Ok(fd) => return Ok(Some(fd)),
+            // A connection that went away while queued: try the next one.
+            Err(Errno::INTR) | Err(Errno::CONNABORTED) => continue,
+            Err(Errno::AGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The credentials (pid, uid, gid) of the process that connected `conn`,
+/// as the kernel recorded them at `connect` (`SO_PEERCRED`). The pid is 0
+/// when that process is outside this process's PID namespace.
+pub fn peer_credentials(conn: impl AsFd) -> io::Result<(u32, u32, u32)> {
+    // Not rustix's `socket_peercred`: its `UCred` holds the pid as a
+    // non-zero type, and the kernel does report 0 (a peer in an ancestor PID
+    // namespace), which that type cannot hold.
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are live, writable locals; `len` holds the
+    // size of `cred`, so the kernel writes at most that many bytes into it;
+    // the descriptor is borrowed for the duration of the call.
+    let r = unsafe {
+        libc::getsockopt(
+            conn.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::other("SO_PEERCRED returned a short answer"));
+    }
+    Ok((cred.pid as u32, cred.uid, cred.gid))
+}
+
+/// Connect a close-on-exec `SOCK_SEQPACKET` socket to the listener at
+/// `addr`, waiting at most `timeout` while the listener's queue is full
+/// (`TimedOut`). No socket at a path is `NotFound`, nothing listening is
+/// `ConnectionRefused`, a socket of another type is `InvalidData`.
+pub fn connect(addr: UnixAddr<'_>, timeout: Duration) -> io::Result<OwnedFd> {
+    let sa = addr.to_sockaddr()?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        // A full accept queue makes `connect` wait, at most the send timeout
+        // (zero would mean no limit).
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        rustix::net::sockopt::set_socket_timeout(
+            &fd,
+            rustix::net::sockopt::Timeout::Send,
+            Some(left.max(Duration::from_micros(1))),
+        )?;
+        match rustix::net::connect(&fd, &sa) {
+            Ok(()) => return Ok(fd),
+            Err(Errno::INTR) if std::time::Instant::now() < deadline => continue,
+            Err(Errno::INTR) | Err(Errno::AGAIN) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the listener's queue stayed full",
+                ));
+            }
+            Err(Errno::PROTOTYPE) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the socket there is not a SOCK_SEQPACKET socket",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
