@@ -709,7 +709,7 @@ impl MessagePort {
             return true;
         }
         let rx = self.rx.borrow();
-        rx.ready() || rx.producer_closed()
+        rx.has_message() || rx.producer_closed()
     }
 
     /// Announce a sleep (without the barrier: the set issues one for all).

@@ -533,6 +533,26 @@ impl<M: RingMemory> Consumer<M> {
             == self.head + 1
     }
 
+    /// Is a committed message (not just padding) waiting? Looks past a
+    /// committed padding record to the start of the next lap; takes nothing.
+    pub fn has_message(&self) -> bool {
+        let mut pos = self.head;
+        for _ in 0..2 {
+            let h = header_at(&self.mem, pos);
+            // Acquire: pairs with the Release store of the commit word.
+            if h.commit.load(Ordering::Acquire) != pos + 1 {
+                return false;
+            }
+            if unpack_info(h.info.load(Ordering::Relaxed)).kind != KIND_PADDING {
+                return true;
+            }
+            pos += self.cap - (pos & (self.cap - 1));
+        }
+        // Padding twice in a row is corrupt: report it, so that `take`
+        // finds and names the problem.
+        true
+    }
+
     /// Take the next record, skipping padding. `Ok(None)`: nothing committed.
     #[inline]
     pub fn take(&mut self) -> Result<Option<Record>, Corrupt> {

@@ -293,3 +293,22 @@ fn two_threads_stream_checksummed_records() {
     }
     t.join().unwrap();
 }
+
+#[test]
+fn padding_alone_is_not_a_message() {
+    let (mut p, mut c, _m) = pair(4096);
+    // Move to 3 KiB into the lap, then release everything.
+    for _ in 0..3 {
+        assert!(put(&mut p, &[1u8; 1024 - 32]));
+        get(&mut c).unwrap();
+    }
+    c.publish_head();
+    // A 1.5 KiB record does not fit the last 1 KiB: reserving pads the lap
+    // (committing the padding) before the record is written.
+    let slot = p.reserve(1536).unwrap().unwrap();
+    assert!(c.ready(), "the padding is committed");
+    assert!(!c.has_message(), "but no message yet");
+    p.commit(slot, 1536, RAW);
+    assert!(c.has_message());
+    assert_eq!(get(&mut c).unwrap().len(), 1536);
+}
