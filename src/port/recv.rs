@@ -1,0 +1,218 @@
+//! Receiving: take the next record, spin, then sleep; close events.
+
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use super::{MessagePort, Wait};
+use crate::error::{CloseReason, RecvError};
+use crate::layout::OOL_DESCRIPTOR;
+use crate::message::{Body, Message};
+use crate::ring::{Corrupt, Record};
+use crate::sys::{self, Mapping};
+use crate::transfer::PortParts;
+
+impl MessagePort {
+    // ---------------------------------------------------------------- recv
+
+    /// Receive the next message, waiting for one. After the last message the
+    /// peer posted, returns [`RecvError::Closed`] with the reason: this is
+    /// the close event.
+    pub fn recv(&self) -> Result<Message<'_>, RecvError> {
+        self.recv_wait(Wait::Forever)
+    }
+
+    /// Receive a message if one is waiting; [`RecvError::Empty`] otherwise.
+    /// When the ring is empty this makes one non-blocking system call to
+    /// learn whether the peer is gone.
+    pub fn try_recv(&self) -> Result<Message<'_>, RecvError> {
+        self.recv_wait(Wait::No)
+    }
+
+    /// Receive a message, waiting at most `timeout` ([`RecvError::Timeout`]).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Message<'_>, RecvError> {
+        self.recv_wait(Wait::after(timeout))
+    }
+
+    #[inline]
+    fn recv_wait(&self, wait: Wait) -> Result<Message<'_>, RecvError> {
+        let mut spin_until: Option<Instant> = None;
+        loop {
+            if let Some(m) = self.take()? {
+                return Ok(m);
+            }
+            self.flush_releases();
+            if let Some(reason) = self.close_reason() {
+                return Err(RecvError::Closed(reason));
+            }
+            match wait {
+                Wait::No if !self.hung_up.get() => {
+                    // One look at the socket: has the peer gone away?
+                    self.drain_socket(false).map_err(RecvError::Io)?;
+                    if !self.hung_up.get() && self.broken.get().is_none() {
+                        return Err(RecvError::Empty);
+                    }
+                    continue;
+                }
+                Wait::No => return Err(RecvError::Empty),
+                _ if wait.expired() => return Err(RecvError::Timeout),
+                _ => {}
+            }
+            let spin_end = *spin_until.get_or_insert_with(|| Instant::now() + self.spin.get());
+            if self.spin_for_record(spin_end) {
+                continue;
+            }
+            let rx = self.rx.borrow();
+            if rx.prepare_sleep() {
+                if rx.producer_closed() {
+                    rx.end_sleep();
+                    continue;
+                }
+                drop(rx);
+                let r = self.sleep(wait);
+                self.rx.borrow().end_sleep();
+                r.map_err(RecvError::Io)?;
+            }
+        }
+    }
+
+    /// Spin until a record is ready, the producer closed, or `until`.
+    fn spin_for_record(&self, until: Instant) -> bool {
+        let rx = self.rx.borrow();
+        let mut i = 0u32;
+        loop {
+            rx.prefetch_next();
+            if rx.ready() || rx.producer_closed() {
+                return true;
+            }
+            // Reading the clock costs ~20 ns: look every 64 turns, and at
+            // once on the first (a zero spin does not spin).
+            if i % 64 == 0 && Instant::now() >= until {
+                return false;
+            }
+            std::hint::spin_loop();
+            i = i.wrapping_add(1);
+        }
+    }
+
+    /// The close reason, if the ring is empty and the peer is gone.
+    #[inline]
+    fn close_reason(&self) -> Option<CloseReason> {
+        if self.broken.get().is_some() {
+            return Some(CloseReason::ProtocolError);
+        }
+        let rx = self.rx.borrow();
+        // The closed flag (Acquire) or the hang-up comes after the peer's
+        // last commit: re-check the ring after seeing either.
+        let gone = rx.producer_closed() || self.hung_up.get();
+        if gone && !rx.ready() {
+            drop(rx);
+            return Some(self.peer_gone_reason());
+        }
+        None
+    }
+
+    /// Publish released space if any is unpublished, waking a producer that
+    /// waits for it.
+    #[inline]
+    pub(super) fn flush_releases(&self) {
+        let mut rx = self.rx.borrow_mut();
+        if rx.unpublished() && rx.publish_head() {
+            drop(rx);
+            let _ = self.wake_peer();
+        }
+    }
+
+    /// Called by a dropped [`Message`].
+    #[inline]
+    pub(crate) fn release(&self, pos: u64, end: u64) {
+        let mut rx = self.rx.borrow_mut();
+        if rx.release(pos, end) && rx.publish_head() {
+            drop(rx);
+            let _ = self.wake_peer();
+        }
+    }
+
+    /// Take the next record and make it a message.
+    #[inline]
+    fn take(&self) -> Result<Option<Message<'_>>, RecvError> {
+        if self.broken.get().is_some() {
+            return Err(RecvError::Closed(CloseReason::ProtocolError));
+        }
+        let r = self.rx.borrow_mut().take();
+        let rec = match r {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Ok(None),
+            Err(c) => return Err(RecvError::Closed(self.corrupt(c))),
+        };
+        if !rec.meta.out_of_line && rec.meta.nports == 0 {
+            let body = Body {
+                ptr: rec.payload,
+                len: rec.len,
+                map: None,
+            };
+            return Ok(Some(Message::new(self, &rec, body, Vec::new())));
+        }
+        match self.with_attachment(&rec) {
+            Ok((body, ports)) => Ok(Some(Message::new(self, &rec, body, ports))),
+            Err(e) => {
+                self.release(rec.pos, rec.end);
+                Err(e)
+            }
+        }
+    }
+
+    /// The record needs its attachment: take it from the inbox (or the
+    /// socket), check it matches the record, map an out-of-line payload.
+    fn with_attachment(&self, rec: &Record) -> Result<(Body, Vec<PortParts>), RecvError> {
+        if self.inbox.borrow().is_empty() {
+            self.drain_socket(true).map_err(RecvError::Io)?;
+        }
+        let Some(att) = self.inbox.borrow_mut().pop_front() else {
+            return Err(RecvError::Closed(
+                self.corrupt(Corrupt("record without its attachment")),
+            ));
+        };
+        if att.ports.len() != rec.meta.nports as usize || att.ool.is_some() != rec.meta.out_of_line
+        {
+            return Err(RecvError::Closed(
+                self.corrupt(Corrupt("attachment does not match its record")),
+            ));
+        }
+        let body = match att.ool {
+            None => Body {
+                ptr: rec.payload,
+                len: rec.len,
+                map: None,
+            },
+            Some(fd) => self.map_out_of_line(rec, fd)?,
+        };
+        Ok((body, att.ports))
+    }
+
+    fn map_out_of_line(&self, rec: &Record, fd: OwnedFd) -> Result<Body, RecvError> {
+        if rec.len != OOL_DESCRIPTOR {
+            return Err(RecvError::Closed(
+                self.corrupt(Corrupt("out-of-line descriptor has the wrong size")),
+            ));
+        }
+        // SAFETY: the record's payload holds OOL_DESCRIPTOR (8) bytes inside
+        // the ring, 32-byte aligned; read once, as an atomic.
+        let len = unsafe { rec.payload.cast::<core::sync::atomic::AtomicU64>().as_ref() }
+            .load(core::sync::atomic::Ordering::Relaxed);
+        let size = sys::memfd::checked_size(&fd, sys::memfd::SIZE_SEALS).map_err(|_| {
+            RecvError::Closed(self.corrupt(Corrupt("out-of-line memfd not sealed")))
+        })?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len > size || len == 0 {
+            return Err(RecvError::Closed(
+                self.corrupt(Corrupt("out-of-line length outside its memfd")),
+            ));
+        }
+        let map = Mapping::new(&fd, len, false, true).map_err(RecvError::Io)?;
+        Ok(Body {
+            ptr: map.ptr(),
+            len,
+            map: Some(map),
+        })
+    }
+}
