@@ -10,7 +10,7 @@ use rkyv::ser::allocator::ArenaHandle;
 use rkyv::ser::sharing::Share;
 use rkyv::ser::{Positional, Serializer, Writer};
 
-use crate::sys::{self, Mapping};
+use crate::sys;
 
 /// The serializer shmport hands to `rkyv::Serialize` implementations.
 pub type RecordSerializer<'a, 'w> =
@@ -168,67 +168,72 @@ impl<E: Source> Writer<E> for RecordWriter {
     }
 }
 
-/// A memfd being filled with one out-of-line message.
+/// A memfd being filled with one out-of-line message, by `pwrite`: no
+/// mapping on the sending side, so no page is zeroed before it is written,
+/// nothing needs unmapping, and no fork can hold a writable mapping that
+/// would block the write seal. Small writes (rkyv's fields) are gathered in a
+/// staging buffer; large ones (byte arrays) go straight to the file.
 struct OolBuffer {
     fd: OwnedFd,
-    map: Mapping,
+    stage: Vec<u8>,
+    /// File offset of `stage[0]`.
+    stage_at: usize,
 }
 
-const PAGE: usize = 4096;
-
-fn round_page(n: usize) -> usize {
-    n.div_ceil(PAGE).max(1) * PAGE
-}
+const STAGE: usize = 64 * 1024;
 
 impl OolBuffer {
     fn new(hint: usize) -> io::Result<Self> {
-        let size = round_page(hint);
-        let fd = sys::memfd::create("shmport-message", size)?;
-        let map = Mapping::new(&fd, size, true, true)?;
-        // A fork elsewhere in the process must not copy this writable
-        // mapping: the F_SEAL_WRITE in `finish` would fail while it exists.
-        map.dont_fork()?;
-        Ok(OolBuffer { fd, map })
+        let fd = sys::memfd::create("shmport-message", 0)?;
+        Ok(OolBuffer {
+            fd,
+            stage: Vec::with_capacity(STAGE.min(hint.max(4096))),
+            stage_at: 0,
+        })
     }
 
-    fn write_at(&mut self, pos: usize, bytes: &[u8]) -> io::Result<()> {
-        let end = pos + bytes.len();
-        if end > self.map.len() {
-            let size = round_page(end.max(self.map.len().saturating_mul(2)));
-            sys::memfd::set_size(&self.fd, size)?;
-            self.map.resize(size)?;
-        }
-        // SAFETY: pos..end lies within the mapping (grown above), which this
-        // buffer owns exclusively; nothing else references it.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.map.ptr().as_ptr().add(pos),
-                bytes.len(),
-            )
-        };
+    fn flush(&mut self) -> io::Result<()> {
+        sys::memfd::write_all_at(&self.fd, &self.stage, self.stage_at)?;
+        self.stage_at += self.stage.len();
+        self.stage.clear();
         Ok(())
     }
 
-    /// Trim to `len`, unmap, and seal the file's size, and if the kernel
+    /// Append `bytes`, which start at file offset `pos` (writes are
+    /// sequential: `pos` is always where the previous write ended).
+    fn write_at(&mut self, pos: usize, bytes: &[u8]) -> io::Result<()> {
+        debug_assert_eq!(pos, self.stage_at + self.stage.len());
+        if self.stage.len() + bytes.len() <= STAGE {
+            self.stage.extend_from_slice(bytes);
+            return Ok(());
+        }
+        self.flush()?;
+        if bytes.len() >= STAGE {
+            sys::memfd::write_all_at(&self.fd, bytes, pos)?;
+            self.stage_at = pos + bytes.len();
+        } else {
+            self.stage.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    /// Write what is staged and seal the file's size, and if the kernel
     /// allows, its bytes: the receiver maps it read-only, and a write-sealed
     /// file stays as it was validated.
     ///
     /// `F_SEAL_WRITE` fails with `EBUSY` while any page of the file still has
-    /// a reference beyond its mappings; right after the unmap, another CPU's
-    /// page-cache batches can briefly hold one. The size seals are what
-    /// memory safety needs (no `SIGBUS` for the reader), so the message then
-    /// goes with those alone.
-    fn finish(self, len: usize) -> io::Result<OwnedFd> {
-        let OolBuffer { fd, map } = self;
-        drop(map); // F_SEAL_WRITE needs no writable mapping left
-        sys::memfd::set_size(&fd, round_page(len))?;
-        match sys::memfd::seal(&fd, sys::memfd::OOL_SEALS) {
+    /// a reference beyond the page cache's (another CPU's page batches can
+    /// briefly hold one). The size seals are what memory safety needs (no
+    /// `SIGBUS` for the reader), so the message then goes with those alone.
+    fn finish(mut self, len: usize) -> io::Result<OwnedFd> {
+        self.flush()?;
+        debug_assert_eq!(self.stage_at, len);
+        match sys::memfd::seal(&self.fd, sys::memfd::OOL_SEALS) {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                sys::memfd::seal(&fd, sys::memfd::SIZE_SEALS)?
+                sys::memfd::seal(&self.fd, sys::memfd::SIZE_SEALS)?
             }
             r => r?,
         }
-        Ok(fd)
+        Ok(self.fd)
     }
 }

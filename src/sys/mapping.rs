@@ -1,9 +1,8 @@
-use core::ffi::c_void;
 use core::ptr::NonNull;
 use std::io;
 use std::os::fd::AsFd;
 
-use rustix::mm::{MapFlags, MremapFlags, ProtFlags, mmap, mremap, munmap};
+use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
 
 /// An owned shared mapping of a file; unmapped on drop.
 pub struct Mapping {
@@ -47,46 +46,6 @@ impl Mapping {
     /// Start of the mapping (page aligned).
     pub fn ptr(&self) -> NonNull<u8> {
         self.ptr
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Keep this mapping out of processes forked from this one. A writable
-    /// shared mapping that a concurrent `fork` copies into a child (until it
-    /// execs) would make sealing the file against writes fail with `EBUSY`.
-    pub fn dont_fork(&self) -> io::Result<()> {
-        // SAFETY: advice on a range we own; MADV_DONTFORK changes only what
-        // a future fork copies, not this process's view of the memory.
-        unsafe {
-            rustix::mm::madvise(
-                self.ptr.as_ptr().cast(),
-                self.len,
-                rustix::mm::Advice::LinuxDontFork,
-            )
-        }?;
-        Ok(())
-    }
-
-    /// Grow or shrink the mapping (it may move; its advice moves with it). The file must already have
-    /// the new size.
-    pub fn resize(&mut self, new_len: usize) -> io::Result<()> {
-        // SAFETY: `ptr/len` is a mapping we own; no reference into it is
-        // held across this call (callers hold only raw pointers, refreshed
-        // from `ptr()` afterwards).
-        let p = unsafe {
-            mremap(
-                self.ptr.as_ptr().cast::<c_void>(),
-                self.len,
-                new_len,
-                MremapFlags::MAYMOVE,
-            )
-        }?;
-        self.ptr = NonNull::new(p.cast()).expect("mremap returned null");
-        self.len = new_len;
-        Ok(())
     }
 }
 

@@ -16,9 +16,20 @@ pub fn create(name: &str, size: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Set the file's size (before it is sealed).
-pub fn set_size(fd: impl AsFd, size: usize) -> io::Result<()> {
-    Ok(rustix::fs::ftruncate(fd, size as u64)?)
+/// Write all of `bytes` at file offset `at` (the file grows as needed).
+pub fn write_all_at(fd: impl AsFd, mut bytes: &[u8], mut at: usize) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::io::pwrite(&fd, bytes, at as u64) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                at += n;
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Add `seals` and forbid further seals.
