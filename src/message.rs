@@ -76,7 +76,7 @@ impl<'p> Message<'p> {
         // when the record was taken; the producer does not write the record
         // until this message releases it on drop) or inside `map`, a
         // read-only mapping of at least `len` bytes of a memfd sealed against
-        // writes and resizes, owned by this message.
+        // resizes (so no SIGBUS), owned by this message.
         unsafe { core::slice::from_raw_parts(self.body.ptr.as_ptr(), self.body.len) }
     }
 

@@ -109,6 +109,8 @@ pub struct MessagePort {
     transferred: Cell<bool>,
     /// The socket reported hang-up: the peer port is gone.
     hung_up: Cell<bool>,
+    /// A receive returned end-of-file: nothing more is queued on the socket.
+    eof: Cell<bool>,
     /// The peer broke the protocol; the port no longer reads or writes.
     broken: Cell<Option<Corrupt>>,
     spin: Cell<Duration>,
@@ -151,6 +153,7 @@ impl MessagePort {
             inbox: RefCell::new(VecDeque::new()),
             transferred: Cell::new(false),
             hung_up: Cell::new(false),
+            eof: Cell::new(false),
             broken: Cell::new(None),
             spin: Cell::new(spin),
             arena: RefCell::new(Arena::new()),
@@ -275,7 +278,10 @@ impl MessagePort {
     /// attachment.
     fn note(&self, got: Incoming) -> bool {
         match got {
-            Incoming::HungUp => self.hung_up.set(true),
+            Incoming::HungUp => {
+                self.hung_up.set(true);
+                self.eof.set(true);
+            }
             Incoming::Garbage => self
                 .broken
                 .set(Some(Corrupt("garbage on the port's socket"))),
@@ -294,7 +300,7 @@ impl MessagePort {
     /// Take in everything queued on the socket without blocking (or until
     /// one attachment arrived, when `until_attachment`).
     fn drain_socket(&self, until_attachment: bool) -> io::Result<()> {
-        while !self.hung_up.get() && self.broken.get().is_none() {
+        while !self.eof.get() && self.broken.get().is_none() {
             let got = sys::socket::recv(&self.sock, false)?;
             let empty = matches!(got, Incoming::Empty);
             if self.note(got) && until_attachment || empty {
@@ -357,6 +363,14 @@ impl Drop for MessagePort {
         // hang-up wakes it if it sleeps.
         self.rx.get_mut().close();
         self.tx.get_mut().close();
+        // Ports in messages never read: close them properly (their peers
+        // see Closed, not PeerDied).
+        let _ = self.drain_socket(false);
+        for att in self.inbox.get_mut().drain(..) {
+            for p in att.ports {
+                crate::transfer::discard(p);
+            }
+        }
     }
 }
 

@@ -165,7 +165,13 @@ impl MessagePort {
     /// socket), check it matches the record, map an out-of-line payload.
     fn with_attachment(&self, rec: &Record) -> Result<(Body, Vec<PortParts>), RecvError> {
         if self.inbox.borrow().is_empty() {
-            self.drain_socket(true).map_err(RecvError::Io)?;
+            // If the socket fails now, this record's attachment may still be
+            // queued and would pair with the next record: stop reading.
+            self.drain_socket(true).map_err(|e| {
+                self.broken
+                    .set(Some(Corrupt("socket failed while an attachment was due")));
+                RecvError::Io(e)
+            })?;
         }
         let Some(att) = self.inbox.borrow_mut().pop_front() else {
             return Err(RecvError::Closed(

@@ -318,6 +318,8 @@ impl MessagePort {
                 std::hint::spin_loop();
                 continue;
             }
+            // Our peer may itself be waiting for room we released.
+            self.flush_releases();
             let sleep = self
                 .tx
                 .borrow_mut()

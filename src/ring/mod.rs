@@ -336,10 +336,19 @@ impl<M: RingMemory> Producer<M> {
             Ordering::Relaxed,
         );
         h.fingerprint.store(meta.fingerprint, Ordering::Relaxed);
+        let next = slot.pos + align_record(RECORD_HEADER + len) as u64;
+        // The next header's commit word may hold stale payload bytes of the
+        // previous lap that happen to equal `next + 1`: clear it (if it is
+        // free space) before the consumer can look there.
+        if next - self.head_cache < self.cap {
+            header_at(&self.mem, next)
+                .commit
+                .store(0, Ordering::Relaxed);
+        }
         // Release: the payload and header written before are visible to the
         // consumer once its Acquire load in `Consumer::take` sees this value.
         h.commit.store(slot.pos + 1, Ordering::Release);
-        self.tail += align_record(RECORD_HEADER + len) as u64;
+        self.tail = next;
         self.consumer_needs_wake()
     }
 
@@ -434,6 +443,9 @@ impl<M: RingMemory> Producer<M> {
 }
 
 fn check_positions(head: u64, tail: u64, cap: u64) -> Result<(), Corrupt> {
+    if tail > u64::MAX / 2 {
+        return Err(Corrupt("position out of range"));
+    }
     if head > tail {
         return Err(Corrupt("head beyond tail"));
     }
@@ -476,6 +488,9 @@ impl<M: RingMemory> Consumer<M> {
         let head = mem.header().consumer.head.load(Ordering::Acquire);
         if head % RECORD_ALIGN as u64 != 0 {
             return Err(Corrupt("misaligned position"));
+        }
+        if head > u64::MAX / 2 {
+            return Err(Corrupt("position out of range"));
         }
         // Relaxed: read by the producer only to choose its fence.
         mem.header()

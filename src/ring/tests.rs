@@ -312,3 +312,19 @@ fn padding_alone_is_not_a_message() {
     assert!(c.has_message());
     assert_eq!(get(&mut c).unwrap().len(), 1536);
 }
+
+#[test]
+fn positions_near_the_end_of_u64_are_corrupt() {
+    let m = HeapRing::new(4096);
+    let far = u64::MAX - 63;
+    m.header().producer.tail.store(far, Ordering::Relaxed);
+    m.header().consumer.head.store(far, Ordering::Relaxed);
+    assert_eq!(
+        Producer::new(m.clone(), Barriers::FENCES).err().unwrap().0,
+        "position out of range"
+    );
+    assert_eq!(
+        Consumer::new(m, Barriers::FENCES).err().unwrap().0,
+        "position out of range"
+    );
+}
