@@ -114,6 +114,33 @@ impl fmt::Display for TransferError {
 
 impl std::error::Error for TransferError {}
 
+/// Some ports that came with a message could not be opened
+/// ([`Message::take_ports`](crate::Message::take_ports)); those were closed.
+#[derive(Debug)]
+pub struct TakePortsError {
+    /// Why the first invalid port could not be opened.
+    pub error: OpenError,
+    /// The ports that were valid, in the order they were posted.
+    pub ports: Vec<crate::MessagePort>,
+}
+
+impl fmt::Display for TakePortsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a received port is not valid: {} ({} valid ports handed over)",
+            self.error,
+            self.ports.len()
+        )
+    }
+}
+
+impl std::error::Error for TakePortsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
 /// Reading a received message as a type failed.
 #[derive(Debug)]
 pub enum AccessError {

@@ -68,7 +68,9 @@ mod sys;
 mod transfer;
 
 pub use channel::{ChannelBuilder, DEFAULT_CAPACITY, MessageChannel};
-pub use error::{AccessError, CloseReason, OpenError, PostError, RecvError, TransferError};
+pub use error::{
+    AccessError, CloseReason, OpenError, PostError, RecvError, TakePortsError, TransferError,
+};
 pub use message::{Message, Receivable};
 pub use port::{DEFAULT_SPIN, MAX_PORTS, MessagePort};
 pub use port_set::PortSet;

@@ -7,7 +7,7 @@ use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
 use rkyv::{Archive, Portable};
 
-use crate::error::{AccessError, OpenError};
+use crate::error::{AccessError, TakePortsError};
 use crate::port::MessagePort;
 use crate::ring::{Kind, Record, RecordMeta};
 use crate::ser::fingerprint;
@@ -99,14 +99,25 @@ impl<'p> Message<'p> {
     /// posted. Ports not taken are closed when the message drops (their
     /// peers see [`CloseReason::Closed`](crate::CloseReason::Closed)).
     ///
-    /// Fails if a received port's segment is not valid (bad magic, version,
-    /// size); the ports after it stay in the message.
-    pub fn take_ports(&mut self) -> Result<Vec<MessagePort>, OpenError> {
-        let mut out = Vec::with_capacity(self.ports.len());
-        while !self.ports.is_empty() {
-            out.push(self.ports.remove(0).assemble()?);
+    /// If a received port is not valid (its segment has a bad magic, version
+    /// or size, or its socket is of the wrong kind), that port is closed and
+    /// the error carries every port that is valid, in order: no good port is
+    /// lost.
+    pub fn take_ports(&mut self) -> Result<Vec<MessagePort>, TakePortsError> {
+        let mut ports = Vec::with_capacity(self.ports.len());
+        let mut error = None;
+        for parts in self.ports.drain(..) {
+            match parts.assemble() {
+                Ok(p) => ports.push(p),
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
         }
-        Ok(out)
+        match error {
+            None => Ok(ports),
+            Some(error) => Err(TakePortsError { error, ports }),
+        }
     }
 
     /// The type fingerprint the sender attached (0 for raw bytes).

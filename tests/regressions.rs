@@ -112,3 +112,78 @@ fn ports_in_unread_messages_close_when_the_receiver_drops() {
         Err(RecvError::Closed(CloseReason::Closed))
     ));
 }
+
+/// Descriptors of this process that are shmport channel segments.
+fn segment_fds() -> Vec<i32> {
+    common::open_fds()
+        .into_iter()
+        .filter(|fd| {
+            std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                .map(|t| t.to_string_lossy().starts_with("/memfd:shmport-channel"))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// A bad port after a good one in the same message: `take_ports` fails,
+/// and hands over the good one, still open.
+#[test]
+fn take_ports_hands_over_the_valid_ports_when_one_is_bad() {
+    use std::os::fd::{AsFd, BorrowedFd};
+    let (a, b) = small();
+    let before = segment_fds();
+    let (q1, q2) = small();
+    let seg: Vec<i32> = segment_fds()
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    assert_eq!(seg.len(), 1);
+    let pipe = rustix::pipe::pipe().unwrap();
+    let (junk_sock, _other) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    // A forged attachment with two ports: q2's real socket and segment, then
+    // a port whose "segment" is a pipe.
+    let port = |side: u8| {
+        let mut v = vec![side];
+        v.extend_from_slice(&0u64.to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v
+    };
+    let mut body = vec![0u8];
+    body.extend_from_slice(&2u16.to_le_bytes());
+    body.extend(port(1));
+    body.extend(port(1));
+    {
+        // SAFETY: `seg[0]` is q2's segment descriptor, open for as long as
+        // q2 lives (it is forgotten below, never closed by this test).
+        let seg_fd = unsafe { BorrowedFd::borrow_raw(seg[0]) };
+        let fds = [q2.as_fd(), seg_fd, junk_sock.as_fd(), pipe.0.as_fd()];
+        let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+        let iov = [std::io::IoSlice::new(b"A"), std::io::IoSlice::new(&body)];
+        rustix::net::sendmsg(&a, &iov, &mut control, rustix::net::SendFlags::empty()).unwrap();
+    }
+    // q2 now travels; keep its descriptors open here (no close event).
+    std::mem::forget(q2);
+    // A record carrying two ports: b pairs it with the forged attachment.
+    let (_g1, g2) = small();
+    let (_h1, h2) = small();
+    a.post_bytes_with_ports(b"x", vec![g2, h2]).unwrap();
+    let mut m = b.recv().unwrap();
+    assert_eq!(m.port_count(), 2);
+    let err = m.take_ports().unwrap_err();
+    assert!(
+        matches!(err.error, shmport::OpenError::BadDescriptor(_)),
+        "{err}"
+    );
+    assert_eq!(err.ports.len(), 1);
+    // The good port is open and entangled with q1.
+    err.ports[0].post(&9u8).unwrap();
+    assert_eq!(*q1.recv().unwrap().get::<u8>().unwrap(), 9);
+}
