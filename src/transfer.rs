@@ -9,7 +9,7 @@
 //! one per such record.
 //!
 //! ```text
-//! attachment := has_ool u8 | nports u16 | port{nports}
+//! attachment := has_ool u8 (0, 1; 2: descriptors lost) | nports u16 | port{nports}
 //! port       := side u8 | spin_ns u64 | inbox_len u32 | attachment{inbox_len}
 //! descriptors, in the same depth-first order:
 //!   [ool memfd] then per port: socket, segment memfd, its inbox's descriptors
@@ -30,6 +30,10 @@ use crate::port::{MessagePort, Side};
 use crate::ring::Corrupt;
 use crate::segment::Segment;
 
+/// First byte of an attachment forwarded in an inbox after its descriptors
+/// were lost on receipt.
+const LOST: u8 = 2;
+
 /// Deepest nesting of ports inside ports' inboxes a receiver accepts.
 const MAX_DEPTH: usize = 16;
 
@@ -40,6 +44,10 @@ pub(crate) struct Attachment {
     pub ool: Option<OwnedFd>,
     /// Transferred ports, in the order they were posted.
     pub ports: Vec<PortParts>,
+    /// Its descriptors were lost on receipt (out of descriptors): the
+    /// record it belongs to cannot be delivered, but the pairing of later
+    /// records with their attachments is kept.
+    pub lost: bool,
 }
 
 /// A port taken apart for travel: what is needed to rebuild it.
@@ -99,6 +107,10 @@ pub(crate) fn discard(parts: PortParts) {
 impl Attachment {
     /// Encode into `body` and the descriptor list `fds` (depth first).
     pub fn encode<'a>(&'a self, body: &mut Vec<u8>, fds: &mut Vec<BorrowedFd<'a>>) {
+        if self.lost {
+            body.extend_from_slice(&[LOST, 0, 0]);
+            return;
+        }
         body.push(self.ool.is_some() as u8);
         if let Some(fd) = &self.ool {
             fds.push(fd.as_fd());
@@ -142,6 +154,12 @@ impl Attachment {
         let ool = match take::<1>(body)?[0] {
             0 => None,
             1 => Some(fds.next().ok_or(short)?),
+            LOST => {
+                if take::<2>(body)? != [0, 0] {
+                    return Err(Corrupt("a lost attachment carries ports"));
+                }
+                return Ok(Attachment::lost());
+            }
             _ => return Err(Corrupt("bad out-of-line flag in attachment")),
         };
         let nports = u16::from_le_bytes(take::<2>(body)?);
@@ -168,7 +186,19 @@ impl Attachment {
                 inbox,
             });
         }
-        Ok(Attachment { ool, ports })
+        Ok(Attachment {
+            ool,
+            ports,
+            lost: false,
+        })
+    }
+
+    /// The placeholder for an attachment whose descriptors were lost.
+    pub fn lost() -> Attachment {
+        Attachment {
+            lost: true,
+            ..Attachment::default()
+        }
     }
 }
 
@@ -194,8 +224,10 @@ mod tests {
         let inner = Attachment {
             ool: Some(memfd()),
             ports: vec![],
+            lost: false,
         };
         let a = Attachment {
+            lost: false,
             ool: Some(memfd()),
             ports: vec![PortParts {
                 seg: SegmentRef::Unopened(memfd()),
@@ -220,6 +252,19 @@ mod tests {
         assert_eq!(b.ports[0].spin, Duration::from_micros(7));
         assert_eq!(b.ports[0].inbox.len(), 1);
         assert!(b.ports[0].inbox[0].ool.is_some());
+    }
+
+    #[test]
+    fn a_lost_attachment_travels_as_a_placeholder() {
+        let mut body = Vec::new();
+        let mut fds = Vec::new();
+        Attachment::lost().encode(&mut body, &mut fds);
+        assert!(fds.is_empty());
+        assert!(Attachment::decode(&body, Vec::new()).unwrap().lost);
+        assert_eq!(
+            Attachment::decode(&[2, 1, 0], Vec::new()).err().unwrap().0,
+            "a lost attachment carries ports"
+        );
     }
 
     #[test]
@@ -269,6 +314,7 @@ pub(crate) fn send_port(sock: BorrowedFd<'_>, port: MessagePort) -> std::io::Res
     let att = Attachment {
         ool: None,
         ports: vec![parts],
+        lost: false,
     };
     let mut body = Vec::new();
     let mut fds = Vec::new();
@@ -313,7 +359,7 @@ pub(crate) fn recv_port(
         Incoming::Attachment(body, fds) => {
             let mut att =
                 Attachment::decode(&body, fds).map_err(|c| RecvPortError::Garbage(c.0))?;
-            if att.ool.is_some() || att.ports.len() != 1 {
+            if att.lost || att.ool.is_some() || att.ports.len() != 1 {
                 return Err(RecvPortError::Garbage("expected exactly one port"));
             }
             att.ports
@@ -324,6 +370,9 @@ pub(crate) fn recv_port(
         }
         Incoming::HungUp => Err(RecvPortError::HungUp),
         Incoming::Empty => Err(RecvPortError::Timeout),
+        Incoming::Lost => Err(RecvPortError::Io(std::io::Error::from_raw_os_error(
+            libc::EMFILE,
+        ))),
         Incoming::Wake | Incoming::Garbage => Err(RecvPortError::Garbage("not a port")),
     }
 }

@@ -20,11 +20,42 @@ fn small() -> (MessagePort, MessagePort) {
 #[test]
 fn peer_entry() {
     let Some(role) = role() else { return };
-    assert_eq!(role, "ool-then-exit");
     let port = MessagePort::from_parent().unwrap();
-    // Out of line in the default 1 MiB ring; exit with the port open.
-    port.post_bytes(&vec![5u8; 1 << 20]).unwrap();
-    std::process::exit(0);
+    match role.as_str() {
+        "ool-then-exit" => {
+            // Out of line in the default 1 MiB ring; exit with the port open.
+            port.post_bytes(&vec![5u8; 1 << 20]).unwrap();
+            std::process::exit(0);
+        }
+        "fd-starved" => fd_starved(port),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// Fill the descriptor table, receive an out-of-line message (its memfd
+/// cannot be installed), then free descriptors and receive another.
+fn fd_starved(port: MessagePort) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    lim.current = Some(64);
+    setrlimit(Resource::Nofile, lim).unwrap();
+    let mut hold = Vec::new();
+    while let Ok(fd) = rustix::io::dup(std::io::stdin()) {
+        hold.push(fd);
+    }
+    port.post(&"starved".to_string()).unwrap();
+    match port.recv() {
+        Err(RecvError::Io(e)) => assert_eq!(
+            e.raw_os_error(),
+            Some(rustix::io::Errno::MFILE.raw_os_error())
+        ),
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+    drop(hold);
+    port.post(&"recovered".to_string()).unwrap();
+    let m = port.recv().unwrap();
+    assert_eq!(m.bytes().len(), 2 << 20);
+    assert!(m.bytes().iter().all(|&b| b == 2));
 }
 
 /// A failed send to a dead peer must not stop the port from reading the
@@ -186,4 +217,22 @@ fn take_ports_hands_over_the_valid_ports_when_one_is_bad() {
     // The good port is open and entangled with q1.
     err.ports[0].post(&9u8).unwrap();
     assert_eq!(*q1.recv().unwrap().get::<u8>().unwrap(), 9);
+}
+
+/// Out of descriptors while an out-of-line message arrives: an error for
+/// that message; the port keeps working once descriptors are free again.
+#[test]
+fn running_out_of_descriptors_fails_one_message_not_the_port() {
+    let (mut child, port) = shmport::spawn(peer("fd-starved")).unwrap();
+    assert_eq!(
+        port.recv().unwrap().get::<String>().unwrap().as_str(),
+        "starved"
+    );
+    port.post_bytes(&vec![1u8; 2 << 20]).unwrap();
+    assert_eq!(
+        port.recv().unwrap().get::<String>().unwrap().as_str(),
+        "recovered"
+    );
+    port.post_bytes(&vec![2u8; 2 << 20]).unwrap();
+    assert!(child.wait().unwrap().success());
 }

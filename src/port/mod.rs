@@ -285,6 +285,10 @@ impl MessagePort {
             Incoming::Garbage => self
                 .broken
                 .set(Some(Corrupt("garbage on the port's socket"))),
+            Incoming::Lost => {
+                self.inbox.borrow_mut().push_back(Attachment::lost());
+                return true;
+            }
             Incoming::Attachment(body, fds) => match Attachment::decode(&body, fds) {
                 Ok(a) => {
                     self.inbox.borrow_mut().push_back(a);

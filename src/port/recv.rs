@@ -178,6 +178,13 @@ impl MessagePort {
                 self.corrupt(Corrupt("record without its attachment")),
             ));
         };
+        if att.lost {
+            // This message's descriptors never arrived (this process ran out
+            // of descriptors): an error for this message; the port goes on.
+            return Err(RecvError::Io(std::io::Error::from_raw_os_error(
+                libc::EMFILE,
+            )));
+        }
         if att.ports.len() != rec.meta.nports as usize || att.ool.is_some() != rec.meta.out_of_line
         {
             return Err(RecvError::Closed(

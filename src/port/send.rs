@@ -192,7 +192,11 @@ impl MessagePort {
                 Ok(()) => {
                     let len = w.len();
                     if !ports.is_empty() {
-                        let att = Attachment { ool: None, ports };
+                        let att = Attachment {
+                            ool: None,
+                            ports,
+                            lost: false,
+                        };
                         if let Err(e) = self.send_attachment(&att, wait) {
                             return Err((e, att.ports));
                         }
@@ -239,6 +243,7 @@ impl MessagePort {
         let att = Attachment {
             ool: Some(fd),
             ports,
+            lost: false,
         };
         if let Err(e) = self.send_attachment(&att, wait) {
             return Err((e, att.ports));

@@ -109,6 +109,9 @@ pub enum Incoming {
     Attachment(Vec<u8>, Vec<OwnedFd>),
     /// The other end is closed: its owner closed it or died.
     HungUp,
+    /// An attachment whose descriptors could not be received (this process
+    /// ran out of descriptors); the kernel closed them.
+    Lost,
     /// Something the protocol does not send (unknown tag, truncated
     /// message or descriptors). Any descriptors that came with it were
     /// closed.
@@ -143,11 +146,15 @@ pub fn recv(fd: impl AsFd, block: bool) -> io::Result<Incoming> {
     if got.bytes == 0 && received.is_empty() {
         return Ok(Incoming::HungUp);
     }
-    let truncated = got
-        .flags
-        .intersects(ReturnFlags::CTRUNC | ReturnFlags::TRUNC);
+    if got.flags.contains(ReturnFlags::TRUNC) {
+        return Ok(Incoming::Garbage);
+    }
+    let fds_lost = got.flags.contains(ReturnFlags::CTRUNC);
     match buf[0] {
-        _ if truncated => Ok(Incoming::Garbage),
+        // The kernel could not install every descriptor (this process is
+        // out of descriptors): they are gone, closed by the kernel.
+        TAG_ATTACH if fds_lost => Ok(Incoming::Lost),
+        _ if fds_lost => Ok(Incoming::Garbage),
         TAG_WAKE if received.is_empty() && got.bytes == 1 => Ok(Incoming::Wake),
         TAG_ATTACH => Ok(Incoming::Attachment(buf[1..got.bytes].to_vec(), received)),
         _ => Ok(Incoming::Garbage),
