@@ -258,7 +258,8 @@ mod tests {
     fn a_lost_attachment_travels_as_a_placeholder() {
         let mut body = Vec::new();
         let mut fds = Vec::new();
-        Attachment::lost().encode(&mut body, &mut fds);
+        let lost = Attachment::lost();
+        lost.encode(&mut body, &mut fds);
         assert!(fds.is_empty());
         assert!(Attachment::decode(&body, Vec::new()).unwrap().lost);
         assert_eq!(
@@ -272,7 +273,7 @@ mod tests {
         let fd = || vec![memfd()];
         for (body, fds, why) in [
             (vec![], vec![], "attachment cut short"),
-            (vec![2, 0, 0], vec![], "bad out-of-line flag in attachment"),
+            (vec![3, 0, 0], vec![], "bad out-of-line flag in attachment"),
             (vec![1, 0, 0], vec![], "attachment cut short"),
             (
                 vec![0, 0, 0, 9],
