@@ -49,7 +49,10 @@
 //! the commit word (position + 1) last publishes the record**. A stale record
 //! from an earlier lap carries an older position, and all-zero memory never
 //! matches, so the consumer needs no separate tail line to find new records:
-//! one cache-line transfer per message instead of two.
+//! one cache-line transfer per message instead of two. Because a record's
+//! start may lie inside an earlier lap's payload, the producer zeroes the
+//! commit word where the next record will start (when that spot is free)
+//! before it publishes a record: payload bytes never pass for a header.
 //!
 //! Everything here is read from memory a peer can write; the ring code checks
 //! every field before use ([`crate::ring`]).

@@ -2,14 +2,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{checksum, noise, peer, role};
+use common::{checksum, noise, peer, role, wait_for_line};
 use shmport::layout::{
     HEADER_AREA, KIND_RAW, KIND_TYPED, RECORD_HEADER, RecordHeader, RecordInfo, pack_info,
 };
@@ -102,20 +101,6 @@ fn peer_entry() {
 fn wait_ok(mut child: Child) {
     let status = child.wait().unwrap();
     assert!(status.success(), "peer failed: {status}");
-}
-
-/// Read the child's stdout until a line equals `word`.
-fn wait_for_line(child: &mut Child, word: &str) {
-    let out = child.stdout.as_mut().expect("piped stdout");
-    let mut lines = BufReader::new(out).lines();
-    loop {
-        match lines.next() {
-            // libtest prints "test peer_entry ... " before the peer's output.
-            Some(Ok(l)) if l.trim_end().ends_with(word) => return,
-            Some(Ok(_)) => continue,
-            other => panic!("peer ended before {word}: {other:?}"),
-        }
-    }
 }
 
 // ---------------------------------------------------------------- streams

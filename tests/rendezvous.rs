@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -175,16 +174,7 @@ impl Peer {
 
     /// Read the peer's stdout until a line ends with `word`.
     fn wait_for_line(&mut self, word: &str) {
-        let out = self.0.stdout.as_mut().expect("piped stdout");
-        let mut lines = BufReader::new(out).lines();
-        loop {
-            match lines.next() {
-                // libtest prints "test peer_entry ... " before the output.
-                Some(Ok(l)) if l.trim_end().ends_with(word) => return,
-                Some(Ok(_)) => continue,
-                other => panic!("peer ended before {word}: {other:?}"),
-            }
-        }
+        common::wait_for_line(&mut self.0, word);
     }
 
     /// Wait for the peer to exit; it must have succeeded.

@@ -2,7 +2,8 @@
 //! peer process, and make checkable payloads.
 #![allow(dead_code)]
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command};
 
 /// Environment variable naming the role a re-executed test binary plays.
 pub const ROLE: &str = "SHMPORT_TEST_ROLE";
@@ -74,5 +75,19 @@ pub fn dev_shm() -> Vec<String> {
             .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
             .collect(),
         Err(_) => Vec::new(),
+    }
+}
+
+/// Read a peer's piped stdout until a line ends with `word` (libtest prints
+/// "test peer_entry ... " before the peer's own output on the same line).
+pub fn wait_for_line(child: &mut Child, word: &str) {
+    let out = child.stdout.as_mut().expect("piped stdout");
+    let mut lines = BufReader::new(out).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.trim_end().ends_with(word) => return,
+            Some(Ok(_)) => continue,
+            other => panic!("peer ended before {word}: {other:?}"),
+        }
     }
 }
