@@ -76,6 +76,17 @@ pub enum PostError {
     /// The operating system refused a call (for example creating the memfd
     /// of an out-of-line message).
     Io(io::Error),
+    /// A reservation asked for more than fits in the ring
+    /// ([`MessagePort::reserve_bytes`](crate::MessagePort::reserve_bytes)).
+    TooLarge {
+        /// Bytes asked for.
+        len: usize,
+        /// The most a reservation can hold on this port.
+        max: usize,
+    },
+    /// A [`Reservation`](crate::Reservation) on this port is still live:
+    /// commit or drop it first.
+    Reserved,
 }
 
 impl fmt::Display for PostError {
@@ -90,6 +101,10 @@ impl fmt::Display for PostError {
             }
             PostError::TooManyPorts => f.write_str("too many ports for one message"),
             PostError::Io(e) => write!(f, "post failed: {e}"),
+            PostError::TooLarge { len, max } => {
+                write!(f, "reservation of {len} bytes exceeds the ring's {max}")
+            }
+            PostError::Reserved => f.write_str("a reservation on this port is not yet committed"),
         }
     }
 }

@@ -72,7 +72,7 @@ pub use error::{
     AccessError, CloseReason, OpenError, PostError, RecvError, TakePortsError, TransferError,
 };
 pub use message::{Message, Receivable};
-pub use port::{DEFAULT_SPIN, MAX_PORTS, MessagePort};
+pub use port::{DEFAULT_SPIN, MAX_PORTS, MessagePort, Reservation};
 pub use port_set::PortSet;
 pub use rendezvous::{
     ConnectError, Credentials, DEFAULT_CONNECT_TIMEOUT, Incoming, Listener, connect,

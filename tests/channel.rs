@@ -240,3 +240,48 @@ fn blocking_ping_pong_between_threads_with_and_without_spin() {
         t.join().unwrap();
     }
 }
+
+#[test]
+fn reservations_write_in_place_and_keep_other_posts_out() {
+    let (a, b) = small();
+    let max = a.max_inline_payload();
+    assert!(matches!(
+        a.reserve_bytes(max + 1),
+        Err(PostError::TooLarge { len, max: m }) if len == max + 1 && m == max
+    ));
+
+    let mut r = a.reserve_bytes(16).unwrap();
+    assert_eq!(r.len(), 16);
+    r.bytes_mut().copy_from_slice(b"0123456789abcdef");
+    // The slot is ours until commit: posts and second reservations wait.
+    assert!(matches!(a.try_post_bytes(b"x"), Err(PostError::Reserved)));
+    assert!(matches!(a.try_reserve_bytes(1), Err(PostError::Reserved)));
+    assert!(matches!(b.try_recv(), Err(RecvError::Empty)));
+    r.commit_len(10).unwrap();
+    assert_eq!(b.recv().unwrap().bytes(), b"0123456789");
+
+    // Dropped without commit: nothing is sent, and posting works again.
+    let mut r = a.reserve_bytes(3).unwrap();
+    r.bytes_mut().copy_from_slice(b"bad");
+    drop(r);
+    a.post_bytes(b"good").unwrap();
+    let m = b.recv().unwrap();
+    assert_eq!(m.bytes(), b"good");
+    assert!(!m.is_typed());
+    drop(m);
+    assert!(matches!(b.try_recv(), Err(RecvError::Empty)));
+
+    // Full ring: try_reserve says so; a timed one times out.
+    while a.try_post_bytes(&[7u8; 512]).is_ok() {}
+    assert!(matches!(a.try_reserve_bytes(512), Err(PostError::Full)));
+    assert!(matches!(
+        a.reserve_bytes_timeout(512, Duration::from_millis(5)),
+        Err(PostError::Timeout)
+    ));
+    // A closed peer: the reservation fails with the reason.
+    drop(b);
+    assert!(matches!(
+        a.reserve_bytes(8),
+        Err(PostError::Closed(CloseReason::Closed))
+    ));
+}

@@ -4,7 +4,10 @@
 //! posting in [`send`], receiving in [`recv`].
 
 mod recv;
+mod reserve;
 mod send;
+
+pub use reserve::Reservation;
 
 use core::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -114,6 +117,8 @@ pub struct MessagePort {
     /// The peer broke the protocol; the port no longer reads or writes.
     broken: Cell<Option<Corrupt>>,
     spin: Cell<Duration>,
+    /// A [`Reservation`] is live: other posts must wait for it.
+    reserving: Cell<bool>,
     /// Scratch space for rkyv serializers (kept here, not in a thread local:
     /// no lookup per post).
     arena: RefCell<Arena>,
@@ -156,6 +161,7 @@ impl MessagePort {
             eof: Cell::new(false),
             broken: Cell::new(None),
             spin: Cell::new(spin),
+            reserving: Cell::new(false),
             arena: RefCell::new(Arena::new()),
         })
     }
@@ -223,6 +229,15 @@ impl MessagePort {
                 Err(self.peer_gone_reason())
             }
         }
+    }
+
+    /// Refuse a post while a [`Reservation`] holds the ring's next slot.
+    #[inline]
+    fn check_not_reserved(&self) -> Result<(), PostError> {
+        if self.reserving.get() {
+            return Err(PostError::Reserved);
+        }
+        Ok(())
     }
 
     /// Can a message still reach the peer?

@@ -175,7 +175,7 @@ impl MessagePort {
         mut fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
         ports: Vec<PortParts>,
     ) -> Result<(), (PostError, Vec<PortParts>)> {
-        if let Err(e) = self.check_postable() {
+        if let Err(e) = self.check_not_reserved().and_then(|()| self.check_postable()) {
             return Err((e, ports));
         }
         let max = self.max_inline_payload();
@@ -291,7 +291,7 @@ impl MessagePort {
     }
 
     #[inline]
-    fn commit(&self, slot: Slot, len: usize, meta: RecordMeta) -> Result<(), PostError> {
+    pub(super) fn commit(&self, slot: Slot, len: usize, meta: RecordMeta) -> Result<(), PostError> {
         let wake = self.tx.borrow_mut().commit(slot, len, meta);
         if wake {
             self.wake_peer().map_err(PostError::Closed)?;
@@ -302,7 +302,7 @@ impl MessagePort {
     /// A slot with room for at least `need` payload bytes, waiting as `wait`
     /// allows: spin, then sleep on the socket until the consumer frees room.
     #[inline]
-    fn reserve(&self, need: usize, wait: Wait) -> Result<Slot, PostError> {
+    pub(super) fn reserve(&self, need: usize, wait: Wait) -> Result<Slot, PostError> {
         let mut spin_until: Option<Instant> = None;
         loop {
             let r = self.tx.borrow_mut().reserve(need);
@@ -339,7 +339,7 @@ impl MessagePort {
     }
 }
 
-const RAW_META: RecordMeta = RecordMeta {
+pub(super) const RAW_META: RecordMeta = RecordMeta {
     kind: Kind::Raw,
     out_of_line: false,
     nports: 0,

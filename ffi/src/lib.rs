@@ -1,0 +1,1 @@
+//! C ABI for shmport (being written).
