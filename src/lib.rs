@@ -55,6 +55,8 @@
 
 mod channel;
 mod error;
+#[doc(hidden)]
+pub mod fault;
 pub mod layout;
 mod message;
 mod port;

@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 
 use rkyv::rancor;
 
+use super::recv::LOOK_EVERY;
 use super::{MAX_PORTS, MessagePort, Wait};
 use crate::error::{PostError, TransferError};
+use crate::fault;
 use crate::layout::OOL_DESCRIPTOR;
 use crate::ring::{Kind, RecordMeta, Slot};
 use crate::ser::{Postable, RecordWriter, fingerprint};
@@ -197,9 +199,11 @@ impl MessagePort {
                             ports,
                             lost: false,
                         };
+                        fault::reach(fault::Point::BeforeAttachment);
                         if let Err(e) = self.send_attachment(&att, wait) {
                             return Err((e, att.ports));
                         }
+                        fault::reach(fault::Point::AfterAttachment);
                     }
                     return self.commit(slot, len, meta).map_err(|e| (e, Vec::new()));
                 }
@@ -245,9 +249,11 @@ impl MessagePort {
             ports,
             lost: false,
         };
+        fault::reach(fault::Point::BeforeAttachment);
         if let Err(e) = self.send_attachment(&att, wait) {
             return Err((e, att.ports));
         }
+        fault::reach(fault::Point::AfterAttachment);
         // SAFETY: the slot holds at least OOL_DESCRIPTOR bytes, aligned to
         // 32, written only by this producer until commit.
         unsafe { slot.payload.cast::<u64>().as_ptr().write(len) };
@@ -304,6 +310,7 @@ impl MessagePort {
     #[inline]
     pub(super) fn reserve(&self, need: usize, wait: Wait) -> Result<Slot, PostError> {
         let mut spin_until: Option<Instant> = None;
+        let mut look_at: Option<Instant> = None;
         loop {
             let r = self.tx.borrow_mut().reserve(need);
             match r {
@@ -318,8 +325,15 @@ impl MessagePort {
             if wait.expired() {
                 return Err(PostError::Timeout);
             }
-            let spin_end = *spin_until.get_or_insert_with(|| Instant::now() + self.spin.get());
-            if Instant::now() < spin_end {
+            let now = Instant::now();
+            let spin_end = *spin_until.get_or_insert_with(|| now + self.spin.get());
+            if now < spin_end {
+                // Only the socket learns of a peer killed while we spin.
+                let look = look_at.get_or_insert(now + LOOK_EVERY);
+                if now >= *look {
+                    self.drain_socket(false).map_err(PostError::Io)?;
+                    *look = now + LOOK_EVERY;
+                }
                 std::hint::spin_loop();
                 continue;
             }

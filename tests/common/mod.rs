@@ -91,3 +91,60 @@ pub fn wait_for_line(child: &mut Child, word: &str) {
         }
     }
 }
+
+/// A peer process that is killed and reaped when dropped (a failing test
+/// leaves no process behind), with its piped stdout kept for reading lines.
+pub struct Victim {
+    child: Child,
+    out: Option<std::io::Lines<BufReader<std::process::ChildStdout>>>,
+}
+
+impl Victim {
+    /// Take over `child` (whose stdout should be piped, to wait for lines).
+    pub fn new(mut child: Child) -> Victim {
+        let out = child.stdout.take().map(|o| BufReader::new(o).lines());
+        Victim { child, out }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Read the peer's stdout until a line ends with `word`.
+    pub fn wait_for(&mut self, word: &str) {
+        let lines = self.out.as_mut().expect("piped stdout");
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.trim_end().ends_with(word) => return,
+                Some(Ok(_)) => continue,
+                other => panic!("peer ended before {word}: {other:?}"),
+            }
+        }
+    }
+
+    /// Send `signal` to the process.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("kill");
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Wait for a normal, successful exit.
+    pub fn wait_success(mut self) {
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "peer failed: {status}");
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
