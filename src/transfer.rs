@@ -356,7 +356,12 @@ pub(crate) fn recv_port(
     if !ready.readable && !ready.hung_up {
         return Err(RecvPortError::Timeout);
     }
-    match socket::recv(sock, false).map_err(RecvPortError::Io)? {
+    let mut got = socket::recv(sock, false).map_err(RecvPortError::Io)?;
+    if matches!(got, Incoming::Reset) {
+        // Reported once, before whatever the peer sent before it went.
+        got = socket::recv(sock, false).map_err(RecvPortError::Io)?;
+    }
+    match got {
         Incoming::Attachment(body, fds) => {
             let mut att =
                 Attachment::decode(&body, fds).map_err(|c| RecvPortError::Garbage(c.0))?;
@@ -369,7 +374,7 @@ pub(crate) fn recv_port(
                 .assemble()
                 .map_err(RecvPortError::Open)
         }
-        Incoming::HungUp => Err(RecvPortError::HungUp),
+        Incoming::HungUp | Incoming::Reset => Err(RecvPortError::HungUp),
         Incoming::Empty => Err(RecvPortError::Timeout),
         Incoming::Lost => Err(RecvPortError::Io(std::io::Error::from_raw_os_error(
             libc::EMFILE,

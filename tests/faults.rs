@@ -84,6 +84,17 @@ fn peer_entry() {
             announce_and_hang("ready");
         }
         "read-nothing" => announce_and_hang("ready"),
+        "unread-then-post" => {
+            // Wait until the parent's message (with its descriptor) is
+            // queued on our socket, leave it unread, post one out of line.
+            use rustix::event::{PollFd, PollFlags, poll};
+            use std::os::fd::AsFd;
+            let fd = port.as_fd();
+            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+            poll(&mut fds, None).unwrap();
+            post_numbered(&port, 7);
+            announce_and_hang("ready");
+        }
         "half-written" => {
             for i in 0..3 {
                 post_numbered(&port, i);
@@ -232,7 +243,10 @@ fn killed_while_the_survivor_spins_in_recv() {
     let start = Instant::now();
     let r = kill_during(victim, Duration::from_millis(50), || port.recv());
     assert_peer_died(r);
-    assert!(start.elapsed() < spin / 4, "noticed only when the spin ended");
+    assert!(
+        start.elapsed() < spin / 4,
+        "noticed only when the spin ended"
+    );
 }
 
 #[test]
@@ -326,6 +340,19 @@ fn a_record_half_written_when_the_peer_dies_is_never_delivered() {
     for i in 0..3 {
         check_numbered(&port.recv().unwrap(), i);
     }
+    assert_peer_died(port.recv());
+}
+
+/// A peer that dies with our messages unread makes the kernel report a
+/// reset before the messages it sent: they must still arrive.
+#[test]
+fn a_peer_killed_with_our_messages_unread_still_delivers_its_own() {
+    let _serial = serial();
+    let (mut victim, port) = spawn("unread-then-post");
+    port.post_bytes(&vec![9u8; 3 << 20]).unwrap();
+    victim.wait_for("ready");
+    victim.kill();
+    check_numbered(&port.recv().unwrap(), 7);
     assert_peer_died(port.recv());
 }
 

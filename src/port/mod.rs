@@ -297,6 +297,9 @@ impl MessagePort {
                 self.hung_up.set(true);
                 self.eof.set(true);
             }
+            // The peer is gone, but what it sent before may still be queued
+            // (records' attachments): not the end of the socket yet.
+            Incoming::Reset => self.hung_up.set(true),
             Incoming::Garbage => self
                 .broken
                 .set(Some(Corrupt("garbage on the port's socket"))),

@@ -136,6 +136,11 @@ impl MessagePort {
         let gone = rx.producer_closed() || self.hung_up.get();
         if gone && !rx.ready() {
             drop(rx);
+            // Take in what is still queued on the socket (a reset peer
+            // leaves it there), so that orphans are dropped below.
+            if !self.eof.get() {
+                let _ = self.drain_socket(false);
+            }
             // No record will come for attachments still in the inbox: the
             // peer died between sending them and publishing their records.
             // Drop the ports they carry now (no closed flag: their far

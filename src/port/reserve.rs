@@ -131,6 +131,8 @@ impl Drop for Reservation<'_> {
 
 impl std::fmt::Debug for Reservation<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reservation").field("len", &self.len).finish()
+        f.debug_struct("Reservation")
+            .field("len", &self.len)
+            .finish()
     }
 }

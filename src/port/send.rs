@@ -177,7 +177,10 @@ impl MessagePort {
         mut fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
         ports: Vec<PortParts>,
     ) -> Result<(), (PostError, Vec<PortParts>)> {
-        if let Err(e) = self.check_not_reserved().and_then(|()| self.check_postable()) {
+        if let Err(e) = self
+            .check_not_reserved()
+            .and_then(|()| self.check_postable())
+        {
             return Err((e, ports));
         }
         let max = self.max_inline_payload();

@@ -107,8 +107,13 @@ pub enum Incoming {
     Wake,
     /// An attachment: its body (after the tag) and descriptors.
     Attachment(Vec<u8>, Vec<OwnedFd>),
-    /// The other end is closed: its owner closed it or died.
+    /// The other end is closed: its owner closed it or died. Nothing more
+    /// is queued.
     HungUp,
+    /// The other end was closed while messages we sent were still unread
+    /// (`ECONNRESET`). The kernel reports this once, before the messages
+    /// still queued for us: keep reading them, up to [`Incoming::HungUp`].
+    Reset,
     /// An attachment whose descriptors could not be received (this process
     /// ran out of descriptors); the kernel closed them.
     Lost,
@@ -133,7 +138,7 @@ pub fn recv(fd: impl AsFd, block: bool) -> io::Result<Incoming> {
             Ok(m) => break m,
             Err(Errno::INTR) => continue,
             Err(Errno::AGAIN) => return Ok(Incoming::Empty),
-            Err(Errno::CONNRESET) => return Ok(Incoming::HungUp),
+            Err(Errno::CONNRESET) => return Ok(Incoming::Reset),
             Err(e) => return Err(e.into()),
         }
     };
