@@ -14,12 +14,12 @@
 //!   receiver acks after the last one, so delivery of all of them is timed.
 //! - `oneway_1MiB/{inline,out_of_line}`: 1 MiB messages, one way, inside an
 //!   8 MiB ring, or out of line (a sealed memfd each) with the default ring.
-//! - `kill_to_wake/sigkill`: `SIGKILL` of a peer process until a thread
-//!   blocked in `recv` returns `Closed(PeerDied)`; a fresh child each time.
+//!
+//! The time from `kill -9` to the survivor's wake-up is measured by the
+//! `kill_to_wake` bench (a distribution over many kills, not criterion).
 //!
 //! Warm-up 1 s and measurement 3 s per benchmark (criterion's
-//! `--warm-up-time` / `--measurement-time` override them), except
-//! `kill_to_wake`, whose budgets are fixed below.
+//! `--warm-up-time` / `--measurement-time` override them).
 //!
 //! The peer processes are this binary, re-executed: with `SHMPORT_BENCH_ROLE`
 //! set, `main` runs that role instead of criterion. Every peer exits on its
@@ -30,13 +30,12 @@ use std::hint::black_box;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, SamplingMode, Throughput};
+use criterion::{Criterion, Throughput};
 use shmport::rkyv::{Archive, Serialize};
-use shmport::{CloseReason, DEFAULT_CAPACITY, Message, MessageChannel, MessagePort, RecvError};
+use shmport::{DEFAULT_CAPACITY, Message, MessageChannel, MessagePort, RecvError};
 
 /// Which peer role a re-executed bench binary plays.
 const ROLE_ENV: &str = "SHMPORT_BENCH_ROLE";
@@ -74,7 +73,6 @@ fn main() {
     rtt_64b(&mut c);
     oneway_64b(&mut c);
     oneway_1mib(&mut c);
-    kill_to_wake(&mut c);
     c.final_summary();
 }
 
@@ -84,7 +82,6 @@ fn run_role(role: &str) {
     match role {
         "echo" => echo(adopt()),
         "sink" => sink(adopt()),
-        "victim" => victim(adopt()),
         "pipe" => pipe_echo().expect("pipe peer: stdin/stdout"),
         other => panic!("{ROLE_ENV}={other:?}: unknown role"),
     }
@@ -163,15 +160,6 @@ fn touch(msg: &Message<'_>) -> u64 {
             _ => 0,
         }
     }
-}
-
-/// Say "ready", then wait (parked) until killed or the port closes.
-fn victim(port: MessagePort) {
-    port.set_spin(PARK);
-    if port.post_bytes(b"ready").is_err() {
-        return;
-    }
-    while next(&port).is_some() {}
 }
 
 /// Echo 64-byte blocks from stdin to stdout, unbuffered, until end of input.
@@ -441,60 +429,5 @@ fn oneway_1mib(c: &mut Criterion) {
     });
     drop(ool);
 
-    group.finish();
-}
-
-/// One kill: spawn a victim, wait until it is ready and our receiving
-/// thread is parked in `recv`, `SIGKILL` it, time until `recv` returns.
-fn one_kill() -> Duration {
-    let (mut child, port) = MessageChannel::builder()
-        .spin(PARK)
-        .spawn(peer_command("victim", PARK))
-        .expect("spawning a victim");
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let waiter = thread::spawn(move || {
-        let ready = port.recv().expect("victim's ready message");
-        assert_eq!(ready.bytes(), b"ready");
-        drop(ready);
-        ready_tx.send(()).expect("main thread waits");
-        let result = port.recv().map(|m| m.bytes().len());
-        (Instant::now(), result)
-    });
-    if ready_rx.recv().is_err() {
-        // The waiter panicked (its message says why); don't leave the victim.
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("kill_to_wake: the victim never said it was ready");
-    }
-    // Give the waiter time to park on the socket.
-    thread::sleep(Duration::from_millis(2));
-    let t0 = Instant::now();
-    child.kill().expect("kill the victim");
-    let joined = waiter.join();
-    child.wait().expect("reap the victim");
-    let (woke, result) = joined.expect("waiter thread");
-    match result {
-        Err(RecvError::Closed(CloseReason::PeerDied)) => woke - t0,
-        other => {
-            panic!("kill_to_wake: recv after SIGKILL returned {other:?}, not Closed(PeerDied)")
-        }
-    }
-}
-
-fn kill_to_wake(c: &mut Criterion) {
-    let mut group = c.benchmark_group("kill_to_wake");
-    // Each iteration spawns a process: a few milliseconds of wall time for
-    // a few hundred microseconds measured. Criterion sizes the samples from
-    // the warm-up's wall time (which includes the spawns), so these budgets
-    // mean about 10 warm-up kills, then 20 samples of a few kills each:
-    // well under a second in all.
-    group
-        .sample_size(20)
-        .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(Duration::from_millis(50))
-        .measurement_time(Duration::from_millis(400));
-    group.bench_function("sigkill", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| one_kill()).sum());
-    });
     group.finish();
 }
