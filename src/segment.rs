@@ -20,8 +20,12 @@ pub struct Segment {
     fd: OwnedFd,
     capacity: usize,
     /// (device, inode) of the memfd: the same in every process that maps it.
-    /// Looked up when first needed (a system call fewer per channel).
+    /// Known at once for a received segment; looked up when first needed
+    /// for one created here (a system call fewer per channel).
     id: std::sync::OnceLock<(u64, u64)>,
+    /// Created by this process (not received): every port of it made here
+    /// shares this one `Arc`.
+    local: bool,
 }
 
 fn file_id(fd: &OwnedFd) -> std::io::Result<(u64, u64)> {
@@ -46,6 +50,7 @@ impl Segment {
             fd,
             capacity,
             id: std::sync::OnceLock::new(),
+            local: true,
         };
         let h = seg.header();
         // Relaxed: nobody else can see the segment before its descriptor is
@@ -61,8 +66,9 @@ impl Segment {
     /// Map a segment received as a descriptor, and check it: sealed size,
     /// magic, version, geometry.
     pub fn open(fd: OwnedFd) -> Result<Arc<Segment>, OpenError> {
-        let size = sys::memfd::checked_size(&fd, sys::memfd::SIZE_SEALS)
+        let file = sys::memfd::checked_file(&fd, sys::memfd::SIZE_SEALS)
             .map_err(|e| OpenError::BadDescriptor(e.to_string()))?;
+        let size = file.size;
         if size < HEADER_AREA {
             return Err(OpenError::BadGeometry("file smaller than the header"));
         }
@@ -72,7 +78,8 @@ impl Segment {
             map,
             fd,
             capacity: 0,
-            id: std::sync::OnceLock::new(),
+            id: std::sync::OnceLock::from(file.id),
+            local: false,
         };
         let h = seg.header();
         // Acquire: pairs with the Release store of the magic in `create`.
@@ -114,6 +121,19 @@ impl Segment {
     /// The memfd.
     pub fn fd(&self) -> &OwnedFd {
         &self.fd
+    }
+
+    /// Do `self` and `other` map the same shared memory? Two segments
+    /// created here are the same only as the same `Arc` (no system call);
+    /// otherwise their file identities are compared.
+    pub fn same(self: &Arc<Self>, other: &Arc<Segment>) -> bool {
+        if Arc::ptr_eq(self, other) {
+            return true;
+        }
+        if self.local && other.local {
+            return false;
+        }
+        matches!((self.id(), other.id()), (Some(a), Some(b)) if a == b)
     }
 
     /// Identity of the shared memory (the same in every process); `None`

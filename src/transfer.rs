@@ -311,7 +311,7 @@ mod tests {
 
 /// Send `port` alone over a plain socket (rendezvous): one attachment.
 pub(crate) fn send_port(sock: BorrowedFd<'_>, port: MessagePort) -> std::io::Result<()> {
-    let parts = port.into_parts_for_send()?;
+    let parts = port.into_parts();
     let att = Attachment {
         ool: None,
         ports: vec![parts],

@@ -10,6 +10,7 @@ mod send;
 pub use reserve::Reservation;
 
 use core::cell::{Cell, RefCell};
+use core::mem::ManuallyDrop;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -101,7 +102,9 @@ impl Wait {
 /// ```
 pub struct MessagePort {
     seg: Arc<Segment>,
-    sock: OwnedFd,
+    /// Closed by `Drop`, unless taken by `into_parts` (which sets
+    /// `transferred`).
+    sock: ManuallyDrop<OwnedFd>,
     tx: RefCell<Producer<SegmentRing>>,
     rx: RefCell<Consumer<SegmentRing>>,
     side: Side,
@@ -151,7 +154,7 @@ impl MessagePort {
         let rx = Consumer::new(SegmentRing::new(seg.clone(), rx), barriers)?;
         Ok(MessagePort {
             seg,
-            sock,
+            sock: ManuallyDrop::new(sock),
             tx: RefCell::new(tx),
             rx: RefCell::new(rx),
             side,
@@ -172,13 +175,15 @@ impl MessagePort {
         self
     }
 
-    /// Take the port apart to send it: publish both positions, keep the
-    /// socket (`sock`, a duplicate: dropping `self` closes the original) and
-    /// the inbox. The peer notices nothing.
-    fn into_parts(self, sock: OwnedFd) -> PortParts {
+    /// Take the port apart to send it: publish both positions, hand over
+    /// the socket and the inbox. The peer notices nothing.
+    pub(crate) fn into_parts(mut self) -> PortParts {
         self.tx.borrow().publish_tail();
         self.flush_releases();
         self.transferred.set(true);
+        // SAFETY: `transferred` is set, so `Drop` leaves `sock` alone; `self`
+        // is consumed here, so it is taken exactly once.
+        let sock = unsafe { ManuallyDrop::take(&mut self.sock) };
         PortParts {
             seg: SegmentRef::Mapped(self.seg.clone()),
             sock,
@@ -188,17 +193,9 @@ impl MessagePort {
         }
     }
 
-    /// [`into_parts`](Self::into_parts) with its own socket duplicate.
-    pub(crate) fn into_parts_for_send(self) -> io::Result<PortParts> {
-        let sock = self.sock.try_clone()?;
-        Ok(self.into_parts(sock))
-    }
-
     /// Is `other` this port's entangled peer?
     fn is_peer(&self, other: &MessagePort) -> bool {
-        other.side != self.side
-            && (Arc::ptr_eq(&other.seg, &self.seg)
-                || matches!((other.seg.id(), self.seg.id()), (Some(a), Some(b)) if a == b))
+        other.side != self.side && self.seg.same(&other.seg)
     }
 
     /// How long blocking calls spin (checking the ring, no system call)
@@ -222,7 +219,7 @@ impl MessagePort {
 
     /// Send a wake token; a hung-up peer is reported as its close reason.
     fn wake_peer(&self) -> Result<(), CloseReason> {
-        match sys::socket::send_wake(&self.sock) {
+        match sys::socket::send_wake(&*self.sock) {
             Ok(()) => Ok(()),
             Err(_) => {
                 self.hung_up.set(true);
@@ -278,12 +275,12 @@ impl MessagePort {
                 // One blocking receive: a token (or descriptors, or the
                 // hang-up) is what we waited for. Anything else queued is
                 // taken in later, when it is needed.
-                let got = sys::socket::recv(&self.sock, true)?;
+                let got = sys::socket::recv(&*self.sock, true)?;
                 self.note(got);
                 Ok(())
             }
             Some(left) => {
-                sys::socket::wait(&self.sock, false, Some(left))?;
+                sys::socket::wait(&*self.sock, false, Some(left))?;
                 self.drain_socket(false)
             }
         }
@@ -323,7 +320,7 @@ impl MessagePort {
     /// one attachment arrived, when `until_attachment`).
     fn drain_socket(&self, until_attachment: bool) -> io::Result<()> {
         while !self.eof.get() && self.broken.get().is_none() {
-            let got = sys::socket::recv(&self.sock, false)?;
+            let got = sys::socket::recv(&*self.sock, false)?;
             let empty = matches!(got, Incoming::Empty);
             if self.note(got) && until_attachment || empty {
                 break;
@@ -393,6 +390,10 @@ impl Drop for MessagePort {
                 crate::transfer::discard(p);
             }
         }
+        // The closed flags are published: now the hang-up.
+        // SAFETY: not transferred (checked above), so `into_parts` never
+        // took the socket; this is the only drop of it.
+        unsafe { ManuallyDrop::drop(&mut self.sock) };
     }
 }
 

@@ -122,19 +122,7 @@ impl MessagePort {
             return refuse(PostError::TooManyPorts, ports);
         }
         meta.nports = ports.len() as u16;
-        let mut parts = Vec::with_capacity(ports.len());
-        let mut rest = ports.into_iter();
-        for p in rest.by_ref() {
-            match p.sock.try_clone() {
-                Ok(sock) => parts.push(p.into_parts(sock)),
-                Err(e) => {
-                    let mut back = reassemble(parts);
-                    back.push(p);
-                    back.extend(rest);
-                    return refuse(PostError::Io(e), back);
-                }
-            }
-        }
+        let parts = ports.into_iter().map(MessagePort::into_parts).collect();
         self.send_record(meta, size_hint, wait, fill, parts)
             .map_err(|(error, parts)| TransferError {
                 error,
@@ -270,7 +258,7 @@ impl MessagePort {
         let mut fds = Vec::new();
         att.encode(&mut body, &mut fds);
         loop {
-            match sys::socket::send_attachment(&self.sock, &body, &fds, false) {
+            match sys::socket::send_attachment(&*self.sock, &body, &fds, false) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The peer has not taken earlier attachments in yet.
@@ -280,7 +268,7 @@ impl MessagePort {
                     if wait.expired() {
                         return Err(PostError::Timeout);
                     }
-                    let ready = sys::socket::wait(&self.sock, true, wait.remaining())
+                    let ready = sys::socket::wait(&*self.sock, true, wait.remaining())
                         .map_err(PostError::Io)?;
                     if ready.readable || ready.hung_up {
                         self.drain_socket(false).map_err(PostError::Io)?;

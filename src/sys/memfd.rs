@@ -40,6 +40,20 @@ pub fn seal(fd: impl AsFd, seals: SealFlags) -> io::Result<()> {
 /// The file's size, if it is a regular file (memfds are) carrying at least
 /// `required` seals; an error naming what is wrong otherwise.
 pub fn checked_size(fd: impl AsFd, required: SealFlags) -> io::Result<usize> {
+    checked_file(fd, required).map(|f| f.size)
+}
+
+/// What [`checked_file`] learned of a memfd.
+pub struct CheckedFile {
+    /// Its size in bytes.
+    pub size: usize,
+    /// (device, inode): the same in every process that has the file.
+    pub id: (u64, u64),
+}
+
+/// [`checked_size`], also giving the file's identity (from the same
+/// `fstat`).
+pub fn checked_file(fd: impl AsFd, required: SealFlags) -> io::Result<CheckedFile> {
     let st = fstat(&fd)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(io::Error::new(
@@ -55,8 +69,12 @@ pub fn checked_size(fd: impl AsFd, required: SealFlags) -> io::Result<usize> {
             "memfd is missing required seals",
         ));
     }
-    usize::try_from(st.st_size)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "memfd size out of range"))
+    let size = usize::try_from(st.st_size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "memfd size out of range"))?;
+    Ok(CheckedFile {
+        size,
+        id: (st.st_dev, st.st_ino),
+    })
 }
 
 /// Seals of an out-of-line message: its size and its bytes are fixed
