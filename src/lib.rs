@@ -53,6 +53,8 @@
 
 #![cfg(target_os = "linux")]
 
+#[cfg(feature = "tokio")]
+pub mod aio;
 mod channel;
 mod error;
 #[doc(hidden)]
@@ -73,7 +75,7 @@ pub use channel::{ChannelBuilder, DEFAULT_CAPACITY, MessageChannel};
 pub use error::{
     AccessError, CloseReason, OpenError, PostError, RecvError, TakePortsError, TransferError,
 };
-pub use message::{Message, Receivable};
+pub use message::{Message, OwnedMessage, Receivable};
 pub use port::{DEFAULT_SPIN, MAX_PORTS, MessagePort, Reservation};
 pub use port_set::PortSet;
 pub use rendezvous::{

@@ -133,17 +133,7 @@ impl<'p> Message<'p> {
     /// Validation costs tens of nanoseconds for plain data, and grows with
     /// the number of strings and nested values.
     pub fn get<T: Receivable>(&self) -> Result<&T::Archived, AccessError> {
-        if self.meta.kind != Kind::Typed {
-            return Err(AccessError::NotTyped);
-        }
-        let expected = fingerprint::<T>();
-        if self.meta.fingerprint != expected {
-            return Err(AccessError::TypeMismatch {
-                expected,
-                found: self.meta.fingerprint,
-            });
-        }
-        rkyv::access::<T::Archived, rancor::Error>(self.bytes()).map_err(AccessError::Invalid)
+        access::<T>(self.meta, self.bytes())
     }
 
     /// Validate and deserialize into an owned `T` (a copy).
@@ -154,6 +144,101 @@ impl<'p> Message<'p> {
     {
         let archived = self.get::<T>()?;
         rkyv::deserialize::<T, rancor::Error>(archived).map_err(AccessError::Invalid)
+    }
+    /// Copy the message out of the ring (its bytes, aligned for typed
+    /// access) with its ports taken, releasing the ring space at once. This
+    /// is what a [`Stream`](crate::aio::MessageStream) yields: an owned value
+    /// that borrows nothing.
+    pub fn to_owned_message(mut self) -> OwnedMessage {
+        let mut bytes = rkyv::util::AlignedVec::<16>::with_capacity(self.body.len);
+        bytes.extend_from_slice(self.bytes());
+        let (ports, port_error) = match self.take_ports() {
+            Ok(p) => (p, None),
+            Err(e) => (e.ports, Some(e.error)),
+        };
+        OwnedMessage {
+            meta: self.meta,
+            bytes,
+            ports,
+            port_error,
+        }
+    }
+}
+
+/// Checks shared by [`Message::get`] and [`OwnedMessage::get`]: a typed
+/// message of `T`'s fingerprint whose bytes validate as `T`'s archive.
+fn access<T: Receivable>(meta: RecordMeta, bytes: &[u8]) -> Result<&T::Archived, AccessError> {
+    if meta.kind != Kind::Typed {
+        return Err(AccessError::NotTyped);
+    }
+    let expected = fingerprint::<T>();
+    if meta.fingerprint != expected {
+        return Err(AccessError::TypeMismatch {
+            expected,
+            found: meta.fingerprint,
+        });
+    }
+    rkyv::access::<T::Archived, rancor::Error>(bytes).map_err(AccessError::Invalid)
+}
+
+/// A message copied out of the ring ([`Message::to_owned_message`]): it
+/// owns its bytes and its ports, so it can outlive the port, cross threads
+/// and `.await` points. One copy of the payload; [`Message`] is the zero-copy
+/// form.
+pub struct OwnedMessage {
+    meta: RecordMeta,
+    bytes: rkyv::util::AlignedVec<16>,
+    ports: Vec<MessagePort>,
+    port_error: Option<crate::error::OpenError>,
+}
+
+impl OwnedMessage {
+    /// The payload bytes (16-byte aligned).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Was it posted as a typed value?
+    pub fn is_typed(&self) -> bool {
+        self.meta.kind == Kind::Typed
+    }
+
+    /// The archived value, validated (as [`Message::get`]).
+    pub fn get<T: Receivable>(&self) -> Result<&T::Archived, AccessError> {
+        access::<T>(self.meta, &self.bytes)
+    }
+
+    /// Validate and deserialize into an owned `T`.
+    pub fn deserialize<T>(&self) -> Result<T, AccessError>
+    where
+        T: Receivable,
+        T::Archived: rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+    {
+        let archived = self.get::<T>()?;
+        rkyv::deserialize::<T, rancor::Error>(archived).map_err(AccessError::Invalid)
+    }
+
+    /// The ports that came with the message, in order. If one was not
+    /// valid it was closed, and the others are here; the error says why
+    /// ([`OwnedMessage::port_error`]).
+    pub fn take_ports(&mut self) -> Vec<MessagePort> {
+        std::mem::take(&mut self.ports)
+    }
+
+    /// Why a port that came with the message could not be opened, if one
+    /// could not.
+    pub fn port_error(&self) -> Option<&crate::error::OpenError> {
+        self.port_error.as_ref()
+    }
+}
+
+impl std::fmt::Debug for OwnedMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedMessage")
+            .field("len", &self.bytes.len())
+            .field("typed", &self.is_typed())
+            .field("ports", &self.ports.len())
+            .finish()
     }
 }
 

@@ -149,34 +149,62 @@ impl PortSet {
             if left == Some(Duration::ZERO) {
                 return Ok(None);
             }
-            // Announce on every port, one barrier for all, re-check: a
-            // message committed before our announcement is seen here, one
-            // committed after it sends a token (see ring::Consumer).
-            for p in self.ports.iter().flatten() {
-                p.arm();
+            if let Some(k) = self.arm_all() {
+                return Ok(Some(k));
             }
-            if let Some(p) = self.ports.iter().flatten().next() {
-                p.sleep_barrier();
-            }
-            let found = self.scan();
-            if found.is_none() {
-                self.keys.clear();
-                let r = self.poller.wait(left, &mut self.keys);
-                for p in self.ports.iter().flatten() {
-                    p.disarm();
-                }
-                r?;
-                for i in 0..self.keys.len() {
-                    if let Some(Some(p)) = self.ports.get(self.keys[i] as usize) {
-                        p.take_in()?;
-                    }
-                }
-                continue;
-            }
-            for p in self.ports.iter().flatten() {
-                p.disarm();
-            }
-            return Ok(found);
+            self.collect(left)?;
         }
+    }
+
+    /// Announce a sleep on every port, one barrier for all, re-check: a
+    /// message committed before our announcement is seen here, one
+    /// committed after it sends a token (see ring::Consumer). `Some(key)`:
+    /// a port has an event after all (every port is disarmed again).
+    pub(crate) fn arm_all(&mut self) -> Option<usize> {
+        for p in self.ports.iter().flatten() {
+            p.arm();
+        }
+        if let Some(p) = self.ports.iter().flatten().next() {
+            p.sleep_barrier();
+        }
+        let found = self.scan();
+        if found.is_some() {
+            self.disarm_all();
+        }
+        found
+    }
+
+    pub(crate) fn disarm_all(&self) {
+        for p in self.ports.iter().flatten() {
+            p.disarm();
+        }
+    }
+
+    /// After [`arm_all`](Self::arm_all): wait for the poller (at most
+    /// `timeout`), disarm, and take in what the ready ports' sockets hold.
+    /// Returns how many ports the poller reported.
+    pub(crate) fn collect(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        self.keys.clear();
+        let r = self.poller.wait(timeout, &mut self.keys);
+        self.disarm_all();
+        r?;
+        for i in 0..self.keys.len() {
+            if let Some(Some(p)) = self.ports.get(self.keys[i] as usize) {
+                p.take_in()?;
+            }
+        }
+        Ok(self.keys.len())
+    }
+
+    /// The epoll descriptor, for a reactor.
+    pub(crate) fn poller_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.poller.as_fd()
+    }
+
+    /// A port with an event now, scanning round robin (crate-internal name
+    /// for [`poll`](Self::poll)).
+    pub(crate) fn ready_now(&mut self) -> Option<usize> {
+        self.scan()
     }
 }

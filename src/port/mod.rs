@@ -3,7 +3,7 @@
 //! The type, its construction, the socket and close handling live here;
 //! posting in [`send`], receiving in [`recv`].
 
-mod recv;
+pub(crate) mod recv;
 mod reserve;
 mod send;
 
@@ -122,6 +122,8 @@ pub struct MessagePort {
     spin: Cell<Duration>,
     /// A [`Reservation`] is live: other posts must wait for it.
     reserving: Cell<bool>,
+    /// Payload room the last post that found the ring full needed.
+    wanted_room: Cell<usize>,
     /// Scratch space for rkyv serializers (kept here, not in a thread local:
     /// no lookup per post).
     arena: RefCell<Arena>,
@@ -165,6 +167,7 @@ impl MessagePort {
             broken: Cell::new(None),
             spin: Cell::new(spin),
             reserving: Cell::new(false),
+            wanted_room: Cell::new(0),
             arena: RefCell::new(Arena::new()),
         })
     }
@@ -359,6 +362,40 @@ impl MessagePort {
     /// Take in what the socket holds (tokens, attachments, hang-up).
     pub(crate) fn take_in(&self) -> io::Result<()> {
         self.drain_socket(false)
+    }
+
+    // ---------------------------------------------- waiting elsewhere (async)
+
+    /// Spin (up to the port's spin time) until [`has_event`](Self::has_event);
+    /// returns whether it did. Looks at the socket every `LOOK_EVERY`.
+    pub(crate) fn spin_for_event(&self) -> io::Result<bool> {
+        let until = Instant::now() + self.spin.get();
+        loop {
+            if self.has_event() {
+                return Ok(true);
+            }
+            match self.spin_for_record(until) {
+                recv::Spun::Ready => {}
+                recv::Spun::Look => self.take_in()?,
+                recv::Spun::TimeUp => return Ok(self.has_event()),
+            }
+        }
+    }
+
+    /// Announce that the producer waits for the room the last
+    /// [`PostError::Full`] lacked; `false` (nothing announced) if that room
+    /// is already there.
+    pub(crate) fn prepare_room_wait(&self) -> Result<bool, PostError> {
+        self.flush_releases();
+        self.tx
+            .borrow_mut()
+            .prepare_wait(self.wanted_room.get())
+            .map_err(|c| PostError::Closed(self.corrupt(c)))
+    }
+
+    /// Withdraw the producer's wait announcement.
+    pub(crate) fn end_room_wait(&self) {
+        self.tx.borrow().end_wait();
     }
 
     // ---------------------------------------------------------------- close

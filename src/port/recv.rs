@@ -99,7 +99,7 @@ impl MessagePort {
     /// Spin until a record is ready, the producer closed, `until`, or
     /// [`LOOK_EVERY`] has passed (time to look at the socket for a dead
     /// peer: only the socket learns of a `kill -9`).
-    fn spin_for_record(&self, until: Instant) -> Spun {
+    pub(super) fn spin_for_record(&self, until: Instant) -> Spun {
         let rx = self.rx.borrow();
         let look_at = Instant::now() + LOOK_EVERY;
         let mut i = 0u32;

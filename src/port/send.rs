@@ -106,6 +106,16 @@ impl MessagePort {
         self.transfer(meta, 0, Wait::No, ports, |w| self.serialize(value, w))
     }
 
+    /// [`post_bytes_with_ports`](MessagePort::post_bytes_with_ports)
+    /// without waiting for room ([`PostError::Full`]).
+    pub fn try_post_bytes_with_ports(
+        &self,
+        bytes: &[u8],
+        ports: Vec<MessagePort>,
+    ) -> Result<(), TransferError> {
+        self.transfer(RAW_META, bytes.len(), Wait::No, ports, |w| w.put(bytes))
+    }
+
     fn transfer(
         &self,
         mut meta: RecordMeta,
@@ -311,6 +321,7 @@ impl MessagePort {
             }
             self.check_postable()?;
             if matches!(wait, Wait::No) {
+                self.wanted_room.set(need);
                 return Err(PostError::Full);
             }
             if wait.expired() {

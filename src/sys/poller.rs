@@ -13,6 +13,18 @@ pub struct Poller {
     events: Vec<epoll::Event>,
 }
 
+// SAFETY: the only non-Send part is the event buffer, whose `EventData`
+// may hold a pointer; this poller only ever stores plain `u64` keys in it,
+// and the buffer is touched only through `&mut self`.
+unsafe impl Send for Poller {}
+
+impl AsFd for Poller {
+    /// The epoll descriptor: readable when some watched descriptor is.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl Poller {
     /// A new, empty poller.
     pub fn new() -> io::Result<Poller> {
