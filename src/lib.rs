@@ -63,6 +63,7 @@ pub mod layout;
 mod message;
 mod port;
 mod port_set;
+pub mod push;
 mod rendezvous;
 pub mod ring;
 mod segment;

@@ -196,12 +196,14 @@ impl PortSet {
         Ok(self.keys.len())
     }
 
+    #[cfg(feature = "tokio")]
     /// The epoll descriptor, for a reactor.
     pub(crate) fn poller_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
         self.poller.as_fd()
     }
 
+    #[cfg(feature = "tokio")]
     /// A port with an event now, scanning round robin (crate-internal name
     /// for [`poll`](Self::poll)).
     pub(crate) fn ready_now(&mut self) -> Option<usize> {

@@ -366,6 +366,41 @@ impl MessagePort {
 
     // ---------------------------------------------- waiting elsewhere (async)
 
+    /// Before waiting on the port's descriptor in a foreign event loop
+    /// (`poll`, `epoll`, …): announce that this side sleeps, so that the
+    /// peer's next message (or room freed for a waiting post) writes a
+    /// wake-up to the socket. Returns `false` when a message or the close
+    /// is already there: receive instead of waiting. After the wake-up,
+    /// [`try_recv`](Self::try_recv) reads what arrived (it also takes in the
+    /// wake-up itself).
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use rustix::event::{PollFd, PollFlags, poll};
+    /// use shmport::MessageChannel;
+    ///
+    /// let (a, b) = MessageChannel::new()?.into_ports();
+    /// assert!(b.prepare_poll());
+    /// a.post_bytes(b"wake up")?;
+    /// let mut fds = [PollFd::new(&b, PollFlags::IN)];
+    /// poll(&mut fds, None)?;
+    /// assert_eq!(b.try_recv()?.bytes(), b"wake up");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn prepare_poll(&self) -> bool {
+        if self.has_event() {
+            return false;
+        }
+        self.arm();
+        self.sleep_barrier();
+        if self.has_event() {
+            self.disarm();
+            return false;
+        }
+        true
+    }
+
+    #[cfg(feature = "tokio")]
     /// Spin (up to the port's spin time) until [`has_event`](Self::has_event);
     /// returns whether it did. Looks at the socket every `LOOK_EVERY`.
     pub(crate) fn spin_for_event(&self) -> io::Result<bool> {
@@ -382,6 +417,7 @@ impl MessagePort {
         }
     }
 
+    #[cfg(feature = "tokio")]
     /// Announce that the producer waits for the room the last
     /// [`PostError::Full`] lacked; `false` (nothing announced) if that room
     /// is already there.
@@ -393,6 +429,7 @@ impl MessagePort {
             .map_err(|c| PostError::Closed(self.corrupt(c)))
     }
 
+    #[cfg(feature = "tokio")]
     /// Withdraw the producer's wait announcement.
     pub(crate) fn end_room_wait(&self) {
         self.tx.borrow().end_wait();
