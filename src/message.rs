@@ -8,7 +8,7 @@ use rkyv::rancor;
 use rkyv::{Archive, Portable};
 
 use crate::error::{AccessError, TakePortsError};
-use crate::port::MessagePort;
+use crate::port::{MessagePort, PortReceiver};
 use crate::ring::{Kind, Record, RecordMeta};
 use crate::ser::fingerprint;
 use crate::sys::Mapping;
@@ -43,7 +43,7 @@ impl<T> Receivable for T where
 /// messages from it are held. Several messages may be held at once, and
 /// dropped in any order.
 pub struct Message<'p> {
-    port: &'p MessagePort,
+    port: &'p PortReceiver,
     pos: u64,
     end: u64,
     meta: RecordMeta,
@@ -54,7 +54,7 @@ pub struct Message<'p> {
 impl<'p> Message<'p> {
     #[inline]
     pub(crate) fn new(
-        port: &'p MessagePort,
+        port: &'p PortReceiver,
         rec: &Record,
         body: Body,
         ports: Vec<PortParts>,

@@ -1,7 +1,14 @@
 //! A port: one end of a channel.
 //!
-//! The type, its construction, the socket and close handling live here;
-//! posting in [`send`], receiving in [`recv`].
+//! A port is two halves over one shared core: the sending half owns the
+//! producer of the ring the port writes, the receiving half the consumer of
+//! the ring it reads, and the [`Shared`] core holds what both use (the
+//! segment, the socket, the inbox of received attachments, the close
+//! state). A [`MessagePort`] holds both halves and is used by one thread at
+//! a time; [`MessagePort::split`] gives them to two threads.
+//!
+//! Here: the types, construction, the socket and close handling; posting in
+//! [`send`], receiving in [`recv`], zero-copy reservations in [`reserve`].
 
 pub(crate) mod recv;
 mod reserve;
@@ -10,11 +17,11 @@ mod send;
 pub use reserve::Reservation;
 
 use core::cell::{Cell, RefCell};
-use core::mem::ManuallyDrop;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use rkyv::ser::allocator::Arena;
@@ -22,11 +29,15 @@ use rkyv::ser::allocator::Arena;
 use crate::error::{CloseReason, PostError};
 use crate::ring::{Barriers, Consumer, Corrupt, Producer};
 use crate::segment::{Segment, SegmentRing};
-use crate::sys::{self, socket::Incoming};
+use crate::sys::{self, kick::Kick, socket::Incoming};
 use crate::transfer::{Attachment, PortParts, SegmentRef};
 
 /// How long a blocking call spins before it sleeps, unless configured.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
+
+/// Most ports one message carries (each takes two of the socket message's
+/// 253 descriptors, and their inboxes may take more).
+pub const MAX_PORTS: usize = 100;
 
 /// Which side of the segment a port owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +55,14 @@ impl Side {
             Side::B => (1, 0),
         }
     }
+}
+
+/// Which half of a port is acting (to wake the other when it takes in
+/// something from the shared socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Half {
+    Sender = 0,
+    Receiver = 1,
 }
 
 /// How long an operation may wait.
@@ -79,12 +98,197 @@ impl Wait {
     }
 }
 
+// ------------------------------------------------------------------ core
+
+/// What both halves of a port use. The socket closes when the last half
+/// drops, after both published their closed flags.
+pub(crate) struct Shared {
+    seg: Arc<Segment>,
+    sock: OwnedFd,
+    side: Side,
+    /// Attachments received on the socket, waiting for the records that
+    /// refer to them (in order). Either half may take them in; only the
+    /// receiving half takes them out.
+    inbox: Mutex<VecDeque<Attachment>>,
+    /// The socket reported hang-up (or reset): the peer port is gone.
+    hung_up: AtomicBool,
+    /// A receive returned end-of-file: nothing more is queued on the socket.
+    eof: AtomicBool,
+    /// The peer broke the protocol; the port no longer reads or writes.
+    broken: OnceLock<Corrupt>,
+    spin_ns: AtomicU64,
+    /// The port was taken apart to travel: dropping its halves must not
+    /// close it.
+    transferred: AtomicBool,
+    /// Once split: one kick per half ([`Half`] order). A half that takes in
+    /// something from the socket kicks the other, which may be waiting for
+    /// exactly that.
+    kicks: OnceLock<[Kick; 2]>,
+}
+
+// The flags below are plain state bits. The Release stores / Acquire loads
+// order them with what the setter did before (the inbox push, the socket
+// read), for the other half on another thread.
+impl Shared {
+    fn broken(&self) -> bool {
+        self.broken.get().is_some()
+    }
+
+    fn hung_up(&self) -> bool {
+        self.hung_up.load(Ordering::Acquire)
+    }
+
+    fn eof(&self) -> bool {
+        self.eof.load(Ordering::Acquire)
+    }
+
+    fn corrupt(&self, c: Corrupt) -> CloseReason {
+        let _ = self.broken.set(c);
+        CloseReason::ProtocolError
+    }
+
+    fn spin(&self) -> Duration {
+        Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed))
+    }
+
+    fn inbox(&self) -> MutexGuard<'_, VecDeque<Attachment>> {
+        // A panic while holding the lock leaves a consistent queue.
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Send a wake token; a hung-up peer is reported as `Err`.
+    fn wake_peer(&self) -> Result<(), ()> {
+        match sys::socket::send_wake(&self.sock) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                self.hung_up.store(true, Ordering::Release);
+                Err(())
+            }
+        }
+    }
+
+    /// Sleep on the socket until a token, a hang-up, the deadline, or (once
+    /// split) a kick from the other half; then take in what the socket
+    /// holds. `writable`: also return when the socket can take a message.
+    fn sleep(&self, me: Half, wait: Wait, writable: bool) -> io::Result<()> {
+        match self.kicks.get() {
+            None if wait.remaining().is_none() && !writable => {
+                // One blocking receive: a token (or descriptors, or the
+                // hang-up) is what we waited for. Anything else queued is
+                // taken in later, when it is needed.
+                let got = sys::socket::recv(&self.sock, true)?;
+                self.note(got);
+                Ok(())
+            }
+            None => {
+                sys::socket::wait(&self.sock, writable, wait.remaining())?;
+                self.drain_socket(me, false)
+            }
+            Some(kicks) => {
+                let mine = &kicks[me as usize];
+                sys::socket::wait_or(&self.sock, Some(mine.as_fd()), writable, wait.remaining())?;
+                mine.clear();
+                self.drain_socket(me, false)
+            }
+        }
+    }
+
+    /// Take in one thing the socket delivered. Returns `true` for an
+    /// attachment.
+    fn note(&self, got: Incoming) -> bool {
+        match got {
+            Incoming::HungUp => {
+                self.hung_up.store(true, Ordering::Release);
+                self.eof.store(true, Ordering::Release);
+            }
+            // The peer is gone, but what it sent before may still be queued
+            // (records' attachments): not the end of the socket yet.
+            Incoming::Reset => self.hung_up.store(true, Ordering::Release),
+            Incoming::Garbage => {
+                let _ = self.broken.set(Corrupt("garbage on the port's socket"));
+            }
+            Incoming::Lost => {
+                self.inbox().push_back(Attachment::lost());
+                return true;
+            }
+            Incoming::Attachment(body, fds) => match Attachment::decode(&body, fds) {
+                Ok(a) => {
+                    self.inbox().push_back(a);
+                    return true;
+                }
+                Err(c) => {
+                    let _ = self.broken.set(c);
+                }
+            },
+            Incoming::Empty | Incoming::Wake => {}
+        }
+        false
+    }
+
+    /// Take in everything queued on the socket without blocking (or until
+    /// one attachment arrived, when `until_attachment`). Once split, kick
+    /// the other half if anything came: it may be what it waits for.
+    fn drain_socket(&self, me: Half, until_attachment: bool) -> io::Result<()> {
+        let mut took = false;
+        let r = loop {
+            if self.eof() || self.broken() {
+                break Ok(());
+            }
+            let got = match sys::socket::recv(&self.sock, false) {
+                Ok(g) => g,
+                Err(e) => break Err(e),
+            };
+            let empty = matches!(got, Incoming::Empty);
+            took |= !empty;
+            if self.note(got) && until_attachment || empty {
+                break Ok(());
+            }
+        };
+        if took {
+            if let Some(kicks) = self.kicks.get() {
+                let other = match me {
+                    Half::Sender => Half::Receiver,
+                    Half::Receiver => Half::Sender,
+                };
+                kicks[other as usize].kick();
+            }
+        }
+        r
+    }
+}
+
+// ----------------------------------------------------------------- halves
+
+/// The sending half of a port ([`MessagePort::split`]): posts to the peer.
+/// It can live on another thread than its [`PortReceiver`]. Dropping it
+/// closes the direction it sends in: the peer reads what was posted, then
+/// its close event; the other direction goes on.
+pub struct PortSender {
+    shared: Arc<Shared>,
+    tx: RefCell<Producer<SegmentRing>>,
+    /// A [`Reservation`] is live: other posts must wait for it.
+    reserving: Cell<bool>,
+    /// Payload room the last post that found the ring full needed.
+    wanted_room: Cell<usize>,
+    /// Scratch space for rkyv serializers (kept here, not in a thread local:
+    /// no lookup per post).
+    arena: RefCell<Arena>,
+}
+
+/// The receiving half of a port ([`MessagePort::split`]): receives what
+/// the peer posts. Dropping it tells the peer's posts that nobody reads.
+pub struct PortReceiver {
+    shared: Arc<Shared>,
+    rx: RefCell<Consumer<SegmentRing>>,
+}
+
 /// One end of a channel: post messages to the peer port, receive the
 /// messages it posts.
 ///
 /// A port is [`Send`] (it can move to another thread) but not [`Sync`]: one
 /// thread uses it at a time. Every method takes `&self`, so a received
 /// [`Message`](crate::Message) (which borrows the port) can be held while posting.
+/// To send on one thread and receive on another, [`split`](Self::split) it.
 ///
 /// Dropping the port closes it, like [`MessagePort::close`].
 ///
@@ -101,38 +305,18 @@ impl Wait {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct MessagePort {
-    seg: Arc<Segment>,
-    /// Closed by `Drop`, unless taken by `into_parts` (which sets
-    /// `transferred`).
-    sock: ManuallyDrop<OwnedFd>,
-    tx: RefCell<Producer<SegmentRing>>,
-    rx: RefCell<Consumer<SegmentRing>>,
-    side: Side,
-    /// Attachments received on the socket, waiting for the records that
-    /// refer to them (in order).
-    inbox: RefCell<VecDeque<Attachment>>,
-    /// The port was taken apart to travel: dropping it must not close it.
-    transferred: Cell<bool>,
-    /// The socket reported hang-up: the peer port is gone.
-    hung_up: Cell<bool>,
-    /// A receive returned end-of-file: nothing more is queued on the socket.
-    eof: Cell<bool>,
-    /// The peer broke the protocol; the port no longer reads or writes.
-    broken: Cell<Option<Corrupt>>,
-    spin: Cell<Duration>,
-    /// A [`Reservation`] is live: other posts must wait for it.
-    reserving: Cell<bool>,
-    /// Payload room the last post that found the ring full needed.
-    wanted_room: Cell<usize>,
-    /// Scratch space for rkyv serializers (kept here, not in a thread local:
-    /// no lookup per post).
-    arena: RefCell<Arena>,
+    // Dropped in this order: the sending half publishes its closed flag,
+    // then the receiving half; the socket closes with the last `Shared`.
+    tx: PortSender,
+    rx: PortReceiver,
 }
 
-// A port moves between threads (it is not shared between them).
+// Ports and halves move between threads (they are not shared between them).
 const _: () = {
     const fn is_send<T: Send>() {}
     is_send::<MessagePort>();
+    is_send::<PortSender>();
+    is_send::<PortReceiver>();
 };
 
 impl MessagePort {
@@ -154,225 +338,151 @@ impl MessagePort {
         };
         let tx = Producer::new(SegmentRing::new(seg.clone(), tx), barriers)?;
         let rx = Consumer::new(SegmentRing::new(seg.clone(), rx), barriers)?;
-        Ok(MessagePort {
+        let shared = Arc::new(Shared {
             seg,
-            sock: ManuallyDrop::new(sock),
-            tx: RefCell::new(tx),
-            rx: RefCell::new(rx),
+            sock,
             side,
-            inbox: RefCell::new(VecDeque::new()),
-            transferred: Cell::new(false),
-            hung_up: Cell::new(false),
-            eof: Cell::new(false),
-            broken: Cell::new(None),
-            spin: Cell::new(spin),
-            reserving: Cell::new(false),
-            wanted_room: Cell::new(0),
-            arena: RefCell::new(Arena::new()),
+            inbox: Mutex::new(VecDeque::new()),
+            hung_up: AtomicBool::new(false),
+            eof: AtomicBool::new(false),
+            broken: OnceLock::new(),
+            spin_ns: AtomicU64::new(spin.as_nanos().min(u64::MAX as u128) as u64),
+            transferred: AtomicBool::new(false),
+            kicks: OnceLock::new(),
+        });
+        Ok(MessagePort {
+            tx: PortSender {
+                shared: shared.clone(),
+                tx: RefCell::new(tx),
+                reserving: Cell::new(false),
+                wanted_room: Cell::new(0),
+                arena: RefCell::new(Arena::new()),
+            },
+            rx: PortReceiver {
+                shared,
+                rx: RefCell::new(rx),
+            },
         })
     }
 
     /// A rebuilt port gets back the attachments it had already received.
     pub(crate) fn with_inbox(self, inbox: VecDeque<Attachment>) -> Self {
-        *self.inbox.borrow_mut() = inbox;
+        *self.rx.shared.inbox() = inbox;
         self
     }
 
     /// Take the port apart to send it: publish both positions, hand over
     /// the socket and the inbox. The peer notices nothing.
-    pub(crate) fn into_parts(mut self) -> PortParts {
-        self.tx.borrow().publish_tail();
-        self.flush_releases();
-        self.transferred.set(true);
-        // SAFETY: `transferred` is set, so `Drop` leaves `sock` alone; `self`
-        // is consumed here, so it is taken exactly once.
-        let sock = unsafe { ManuallyDrop::take(&mut self.sock) };
-        PortParts {
-            seg: SegmentRef::Mapped(self.seg.clone()),
-            sock,
-            side: self.side,
-            spin: self.spin.get(),
-            inbox: std::mem::take(&mut *self.inbox.borrow_mut()),
+    pub(crate) fn into_parts(self) -> PortParts {
+        self.tx.tx.borrow().publish_tail();
+        self.rx.flush_releases();
+        let shared = self.tx.shared.clone();
+        shared.transferred.store(true, Ordering::Relaxed);
+        // The halves' drops see `transferred` and close nothing.
+        drop(self);
+        let spin = shared.spin();
+        match Arc::try_unwrap(shared) {
+            Ok(s) => PortParts {
+                seg: SegmentRef::Mapped(s.seg),
+                sock: s.sock,
+                side: s.side,
+                spin,
+                inbox: s.inbox.into_inner().unwrap_or_else(|e| e.into_inner()),
+            },
+            // Nothing else holds the core of a whole port (messages and
+            // reservations borrow the port, which is consumed here).
+            Err(_) => unreachable!("a port's core outlived its halves"),
         }
     }
 
-    /// Is `other` this port's entangled peer?
-    fn is_peer(&self, other: &MessagePort) -> bool {
-        other.side != self.side && self.seg.same(&other.seg)
+    /// Is this port the entangled peer of the port whose core is `other`?
+    fn is_peer_of(&self, other: &Shared) -> bool {
+        let me = &self.tx.shared;
+        other.side != me.side && me.seg.same(&other.seg)
     }
 
     /// How long blocking calls spin (checking the ring, no system call)
     /// before they sleep on the port's socket. Zero sleeps at once; a long
     /// spin gives the lowest latency and burns a core while waiting.
     pub fn set_spin(&self, spin: Duration) {
-        self.spin.set(spin);
+        let ns = spin.as_nanos().min(u64::MAX as u128) as u64;
+        self.tx.shared.spin_ns.store(ns, Ordering::Relaxed);
     }
 
     /// The current spin time (see [`MessagePort::set_spin`]).
     pub fn spin(&self) -> Duration {
-        self.spin.get()
+        self.tx.shared.spin()
     }
 
     /// Largest payload that travels inside the ring; larger messages go out
     /// of line, each in its own sealed memfd.
     #[inline]
     pub fn max_inline_payload(&self) -> usize {
-        self.tx.borrow().max_payload()
+        self.tx.max_inline_payload()
     }
 
-    /// Send a wake token; a hung-up peer is reported as its close reason.
-    fn wake_peer(&self) -> Result<(), CloseReason> {
-        match sys::socket::send_wake(&*self.sock) {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                self.hung_up.set(true);
-                Err(self.peer_gone_reason())
-            }
+    /// Split into a sending and a receiving half, to use on two threads.
+    /// [`PortSender::rejoin`] makes the port again. Dropping one half
+    /// closes its direction only.
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    ///
+    /// let (a, b) = MessageChannel::new()?.into_ports();
+    /// let (tx, rx) = b.split()?;
+    /// let echo = std::thread::spawn(move || {
+    ///     let m = rx.recv().unwrap();
+    ///     assert_eq!(m.bytes(), b"ping");
+    ///     drop(m);
+    ///     rx
+    /// });
+    /// a.post_bytes(b"ping")?;
+    /// tx.post_bytes(b"pong")?;
+    /// assert_eq!(a.recv()?.bytes(), b"pong");
+    /// let b = tx.rejoin(echo.join().unwrap()).unwrap();
+    /// # drop(b);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn split(self) -> io::Result<(PortSender, PortReceiver)> {
+        if self.tx.shared.kicks.get().is_none() {
+            let kicks = [Kick::new()?, Kick::new()?];
+            let _ = self.tx.shared.kicks.set(kicks);
         }
-    }
-
-    /// Refuse a post while a [`Reservation`] holds the ring's next slot.
-    #[inline]
-    fn check_not_reserved(&self) -> Result<(), PostError> {
-        if self.reserving.get() {
-            return Err(PostError::Reserved);
-        }
-        Ok(())
-    }
-
-    /// Can a message still reach the peer?
-    #[inline]
-    fn check_postable(&self) -> Result<(), PostError> {
-        if self.broken.get().is_some() {
-            return Err(PostError::Closed(CloseReason::ProtocolError));
-        }
-        if self.tx.borrow().consumer_closed() {
-            return Err(PostError::Closed(CloseReason::Closed));
-        }
-        if self.hung_up.get() {
-            return Err(PostError::Closed(self.peer_gone_reason()));
-        }
-        Ok(())
-    }
-
-    fn peer_gone_reason(&self) -> CloseReason {
-        if self.broken.get().is_some() {
-            CloseReason::ProtocolError
-        } else if self.tx.borrow().consumer_closed() || self.rx.borrow().producer_closed() {
-            CloseReason::Closed
-        } else {
-            CloseReason::PeerDied
-        }
-    }
-
-    fn corrupt(&self, c: Corrupt) -> CloseReason {
-        self.broken.set(Some(c));
-        CloseReason::ProtocolError
-    }
-
-    /// Sleep on the socket until a token, a hang-up, or the deadline; then
-    /// take in whatever the socket holds.
-    fn sleep(&self, wait: Wait) -> io::Result<()> {
-        match wait.remaining() {
-            None => {
-                // One blocking receive: a token (or descriptors, or the
-                // hang-up) is what we waited for. Anything else queued is
-                // taken in later, when it is needed.
-                let got = sys::socket::recv(&*self.sock, true)?;
-                self.note(got);
-                Ok(())
-            }
-            Some(left) => {
-                sys::socket::wait(&*self.sock, false, Some(left))?;
-                self.drain_socket(false)
-            }
-        }
-    }
-
-    /// Take in one thing the socket delivered. Returns `true` for an
-    /// attachment.
-    fn note(&self, got: Incoming) -> bool {
-        match got {
-            Incoming::HungUp => {
-                self.hung_up.set(true);
-                self.eof.set(true);
-            }
-            // The peer is gone, but what it sent before may still be queued
-            // (records' attachments): not the end of the socket yet.
-            Incoming::Reset => self.hung_up.set(true),
-            Incoming::Garbage => self
-                .broken
-                .set(Some(Corrupt("garbage on the port's socket"))),
-            Incoming::Lost => {
-                self.inbox.borrow_mut().push_back(Attachment::lost());
-                return true;
-            }
-            Incoming::Attachment(body, fds) => match Attachment::decode(&body, fds) {
-                Ok(a) => {
-                    self.inbox.borrow_mut().push_back(a);
-                    return true;
-                }
-                Err(c) => self.broken.set(Some(c)),
-            },
-            Incoming::Empty | Incoming::Wake => {}
-        }
-        false
-    }
-
-    /// Take in everything queued on the socket without blocking (or until
-    /// one attachment arrived, when `until_attachment`).
-    fn drain_socket(&self, until_attachment: bool) -> io::Result<()> {
-        while !self.eof.get() && self.broken.get().is_none() {
-            let got = sys::socket::recv(&*self.sock, false)?;
-            let empty = matches!(got, Incoming::Empty);
-            if self.note(got) && until_attachment || empty {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    // ------------------------------------------------------- port sets
-
-    /// Would `try_recv` return a message or the close event now?
-    pub(crate) fn has_event(&self) -> bool {
-        if self.broken.get().is_some() || self.hung_up.get() {
-            return true;
-        }
-        let rx = self.rx.borrow();
-        rx.has_message() || rx.producer_closed()
+        let MessagePort { tx, rx } = self;
+        Ok((tx, rx))
     }
 
     /// Announce a sleep (without the barrier: the set issues one for all).
     pub(crate) fn arm(&self) {
-        self.flush_releases();
-        self.rx.borrow().announce_sleep();
+        self.rx.arm();
     }
 
     /// The barrier between arming and re-checking.
     pub(crate) fn sleep_barrier(&self) {
-        self.rx.borrow().sleep_barrier();
+        self.rx.rx.borrow().sleep_barrier();
     }
 
     /// Withdraw the announcement.
     pub(crate) fn disarm(&self) {
-        self.rx.borrow().end_sleep();
+        self.rx.rx.borrow().end_sleep();
+    }
+
+    /// Would `try_recv` return a message or the close event now?
+    pub(crate) fn has_event(&self) -> bool {
+        self.rx.has_event()
     }
 
     /// Take in what the socket holds (tokens, attachments, hang-up).
     pub(crate) fn take_in(&self) -> io::Result<()> {
-        self.drain_socket(false)
+        self.rx.shared.drain_socket(Half::Receiver, false)
     }
-
-    // ---------------------------------------------- waiting elsewhere (async)
 
     /// Before waiting on the port's descriptor in a foreign event loop
     /// (`poll`, `epoll`, …): announce that this side sleeps, so that the
-    /// peer's next message (or room freed for a waiting post) writes a
-    /// wake-up to the socket. Returns `false` when a message or the close
-    /// is already there: receive instead of waiting. After the wake-up,
-    /// [`try_recv`](Self::try_recv) reads what arrived (it also takes in the
-    /// wake-up itself).
+    /// peer's next message writes a wake-up to the socket. Returns `false`
+    /// when a message or the close is already there: receive instead of
+    /// waiting. After the wake-up, [`try_recv`](Self::try_recv) reads what
+    /// arrived (it also takes in the wake-up itself).
     ///
     /// ```
     /// use std::os::fd::AsFd;
@@ -404,17 +514,7 @@ impl MessagePort {
     /// Spin (up to the port's spin time) until [`has_event`](Self::has_event);
     /// returns whether it did. Looks at the socket every `LOOK_EVERY`.
     pub(crate) fn spin_for_event(&self) -> io::Result<bool> {
-        let until = Instant::now() + self.spin.get();
-        loop {
-            if self.has_event() {
-                return Ok(true);
-            }
-            match self.spin_for_record(until) {
-                recv::Spun::Ready => {}
-                recv::Spun::Look => self.take_in()?,
-                recv::Spun::TimeUp => return Ok(self.has_event()),
-            }
-        }
+        self.rx.spin_for_event()
     }
 
     #[cfg(feature = "tokio")]
@@ -422,20 +522,20 @@ impl MessagePort {
     /// [`PostError::Full`] lacked; `false` (nothing announced) if that room
     /// is already there.
     pub(crate) fn prepare_room_wait(&self) -> Result<bool, PostError> {
-        self.flush_releases();
+        self.rx.flush_releases();
+        let sh = &self.tx.shared;
         self.tx
+            .tx
             .borrow_mut()
-            .prepare_wait(self.wanted_room.get())
-            .map_err(|c| PostError::Closed(self.corrupt(c)))
+            .prepare_wait(self.tx.wanted_room.get())
+            .map_err(|c| PostError::Closed(sh.corrupt(c)))
     }
 
     #[cfg(feature = "tokio")]
     /// Withdraw the producer's wait announcement.
     pub(crate) fn end_room_wait(&self) {
-        self.tx.borrow().end_wait();
+        self.tx.tx.borrow().end_wait();
     }
-
-    // ---------------------------------------------------------------- close
 
     /// Close the port. The peer receives every message posted before, then
     /// the close event with [`CloseReason::Closed`]. Dropping the port does
@@ -445,50 +545,186 @@ impl MessagePort {
     }
 }
 
-impl Drop for MessagePort {
+impl PortSender {
+    /// Join the halves again; `Err` gives both back if they are not halves
+    /// of the same port.
+    // The halves come back by value: a rare path, not worth a box.
+    #[allow(clippy::result_large_err)]
+    pub fn rejoin(self, rx: PortReceiver) -> Result<MessagePort, (PortSender, PortReceiver)> {
+        if Arc::ptr_eq(&self.shared, &rx.shared) {
+            Ok(MessagePort { tx: self, rx })
+        } else {
+            Err((self, rx))
+        }
+    }
+
+    /// Largest payload that travels inside the ring.
+    #[inline]
+    pub fn max_inline_payload(&self) -> usize {
+        self.tx.borrow().max_payload()
+    }
+
+    /// Refuse a post while a [`Reservation`] holds the ring's next slot.
+    #[inline]
+    fn check_not_reserved(&self) -> Result<(), PostError> {
+        if self.reserving.get() {
+            return Err(PostError::Reserved);
+        }
+        Ok(())
+    }
+
+    /// Can a message still reach the peer?
+    #[inline]
+    fn check_postable(&self) -> Result<(), PostError> {
+        let sh = &self.shared;
+        if sh.broken() {
+            return Err(PostError::Closed(CloseReason::ProtocolError));
+        }
+        if self.tx.borrow().consumer_closed() {
+            return Err(PostError::Closed(CloseReason::Closed));
+        }
+        if sh.hung_up() {
+            return Err(PostError::Closed(self.peer_gone_reason()));
+        }
+        Ok(())
+    }
+
+    /// Why posts fail once the peer is gone: it stopped reading (closed
+    /// its receiving side), broke the protocol, or died.
+    fn peer_gone_reason(&self) -> CloseReason {
+        if self.shared.broken() {
+            CloseReason::ProtocolError
+        } else if self.tx.borrow().consumer_closed() {
+            CloseReason::Closed
+        } else {
+            CloseReason::PeerDied
+        }
+    }
+
+    fn corrupt(&self, c: Corrupt) -> CloseReason {
+        self.shared.corrupt(c)
+    }
+
+    /// Send a wake token; a hung-up peer is reported as its close reason.
+    fn wake_peer(&self) -> Result<(), CloseReason> {
+        self.shared
+            .wake_peer()
+            .map_err(|()| self.peer_gone_reason())
+    }
+
+    fn drain_socket(&self) -> io::Result<()> {
+        self.shared.drain_socket(Half::Sender, false)
+    }
+}
+
+impl PortReceiver {
+    /// Would `try_recv` return a message or the close event now?
+    pub(crate) fn has_event(&self) -> bool {
+        let sh = &self.shared;
+        if sh.broken() || sh.hung_up() {
+            return true;
+        }
+        let rx = self.rx.borrow();
+        rx.has_message() || rx.producer_closed()
+    }
+
+    /// Announce a sleep (without the barrier).
+    fn arm(&self) {
+        self.flush_releases();
+        self.rx.borrow().announce_sleep();
+    }
+
+    /// Why the close event came: the peer closed its sending side, broke
+    /// the protocol, or died.
+    fn peer_gone_reason(&self) -> CloseReason {
+        if self.shared.broken() {
+            CloseReason::ProtocolError
+        } else if self.rx.borrow().producer_closed() {
+            CloseReason::Closed
+        } else {
+            CloseReason::PeerDied
+        }
+    }
+
+    fn corrupt(&self, c: Corrupt) -> CloseReason {
+        self.shared.corrupt(c)
+    }
+
+    fn drain_socket(&self, until_attachment: bool) -> io::Result<()> {
+        self.shared.drain_socket(Half::Receiver, until_attachment)
+    }
+}
+
+impl Drop for PortSender {
     fn drop(&mut self) {
-        if self.transferred.get() {
+        if self.shared.transferred.load(Ordering::Relaxed) {
             // Its parts travel on: this is not a close.
             return;
         }
-        // Publish what this side consumed and produced, then the closed
-        // flags; the socket closes when the fields drop, and the peer's
-        // hang-up wakes it if it sleeps.
-        self.rx.get_mut().close();
+        // Publish what this side produced, then the producer's closed flag.
         self.tx.get_mut().close();
+    }
+}
+
+impl Drop for PortReceiver {
+    fn drop(&mut self) {
+        if self.shared.transferred.load(Ordering::Relaxed) {
+            return;
+        }
+        // Publish what this side consumed, then the consumer's closed flag.
+        self.rx.get_mut().close();
         // Ports in messages never read: close them properly (their peers
         // see Closed, not PeerDied).
         let _ = self.drain_socket(false);
-        for att in self.inbox.get_mut().drain(..) {
+        let orphans: Vec<Attachment> = self.shared.inbox().drain(..).collect();
+        for att in orphans {
             for p in att.ports {
                 crate::transfer::discard(p);
             }
         }
-        // The closed flags are published: now the hang-up.
-        // SAFETY: not transferred (checked above), so `into_parts` never
-        // took the socket; this is the only drop of it.
-        unsafe { ManuallyDrop::drop(&mut self.sock) };
+        // The socket closes (the peer's hang-up) when the last half drops.
     }
 }
-
-/// Most ports one message carries (each takes two of the socket message's
-/// 253 descriptors, and their inboxes may take more).
-pub const MAX_PORTS: usize = 100;
 
 impl AsFd for MessagePort {
     /// The port's socket: readable when the peer wakes this port (after this
     /// port announced it sleeps) or hung up when the peer is gone.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+        self.tx.shared.sock.as_fd()
+    }
+}
+
+impl AsFd for PortReceiver {
+    /// The port's socket (see [`MessagePort`]'s `AsFd`).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.shared.sock.as_fd()
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessagePort")
+            .field("capacity", &self.seg.capacity())
+            .field("hung_up", &self.hung_up())
+            .field("broken", &self.broken.get())
+            .finish_non_exhaustive()
     }
 }
 
 impl std::fmt::Debug for MessagePort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MessagePort")
-            .field("capacity", &self.seg.capacity())
-            .field("hung_up", &self.hung_up.get())
-            .field("broken", &self.broken.get())
-            .finish_non_exhaustive()
+        self.tx.shared.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for PortSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PortSender").field(&self.shared).finish()
+    }
+}
+
+impl std::fmt::Debug for PortReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PortReceiver").field(&self.shared).finish()
     }
 }

@@ -3,7 +3,7 @@
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use super::{MessagePort, Wait};
+use super::{Half, MessagePort, PortReceiver, Wait};
 use crate::error::{CloseReason, RecvError};
 use crate::layout::OOL_DESCRIPTOR;
 use crate::message::{Body, Message};
@@ -26,28 +26,45 @@ pub(super) enum Spun {
     Look,
 }
 
-impl MessagePort {
-    // ---------------------------------------------------------------- recv
+/// The receiving API, on [`MessagePort`] and on [`PortReceiver`] alike.
+macro_rules! recv_api {
+    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $wait:expr;)*) => {
+        impl MessagePort {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self, $($arg: $ty),*) -> Result<Message<'_>, RecvError> {
+                    self.rx.recv_wait($wait)
+                }
+            )*
+        }
 
+        impl PortReceiver {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self, $($arg: $ty),*) -> Result<Message<'_>, RecvError> {
+                    self.recv_wait($wait)
+                }
+            )*
+        }
+    };
+}
+
+recv_api! {
     /// Receive the next message, waiting for one. After the last message the
     /// peer posted, returns [`RecvError::Closed`] with the reason: this is
     /// the close event.
-    pub fn recv(&self) -> Result<Message<'_>, RecvError> {
-        self.recv_wait(Wait::Forever)
-    }
+    fn recv() => Wait::Forever;
 
     /// Receive a message if one is waiting; [`RecvError::Empty`] otherwise.
     /// When the ring is empty this makes one non-blocking system call to
     /// learn whether the peer is gone.
-    pub fn try_recv(&self) -> Result<Message<'_>, RecvError> {
-        self.recv_wait(Wait::No)
-    }
+    fn try_recv() => Wait::No;
 
     /// Receive a message, waiting at most `timeout` ([`RecvError::Timeout`]).
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Message<'_>, RecvError> {
-        self.recv_wait(Wait::after(timeout))
-    }
+    fn recv_timeout(timeout: Duration) => Wait::after(timeout);
+}
 
+impl PortReceiver {
     #[inline]
     fn recv_wait(&self, wait: Wait) -> Result<Message<'_>, RecvError> {
         let mut spin_until: Option<Instant> = None;
@@ -60,10 +77,10 @@ impl MessagePort {
                 return Err(RecvError::Closed(reason));
             }
             match wait {
-                Wait::No if !self.hung_up.get() => {
+                Wait::No if !self.shared.hung_up() => {
                     // One look at the socket: has the peer gone away?
                     self.drain_socket(false).map_err(RecvError::Io)?;
-                    if !self.hung_up.get() && self.broken.get().is_none() {
+                    if !self.shared.hung_up() && !self.shared.broken() {
                         return Err(RecvError::Empty);
                     }
                     continue;
@@ -72,7 +89,7 @@ impl MessagePort {
                 _ if wait.expired() => return Err(RecvError::Timeout),
                 _ => {}
             }
-            let spin_end = *spin_until.get_or_insert_with(|| Instant::now() + self.spin.get());
+            let spin_end = *spin_until.get_or_insert_with(|| Instant::now() + self.shared.spin());
             match self.spin_for_record(spin_end) {
                 Spun::Ready => continue,
                 Spun::Look => {
@@ -89,7 +106,7 @@ impl MessagePort {
                     continue;
                 }
                 drop(rx);
-                let r = self.sleep(wait);
+                let r = self.shared.sleep(Half::Receiver, wait, false);
                 self.rx.borrow().end_sleep();
                 r.map_err(RecvError::Io)?;
             }
@@ -124,21 +141,38 @@ impl MessagePort {
         }
     }
 
+    #[cfg(feature = "tokio")]
+    /// Spin (up to the port's spin time) until `has_event`; returns whether
+    /// it did. Looks at the socket every [`LOOK_EVERY`].
+    pub(super) fn spin_for_event(&self) -> std::io::Result<bool> {
+        let until = Instant::now() + self.shared.spin();
+        loop {
+            if self.has_event() {
+                return Ok(true);
+            }
+            match self.spin_for_record(until) {
+                Spun::Ready => {}
+                Spun::Look => self.drain_socket(false)?,
+                Spun::TimeUp => return Ok(self.has_event()),
+            }
+        }
+    }
+
     /// The close reason, if the ring is empty and the peer is gone.
     #[inline]
     fn close_reason(&self) -> Option<CloseReason> {
-        if self.broken.get().is_some() {
+        if self.shared.broken() {
             return Some(CloseReason::ProtocolError);
         }
         let rx = self.rx.borrow();
         // The closed flag (Acquire) or the hang-up comes after the peer's
         // last commit: re-check the ring after seeing either.
-        let gone = rx.producer_closed() || self.hung_up.get();
+        let gone = rx.producer_closed() || self.shared.hung_up();
         if gone && !rx.ready() {
             drop(rx);
             // Take in what is still queued on the socket (a reset peer
             // leaves it there), so that orphans are dropped below.
-            if !self.eof.get() {
+            if !self.shared.eof() {
                 let _ = self.drain_socket(false);
             }
             // No record will come for attachments still in the inbox: the
@@ -146,7 +180,8 @@ impl MessagePort {
             // Drop the ports they carry now (no closed flag: their far
             // peers see `PeerDied`, as the process holding them died) rather
             // than when this port drops.
-            self.inbox.borrow_mut().clear();
+            let orphans: Vec<_> = self.shared.inbox().drain(..).collect();
+            drop(orphans);
             return Some(self.peer_gone_reason());
         }
         None
@@ -159,7 +194,7 @@ impl MessagePort {
         let mut rx = self.rx.borrow_mut();
         if rx.unpublished() && rx.publish_head() {
             drop(rx);
-            let _ = self.wake_peer();
+            let _ = self.shared.wake_peer();
         }
     }
 
@@ -169,14 +204,14 @@ impl MessagePort {
         let mut rx = self.rx.borrow_mut();
         if rx.release(pos, end) && rx.publish_head() {
             drop(rx);
-            let _ = self.wake_peer();
+            let _ = self.shared.wake_peer();
         }
     }
 
     /// Take the next record and make it a message.
     #[inline]
     fn take(&self) -> Result<Option<Message<'_>>, RecvError> {
-        if self.broken.get().is_some() {
+        if self.shared.broken() {
             return Err(RecvError::Closed(CloseReason::ProtocolError));
         }
         let r = self.rx.borrow_mut().take();
@@ -205,16 +240,19 @@ impl MessagePort {
     /// The record needs its attachment: take it from the inbox (or the
     /// socket), check it matches the record, map an out-of-line payload.
     fn with_attachment(&self, rec: &Record) -> Result<(Body, Vec<PortParts>), RecvError> {
-        if self.inbox.borrow().is_empty() {
+        if self.shared.inbox().is_empty() {
             // If the socket fails now, this record's attachment may still be
             // queued and would pair with the next record: stop reading.
             self.drain_socket(true).map_err(|e| {
-                self.broken
-                    .set(Some(Corrupt("socket failed while an attachment was due")));
+                let _ = self
+                    .shared
+                    .broken
+                    .set(Corrupt("socket failed while an attachment was due"));
                 RecvError::Io(e)
             })?;
         }
-        let Some(att) = self.inbox.borrow_mut().pop_front() else {
+        let next = self.shared.inbox().pop_front();
+        let Some(att) = next else {
             return Err(RecvError::Closed(
                 self.corrupt(Corrupt("record without its attachment")),
             ));

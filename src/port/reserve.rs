@@ -1,61 +1,24 @@
 //! Zero-copy posting of raw bytes: reserve room in the ring, write into it
 //! in place, commit.
 
-use std::time::Duration;
-
-use super::{MessagePort, Wait};
+use super::{PortReceiver, PortSender, Wait};
 use crate::error::PostError;
 use crate::ring::Slot;
 
-impl MessagePort {
-    /// Reserve `len` bytes in the ring for a raw message, waiting for room
-    /// if the ring is full. Write the payload into
-    /// [`Reservation::bytes_mut`], then [`commit`](Reservation::commit) it;
-    /// dropping the reservation abandons it and the peer sees nothing.
-    ///
-    /// Only messages that fit in the ring can be reserved
-    /// ([`max_inline_payload`](MessagePort::max_inline_payload));
-    /// [`PostError::TooLarge`] otherwise. While a reservation is live, other
-    /// posts on this port fail with [`PostError::Reserved`].
-    ///
-    /// ```
-    /// use shmport::MessageChannel;
-    ///
-    /// let (a, b) = MessageChannel::new()?.into_ports();
-    /// let mut r = a.reserve_bytes(5)?;
-    /// r.bytes_mut().copy_from_slice(b"hello");
-    /// r.commit()?;
-    /// assert_eq!(b.recv()?.bytes(), b"hello");
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn reserve_bytes(&self, len: usize) -> Result<Reservation<'_>, PostError> {
-        self.reserve_raw(len, Wait::Forever)
-    }
-
-    /// [`reserve_bytes`](MessagePort::reserve_bytes) if there is room now;
-    /// [`PostError::Full`] otherwise.
-    pub fn try_reserve_bytes(&self, len: usize) -> Result<Reservation<'_>, PostError> {
-        self.reserve_raw(len, Wait::No)
-    }
-
-    /// [`reserve_bytes`](MessagePort::reserve_bytes), waiting at most
-    /// `timeout` for room ([`PostError::Timeout`]).
-    pub fn reserve_bytes_timeout(
+impl PortSender {
+    pub(super) fn reserve_raw(
         &self,
         len: usize,
-        timeout: Duration,
+        wait: Wait,
+        rx: Option<&PortReceiver>,
     ) -> Result<Reservation<'_>, PostError> {
-        self.reserve_raw(len, Wait::after(timeout))
-    }
-
-    fn reserve_raw(&self, len: usize, wait: Wait) -> Result<Reservation<'_>, PostError> {
         self.check_not_reserved()?;
         let max = self.max_inline_payload();
         if len > max {
             return Err(PostError::TooLarge { len, max });
         }
         self.check_postable()?;
-        let slot = self.reserve(len, wait)?;
+        let slot = self.reserve(len, wait, rx)?;
         self.reserving.set(true);
         Ok(Reservation {
             port: self,
@@ -66,12 +29,12 @@ impl MessagePort {
 }
 
 /// Room for one raw message, reserved in the ring by
-/// [`MessagePort::reserve_bytes`]. The bytes are shared memory the peer
+/// [`MessagePort::reserve_bytes`](crate::MessagePort::reserve_bytes). The bytes are shared memory the peer
 /// cannot see until [`commit`](Reservation::commit); dropping the
 /// reservation abandons it.
 #[must_use = "a reservation that is not committed sends nothing"]
 pub struct Reservation<'p> {
-    port: &'p MessagePort,
+    port: &'p PortSender,
     slot: Slot,
     len: usize,
 }

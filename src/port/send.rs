@@ -1,12 +1,18 @@
 //! Posting: reserve, serialize in place, attach descriptors, commit, wake.
+//!
+//! The work is done by the sending half ([`PortSender`]); a whole
+//! [`MessagePort`] passes its receiving half along, so that a post that
+//! waits for room first publishes the room this port's own receiving side
+//! released (the peer may be waiting for it).
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rkyv::rancor;
 
 use super::recv::LOOK_EVERY;
-use super::{MAX_PORTS, MessagePort, Wait};
+use super::{Half, MAX_PORTS, MessagePort, PortReceiver, PortSender, Reservation, Wait};
 use crate::error::{PostError, TransferError};
 use crate::fault;
 use crate::layout::OOL_DESCRIPTOR;
@@ -15,49 +21,70 @@ use crate::ser::{Postable, RecordWriter, fingerprint};
 use crate::sys;
 use crate::transfer::{Attachment, PortParts};
 
-impl MessagePort {
-    // ---------------------------------------------------------------- post
+/// The posting API, on [`MessagePort`] and on [`PortSender`] alike: each
+/// entry names the method, its parameters, and the internal call (which
+/// gets the receiving half, if any, as its last argument).
+macro_rules! post_api {
+    ($(
+        $(#[$doc:meta])*
+        fn $name:ident $(<$g:ident: $bound:path>)? ($($arg:ident: $ty:ty),*) -> $ret:ty
+            => $inner:ident($($call:expr),*);
+    )*) => {
+        impl MessagePort {
+            $(
+                $(#[$doc])*
+                pub fn $name $(<$g: $bound>)? (&self, $($arg: $ty),*) -> $ret {
+                    self.tx.$inner($($call,)* Some(&self.rx))
+                }
+            )*
+        }
 
+        impl PortSender {
+            $(
+                $(#[$doc])*
+                pub fn $name $(<$g: $bound>)? (&self, $($arg: $ty),*) -> $ret {
+                    self.$inner($($call,)* None)
+                }
+            )*
+        }
+    };
+}
+
+post_api! {
     /// Post `value` as a typed message, waiting for room if the ring is
     /// full. The value is serialized straight into shared memory.
     ///
     /// Fails with [`PostError::Closed`] when the peer is gone (the value was
     /// only borrowed: the caller still has it).
-    pub fn post<T: Postable>(&self, value: &T) -> Result<(), PostError> {
-        self.post_typed(value, Wait::Forever)
-    }
+    fn post<T: Postable>(value: &T) -> Result<(), PostError>
+        => post_typed(value, Wait::Forever);
 
     /// Post `value` if there is room now; [`PostError::Full`] otherwise.
-    pub fn try_post<T: Postable>(&self, value: &T) -> Result<(), PostError> {
-        self.post_typed(value, Wait::No)
-    }
+    fn try_post<T: Postable>(value: &T) -> Result<(), PostError>
+        => post_typed(value, Wait::No);
 
     /// Post `value`, waiting at most `timeout` for room
     /// ([`PostError::Timeout`]).
-    pub fn post_timeout<T: Postable>(&self, value: &T, timeout: Duration) -> Result<(), PostError> {
-        self.post_typed(value, Wait::after(timeout))
-    }
+    fn post_timeout<T: Postable>(value: &T, timeout: Duration) -> Result<(), PostError>
+        => post_typed(value, Wait::after(timeout));
 
     /// Post opaque bytes, waiting for room if the ring is full.
-    pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
-        self.post_raw(bytes, Wait::Forever)
-    }
+    fn post_bytes(bytes: &[u8]) -> Result<(), PostError>
+        => post_raw(bytes, Wait::Forever);
 
     /// Post opaque bytes if there is room now; [`PostError::Full`] otherwise.
-    pub fn try_post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
-        self.post_raw(bytes, Wait::No)
-    }
+    fn try_post_bytes(bytes: &[u8]) -> Result<(), PostError>
+        => post_raw(bytes, Wait::No);
 
     /// Post opaque bytes, waiting at most `timeout` for room.
-    pub fn post_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<(), PostError> {
-        self.post_raw(bytes, Wait::after(timeout))
-    }
+    fn post_bytes_timeout(bytes: &[u8], timeout: Duration) -> Result<(), PostError>
+        => post_raw(bytes, Wait::after(timeout));
 
-    #[inline]
     /// Post `value` with `ports` attached (like `postMessage(message,
     /// [ports])`): the receiver takes them from the message, in the same
-    /// order, as working ports ([`Message::take_ports`](crate::Message::take_ports)). Messages already
-    /// queued on a transferred port, and ports inside them, move with it.
+    /// order, as working ports ([`Message::take_ports`](crate::Message::take_ports)).
+    /// Messages already queued on a transferred port, and ports inside
+    /// them, move with it.
     ///
     /// Atomic: on any error nothing is sent and every port comes back in
     /// the error. This port's own peer cannot be sent over it
@@ -75,47 +102,79 @@ impl MessagePort {
     /// assert_eq!(got.recv()?.bytes(), b"hello");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn post_with_ports<T: Postable>(
+    fn post_with_ports<T: Postable>(value: &T, ports: Vec<MessagePort>) -> Result<(), TransferError>
+        => transfer_typed(value, ports, Wait::Forever);
+
+    /// `post_with_ports` for raw bytes.
+    fn post_bytes_with_ports(bytes: &[u8], ports: Vec<MessagePort>) -> Result<(), TransferError>
+        => transfer_raw(bytes, ports, Wait::Forever);
+
+    /// `post_with_ports` without waiting for room ([`PostError::Full`]).
+    fn try_post_with_ports<T: Postable>(value: &T, ports: Vec<MessagePort>) -> Result<(), TransferError>
+        => transfer_typed(value, ports, Wait::No);
+
+    /// `post_bytes_with_ports` without waiting for room
+    /// ([`PostError::Full`]).
+    fn try_post_bytes_with_ports(bytes: &[u8], ports: Vec<MessagePort>) -> Result<(), TransferError>
+        => transfer_raw(bytes, ports, Wait::No);
+
+    /// Reserve `len` bytes in the ring for a raw message, waiting for room
+    /// if the ring is full. Write the payload into
+    /// [`Reservation::bytes_mut`], then [`commit`](Reservation::commit) it;
+    /// dropping the reservation abandons it and the peer sees nothing.
+    ///
+    /// Only messages that fit in the ring can be reserved
+    /// (`max_inline_payload`); [`PostError::TooLarge`] otherwise. While a
+    /// reservation is live, other posts on this port fail with
+    /// [`PostError::Reserved`].
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    ///
+    /// let (a, b) = MessageChannel::new()?.into_ports();
+    /// let mut r = a.reserve_bytes(5)?;
+    /// r.bytes_mut().copy_from_slice(b"hello");
+    /// r.commit()?;
+    /// assert_eq!(b.recv()?.bytes(), b"hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn reserve_bytes(len: usize) -> Result<Reservation<'_>, PostError>
+        => reserve_raw(len, Wait::Forever);
+
+    /// `reserve_bytes` if there is room now; [`PostError::Full`] otherwise.
+    fn try_reserve_bytes(len: usize) -> Result<Reservation<'_>, PostError>
+        => reserve_raw(len, Wait::No);
+
+    /// `reserve_bytes`, waiting at most `timeout` for room
+    /// ([`PostError::Timeout`]).
+    fn reserve_bytes_timeout(len: usize, timeout: Duration) -> Result<Reservation<'_>, PostError>
+        => reserve_raw(len, Wait::after(timeout));
+}
+
+impl PortSender {
+    fn transfer_typed<T: Postable>(
         &self,
         value: &T,
         ports: Vec<MessagePort>,
+        wait: Wait,
+        rx: Option<&PortReceiver>,
     ) -> Result<(), TransferError> {
-        let meta = typed_meta::<T>();
-        self.transfer(meta, 0, Wait::Forever, ports, |w| self.serialize(value, w))
+        let fill = |w: &mut RecordWriter| self.serialize(value, w);
+        self.transfer(typed_meta::<T>(), 0, wait, ports, fill, rx)
     }
 
-    /// [`post_with_ports`](MessagePort::post_with_ports) for raw bytes.
-    pub fn post_bytes_with_ports(
+    fn transfer_raw(
         &self,
         bytes: &[u8],
         ports: Vec<MessagePort>,
+        wait: Wait,
+        rx: Option<&PortReceiver>,
     ) -> Result<(), TransferError> {
-        self.transfer(RAW_META, bytes.len(), Wait::Forever, ports, |w| {
-            w.put(bytes)
-        })
+        let fill = |w: &mut RecordWriter| w.put(bytes);
+        self.transfer(RAW_META, bytes.len(), wait, ports, fill, rx)
     }
 
-    /// [`post_with_ports`](MessagePort::post_with_ports) without waiting for
-    /// room ([`PostError::Full`]).
-    pub fn try_post_with_ports<T: Postable>(
-        &self,
-        value: &T,
-        ports: Vec<MessagePort>,
-    ) -> Result<(), TransferError> {
-        let meta = typed_meta::<T>();
-        self.transfer(meta, 0, Wait::No, ports, |w| self.serialize(value, w))
-    }
-
-    /// [`post_bytes_with_ports`](MessagePort::post_bytes_with_ports)
-    /// without waiting for room ([`PostError::Full`]).
-    pub fn try_post_bytes_with_ports(
-        &self,
-        bytes: &[u8],
-        ports: Vec<MessagePort>,
-    ) -> Result<(), TransferError> {
-        self.transfer(RAW_META, bytes.len(), Wait::No, ports, |w| w.put(bytes))
-    }
-
+    #[allow(clippy::too_many_arguments)]
     fn transfer(
         &self,
         mut meta: RecordMeta,
@@ -123,9 +182,10 @@ impl MessagePort {
         wait: Wait,
         ports: Vec<MessagePort>,
         fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
+        rx: Option<&PortReceiver>,
     ) -> Result<(), TransferError> {
         let refuse = |error, ports| Err(TransferError { error, ports });
-        if ports.iter().any(|p| self.is_peer(p)) {
+        if ports.iter().any(|p| p.is_peer_of(&self.shared)) {
             return refuse(PostError::PeerInTransfer, ports);
         }
         if ports.len() > MAX_PORTS {
@@ -133,7 +193,7 @@ impl MessagePort {
         }
         meta.nports = ports.len() as u16;
         let parts = ports.into_iter().map(MessagePort::into_parts).collect();
-        self.send_record(meta, size_hint, wait, fill, parts)
+        self.send_record(meta, size_hint, wait, fill, parts, rx)
             .map_err(|(error, parts)| TransferError {
                 error,
                 ports: reassemble(parts),
@@ -146,19 +206,31 @@ impl MessagePort {
             .map(|_| ())
     }
 
-    fn post_typed<T: Postable>(&self, value: &T, wait: Wait) -> Result<(), PostError> {
+    fn post_typed<T: Postable>(
+        &self,
+        value: &T,
+        wait: Wait,
+        rx: Option<&PortReceiver>,
+    ) -> Result<(), PostError> {
         self.send_record(
             typed_meta::<T>(),
             0,
             wait,
             |w| self.serialize(value, w),
             Vec::new(),
+            rx,
         )
         .map_err(|(e, _)| e)
     }
 
-    fn post_raw(&self, bytes: &[u8], wait: Wait) -> Result<(), PostError> {
-        self.send_record(RAW_META, bytes.len(), wait, |w| w.put(bytes), Vec::new())
+    fn post_raw(
+        &self,
+        bytes: &[u8],
+        wait: Wait,
+        rx: Option<&PortReceiver>,
+    ) -> Result<(), PostError> {
+        let fill = |w: &mut RecordWriter| w.put(bytes);
+        self.send_record(RAW_META, bytes.len(), wait, fill, Vec::new(), rx)
             .map_err(|(e, _)| e)
     }
 
@@ -174,6 +246,7 @@ impl MessagePort {
         wait: Wait,
         mut fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
         ports: Vec<PortParts>,
+        rx: Option<&PortReceiver>,
     ) -> Result<(), (PostError, Vec<PortParts>)> {
         if let Err(e) = self
             .check_not_reserved()
@@ -184,7 +257,7 @@ impl MessagePort {
         let max = self.max_inline_payload();
         let mut need = size_hint;
         while need <= max {
-            let slot = match self.reserve(need, wait) {
+            let slot = match self.reserve(need, wait, rx) {
                 Ok(s) => s,
                 Err(e) => return Err((e, ports)),
             };
@@ -201,7 +274,7 @@ impl MessagePort {
                             lost: false,
                         };
                         fault::reach(fault::Point::BeforeAttachment);
-                        if let Err(e) = self.send_attachment(&att, wait) {
+                        if let Err(e) = self.send_attachment(&att, wait, rx) {
                             return Err((e, att.ports));
                         }
                         fault::reach(fault::Point::AfterAttachment);
@@ -215,7 +288,7 @@ impl MessagePort {
                 },
             }
         }
-        self.send_out_of_line(meta, need, wait, fill, ports)
+        self.send_out_of_line(meta, need, wait, fill, ports, rx)
     }
 
     /// A message too large for the ring: serialize it into its own memfd,
@@ -228,8 +301,9 @@ impl MessagePort {
         wait: Wait,
         mut fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
         ports: Vec<PortParts>,
+        rx: Option<&PortReceiver>,
     ) -> Result<(), (PostError, Vec<PortParts>)> {
-        let slot = match self.reserve(OOL_DESCRIPTOR, wait) {
+        let slot = match self.reserve(OOL_DESCRIPTOR, wait, rx) {
             Ok(s) => s,
             Err(e) => return Err((e, ports)),
         };
@@ -251,7 +325,7 @@ impl MessagePort {
             lost: false,
         };
         fault::reach(fault::Point::BeforeAttachment);
-        if let Err(e) = self.send_attachment(&att, wait) {
+        if let Err(e) = self.send_attachment(&att, wait, rx) {
             return Err((e, att.ports));
         }
         fault::reach(fault::Point::AfterAttachment);
@@ -263,12 +337,17 @@ impl MessagePort {
             .map_err(|e| (e, Vec::new()))
     }
 
-    fn send_attachment(&self, att: &Attachment, wait: Wait) -> Result<(), PostError> {
+    fn send_attachment(
+        &self,
+        att: &Attachment,
+        wait: Wait,
+        rx: Option<&PortReceiver>,
+    ) -> Result<(), PostError> {
         let mut body = Vec::new();
         let mut fds = Vec::new();
         att.encode(&mut body, &mut fds);
         loop {
-            match sys::socket::send_attachment(&*self.sock, &body, &fds, false) {
+            match sys::socket::send_attachment(&self.shared.sock, &body, &fds, false) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The peer has not taken earlier attachments in yet.
@@ -278,15 +357,19 @@ impl MessagePort {
                     if wait.expired() {
                         return Err(PostError::Timeout);
                     }
-                    let ready = sys::socket::wait(&*self.sock, true, wait.remaining())
-                        .map_err(PostError::Io)?;
-                    if ready.readable || ready.hung_up {
-                        self.drain_socket(false).map_err(PostError::Io)?;
-                        self.check_postable()?;
+                    if let Some(rx) = rx {
+                        // Our peer may be waiting for room we released.
+                        rx.flush_releases();
                     }
+                    // Until the socket takes messages again (or the peer
+                    // goes): takes in what it holds meanwhile.
+                    self.shared
+                        .sleep(Half::Sender, wait, true)
+                        .map_err(PostError::Io)?;
+                    self.check_postable()?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                    self.hung_up.set(true);
+                    self.shared.hung_up.store(true, Ordering::Release);
                     return Err(PostError::Closed(self.peer_gone_reason()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
@@ -309,7 +392,12 @@ impl MessagePort {
     /// A slot with room for at least `need` payload bytes, waiting as `wait`
     /// allows: spin, then sleep on the socket until the consumer frees room.
     #[inline]
-    pub(super) fn reserve(&self, need: usize, wait: Wait) -> Result<Slot, PostError> {
+    pub(super) fn reserve(
+        &self,
+        need: usize,
+        wait: Wait,
+        rx: Option<&PortReceiver>,
+    ) -> Result<Slot, PostError> {
         let mut spin_until: Option<Instant> = None;
         let mut look_at: Option<Instant> = None;
         loop {
@@ -328,26 +416,28 @@ impl MessagePort {
                 return Err(PostError::Timeout);
             }
             let now = Instant::now();
-            let spin_end = *spin_until.get_or_insert_with(|| now + self.spin.get());
+            let spin_end = *spin_until.get_or_insert_with(|| now + self.shared.spin());
             if now < spin_end {
                 // Only the socket learns of a peer killed while we spin.
                 let look = look_at.get_or_insert(now + LOOK_EVERY);
                 if now >= *look {
-                    self.drain_socket(false).map_err(PostError::Io)?;
+                    self.drain_socket().map_err(PostError::Io)?;
                     *look = now + LOOK_EVERY;
                 }
                 std::hint::spin_loop();
                 continue;
             }
             // Our peer may itself be waiting for room we released.
-            self.flush_releases();
+            if let Some(rx) = rx {
+                rx.flush_releases();
+            }
             let sleep = self
                 .tx
                 .borrow_mut()
                 .prepare_wait(need)
                 .map_err(|c| PostError::Closed(self.corrupt(c)))?;
             if sleep {
-                let r = self.sleep(wait);
+                let r = self.shared.sleep(Half::Sender, wait, false);
                 self.tx.borrow().end_wait();
                 r.map_err(PostError::Io)?;
             }

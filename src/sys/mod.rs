@@ -9,6 +9,7 @@
 //! - [`child`]: what runs between `fork` and `exec` of a spawned peer.
 
 pub mod child;
+pub mod kick;
 mod mapping;
 pub mod membarrier;
 pub mod memfd;

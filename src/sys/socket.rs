@@ -178,6 +178,16 @@ pub struct Ready {
 /// Wait until the socket is readable (or writable, if asked), or until
 /// `timeout` passes (`None`: no limit).
 pub fn wait(fd: impl AsFd, writable: bool, timeout: Option<Duration>) -> io::Result<Ready> {
+    wait_or(fd, None, writable, timeout)
+}
+
+/// [`wait`], also returning when `kick` is readable.
+pub fn wait_or(
+    fd: impl AsFd,
+    kick: Option<BorrowedFd<'_>>,
+    writable: bool,
+    timeout: Option<Duration>,
+) -> io::Result<Ready> {
     let mut events = PollFlags::IN;
     if writable {
         events |= PollFlags::OUT;
@@ -186,9 +196,20 @@ pub fn wait(fd: impl AsFd, writable: bool, timeout: Option<Duration>) -> io::Res
         tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
         tv_nsec: d.subsec_nanos() as _,
     });
-    let mut pfd = [PollFd::new(&fd, events)];
+    let fd = fd.as_fd();
+    let mut pfd = [
+        PollFd::new(&fd, events),
+        PollFd::new(&fd, PollFlags::empty()),
+    ];
+    let n = match &kick {
+        Some(k) => {
+            pfd[1] = PollFd::new(k, PollFlags::IN);
+            2
+        }
+        None => 1,
+    };
     loop {
-        match poll(&mut pfd, ts.as_ref()) {
+        match poll(&mut pfd[..n], ts.as_ref()) {
             Ok(_) => break,
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
