@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example worker_offload            # a few seconds
 //! cargo run --release --example worker_offload -- --quick # under a second
+//! cargo run --release --features tokio --example worker_offload -- --async-worker
 //! ```
 //!
 //! This program re-executes itself for each role
@@ -22,7 +23,10 @@
 //! - **worker** serves every client at once, fairly, from one thread: a
 //!   [`PortSet`] holds its port to main and one port per client. Each
 //!   request is real work: the sum of the squares of 4096 numbers, read in
-//!   place from shared memory.
+//!   place from shared memory. With `--async-worker` (feature `tokio`) the
+//!   worker is async instead: one tokio task per client on a single-thread
+//!   runtime, each awaiting its port through the reactor (no thread per
+//!   client).
 //! - **app** asks for a worker channel, then keeps a few requests in flight
 //!   for its run time, checks every answer against a closed form, and prints
 //!   its requests per second.
@@ -133,16 +137,26 @@ fn main() -> Result<()> {
     if let Ok(role) = std::env::var(ROLE_ENV) {
         return match role.as_str() {
             "worker" => worker(),
+            "worker-async" => async_worker::run(),
             "app" => app(),
             "plugin" => plugin(),
             other => Err(format!("{ROLE_ENV}={other:?}: unknown role").into()),
         };
     }
     let mut quick = false;
+    let mut worker_role = "worker";
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--quick" => quick = true,
-            other => return Err(format!("unknown argument {other:?} (try --quick)").into()),
+            "--async-worker" if cfg!(feature = "tokio") => worker_role = "worker-async",
+            "--async-worker" => {
+                return Err("--async-worker needs the tokio feature (--features tokio)".into());
+            }
+            other => {
+                return Err(
+                    format!("unknown argument {other:?} (try --quick, --async-worker)").into(),
+                );
+            }
         }
     }
     let run = if quick {
@@ -150,7 +164,7 @@ fn main() -> Result<()> {
     } else {
         Duration::from_secs(2)
     };
-    main_process(run)
+    main_process(run, worker_role)
 }
 
 // ------------------------------------------------------------------ main
@@ -184,10 +198,10 @@ struct Main {
     run: Duration,
 }
 
-fn main_process(run: Duration) -> Result<()> {
+fn main_process(run: Duration, worker_role: &str) -> Result<()> {
     let started = Instant::now();
     let mut set = PortSet::new()?;
-    let (child, port) = shmport::spawn(role_command("worker"))?;
+    let (child, port) = shmport::spawn(role_command(worker_role))?;
     let worker = set.add(port)?;
     let mut main = Main {
         set,
@@ -200,7 +214,10 @@ fn main_process(run: Duration) -> Result<()> {
         kind: Kind::Worker,
         child: Reaped::new(child),
     };
-    println!("main: started the hidden worker (pid {})", proc.child.id());
+    println!(
+        "main: started the hidden {worker_role} (pid {})",
+        proc.child.id()
+    );
     main.procs.insert(worker, proc);
 
     // The first app1 would run until it is reloaded (killed), however
@@ -500,6 +517,121 @@ fn worker() -> Result<()> {
     Ok(())
 }
 
+/// The worker as tokio tasks: the control port in the main task, one task
+/// per client. Same protocol, same counts, same summary as [`worker`].
+#[cfg(feature = "tokio")]
+mod async_worker {
+    use std::time::Instant;
+
+    use shmport::aio::AsyncPort;
+    use shmport::{MessagePort, PostError, RecvError};
+
+    use super::{
+        Answer, ArchivedToWorker, ClientSummary, Job, Result, ToWorker, WorkerSummary, sum_job,
+    };
+
+    pub fn run() -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(serve_all())
+    }
+
+    async fn serve_all() -> Result<()> {
+        let mut control = AsyncPort::new(MessagePort::from_parent()?)?;
+        let mut clients = Vec::new();
+        let mut first: Option<Instant> = None;
+        let open = loop {
+            let mut msg = match control.recv().await {
+                Ok(m) => m,
+                Err(RecvError::Closed(_)) => break false,
+                Err(e) => return Err(e.into()),
+            };
+            let (name, pid) = match msg.get::<ToWorker>()? {
+                ArchivedToWorker::NewClient { name, pid } => (name.to_string(), pid.to_native()),
+                ArchivedToWorker::Shutdown => break true,
+            };
+            let port = msg
+                .take_ports()?
+                .pop()
+                .ok_or("worker: a new client without a port")?;
+            drop(msg);
+            println!("worker: new client {name} (pid {pid})");
+            first.get_or_insert_with(Instant::now);
+            let port = AsyncPort::new(port)?;
+            clients.push(tokio::spawn(serve_client(name, pid, port)));
+        };
+        let mut done = Vec::new();
+        for c in clients {
+            done.push(c.await?);
+        }
+        if open {
+            let span = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+            let summary = WorkerSummary {
+                clients: done,
+                span_secs: span,
+            };
+            control.post(&summary).await?;
+            // Wait for main to close its port, so that it reads the summary.
+            while control.recv().await.is_ok() {}
+        }
+        Ok(())
+    }
+
+    /// Answer this client's jobs until its close event.
+    async fn serve_client(name: String, pid: u32, mut port: AsyncPort) -> ClientSummary {
+        let since = Instant::now();
+        let mut requests = 0;
+        let ended = loop {
+            let answer = match port.recv().await {
+                Ok(msg) => match msg.get::<Job>() {
+                    // Read in place; the message is dropped before the
+                    // next await.
+                    Ok(job) => Answer {
+                        id: job.id.to_native(),
+                        sum_of_squares: sum_job(job),
+                    },
+                    Err(e) => break format!("bad request: {e}"),
+                },
+                Err(RecvError::Closed(reason)) => break reason.to_string(),
+                Err(e) => break e.to_string(),
+            };
+            match port.post(&answer).await {
+                Ok(()) => {}
+                Err(PostError::Closed(reason)) => break reason.to_string(),
+                Err(e) => break e.to_string(),
+            }
+            requests += 1;
+        };
+        println!("worker: client {name} (pid {pid}) left ({ended}) after {requests} requests");
+        ClientSummary {
+            name,
+            pid,
+            requests,
+            secs: since.elapsed().as_secs_f64(),
+            ended,
+        }
+    }
+}
+
+#[cfg(not(feature = "tokio"))]
+mod async_worker {
+    pub fn run() -> super::Result<()> {
+        Err("the async worker needs the tokio feature".into())
+    }
+}
+
+/// The sum of the squares of a job's numbers, read in place.
+fn sum_job(job: &ArchivedJob) -> f64 {
+    job.data
+        .iter()
+        .map(|x| {
+            let x = x.to_native();
+            x * x
+        })
+        .sum()
+}
+
 /// What came on the worker's port to main.
 enum Control {
     Nothing,
@@ -539,14 +671,7 @@ fn serve(port: &MessagePort) -> Result<bool, String> {
     let job = msg.get::<Job>().map_err(|e| format!("bad request: {e}"))?;
     let id = job.id.to_native();
     // Read in place, in shared memory.
-    let sum_of_squares = job
-        .data
-        .iter()
-        .map(|x| {
-            let x = x.to_native();
-            x * x
-        })
-        .sum();
+    let sum_of_squares = sum_job(job);
     drop(msg);
     match port.post(&Answer { id, sum_of_squares }) {
         Ok(()) => Ok(true),

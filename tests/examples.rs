@@ -63,6 +63,9 @@ fn example(name: &str) -> PathBuf {
     cargo
         .current_dir(root)
         .args(["build", "--quiet", "--example", name]);
+    if cfg!(feature = "tokio") {
+        cargo.args(["--features", "tokio"]);
+    }
     if profile_dir.file_name().is_some_and(|d| d == "release") {
         cargo.arg("--release");
     }
@@ -102,7 +105,10 @@ fn processes_with(marker: &str) -> Vec<(u32, String)> {
 /// Returns its standard output.
 fn run(name: &str, args: &[&str]) -> String {
     let path = example(name);
-    let marker = format!("{}-{name}", std::process::id());
+    // Unique per run: runs of one example may overlap (parallel tests).
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let marker = format!("{}-{name}-{n}", std::process::id());
     let started = Instant::now();
     let mut child = Command::new(&path)
         .args(args)
@@ -252,8 +258,19 @@ fn forward_delivers_everything_posted_before_during_and_after_the_hop() {
 
 #[test]
 fn worker_offload_serves_checked_apps_directly_and_refuses_the_plugin() {
-    let out = run("worker_offload", &["--quick"]);
+    check_worker_offload(&run("worker_offload", &["--quick"]));
+}
 
+/// The same, with the async worker (one tokio task per client).
+#[cfg(feature = "tokio")]
+#[test]
+fn worker_offload_with_the_async_worker() {
+    let out = run("worker_offload", &["--quick", "--async-worker"]);
+    assert!(out.contains("started the hidden worker-async"), "{out}");
+    check_worker_offload(&out);
+}
+
+fn check_worker_offload(out: &str) {
     // Each app that ran to its end checked every answer.
     let apps: Vec<(u64, u64)> = out
         .lines()
