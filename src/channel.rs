@@ -4,7 +4,7 @@ use std::io;
 use std::time::Duration;
 
 use crate::layout::{MAX_CAPACITY, MIN_CAPACITY};
-use crate::port::{DEFAULT_SPIN, MessagePort, Side};
+use crate::port::{DEFAULT_SPIN, MessagePort, Side, Trust};
 use crate::segment::Segment;
 use crate::sys;
 
@@ -67,6 +67,7 @@ impl MessageChannel {
 pub struct ChannelBuilder {
     capacity: usize,
     spin: Duration,
+    trust: Trust,
 }
 
 impl Default for ChannelBuilder {
@@ -82,6 +83,7 @@ impl ChannelBuilder {
         ChannelBuilder {
             capacity: DEFAULT_CAPACITY,
             spin: DEFAULT_SPIN,
+            trust: Trust::Validated,
         }
     }
 
@@ -101,6 +103,14 @@ impl ChannelBuilder {
         self
     }
 
+    /// The trust mode of the ports this builder makes ([`Trust`]; default
+    /// [`Trust::Validated`]). A port keeps its mode only in this process:
+    /// one that travels starts validated where it lands.
+    pub fn trust(mut self, trust: Trust) -> Self {
+        self.trust = trust;
+        self
+    }
+
     /// Make the channel.
     pub fn build(&self) -> io::Result<MessageChannel> {
         let (port1, port2) = self.pair()?;
@@ -112,7 +122,13 @@ impl ChannelBuilder {
         let (sa, sb) = sys::socket::pair()?;
         let a = MessagePort::from_parts(seg.clone(), Side::A, sa, self.spin).map_err(fresh)?;
         let b = MessagePort::from_parts(seg, Side::B, sb, self.spin).map_err(fresh)?;
+        a.set_trust(self.trust);
+        b.set_trust(self.trust);
         Ok((a, b))
+    }
+
+    pub(crate) fn trust_mode(&self) -> Trust {
+        self.trust
     }
 
     pub(crate) fn spin_time(&self) -> Duration {

@@ -41,6 +41,9 @@ pub enum RecvError {
     /// The operating system refused a call (for example mapping an
     /// out-of-line message when out of memory or descriptors).
     Io(io::Error),
+    /// This message was refused by the port's trust mode (see
+    /// [`Trust::Untrusted`](crate::Trust::Untrusted)); the port goes on.
+    Refused(&'static str),
 }
 
 impl fmt::Display for RecvError {
@@ -50,6 +53,7 @@ impl fmt::Display for RecvError {
             RecvError::Timeout => f.write_str("timed out waiting for a message"),
             RecvError::Closed(r) => write!(f, "port closed: {r}"),
             RecvError::Io(e) => write!(f, "receive failed: {e}"),
+            RecvError::Refused(why) => write!(f, "message refused: {why}"),
         }
     }
 }
@@ -170,6 +174,9 @@ pub enum AccessError {
     },
     /// The bytes are not a valid archive of the type (rkyv's validation).
     Invalid(rkyv::rancor::Error),
+    /// Fewer bytes than the archived type's root
+    /// ([`Message::get_unchecked`](crate::Message::get_unchecked)).
+    TooShort,
 }
 
 impl fmt::Display for AccessError {
@@ -181,6 +188,7 @@ impl fmt::Display for AccessError {
                 "type mismatch: asked for fingerprint {expected:#018x}, message has {found:#018x}"
             ),
             AccessError::Invalid(e) => write!(f, "invalid archive: {e}"),
+            AccessError::TooShort => f.write_str("message shorter than the archived type"),
         }
     }
 }

@@ -77,7 +77,9 @@ pub use error::{
     AccessError, CloseReason, OpenError, PostError, RecvError, TakePortsError, TransferError,
 };
 pub use message::{Message, OwnedMessage, Receivable};
-pub use port::{DEFAULT_SPIN, MAX_PORTS, MessagePort, PortReceiver, PortSender, Reservation};
+pub use port::{
+    DEFAULT_SPIN, MAX_PORTS, MessagePort, PortReceiver, PortSender, Reservation, Trust,
+};
 pub use port_set::PortSet;
 pub use rendezvous::{
     ConnectError, Credentials, DEFAULT_CONNECT_TIMEOUT, Incoming, Listener, connect,

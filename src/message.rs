@@ -20,6 +20,8 @@ pub(crate) struct Body {
     pub(crate) ptr: NonNull<u8>,
     pub(crate) len: usize,
     pub(crate) map: Option<Mapping>,
+    /// A private copy (untrusted mode): `ptr` points into it.
+    pub(crate) copy: Option<rkyv::util::AlignedVec<16>>,
 }
 
 /// A value that can be read from a typed message: its archived form can be
@@ -49,6 +51,8 @@ pub struct Message<'p> {
     meta: RecordMeta,
     body: Body,
     ports: Vec<PortParts>,
+    /// The record's ring space is still held (released on drop).
+    holds_ring: bool,
 }
 
 impl<'p> Message<'p> {
@@ -66,17 +70,36 @@ impl<'p> Message<'p> {
             meta: rec.meta,
             body,
             ports,
+            holds_ring: true,
         }
+    }
+
+    /// Untrusted mode: copy a payload that lies in the ring into private
+    /// memory and give the ring space back at once. From here on nothing
+    /// the peer writes to the ring can change what this message reads, so
+    /// validation holds (no time-of-check to time-of-use gap).
+    pub(crate) fn copy_out_of_ring(&mut self) {
+        if self.body.map.is_some() || !self.holds_ring {
+            return;
+        }
+        let mut copy = rkyv::util::AlignedVec::<16>::with_capacity(self.body.len);
+        copy.extend_from_slice(self.bytes());
+        // The copy's heap buffer does not move while it is owned here.
+        self.body.ptr = NonNull::new(copy.as_mut_ptr()).unwrap_or(NonNull::dangling());
+        self.body.copy = Some(copy);
+        self.holds_ring = false;
+        self.port.release(self.pos, self.end);
     }
 
     /// The payload: an rkyv archive for typed messages, the posted bytes
     /// for raw ones. Zero copy.
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr/len` lie either inside the ring's data area (checked
-        // when the record was taken; the producer does not write the record
-        // until this message releases it on drop) or inside `map`, a
-        // read-only mapping of at least `len` bytes of a memfd sealed against
-        // resizes (so no SIGBUS), owned by this message.
+        // SAFETY: `ptr/len` lie inside the ring's data area (checked when
+        // the record was taken; the producer does not write the record until
+        // this message releases it on drop), or inside `map`, a read-only
+        // mapping of at least `len` bytes of a memfd sealed against resizes
+        // (so no SIGBUS), or inside `copy` (`len` bytes): both owned by this
+        // message.
         unsafe { core::slice::from_raw_parts(self.body.ptr.as_ptr(), self.body.len) }
     }
 
@@ -136,6 +159,34 @@ impl<'p> Message<'p> {
         access::<T>(self.meta, self.bytes())
     }
 
+    /// The archived value without validation: only the message's kind and
+    /// `T`'s fingerprint are checked. For trusted peers, where validation
+    /// is measurable (large or deeply nested values).
+    ///
+    /// # Safety
+    /// The peer must have posted a valid archive of `T` (a process built
+    /// from the same code, posting `T` with [`MessagePort::post`]), and must
+    /// not write to the record after publishing it (the protocol forbids
+    /// it; only a hostile process would). Otherwise reading the value is
+    /// undefined behaviour. With [`Trust::Untrusted`](crate::Trust::Untrusted)
+    /// the second condition holds whatever the peer does.
+    pub unsafe fn get_unchecked<T: Archive>(&self) -> Result<&T::Archived, AccessError>
+    where
+        T::Archived: Portable,
+    {
+        check_type::<T>(self.meta)?;
+        let bytes = self.bytes();
+        if bytes.len() < core::mem::size_of::<T::Archived>() {
+            return Err(AccessError::TooShort);
+        }
+        // SAFETY: the caller promises `bytes` is a valid archive of `T` that
+        // nobody changes while borrowed; its length covers the root (checked
+        // above), and the payload is 16-byte aligned (ring records start at
+        // 32 bytes into a 64-byte aligned slot, out-of-line payloads and
+        // private copies at page or 16-byte boundaries).
+        Ok(unsafe { rkyv::access_unchecked::<T::Archived>(bytes) })
+    }
+
     /// Validate and deserialize into an owned `T` (a copy).
     pub fn deserialize<T>(&self) -> Result<T, AccessError>
     where
@@ -168,6 +219,12 @@ impl<'p> Message<'p> {
 /// Checks shared by [`Message::get`] and [`OwnedMessage::get`]: a typed
 /// message of `T`'s fingerprint whose bytes validate as `T`'s archive.
 fn access<T: Receivable>(meta: RecordMeta, bytes: &[u8]) -> Result<&T::Archived, AccessError> {
+    check_type::<T>(meta)?;
+    rkyv::access::<T::Archived, rancor::Error>(bytes).map_err(AccessError::Invalid)
+}
+
+/// Is the message a typed `T`?
+fn check_type<T: Archive>(meta: RecordMeta) -> Result<(), AccessError> {
     if meta.kind != Kind::Typed {
         return Err(AccessError::NotTyped);
     }
@@ -178,7 +235,7 @@ fn access<T: Receivable>(meta: RecordMeta, bytes: &[u8]) -> Result<&T::Archived,
             found: meta.fingerprint,
         });
     }
-    rkyv::access::<T::Archived, rancor::Error>(bytes).map_err(AccessError::Invalid)
+    Ok(())
 }
 
 /// A message copied out of the ring ([`Message::to_owned_message`]): it
@@ -247,7 +304,9 @@ impl Drop for Message<'_> {
         for p in self.ports.drain(..) {
             transfer::discard(p);
         }
-        self.port.release(self.pos, self.end);
+        if self.holds_ring {
+            self.port.release(self.pos, self.end);
+        }
     }
 }
 

@@ -228,6 +228,14 @@ impl OolBuffer {
     fn finish(mut self, len: usize) -> io::Result<OwnedFd> {
         self.flush()?;
         debug_assert_eq!(self.stage_at, len);
+        // The extra page references are transient: try a few times (an
+        // untrusted receiver refuses a payload without the write seal).
+        for _ in 0..3 {
+            match sys::memfd::seal(&self.fd, sys::memfd::OOL_SEALS) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::yield_now(),
+                r => return r.map(|()| self.fd),
+            }
+        }
         match sys::memfd::seal(&self.fd, sys::memfd::OOL_SEALS) {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 sys::memfd::seal(&self.fd, sys::memfd::SIZE_SEALS)?

@@ -285,3 +285,69 @@ fn reservations_write_in_place_and_keep_other_posts_out() {
         Err(PostError::Closed(CloseReason::Closed))
     ));
 }
+
+#[test]
+fn untrusted_ports_copy_each_record_and_free_its_ring_space_at_once() {
+    let (a, b) = MessageChannel::builder()
+        .capacity(4096)
+        .trust(shmport::Trust::Untrusted)
+        .build()
+        .unwrap()
+        .into_ports();
+    assert_eq!(b.trust(), shmport::Trust::Untrusted);
+    // Hold far more messages than the ring holds: each was copied out and
+    // its space given back when it was taken.
+    let mut held = Vec::new();
+    for i in 0..200i64 {
+        a.post(&Point {
+            x: i,
+            y: -i,
+            label: format!("point {i}"),
+        })
+        .unwrap();
+        held.push(b.recv().unwrap());
+    }
+    for (i, m) in held.iter().enumerate() {
+        let p = m.get::<Point>().unwrap();
+        assert_eq!((p.x.to_native(), p.y.to_native()), (i as i64, -(i as i64)));
+        assert_eq!(p.label.as_str(), format!("point {i}"));
+    }
+    // Raw, empty and out-of-line messages too.
+    a.post_bytes(b"").unwrap();
+    assert_eq!(b.recv().unwrap().bytes(), b"");
+    let big = vec![9u8; 10_000];
+    a.post_bytes(&big).unwrap();
+    let m = b.recv().unwrap();
+    assert!(m.is_out_of_line());
+    assert_eq!(m.bytes(), &big[..]);
+}
+
+#[test]
+fn unchecked_access_reads_the_same_value_and_still_checks_the_type() {
+    let (a, b) = MessageChannel::new().unwrap().into_ports();
+    let p = Point {
+        x: 1,
+        y: 2,
+        label: "one, two".into(),
+    };
+    a.post(&p).unwrap();
+    let m = b.recv().unwrap();
+    // SAFETY: posted just above by this process, as a `Point`; nobody
+    // writes to it afterwards.
+    let v = unsafe { m.get_unchecked::<Point>() }.unwrap();
+    assert_eq!(
+        (v.x.to_native(), v.y.to_native(), v.label.as_str()),
+        (1, 2, "one, two")
+    );
+    // SAFETY: the type check fails before anything is read.
+    let wrong = unsafe { m.get_unchecked::<u64>() };
+    assert!(matches!(wrong, Err(AccessError::TypeMismatch { .. })));
+    drop(m);
+    a.post_bytes(b"raw").unwrap();
+    let m = b.recv().unwrap();
+    // SAFETY: as above; raw bytes are refused by the kind check.
+    assert!(matches!(
+        unsafe { m.get_unchecked::<Point>() },
+        Err(AccessError::NotTyped)
+    ));
+}

@@ -13,6 +13,8 @@
 pub(crate) mod recv;
 mod reserve;
 mod send;
+#[cfg(test)]
+mod tests;
 
 pub use reserve::Reservation;
 
@@ -38,6 +40,32 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
 /// Most ports one message carries (each takes two of the socket message's
 /// 253 descriptors, and their inboxes may take more).
 pub const MAX_PORTS: usize = 100;
+
+/// How much a port trusts what its peer writes to shared memory.
+///
+/// In both modes every position, length and count read from the ring is
+/// checked, and a typed message is validated before it is read. They differ
+/// in what a peer that keeps writing to a record *after* publishing it can
+/// do, which the protocol forbids and only a hostile process would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Trust {
+    /// Zero copy: a message is read where the peer wrote it, validated in
+    /// place. Right for peers that follow the protocol (your own processes,
+    /// buggy or not: what they wrote before publishing is checked). A
+    /// hostile peer could rewrite a record between its validation and its
+    /// use; for a typed message that defeats the validation (its relative
+    /// pointers could be changed to point out of bounds). Use
+    /// [`Trust::Untrusted`] for such peers.
+    #[default]
+    Validated,
+    /// For peers that may be hostile: each record in the ring is copied
+    /// into private memory when it is taken (and its ring space released at
+    /// once), so validation holds; out-of-line payloads are accepted only in
+    /// memfds sealed against writing, refused otherwise
+    /// ([`RecvError::Refused`](crate::RecvError::Refused)). One copy per
+    /// inline message.
+    Untrusted,
+}
 
 /// Which side of the segment a port owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +308,7 @@ pub struct PortSender {
 pub struct PortReceiver {
     shared: Arc<Shared>,
     rx: RefCell<Consumer<SegmentRing>>,
+    trust: Cell<Trust>,
 }
 
 /// One end of a channel: post messages to the peer port, receive the
@@ -361,6 +390,7 @@ impl MessagePort {
             rx: PortReceiver {
                 shared,
                 rx: RefCell::new(rx),
+                trust: Cell::new(Trust::default()),
             },
         })
     }
@@ -419,6 +449,17 @@ impl MessagePort {
     #[inline]
     pub fn max_inline_payload(&self) -> usize {
         self.tx.max_inline_payload()
+    }
+
+    /// How this port treats what its peer writes (see [`Trust`]). A port
+    /// that arrives in a message starts [`Trust::Validated`].
+    pub fn set_trust(&self, trust: Trust) {
+        self.rx.set_trust(trust);
+    }
+
+    /// The port's trust mode.
+    pub fn trust(&self) -> Trust {
+        self.rx.trust()
     }
 
     /// Split into a sending and a receiving half, to use on two threads.
@@ -618,6 +659,16 @@ impl PortSender {
 }
 
 impl PortReceiver {
+    /// How this half treats what the peer writes (see [`Trust`]).
+    pub fn set_trust(&self, trust: Trust) {
+        self.trust.set(trust);
+    }
+
+    /// The trust mode.
+    pub fn trust(&self) -> Trust {
+        self.trust.get()
+    }
+
     /// Would `try_recv` return a message or the close event now?
     pub(crate) fn has_event(&self) -> bool {
         let sh = &self.shared;

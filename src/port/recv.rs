@@ -3,7 +3,7 @@
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use super::{Half, MessagePort, PortReceiver, Wait};
+use super::{Half, MessagePort, PortReceiver, Trust, Wait};
 use crate::error::{CloseReason, RecvError};
 use crate::layout::OOL_DESCRIPTOR;
 use crate::message::{Body, Message};
@@ -225,16 +225,31 @@ impl PortReceiver {
                 ptr: rec.payload,
                 len: rec.len,
                 map: None,
+                copy: None,
             };
-            return Ok(Some(Message::new(self, &rec, body, Vec::new())));
+            return Ok(Some(self.trusted(Message::new(
+                self,
+                &rec,
+                body,
+                Vec::new(),
+            ))));
         }
         match self.with_attachment(&rec) {
-            Ok((body, ports)) => Ok(Some(Message::new(self, &rec, body, ports))),
+            Ok((body, ports)) => Ok(Some(self.trusted(Message::new(self, &rec, body, ports)))),
             Err(e) => {
                 self.release(rec.pos, rec.end);
                 Err(e)
             }
         }
+    }
+
+    /// Apply the trust mode to a message just taken.
+    #[inline]
+    fn trusted<'p>(&'p self, mut m: Message<'p>) -> Message<'p> {
+        if self.trust.get() == Trust::Untrusted {
+            m.copy_out_of_ring();
+        }
+        m
     }
 
     /// The record needs its attachment: take it from the inbox (or the
@@ -275,6 +290,7 @@ impl PortReceiver {
                 ptr: rec.payload,
                 len: rec.len,
                 map: None,
+                copy: None,
             },
             Some(fd) => self.map_out_of_line(rec, fd)?,
         };
@@ -294,6 +310,15 @@ impl PortReceiver {
         let size = sys::memfd::checked_size(&fd, sys::memfd::SIZE_SEALS).map_err(|_| {
             RecvError::Closed(self.corrupt(Corrupt("out-of-line memfd not sealed")))
         })?;
+        if self.trust.get() == Trust::Untrusted
+            && sys::memfd::checked_size(&fd, sys::memfd::OOL_SEALS).is_err()
+        {
+            // Mapped as it is, the peer could still write to it after we
+            // validate it: refused (this message only).
+            return Err(RecvError::Refused(
+                "untrusted port: out-of-line payload not sealed against writes",
+            ));
+        }
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         if len > size || len == 0 {
             return Err(RecvError::Closed(
@@ -305,6 +330,7 @@ impl PortReceiver {
             ptr: map.ptr(),
             len,
             map: Some(map),
+            copy: None,
         })
     }
 }

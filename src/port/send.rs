@@ -337,7 +337,7 @@ impl PortSender {
             .map_err(|e| (e, Vec::new()))
     }
 
-    fn send_attachment(
+    pub(super) fn send_attachment(
         &self,
         att: &Attachment,
         wait: Wait,

@@ -1,0 +1,56 @@
+//! Port internals that only a misbehaving peer reaches: driven here through
+//! the sending half's own steps.
+
+use super::*;
+use crate::channel::MessageChannel;
+use crate::error::RecvError;
+use crate::layout::OOL_DESCRIPTOR;
+use crate::ring::{Kind, RecordMeta};
+
+/// Publish an out-of-line record whose memfd has only `seals`.
+fn post_out_of_line_with(a: &MessagePort, payload: &[u8], seals: rustix::fs::SealFlags) {
+    let fd = sys::memfd::create("test-ool", payload.len()).unwrap();
+    sys::memfd::write_all_at(&fd, payload, 0).unwrap();
+    sys::memfd::seal(&fd, seals).unwrap();
+    let tx = &a.tx;
+    let slot = tx.reserve(OOL_DESCRIPTOR, Wait::No, None).unwrap();
+    let att = Attachment {
+        ool: Some(fd),
+        ports: Vec::new(),
+        lost: false,
+    };
+    tx.send_attachment(&att, Wait::No, None).unwrap();
+    // SAFETY: the slot holds at least OOL_DESCRIPTOR bytes, 32-byte aligned,
+    // written only by this producer until commit.
+    unsafe {
+        slot.payload
+            .cast::<u64>()
+            .as_ptr()
+            .write(payload.len() as u64)
+    };
+    let meta = RecordMeta {
+        kind: Kind::Raw,
+        out_of_line: true,
+        nports: 0,
+        fingerprint: 0,
+    };
+    tx.commit(slot, OOL_DESCRIPTOR, meta).unwrap();
+}
+
+#[test]
+fn untrusted_ports_refuse_out_of_line_payloads_that_can_still_be_written() {
+    let (a, b) = MessageChannel::new().unwrap().into_ports();
+    let payload = vec![3u8; 10_000];
+    // Without the write seal: a validated port takes it, an untrusted one
+    // refuses it (that message only).
+    post_out_of_line_with(&a, &payload, sys::memfd::SIZE_SEALS);
+    assert_eq!(b.recv().unwrap().bytes(), &payload[..]);
+    b.set_trust(Trust::Untrusted);
+    post_out_of_line_with(&a, &payload, sys::memfd::SIZE_SEALS);
+    assert!(matches!(b.recv(), Err(RecvError::Refused(_))));
+    // With it, accepted, and the port went on.
+    post_out_of_line_with(&a, &payload, sys::memfd::OOL_SEALS);
+    let m = b.recv().unwrap();
+    assert!(m.is_out_of_line());
+    assert_eq!(m.bytes(), &payload[..]);
+}
