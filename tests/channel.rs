@@ -345,9 +345,7 @@ fn unchecked_access_reads_the_same_value_and_still_checks_the_type() {
     drop(m);
     a.post_bytes(b"raw").unwrap();
     let m = b.recv().unwrap();
-    // SAFETY: as above; raw bytes are refused by the kind check.
-    assert!(matches!(
-        unsafe { m.get_unchecked::<Point>() },
-        Err(AccessError::NotTyped)
-    ));
+    // SAFETY: raw bytes are refused by the kind check before any read.
+    let raw = unsafe { m.get_unchecked::<Point>() };
+    assert!(matches!(raw, Err(AccessError::NotTyped)));
 }
