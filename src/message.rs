@@ -193,9 +193,9 @@ impl<'p> Message<'p> {
         T: Receivable,
         T::Archived: rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
     {
-        let archived = self.get::<T>()?;
-        rkyv::deserialize::<T, rancor::Error>(archived).map_err(AccessError::Invalid)
+        deserialize_archived(self.get::<T>()?)
     }
+
     /// Copy the message out of the ring (its bytes, aligned for typed
     /// access) with its ports taken, releasing the ring space at once. This
     /// is what a [`Stream`](crate::aio::MessageStream) yields: an owned value
@@ -221,6 +221,15 @@ impl<'p> Message<'p> {
 fn access<T: Receivable>(meta: RecordMeta, bytes: &[u8]) -> Result<&T::Archived, AccessError> {
     check_type::<T>(meta)?;
     rkyv::access::<T::Archived, rancor::Error>(bytes).map_err(AccessError::Invalid)
+}
+
+/// An owned `T` from its validated archive.
+fn deserialize_archived<T>(archived: &T::Archived) -> Result<T, AccessError>
+where
+    T: Receivable,
+    T::Archived: rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    rkyv::deserialize::<T, rancor::Error>(archived).map_err(AccessError::Invalid)
 }
 
 /// Is the message a typed `T`?
@@ -271,8 +280,7 @@ impl OwnedMessage {
         T: Receivable,
         T::Archived: rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
     {
-        let archived = self.get::<T>()?;
-        rkyv::deserialize::<T, rancor::Error>(archived).map_err(AccessError::Invalid)
+        deserialize_archived(self.get::<T>()?)
     }
 
     /// The ports that came with the message, in order. If one was not

@@ -170,6 +170,19 @@ impl Shared {
         self.eof.load(Ordering::Acquire)
     }
 
+    /// The close reason once the peer is gone: a protocol error if it broke
+    /// the protocol, `Closed` if it set the closed flag this half reads
+    /// (`closed`), else it died.
+    fn gone_reason(&self, closed: bool) -> CloseReason {
+        if self.broken() {
+            CloseReason::ProtocolError
+        } else if closed {
+            CloseReason::Closed
+        } else {
+            CloseReason::PeerDied
+        }
+    }
+
     fn corrupt(&self, c: Corrupt) -> CloseReason {
         let _ = self.broken.set(c);
         CloseReason::ProtocolError
@@ -633,13 +646,7 @@ impl PortSender {
     /// Why posts fail once the peer is gone: it stopped reading (closed
     /// its receiving side), broke the protocol, or died.
     fn peer_gone_reason(&self) -> CloseReason {
-        if self.shared.broken() {
-            CloseReason::ProtocolError
-        } else if self.tx.borrow().consumer_closed() {
-            CloseReason::Closed
-        } else {
-            CloseReason::PeerDied
-        }
+        self.shared.gone_reason(self.tx.borrow().consumer_closed())
     }
 
     fn corrupt(&self, c: Corrupt) -> CloseReason {
@@ -688,13 +695,7 @@ impl PortReceiver {
     /// Why the close event came: the peer closed its sending side, broke
     /// the protocol, or died.
     fn peer_gone_reason(&self) -> CloseReason {
-        if self.shared.broken() {
-            CloseReason::ProtocolError
-        } else if self.rx.borrow().producer_closed() {
-            CloseReason::Closed
-        } else {
-            CloseReason::PeerDied
-        }
+        self.shared.gone_reason(self.rx.borrow().producer_closed())
     }
 
     fn corrupt(&self, c: Corrupt) -> CloseReason {
