@@ -1,1 +1,76 @@
-//! C ABI for shmport (being written).
+//! shmport's C ABI: `libshmport.so` and `libshmport.a`, described by
+//! `include/shmport.h` (generated from this crate by cbindgen; see
+//! `ffi/cbindgen.toml`) and wrapped for C++ by `include/shmport.hpp`.
+//!
+//! Conventions (those of rustls-ffi):
+//!
+//! - every function returns a [`shmport_status`]; results go to output
+//!   parameters, written only on success; [`shmport_status_str`] gives the
+//!   text of a status;
+//! - handles are opaque pointers that are never dereferenced: each names a
+//!   slot in a registry, with a generation, so NULL, freed, closed,
+//!   transferred and foreign handles are refused with a status
+//!   ([`registry`]);
+//! - each kind of handle has one release function, which accepts NULL;
+//! - every entry point catches panics ([`boundary::guard`]).
+//!
+//! The borrow of Rust's `Message<'p>` on its port becomes a rule the
+//! functions check: a port with messages or a reservation outstanding
+//! cannot be closed or posted (`SHMPORT_ERR_BUSY`); a port and its messages
+//! are used by one thread at a time, as a `MessagePort` is `Send` but not
+//! `Sync`.
+
+#![cfg(target_os = "linux")]
+// The C names are the API: `shmport_port`, `shmport_status`, ...
+#![allow(non_camel_case_types)]
+
+mod boundary;
+mod message;
+mod port;
+mod process;
+mod registry;
+mod rendezvous;
+mod status;
+
+use std::ffi::c_char;
+
+pub use message::shmport_message;
+pub use port::shmport_port;
+pub use rendezvous::{shmport_credentials, shmport_incoming, shmport_listener};
+pub use status::shmport_status;
+
+/// `timeout_ns` value: do not wait.
+pub const SHMPORT_NO_WAIT: u64 = 0;
+
+/// `timeout_ns` value: wait as long as it takes.
+pub const SHMPORT_FOREVER: u64 = u64::MAX;
+
+/// Most ports one message carries.
+pub const SHMPORT_MAX_PORTS: usize = 100;
+
+/// `shmport_port_set_trust`: messages read in place, validated (default).
+pub const SHMPORT_TRUST_VALIDATED: u32 = 0;
+
+/// `shmport_port_set_trust`: each message copied to private memory when
+/// received, for a peer that may be hostile.
+pub const SHMPORT_TRUST_UNTRUSTED: u32 = 1;
+
+/// Default bytes per ring (each direction has its own).
+pub const SHMPORT_DEFAULT_CAPACITY: usize = 1048576;
+
+const _: () = {
+    assert!(SHMPORT_MAX_PORTS == shmport_core::MAX_PORTS);
+    assert!(SHMPORT_DEFAULT_CAPACITY == shmport_core::DEFAULT_CAPACITY);
+};
+
+/// The library's version, e.g. "0.1.0" (static; never free it).
+#[unsafe(no_mangle)]
+pub extern "C" fn shmport_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// A registry is full (a billion live handles of one kind): reported as
+/// running out of memory.
+fn no_memory() -> shmport_status {
+    status::io(&std::io::Error::from_raw_os_error(libc::ENOMEM))
+}

@@ -1,0 +1,185 @@
+//! Received messages: bytes read in place, ports taken out, freed once.
+
+use shmport_core::{Message, TakePortsError};
+
+use crate::boundary::{Out, guard, handle};
+use crate::port::{PortState, new_port_handle, shmport_port};
+use crate::registry::{Kind, Registry};
+use crate::status::shmport_status::{self, *};
+
+/// A received message. Opaque; made by `shmport_port_recv`, released by
+/// `shmport_message_free` (exactly once, before its port is closed or
+/// posted).
+pub struct shmport_message {
+    _opaque: [u8; 0],
+}
+
+/// What a message handle names: the message and the port it borrows.
+pub(crate) struct MessageState {
+    /// Borrows `port.port`; the port is not removed while this lives (its
+    /// `live` count is non-zero).
+    pub(crate) msg: Message<'static>,
+    pub(crate) port: &'static PortState,
+}
+
+pub(crate) static MESSAGES: Registry<MessageState> = Registry::new(Kind::Message);
+
+/// The message a handle names, for the current call only.
+fn message(msg: *mut shmport_message) -> Result<&'static mut MessageState, shmport_status> {
+    let h = handle(msg)?;
+    // SAFETY: used only during the current call (the contract of
+    // `Registry::get_mut`); the C contract keeps other threads off this
+    // message and its port during the call.
+    Ok(unsafe { MESSAGES.get_mut(h) }?)
+}
+
+/// The message's bytes, read in place: `*data` points to `*len` bytes that
+/// stay valid, unchanged, until `shmport_message_free`. When `*len` is 0,
+/// `*data` must not be dereferenced.
+///
+/// A message posted by a Rust process with `post_bytes` reads as exactly
+/// those bytes; one posted as a typed value reads as its rkyv archive
+/// (`shmport_message_fingerprint` tells them apart).
+///
+/// # Safety
+/// `data` and `len` are NULL or valid for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_message_bytes(
+    msg: *mut shmport_message,
+    data: *mut *const u8,
+    len: *mut usize,
+) -> shmport_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let (out_data, out_len) = unsafe { (Out::new(data)?, Out::new(len)?) };
+        let b = message(msg)?.msg.bytes();
+        out_data.put(b.as_ptr());
+        out_len.put(b.len());
+        Ok(())
+    })
+}
+
+/// The type fingerprint the sender attached, in `*fingerprint`: 0 for raw
+/// bytes (everything a C host posts), non-zero for a typed value posted by
+/// Rust.
+///
+/// # Safety
+/// `fingerprint` is NULL or valid for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_message_fingerprint(
+    msg: *mut shmport_message,
+    fingerprint: *mut u64,
+) -> shmport_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let out = unsafe { Out::new(fingerprint) }?;
+        out.put(message(msg)?.msg.fingerprint());
+        Ok(())
+    })
+}
+
+/// How many ports came with the message and were not taken yet, in
+/// `*count`.
+///
+/// # Safety
+/// `count` is NULL or valid for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_message_port_count(
+    msg: *mut shmport_message,
+    count: *mut usize,
+) -> shmport_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let out = unsafe { Out::new(count) }?;
+        out.put(message(msg)?.msg.port_count());
+        Ok(())
+    })
+}
+
+/// Take the ports that came with the message, in the order they were
+/// posted: they are written to `ports[0 .. *count]`, each a new port the
+/// caller closes (or posts) once. Ports not taken are closed when the
+/// message is freed (their peers see `SHMPORT_CLOSED`). A second call
+/// takes nothing (`*count` = 0).
+///
+/// `capacity` must be at least `shmport_message_port_count`
+/// (`SHMPORT_ERR_INVALID_ARGUMENT` otherwise, and nothing is taken).
+///
+/// If a received port is not valid (its segment or socket is not what a
+/// port's must be), it is closed and the call returns
+/// `SHMPORT_ERR_BAD_PORT` — and still writes the valid ports and their
+/// number, which the caller then owns: no good port is lost. This is the
+/// one function that writes its outputs on a failure.
+///
+/// # Safety
+/// `ports` is NULL (only if `capacity` is 0) or valid for writing
+/// `capacity` pointers; `count` is NULL or valid for writing. No other
+/// thread uses the message or its port during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_message_take_ports(
+    msg: *mut shmport_message,
+    ports: *mut *mut shmport_port,
+    capacity: usize,
+    count: *mut usize,
+) -> shmport_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let out_count = unsafe { Out::new(count) }?;
+        let m = message(msg)?;
+        let n = m.msg.port_count();
+        if n > capacity {
+            return Err(SHMPORT_ERR_INVALID_ARGUMENT);
+        }
+        if n > 0 && ports.is_null() {
+            return Err(SHMPORT_ERR_NULL);
+        }
+        let (taken, status) = match m.msg.take_ports() {
+            Ok(p) => (p, SHMPORT_OK),
+            Err(TakePortsError { ports, .. }) => (ports, SHMPORT_ERR_BAD_PORT),
+        };
+        let mut written = 0;
+        let mut result = Ok(());
+        for p in taken {
+            match new_port_handle(p) {
+                Ok(h) => {
+                    // SAFETY: `written < n <= capacity`, and `ports` is valid
+                    // for `capacity` writes (the contract).
+                    unsafe { ports.add(written).write(h) };
+                    written += 1;
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+        out_count.put(written);
+        result?;
+        if status == SHMPORT_OK {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    })
+}
+
+/// Free a message: its bytes are no longer valid, its ring space goes back
+/// to the sender, ports not taken from it are closed.
+///
+/// NULL is accepted and does nothing (`SHMPORT_OK`). A message already
+/// freed is `SHMPORT_ERR_BAD_HANDLE` (detected as long as its slot was not
+/// reused 2^23 times).
+///
+/// # Safety
+/// No other thread uses the message or its port during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_message_free(msg: *mut shmport_message) -> shmport_status {
+    if msg.is_null() {
+        return SHMPORT_OK;
+    }
+    guard(|| {
+        // SAFETY: no reference to the message outlives a call; this call
+        // alone uses the handle.
+        let (port, index) = unsafe { MESSAGES.drop_in_place(handle(msg)?, |m| m.port) }?;
+        port.remove_message();
+        MESSAGES.recycle(index, Some(&mut port.spare.borrow_mut()));
+        Ok(())
+    })
+}

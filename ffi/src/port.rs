@@ -1,0 +1,621 @@
+//! Ports: make a channel, post, receive, reserve, close.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::os::fd::{AsFd, AsRawFd};
+use std::ptr;
+
+use shmport_core::{ChannelBuilder, MessagePort, Reservation, TransferError, Trust};
+
+use crate::boundary::{Out, Wait, bytes, guard, handle, to_ptr};
+use crate::message::{MESSAGES, MessageState, shmport_message};
+use crate::registry::{Kind, Registry};
+use crate::status::shmport_status::{self, *};
+use crate::{SHMPORT_MAX_PORTS, SHMPORT_TRUST_UNTRUSTED, SHMPORT_TRUST_VALIDATED, no_memory};
+
+/// A port: one end of a channel. Opaque; made by `shmport_channel_new`,
+/// `shmport_spawn`, `shmport_port_from_parent`, `shmport_connect`,
+/// `shmport_incoming_accept` or `shmport_message_take_ports`; released by
+/// `shmport_port_close` or by posting it in a transfer list.
+pub struct shmport_port {
+    _opaque: [u8; 0],
+}
+
+/// What a port handle names.
+pub(crate) struct PortState {
+    /// The live reservation, if any. It borrows `port`, so it is declared
+    /// (and dropped) first; a port is never removed while it is `Some`.
+    reservation: RefCell<Option<Reservation<'static>>>,
+    /// Messages received from this port and not yet freed; a port is never
+    /// removed while this is non-zero (they borrow `port`).
+    live: Cell<usize>,
+    /// Message slots kept for this port's messages (no lock per message).
+    pub(crate) spare: RefCell<Vec<u32>>,
+    pub(crate) port: MessagePort,
+}
+
+impl PortState {
+    pub(crate) fn new(port: MessagePort) -> PortState {
+        PortState {
+            reservation: RefCell::new(None),
+            live: Cell::new(0),
+            spare: RefCell::new(Vec::new()),
+            port,
+        }
+    }
+
+    /// May the port be closed or moved?
+    fn check_idle(&self) -> Result<(), shmport_status> {
+        if self.live.get() != 0 || self.reservation.borrow().is_some() {
+            return Err(SHMPORT_ERR_BUSY);
+        }
+        Ok(())
+    }
+
+    /// One more message borrows the port.
+    pub(crate) fn add_message(&self) {
+        self.live.set(self.live.get() + 1);
+    }
+
+    /// A message that borrowed the port is gone.
+    pub(crate) fn remove_message(&self) {
+        self.live.set(self.live.get() - 1);
+    }
+
+    /// The port, for its new owner; the message slots it kept go back to
+    /// the shared list.
+    fn into_port(self) -> MessagePort {
+        MESSAGES.release_indices(self.spare.into_inner());
+        self.port
+    }
+}
+
+/// Ports by handle. `None` only while the port is taken out for a transfer
+/// (within one `shmport_port_post_with_ports` call).
+pub(crate) static PORTS: Registry<Option<PortState>> = Registry::new(Kind::Port);
+
+/// The port a handle names.
+///
+/// The reference is used only during the current call, or stored in a
+/// message or reservation of this port (which keep the port from being
+/// removed): the contract of [`Registry::get`].
+#[inline]
+pub(crate) fn port_state(port: *mut shmport_port) -> Result<&'static PortState, shmport_status> {
+    let h = handle(port)?;
+    // SAFETY: see above; the C contract keeps other threads off this handle
+    // during the call.
+    unsafe { PORTS.get(h) }?
+        .as_ref()
+        .ok_or(SHMPORT_ERR_BAD_HANDLE)
+}
+
+/// Take a port out of its slot, keeping its handle live: for closing
+/// (then `retire`) or for a transfer (then `restore` or `retire`).
+///
+/// # Safety
+/// The port is idle (no message or reservation refers to it) and no
+/// reference from [`port_state`] to it is used afterwards.
+unsafe fn take_out(port: *mut shmport_port) -> Result<PortState, shmport_status> {
+    // SAFETY: the caller's contract: nothing else refers to the slot.
+    unsafe { PORTS.get_mut(handle(port)?) }?
+        .take()
+        .ok_or(SHMPORT_ERR_BAD_HANDLE)
+}
+
+/// Put a port taken out back under its handle.
+///
+/// # Safety
+/// `port` was taken out by [`take_out`] in this call.
+unsafe fn restore(port: *mut shmport_port, state: PortState) -> Result<(), shmport_status> {
+    // SAFETY: the caller's contract: the slot is live and empty.
+    *unsafe { PORTS.get_mut(handle(port)?) }? = Some(state);
+    Ok(())
+}
+
+/// Release the handle of a port taken out.
+///
+/// # Safety
+/// `port` was taken out by [`take_out`] in this call.
+unsafe fn retire(port: *mut shmport_port) -> Result<(), shmport_status> {
+    // SAFETY: the caller's contract: the slot is live and empty, nothing
+    // refers to it.
+    let (_, index) = unsafe { PORTS.remove(handle(port)?) }?;
+    PORTS.recycle(index, None);
+    Ok(())
+}
+
+/// A new handle for a port.
+pub(crate) fn new_port_handle(port: MessagePort) -> Result<*mut shmport_port, shmport_status> {
+    PORTS
+        .insert(Some(PortState::new(port)), None)
+        .map(to_ptr)
+        .ok_or_else(no_memory)
+}
+
+/// Channel settings: `capacity` bytes per ring (0 for the default).
+pub(crate) fn builder(capacity: usize) -> ChannelBuilder {
+    let b = ChannelBuilder::new();
+    if capacity == 0 {
+        b
+    } else {
+        b.capacity(capacity)
+    }
+}
+
+/// Make a channel: two entangled ports. What one posts, the other receives,
+/// in order, in both directions.
+///
+/// `capacity`: bytes of each direction's ring, 0 for the default
+/// (`SHMPORT_DEFAULT_CAPACITY`, 1 MiB); rounded up to a power of two within
+/// 4 KiB..1 GiB. A message up to half the ring travels inside it; larger
+/// ones go out of line, each in its own sealed memfd.
+///
+/// On success `*port1` and `*port2` are two new ports, each to be closed
+/// with `shmport_port_close` (or posted to another port) exactly once.
+///
+/// # Safety
+/// `port1` and `port2` are NULL or valid for writing a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_channel_new(
+    capacity: usize,
+    port1: *mut *mut shmport_port,
+    port2: *mut *mut shmport_port,
+) -> shmport_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let (out1, out2) = unsafe { (Out::new(port1)?, Out::new(port2)?) };
+        let (a, b) = builder(capacity)
+            .build()
+            .map_err(|e| crate::status::io(&e))?
+            .into_ports();
+        let ha = new_port_handle(a)?;
+        let hb = match new_port_handle(b) {
+            Ok(h) => h,
+            Err(e) => {
+                // SAFETY: `ha` was made just above and handed to no one.
+                let state = unsafe { take_out(ha) }?;
+                // SAFETY: taken out just above.
+                unsafe { retire(ha) }?;
+                drop(state);
+                return Err(e);
+            }
+        };
+        out1.put(ha);
+        out2.put(hb);
+        Ok(())
+    })
+}
+
+/// Close a port and release its handle. The peer receives every message
+/// posted before, then the close event `SHMPORT_CLOSED`.
+///
+/// NULL is accepted and does nothing (`SHMPORT_OK`). A handle already
+/// closed or transferred is `SHMPORT_ERR_BAD_HANDLE` (detected as long as
+/// its slot was not reused 2^23 times). A port with messages not yet freed
+/// or a reservation not yet committed or cancelled is `SHMPORT_ERR_BUSY`:
+/// nothing is closed, free them first.
+///
+/// # Safety
+/// No other thread uses `port` or its messages during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_close(port: *mut shmport_port) -> shmport_status {
+    if port.is_null() {
+        return SHMPORT_OK;
+    }
+    guard(|| {
+        port_state(port)?.check_idle()?;
+        // SAFETY: the port has no messages and no reservation, so nothing
+        // holds a reference to its state; this call alone uses the handle.
+        let state = unsafe { take_out(port) }?;
+        // SAFETY: taken out just above.
+        unsafe { retire(port) }?;
+        drop(state.into_port());
+        Ok(())
+    })
+}
+
+/// Post `len` bytes from `data` to the peer (copied into the ring).
+///
+/// `timeout_ns`: how long to wait for room when the ring is full:
+/// `SHMPORT_NO_WAIT` (0) fails at once with `SHMPORT_FULL`,
+/// `SHMPORT_FOREVER` waits as long as it takes, any other value waits at
+/// most that many nanoseconds (`SHMPORT_TIMEOUT`). Messages of any size
+/// are accepted: those over half the ring go out of line.
+///
+/// Fails with a close status (`SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`,
+/// `SHMPORT_PROTOCOL_ERROR`) when the peer is gone, `SHMPORT_ERR_RESERVED`
+/// while a reservation is live. Nothing is sent on failure.
+///
+/// # Safety
+/// `data` is NULL (only if `len` is 0) or valid for reading `len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_post(
+    port: *mut shmport_port,
+    data: *const u8,
+    len: usize,
+    timeout_ns: u64,
+) -> shmport_status {
+    guard(|| {
+        let ps = port_state(port)?;
+        // SAFETY: the caller's contract.
+        let data = unsafe { bytes(data, len) }?;
+        match Wait::from_ns(timeout_ns) {
+            Wait::Forever => ps.port.post_bytes(data),
+            Wait::No => ps.port.try_post_bytes(data),
+            Wait::For(d) => ps.port.post_bytes_timeout(data, d),
+        }
+        .map_err(Into::into)
+    })
+}
+
+/// Post `len` bytes with `nports` ports attached (like `postMessage(data,
+/// [ports])`). The receiver takes them from the message, in this order, as
+/// working ports; messages already queued on them move with them.
+///
+/// Waits for room as long as it takes. Atomic: on success every port in
+/// `ports` is transferred and its handle is released (do not close it); on
+/// any failure nothing is sent and every handle in `ports` still names its
+/// port, owned by the caller.
+///
+/// Refused before anything happens: a NULL or stale handle in `ports`
+/// (`SHMPORT_ERR_NULL`, `SHMPORT_ERR_BAD_HANDLE`), `port` itself in the
+/// list (`SHMPORT_ERR_SELF_TRANSFER`), a port twice
+/// (`SHMPORT_ERR_INVALID_ARGUMENT`), a port with messages or a reservation
+/// outstanding (`SHMPORT_ERR_BUSY`), more than `SHMPORT_MAX_PORTS`
+/// (`SHMPORT_ERR_TOO_MANY_PORTS`), and `port`'s own entangled peer
+/// (`SHMPORT_ERR_PEER_IN_TRANSFER`).
+///
+/// # Safety
+/// `data` as for `shmport_port_post`; `ports` is NULL (only if `nports` is
+/// 0) or valid for reading `nports` handles. No other thread uses any of
+/// these ports during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_post_with_ports(
+    port: *mut shmport_port,
+    data: *const u8,
+    len: usize,
+    ports: *const *mut shmport_port,
+    nports: usize,
+) -> shmport_status {
+    guard(|| {
+        let ps = port_state(port)?;
+        let me = handle(port)?;
+        // SAFETY: the caller's contract.
+        let data = unsafe { bytes(data, len) }?;
+        if nports > SHMPORT_MAX_PORTS {
+            return Err(SHMPORT_ERR_TOO_MANY_PORTS);
+        }
+        let handles: &[*mut shmport_port] = if nports == 0 {
+            &[]
+        } else if ports.is_null() {
+            return Err(SHMPORT_ERR_NULL);
+        } else {
+            // SAFETY: non-NULL and valid for `nports` handles (the contract).
+            unsafe { std::slice::from_raw_parts(ports, nports) }
+        };
+        // Check everything before taking anything.
+        let mut seen = HashSet::with_capacity(nports);
+        for &p in handles {
+            let h = handle(p)?;
+            if h == me {
+                return Err(SHMPORT_ERR_SELF_TRANSFER);
+            }
+            port_state(p)?.check_idle()?;
+            if !seen.insert(h) {
+                return Err(SHMPORT_ERR_INVALID_ARGUMENT);
+            }
+        }
+        let mut spares = Vec::with_capacity(nports);
+        let mut moving = Vec::with_capacity(nports);
+        for &p in handles {
+            // SAFETY: checked live and idle above (no message or reservation
+            // refers to it); the handle stays live until restored or retired
+            // below.
+            let state = unsafe { take_out(p) }?;
+            spares.push(state.spare);
+            moving.push(state.port);
+        }
+        let result = ps.port.post_bytes_with_ports(data, moving);
+        match result {
+            Ok(()) => {
+                for (&p, spare) in handles.iter().zip(spares) {
+                    MESSAGES.release_indices(spare.into_inner());
+                    // SAFETY: taken out above, not restored.
+                    unsafe { retire(p) }?;
+                }
+                Ok(())
+            }
+            Err(TransferError { error, ports }) if ports.len() == nports => {
+                for ((&p, spare), back) in handles.iter().zip(spares).zip(ports) {
+                    let mut state = PortState::new(back);
+                    state.spare = spare;
+                    // SAFETY: taken out above, not restored. `ports` comes back
+                    // in the order it was given.
+                    unsafe { restore(p, state) }?;
+                }
+                Err(error.into())
+            }
+            Err(TransferError { error, ports }) => {
+                // Some port could not be rebuilt (the core only loses one
+                // when out of memory): which handle is which is unknown, so
+                // none stays live, and the ones that came back close.
+                drop(ports);
+                for (&p, spare) in handles.iter().zip(spares) {
+                    MESSAGES.release_indices(spare.into_inner());
+                    // SAFETY: taken out above, not restored.
+                    unsafe { retire(p) }?;
+                }
+                Err(error.into())
+            }
+        }
+    })
+}
+
+/// Receive the next message. On success `*msg` is a new message: its bytes
+/// are read in place with `shmport_message_bytes` and stay valid until
+/// `shmport_message_free`, which must be called exactly once, before the
+/// port is closed or posted.
+///
+/// `timeout_ns`: `SHMPORT_NO_WAIT` (0) returns `SHMPORT_EMPTY` at once if
+/// nothing is waiting, `SHMPORT_FOREVER` waits as long as it takes, other
+/// values wait at most that many nanoseconds (`SHMPORT_TIMEOUT`).
+///
+/// After the last message the peer posted, returns the close event: a close
+/// status (`SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`;
+/// see `shmport_status_is_close`), again on every later call.
+///
+/// Several messages may be held at once and freed in any order; the ring
+/// space of a message goes back to the sender when it is freed.
+///
+/// # Safety
+/// `msg` is NULL or valid for writing a pointer. No other thread uses
+/// `port` or its messages during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_recv(
+    port: *mut shmport_port,
+    timeout_ns: u64,
+    msg: *mut *mut shmport_message,
+) -> shmport_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let out = unsafe { Out::new(msg) }?;
+        let ps = port_state(port)?;
+        let slot = MESSAGES
+            .vacant(Some(&mut ps.spare.borrow_mut()))
+            .ok_or_else(no_memory)?;
+        let m = match Wait::from_ns(timeout_ns) {
+            Wait::Forever => ps.port.recv(),
+            Wait::No => ps.port.try_recv(),
+            Wait::For(d) => ps.port.recv_timeout(d),
+        };
+        match m {
+            Ok(msg) => {
+                ps.add_message();
+                out.put(to_ptr(slot.fill(MessageState { msg, port: ps })));
+                Ok(())
+            }
+            Err(e) => {
+                MESSAGES.recycle(slot.index, Some(&mut ps.spare.borrow_mut()));
+                Err(e.into())
+            }
+        }
+    })
+}
+
+/// Reserve `len` bytes in the ring for a message written in place
+/// (zero copy): on success `*data` points to `len` writable bytes (their
+/// contents unspecified), valid until `shmport_port_commit` or
+/// `shmport_port_cancel`. The peer sees nothing until the commit.
+///
+/// Only messages that fit in the ring can be reserved
+/// (`shmport_port_max_reservation`; `SHMPORT_ERR_TOO_LARGE` otherwise).
+/// While the reservation is live, posts and reservations on this port fail
+/// with `SHMPORT_ERR_RESERVED` and closing it with `SHMPORT_ERR_BUSY`.
+/// `timeout_ns` as for `shmport_port_post`.
+///
+/// # Safety
+/// `data` is NULL or valid for writing a pointer. No other thread uses
+/// `port` during the call or writes through `*data` after the reservation
+/// ends.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_reserve(
+    port: *mut shmport_port,
+    len: usize,
+    timeout_ns: u64,
+    data: *mut *mut u8,
+) -> shmport_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let out = unsafe { Out::new(data) }?;
+        let ps = port_state(port)?;
+        if ps.reservation.borrow().is_some() {
+            return Err(SHMPORT_ERR_RESERVED);
+        }
+        let mut r = match Wait::from_ns(timeout_ns) {
+            Wait::Forever => ps.port.reserve_bytes(len),
+            Wait::No => ps.port.try_reserve_bytes(len),
+            Wait::For(d) => ps.port.reserve_bytes_timeout(len, d),
+        }?;
+        let p = if len == 0 {
+            ptr::NonNull::dangling().as_ptr()
+        } else {
+            r.bytes_mut().as_mut_ptr()
+        };
+        *ps.reservation.borrow_mut() = Some(r);
+        out.put(p);
+        Ok(())
+    })
+}
+
+/// Publish the first `len` bytes of the live reservation as one message
+/// (`len` at most the reserved length, else `SHMPORT_ERR_INVALID_ARGUMENT`
+/// and the reservation stays live). The reservation ends whatever the
+/// outcome: on a close status the message is not delivered.
+///
+/// `SHMPORT_ERR_NO_RESERVATION` if the port has none.
+///
+/// # Safety
+/// No other thread uses `port` during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_commit(
+    port: *mut shmport_port,
+    len: usize,
+) -> shmport_status {
+    guard(|| {
+        let ps = port_state(port)?;
+        let mut slot = ps.reservation.borrow_mut();
+        match slot.as_ref() {
+            None => return Err(SHMPORT_ERR_NO_RESERVATION),
+            Some(r) if len > r.len() => return Err(SHMPORT_ERR_INVALID_ARGUMENT),
+            Some(_) => {}
+        }
+        let r = slot.take().ok_or(SHMPORT_ERR_NO_RESERVATION)?;
+        drop(slot);
+        r.commit_len(len).map_err(Into::into)
+    })
+}
+
+/// Abandon the live reservation: the peer sees nothing of it.
+/// `SHMPORT_ERR_NO_RESERVATION` if the port has none.
+///
+/// # Safety
+/// No other thread uses `port` during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_cancel(port: *mut shmport_port) -> shmport_status {
+    guard(|| {
+        let ps = port_state(port)?;
+        let r = ps
+            .reservation
+            .borrow_mut()
+            .take()
+            .ok_or(SHMPORT_ERR_NO_RESERVATION)?;
+        drop(r);
+        Ok(())
+    })
+}
+
+/// The largest reservation this port allows (half its ring, less a
+/// header), in `*len`.
+///
+/// # Safety
+/// `len` is NULL or valid for writing a `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_max_reservation(
+    port: *mut shmport_port,
+    len: *mut usize,
+) -> shmport_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let out = unsafe { Out::new(len) }?;
+        out.put(port_state(port)?.port.max_inline_payload());
+        Ok(())
+    })
+}
+
+/// How long blocking calls on this port spin (checking the ring, no system
+/// call) before they sleep, in nanoseconds (default 20 µs). 0 sleeps at
+/// once; a long spin gives the lowest latency and keeps a core busy while
+/// waiting.
+///
+/// # Safety
+/// No other thread uses `port` during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_set_spin(
+    port: *mut shmport_port,
+    spin_ns: u64,
+) -> shmport_status {
+    guard(|| {
+        port_state(port)?
+            .port
+            .set_spin(std::time::Duration::from_nanos(spin_ns));
+        Ok(())
+    })
+}
+
+/// How this port treats what its peer writes: `SHMPORT_TRUST_VALIDATED`
+/// (the default: messages are read in place, zero copy) or
+/// `SHMPORT_TRUST_UNTRUSTED` (for a peer that may be hostile: each message
+/// is copied into private memory when it is received, so the peer cannot
+/// change its bytes while they are read; out-of-line messages are accepted
+/// only in memfds sealed against writing, others are refused with
+/// `SHMPORT_ERR_MESSAGE_REFUSED`). Other values are
+/// `SHMPORT_ERR_INVALID_ARGUMENT`. A port taken from a message starts
+/// validated.
+///
+/// # Safety
+/// No other thread uses `port` during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_set_trust(
+    port: *mut shmport_port,
+    trust: u32,
+) -> shmport_status {
+    guard(|| {
+        let trust = match trust {
+            SHMPORT_TRUST_VALIDATED => Trust::Validated,
+            SHMPORT_TRUST_UNTRUSTED => Trust::Untrusted,
+            _ => return Err(SHMPORT_ERR_INVALID_ARGUMENT),
+        };
+        port_state(port)?.port.set_trust(trust);
+        Ok(())
+    })
+}
+
+/// The port's socket descriptor, in `*fd`, for `poll`/`epoll` in the host's
+/// own event loop (with `shmport_port_prepare_poll`). It stays owned by the
+/// port: do not close it or read from it; it is valid until the port is
+/// closed or posted.
+///
+/// It reports `POLLHUP` (and `POLLIN`) as soon as the peer is gone, closed
+/// or killed, and turns readable when the peer posts after
+/// `shmport_port_prepare_poll` said to wait.
+///
+/// # Safety
+/// `fd` is NULL or valid for writing an `int`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_fd(
+    port: *mut shmport_port,
+    fd: *mut std::ffi::c_int,
+) -> shmport_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let out = unsafe { Out::new(fd) }?;
+        out.put(port_state(port)?.port.as_fd().as_raw_fd());
+        Ok(())
+    })
+}
+
+/// Before the host's event loop waits on the port's descriptor
+/// (`shmport_port_fd`): announce that this side sleeps, so that the peer's
+/// next message writes a wake-up to the descriptor.
+///
+/// `*wait` is true when the loop may wait: the descriptor turns readable
+/// at the peer's next message, close or death. It is false when a message
+/// or the close event is already there: receive instead of waiting. Either
+/// way, receive with `SHMPORT_NO_WAIT` until `SHMPORT_EMPTY` (which also
+/// takes in the wake-up), then prepare again before the next wait:
+///
+/// ```c
+/// for (;;) {
+///   bool wait;
+///   shmport_port_prepare_poll(port, &wait);
+///   if (wait) poll(&(struct pollfd){.fd = fd, .events = POLLIN}, 1, -1);
+///   while ((st = shmport_port_recv(port, SHMPORT_NO_WAIT, &msg)) == SHMPORT_OK) { ... }
+///   if (st != SHMPORT_EMPTY) break;   /* the close event */
+/// }
+/// ```
+///
+/// # Safety
+/// `wait` is NULL or valid for writing a `bool`. No other thread uses
+/// `port` during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_prepare_poll(
+    port: *mut shmport_port,
+    wait: *mut bool,
+) -> shmport_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let out = unsafe { Out::new(wait) }?;
+        out.put(port_state(port)?.port.prepare_poll());
+        Ok(())
+    })
+}

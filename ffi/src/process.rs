@@ -1,0 +1,92 @@
+//! A second process: spawn a child with a port, adopt the port in the
+//! child.
+
+use std::ffi::c_char;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use shmport_core::MessagePort;
+
+use crate::boundary::{Out, guard, os_str, path};
+use crate::port::{builder, new_port_handle, shmport_port};
+use crate::status::{io, shmport_status};
+
+/// Start the program `file` with a new channel's other port passed to it;
+/// `*port` is this process's end, `*pid` the child's process id.
+///
+/// `file` is found on `PATH` when it has no slash. `argv` is the child's
+/// argument list, NULL-terminated; `argv[0]` is the name it sees for
+/// itself. `argv` may be NULL (then the child gets `file` as `argv[0]`).
+/// The child inherits this process's environment and standard streams, and
+/// no other descriptor but the port's two; it adopts its port with
+/// `shmport_port_from_parent`. `capacity` as for `shmport_channel_new`.
+///
+/// The child is not waited for: reap it with `waitpid(*pid, ...)`. If it
+/// dies, `*port` receives `SHMPORT_PEER_DIED` after its last message.
+///
+/// Fails with `SHMPORT_ERR_IO` (and `errno`, e.g. `ENOENT`) if the program
+/// cannot be started.
+///
+/// # Safety
+/// `file` and every `argv[i]` are NULL or NUL-terminated strings; `argv` is
+/// NULL or a NULL-terminated array; `port` and `pid` are NULL or valid for
+/// writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_spawn(
+    file: *const c_char,
+    argv: *const *const c_char,
+    capacity: usize,
+    port: *mut *mut shmport_port,
+    pid: *mut i32,
+) -> shmport_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let (out_port, out_pid, file) = unsafe { (Out::new(port)?, Out::new(pid)?, path(file)?) };
+        let mut cmd = Command::new(file);
+        if !argv.is_null() {
+            for i in 0.. {
+                // SAFETY: `argv` is a NULL-terminated array and no NULL was
+                // met before index `i`.
+                let arg = unsafe { *argv.add(i) };
+                if arg.is_null() {
+                    break;
+                }
+                // SAFETY: a NUL-terminated string (the contract).
+                let arg = unsafe { os_str(arg) }?;
+                if i == 0 {
+                    cmd.arg0(arg);
+                } else {
+                    cmd.arg(arg);
+                }
+            }
+        }
+        let (child, p) = builder(capacity).spawn(cmd).map_err(|e| io(&e))?;
+        let child_pid = child.id() as i32;
+        // Not waited for: the caller reaps it. Dropping `Child` neither
+        // kills nor waits.
+        drop(child);
+        out_port.put(new_port_handle(p)?);
+        out_pid.put(child_pid);
+        Ok(())
+    })
+}
+
+/// In a child started by `shmport_spawn` (from C or from Rust's
+/// `shmport::spawn`): adopt the port the parent passed, in `*port`.
+///
+/// Fails with `SHMPORT_ERR_NO_PORT` in a process that was not given one,
+/// `SHMPORT_ERR_ALREADY_ADOPTED` on a second call, `SHMPORT_ERR_BAD_PORT`
+/// when its descriptors or segment are not what they should be.
+///
+/// # Safety
+/// `port` is NULL or valid for writing a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_from_parent(port: *mut *mut shmport_port) -> shmport_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let out = unsafe { Out::new(port) }?;
+        let p = MessagePort::from_parent()?;
+        out.put(new_port_handle(p)?);
+        Ok(())
+    })
+}
