@@ -59,6 +59,8 @@ mod channel;
 mod error;
 #[doc(hidden)]
 pub mod fault;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod layout;
 mod message;
 mod port;

@@ -104,6 +104,10 @@ pub(crate) fn discard(parts: PortParts) {
     let _ = parts.assemble();
 }
 
+/// The longest spin a received port keeps from its sender (the receiver
+/// may set any spin afterwards).
+pub(crate) const MAX_RECEIVED_SPIN: Duration = Duration::from_secs(1);
+
 impl Attachment {
     /// Encode into `body` and the descriptor list `fds` (depth first).
     pub fn encode<'a>(&'a self, body: &mut Vec<u8>, fds: &mut Vec<BorrowedFd<'a>>) {
@@ -170,7 +174,10 @@ impl Attachment {
                 1 => Side::B,
                 _ => return Err(Corrupt("bad side in attachment")),
             };
-            let spin = Duration::from_nanos(u64::from_le_bytes(take::<8>(body)?));
+            // The sender's spin time comes along, at most MAX_RECEIVED_SPIN:
+            // a peer cannot make this process burn a core for ever.
+            let spin =
+                Duration::from_nanos(u64::from_le_bytes(take::<8>(body)?)).min(MAX_RECEIVED_SPIN);
             let inbox_len = u32::from_le_bytes(take::<4>(body)?);
             let sock = fds.next().ok_or(short)?;
             let mem = fds.next().ok_or(short)?;

@@ -596,6 +596,12 @@ impl<M: RingMemory> Consumer<M> {
                 if len != to_end - RECORD_HEADER {
                     return Err(Corrupt("padding does not reach the end of the lap"));
                 }
+                // As for a record: an honest producer pads only free space.
+                // Without this, padding taken while messages are held could
+                // run the head laps ahead, one queued span per lap.
+                if pos + to_end as u64 - self.released > self.cap {
+                    return Err(Corrupt("padding overruns unreleased space"));
+                }
                 self.head += to_end as u64;
                 self.release_span(pos, self.head);
                 continue;

@@ -149,7 +149,21 @@ pub fn recv(fd: impl AsFd, block: bool) -> io::Result<Incoming> {
         }
     }
     if got.bytes == 0 && received.is_empty() {
-        return Ok(Incoming::HungUp);
+        // End of file, or an empty message (which the protocol never
+        // sends): the kernel reports both alike. Only at the end is the
+        // peer's side shut down.
+        let mut pfd = [PollFd::new(&fd, PollFlags::RDHUP)];
+        let shut = match poll(&mut pfd, Some(&Timespec::default())) {
+            Ok(_) => pfd[0]
+                .revents()
+                .intersects(PollFlags::RDHUP | PollFlags::HUP),
+            Err(_) => true,
+        };
+        return Ok(if shut {
+            Incoming::HungUp
+        } else {
+            Incoming::Garbage
+        });
     }
     if got.flags.contains(ReturnFlags::TRUNC) {
         return Ok(Incoming::Garbage);

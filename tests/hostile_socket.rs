@@ -1,0 +1,575 @@
+//! A hostile peer on the socket side: wrong descriptor counts, descriptors
+//! of the wrong kind where a sealed memfd or a `SOCK_SEQPACKET` socket is
+//! required, truncated and oversized socket messages, attachments that do
+//! not match their records.
+//!
+//! The victim is a real port; its peer is raw (`shmport::fuzzing`): the
+//! segment and the socket, written as a hostile process would. Each case
+//! checks the error is the clear one (the port closes with `ProtocolError`,
+//! or that one message fails and the port goes on) and that no descriptor
+//! is left open once the victim and its messages are gone. The cases run
+//! one at a time (descriptor counts are per process).
+
+mod common;
+
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Mutex, MutexGuard};
+
+use rustix::fs::{MemfdFlags, SealFlags};
+use shmport::fuzzing::{RawPeer, victim_and_raw_peer};
+use shmport::layout::{HEADER_AREA, LAYOUT_VERSION, MAGIC};
+use shmport::ring::{Kind, RecordMeta};
+use shmport::{CloseReason, MessagePort, OpenError, PostError, RecvError, Trust};
+
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Run `case` and check that the descriptors open afterwards are exactly
+/// those open before.
+fn leaks_nothing(what: &str, case: impl FnOnce()) {
+    let before = common::open_fds();
+    case();
+    let after = common::open_fds();
+    assert_eq!(before, after, "{what}: descriptors left open");
+}
+
+/// Send one raw `SOCK_SEQPACKET` message with `fds` attached.
+fn send(peer: &RawPeer, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
+    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(fds)));
+    }
+    rustix::net::sendmsg(
+        peer.sock(),
+        &[IoSlice::new(bytes)],
+        &mut control,
+        rustix::net::SendFlags::NOSIGNAL,
+    )
+    .unwrap();
+}
+
+/// An attachment: the tag, then `body`.
+fn attach(peer: &RawPeer, body: &[u8], fds: &[BorrowedFd<'_>]) {
+    let mut b = vec![b'A'];
+    b.extend_from_slice(body);
+    send(peer, &b, fds);
+}
+
+/// The attachment body of `nports` ports (side A, no spin, empty inbox),
+/// with or without an out-of-line memfd.
+fn ports_body(ool: bool, nports: u16) -> Vec<u8> {
+    let mut b = vec![ool as u8];
+    b.extend_from_slice(&nports.to_le_bytes());
+    for _ in 0..nports {
+        b.push(0);
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+    }
+    b
+}
+
+fn meta(out_of_line: bool, nports: u16) -> RecordMeta {
+    RecordMeta {
+        kind: Kind::Raw,
+        out_of_line,
+        nports,
+        fingerprint: 0,
+    }
+}
+
+fn memfd(content: &[u8], size: usize, seals: SealFlags) -> OwnedFd {
+    let fd = rustix::fs::memfd_create("hostile", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .unwrap();
+    rustix::fs::ftruncate(&fd, size as u64).unwrap();
+    rustix::io::pwrite(&fd, content, 0).unwrap();
+    if !seals.is_empty() {
+        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+    }
+    fd
+}
+
+const SIZE_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap()
+}
+
+fn sockets(ty: rustix::net::SocketType) -> (OwnedFd, OwnedFd) {
+    rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        ty,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap()
+}
+
+fn tmpfile() -> OwnedFd {
+    let fd = rustix::fs::open(
+        std::env::temp_dir(),
+        rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+    )
+    .unwrap();
+    rustix::fs::ftruncate(&fd, 4096).unwrap();
+    fd
+}
+
+/// A memfd laid out as a segment header with `magic`, sealed.
+fn fake_segment(magic: u64) -> OwnedFd {
+    let cap = 4096u64;
+    let mut h = Vec::new();
+    h.extend_from_slice(&magic.to_le_bytes());
+    h.extend_from_slice(&LAYOUT_VERSION.to_le_bytes());
+    h.extend_from_slice(&(HEADER_AREA as u32).to_le_bytes());
+    h.extend_from_slice(&cap.to_le_bytes());
+    h.extend_from_slice(&(HEADER_AREA as u64 + 2 * cap).to_le_bytes());
+    memfd(&h, HEADER_AREA + 2 * cap as usize, SIZE_SEALS)
+}
+
+/// The port is closed for protocol error, both ways, and the process's
+/// other ports work.
+fn assert_protocol_error(what: &str, victim: &MessagePort) {
+    let got = victim.try_recv();
+    assert!(
+        matches!(got, Err(RecvError::Closed(CloseReason::ProtocolError))),
+        "{what}: {got:?}"
+    );
+    assert!(
+        matches!(
+            victim.try_post_bytes(b"x"),
+            Err(PostError::Closed(CloseReason::ProtocolError))
+        ),
+        "{what}: posts must fail too"
+    );
+    let (a, b) = shmport::MessageChannel::new().unwrap().into_ports();
+    a.post_bytes(what.as_bytes()).unwrap();
+    assert_eq!(b.try_recv().unwrap().bytes(), what.as_bytes());
+}
+
+#[test]
+fn an_out_of_line_descriptor_of_the_wrong_kind_is_a_protocol_error() {
+    let _g = serial();
+    type Make = fn() -> (OwnedFd, Option<OwnedFd>);
+    let cases: [(&str, Make); 7] = [
+        ("a regular file", || (tmpfile(), None)),
+        ("a pipe", || {
+            let (r, w) = pipe();
+            (r, Some(w))
+        }),
+        ("a memfd without seals", || {
+            (memfd(b"payload", 4096, SealFlags::empty()), None)
+        }),
+        ("a memfd sealed against growing only", || {
+            (memfd(b"payload", 4096, SealFlags::GROW), None)
+        }),
+        ("a sealed memfd shorter than the record says", || {
+            (memfd(b"short", 5, SIZE_SEALS), None)
+        }),
+        ("a socket", || {
+            let (a, b) = sockets(rustix::net::SocketType::SEQPACKET);
+            (a, Some(b))
+        }),
+        ("/dev/null", || {
+            let fd = rustix::fs::open(
+                "/dev/null",
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .unwrap();
+            (fd, None)
+        }),
+    ];
+    for (what, make) in cases {
+        leaks_nothing(what, || {
+            let (victim, mut peer) = victim_and_raw_peer(4096).unwrap();
+            let (fd, other) = make();
+            attach(&peer, &ports_body(true, 0), &[fd.as_fd()]);
+            drop(fd);
+            // The record: an out-of-line descriptor saying 4000 bytes.
+            peer.commit(meta(true, 0), &4000u64.to_le_bytes()).unwrap();
+            assert_protocol_error(what, &victim);
+            drop((victim, peer, other));
+        });
+    }
+}
+
+#[test]
+fn an_out_of_line_payload_without_the_write_seal_is_refused_when_untrusted() {
+    let _g = serial();
+    leaks_nothing("write seal", || {
+        let (victim, mut peer) = victim_and_raw_peer(4096).unwrap();
+        victim.set_trust(Trust::Untrusted);
+        // Sealed against resizing but not against writing: the peer could
+        // change the bytes after the victim validated them.
+        let fd = memfd(b"mutable payload", 4096, SIZE_SEALS);
+        attach(&peer, &ports_body(true, 0), &[fd.as_fd()]);
+        drop(fd);
+        peer.commit(meta(true, 0), &15u64.to_le_bytes()).unwrap();
+        assert!(matches!(victim.try_recv(), Err(RecvError::Refused(_))));
+        // That message only: the port goes on.
+        let fd = memfd(b"sealed payload", 4096, SIZE_SEALS | SealFlags::WRITE);
+        attach(&peer, &ports_body(true, 0), &[fd.as_fd()]);
+        drop(fd);
+        peer.commit(meta(true, 0), &14u64.to_le_bytes()).unwrap();
+        let m = victim.try_recv().unwrap();
+        assert!(m.is_out_of_line());
+        assert_eq!(m.bytes(), b"sealed payload");
+        drop(m);
+        drop((victim, peer));
+    });
+}
+
+#[test]
+fn wrong_descriptor_counts_are_protocol_errors_and_leak_nothing() {
+    let _g = serial();
+    // (what, socket message, number of memfds attached, the record's
+    // out-of-line flag and port count)
+    let cases: Vec<(&str, Vec<u8>, usize, bool, u16)> = vec![
+        (
+            "out of line, no descriptor",
+            [&b"A"[..], &ports_body(true, 0)].concat(),
+            0,
+            true,
+            0,
+        ),
+        (
+            "no ports, three descriptors",
+            [&b"A"[..], &ports_body(false, 0)].concat(),
+            3,
+            false,
+            1,
+        ),
+        (
+            "one port, one descriptor",
+            [&b"A"[..], &ports_body(false, 1)].concat(),
+            1,
+            false,
+            1,
+        ),
+        (
+            "two ports, three descriptors",
+            [&b"A"[..], &ports_body(false, 2)].concat(),
+            3,
+            false,
+            2,
+        ),
+        (
+            "one port, 253 descriptors",
+            [&b"A"[..], &ports_body(false, 1)].concat(),
+            253,
+            false,
+            1,
+        ),
+        ("a wake token with descriptors", b"W".to_vec(), 2, false, 1),
+        (
+            "an unknown tag with descriptors",
+            b"Q".to_vec(),
+            2,
+            false,
+            1,
+        ),
+        ("descriptors and no bytes", Vec::new(), 1, true, 0),
+        (
+            "an attachment cut short in its port",
+            [&b"A"[..], &ports_body(false, 1)[..5]].concat(),
+            2,
+            false,
+            1,
+        ),
+    ];
+    for (what, bytes, nfds, ool, nports) in cases {
+        leaks_nothing(what, || {
+            let (victim, mut peer) = victim_and_raw_peer(4096).unwrap();
+            let fds: Vec<OwnedFd> = (0..nfds).map(|_| memfd(b"x", 4096, SIZE_SEALS)).collect();
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            send(&peer, &bytes, &borrowed);
+            drop(borrowed);
+            drop(fds);
+            // A record that needs its attachment: the victim reads the
+            // socket for it.
+            let payload = if ool {
+                1u64.to_le_bytes().to_vec()
+            } else {
+                b"p".to_vec()
+            };
+            peer.commit(meta(ool, nports), &payload).unwrap();
+            assert_protocol_error(what, &victim);
+            drop((victim, peer));
+        });
+    }
+}
+
+#[test]
+fn an_attachment_that_does_not_match_its_record_is_a_protocol_error() {
+    let _g = serial();
+    // (attachment: out of line, ports) against (record: out of line, ports)
+    for (att, rec) in [
+        ((true, 0u16), (false, 1u16)),
+        ((false, 1), (true, 0)),
+        ((false, 1), (false, 2)),
+        ((true, 0), (true, 1)),
+    ] {
+        let what = format!("attachment {att:?}, record {rec:?}");
+        leaks_nothing(&what, || {
+            let (victim, mut peer) = victim_and_raw_peer(4096).unwrap();
+            let mut fds = Vec::new();
+            let mut keep = Vec::new();
+            if att.0 {
+                fds.push(memfd(b"payload", 4096, SIZE_SEALS | SealFlags::WRITE));
+            }
+            for _ in 0..att.1 {
+                let (a, b) = sockets(rustix::net::SocketType::SEQPACKET);
+                fds.push(a);
+                keep.push(b);
+                fds.push(fake_segment(MAGIC));
+            }
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            attach(&peer, &ports_body(att.0, att.1), &borrowed);
+            drop(borrowed);
+            drop(fds);
+            let payload = if rec.0 {
+                7u64.to_le_bytes().to_vec()
+            } else {
+                b"p".to_vec()
+            };
+            peer.commit(meta(rec.0, rec.1), &payload).unwrap();
+            assert_protocol_error(&what, &victim);
+            drop((victim, peer, keep));
+        });
+    }
+}
+
+#[test]
+fn ports_made_of_the_wrong_descriptors_are_refused_and_the_good_ones_delivered() {
+    let _g = serial();
+    type Make = fn() -> (OwnedFd, OwnedFd, Vec<OwnedFd>);
+    type Expected = fn(&OpenError) -> bool;
+    let good: Make = || {
+        let (a, b) = sockets(rustix::net::SocketType::SEQPACKET);
+        (a, fake_segment(MAGIC), vec![b])
+    };
+    let bad: [(&str, Make, Expected); 6] = [
+        (
+            "a memfd as the socket",
+            || (memfd(b"", 4096, SIZE_SEALS), fake_segment(MAGIC), vec![]),
+            |e| matches!(e, OpenError::BadDescriptor(_)),
+        ),
+        (
+            "a stream socket as the socket",
+            || {
+                let (a, b) = sockets(rustix::net::SocketType::STREAM);
+                (a, fake_segment(MAGIC), vec![b])
+            },
+            |e| matches!(e, OpenError::BadDescriptor(_)),
+        ),
+        (
+            "a pipe as the segment",
+            || {
+                let (a, b) = sockets(rustix::net::SocketType::SEQPACKET);
+                let (r, w) = pipe();
+                (a, r, vec![b, w])
+            },
+            |e| matches!(e, OpenError::BadDescriptor(_)),
+        ),
+        (
+            "an unsealed memfd as the segment",
+            || {
+                let (a, b) = sockets(rustix::net::SocketType::SEQPACKET);
+                (
+                    a,
+                    memfd(b"", HEADER_AREA + 8192, SealFlags::empty()),
+                    vec![b],
+                )
+            },
+            |e| matches!(e, OpenError::BadDescriptor(_)),
+        ),
+        (
+            "a segment with a bad magic word",
+            || {
+                let (a, b) = sockets(rustix::net::SocketType::SEQPACKET);
+                (a, fake_segment(0x0BAD_0BAD), vec![b])
+            },
+            |e| matches!(e, OpenError::BadMagic(0x0BAD_0BAD)),
+        ),
+        (
+            "a regular file as the segment",
+            || {
+                let (a, b) = sockets(rustix::net::SocketType::SEQPACKET);
+                (a, tmpfile(), vec![b])
+            },
+            |e| matches!(e, OpenError::BadDescriptor(_)),
+        ),
+    ];
+    for (what, make_bad, expected) in bad {
+        leaks_nothing(what, || {
+            let (victim, mut peer) = victim_and_raw_peer(4096).unwrap();
+            let mut keep = Vec::new();
+            let mut fds = Vec::new();
+            for make in [good, make_bad, good] {
+                let (sock, seg, other) = make();
+                fds.push(sock);
+                fds.push(seg);
+                keep.extend(other);
+            }
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            attach(&peer, &ports_body(false, 3), &borrowed);
+            drop(borrowed);
+            drop(fds);
+            peer.commit(meta(false, 3), b"three ports").unwrap();
+            let mut m = victim.try_recv().unwrap();
+            assert_eq!(m.port_count(), 3);
+            let err = m.take_ports().expect_err(what);
+            assert!(expected(&err.error), "{what}: {:?}", err.error);
+            // The two good ports, in order, and they work.
+            assert_eq!(err.ports.len(), 2, "{what}");
+            for p in &err.ports {
+                p.try_post_bytes(b"hello").unwrap();
+            }
+            drop(err);
+            drop(m);
+            // The port itself goes on.
+            peer.commit(meta(false, 0), b"next").unwrap();
+            assert_eq!(victim.try_recv().unwrap().bytes(), b"next");
+            drop((victim, peer, keep));
+        });
+    }
+}
+
+#[test]
+fn oversized_socket_messages_are_protocol_errors() {
+    let _g = serial();
+    for (what, len, nfds) in [
+        ("an attachment longer than any the protocol sends", 5000, 0),
+        ("a long attachment with descriptors", 70_000, 4),
+    ] {
+        leaks_nothing(what, || {
+            let (victim, mut peer) = victim_and_raw_peer(4096).unwrap();
+            let mut bytes = vec![0u8; len];
+            bytes[0] = b'A';
+            let fds: Vec<OwnedFd> = (0..nfds).map(|_| memfd(b"x", 64, SIZE_SEALS)).collect();
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            send(&peer, &bytes, &borrowed);
+            drop(borrowed);
+            drop(fds);
+            peer.commit(meta(true, 0), &1u64.to_le_bytes()).unwrap();
+            assert_protocol_error(what, &victim);
+            drop((victim, peer));
+        });
+    }
+}
+
+#[test]
+fn garbage_on_the_socket_of_an_idle_port_is_seen_by_the_next_receive() {
+    let _g = serial();
+    leaks_nothing("idle port", || {
+        let (victim, peer) = victim_and_raw_peer(4096).unwrap();
+        let fd = memfd(b"x", 64, SIZE_SEALS);
+        send(&peer, b"Zgarbage", &[fd.as_fd()]);
+        drop(fd);
+        // Nothing in the ring: the receive looks at the socket and finds
+        // the garbage (an idle port never blocks on a broken peer).
+        let got = victim
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .map(|m| m.bytes().to_vec());
+        assert!(
+            matches!(got, Err(RecvError::Closed(CloseReason::ProtocolError))),
+            "{got:?}"
+        );
+        drop((victim, peer));
+    });
+}
+
+#[test]
+fn descriptors_still_queued_when_the_port_drops_are_closed() {
+    let _g = serial();
+    leaks_nothing("queued attachments", || {
+        let (victim, peer) = victim_and_raw_peer(4096).unwrap();
+        // Attachments for records never published: the port takes them in
+        // when it closes and drops what they carry.
+        for _ in 0..10 {
+            let fd = memfd(b"x", 64, SIZE_SEALS | SealFlags::WRITE);
+            attach(&peer, &ports_body(true, 0), &[fd.as_fd()]);
+            let (a, b) = sockets(rustix::net::SocketType::SEQPACKET);
+            let seg = fake_segment(MAGIC);
+            attach(&peer, &ports_body(false, 1), &[a.as_fd(), seg.as_fd()]);
+            drop((a, b, seg));
+        }
+        assert!(matches!(victim.try_recv(), Err(RecvError::Empty)));
+        drop(victim);
+        drop(peer);
+    });
+}
+
+#[test]
+fn an_empty_socket_message_closes_the_port_and_never_hangs_it() {
+    let _g = serial();
+    leaks_nothing("empty message", || {
+        let (victim, mut peer) = victim_and_raw_peer(4096).unwrap();
+        peer.commit(meta(false, 0), b"before").unwrap();
+        send(&peer, b"", &[]);
+        // The record committed before is delivered, then the close. The
+        // kernel reports an empty SOCK_SEQPACKET message as it reports the
+        // peer's end closing (zero bytes, no flags); the port tells them
+        // apart (the peer is alive: its side is not shut down) and closes
+        // with a protocol error.
+        assert_eq!(victim.try_recv().unwrap().bytes(), b"before");
+        let got = victim
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .map(|m| m.bytes().to_vec());
+        assert!(
+            matches!(got, Err(RecvError::Closed(CloseReason::ProtocolError))),
+            "{got:?}"
+        );
+        assert!(matches!(
+            victim.try_post_bytes(b"x"),
+            Err(PostError::Closed(_))
+        ));
+        drop((victim, peer));
+    });
+}
+
+#[test]
+fn a_received_port_with_an_absurd_spin_time_is_bounded_and_honours_timeouts() {
+    let _g = serial();
+    leaks_nothing("spin", || {
+        let (victim, mut peer) = victim_and_raw_peer(4096).unwrap();
+        let (sock, far) = sockets(rustix::net::SocketType::SEQPACKET);
+        let seg = fake_segment(MAGIC);
+        // One port, side A, spin u64::MAX nanoseconds (584 years).
+        let mut body = vec![0, 1, 0, 0];
+        body.extend_from_slice(&u64::MAX.to_le_bytes());
+        body.extend_from_slice(&0u32.to_le_bytes());
+        attach(&peer, &body, &[sock.as_fd(), seg.as_fd()]);
+        drop((sock, seg));
+        peer.commit(meta(false, 1), b"a port").unwrap();
+        let mut m = victim.try_recv().unwrap();
+        let port = m.take_ports().unwrap().pop().unwrap();
+        // The spin it keeps is bounded (at most a second).
+        assert!(port.spin() <= std::time::Duration::from_secs(1));
+        // A timed receive returns on time.
+        let t = std::time::Instant::now();
+        assert!(matches!(
+            port.recv_timeout(std::time::Duration::from_millis(50)),
+            Err(RecvError::Timeout)
+        ));
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        // And the far end hanging up ends a receive at once.
+        drop(far);
+        let got = port
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .map(|m| m.bytes().to_vec());
+        assert!(
+            matches!(got, Err(RecvError::Closed(CloseReason::PeerDied))),
+            "{got:?}"
+        );
+        drop(port);
+        drop(m);
+        drop((victim, peer));
+    });
+}
