@@ -54,3 +54,26 @@ fn untrusted_ports_refuse_out_of_line_payloads_that_can_still_be_written() {
     assert!(m.is_out_of_line());
     assert_eq!(m.bytes(), &payload[..]);
 }
+
+#[test]
+fn a_published_record_is_a_successful_post_even_if_the_peer_left_since() {
+    let (a, b) = MessageChannel::new().unwrap().into_ports();
+    // The receiver announces that it sleeps, so the commit owes a wake-up;
+    // then it goes before the record is published.
+    assert!(b.prepare_poll());
+    let slot = a.tx.reserve(8, Wait::No, None).unwrap();
+    drop(b);
+    let meta = RecordMeta {
+        kind: Kind::Raw,
+        out_of_line: false,
+        nports: 0,
+        fingerprint: 0,
+    };
+    // The wake-up finds the socket closed: the post still succeeded (the
+    // record was published); the next one reports the close.
+    assert!(a.tx.commit(slot, 8, meta).is_ok());
+    assert!(matches!(
+        a.post_bytes(b"x"),
+        Err(crate::error::PostError::Closed(_))
+    ));
+}

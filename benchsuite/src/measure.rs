@@ -1,0 +1,210 @@
+//! The measuring loops (the suite's side) and the serving loops (the peer's
+//! side), written once over [`Link`].
+//!
+//! Round trip: the suite stamps and sends a payload, the peer sends the same
+//! bytes back, the suite checks the stamps; each round trip is timed with
+//! `Instant`. One way: the suite sends a batch of payloads, the last one
+//! marked; the peer checks and counts each, and acks the batch; the time is
+//! from the first send to the ack. In both, every message's stamps are
+//! checked (sequence number at both ends); in verify mode every byte is.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use crate::Result;
+use crate::link::{Link, Work};
+use crate::payload::{self, Op};
+use crate::plan::Counts;
+
+/// Round-trip timings, nanoseconds, one per measured round trip.
+pub struct RttRun {
+    pub samples: Vec<u64>,
+    pub damaged: u64,
+}
+
+/// One one-way repetition: seconds for the batch, messages in it.
+pub struct OnewayRun {
+    pub secs: f64,
+    pub msgs: usize,
+    pub damaged: u64,
+}
+
+/// The round-trip workload.
+pub struct Rtt {
+    pub size: usize,
+    pub counts: Counts,
+}
+
+impl Work for Rtt {
+    type Out = RttRun;
+
+    fn run<L: Link>(self, link: &mut L) -> Result<RttRun> {
+        let verify = self.counts.quick;
+        let pattern = payload::pattern(self.size);
+        let mut buf = pattern.clone();
+        let mut seq = 0u64;
+        let mut damaged = 0u64;
+        let mut one = |link: &mut L, seq: u64| -> Result<(u64, bool)> {
+            payload::stamp(&mut buf, seq, Op::Data);
+            let t0 = Instant::now();
+            link.send(&buf)?;
+            let ok = link.recv(self.size, |b| {
+                payload::read(b) == Some((seq, Op::Data))
+                    && (!verify || payload::body_intact(b, &pattern))
+            })?;
+            Ok((t0.elapsed().as_nanos() as u64, ok))
+        };
+        // Warm-up: the same round trips, not recorded.
+        let warm_start = Instant::now();
+        let mut warm = 0;
+        while warm < 10 || warm_start.elapsed() < self.counts.warmup {
+            let (_, ok) = one(link, seq)?;
+            damaged += u64::from(!ok);
+            seq += 1;
+            warm += 1;
+        }
+        let iters = self.counts.rtt_iters(self.size);
+        let mut samples = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let (ns, ok) = one(link, seq)?;
+            samples.push(ns);
+            damaged += u64::from(!ok);
+            seq += 1;
+        }
+        Ok(RttRun { samples, damaged })
+    }
+}
+
+/// The one-way workload.
+pub struct Oneway {
+    pub size: usize,
+    pub counts: Counts,
+}
+
+impl Work for Oneway {
+    type Out = OnewayRun;
+
+    fn run<L: Link>(self, link: &mut L) -> Result<OnewayRun> {
+        let msgs = self.counts.oneway_msgs(self.size);
+        let mut buf = payload::pattern(self.size);
+        let mut seq = 0u64;
+        let mut damaged = 0u64;
+        let mut batch = |link: &mut L, seq: &mut u64| -> Result<(f64, bool)> {
+            let t0 = Instant::now();
+            for i in 0..msgs {
+                let op = if i + 1 == msgs { Op::Last } else { Op::Data };
+                payload::stamp(&mut buf, *seq, op);
+                link.send(&buf)?;
+                *seq += 1;
+            }
+            let ack = link.recv(payload::CTRL_LEN, payload::read_control)?;
+            let secs = t0.elapsed().as_secs_f64();
+            Ok((secs, ack == Some((Op::Ack, msgs as u64, 0))))
+        };
+        let warm_start = Instant::now();
+        while seq == 0 || warm_start.elapsed() < self.counts.warmup {
+            let (_, ok) = batch(link, &mut seq)?;
+            damaged += u64::from(!ok);
+        }
+        let (secs, ok) = batch(link, &mut seq)?;
+        damaged += u64::from(!ok);
+        Ok(OnewayRun {
+            secs,
+            msgs,
+            damaged,
+        })
+    }
+}
+
+/// The peer's echo loop: check each payload, send it back, until the stop
+/// message. Returns the number of damaged or out-of-order messages.
+pub fn echo_loop<L: Link>(link: &mut L, size: usize, verify: bool) -> Result<u64> {
+    let pattern = payload::pattern(size);
+    let mut expected = 0u64;
+    let mut errors = 0u64;
+    loop {
+        let mut stop = false;
+        link.echo(size, |b| {
+            match payload::read(b) {
+                Some((_, Op::Stop)) => {
+                    stop = true;
+                    return false;
+                }
+                Some((seq, Op::Data)) if seq == expected => {
+                    if verify && !payload::body_intact(b, &pattern) {
+                        errors += 1;
+                    }
+                }
+                _ => errors += 1,
+            }
+            expected += 1;
+            true
+        })?;
+        if stop {
+            return Ok(errors);
+        }
+    }
+}
+
+/// The peer's sink loop: check and count each payload; after one marked
+/// last, send an ack with the count and the errors seen in the batch.
+pub fn sink_loop<L: Link>(link: &mut L, size: usize, verify: bool) -> Result<u64> {
+    let pattern = payload::pattern(size);
+    let mut expected = 0u64;
+    let mut errors = 0u64;
+    let mut batch_errors = 0u64;
+    let mut count = 0u64;
+    loop {
+        let got = link.recv(size, |b| {
+            let stamps = payload::read(b);
+            let intact = !verify || payload::body_intact(b, &pattern);
+            // Touch the payload the cheap way on the fast path: the two
+            // stamps were read above.
+            black_box(b.len());
+            (stamps, intact)
+        })?;
+        match got {
+            (Some((_, Op::Stop)), _) => return Ok(errors),
+            (Some((seq, op @ (Op::Data | Op::Last))), intact) => {
+                if seq != expected || !intact {
+                    batch_errors += 1;
+                }
+                expected = seq + 1;
+                count += 1;
+                if op == Op::Last {
+                    link.send(&payload::control(Op::Ack, count, batch_errors))?;
+                    errors += batch_errors;
+                    count = 0;
+                    batch_errors = 0;
+                }
+            }
+            _ => {
+                batch_errors += 1;
+                expected += 1;
+                count += 1;
+            }
+        }
+    }
+}
+
+/// Single-thread memcpy of `size` bytes between two buffers, repeated:
+/// seconds for one repetition of `per_rep` copies, after a warm-up.
+pub fn memcpy(size: usize, counts: Counts) -> (f64, usize) {
+    let src = payload::pattern(size);
+    let mut dst = vec![0u8; size];
+    let total: usize = if counts.quick { 16 << 20 } else { 256 << 20 };
+    let per_rep = (total / size).max(1);
+    let mut run = || {
+        let t0 = Instant::now();
+        for _ in 0..per_rep {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&mut dst);
+        }
+        t0.elapsed().as_secs_f64()
+    };
+    let warm = Instant::now();
+    while warm.elapsed() < counts.warmup.min(Duration::from_millis(100)) {
+        run();
+    }
+    (run(), per_rep)
+}
