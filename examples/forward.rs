@@ -115,7 +115,7 @@ fn main_process() -> Result<()> {
     println!("main: posted {BEFORE} messages on the far end before sending the port");
 
     let (child, preload_port) = shmport::spawn(role_command("preload")?)?;
-    let mut preload = Reaped::new(child, "preload");
+    let mut preload = Reaped::new(child);
     preload_port.post_with_ports(&"main-world-port".to_string(), vec![travelling])?;
     println!(
         "main: sent the port to the preload process (pid {})",
@@ -158,7 +158,7 @@ fn main_process() -> Result<()> {
     // The main world now sees the close event.
     far.close();
     drop(preload_port);
-    preload.finish()?;
+    preload.finish("preload")?;
     println!(
         "forward: all {seq} messages arrived in order ({BEFORE} before, {during} during, {AFTER} after the hop)"
     );
@@ -180,7 +180,7 @@ fn preload() -> Result<()> {
     println!("preload: got the port from main; starting the main world");
 
     let (child, world) = shmport::spawn(role_command("main-world")?)?;
-    let mut main_world = Reaped::new(child, "main world");
+    let mut main_world = Reaped::new(child);
     // "await windowLoaded": messages posted to the port meanwhile wait in
     // it.
     let loaded = world.recv()?;
@@ -193,7 +193,7 @@ fn preload() -> Result<()> {
         "preload: passed the port on to the main world (pid {})",
         main_world.id()
     );
-    main_world.finish()
+    main_world.finish("main world")
 }
 
 // ------------------------------------------------------------ main world

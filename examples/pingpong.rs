@@ -31,6 +31,9 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::reap;
 use shmport::rkyv::{Archive, Serialize};
 use shmport::{CloseReason, DEFAULT_CAPACITY, Message, MessageChannel, MessagePort, RecvError};
 
@@ -290,25 +293,6 @@ fn peer_command(role: &str, spin: Duration) -> Result<Command> {
     cmd.env(ROLE_ENV, role)
         .env(SPIN_ENV, spin.as_nanos().to_string());
     Ok(cmd)
-}
-
-/// Wait for a child that should be exiting; kill it if it has not after a
-/// while, so that no process is left behind whatever happens.
-fn reap(child: &mut Child, what: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait()? {
-            return if status.success() {
-                Ok(())
-            } else {
-                Err(format!("{what} peer exited with {status}").into())
-            };
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    child.kill()?;
-    child.wait()?;
-    Err(format!("{what} peer did not exit after its port closed; killed it").into())
 }
 
 /// A peer process with a port; closing the port makes the peer exit.

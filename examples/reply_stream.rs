@@ -72,7 +72,7 @@ fn requester() -> Result<()> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.env(ROLE_ENV, "responder");
     let (child, port) = shmport::spawn(cmd)?;
-    let mut responder = Reaped::new(child, "responder");
+    let mut responder = Reaped::new(child);
     println!("requester: started the responder (pid {})", responder.id());
 
     // One fresh channel per request; the responder gets the far end.
@@ -91,7 +91,7 @@ fn requester() -> Result<()> {
 
     // Closing our port ends the responder.
     drop(port);
-    responder.finish()?;
+    responder.finish("responder")?;
     println!(
         "reply_stream: {} requests, {total} messages, every stream ended after exactly the messages asked for",
         REQUESTS.len()

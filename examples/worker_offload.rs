@@ -41,10 +41,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::error::Error;
-use std::process::{Child, Command};
-use std::thread;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::Reaped;
 use shmport::rkyv::{Archive, Deserialize, Serialize};
 use shmport::{MessageChannel, MessagePort, PortSet, PostError, RecvError};
 
@@ -779,61 +781,5 @@ fn plugin() -> Result<()> {
             println!("{name}: refused as expected: {reason}");
             Ok(())
         }
-    }
-}
-
-// -------------------------------------------------------------- children
-
-/// A child process that is always waited for: on an early return too.
-struct Reaped {
-    child: Option<Child>,
-    id: u32,
-}
-
-impl Reaped {
-    fn new(child: Child) -> Reaped {
-        Reaped {
-            id: child.id(),
-            child: Some(child),
-        }
-    }
-
-    fn id(&self) -> u32 {
-        self.id
-    }
-
-    /// `kill -9` and wait.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Wait for the child (it should be exiting); kill it after a while.
-    fn finish(&mut self, what: &str) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(format!("{what} exited with {status}").into())
-                };
-            }
-            thread::sleep(Duration::from_millis(1));
-        }
-        child.kill()?;
-        child.wait()?;
-        Err(format!("{what} did not exit; killed it").into())
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

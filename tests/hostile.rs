@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Victim, peer, role};
+use common::{Victim, map_parent_segment, peer, role};
 use shmport::layout::{
     FLAG_OUT_OF_LINE, HEADER_AREA, KIND_PADDING, KIND_RAW, KIND_TYPED, RING_HEADER, RecordHeader,
     RecordInfo, RingHeader, pack_info, ring_data,
@@ -152,38 +152,6 @@ impl Mapped {
     }
 }
 
-/// Map the segment whose descriptor the parent passed in SHMPORT_PORT;
-/// returns the mapping and the socket's descriptor number.
-fn map_segment() -> (NonNull<u8>, usize, RawFd) {
-    let env = std::env::var(shmport::PORT_ENV).unwrap();
-    let mut fields = env.split(',').map(|f| f.parse::<RawFd>().unwrap());
-    let (sock, mem) = (fields.next().unwrap(), fields.next().unwrap());
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/proc/self/fd/{mem}"))
-        .unwrap();
-    let len = file.metadata().unwrap().len() as usize;
-    // SAFETY: a fresh shared mapping of the whole segment file at an
-    // address the kernel picks; it aliases nothing and is never unmapped.
-    let base = unsafe {
-        rustix::mm::mmap(
-            core::ptr::null_mut(),
-            len,
-            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-            rustix::mm::MapFlags::SHARED,
-            &file,
-            0,
-        )
-    }
-    .unwrap();
-    (
-        NonNull::new(base.cast()).unwrap(),
-        (len - HEADER_AREA) / 2,
-        sock,
-    )
-}
-
 /// Send raw bytes on the port's socket (a wake token is `b"W"`); a full
 /// socket is ignored.
 fn send_raw(sock: RawFd, bytes: &[u8]) {
@@ -238,7 +206,7 @@ const INFO_VARIANTS: u32 = 12;
 fn hostile() {
     let mode = std::env::var("HOSTILE_MODE").unwrap();
     let seed: u64 = std::env::var("HOSTILE_SEED").unwrap().parse().unwrap();
-    let (base, cap, sock) = map_segment();
+    let (base, cap, sock) = map_parent_segment();
     let out = Mapped { base, cap, ring: 1 };
     let inn = Mapped { base, cap, ring: 0 };
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);

@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{checksum, noise, peer, role, wait_for_line};
+use common::{checksum, map_parent_segment, noise, peer, role, wait_for_line};
 use shmport::layout::{
     HEADER_AREA, KIND_RAW, KIND_TYPED, RECORD_HEADER, RecordHeader, RecordInfo, pack_info,
 };
@@ -393,30 +393,8 @@ fn only_the_port_descriptors_reach_the_child() {
 /// Map the segment passed in SHMPORT_PORT and write records into the
 /// ring this side would produce (ring 1), as a broken or hostile peer.
 fn hostile(role: &str) {
-    let env = std::env::var(shmport::PORT_ENV).unwrap();
-    let mem: i32 = env.split(',').nth(1).unwrap().parse().unwrap();
-    let path = format!("/proc/self/fd/{mem}");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let len = file.metadata().unwrap().len() as usize;
-    let cap = (len - HEADER_AREA) / 2;
-    // SAFETY: a fresh shared mapping of the whole segment file; accessed
-    // below only through atomics and raw pointers.
-    let base = unsafe {
-        rustix::mm::mmap(
-            core::ptr::null_mut(),
-            len,
-            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-            rustix::mm::MapFlags::SHARED,
-            &file,
-            0,
-        )
-    }
-    .unwrap()
-    .cast::<u8>();
+    let (base, cap, _sock) = map_parent_segment();
+    let base = base.as_ptr();
     // SAFETY: ring 1's data area lies inside the mapping.
     let ring = unsafe { base.add(HEADER_AREA + cap) };
     let write = |pos: usize, kind: u8, fp: u64, payload: &[u8], claimed_len: u32| {

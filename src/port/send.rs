@@ -273,11 +273,9 @@ impl PortSender {
                             ports,
                             lost: false,
                         };
-                        fault::reach(fault::Point::BeforeAttachment);
-                        if let Err(e) = self.send_attachment(&att, wait, rx) {
+                        if let Err(e) = self.attach(&att, wait, rx) {
                             return Err((e, att.ports));
                         }
-                        fault::reach(fault::Point::AfterAttachment);
                     }
                     return self.commit(slot, len, meta).map_err(|e| (e, Vec::new()));
                 }
@@ -324,17 +322,29 @@ impl PortSender {
             ports,
             lost: false,
         };
-        fault::reach(fault::Point::BeforeAttachment);
-        if let Err(e) = self.send_attachment(&att, wait, rx) {
+        if let Err(e) = self.attach(&att, wait, rx) {
             return Err((e, att.ports));
         }
-        fault::reach(fault::Point::AfterAttachment);
         // SAFETY: the slot holds at least OOL_DESCRIPTOR bytes, aligned to
         // 32, written only by this producer until commit.
         unsafe { slot.payload.cast::<u64>().as_ptr().write(len) };
         meta.out_of_line = true;
         self.commit(slot, OOL_DESCRIPTOR, meta)
             .map_err(|e| (e, Vec::new()))
+    }
+
+    /// Send a record's attachment, between the two fault-injection points
+    /// of the send path.
+    fn attach(
+        &self,
+        att: &Attachment,
+        wait: Wait,
+        rx: Option<&PortReceiver>,
+    ) -> Result<(), PostError> {
+        fault::reach(fault::Point::BeforeAttachment);
+        self.send_attachment(att, wait, rx)?;
+        fault::reach(fault::Point::AfterAttachment);
+        Ok(())
     }
 
     pub(super) fn send_attachment(

@@ -148,3 +148,38 @@ impl Drop for Victim {
         let _ = self.child.wait();
     }
 }
+
+/// Map the segment whose descriptor the parent passed in SHMPORT_PORT;
+/// returns the mapping, each ring's capacity, and the socket's descriptor
+/// number (for children playing a hostile peer).
+pub fn map_parent_segment() -> (std::ptr::NonNull<u8>, usize, std::os::fd::RawFd) {
+    let env = std::env::var(shmport::PORT_ENV).unwrap();
+    let mut fields = env
+        .split(',')
+        .map(|f| f.parse::<std::os::fd::RawFd>().unwrap());
+    let (sock, mem) = (fields.next().unwrap(), fields.next().unwrap());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{mem}"))
+        .unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    // SAFETY: a fresh shared mapping of the whole segment file at an
+    // address the kernel picks; it aliases nothing and is never unmapped.
+    let base = unsafe {
+        rustix::mm::mmap(
+            core::ptr::null_mut(),
+            len,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::SHARED,
+            &file,
+            0,
+        )
+    }
+    .unwrap();
+    (
+        std::ptr::NonNull::new(base.cast()).unwrap(),
+        (len - shmport::layout::HEADER_AREA) / 2,
+        sock,
+    )
+}
