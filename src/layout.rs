@@ -57,8 +57,19 @@
 //! Everything here is read from memory a peer can write; the ring code checks
 //! every field before use ([`crate::ring`]).
 
-use core::mem::{offset_of, size_of};
+#[cfg(not(shmport_loom))]
+use core::mem::offset_of;
+use core::mem::size_of;
 use core::sync::atomic::{AtomicU32, AtomicU64};
+
+/// The words of the ring protocol ([`RingHeader`], [`RecordHeader`]): the
+/// processor's atomics, or in a model-checking build (`--cfg shmport_loom`) loom's
+/// models of them, so that `ring::model` can explore every interleaving of
+/// the protocol. The other structures here are never model-checked.
+#[cfg(not(shmport_loom))]
+use core::sync::atomic::{AtomicU32 as RingU32, AtomicU64 as RingU64};
+#[cfg(shmport_loom)]
+use loom::sync::atomic::{AtomicU32 as RingU32, AtomicU64 as RingU64};
 
 /// First word of every segment: `"SHMPORT\x01"` little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
@@ -115,11 +126,11 @@ pub struct ProducerLine {
     /// Producer position, published at flush points (before the producer
     /// waits for space, and when the port closes or moves). Consumers find
     /// records through commit words, not through this.
-    pub tail: AtomicU64,
+    pub tail: RingU64,
     /// Nonzero once the producer closed: no record will follow the last one
     /// committed. Stored with Release after the last commit; loaded with
     /// Acquire by the consumer when it finds the ring empty.
-    pub closed: AtomicU32,
+    pub closed: RingU32,
 }
 
 /// Written only by the ring's consumer.
@@ -128,7 +139,7 @@ pub struct ConsumerLine {
     /// Everything below this position is released: the producer may reuse
     /// it. Stored with Release in batches by the consumer; loaded with Acquire
     /// by the producer when its cached copy shows too little room.
-    pub head: AtomicU64,
+    pub head: RingU64,
 }
 
 /// Written by the consumer (set) and the producer (swap to clear).
@@ -138,14 +149,14 @@ pub struct ConsumerLine {
 pub struct ConsumerWaitLine {
     /// 1 while the consumer is about to sleep or sleeping on the socket.
     /// The producer that swaps it from 1 to 0 sends the wake-up.
-    pub sleeping: AtomicU32,
+    pub sleeping: RingU32,
     /// Nonzero once the consumer closed: posting to this ring fails.
-    pub closed: AtomicU32,
+    pub closed: RingU32,
     /// [`BARRIER_MEMBARRIER`] when the consumer orders its sleep announcement
     /// with `membarrier(2)` (then a registered producer needs no fence after
     /// each commit); [`BARRIER_FENCE`] otherwise. Written when a process
     /// takes the consumer role.
-    pub barrier: AtomicU32,
+    pub barrier: RingU32,
 }
 
 /// Written by the producer (set) and the consumer (swap to clear).
@@ -153,10 +164,10 @@ pub struct ConsumerWaitLine {
 pub struct ProducerWaitLine {
     /// 1 while the producer waits for room. The consumer that swaps it from
     /// 1 to 0 after releasing space sends the wake-up.
-    pub waiting: AtomicU32,
+    pub waiting: RingU32,
     /// As [`ConsumerWaitLine::barrier`], for the producer's wait
     /// announcement. Written when a process takes the producer role.
-    pub barrier: AtomicU32,
+    pub barrier: RingU32,
 }
 
 /// The sleeper fences its announcement with a SeqCst fence; the other side
@@ -186,13 +197,13 @@ pub struct RingHeader {
 #[repr(C)]
 pub struct RecordHeader {
     /// `position + 1`; written last (Release), read first (Acquire).
-    pub commit: AtomicU64,
+    pub commit: RingU64,
     /// Length, kind, flags and port count, packed by [`pack_info`].
-    pub info: AtomicU64,
+    pub info: RingU64,
     /// Type fingerprint of a typed message.
-    pub fingerprint: AtomicU64,
+    pub fingerprint: RingU64,
     /// Zero.
-    pub reserved: AtomicU64,
+    pub reserved: RingU64,
 }
 
 /// The fields of a record header's `info` word.
@@ -255,7 +266,9 @@ pub const fn align_record(n: usize) -> usize {
     }
 }
 
-// Pin the layout: a change to any of these is a new LAYOUT_VERSION.
+// Pin the layout: a change to any of these is a new LAYOUT_VERSION. (A
+// model-checking build's atomics are loom's, of other sizes.)
+#[cfg(not(shmport_loom))]
 const _: () = {
     assert!(size_of::<SegmentHeader>() == 128);
     assert!(offset_of!(SegmentHeader, magic) == 0);

@@ -22,9 +22,16 @@
 //! [`Corrupt`] error, never a panic or an out-of-bounds access.
 
 pub mod heap;
+#[cfg(all(test, shmport_loom))]
+mod model;
 
 use core::ptr::NonNull;
-use core::sync::atomic::{Ordering, compiler_fence, fence};
+#[cfg(not(shmport_loom))]
+use core::sync::atomic::fence;
+use core::sync::atomic::{Ordering, compiler_fence};
+// The model checker must see the fences (`ring::model`).
+#[cfg(shmport_loom)]
+use loom::sync::atomic::fence;
 
 use crate::layout::{
     BARRIER_FENCE, BARRIER_MEMBARRIER, FLAG_OUT_OF_LINE, KIND_PADDING, KIND_RAW, KIND_TYPED,
@@ -40,7 +47,8 @@ use crate::layout::{
 /// 2. `data()` points to `capacity()` bytes, readable and writable, aligned
 ///    to [`RECORD_ALIGN`], that no Rust reference covers (they are accessed
 ///    only through raw pointers and atomics);
-/// 3. `capacity()` is a power of two, at least 4096, constant.
+/// 3. `capacity()` is a power of two, at least `4 * RECORD_ALIGN`, constant
+///    (shared segments use at least [`MIN_CAPACITY`](crate::layout::MIN_CAPACITY)).
 pub unsafe trait RingMemory {
     /// The ring's control block.
     fn header(&self) -> &RingHeader;
@@ -48,6 +56,40 @@ pub unsafe trait RingMemory {
     fn data(&self) -> NonNull<u8>;
     /// Size of the data area in bytes.
     fn capacity(&self) -> usize;
+
+    /// The record header at `offset` in the data area: by default the 32
+    /// bytes there, seen as atomics. The model checker's memory keeps its
+    /// headers apart (loom's atomics cannot lie over raw bytes).
+    ///
+    /// # Safety
+    /// `offset` is below `capacity()` and a multiple of [`RECORD_ALIGN`].
+    #[inline(always)]
+    unsafe fn record_header(&self, offset: usize) -> &RecordHeader {
+        // SAFETY: (1) `offset + RECORD_HEADER <= capacity`, as `offset` is a
+        // multiple of RECORD_ALIGN below capacity (the caller's promise) and
+        // capacity a multiple of RECORD_ALIGN, so the header lies inside the
+        // data area (guarantee 2); (2) the data area is RECORD_ALIGN aligned,
+        // which satisfies RecordHeader's 8-byte alignment; (3) every field
+        // is an atomic, so a concurrent writer in another process races with
+        // atomics only.
+        unsafe { &*self.data().as_ptr().add(offset).cast::<RecordHeader>() }
+    }
+
+    /// Model-checking builds only: the producer writes the data area's
+    /// bytes `offset..offset + len` (a record it publishes, or a header).
+    /// The model records the access to catch a write that races with the
+    /// consumer's reads.
+    #[cfg(shmport_loom)]
+    fn model_write(&self, offset: usize, len: usize) {
+        let _ = (offset, len);
+    }
+
+    /// Model-checking builds only: the consumer reads the data area's
+    /// bytes `offset..offset + len` (a record header it takes).
+    #[cfg(shmport_loom)]
+    fn model_read(&self, offset: usize, len: usize) {
+        let _ = (offset, len);
+    }
 }
 
 /// How this process takes part in the sleep/wake handshake.
@@ -165,16 +207,17 @@ pub struct Record {
 
 #[inline]
 fn header_at<M: RingMemory>(mem: &M, pos: u64) -> &RecordHeader {
-    let offset = (pos as usize) & (mem.capacity() - 1);
+    let offset = ring_offset(mem, pos);
     debug_assert!(offset % RECORD_ALIGN == 0);
-    // SAFETY: (1) `offset` is below `capacity` and a multiple of
-    // RECORD_ALIGN (positions are kept aligned and checked), and capacity is
-    // a multiple of RECORD_ALIGN, so the 32-byte header lies inside the data
-    // area (RingMemory guarantee 2); (2) the data area is RECORD_ALIGN
-    // aligned, which satisfies RecordHeader's 8-byte alignment; (3) every
-    // field is an atomic, so a concurrent writer in another process races
-    // with atomics only.
-    unsafe { &*mem.data().as_ptr().add(offset).cast::<RecordHeader>() }
+    // SAFETY: `offset` is below `capacity` (masked) and a multiple of
+    // RECORD_ALIGN: positions are kept aligned (checked when loaded from
+    // the ring, and every step is a multiple of RECORD_ALIGN).
+    unsafe { mem.record_header(offset) }
+}
+
+#[inline(always)]
+fn ring_offset<M: RingMemory>(mem: &M, pos: u64) -> usize {
+    (pos as usize) & (mem.capacity() - 1)
 }
 
 /// Largest payload a record in a ring of `capacity` bytes may carry: half the
@@ -290,6 +333,9 @@ impl<M: RingMemory> Producer<M> {
 
     fn write_padding(&mut self, to_end: u64) {
         let pos = self.tail;
+        #[cfg(shmport_loom)]
+        self.mem
+            .model_write(ring_offset(&self.mem, pos), RECORD_HEADER);
         let h = header_at(&self.mem, pos);
         h.info.store(
             pack_info(RecordInfo {
@@ -318,6 +364,13 @@ impl<M: RingMemory> Producer<M> {
             len <= slot.room && slot.pos == self.tail,
             "commit outside its slot"
         );
+        // The caller wrote the payload since `reserve`; the model takes
+        // the whole record as written here, before it is published.
+        #[cfg(shmport_loom)]
+        self.mem.model_write(
+            ring_offset(&self.mem, slot.pos),
+            align_record(RECORD_HEADER + len),
+        );
         let h = header_at(&self.mem, slot.pos);
         h.info.store(
             pack_info(RecordInfo {
@@ -341,6 +394,8 @@ impl<M: RingMemory> Producer<M> {
         // previous lap that happen to equal `next + 1`: clear it (if it is
         // free space) before the consumer can look there.
         if next - self.head_cache < self.cap {
+            #[cfg(shmport_loom)]
+            self.mem.model_write(ring_offset(&self.mem, next), 8);
             header_at(&self.mem, next)
                 .commit
                 .store(0, Ordering::Relaxed);
@@ -382,11 +437,12 @@ impl<M: RingMemory> Producer<M> {
     /// if the room is already there.
     pub fn prepare_wait(&mut self, min_payload: usize) -> Result<bool, Corrupt> {
         self.publish_tail();
+        // A swap, not a store: see `Consumer::prepare_sleep`.
         self.mem
             .header()
             .producer_wait
             .waiting
-            .store(1, Ordering::Relaxed);
+            .swap(1, Ordering::Relaxed);
         // Full barrier: pairs with the one in `Consumer::publish_head`.
         self.barriers.sleeper();
         self.refresh_head()?;
@@ -580,6 +636,9 @@ impl<M: RingMemory> Consumer<M> {
             if h.commit.load(Ordering::Acquire) != pos + 1 {
                 return Ok(None);
             }
+            #[cfg(shmport_loom)]
+            self.mem
+                .model_read(ring_offset(&self.mem, pos), RECORD_HEADER);
             // Relaxed: ordered after the Acquire above. Copied once; only
             // the copies are checked and used.
             let RecordInfo {
@@ -701,7 +760,14 @@ impl<M: RingMemory> Consumer<M> {
     /// withdraws the announcement) if a record arrived meanwhile.
     pub fn prepare_sleep(&self) -> bool {
         let w = &self.mem.header().consumer_wait.sleeping;
-        w.store(1, Ordering::Relaxed);
+        // Relaxed: ordered by the barrier below. A swap, not a store: the
+        // announcement must follow, in the flag's modification order, the
+        // producer's clearing swap of our last one. C11 already implies it
+        // (that swap read our withdrawal), but a checker that orders plain
+        // stores by causality alone (loom) does not, and finds a lost
+        // wake-up that cannot happen. On the sleep path the RMW costs
+        // nothing next to the sleep.
+        w.swap(1, Ordering::Relaxed);
         // Full barrier: pairs with the one in `Producer::commit`.
         self.barriers.sleeper();
         if self.ready() {
@@ -715,12 +781,13 @@ impl<M: RingMemory> Consumer<M> {
     /// announces on many rings and then issues one barrier for all
     /// ([`Consumer::sleep_barrier`]) before re-checking them.
     pub fn announce_sleep(&self) {
-        // Relaxed: ordered by the barrier the caller issues next.
+        // Relaxed: ordered by the barrier the caller issues next. A swap:
+        // see `prepare_sleep`.
         self.mem
             .header()
             .consumer_wait
             .sleeping
-            .store(1, Ordering::Relaxed);
+            .swap(1, Ordering::Relaxed);
     }
 
     /// The barrier between [`Consumer::announce_sleep`] and the re-check;
@@ -761,5 +828,7 @@ impl<M: RingMemory> Consumer<M> {
     }
 }
 
-#[cfg(test)]
+// These run over `HeapRing`, zeroed memory seen as atomics: not in a model
+// build, whose atomics are loom's.
+#[cfg(all(test, not(shmport_loom)))]
 mod tests;
