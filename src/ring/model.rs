@@ -174,7 +174,7 @@ impl Wake {
     /// Close the socket: every sleep from now on returns at once.
     fn hang_up(&self) {
         self.state.lock().unwrap().1 = true;
-        self.cv.notify_one();
+        self.cv.notify_all();
     }
 
     /// Sleep until a token (taking it) or a hang-up.
@@ -229,23 +229,29 @@ struct Taken {
     bytes: Vec<u8>,
 }
 
+/// Take the record at the head, if one is committed, and read its payload.
+fn take(c: &mut Consumer<Mem>) -> Option<Taken> {
+    let r = c.take().unwrap()?;
+    let offset = (r.pos as usize) & (CAP - 1);
+    c.memory()
+        .model_read(offset + crate::layout::RECORD_HEADER, r.len);
+    // SAFETY: a taken record's payload is `len` bytes inside the data area,
+    // untouched by the producer until released.
+    let bytes = unsafe { core::slice::from_raw_parts(r.payload.as_ptr(), r.len) }.to_vec();
+    Some(Taken {
+        pos: r.pos,
+        end: r.end,
+        bytes,
+    })
+}
+
 /// Receive one message the way a port's blocking recv does: take, publish
 /// released space, and at an empty ring check for the close before
 /// announcing sleep. `None`: the producer closed and everything arrived.
 fn recv(c: &mut Consumer<Mem>, arrival: &Wake, wake_producer: &Wake) -> Option<Taken> {
     loop {
-        if let Some(r) = c.take().unwrap() {
-            let offset = (r.pos as usize) & (CAP - 1);
-            c.memory()
-                .model_read(offset + crate::layout::RECORD_HEADER, r.len);
-            // SAFETY: a taken record's payload is `len` bytes inside the
-            // data area, untouched by the producer until released.
-            let bytes = unsafe { core::slice::from_raw_parts(r.payload.as_ptr(), r.len) }.to_vec();
-            return Some(Taken {
-                pos: r.pos,
-                end: r.end,
-                bytes,
-            });
+        if let Some(t) = take(c) {
+            return Some(t);
         }
         if c.unpublished() && c.publish_head() {
             wake_producer.send();
@@ -305,11 +311,7 @@ fn run(lens: &'static [usize], hold: usize, barriers: Barriers) {
     let mut held: Vec<Taken> = Vec::new();
     for (i, &len) in lens.iter().enumerate() {
         let t = recv(&mut c, &arrival, &room).expect("closed before every message arrived");
-        assert_eq!(t.bytes.len(), len, "message {i} has the wrong length");
-        assert!(
-            t.bytes.iter().all(|&b| b == fill(i)),
-            "message {i} has wrong bytes (out of order or torn)"
-        );
+        check(&t, i, len);
         held.push(t);
         if held.len() == hold || i + 1 == lens.len() {
             while let Some(t) = held.pop() {
@@ -323,6 +325,86 @@ fn run(lens: &'static [usize], hold: usize, barriers: Barriers) {
         "a message after the last one posted"
     );
     producer.join().unwrap();
+}
+
+/// Read record `t` as message `i` of `len` bytes, or fail the model.
+fn check(t: &Taken, i: usize, len: usize) {
+    assert_eq!(t.bytes.len(), len, "message {i} has the wrong length");
+    assert!(
+        t.bytes.iter().all(|&b| b == fill(i)),
+        "message {i} has wrong bytes (out of order or torn)"
+    );
+}
+
+/// A port set's wait: two producers, one ring each, and one consumer that
+/// announces its sleep on both rings, issues one barrier for both, and
+/// re-checks both before sleeping on one token that either producer's
+/// wake-up sets (the set's epoll). Each producer posts `per_ring`
+/// one-slot messages, then closes once everything has arrived (and hangs
+/// up its own socket, which only the final check sleeps on).
+fn run_set(per_ring: usize) {
+    let barriers = Barriers::FENCES;
+    let wake = Wake::new();
+    let room = [Wake::new(), Wake::new()];
+    let hung_up = [Wake::new(), Wake::new()];
+    let all_in = Wake::new();
+    let mut consumers = Vec::new();
+    let mut producers = Vec::new();
+    for k in 0..2 {
+        let mem = ModelMemory::new();
+        consumers.push(Consumer::new(mem.clone(), barriers).unwrap());
+        let (wake, room, hung_up, all_in) = (
+            wake.clone(),
+            room[k].clone(),
+            hung_up[k].clone(),
+            all_in.clone(),
+        );
+        producers.push(thread::spawn(move || {
+            let mut p = Producer::new(mem, barriers).unwrap();
+            for i in 0..per_ring {
+                post(&mut p, i, 8, &wake, &room);
+            }
+            all_in.sleep();
+            p.close();
+            hung_up.hang_up();
+        }));
+    }
+    let mut got = [0usize; 2];
+    while got.iter().sum::<usize>() < 2 * per_ring {
+        let mut took = false;
+        for (k, c) in consumers.iter_mut().enumerate() {
+            if let Some(t) = take(c) {
+                check(&t, got[k], 8);
+                got[k] += 1;
+                release(c, &t, &room[k]);
+                took = true;
+            }
+        }
+        if took {
+            continue;
+        }
+        for c in &consumers {
+            c.announce_sleep();
+        }
+        consumers[0].sleep_barrier();
+        if consumers.iter().any(|c| c.ready()) {
+            consumers.iter().for_each(|c| c.end_sleep());
+            continue;
+        }
+        wake.sleep();
+        consumers.iter().for_each(|c| c.end_sleep());
+    }
+    // Both producers wait on it: wake them for good.
+    all_in.hang_up();
+    for (k, c) in consumers.iter_mut().enumerate() {
+        assert!(
+            recv(c, &hung_up[k], &room[k]).is_none(),
+            "a message after the last one posted"
+        );
+    }
+    for p in producers {
+        p.join().unwrap();
+    }
 }
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
@@ -362,4 +444,10 @@ fn without_barriers_a_wake_up_is_lost() {
         heavy: Some(nothing),
     };
     model(move || run(&[8, 8], 1, none));
+}
+
+/// A port set's single barrier for two rings, with two producers.
+#[test]
+fn a_set_waits_on_two_rings_with_one_barrier() {
+    model(|| run_set(2));
 }
