@@ -3,14 +3,22 @@
 //! worker serving four clients.
 //!
 //! ```text
-//! cargo bench --bench ports            # about 20 s
+//! cargo bench --bench ports            # about 25 s
 //! cargo bench --bench ports -- --test  # every benchmark once (CI)
+//! cargo bench --bench ports -- channel_per_request  # both below, one run
 //! ```
 //!
 //! - `channel_per_request`: make a channel, send one end to another
 //!   process, which posts one message on it and drops it; receive the
 //!   message and the close event. Both sides busy-spin, so the figure is
 //!   the work, not two sleep/wake hops between vCPUs.
+//! - `channel_per_request_floor`: the system calls one channel costs in
+//!   this design, made directly with rustix, without shmport: memfd,
+//!   size, seals, mapping, socket pair, the descriptors passed over a
+//!   control socket, the peer's checks and mapping, one reply word and a
+//!   closed flag in the shared pages, and every close and unmap. Measured
+//!   right after `channel_per_request`, in the same run, to split it into
+//!   the kernel's floor and shmport's own overhead.
 //! - `transferred_rtt/{original,transferred}`: 64-byte round trip, busy
 //!   spin, on the port `spawn` made, and on a port that travelled to the
 //!   child inside a message.
@@ -21,12 +29,26 @@
 //! The peer is this binary, re-executed with `SHMPORT_BENCH_ROLE` set.
 
 use std::hint::black_box;
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::{MaybeUninit, offset_of};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use shmport::{MessageChannel, MessagePort, PortSet, RecvError};
+use rustix::fs::{FileType, MemfdFlags, SealFlags};
+use rustix::io::{Errno, FdFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+use shmport::layout::{self, ProducerLine, RingHeader};
+use shmport::{DEFAULT_CAPACITY, MessageChannel, MessagePort, PortSet, RecvError};
 
 const ROLE_ENV: &str = "SHMPORT_BENCH_ROLE";
 const BUSY: Duration = Duration::from_secs(10);
@@ -42,6 +64,7 @@ fn main() {
         .without_plots()
         .configure_from_args();
     channel_per_request(&mut c);
+    channel_per_request_floor(&mut c);
     transferred_rtt(&mut c);
     worker_4_clients(&mut c);
     c.final_summary();
@@ -62,6 +85,10 @@ fn finish(mut child: Child, port: MessagePort) {
 // ------------------------------------------------------------------ peers
 
 fn run_role(role: &str) {
+    if role == "floor-acceptor" {
+        // No port: a bare control socket (see `spawn_floor_acceptor`).
+        return floor_acceptor();
+    }
     let port = MessagePort::from_parent().expect("adopt the bench's port");
     match role {
         "acceptor" => {
@@ -166,6 +193,293 @@ fn channel_per_request(c: &mut Criterion) {
         })
     });
     finish(child, port);
+}
+
+// ------------------------------------------------- channel_per_request_floor
+
+/// Names the floor peer's control socket (a descriptor number).
+const FLOOR_FD_ENV: &str = "SHMPORT_BENCH_FLOOR_FD";
+/// A channel's segment at the default ring capacity, as shmport sizes it.
+const SEGMENT_SIZE: usize = layout::segment_size(DEFAULT_CAPACITY);
+/// The reply: where shmport's first record from the accepting side starts
+/// (ring 1's data area), and the value shmport's commit word takes there.
+const REPLY_AT: usize = layout::ring_data(1, DEFAULT_CAPACITY);
+const REPLY: u64 = 1;
+/// The accepting side's closed flag, where shmport keeps it (ring 1's
+/// producer line, in the header page).
+const CLOSED_AT: usize =
+    layout::RING_HEADER[1] + offset_of!(RingHeader, producer) + offset_of!(ProducerLine, closed);
+/// The message that carries the two descriptors: as long as shmport's
+/// attachment for one port (a tag byte and a 16-byte body).
+const ATTACHMENT: [u8; 17] = *b"A\0\x01\0\x01\0\0\0\0\0\0\0\0\0\0\0\0";
+
+/// A shared, writable mapping of a whole segment, unmapped on drop. Not
+/// prefaulted: shmport maps without `MAP_POPULATE` too.
+struct FloorMap(NonNull<u8>);
+
+impl FloorMap {
+    fn new(memfd: &OwnedFd) -> FloorMap {
+        // SAFETY: a new mapping at an address the kernel picks, aliasing
+        // nothing; the memfd is SEGMENT_SIZE bytes and sealed against
+        // shrinking (checked by the peer before it maps).
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                SEGMENT_SIZE,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                memfd,
+                0,
+            )
+        }
+        .expect("mmap");
+        FloorMap(NonNull::new(ptr.cast()).expect("mmap gave null"))
+    }
+
+    fn u64_at(&self, at: usize) -> &AtomicU64 {
+        assert!(at % 8 == 0 && at + 8 <= SEGMENT_SIZE);
+        // SAFETY: 1. aligned and inside the mapping (asserted); 2. the
+        // mapping lives as long as `self`, which the reference borrows;
+        // 3. both processes touch these bytes only through atomics.
+        unsafe { AtomicU64::from_ptr(self.0.as_ptr().add(at).cast()) }
+    }
+
+    fn u32_at(&self, at: usize) -> &AtomicU32 {
+        assert!(at % 4 == 0 && at + 4 <= SEGMENT_SIZE);
+        // SAFETY: as in `u64_at`.
+        unsafe { AtomicU32::from_ptr(self.0.as_ptr().add(at).cast()) }
+    }
+}
+
+impl Drop for FloorMap {
+    fn drop(&mut self) {
+        // SAFETY: this value owns the mapping, and every reference into it
+        // borrowed `self`, so none is left.
+        unsafe { rustix::mm::munmap(self.0.as_ptr().cast(), SEGMENT_SIZE) }.expect("munmap");
+    }
+}
+
+fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+    rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .expect("socketpair")
+}
+
+/// What one non-blocking `recvmsg` found.
+enum Got {
+    Nothing,
+    EndOfFile,
+    /// The two descriptors of a channel: its socket end and its memfd.
+    Channel(OwnedFd, OwnedFd),
+}
+
+/// One `recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC)`, as shmport receives.
+fn recv_channel(sock: &OwnedFd) -> Got {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut buf = [0u8; 64];
+    let flags = RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC;
+    let got =
+        match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(&mut buf)], &mut control, flags) {
+            Ok(got) => got,
+            Err(Errno::AGAIN) => return Got::Nothing,
+            Err(e) => panic!("recvmsg: {e}"),
+        };
+    let mut fds = Vec::with_capacity(2);
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(it) = msg {
+            fds.extend(it);
+        }
+    }
+    if got.bytes == 0 && fds.is_empty() {
+        // SOCK_SEQPACKET: zero bytes is the end (no empty message is sent).
+        return Got::EndOfFile;
+    }
+    assert!(
+        !got.flags
+            .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC)
+    );
+    assert_eq!(got.bytes, ATTACHMENT.len(), "one attachment");
+    let [sock, memfd]: [OwnedFd; 2] = fds.try_into().expect("two descriptors");
+    Got::Channel(sock, memfd)
+}
+
+/// The floor peer and our end of its control socket. The child holds its
+/// standard streams and its end, whose number `FLOOR_FD_ENV` names.
+fn spawn_floor_acceptor() -> (Child, OwnedFd) {
+    let (control, theirs) = seqpacket_pair();
+    let mut cmd = peer("floor-acceptor");
+    cmd.env(
+        FLOOR_FD_ENV,
+        std::os::fd::AsRawFd::as_raw_fd(&theirs).to_string(),
+    );
+    // Runs in the child between fork and exec. As `shmport::spawn` does,
+    // every descriptor from 3 up is closed on exec (some this process
+    // inherited are not marked so), but the control socket.
+    let keep_only_control = move || -> std::io::Result<()> {
+        // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC closes nothing; it
+        // sets the close-on-exec flag on a range of numbers.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        rustix::io::fcntl_setfd(&theirs, FdFlags::empty())?;
+        Ok(())
+    };
+    // SAFETY: the closure makes only async-signal-safe system calls
+    // (close_range, fcntl) and allocates nothing. It owns `theirs`, so the
+    // number stays open until the command is dropped below.
+    unsafe {
+        cmd.pre_exec(keep_only_control);
+    }
+    let child = cmd.spawn().expect("spawn the floor peer");
+    // Closes our copy of the child's end: its death must hang up `control`.
+    drop(cmd);
+    (child, control)
+}
+
+/// The accepting side of the floor: for each channel on the control socket,
+/// what shmport's acceptor does in the kernel and in the shared pages;
+/// returns at the control socket's end of file.
+fn floor_acceptor() {
+    let raw: RawFd = std::env::var(FLOOR_FD_ENV)
+        .expect("the control socket's number")
+        .parse()
+        .expect("a descriptor number");
+    assert!(
+        raw > 2,
+        "{FLOOR_FD_ENV}={raw}: not a descriptor the bench made"
+    );
+    // SAFETY: the bench made this descriptor for this process and named it
+    // in FLOOR_FD_ENV (`spawn_floor_acceptor`); nothing else here owns it.
+    let control = unsafe { OwnedFd::from_raw_fd(raw) };
+    rustix::io::fcntl_setfd(&control, FdFlags::CLOEXEC).expect("close-on-exec");
+    assert_eq!(
+        rustix::net::sockopt::socket_type(&control).expect("control socket"),
+        SocketType::SEQPACKET
+    );
+    loop {
+        // Busy spin, like the acceptor on its control port.
+        let (sock, memfd) = match recv_channel(&control) {
+            Got::Nothing => {
+                std::hint::spin_loop();
+                continue;
+            }
+            Got::EndOfFile => return,
+            Got::Channel(sock, memfd) => (sock, memfd),
+        };
+        // The checks shmport makes of a received port.
+        let ty = rustix::net::sockopt::socket_type(&sock).expect("SO_TYPE");
+        assert_eq!(ty, SocketType::SEQPACKET);
+        let st = rustix::fs::fstat(&memfd).expect("fstat");
+        assert_eq!(FileType::from_raw_mode(st.st_mode), FileType::RegularFile);
+        assert_eq!(st.st_size, SEGMENT_SIZE as i64);
+        let seals = rustix::fs::fcntl_get_seals(&memfd).expect("F_GET_SEALS");
+        assert!(seals.contains(SealFlags::SHRINK | SealFlags::GROW));
+        let map = FloorMap::new(&memfd);
+        // Acquire: pairs with the Release store of the magic by the creator.
+        assert_eq!(map.u64_at(0).load(Ordering::Acquire), layout::MAGIC);
+        // Release, both: the creator's Acquire loads pair with them, as
+        // with shmport's commit word and closed flag.
+        map.u64_at(REPLY_AT).store(REPLY, Ordering::Release);
+        map.u32_at(CLOSED_AT).store(1, Ordering::Release);
+        // Close in shmport's order: socket (the hang-up), mapping, memfd.
+        drop(sock);
+        drop(map);
+        drop(memfd);
+    }
+}
+
+/// One channel per request, at the floor: the creating side.
+fn floor_request(control: &OwnedFd) {
+    let memfd = rustix::fs::memfd_create(
+        "shmport-channel",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .expect("memfd_create");
+    rustix::fs::ftruncate(&memfd, SEGMENT_SIZE as u64).expect("ftruncate");
+    rustix::fs::fcntl_add_seals(
+        &memfd,
+        SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW,
+    )
+    .expect("F_ADD_SEALS");
+    let map = FloorMap::new(&memfd);
+    // The segment header's first word, as shmport writes it (the first
+    // page's fault is part of the cost).
+    map.u64_at(0).store(layout::MAGIC, Ordering::Release);
+    let (mine, theirs) = seqpacket_pair();
+    let fds = [theirs.as_fd(), memfd.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    assert!(cmsg.push(SendAncillaryMessage::ScmRights(&fds)));
+    let sent = rustix::net::sendmsg(
+        control,
+        &[IoSlice::new(&ATTACHMENT)],
+        &mut cmsg,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    )
+    .expect("sendmsg");
+    assert_eq!(sent, ATTACHMENT.len());
+    drop(theirs);
+    // Acquire, both: pair with the peer's Release stores.
+    let reply = map.u64_at(REPLY_AT);
+    while reply.load(Ordering::Acquire) == 0 {
+        std::hint::spin_loop();
+    }
+    assert_eq!(reply.load(Ordering::Relaxed), REPLY);
+    let closed = map.u32_at(CLOSED_AT);
+    while closed.load(Ordering::Acquire) == 0 {
+        std::hint::spin_loop();
+    }
+    // The close event is the flag; like shmport, look at the socket once
+    // (it may or may not have hung up yet), then close.
+    assert!(matches!(recv_channel(&mine), Got::Nothing | Got::EndOfFile));
+    drop(mine);
+    drop(map);
+    drop(memfd);
+}
+
+/// `channel_per_request` without shmport: the system calls one channel
+/// costs in this design, made directly with rustix, with the same sizes and
+/// flags and in shmport's order, and the same shared pages touched. It
+/// exists to split `channel_per_request`, measured just before it in the
+/// same run, into the kernel's floor and shmport's own overhead.
+///
+/// Per request, the creating side: `memfd_create`, `ftruncate` (a
+/// default-sized segment), `F_ADD_SEALS`, `mmap`, the header's first word,
+/// `socketpair`, one `sendmsg` of both descriptors and 17 bytes (an
+/// attachment's length) on the control socket, `close` of the sent end;
+/// spin on the reply word, then on the closed flag (shmport's close event
+/// for a peer that closes: it does not wait for the hang-up); one
+/// non-blocking `recvmsg` on its end, as shmport looks there once; `close`,
+/// `munmap`, `close`. The peer, spinning on non-blocking `recvmsg` of the
+/// control socket: the checks shmport makes (`SO_TYPE`, `fstat`,
+/// `F_GET_SEALS`), `mmap`, the magic read, the reply and closed flag stored
+/// where shmport stores them, `close`, `munmap`, `close`.
+///
+/// Left out, as shmport's choices rather than the design's needs: the
+/// control channel's own ring (the peer spins on the control socket
+/// instead), reading a socket again until it is empty, and the `poll` that
+/// tells an end of file from an empty message.
+fn channel_per_request_floor(c: &mut Criterion) {
+    let (mut child, control) = spawn_floor_acceptor();
+    c.bench_function("channel_per_request_floor", |b| {
+        b.iter(|| floor_request(&control))
+    });
+    drop(control);
+    let status = child.wait().expect("wait for the floor peer");
+    assert!(status.success(), "floor peer failed: {status}");
 }
 
 fn rtt(port: &MessagePort, iters: u64) -> Duration {
