@@ -154,8 +154,8 @@ mod tests {
         }
         assert_eq!(handle::<u8>(std::ptr::null_mut()), Err(SHMPORT_ERR_NULL));
         assert_eq!(
-            handle(to_ptr::<u8>(0x5100_0001_0000_0001)),
-            Ok(0x5100_0001_0000_0001)
+            handle(to_ptr::<u8>(0x0000_0151_0000_0001)),
+            Ok(0x0000_0151_0000_0001)
         );
     }
 }

@@ -177,9 +177,104 @@ pub unsafe extern "C" fn shmport_message_free(msg: *mut shmport_message) -> shmp
     guard(|| {
         // SAFETY: no reference to the message outlives a call; this call
         // alone uses the handle.
-        let (port, index) = unsafe { MESSAGES.drop_in_place(handle(msg)?, |m| m.port) }?;
+        let (port, slot) = unsafe { MESSAGES.drop_in_place(handle(msg)?, |m| m.port) }?;
         port.remove_message();
-        MESSAGES.recycle(index, Some(&mut port.spare.borrow_mut()));
+        port.keep_message_slot(slot);
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ptr::null_mut;
+
+    use super::*;
+    use crate::SHMPORT_FOREVER;
+    use crate::port::{
+        shmport_channel_new, shmport_port_close, shmport_port_post, shmport_port_recv,
+    };
+
+    /// Post `n` messages on `a` and receive them on `b`, holding them all.
+    fn receive(a: *mut shmport_port, b: *mut shmport_port, n: u8) -> Vec<*mut shmport_message> {
+        (0..n)
+            .map(|i| {
+                let mut m = null_mut();
+                // SAFETY: live ports, valid pointers, one thread.
+                unsafe {
+                    assert_eq!(shmport_port_post(a, &i, 1, SHMPORT_FOREVER), SHMPORT_OK);
+                    assert_eq!(shmport_port_recv(b, SHMPORT_FOREVER, &mut m), SHMPORT_OK);
+                }
+                m
+            })
+            .collect()
+    }
+
+    /// A new channel's two ports.
+    fn channel() -> (*mut shmport_port, *mut shmport_port) {
+        let (mut a, mut b) = (null_mut(), null_mut());
+        // SAFETY: valid pointers for the two ports.
+        let status = unsafe { shmport_channel_new(0, &mut a, &mut b) };
+        assert_eq!(status, SHMPORT_OK);
+        (a, b)
+    }
+
+    /// The slot a message handle names (its index bits).
+    fn slot_of(m: *mut shmport_message) -> u32 {
+        m as usize as u32
+    }
+
+    #[test]
+    fn freed_slots_are_kept_by_the_port_and_reused() {
+        let (a, b) = channel();
+        let held = receive(a, b, 3);
+        let (mut data, mut len) = (std::ptr::null(), 0);
+        // SAFETY: live or stale handles, valid pointers, one thread.
+        unsafe {
+            for (i, &m) in held.iter().enumerate() {
+                assert_eq!(shmport_message_bytes(m, &mut data, &mut len), SHMPORT_OK);
+                assert_eq!((len, *data), (1, i as u8));
+            }
+            assert_eq!(shmport_port_close(b), SHMPORT_ERR_BUSY);
+            for &m in &[held[1], held[0], held[2]] {
+                assert_eq!(shmport_message_free(m), SHMPORT_OK);
+                assert_eq!(shmport_message_free(m), SHMPORT_ERR_BAD_HANDLE);
+                assert_eq!(
+                    shmport_message_bytes(m, &mut data, &mut len),
+                    SHMPORT_ERR_BAD_HANDLE
+                );
+            }
+        }
+        // The port kept the three slots: another port's message does not
+        // get one, and this port's next three messages take them again,
+        // under new handles.
+        let mut before: Vec<u32> = held.iter().map(|&m| slot_of(m)).collect();
+        before.sort_unstable();
+        let (c, d) = channel();
+        let other = receive(c, d, 1)[0];
+        assert!(!before.contains(&slot_of(other)));
+        let again = receive(a, b, 3);
+        let mut after: Vec<u32> = again.iter().map(|&m| slot_of(m)).collect();
+        after.sort_unstable();
+        assert_eq!(before, after);
+        // SAFETY: as above.
+        unsafe {
+            for &m in &again {
+                assert!(!held.contains(&m));
+                assert_eq!(shmport_message_bytes(m, &mut data, &mut len), SHMPORT_OK);
+            }
+            for &m in &held {
+                assert_eq!(shmport_message_free(m), SHMPORT_ERR_BAD_HANDLE);
+            }
+            for &m in &again {
+                assert_eq!(shmport_message_free(m), SHMPORT_OK);
+            }
+            // Closing gives the kept slots back; the handle turns stale.
+            assert_eq!(shmport_port_close(b), SHMPORT_OK);
+            assert_eq!(shmport_port_close(b), SHMPORT_ERR_BAD_HANDLE);
+            assert_eq!(shmport_port_close(a), SHMPORT_OK);
+            assert_eq!(shmport_message_free(other), SHMPORT_OK);
+            assert_eq!(shmport_port_close(c), SHMPORT_OK);
+            assert_eq!(shmport_port_close(d), SHMPORT_OK);
+        }
+    }
 }

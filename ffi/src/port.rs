@@ -9,7 +9,7 @@ use shmport_core::{ChannelBuilder, MessagePort, Reservation, TransferError, Trus
 
 use crate::boundary::{Out, Wait, bytes, guard, handle, to_ptr};
 use crate::message::{MESSAGES, MessageState, shmport_message};
-use crate::registry::{Kind, Registry};
+use crate::registry::{Kind, Registry, Vacant};
 use crate::status::shmport_status::{self, *};
 use crate::{SHMPORT_MAX_PORTS, SHMPORT_TRUST_UNTRUSTED, SHMPORT_TRUST_VALIDATED, no_memory};
 
@@ -29,8 +29,11 @@ pub(crate) struct PortState {
     /// Messages received from this port and not yet freed; a port is never
     /// removed while this is non-zero (they borrow `port`).
     live: Cell<usize>,
-    /// Message slots kept for this port's messages (no lock per message).
-    pub(crate) spare: RefCell<Vec<u32>>,
+    /// A free message slot kept for this port's next message, so that
+    /// receiving takes no lock: the one its last freed message left.
+    spare: Cell<Option<Vacant<MessageState>>>,
+    /// More kept slots, when several messages were held at once.
+    spares: RefCell<Vec<Vacant<MessageState>>>,
     pub(crate) port: MessagePort,
 }
 
@@ -39,7 +42,8 @@ impl PortState {
         PortState {
             reservation: RefCell::new(None),
             live: Cell::new(0),
-            spare: RefCell::new(Vec::new()),
+            spare: Cell::new(None),
+            spares: RefCell::new(Vec::new()),
             port,
         }
     }
@@ -53,19 +57,57 @@ impl PortState {
     }
 
     /// One more message borrows the port.
+    #[inline]
     pub(crate) fn add_message(&self) {
         self.live.set(self.live.get() + 1);
     }
 
     /// A message that borrowed the port is gone.
+    #[inline]
     pub(crate) fn remove_message(&self) {
         self.live.set(self.live.get() - 1);
+    }
+
+    /// A free slot for a message received from this port: a kept one if
+    /// any (no lock), else one from the shared list.
+    #[inline]
+    fn message_slot(&self) -> Result<Vacant<MessageState>, shmport_status> {
+        match self.spare.take() {
+            Some(slot) => Ok(slot),
+            None => self.message_slot_slow(),
+        }
+    }
+
+    #[cold]
+    fn message_slot_slow(&self) -> Result<Vacant<MessageState>, shmport_status> {
+        match self.spares.borrow_mut().pop() {
+            Some(slot) => Ok(slot),
+            None => MESSAGES.vacant().ok_or_else(no_memory),
+        }
+    }
+
+    /// Keep a free message slot for this port's next message.
+    #[inline]
+    pub(crate) fn keep_message_slot(&self, slot: Vacant<MessageState>) {
+        if let Some(other) = self.spare.replace(Some(slot)) {
+            self.keep_more(other);
+        }
+    }
+
+    #[cold]
+    fn keep_more(&self, slot: Vacant<MessageState>) {
+        self.spares.borrow_mut().push(slot);
     }
 
     /// The port, for its new owner; the message slots it kept go back to
     /// the shared list.
     fn into_port(self) -> MessagePort {
-        MESSAGES.release_indices(self.spare.into_inner());
+        MESSAGES.release(
+            self.spare
+                .into_inner()
+                .into_iter()
+                .chain(self.spares.into_inner()),
+        );
         self.port
     }
 }
@@ -119,15 +161,15 @@ unsafe fn restore(port: *mut shmport_port, state: PortState) -> Result<(), shmpo
 unsafe fn retire(port: *mut shmport_port) -> Result<(), shmport_status> {
     // SAFETY: the caller's contract: the slot is live and empty, nothing
     // refers to it.
-    let (_, index) = unsafe { PORTS.remove(handle(port)?) }?;
-    PORTS.recycle(index, None);
+    let (_, slot) = unsafe { PORTS.remove(handle(port)?) }?;
+    PORTS.recycle(slot);
     Ok(())
 }
 
 /// A new handle for a port.
 pub(crate) fn new_port_handle(port: MessagePort) -> Result<*mut shmport_port, shmport_status> {
     PORTS
-        .insert(Some(PortState::new(port)), None)
+        .insert(Some(PortState::new(port)))
         .map(to_ptr)
         .ok_or_else(no_memory)
 }
@@ -305,33 +347,28 @@ pub unsafe extern "C" fn shmport_port_post_with_ports(
                 return Err(SHMPORT_ERR_INVALID_ARGUMENT);
             }
         }
-        let mut spares = Vec::with_capacity(nports);
         let mut moving = Vec::with_capacity(nports);
         for &p in handles {
             // SAFETY: checked live and idle above (no message or reservation
             // refers to it); the handle stays live until restored or retired
             // below.
             let state = unsafe { take_out(p) }?;
-            spares.push(state.spare);
-            moving.push(state.port);
+            moving.push(state.into_port());
         }
         let result = ps.port.post_bytes_with_ports(data, moving);
         match result {
             Ok(()) => {
-                for (&p, spare) in handles.iter().zip(spares) {
-                    MESSAGES.release_indices(spare.into_inner());
+                for &p in handles {
                     // SAFETY: taken out above, not restored.
                     unsafe { retire(p) }?;
                 }
                 Ok(())
             }
             Err(TransferError { error, ports }) if ports.len() == nports => {
-                for ((&p, spare), back) in handles.iter().zip(spares).zip(ports) {
-                    let mut state = PortState::new(back);
-                    state.spare = spare;
+                for (&p, back) in handles.iter().zip(ports) {
                     // SAFETY: taken out above, not restored. `ports` comes back
                     // in the order it was given.
-                    unsafe { restore(p, state) }?;
+                    unsafe { restore(p, PortState::new(back)) }?;
                 }
                 Err(error.into())
             }
@@ -340,8 +377,7 @@ pub unsafe extern "C" fn shmport_port_post_with_ports(
                 // when out of memory): which handle is which is unknown, so
                 // none stays live, and the ones that came back close.
                 drop(ports);
-                for (&p, spare) in handles.iter().zip(spares) {
-                    MESSAGES.release_indices(spare.into_inner());
+                for &p in handles {
                     // SAFETY: taken out above, not restored.
                     unsafe { retire(p) }?;
                 }
@@ -380,9 +416,9 @@ pub unsafe extern "C" fn shmport_port_recv(
         // SAFETY: the caller's contract.
         let out = unsafe { Out::new(msg) }?;
         let ps = port_state(port)?;
-        let slot = MESSAGES
-            .vacant(Some(&mut ps.spare.borrow_mut()))
-            .ok_or_else(no_memory)?;
+        // Claimed before receiving, so that a message is never received and
+        // then lost for want of a slot.
+        let slot = ps.message_slot()?;
         let m = match Wait::from_ns(timeout_ns) {
             Wait::Forever => ps.port.recv(),
             Wait::No => ps.port.try_recv(),
@@ -395,7 +431,7 @@ pub unsafe extern "C" fn shmport_port_recv(
                 Ok(())
             }
             Err(e) => {
-                MESSAGES.recycle(slot.index, Some(&mut ps.spare.borrow_mut()));
+                ps.keep_message_slot(slot);
                 Err(e.into())
             }
         }
@@ -428,7 +464,9 @@ pub unsafe extern "C" fn shmport_port_reserve(
         // SAFETY: the caller's contract.
         let out = unsafe { Out::new(data) }?;
         let ps = port_state(port)?;
-        if ps.reservation.borrow().is_some() {
+        // Borrowed across the reservation: nothing it calls looks here.
+        let mut live = ps.reservation.borrow_mut();
+        if live.is_some() {
             return Err(SHMPORT_ERR_RESERVED);
         }
         let mut r = match Wait::from_ns(timeout_ns) {
@@ -441,7 +479,7 @@ pub unsafe extern "C" fn shmport_port_reserve(
         } else {
             r.bytes_mut().as_mut_ptr()
         };
-        *ps.reservation.borrow_mut() = Some(r);
+        *live = Some(r);
         out.put(p);
         Ok(())
     })

@@ -74,12 +74,7 @@ pub unsafe extern "C" fn shmport_listener_bind(
             }
             _ => io(&e),
         })?;
-        out.put(
-            LISTENERS
-                .insert(l, None)
-                .map(to_ptr)
-                .ok_or_else(no_memory)?,
-        );
+        out.put(LISTENERS.insert(l).map(to_ptr).ok_or_else(no_memory)?);
         Ok(())
     })
 }
@@ -138,7 +133,7 @@ pub unsafe extern "C" fn shmport_listener_accept(
             None if timeout_ns == 0 => return Err(SHMPORT_EMPTY),
             None => return Err(SHMPORT_TIMEOUT),
         };
-        out.put(INCOMING.insert(i, None).map(to_ptr).ok_or_else(no_memory)?);
+        out.put(INCOMING.insert(i).map(to_ptr).ok_or_else(no_memory)?);
         Ok(())
     })
 }
@@ -156,8 +151,8 @@ pub unsafe extern "C" fn shmport_listener_close(listener: *mut shmport_listener)
     }
     guard(|| {
         // SAFETY: nothing keeps a reference to a listener past a call.
-        let (l, index) = unsafe { LISTENERS.remove(handle(listener)?) }?;
-        LISTENERS.recycle(index, None);
+        let (l, slot) = unsafe { LISTENERS.remove(handle(listener)?) }?;
+        LISTENERS.recycle(slot);
         drop(l);
         Ok(())
     })
@@ -205,8 +200,8 @@ pub unsafe extern "C" fn shmport_incoming_accept(
         // SAFETY: the caller's contract.
         let out = unsafe { Out::new(port) }?;
         // SAFETY: nothing keeps a reference to an incoming connection.
-        let (i, index) = unsafe { INCOMING.remove(handle(incoming)?) }?;
-        INCOMING.recycle(index, None);
+        let (i, slot) = unsafe { INCOMING.remove(handle(incoming)?) }?;
+        INCOMING.recycle(slot);
         let p = i.accept_with(&builder(capacity)).map_err(|e| io(&e))?;
         out.put(new_port_handle(p)?);
         Ok(())
@@ -228,8 +223,8 @@ pub unsafe extern "C" fn shmport_incoming_reject(
     }
     guard(|| {
         // SAFETY: nothing keeps a reference to an incoming connection.
-        let (i, index) = unsafe { INCOMING.remove(handle(incoming)?) }?;
-        INCOMING.recycle(index, None);
+        let (i, slot) = unsafe { INCOMING.remove(handle(incoming)?) }?;
+        INCOMING.recycle(slot);
         i.reject();
         Ok(())
     })
