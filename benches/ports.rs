@@ -308,8 +308,8 @@ fn recv_channel(sock: &OwnedFd) -> Got {
     Got::Channel(sock, memfd)
 }
 
-/// The floor peer and our end of its control socket. The child holds its
-/// standard streams and its end, whose number `FLOOR_FD_ENV` names.
+/// The floor peer and our end of its control socket, whose number
+/// `FLOOR_FD_ENV` names in the child.
 fn spawn_floor_acceptor() -> (Child, OwnedFd) {
     let (control, theirs) = seqpacket_pair();
     let mut cmd = peer("floor-acceptor");
@@ -317,31 +317,18 @@ fn spawn_floor_acceptor() -> (Child, OwnedFd) {
         FLOOR_FD_ENV,
         std::os::fd::AsRawFd::as_raw_fd(&theirs).to_string(),
     );
-    // Runs in the child between fork and exec. As `shmport::spawn` does,
-    // every descriptor from 3 up is closed on exec (some this process
-    // inherited are not marked so), but the control socket.
-    let keep_only_control = move || -> std::io::Result<()> {
-        // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC closes nothing; it
-        // sets the close-on-exec flag on a range of numbers.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                3 as libc::c_uint,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    // Runs in the child between fork and exec: the control socket (made
+    // close-on-exec, like every descriptor shmport and this bench make)
+    // stays open across the exec.
+    let keep_control = move || -> std::io::Result<()> {
         rustix::io::fcntl_setfd(&theirs, FdFlags::empty())?;
         Ok(())
     };
-    // SAFETY: the closure makes only async-signal-safe system calls
-    // (close_range, fcntl) and allocates nothing. It owns `theirs`, so the
-    // number stays open until the command is dropped below.
+    // SAFETY: the closure makes one async-signal-safe system call (fcntl)
+    // and allocates nothing. It owns `theirs`, so the number stays open
+    // until the command is dropped below.
     unsafe {
-        cmd.pre_exec(keep_only_control);
+        cmd.pre_exec(keep_control);
     }
     let child = cmd.spawn().expect("spawn the floor peer");
     // Closes our copy of the child's end: its death must hang up `control`.

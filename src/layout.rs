@@ -63,9 +63,10 @@ use core::mem::size_of;
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
 /// The words of the ring protocol ([`RingHeader`], [`RecordHeader`]): the
-/// processor's atomics, or in a model-checking build (`--cfg shmport_loom`) loom's
-/// models of them, so that `ring::model` can explore every interleaving of
-/// the protocol. The other structures here are never model-checked.
+/// processor's atomics, or in a model-checking build (`--cfg
+/// shmport_loom`) loom's models of them, so that `ring::model` can explore
+/// every interleaving of the protocol. The other structures here are never
+/// model-checked.
 #[cfg(not(shmport_loom))]
 use core::sync::atomic::{AtomicU32 as RingU32, AtomicU64 as RingU64};
 #[cfg(shmport_loom)]

@@ -636,9 +636,9 @@ impl<M: RingMemory> Consumer<M> {
             if h.commit.load(Ordering::Acquire) != pos + 1 {
                 return Ok(None);
             }
+            let offset = ring_offset(&self.mem, pos);
             #[cfg(shmport_loom)]
-            self.mem
-                .model_read(ring_offset(&self.mem, pos), RECORD_HEADER);
+            self.mem.model_read(offset, RECORD_HEADER);
             // Relaxed: ordered after the Acquire above. Copied once; only
             // the copies are checked and used.
             let RecordInfo {
@@ -649,7 +649,6 @@ impl<M: RingMemory> Consumer<M> {
             } = unpack_info(h.info.load(Ordering::Relaxed));
             let len = len as usize;
             let fingerprint = h.fingerprint.load(Ordering::Relaxed);
-            let offset = (pos & (self.cap - 1)) as usize;
             let to_end = self.cap as usize - offset;
             if kind == KIND_PADDING {
                 if len != to_end - RECORD_HEADER {
