@@ -563,10 +563,14 @@ mod async_worker {
             let port = AsyncPort::new(port)?;
             clients.push(tokio::spawn(serve_client(name, pid, port)));
         };
+        // Report the clients in the order they left, as the threaded worker
+        // does: each task returns the moment its client left.
         let mut done = Vec::new();
         for c in clients {
             done.push(c.await?);
         }
+        done.sort_by_key(|&(_, left)| left);
+        let done: Vec<ClientSummary> = done.into_iter().map(|(summary, _)| summary).collect();
         if open {
             let span = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
             let summary = WorkerSummary {
@@ -580,8 +584,9 @@ mod async_worker {
         Ok(())
     }
 
-    /// Answer this client's jobs until its close event.
-    async fn serve_client(name: String, pid: u32, mut port: AsyncPort) -> ClientSummary {
+    /// Answer this client's jobs until its close event; returns the summary
+    /// and the moment the client left.
+    async fn serve_client(name: String, pid: u32, mut port: AsyncPort) -> (ClientSummary, Instant) {
         let since = Instant::now();
         let mut requests = 0;
         let ended = loop {
@@ -606,13 +611,15 @@ mod async_worker {
             requests += 1;
         };
         println!("worker: client {name} (pid {pid}) left ({ended}) after {requests} requests");
-        ClientSummary {
+        let left = Instant::now();
+        let summary = ClientSummary {
             name,
             pid,
             requests,
-            secs: since.elapsed().as_secs_f64(),
+            secs: left.duration_since(since).as_secs_f64(),
             ended,
-        }
+        };
+        (summary, left)
     }
 }
 
