@@ -1,17 +1,25 @@
-//! Round trip of 64-byte messages, both sides busy-spinning: two C
-//! processes through the C API (`benches/c/rtt.c`) and two Rust processes
-//! through the Rust API, measured in the same run, alternating, so both
-//! see the same machine state. Prints the median of each and their ratio.
+//! Round trip of 64-byte messages, both sides busy-spinning, through the C
+//! API (`benches/c/rtt.c`) and through the Rust API, measured in the same
+//! run: C↔C, Rust↔Rust, and the two mixed pairs (which side the C API's
+//! cost falls on).
+//!
+//! Each round runs the four pairs once, in an order that rotates from round
+//! to round, so that every pair meets the machine in every state. The
+//! ratio of each pair to Rust↔Rust is taken within a round, where both saw
+//! the same machine, and the median of those ratios is the figure to quote:
+//! a VM's round trip can move by a factor of three between seconds (vCPUs
+//! placed near or far), which medians taken apart do not cancel.
 //!
 //! ```sh
-//! cargo bench -p shmport-ffi --bench rtt            # 7 runs of 200,000 round trips each
-//! cargo bench -p shmport-ffi --bench rtt -- --quick # 3 runs of 20,000
+//! cargo bench -p shmport-ffi --bench rtt            # 31 rounds of 50,000 round trips per pair
+//! cargo bench -p shmport-ffi --bench rtt -- --quick # 5 rounds of 10,000
 //! ```
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::hint::black_box;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -22,13 +30,28 @@ use shmport_core::{MessagePort, RecvError};
 const SPIN: Duration = Duration::from_secs(1);
 const WARMUP: u64 = 10_000;
 
+/// Who plays the main side and who the echo.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    C,
+    Rust,
+}
+
+/// The pairs, Rust↔Rust first: the reference of every ratio.
+const PAIRS: [(Side, Side, &str); 4] = [
+    (Side::Rust, Side::Rust, "Rust <-> Rust"),
+    (Side::C, Side::C, "C <-> C (C API)"),
+    (Side::Rust, Side::C, "Rust main, C echo"),
+    (Side::C, Side::Rust, "C main, Rust echo"),
+];
+
 fn main() {
     if common::role().as_deref() == Some("echo") {
         rust_echo();
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick" || a == "--test");
-    let (runs, n) = if quick { (3, 20_000) } else { (7, 200_000) };
+    let (rounds, n) = if quick { (5, 10_000) } else { (31, 50_000) };
 
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap();
@@ -38,40 +61,56 @@ fn main() {
     common::library_for(profile);
     let c_rtt = common::compile("rtt", &["benches/c/rtt.c"], Build::Optimized);
 
-    let (mut c, mut rust) = (Vec::new(), Vec::new());
-    for run in 0..runs {
-        // Alternate which goes first, so neither always meets the machine
-        // in the same state.
-        if run % 2 == 0 {
-            c.push(c_rtt_run(&c_rtt, n));
-            rust.push(rust_rtt(n));
-        } else {
-            rust.push(rust_rtt(n));
-            c.push(c_rtt_run(&c_rtt, n));
+    // ns per round trip, per pair, per round.
+    let mut ns = vec![Vec::with_capacity(rounds); PAIRS.len()];
+    for round in 0..rounds {
+        let mut this = [0.0; PAIRS.len()];
+        for k in 0..PAIRS.len() {
+            let pair = (round + k) % PAIRS.len();
+            let (main_side, echo_side, _) = PAIRS[pair];
+            this[pair] = run_pair(main_side, echo_side, &c_rtt, n);
+        }
+        for (v, x) in ns.iter_mut().zip(this) {
+            v.push(x);
         }
     }
-    let (mc, mr) = (median(&mut c), median(&mut rust));
-    println!("rtt_64B/spin, {runs} runs of {n} round trips, median (min..max):");
+
     println!(
-        "  C <-> C (C API):       {mc:7.1} ns  ({:.1}..{:.1})",
-        c[0],
-        c[runs - 1]
+        "rtt_64B/spin, {rounds} rounds of {n} round trips per pair; \
+         ns per round trip, median (min..max); ratio to Rust <-> Rust within \
+         each round, median (middle half):"
     );
-    println!(
-        "  Rust <-> Rust:         {mr:7.1} ns  ({:.1}..{:.1})",
-        rust[0],
-        rust[runs - 1]
-    );
-    println!("  C / Rust:              {:7.3}", mc / mr);
+    for (k, (_, _, name)) in PAIRS.iter().enumerate() {
+        let mut ratios: Vec<f64> = ns[k].iter().zip(&ns[0]).map(|(x, r)| x / r).collect();
+        let mut times = ns[k].clone();
+        let (t, r) = (median(&mut times), median(&mut ratios));
+        let (q1, q3) = (ratios[rounds / 4], ratios[rounds - 1 - rounds / 4]);
+        println!(
+            "  {name:<18} {t:7.1} ns ({:.1}..{:.1})   ratio {r:.3} ({q1:.3}..{q3:.3})",
+            times[0],
+            times[rounds - 1]
+        );
+    }
 }
 
-/// One run of the C program: `n` round trips, ns each.
-fn c_rtt_run(program: &std::path::Path, n: u64) -> f64 {
-    let out = Command::new(program)
-        .arg(n.to_string())
-        .env_remove("SHMPORT_PORT")
-        .output()
-        .expect("run the C round trips");
+/// One run of `n` round trips with the given sides: ns per round trip.
+fn run_pair(main_side: Side, echo_side: Side, c_rtt: &Path, n: u64) -> f64 {
+    match main_side {
+        Side::Rust => rust_rtt(n, echo_side, c_rtt),
+        Side::C => c_rtt_run(n, echo_side, c_rtt),
+    }
+}
+
+/// The C program as the main side: `n` round trips, ns each.
+fn c_rtt_run(n: u64, echo_side: Side, program: &Path) -> f64 {
+    let mut cmd = Command::new(program);
+    cmd.arg(n.to_string()).env_remove("SHMPORT_PORT");
+    if echo_side == Side::Rust {
+        // The C program spawns this binary, which the role makes an echo.
+        cmd.env("SHMPORT_RTT_ECHO", std::env::current_exe().unwrap())
+            .env(ROLE, "echo");
+    }
+    let out = cmd.output().expect("run the C round trips");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "C round trips failed: {text}");
     text.trim()
@@ -85,18 +124,28 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// One run: spawn this binary as the echo, time `n` round trips.
-fn rust_rtt(n: u64) -> f64 {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.env(ROLE, "echo");
-    let (mut child, port) = shmport_core::spawn(cmd).expect("spawn the Rust echo");
+/// Rust as the main side: spawn the echo, time `n` round trips.
+fn rust_rtt(n: u64, echo_side: Side, c_rtt: &Path) -> f64 {
+    let cmd = match echo_side {
+        Side::Rust => {
+            let mut c = Command::new(std::env::current_exe().unwrap());
+            c.env(ROLE, "echo");
+            c
+        }
+        Side::C => {
+            let mut c = Command::new(c_rtt);
+            c.arg("echo");
+            c
+        }
+    };
+    let (mut child, port) = shmport_core::spawn(cmd).expect("spawn the echo");
     port.set_spin(SPIN);
     round_trips(&port, WARMUP);
     let start = Instant::now();
     round_trips(&port, n);
     let ns = start.elapsed().as_nanos() as f64 / n as f64;
     drop(port);
-    assert!(child.wait().unwrap().success(), "the Rust echo failed");
+    assert!(child.wait().unwrap().success(), "the echo failed");
     ns
 }
 

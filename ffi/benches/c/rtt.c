@@ -3,7 +3,10 @@
  * same measurement in Rust).
  *
  *   rtt <round trips>   spawns itself as the echo, prints "ns_per_rtt <x>"
- *   rtt echo            the echo: sends back every message until closed */
+ *   rtt echo            the echo: sends back every message until closed
+ *
+ * With SHMPORT_RTT_ECHO set, the echo is that program (run with the
+ * argument "echo") instead: the bench pairs a C main with a Rust echo. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,10 +74,12 @@ int main(int argc, char **argv) {
     return 2;
   }
   long n = strtol(argv[1], NULL, 10);
-  const char *child_argv[] = {argv[0], "echo", NULL};
+  const char *echo_program = getenv("SHMPORT_RTT_ECHO");
+  if (echo_program == NULL) echo_program = argv[0];
+  const char *child_argv[] = {echo_program, "echo", NULL};
   shmport_port *port;
   int pid;
-  TRY(shmport_spawn(argv[0], child_argv, 0, &port, &pid));
+  TRY(shmport_spawn(echo_program, child_argv, 0, &port, &pid));
   TRY(shmport_port_set_spin(port, SPIN_NS));
   round_trips(port, WARMUP);
   struct timespec t0, t1;
