@@ -133,6 +133,39 @@ impl fmt::Display for TransferError {
 
 impl std::error::Error for TransferError {}
 
+/// A port could not join a [`PortSet`](crate::PortSet) (the kernel refused
+/// to watch its socket): the port is handed back, working, in `port`.
+#[derive(Debug)]
+pub struct AddError {
+    /// Why.
+    pub error: io::Error,
+    /// The port that was to join.
+    pub port: crate::MessagePort,
+}
+
+impl fmt::Display for AddError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the port could not join the set: {} (port handed back)",
+            self.error
+        )
+    }
+}
+
+impl std::error::Error for AddError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// For callers that want only the error: the port is closed.
+impl From<AddError> for io::Error {
+    fn from(e: AddError) -> io::Error {
+        e.error
+    }
+}
+
 /// Some ports that came with a message could not be opened
 /// ([`Message::take_ports`](crate::Message::take_ports)); those were closed.
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use crate::error::AddError;
 use crate::port::MessagePort;
 use crate::sys::poller::Poller;
 
@@ -61,10 +62,20 @@ impl PortSet {
         })
     }
 
-    /// Add a port; returns its key in this set.
-    pub fn add(&mut self, port: MessagePort) -> io::Result<usize> {
+    /// Add a port; returns its key in this set. If the kernel will not
+    /// watch the port's socket (out of memory, or the user's epoll watch
+    /// limit), the port comes back in the error, untouched.
+    // The error carries the port by value (a port is ~200 bytes): adding
+    // is not on a hot path, and a boxed port would be awkward to use.
+    #[allow(clippy::result_large_err)]
+    pub fn add(&mut self, port: MessagePort) -> Result<usize, AddError> {
         let key = self.free.pop().unwrap_or(self.ports.len());
-        self.poller.add(&port, key as u64)?;
+        if let Err(error) = self.poller.add(&port, key as u64) {
+            if key < self.ports.len() {
+                self.free.push(key);
+            }
+            return Err(AddError { error, port });
+        }
         if key == self.ports.len() {
             self.ports.push(Some(port));
         } else {
@@ -208,5 +219,43 @@ impl PortSet {
     /// for [`poll`](Self::poll)).
     pub(crate) fn ready_now(&mut self) -> Option<usize> {
         self.scan()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MessageChannel;
+
+    /// A poller the kernel will not add to: every `add` fails.
+    fn refusing_poller() -> Poller {
+        let (read, _write) = rustix::pipe::pipe().unwrap();
+        Poller::over(read)
+    }
+
+    #[test]
+    fn a_refused_port_comes_back_working_and_its_key_stays_free() {
+        let mut set = PortSet::new().unwrap();
+        let (a, b) = MessageChannel::new().unwrap().into_ports();
+        let (_c, d) = MessageChannel::new().unwrap().into_ports();
+        assert_eq!(set.add(d).unwrap(), 0);
+        let d = set.remove(0).unwrap();
+
+        let good = std::mem::replace(&mut set.poller, refusing_poller());
+        let err = set.add(b).unwrap_err();
+        assert!(err.to_string().contains("port handed back"), "{err}");
+        assert_eq!(set.len(), 0);
+        assert!(set.get(0).is_none());
+
+        // The port still works.
+        let b = err.port;
+        a.post_bytes(b"still here").unwrap();
+        assert_eq!(b.recv().unwrap().bytes(), b"still here");
+
+        // The freed key was not lost: the next port gets it.
+        set.poller = good;
+        assert_eq!(set.add(d).unwrap(), 0);
+        assert_eq!(set.add(b).unwrap(), 1);
+        assert_eq!(set.len(), 2);
     }
 }

@@ -96,6 +96,21 @@ impl PortParts {
     }
 }
 
+impl PortParts {
+    /// Put back together a port of this process whose transfer failed: it
+    /// always comes back, broken if its peer corrupted the positions
+    /// meanwhile ([`MessagePort::rebuild`]). `None` only for parts that
+    /// were received, never this process's own.
+    pub(crate) fn rebuild(self) -> Option<MessagePort> {
+        match self.seg {
+            SegmentRef::Mapped(seg) => Some(
+                MessagePort::rebuild(seg, self.side, self.sock, self.spin).with_inbox(self.inbox),
+            ),
+            SegmentRef::Unopened(_) => None,
+        }
+    }
+}
+
 /// A port that arrived in a message and was never taken out: close it
 /// properly, so its peer sees `Closed` rather than a death.
 pub(crate) fn discard(parts: PortParts) {

@@ -373,8 +373,9 @@ pub unsafe extern "C" fn shmport_port_post_with_ports(
                 Err(error.into())
             }
             Err(TransferError { error, ports }) => {
-                // Some port could not be rebuilt (the core only loses one
-                // when out of memory): which handle is which is unknown, so
+                // The core hands every port back (a corrupted one comes
+                // back broken), so this is only a guard: if ever a port
+                // were missing, which handle is which would be unknown, so
                 // none stays live, and the ones that came back close.
                 drop(ports);
                 for &p in handles {

@@ -368,18 +368,41 @@ impl MessagePort {
         sock: OwnedFd,
         spin: Duration,
     ) -> Result<MessagePort, Corrupt> {
+        let barriers = Barriers::for_process();
         let (tx, rx) = side.rings();
-        let registered = sys::membarrier::registered();
-        let barriers = Barriers {
-            registered,
-            heavy: if registered {
-                Some(sys::membarrier::heavy)
-            } else {
-                None
-            },
-        };
         let tx = Producer::new(SegmentRing::new(seg.clone(), tx), barriers)?;
         let rx = Consumer::new(SegmentRing::new(seg.clone(), rx), barriers)?;
+        Ok(Self::from_rings(seg, side, sock, spin, tx, rx, None))
+    }
+
+    /// Rebuild a port of this process that was taken apart for a transfer
+    /// that failed. If its peer corrupted the ring positions meanwhile, the
+    /// port comes back broken (its receives and posts report
+    /// [`CloseReason::ProtocolError`]) rather than not at all.
+    pub(crate) fn rebuild(seg: Arc<Segment>, side: Side, sock: OwnedFd, spin: Duration) -> Self {
+        let barriers = Barriers::for_process();
+        let (tx_ring, rx_ring) = side.rings();
+        let tx = Producer::new(SegmentRing::new(seg.clone(), tx_ring), barriers);
+        let rx = Consumer::new(SegmentRing::new(seg.clone(), rx_ring), barriers);
+        match (tx, rx) {
+            (Ok(tx), Ok(rx)) => Self::from_rings(seg, side, sock, spin, tx, rx, None),
+            (Err(c), _) | (_, Err(c)) => {
+                let tx = Producer::broken(SegmentRing::new(seg.clone(), tx_ring), barriers);
+                let rx = Consumer::broken(SegmentRing::new(seg.clone(), rx_ring), barriers);
+                Self::from_rings(seg, side, sock, spin, tx, rx, Some(c))
+            }
+        }
+    }
+
+    fn from_rings(
+        seg: Arc<Segment>,
+        side: Side,
+        sock: OwnedFd,
+        spin: Duration,
+        tx: Producer<SegmentRing>,
+        rx: Consumer<SegmentRing>,
+        broken: Option<Corrupt>,
+    ) -> MessagePort {
         let shared = Arc::new(Shared {
             seg,
             sock,
@@ -387,12 +410,12 @@ impl MessagePort {
             inbox: Mutex::new(VecDeque::new()),
             hung_up: AtomicBool::new(false),
             eof: AtomicBool::new(false),
-            broken: OnceLock::new(),
+            broken: broken.map(OnceLock::from).unwrap_or_default(),
             spin_ns: AtomicU64::new(spin.as_nanos().min(u64::MAX as u128) as u64),
             transferred: AtomicBool::new(false),
             kicks: OnceLock::new(),
         });
-        Ok(MessagePort {
+        MessagePort {
             tx: PortSender {
                 shared: shared.clone(),
                 tx: RefCell::new(tx),
@@ -405,7 +428,7 @@ impl MessagePort {
                 rx: RefCell::new(rx),
                 trust: Cell::new(Trust::default()),
             },
-        })
+        }
     }
 
     /// A rebuilt port gets back the attachments it had already received.

@@ -475,10 +475,7 @@ fn typed_meta<T: Postable>() -> RecordMeta {
 }
 
 /// Rebuild ports that were taken apart for a transfer that failed. Their
-/// segments are still mapped here, so this cannot fail short of memory.
+/// segments are still mapped here: every one comes back, in order.
 fn reassemble(parts: Vec<PortParts>) -> Vec<MessagePort> {
-    parts
-        .into_iter()
-        .filter_map(|p| p.assemble().ok())
-        .collect()
+    parts.into_iter().filter_map(PortParts::rebuild).collect()
 }

@@ -5,7 +5,7 @@ use super::*;
 use crate::channel::MessageChannel;
 use crate::error::RecvError;
 use crate::layout::OOL_DESCRIPTOR;
-use crate::ring::{Kind, RecordMeta};
+use crate::ring::{Kind, RecordMeta, RingMemory};
 
 /// Publish an out-of-line record whose memfd has only `seals`.
 fn post_out_of_line_with(a: &MessagePort, payload: &[u8], seals: rustix::fs::SealFlags) {
@@ -76,4 +76,47 @@ fn a_published_record_is_a_successful_post_even_if_the_peer_left_since() {
         a.post_bytes(b"x"),
         Err(crate::error::PostError::Closed(_))
     ));
+}
+
+#[test]
+fn a_port_its_peer_corrupted_during_a_failed_transfer_comes_back_broken() {
+    let (p, _q) = MessageChannel::new().unwrap().into_ports();
+    let (x, y) = MessageChannel::new().unwrap().into_ports();
+    // x's peer is gone: the transfer fails after `p` was taken apart.
+    drop(y);
+    // Meanwhile p's peer writes a misaligned head into p's sending ring
+    // (what the other process of `_q` could do at any time).
+    p.tx.tx
+        .borrow()
+        .memory()
+        .header()
+        .consumer
+        .head
+        .store(3, Ordering::Relaxed);
+
+    let err = x.post_bytes_with_ports(b"take p", vec![p]).unwrap_err();
+    assert!(matches!(err.error, PostError::Closed(_)), "{err}");
+    // The port is handed back, not lost; it reports the protocol error.
+    let [p]: [MessagePort; 1] = err.ports.try_into().expect("one port back");
+    assert!(matches!(
+        p.try_recv(),
+        Err(RecvError::Closed(CloseReason::ProtocolError))
+    ));
+    assert!(matches!(
+        p.post_bytes(b"x"),
+        Err(PostError::Closed(CloseReason::ProtocolError))
+    ));
+}
+
+#[test]
+fn a_port_handed_back_from_a_failed_transfer_keeps_its_queued_messages() {
+    let (p, q) = MessageChannel::new().unwrap().into_ports();
+    let (x, y) = MessageChannel::new().unwrap().into_ports();
+    q.post_bytes(b"queued for p").unwrap();
+    drop(y);
+    let err = x.post_bytes_with_ports(b"take p", vec![p]).unwrap_err();
+    let [p]: [MessagePort; 1] = err.ports.try_into().expect("one port back");
+    assert_eq!(p.recv().unwrap().bytes(), b"queued for p");
+    p.post_bytes(b"back").unwrap();
+    assert_eq!(q.recv().unwrap().bytes(), b"back");
 }

@@ -105,6 +105,20 @@ pub struct Barriers {
 }
 
 impl Barriers {
+    /// What this process uses: the heavy barrier if it registered for
+    /// membarrier, else fences.
+    pub fn for_process() -> Barriers {
+        let registered = crate::sys::membarrier::registered();
+        Barriers {
+            registered,
+            heavy: if registered {
+                Some(crate::sys::membarrier::heavy)
+            } else {
+                None
+            },
+        }
+    }
+
     /// Plain SeqCst fences on both sides (tests, models).
     pub const FENCES: Barriers = Barriers {
         registered: false,
@@ -262,6 +276,20 @@ impl<M: RingMemory> Producer<M> {
             head_cache: head,
             barriers,
         })
+    }
+
+    /// A producer for a port that is already broken (its peer corrupted
+    /// the positions): it starts at position 0 and is never asked to
+    /// publish, because every post checks the port's broken flag first.
+    /// Only its closed flag is ever written.
+    pub fn broken(mem: M, barriers: Barriers) -> Self {
+        Producer {
+            cap: mem.capacity() as u64,
+            mem,
+            tail: 0,
+            head_cache: 0,
+            barriers,
+        }
     }
 
     /// The ring memory.
@@ -563,6 +591,21 @@ impl<M: RingMemory> Consumer<M> {
             held: 0,
             barriers,
         })
+    }
+
+    /// A consumer for a port that is already broken; see
+    /// [`Producer::broken`]: every receive checks the broken flag first.
+    pub fn broken(mem: M, barriers: Barriers) -> Self {
+        Consumer {
+            cap: mem.capacity() as u64,
+            mem,
+            head: 0,
+            released: 0,
+            published: 0,
+            ahead: Vec::new(),
+            held: 0,
+            barriers,
+        }
     }
 
     /// The ring memory.

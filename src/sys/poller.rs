@@ -34,6 +34,17 @@ impl Poller {
         })
     }
 
+    /// A poller over any descriptor, for tests of what happens when the
+    /// kernel refuses to watch (a descriptor that is not an epoll
+    /// instance fails every `epoll_ctl`).
+    #[cfg(test)]
+    pub(crate) fn over(fd: OwnedFd) -> Poller {
+        Poller {
+            fd,
+            events: Vec::new(),
+        }
+    }
+
     /// Watch `fd` for input (and hang-up), reported with `key`.
     pub fn add(&mut self, fd: impl AsFd, key: u64) -> io::Result<()> {
         epoll::add(
