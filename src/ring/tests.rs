@@ -11,13 +11,14 @@ const RAW: RecordMeta = RecordMeta {
     fingerprint: 0,
 };
 
-fn pair(
-    cap: usize,
-) -> (
+/// A producer, a consumer, and the memory they share.
+type Pair = (
     Producer<Arc<HeapRing>>,
     Consumer<Arc<HeapRing>>,
     Arc<HeapRing>,
-) {
+);
+
+fn pair(cap: usize) -> Pair {
     let mem = HeapRing::new(cap);
     let p = Producer::new(mem.clone(), Barriers::FENCES).unwrap();
     let c = Consumer::new(mem.clone(), Barriers::FENCES).unwrap();
@@ -327,4 +328,115 @@ fn positions_near_the_end_of_u64_are_corrupt() {
         Consumer::new(m, Barriers::FENCES).err().unwrap().0,
         "position out of range"
     );
+}
+
+/// Take one record, check its bytes, release it and tell the producer (as
+/// an idle consumer does): the record's position in the ring.
+fn get_at(c: &mut Consumer<Arc<HeapRing>>, expect: &[u8]) -> u64 {
+    let r = c.take().unwrap().expect("a record");
+    // SAFETY: the record's payload is valid until released.
+    let got = unsafe { core::slice::from_raw_parts(r.payload.as_ptr(), r.len) };
+    assert!(got == expect, "record bytes differ");
+    c.release(r.pos, r.end);
+    c.publish_head();
+    r.pos
+}
+
+const MIB: usize = 1 << 20;
+
+/// A pair whose producer rewinds, whatever this machine's caches.
+fn rewinding_pair(cap: usize) -> Pair {
+    let (mut p, c, m) = pair(cap);
+    p.rewind_min = REWIND_MIN;
+    (p, c, m)
+}
+
+#[test]
+fn rings_rewind_only_when_large_for_the_cache() {
+    let llc = crate::sys::cache::last_level_bytes();
+    assert_eq!(rewind_min(llc / 4), usize::MAX);
+    assert_eq!(rewind_min(llc), REWIND_MIN);
+}
+
+#[test]
+fn a_large_record_starts_the_ring_over_when_it_is_empty() {
+    let (mut p, mut c, _m) = rewinding_pair(MIB);
+    let big = pattern(1, REWIND_MIN + 1000);
+    for lap in 1..4u64 {
+        assert!(put(&mut p, &big));
+        // Every one lands at the start of a lap, after padding.
+        assert_eq!(get_at(&mut c, &big), (lap - 1) * MIB as u64);
+    }
+}
+
+#[test]
+fn no_rewind_while_records_are_unreleased_or_when_the_start_is_too_small() {
+    let (mut p, mut c, _m) = rewinding_pair(MIB);
+    let big = pattern(2, REWIND_MIN);
+    let bigger = pattern(3, 3 * REWIND_MIN);
+    let small = pattern(4, 1000);
+    assert!(put(&mut p, &big));
+    // Not empty: the next record follows.
+    assert!(put(&mut p, &big));
+    let first_end = align_record(RECORD_HEADER + big.len()) as u64;
+    assert_eq!(get_at(&mut c, &big), 0);
+    assert_eq!(get_at(&mut c, &big), first_end);
+    // Empty, but `bigger` does not fit before where the last record ended
+    // (two `big` ones do not make three).
+    assert!(put(&mut p, &bigger));
+    assert_eq!(get_at(&mut c, &bigger), 2 * first_end);
+    // A small record after a large one is expected to be as large (the
+    // size of a typed value is not known in advance): it rewinds.
+    assert!(put(&mut p, &small));
+    assert_eq!(get_at(&mut c, &small), MIB as u64);
+    // Small after small never rewinds.
+    assert!(put(&mut p, &small));
+    let after = MIB as u64 + align_record(RECORD_HEADER + small.len()) as u64;
+    assert_eq!(get_at(&mut c, &small), after);
+}
+
+#[test]
+fn mixed_sizes_over_many_laps_keep_order_and_bytes_with_rewinds() {
+    let (mut p, mut c, _m) = rewinding_pair(MIB);
+    let sizes = [100, REWIND_MIN + 7, 300_000, 5_000, REWIND_MIN, 200_001, 1];
+    let mut queued: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
+    let mut rewinds = 0;
+    for i in 0..400u64 {
+        let msg = pattern(i, sizes[i as usize % sizes.len()]);
+        while !put(&mut p, &msg) {
+            let m = queued.pop_front().expect("room once everything is taken");
+            get_at(&mut c, &m);
+        }
+        queued.push_back(msg);
+        // Drain sometimes, so that the ring is sometimes empty.
+        if i % 3 == 0 {
+            while let Some(m) = queued.pop_front() {
+                if get_at(&mut c, &m) % MIB as u64 == 0 && m.len() >= REWIND_MIN {
+                    rewinds += 1;
+                }
+            }
+        }
+    }
+    while let Some(m) = queued.pop_front() {
+        get_at(&mut c, &m);
+    }
+    assert!(c.take().unwrap().is_none());
+    assert!(rewinds > 10, "only {rewinds} rewinds");
+}
+
+#[test]
+fn a_payload_of_unknown_size_rewinds_as_large_as_the_last_one() {
+    let (mut p, mut c, _m) = rewinding_pair(MIB);
+    let big = pattern(5, REWIND_MIN + 64);
+    assert!(put(&mut p, &big));
+    assert_eq!(get_at(&mut c, &big), 0);
+    // Reserve with no size given (as a typed value is): room at the start
+    // of the next lap, as much as the last record needed.
+    let slot = p.reserve(0).unwrap().expect("room");
+    assert_eq!(slot.pos, MIB as u64);
+    assert!(slot.room >= big.len());
+    // SAFETY: the slot has room for `big`.
+    unsafe { core::ptr::copy_nonoverlapping(big.as_ptr(), slot.payload.as_ptr(), big.len()) };
+    p.commit(slot, big.len(), RAW);
+    assert_eq!(get_at(&mut c, &big), MIB as u64);
 }

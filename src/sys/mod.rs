@@ -7,7 +7,10 @@
 //! - [`membarrier`]: asymmetric fences for the sleep/wake handshake.
 //! - [`poller`]: epoll over many ports.
 //! - [`child`]: what runs between `fork` and `exec` of a spawned peer.
+//! - [`cache`]: the last-level cache's size (sysfs), for the ring's
+//!   placement of large records.
 
+pub mod cache;
 pub mod child;
 pub mod kick;
 mod mapping;
