@@ -309,8 +309,11 @@ impl std::fmt::Debug for OwnedMessage {
 
 impl Drop for Message<'_> {
     fn drop(&mut self) {
-        for p in self.ports.drain(..) {
-            transfer::discard(p);
+        // Most messages carry no ports: skip building a drain for nothing.
+        if !self.ports.is_empty() {
+            for p in std::mem::take(&mut self.ports) {
+                transfer::discard(p);
+            }
         }
         if self.holds_ring {
             self.port.release(self.pos, self.end);
