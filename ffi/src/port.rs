@@ -421,7 +421,7 @@ pub unsafe extern "C" fn shmport_port_recv(
         // then lost for want of a slot.
         let slot = ps.message_slot()?;
         let m = match Wait::from_ns(timeout_ns) {
-            Wait::Forever => ps.port.recv(),
+            Wait::Forever => ps.port.recv_inlined(),
             Wait::No => ps.port.try_recv(),
             Wait::For(d) => ps.port.recv_timeout(d),
         };

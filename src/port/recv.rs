@@ -64,6 +64,17 @@ recv_api! {
     fn recv_timeout(timeout: Duration) => Wait::after(timeout);
 }
 
+impl MessagePort {
+    /// [`recv`](Self::recv), inlined into its caller: for the C library,
+    /// whose `shmport_port_recv` is the caller. Not part of the supported
+    /// API.
+    #[doc(hidden)]
+    #[inline]
+    pub fn recv_inlined(&self) -> Result<Message<'_>, RecvError> {
+        self.rx.recv_wait(Wait::Forever)
+    }
+}
+
 impl PortReceiver {
     #[inline]
     fn recv_wait(&self, wait: Wait) -> Result<Message<'_>, RecvError> {
