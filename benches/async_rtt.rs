@@ -15,9 +15,10 @@
 //! The peer is this binary re-executed with `SHMPORT_BENCH_ROLE=echo`: a
 //! blocking echo with the same spin as the measuring side.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use criterion::Criterion;
 use shmport::aio::AsyncPort;
 use shmport::{MessagePort, RecvError};
 
@@ -30,11 +31,7 @@ fn main() {
         echo();
         return;
     }
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .without_plots()
-        .configure_from_args();
+    let mut c = common::criterion();
     let mut group = c.benchmark_group("rtt_64B");
     for (name, spin) in [("spin", BUSY), ("block", Duration::ZERO)] {
         let (mut child, port) = spawn_echo(spin);

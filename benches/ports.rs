@@ -28,6 +28,8 @@
 //!
 //! The peer is this binary, re-executed with `SHMPORT_BENCH_ROLE` set.
 
+mod common;
+
 use std::hint::black_box;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::{MaybeUninit, offset_of};
@@ -58,11 +60,7 @@ fn main() {
         run_role(&role);
         return;
     }
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .without_plots()
-        .configure_from_args();
+    let mut c = common::criterion();
     channel_per_request(&mut c);
     channel_per_request_floor(&mut c);
     transferred_rtt(&mut c);

@@ -25,6 +25,8 @@
 //! set, `main` runs that role instead of criterion. Every peer exits on its
 //! own when the bench's end of the port (or pipe) closes.
 
+mod common;
+
 use std::fs::File;
 use std::hint::black_box;
 use std::io::{self, Read, Write};
@@ -65,11 +67,7 @@ fn main() {
         run_role(&role);
         return;
     }
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .without_plots()
-        .configure_from_args();
+    let mut c = common::criterion();
     rtt_64b(&mut c);
     oneway_64b(&mut c);
     oneway_1mib(&mut c);
