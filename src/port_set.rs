@@ -69,16 +69,15 @@ impl PortSet {
     // is not on a hot path, and a boxed port would be awkward to use.
     #[allow(clippy::result_large_err)]
     pub fn add(&mut self, port: MessagePort) -> Result<usize, AddError> {
-        let key = self.free.pop().unwrap_or(self.ports.len());
+        // A freed key, taken off the list only once the port is in.
+        let key = self.free.last().copied().unwrap_or(self.ports.len());
         if let Err(error) = self.poller.add(&port, key as u64) {
-            if key < self.ports.len() {
-                self.free.push(key);
-            }
             return Err(AddError { error, port });
         }
         if key == self.ports.len() {
             self.ports.push(Some(port));
         } else {
+            self.free.pop();
             self.ports[key] = Some(port);
         }
         self.len += 1;

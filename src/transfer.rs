@@ -94,9 +94,7 @@ impl PortParts {
             .map(|p| p.with_inbox(self.inbox))
             .map_err(|c| OpenError::Corrupt(c.0))
     }
-}
 
-impl PortParts {
     /// Put back together a port of this process whose transfer failed: it
     /// always comes back, broken if its peer corrupted the positions
     /// meanwhile ([`MessagePort::rebuild`]). `None` only for parts that

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use rkyv::ser::allocator::Arena;
 
 use crate::error::{CloseReason, PostError};
-use crate::ring::{Barriers, Consumer, Corrupt, Producer};
+use crate::ring::{Barriers, Consumer, Corrupt, Producer, REWIND_MIN, RingMemory};
 use crate::segment::{Segment, SegmentRing};
 use crate::sys::{self, kick::Kick, socket::Incoming};
 use crate::transfer::{Attachment, PortParts, SegmentRef};
@@ -361,6 +361,50 @@ const _: () = {
     is_send::<PortReceiver>();
 };
 
+/// The barriers this process uses: the heavy one if it registered for
+/// membarrier, else fences.
+fn process_barriers() -> Barriers {
+    let registered = sys::membarrier::registered();
+    Barriers {
+        registered,
+        heavy: if registered {
+            Some(sys::membarrier::heavy)
+        } else {
+            None
+        },
+    }
+}
+
+/// A port's two rings in `seg`, resuming at the published positions.
+fn open_rings(
+    seg: &Arc<Segment>,
+    side: Side,
+) -> Result<(Producer<SegmentRing>, Consumer<SegmentRing>), Corrupt> {
+    let barriers = process_barriers();
+    let (tx, rx) = side.rings();
+    let tx = Producer::new(SegmentRing::new(seg.clone(), tx), barriers)?;
+    let rx = Consumer::new(SegmentRing::new(seg.clone(), rx), barriers)?;
+    Ok((tx, rx))
+}
+
+/// The smallest payload a ring of `cap` bytes rewinds for
+/// ([`Producer::rewind_from`]): [`REWIND_MIN`] when a channel's two rings
+/// take more than half of the last-level cache, never otherwise. While a
+/// channel's rings stay in the cache, moving on through them is faster:
+/// the bytes a record overwrites have left the peer core's own cache by
+/// then, where rewritten bytes just read by the peer must be taken back
+/// from it line by line. Measured on this project's VM (32 MiB L3):
+/// rewinding made 64 KiB and 1 MiB round trips in 1 and 4 MiB rings about
+/// 2x slower, and 4 MiB round trips in a 16 MiB ring about 2x faster
+/// (ARCHITECTURE.md).
+fn rewind_min(cap: usize) -> usize {
+    if cap.saturating_mul(4) > sys::cache::last_level_bytes() {
+        REWIND_MIN
+    } else {
+        usize::MAX
+    }
+}
+
 impl MessagePort {
     pub(crate) fn from_parts(
         seg: Arc<Segment>,
@@ -368,10 +412,7 @@ impl MessagePort {
         sock: OwnedFd,
         spin: Duration,
     ) -> Result<MessagePort, Corrupt> {
-        let barriers = Barriers::for_process();
-        let (tx, rx) = side.rings();
-        let tx = Producer::new(SegmentRing::new(seg.clone(), tx), barriers)?;
-        let rx = Consumer::new(SegmentRing::new(seg.clone(), rx), barriers)?;
+        let (tx, rx) = open_rings(&seg, side)?;
         Ok(Self::from_rings(seg, side, sock, spin, tx, rx, None))
     }
 
@@ -380,15 +421,13 @@ impl MessagePort {
     /// port comes back broken (its receives and posts report
     /// [`CloseReason::ProtocolError`]) rather than not at all.
     pub(crate) fn rebuild(seg: Arc<Segment>, side: Side, sock: OwnedFd, spin: Duration) -> Self {
-        let barriers = Barriers::for_process();
-        let (tx_ring, rx_ring) = side.rings();
-        let tx = Producer::new(SegmentRing::new(seg.clone(), tx_ring), barriers);
-        let rx = Consumer::new(SegmentRing::new(seg.clone(), rx_ring), barriers);
-        match (tx, rx) {
-            (Ok(tx), Ok(rx)) => Self::from_rings(seg, side, sock, spin, tx, rx, None),
-            (Err(c), _) | (_, Err(c)) => {
-                let tx = Producer::broken(SegmentRing::new(seg.clone(), tx_ring), barriers);
-                let rx = Consumer::broken(SegmentRing::new(seg.clone(), rx_ring), barriers);
+        match open_rings(&seg, side) {
+            Ok((tx, rx)) => Self::from_rings(seg, side, sock, spin, tx, rx, None),
+            Err(c) => {
+                let (tx, rx) = side.rings();
+                let barriers = process_barriers();
+                let tx = Producer::broken(SegmentRing::new(seg.clone(), tx), barriers);
+                let rx = Consumer::broken(SegmentRing::new(seg.clone(), rx), barriers);
                 Self::from_rings(seg, side, sock, spin, tx, rx, Some(c))
             }
         }
@@ -403,6 +442,8 @@ impl MessagePort {
         rx: Consumer<SegmentRing>,
         broken: Option<Corrupt>,
     ) -> MessagePort {
+        let mut tx = tx;
+        tx.rewind_from(rewind_min(tx.memory().capacity()));
         let shared = Arc::new(Shared {
             seg,
             sock,

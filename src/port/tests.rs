@@ -120,3 +120,10 @@ fn a_port_handed_back_from_a_failed_transfer_keeps_its_queued_messages() {
     p.post_bytes(b"back").unwrap();
     assert_eq!(q.recv().unwrap().bytes(), b"back");
 }
+
+#[test]
+fn rings_rewind_only_when_large_for_the_cache() {
+    let llc = crate::sys::cache::last_level_bytes();
+    assert_eq!(rewind_min(llc / 4), usize::MAX);
+    assert_eq!(rewind_min(llc), REWIND_MIN);
+}

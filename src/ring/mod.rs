@@ -11,6 +11,10 @@
 //! - The consumer releases space by storing `head` with Release, in batches
 //!   (an eighth of the ring, or whenever it finds the ring empty). The
 //!   producer caches `head` and reloads it (Acquire) only when short of room.
+//! - Wrap-around is a padding record that reaches the end of the lap. A
+//!   producer told to ([`Producer::rewind_from`]) also pads out the lap
+//!   when the ring is empty and a large record fits at its start, so that
+//!   the record lands in bytes the last ones used.
 //! - Sleep/wake is a Dekker pair: the sleeper stores its flag, issues a
 //!   full barrier, and re-checks; the other side publishes, issues a full
 //!   barrier, and checks the flag. At least one of them sees the other.
@@ -39,28 +43,11 @@ use crate::layout::{
     unpack_info,
 };
 
-/// A record whose payload is at least this large starts the next lap when
-/// the ring is empty, if the ring is large for the caches
-/// ([`Producer::reserve`]). Below it, the extra look at the consumer's
+/// A record whose payload is at least this large may start the next lap
+/// when the ring is empty, if the ring's owner asks for it
+/// ([`Producer::rewind_from`]). Below it, the extra look at the consumer's
 /// position costs more than the caches could save.
 pub const REWIND_MIN: usize = 64 * 1024;
-
-/// The smallest payload this producer rewinds for: [`REWIND_MIN`] when a
-/// channel's two rings take more than half of the last-level cache, never
-/// otherwise. While a channel's rings stay in the cache, moving on through
-/// them is faster: the bytes a record overwrites have left the peer core's
-/// own cache by then, where rewritten bytes just read by the peer must be
-/// taken back from it line by line. Measured on this project's VM (32 MiB
-/// L3): rewinding made 64 KiB and 1 MiB round trips in 1 and 4 MiB rings
-/// about 2x slower, and 4 MiB round trips in a 16 MiB ring about 2x
-/// faster (ARCHITECTURE.md).
-fn rewind_min(cap: usize) -> usize {
-    if cap.saturating_mul(4) > crate::sys::cache::last_level_bytes() {
-        REWIND_MIN
-    } else {
-        usize::MAX
-    }
-}
 
 /// Memory that holds one ring: a header and a data area.
 ///
@@ -128,20 +115,6 @@ pub struct Barriers {
 }
 
 impl Barriers {
-    /// What this process uses: the heavy barrier if it registered for
-    /// membarrier, else fences.
-    pub fn for_process() -> Barriers {
-        let registered = crate::sys::membarrier::registered();
-        Barriers {
-            registered,
-            heavy: if registered {
-                Some(crate::sys::membarrier::heavy)
-            } else {
-                None
-            },
-        }
-    }
-
     /// Plain SeqCst fences on both sides (tests, models).
     pub const FENCES: Barriers = Barriers {
         registered: false,
@@ -274,7 +247,7 @@ pub struct Producer<M: RingMemory> {
     /// Last `head` loaded from the consumer.
     head_cache: u64,
     /// Records with payloads this large go to the start of the ring when
-    /// it is empty ([`rewind_min`]).
+    /// it is empty ([`Producer::rewind_from`]); `usize::MAX`: never.
     rewind_min: usize,
     /// Payload length of the last record committed.
     last_len: usize,
@@ -297,15 +270,7 @@ impl<M: RingMemory> Producer<M> {
         h.producer_wait
             .barrier
             .store(barriers.code(), Ordering::Relaxed);
-        Ok(Producer {
-            rewind_min: rewind_min(cap as usize),
-            last_len: 0,
-            mem,
-            cap,
-            tail,
-            head_cache: head,
-            barriers,
-        })
+        Ok(Self::starting_at(mem, tail, head, barriers))
     }
 
     /// A producer for a port that is already broken (its peer corrupted
@@ -313,15 +278,29 @@ impl<M: RingMemory> Producer<M> {
     /// publish, because every post checks the port's broken flag first.
     /// Only its closed flag is ever written.
     pub fn broken(mem: M, barriers: Barriers) -> Self {
+        Self::starting_at(mem, 0, 0, barriers)
+    }
+
+    fn starting_at(mem: M, tail: u64, head: u64, barriers: Barriers) -> Self {
         Producer {
             cap: mem.capacity() as u64,
             mem,
-            tail: 0,
-            head_cache: 0,
-            barriers,
+            tail,
+            head_cache: head,
             rewind_min: usize::MAX,
             last_len: 0,
+            barriers,
         }
+    }
+
+    /// Let records of `min_payload` bytes or more start the next lap when
+    /// they find the ring empty ([`REWIND_MIN`] is the smallest worth it;
+    /// `usize::MAX`, the default, never). Worth it when the ring is too
+    /// large for the caches: the record then lands in bytes the last ones
+    /// used. While a ring stays in the cache, moving on through it is
+    /// faster (ARCHITECTURE.md, "Large records rewind").
+    pub fn rewind_from(&mut self, min_payload: usize) {
+        self.rewind_min = min_payload.max(REWIND_MIN);
     }
 
     /// The ring memory.
@@ -628,7 +607,6 @@ impl<M: RingMemory> Consumer<M> {
     /// Take the consuming role of the ring in `mem`, resuming at the head
     /// the previous consumer published.
     pub fn new(mem: M, barriers: Barriers) -> Result<Self, Corrupt> {
-        let cap = mem.capacity() as u64;
         // Acquire: pairs with the Release in `publish_head` of the previous
         // holder of this role.
         let head = mem.header().consumer.head.load(Ordering::Acquire);
@@ -643,27 +621,22 @@ impl<M: RingMemory> Consumer<M> {
             .consumer_wait
             .barrier
             .store(barriers.code(), Ordering::Relaxed);
-        Ok(Consumer {
-            mem,
-            cap,
-            head,
-            released: head,
-            published: head,
-            ahead: Vec::new(),
-            held: 0,
-            barriers,
-        })
+        Ok(Self::starting_at(mem, head, barriers))
     }
 
     /// A consumer for a port that is already broken; see
     /// [`Producer::broken`]: every receive checks the broken flag first.
     pub fn broken(mem: M, barriers: Barriers) -> Self {
+        Self::starting_at(mem, 0, barriers)
+    }
+
+    fn starting_at(mem: M, head: u64, barriers: Barriers) -> Self {
         Consumer {
             cap: mem.capacity() as u64,
             mem,
-            head: 0,
-            released: 0,
-            published: 0,
+            head,
+            released: head,
+            published: head,
             ahead: Vec::new(),
             held: 0,
             barriers,

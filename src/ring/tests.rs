@@ -347,15 +347,8 @@ const MIB: usize = 1 << 20;
 /// A pair whose producer rewinds, whatever this machine's caches.
 fn rewinding_pair(cap: usize) -> Pair {
     let (mut p, c, m) = pair(cap);
-    p.rewind_min = REWIND_MIN;
+    p.rewind_from(REWIND_MIN);
     (p, c, m)
-}
-
-#[test]
-fn rings_rewind_only_when_large_for_the_cache() {
-    let llc = crate::sys::cache::last_level_bytes();
-    assert_eq!(rewind_min(llc / 4), usize::MAX);
-    assert_eq!(rewind_min(llc), REWIND_MIN);
 }
 
 #[test]
