@@ -3,7 +3,8 @@
 //!
 //! A process installs one hook; the library calls it when a post that
 //! carries descriptors (ports or an out-of-line payload) reaches a
-//! [`Point`]. The hook may do anything, typically tell the test it is
+//! [`Point`], and when a receiving port has taken such descriptors off its
+//! socket. The hook may do anything, typically tell the test it is
 //! there and then wait to be killed. Without a hook the cost is one atomic
 //! load per such post.
 
@@ -16,6 +17,9 @@ pub enum Point {
     BeforeAttachment,
     /// The descriptors are on the socket; the record is not published yet.
     AfterAttachment,
+    /// Receiving side: an attachment was just taken off the port's socket
+    /// and is not queued for its record yet.
+    TakenIn,
 }
 
 static HOOK: OnceLock<fn(Point)> = OnceLock::new();

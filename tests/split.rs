@@ -46,7 +46,96 @@ fn peer_entry() {
                 port.post(&(n + i)).unwrap();
             }
         }
+        "split-stream" => {
+            // Both halves busy at once, as in the parent: our own stream
+            // to the parent on this thread, the parent's checked on another.
+            port.set_spin(Duration::ZERO);
+            let (tx, rx) = port.split().unwrap();
+            let receiver = thread::spawn(move || {
+                for i in 0..STREAM {
+                    let m = rx
+                        .recv_timeout(PATIENCE)
+                        .unwrap_or_else(|e| panic!("child: message {i}: {e:?}"));
+                    assert!(m.bytes() == &stream(i, TO_CHILD)[..], "child: message {i}");
+                }
+                rx
+            });
+            for i in 0..STREAM {
+                tx.post_bytes_timeout(&stream(i, TO_PARENT), PATIENCE)
+                    .unwrap_or_else(|e| panic!("child: post {i}: {e:?}"));
+            }
+            let rx = receiver.join().unwrap();
+            drop(tx.rejoin(rx).unwrap());
+        }
+        "taken-in-race" => {
+            // The sending half parks for room (the parent reads nothing
+            // yet) and so takes in what arrives on the socket; the hook
+            // holds each attachment it takes between the socket and the
+            // inbox. The receiving half comes late for each message, so it
+            // finds the record while the attachment is held.
+            shmport::fault::set_hook(hold_taken_in);
+            port.set_spin(Duration::ZERO);
+            let (tx, rx) = port.split().unwrap();
+            let sender = thread::Builder::new()
+                .name(SENDING_HALF.into())
+                .spawn(move || {
+                    let mut i = 0u64;
+                    while !STOP.load(std::sync::atomic::Ordering::Relaxed) && tx.post(&i).is_ok() {
+                        i += 1;
+                    }
+                })
+                .unwrap();
+            for i in 0..RACES {
+                thread::sleep(Duration::from_millis(50));
+                let m = rx
+                    .recv_timeout(PATIENCE)
+                    .unwrap_or_else(|e| panic!("child: message {i}: {e:?}"));
+                assert!(m.bytes() == &race_payload(i)[..], "child: message {i}");
+            }
+            let held = HELD.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(held > 0, "the sending half never took an attachment in");
+            println!("held {held} DONE");
+            STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+            drop(rx);
+            sender.join().unwrap();
+        }
         other => panic!("unknown role {other}"),
+    }
+}
+
+/// Messages each way in the split streaming test.
+const STREAM: u64 = 20_000;
+/// Seeds of the two directions' payloads.
+const TO_CHILD: u64 = 0;
+const TO_PARENT: u64 = 1 << 32;
+/// How long one message may take before a test fails instead of hanging.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Message `i` of a stream: every eighth is larger than half a 4 KiB ring,
+/// so it travels out of line, with its memfd on the socket.
+fn stream(i: u64, seed: u64) -> Vec<u8> {
+    let len = if i % 8 == 7 {
+        3000 + (i % 5) as usize
+    } else {
+        8 + (i % 200) as usize
+    };
+    noise(len, seed + i)
+}
+
+/// Out-of-line messages in the deterministic take-in race.
+const RACES: u64 = 4;
+const SENDING_HALF: &str = "sending-half";
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static HELD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn race_payload(i: u64) -> Vec<u8> {
+    noise(600 * 1024 + i as usize, 77 + i)
+}
+
+fn hold_taken_in(point: shmport::fault::Point) {
+    if point == shmport::fault::Point::TakenIn && thread::current().name() == Some(SENDING_HALF) {
+        HELD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -81,6 +170,68 @@ fn halves_on_two_threads_stream_both_ways_with_a_process() {
     // Whole again: a round trip, then the close.
     port.post_bytes(b"whole").unwrap();
     assert_eq!(port.recv().unwrap().bytes(), b"whole");
+    drop(port);
+    victim.wait_success();
+}
+
+/// Both processes split their ports and stream both ways at once, with
+/// out-of-line messages: each half of each port takes in attachments from
+/// the shared socket while the other looks for them. Before the take-in
+/// became one step for the other half this closed a port with
+/// `ProtocolError`, or paired a record with the next message's memfd, in
+/// most runs.
+#[test]
+fn split_halves_in_both_processes_stream_out_of_line_messages_both_ways() {
+    let (child, port) = MessageChannel::builder()
+        .capacity(4096)
+        .spin(Duration::ZERO)
+        .spawn(peer("split-stream"))
+        .unwrap();
+    let victim = Victim::new(child);
+    let (tx, rx) = port.split().unwrap();
+    assert!(tx.max_inline_payload() < 3000);
+    let receiver = thread::spawn(move || {
+        for i in 0..STREAM {
+            let m = rx
+                .recv_timeout(PATIENCE)
+                .unwrap_or_else(|e| panic!("message {i}: {e:?}"));
+            assert!(
+                m.bytes() == &stream(i, TO_PARENT)[..],
+                "message {i}: wrong payload"
+            );
+        }
+        rx
+    });
+    for i in 0..STREAM {
+        tx.post_bytes_timeout(&stream(i, TO_CHILD), PATIENCE)
+            .unwrap_or_else(|e| panic!("post {i}: {e:?}"));
+    }
+    let rx = receiver.join().unwrap();
+    drop(tx.rejoin(rx).unwrap());
+    victim.wait_success();
+}
+
+/// The same race made certain with a fault hook: the peer's sending half
+/// holds every attachment it takes in for 200 ms before queuing it, while
+/// its receiving half reads the record. The receive must wait for it.
+#[test]
+fn a_receive_waits_for_an_attachment_the_other_half_is_taking_in() {
+    let (child, port) = MessageChannel::builder()
+        .capacity(4096)
+        .spawn({
+            let mut c = peer("taken-in-race");
+            c.stdout(std::process::Stdio::piped());
+            c
+        })
+        .unwrap();
+    let mut victim = Victim::new(child);
+    for i in 0..RACES {
+        port.post_bytes(&race_payload(i)).unwrap();
+    }
+    victim.wait_for("DONE");
+    // Read (and so free) what the peer's sending half posted meanwhile,
+    // up to its close.
+    while port.recv_timeout(PATIENCE).is_ok() {}
     drop(port);
     victim.wait_success();
 }

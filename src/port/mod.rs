@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use rkyv::ser::allocator::Arena;
 
 use crate::error::{CloseReason, PostError};
+use crate::fault;
 use crate::ring::{Barriers, Consumer, Corrupt, Producer, REWIND_MIN, RingMemory};
 use crate::segment::{Segment, SegmentRing};
 use crate::sys::{self, kick::Kick, socket::Incoming};
@@ -138,6 +139,14 @@ pub(crate) struct Shared {
     /// refer to them (in order). Either half may take them in; only the
     /// receiving half takes them out.
     inbox: Mutex<VecDeque<Attachment>>,
+    /// Held from a receive on the socket until what it returned is in the
+    /// inbox (or noted). Once split, both halves read the socket: without
+    /// it, an attachment one half has taken off the socket and not yet
+    /// queued is in neither place for the other half, which then finds its
+    /// record's attachment missing, or pairs the record with the next one
+    /// (ARCHITECTURE.md, failure model, "Split halves").
+    /// Lock order: `taking_in`, then `inbox`.
+    taking_in: Mutex<()>,
     /// The socket reported hang-up (or reset): the peer port is gone.
     hung_up: AtomicBool,
     /// A receive returned end-of-file: nothing more is queued on the socket.
@@ -271,20 +280,32 @@ impl Shared {
     /// the other half if anything came: it may be what it waits for.
     fn drain_socket(&self, me: Half, until_attachment: bool) -> io::Result<()> {
         let mut took = false;
+        // Each receive and its queuing are one step for the other half. A
+        // panic while holding the lock leaves nothing half done.
+        let taking_in = self.taking_in.lock().unwrap_or_else(|e| e.into_inner());
         let r = loop {
             if self.eof() || self.broken() {
+                break Ok(());
+            }
+            // The other half may have queued the attachment we look for
+            // while we waited for the lock.
+            if until_attachment && !self.inbox().is_empty() {
                 break Ok(());
             }
             let got = match sys::socket::recv(&self.sock, false) {
                 Ok(g) => g,
                 Err(e) => break Err(e),
             };
+            if matches!(got, Incoming::Attachment(..)) {
+                fault::reach(fault::Point::TakenIn);
+            }
             let empty = matches!(got, Incoming::Empty);
             took |= !empty;
             if self.note(got) && until_attachment || empty {
                 break Ok(());
             }
         };
+        drop(taking_in);
         if took {
             if let Some(kicks) = self.kicks.get() {
                 let other = match me {
@@ -449,6 +470,7 @@ impl MessagePort {
             sock,
             side,
             inbox: Mutex::new(VecDeque::new()),
+            taking_in: Mutex::new(()),
             hung_up: AtomicBool::new(false),
             eof: AtomicBool::new(false),
             broken: broken.map(OnceLock::from).unwrap_or_default(),
