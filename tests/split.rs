@@ -99,6 +99,26 @@ fn peer_entry() {
             drop(rx);
             sender.join().unwrap();
         }
+        "drop-receiving-half-later" => {
+            // Read nothing; after a while stop reading for good, keeping
+            // the sending half (and so the socket) open.
+            let (tx, rx) = port.split().unwrap();
+            thread::sleep(Duration::from_millis(200));
+            drop(rx);
+            // Stay until the parent closes: then our posts fail.
+            while tx.post_bytes(b"still here").is_ok() {
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        "drop-sending-half-later" => {
+            // Post nothing; after a while close the sending direction,
+            // keeping the receiving half (and so the socket) open.
+            let (tx, rx) = port.split().unwrap();
+            thread::sleep(Duration::from_millis(200));
+            drop(tx);
+            // Stay until the parent closes.
+            assert!(matches!(rx.recv(), Err(RecvError::Closed(_))));
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -233,6 +253,73 @@ fn a_receive_waits_for_an_attachment_the_other_half_is_taking_in() {
     // up to its close.
     while port.recv_timeout(PATIENCE).is_ok() {}
     drop(port);
+    victim.wait_success();
+}
+
+/// A post that waits for room wakes when the peer drops its receiving
+/// half while it sleeps: the peer's socket stays open (its sending half
+/// lives), so only the close's own wake-up tells it. It slept until its
+/// deadline before.
+#[test]
+fn a_post_waiting_for_room_sees_the_peer_drop_its_receiving_half() {
+    let (child, port) = MessageChannel::builder()
+        .capacity(4096)
+        .spin(Duration::ZERO)
+        .spawn(peer("drop-receiving-half-later"))
+        .unwrap();
+    let victim = Victim::new(child);
+    let (tx, rx) = port.split().unwrap();
+    let (err, posted) = within_patience(move || {
+        let mut posted = 0u64;
+        loop {
+            match tx.post_bytes(&[7; 100]) {
+                Ok(()) => posted += 1,
+                Err(e) => return (e, posted),
+            }
+        }
+    })
+    .expect("the post waiting for room never woke");
+    assert!(
+        posted > 0 && posted < 64,
+        "{posted} posts into a 4 KiB ring"
+    );
+    assert!(
+        matches!(err, shmport::PostError::Closed(CloseReason::Closed)),
+        "{err:?}"
+    );
+    drop(rx);
+    victim.wait_success();
+}
+
+/// Run `f` on a thread; `None` if it has not returned after [`PATIENCE`]
+/// (the thread is left to the peer's death, which ends any wait).
+fn within_patience<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (done, result) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    result.recv_timeout(PATIENCE).ok()
+}
+
+#[test]
+fn a_sleeping_receive_sees_the_peer_drop_its_sending_half() {
+    let (child, port) = MessageChannel::builder()
+        .spin(Duration::ZERO)
+        .spawn(peer("drop-sending-half-later"))
+        .unwrap();
+    let victim = Victim::new(child);
+    let (tx, rx) = port.split().unwrap();
+    let rx = within_patience(move || {
+        assert!(
+            matches!(rx.recv(), Err(RecvError::Closed(CloseReason::Closed))),
+            "not the close event"
+        );
+        rx
+    })
+    .expect("the sleeping receive never woke");
+    // Closing our side ends the peer's wait for us.
+    drop(tx);
+    drop(rx);
     victim.wait_success();
 }
 

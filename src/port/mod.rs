@@ -799,8 +799,12 @@ impl Drop for PortSender {
             // Its parts travel on: this is not a close.
             return;
         }
-        // Publish what this side produced, then the producer's closed flag.
-        self.tx.get_mut().close();
+        // Publish what this side produced, then the producer's closed flag;
+        // wake the peer if it sleeps. The socket stays open while the other
+        // half lives: only this wake-up tells a sleeping peer.
+        if self.tx.get_mut().close() {
+            let _ = self.shared.wake_peer();
+        }
     }
 }
 
@@ -809,8 +813,11 @@ impl Drop for PortReceiver {
         if self.shared.transferred.load(Ordering::Relaxed) {
             return;
         }
-        // Publish what this side consumed, then the consumer's closed flag.
-        self.rx.get_mut().close();
+        // Publish what this side consumed, then the consumer's closed flag;
+        // wake the peer if it waits for room (see `PortSender`'s drop).
+        if self.rx.get_mut().close() {
+            let _ = self.shared.wake_peer();
+        }
         // Ports in messages never read: close them properly (their peers
         // see Closed, not PeerDied).
         let _ = self.drain_socket(false);

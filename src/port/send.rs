@@ -367,6 +367,9 @@ impl PortSender {
                     if wait.expired() {
                         return Err(PostError::Timeout);
                     }
+                    // A peer that stopped reading takes nothing in: do not
+                    // wait for it.
+                    self.check_postable()?;
                     if let Some(rx) = rx {
                         // Our peer may be waiting for room we released.
                         rx.flush_releases();

@@ -512,10 +512,14 @@ impl<M: RingMemory> Producer<M> {
             .producer_wait
             .waiting
             .swap(1, Ordering::Relaxed);
-        // Full barrier: pairs with the one in `Consumer::publish_head`.
+        // Full barrier: pairs with the one in `Consumer::publish_head`
+        // and in `Consumer::close`.
         self.barriers.sleeper();
         self.refresh_head()?;
-        if self.free() >= self.required(min_payload) {
+        // A consumer that closed after our announcement saw it and wakes
+        // us; one that closed before is seen here. Either way no sleep
+        // outlasts the reader.
+        if self.free() >= self.required(min_payload) || self.consumer_closed() {
             self.end_wait();
             return Ok(false);
         }
@@ -545,17 +549,23 @@ impl<M: RingMemory> Producer<M> {
     /// Has the consumer closed its end?
     #[inline]
     pub fn consumer_closed(&self) -> bool {
-        // Relaxed: a flag with no data attached; nothing is read after it.
+        // Acquire: pairs with the Release store in `Consumer::close` (the
+        // head it published before is then visible too).
         self.mem
             .header()
             .consumer_wait
             .closed
-            .load(Ordering::Relaxed)
+            .load(Ordering::Acquire)
             != 0
     }
 
     /// No record will follow: publish the tail and the closed flag.
-    pub fn close(&self) {
+    ///
+    /// Returns `true` when the consumer announced it sleeps: the caller
+    /// must wake it, as after a commit, so that it reads the close (the
+    /// socket may stay open: a half-close of a split port).
+    #[must_use = "a sleeping consumer must be woken to see the close"]
+    pub fn close(&self) -> bool {
         self.publish_tail();
         // Release: pairs with the Acquire load in `Consumer::producer_closed`;
         // every commit made before is visible once the flag is.
@@ -564,6 +574,10 @@ impl<M: RingMemory> Producer<M> {
             .producer
             .closed
             .store(1, Ordering::Release);
+        // The same Dekker pair as a commit: either the consumer's re-check
+        // after its announcement (`prepare_sleep`, then `producer_closed`)
+        // sees the flag, or we see its announcement.
+        self.consumer_needs_wake()
     }
 }
 
@@ -824,13 +838,22 @@ impl<M: RingMemory> Consumer<M> {
         // overwrites them.
         hdr.consumer.head.store(self.released, Ordering::Release);
         self.published = self.released;
+        self.producer_needs_wake()
+    }
+
+    /// After publishing (a head, the closed flag): does the producer wait
+    /// for room? Clears its flag if so, so that exactly one action sends
+    /// the wake-up.
+    #[inline]
+    fn producer_needs_wake(&self) -> bool {
+        let wait = &self.mem.header().producer_wait;
         // Full barrier (or the producer's membarrier): pairs with the one in
-        // `Producer::prepare_wait`.
+        // `Producer::prepare_wait`. Either the producer's re-check sees what
+        // we published, or we see its announcement.
         self.barriers
-            .publisher(hdr.producer_wait.barrier.load(Ordering::Relaxed));
+            .publisher(wait.barrier.load(Ordering::Relaxed));
         // Relaxed: ordered by the barrier; the swap only picks one waker.
-        let w = &hdr.producer_wait.waiting;
-        w.load(Ordering::Relaxed) != 0 && w.swap(0, Ordering::Relaxed) != 0
+        wait.waiting.load(Ordering::Relaxed) != 0 && wait.waiting.swap(0, Ordering::Relaxed) != 0
     }
 
     /// Announce that the consumer is about to sleep. Returns `false` (and
@@ -891,17 +914,21 @@ impl<M: RingMemory> Consumer<M> {
         self.mem.header().producer.closed.load(Ordering::Acquire) != 0
     }
 
-    /// This end reads no more: tell the producer.
-    pub fn close(&mut self) {
-        if self.unpublished() {
-            self.publish_head();
-        }
-        // Relaxed: a flag with no data attached.
-        self.mem
-            .header()
-            .consumer_wait
-            .closed
-            .store(1, Ordering::Relaxed);
+    /// This end reads no more: publish what was released and the closed
+    /// flag.
+    ///
+    /// Returns `true` when the producer announced it waits for room: the
+    /// caller must wake it, so that it learns nobody reads (the socket may
+    /// stay open: a half-close of a split port).
+    #[must_use = "a waiting producer must be woken to see the close"]
+    pub fn close(&mut self) -> bool {
+        let hdr = self.mem.header();
+        // Release: pairs with the Acquire load in `Producer::refresh_head`.
+        hdr.consumer.head.store(self.released, Ordering::Release);
+        self.published = self.released;
+        // Release: pairs with the Acquire load in `Producer::consumer_closed`.
+        hdr.consumer_wait.closed.store(1, Ordering::Release);
+        self.producer_needs_wake()
     }
 }
 

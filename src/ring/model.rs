@@ -24,6 +24,10 @@
 //!   variable); closing hangs the token up for good. A lost wake-up leaves
 //!   both sides asleep, which loom reports as a deadlock.
 //!
+//! Two models close one side while the other sleeps with the socket left
+//! open (a split port's half-close): only the close's own wake-up can end
+//! that sleep.
+//!
 //! Only the fence flavour of the handshake ([`Barriers::FENCES`]) can be
 //! modelled: loom has no `membarrier`. [`without_barriers_a_wake_up_is_lost`]
 //! shows the model has teeth: with the barriers taken away it finds the lost
@@ -204,22 +208,10 @@ fn fill(i: usize) -> u8 {
 /// Post one message the way a port's blocking post does (without the
 /// spin): reserve, or announce the wait for room and sleep on the token.
 fn post(p: &mut Producer<Mem>, i: usize, len: usize, wake_consumer: &Wake, room: &Wake) {
-    loop {
-        if let Some(slot) = p.reserve(len).unwrap() {
-            assert!(slot.room >= len);
-            // SAFETY: the slot has `room >= len` bytes at `payload`, free
-            // space the consumer does not read until the commit.
-            unsafe { core::ptr::write_bytes(slot.payload.as_ptr(), fill(i), len) };
-            if p.commit(slot, len, RAW) {
-                wake_consumer.send();
-            }
-            return;
-        }
-        if p.prepare_wait(len).unwrap() {
-            room.sleep();
-            p.end_wait();
-        }
-    }
+    assert!(
+        post_unless_closed(p, i, len, wake_consumer, room),
+        "the consumer closed while messages were due"
+    );
 }
 
 /// A record the model's consumer took: its span and payload.
@@ -304,7 +296,9 @@ fn run(lens: &'static [usize], hold: usize, barriers: Barriers) {
                 post(&mut p, i, len, &arrival, &room);
             }
             all_in.sleep();
-            p.close();
+            if p.close() {
+                arrival.send();
+            }
             arrival.hang_up();
         })
     };
@@ -365,7 +359,9 @@ fn run_set(per_ring: usize) {
                 post(&mut p, i, 8, &wake, &room);
             }
             all_in.sleep();
-            p.close();
+            if p.close() {
+                hung_up.send();
+            }
             hung_up.hang_up();
         }));
     }
@@ -407,6 +403,96 @@ fn run_set(per_ring: usize) {
     }
 }
 
+/// A half-close while the other side sleeps: the socket stays open (the
+/// closing port's other half lives on), so only the close's own wake-up
+/// can end the sleep; a lost one is a deadlock.
+///
+/// The producer posts `lens` and closes its end; the consumer reads them
+/// and must then see the close. Closing may race with the consumer's
+/// sleep at any point.
+fn run_producer_closes() {
+    let mem = ModelMemory::new();
+    let arrival = Wake::new();
+    let room = Wake::new();
+    let mut c = Consumer::new(mem.clone(), Barriers::FENCES).unwrap();
+    let producer = {
+        let (mem, arrival, room) = (mem.clone(), arrival.clone(), room.clone());
+        thread::spawn(move || {
+            let mut p = Producer::new(mem, Barriers::FENCES).unwrap();
+            post(&mut p, 0, 8, &arrival, &room);
+            if p.close() {
+                arrival.send();
+            }
+        })
+    };
+    let t = recv(&mut c, &arrival, &room).expect("closed before the message arrived");
+    check(&t, 0, 8);
+    release(&mut c, &t, &room);
+    assert!(
+        recv(&mut c, &arrival, &room).is_none(),
+        "a message after the last one posted"
+    );
+    producer.join().unwrap();
+}
+
+/// The mirror case: the producer waits for room in a full ring, and the
+/// consumer closes its end without reading: the post must give up. Only
+/// the consumer's close can wake the producer.
+fn run_consumer_closes() {
+    let mem = ModelMemory::new();
+    let room = Wake::new();
+    let arrival = Wake::new();
+    let producer = {
+        let (mem, room, arrival) = (mem.clone(), room.clone(), arrival.clone());
+        thread::spawn(move || {
+            let mut p = Producer::new(mem, Barriers::FENCES).unwrap();
+            // Two records of 128 bytes fill the ring; the third waits.
+            let mut posted = 0;
+            for i in 0..3 {
+                if !post_unless_closed(&mut p, i, 90, &arrival, &room) {
+                    break;
+                }
+                posted += 1;
+            }
+            assert!(posted < 3, "a post succeeded into a full ring nobody reads");
+        })
+    };
+    let mut c = Consumer::new(mem, Barriers::FENCES).unwrap();
+    if c.close() {
+        room.send();
+    }
+    producer.join().unwrap();
+}
+
+/// [`post`], giving up (`false`) once the consumer has closed, as a port's
+/// post does.
+fn post_unless_closed(
+    p: &mut Producer<Mem>,
+    i: usize,
+    len: usize,
+    wake_consumer: &Wake,
+    room: &Wake,
+) -> bool {
+    loop {
+        if p.consumer_closed() {
+            return false;
+        }
+        if let Some(slot) = p.reserve(len).unwrap() {
+            // SAFETY: the slot has `room >= len` bytes at `payload`, free
+            // space the consumer does not read until the commit.
+            unsafe { core::ptr::write_bytes(slot.payload.as_ptr(), fill(i), len) };
+            if p.commit(slot, len, RAW) {
+                wake_consumer.send();
+            }
+            return true;
+        }
+        if p.prepare_wait(len).unwrap() {
+            room.sleep();
+            p.end_wait();
+        }
+    }
+}
+
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut b = loom::model::Builder::new();
     // Keeps the exploration to minutes; loom's own tests use 2–3. Raise it
@@ -436,7 +522,7 @@ fn records_released_out_of_order() {
 /// model finds the wake-up that is lost: proof that it explores the case
 /// the barriers exist for.
 #[test]
-#[should_panic]
+#[should_panic(expected = "deadlock; threads =")]
 fn without_barriers_a_wake_up_is_lost() {
     fn nothing() {}
     let none = Barriers {
@@ -450,4 +536,16 @@ fn without_barriers_a_wake_up_is_lost() {
 #[test]
 fn a_set_waits_on_two_rings_with_one_barrier() {
     model(|| run_set(2));
+}
+
+/// The producer's close while the consumer goes to sleep on an empty ring.
+#[test]
+fn a_sleeping_consumer_wakes_at_the_producers_close() {
+    model(run_producer_closes);
+}
+
+/// The consumer's close while the producer waits for room.
+#[test]
+fn a_producer_waiting_for_room_wakes_at_the_consumers_close() {
+    model(run_consumer_closes);
 }

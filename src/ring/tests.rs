@@ -174,11 +174,32 @@ fn producer_wait_announcement_is_answered_by_publish() {
 fn close_flags_reach_the_other_end() {
     let (p, mut c, _m) = pair(4096);
     assert!(!c.producer_closed());
-    p.close();
+    assert!(!p.close(), "nobody sleeps: no wake-up due");
     assert!(c.producer_closed());
     assert!(!p.consumer_closed());
-    c.close();
+    assert!(!c.close(), "nobody waits: no wake-up due");
     assert!(p.consumer_closed());
+}
+
+#[test]
+fn a_close_wakes_the_other_side_if_it_sleeps() {
+    // The consumer sleeps on an empty ring: the producer's close must wake
+    // it (a half-close leaves the socket open, so nothing else would).
+    let (p, c, _m) = pair(4096);
+    assert!(c.prepare_sleep());
+    assert!(p.close(), "the close must wake a sleeping consumer");
+    assert!(c.producer_closed());
+
+    // The producer waits for room in a full ring: the consumer's close must
+    // wake it, and a wait announced after the close does not sleep.
+    let (mut p, mut c, _m) = pair(4096);
+    while let Some(slot) = p.reserve(100).unwrap() {
+        let _ = p.commit(slot, 100, RAW);
+    }
+    assert!(p.prepare_wait(100).unwrap(), "the ring is full");
+    assert!(c.close(), "the close must wake a producer waiting for room");
+    assert!(p.consumer_closed());
+    assert!(!p.prepare_wait(100).unwrap(), "nobody reads: do not sleep");
 }
 
 #[test]
