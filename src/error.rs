@@ -334,3 +334,33 @@ impl std::error::Error for ConnectError {
         }
     }
 }
+
+/// [`MessagePort::split`](crate::MessagePort::split) failed: the port
+/// comes back whole, still connected.
+#[derive(Debug)]
+pub struct SplitError {
+    /// Why (the eventfds the halves wake each other with could not be
+    /// made, typically out of descriptors).
+    pub error: io::Error,
+    /// The port, as it was.
+    pub port: crate::MessagePort,
+}
+
+impl fmt::Display for SplitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot split the port: {}", self.error)
+    }
+}
+
+impl std::error::Error for SplitError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<SplitError> for io::Error {
+    /// The cause; the port is closed.
+    fn from(e: SplitError) -> io::Error {
+        e.error
+    }
+}

@@ -76,8 +76,8 @@ mod transfer;
 
 pub use channel::{ChannelBuilder, DEFAULT_CAPACITY, MessageChannel};
 pub use error::{
-    AccessError, AddError, CloseReason, OpenError, PostError, RecvError, TakePortsError,
-    TransferError,
+    AccessError, AddError, CloseReason, OpenError, PostError, RecvError, SplitError,
+    TakePortsError, TransferError,
 };
 pub use message::{Message, OwnedMessage, Receivable};
 pub use port::{

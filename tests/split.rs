@@ -119,6 +119,40 @@ fn peer_entry() {
             // Stay until the parent closes.
             assert!(matches!(rx.recv(), Err(RecvError::Closed(_))));
         }
+        "split-out-of-descriptors" => {
+            // No descriptor left for the halves' eventfds: the split fails
+            // and the port comes back whole and connected.
+            use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+            let was = getrlimit(Resource::Nofile);
+            let highest = std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+                .max()
+                .unwrap();
+            let tight = Rlimit {
+                current: Some(highest + 1),
+                maximum: was.maximum,
+            };
+            setrlimit(Resource::Nofile, tight).unwrap();
+            let port = match port.split() {
+                Ok(_) => panic!("split made eventfds past the descriptor limit"),
+                Err(e) => {
+                    assert_eq!(
+                        e.error.raw_os_error(),
+                        Some(rustix::io::Errno::MFILE.raw_os_error())
+                    );
+                    e.port
+                }
+            };
+            setrlimit(Resource::Nofile, was).unwrap();
+            // Still connected: an echo, then a split that works.
+            let m = port.recv().unwrap();
+            port.post_bytes(m.bytes()).unwrap();
+            drop(m);
+            let (tx, rx) = port.split().unwrap();
+            tx.post_bytes(b"split now").unwrap();
+            drop(tx.rejoin(rx).unwrap());
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -320,6 +354,23 @@ fn a_sleeping_receive_sees_the_peer_drop_its_sending_half() {
     // Closing our side ends the peer's wait for us.
     drop(tx);
     drop(rx);
+    victim.wait_success();
+}
+
+/// A split that cannot get its descriptors hands the port back: the peer
+/// sees no close and the channel goes on. The port was dropped before
+/// (the peer saw `Closed`).
+#[test]
+fn a_failed_split_hands_the_port_back() {
+    let (child, port) = shmport::spawn(peer("split-out-of-descriptors")).unwrap();
+    let victim = Victim::new(child);
+    port.post_bytes(b"echo me").unwrap();
+    assert_eq!(port.recv().unwrap().bytes(), b"echo me");
+    assert_eq!(port.recv().unwrap().bytes(), b"split now");
+    assert!(matches!(
+        port.recv(),
+        Err(RecvError::Closed(CloseReason::Closed))
+    ));
     victim.wait_success();
 }
 

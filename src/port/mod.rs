@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use rkyv::ser::allocator::Arena;
 
-use crate::error::{CloseReason, PostError};
+use crate::error::{CloseReason, PostError, SplitError};
 use crate::fault;
 use crate::ring::{Barriers, Consumer, Corrupt, Producer, REWIND_MIN, RingMemory};
 use crate::segment::{Segment, SegmentRing};
@@ -583,9 +583,18 @@ impl MessagePort {
     /// # drop(b);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn split(self) -> io::Result<(PortSender, PortReceiver)> {
+    ///
+    /// Splitting needs two eventfds (the first time only: a rejoined port
+    /// keeps them). If they cannot be made (out of descriptors), the port
+    /// comes back whole in the error, untouched: its peer notices nothing.
+    // The port comes back by value: a rare path, not worth a box.
+    #[allow(clippy::result_large_err)]
+    pub fn split(self) -> Result<(PortSender, PortReceiver), SplitError> {
         if self.tx.shared.kicks.get().is_none() {
-            let kicks = [Kick::new()?, Kick::new()?];
+            let kicks = match Kick::new().and_then(|k| Ok([k, Kick::new()?])) {
+                Ok(kicks) => kicks,
+                Err(error) => return Err(SplitError { error, port: self }),
+            };
             let _ = self.tx.shared.kicks.set(kicks);
         }
         let MessagePort { tx, rx } = self;
