@@ -53,11 +53,33 @@ pub fn registered() -> bool {
     }
 }
 
+static CAN_ISSUE: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+/// Can this process issue global expedited barriers ([`heavy`])? Any
+/// process can on a kernel that has them, registered or not (registration
+/// is for being *ordered* by them), unless a filter (seccomp) forbids the
+/// call: one trial call tells.
+pub fn available() -> bool {
+    // Relaxed: a cache of an idempotent answer, as in `registered`.
+    match CAN_ISSUE.load(Ordering::Relaxed) {
+        YES => true,
+        NO => false,
+        _ => {
+            let q = membarrier(CMD_QUERY);
+            let ok = q > 0
+                && q & CMD_GLOBAL_EXPEDITED as libc::c_long != 0
+                && membarrier(CMD_GLOBAL_EXPEDITED) == 0;
+            CAN_ISSUE.store(if ok { YES } else { NO }, Ordering::Relaxed);
+            ok
+        }
+    }
+}
+
 /// A full barrier on every CPU running a registered process (including this
-/// one). Only called when [`registered`] returned true.
+/// one, if registered). Only called when [`available`] returned true.
 pub fn heavy() {
     if membarrier(CMD_GLOBAL_EXPEDITED) != 0 {
-        // Cannot happen once registration succeeded; keep the order anyway.
+        // Cannot happen once a trial call succeeded; keep our own order.
         std::sync::atomic::fence(Ordering::SeqCst);
     }
 }
