@@ -4,7 +4,7 @@ use std::io;
 use std::time::Duration;
 
 use crate::layout::{MAX_CAPACITY, MIN_CAPACITY};
-use crate::port::{DEFAULT_SPIN, MessagePort, Side, Trust};
+use crate::port::{DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SPIN, MessagePort, Side, Trust};
 use crate::segment::Segment;
 use crate::sys;
 
@@ -68,6 +68,7 @@ pub struct ChannelBuilder {
     capacity: usize,
     spin: Duration,
     trust: Trust,
+    max_message: usize,
 }
 
 impl Default for ChannelBuilder {
@@ -84,6 +85,7 @@ impl ChannelBuilder {
             capacity: DEFAULT_CAPACITY,
             spin: DEFAULT_SPIN,
             trust: Trust::Validated,
+            max_message: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 
@@ -111,6 +113,15 @@ impl ChannelBuilder {
         self
     }
 
+    /// The largest out-of-line message the ports this builder makes accept
+    /// (see [`MessagePort::set_max_message_size`]; default
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`]). Kept only in this process, like the
+    /// trust mode.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+
     /// Make the channel.
     pub fn build(&self) -> io::Result<MessageChannel> {
         let (port1, port2) = self.pair()?;
@@ -122,13 +133,17 @@ impl ChannelBuilder {
         let (sa, sb) = sys::socket::pair()?;
         let a = MessagePort::from_parts(seg.clone(), Side::A, sa, self.spin).map_err(fresh)?;
         let b = MessagePort::from_parts(seg, Side::B, sb, self.spin).map_err(fresh)?;
-        a.set_trust(self.trust);
-        b.set_trust(self.trust);
+        for port in [&a, &b] {
+            self.configure(port);
+        }
         Ok((a, b))
     }
 
-    pub(crate) fn trust_mode(&self) -> Trust {
-        self.trust
+    /// Apply this builder's per-process settings (trust mode, largest
+    /// message) to a port it made.
+    pub(crate) fn configure(&self, port: &MessagePort) {
+        port.set_trust(self.trust);
+        port.set_max_message_size(self.max_message);
     }
 
     pub(crate) fn spin_time(&self) -> Duration {

@@ -81,7 +81,8 @@ pub use error::{
 };
 pub use message::{Message, OwnedMessage, Receivable};
 pub use port::{
-    DEFAULT_SPIN, MAX_PORTS, MessagePort, PortReceiver, PortSender, Reservation, Trust,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SPIN, MAX_PORTS, MessagePort, PortReceiver, PortSender,
+    Reservation, Trust,
 };
 pub use port_set::PortSet;
 pub use rendezvous::{

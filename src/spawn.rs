@@ -49,7 +49,7 @@ impl ChannelBuilder {
         let (mine, theirs) = sys::socket::pair()?;
         let port = MessagePort::from_parts(seg.clone(), Side::A, mine, self.spin_time())
             .map_err(std::io::Error::other)?;
-        port.set_trust(self.trust_mode());
+        self.configure(&port);
         let keep: [RawFd; 2] = [theirs.as_raw_fd(), seg.fd().as_raw_fd()];
         cmd.env(
             PORT_ENV,

@@ -573,3 +573,42 @@ fn a_received_port_with_an_absurd_spin_time_is_bounded_and_honours_timeouts() {
         drop((victim, peer));
     });
 }
+
+/// A peer declares an out-of-line message of many gigabytes in a sparse,
+/// sealed memfd (it costs the peer nothing). The receiver refuses it
+/// before mapping anything beyond its limit, for that message only. It
+/// used to map and populate the whole length.
+#[test]
+fn a_huge_sparse_out_of_line_payload_is_refused_for_that_message_only() {
+    let _g = serial();
+    leaks_nothing("huge out-of-line payloads", || {
+        let (victim, mut peer) = victim_and_raw_peer(4096).unwrap();
+        assert_eq!(victim.max_message_size(), shmport::DEFAULT_MAX_MESSAGE_SIZE);
+        let mut send_ool = |content: &[u8], size: u64, claimed: u64| {
+            let fd = memfd(content, size as usize, SIZE_SEALS | SealFlags::WRITE);
+            attach(&peer, &ports_body(true, 0), &[fd.as_fd()]);
+            drop(fd);
+            peer.commit(meta(true, 0), &claimed.to_le_bytes()).unwrap();
+        };
+        for gib in [2u64, 64] {
+            send_ool(b"sparse", gib << 30, gib << 30);
+            let got = victim.try_recv();
+            assert!(
+                matches!(got, Err(RecvError::Refused(_))),
+                "{gib} GiB: {got:?}"
+            );
+        }
+        // The limit is the port's: lowered, a small message is refused too;
+        // raised, it is read.
+        victim.set_max_message_size(100);
+        send_ool(&[9; 101], 4096, 101);
+        assert!(matches!(victim.try_recv(), Err(RecvError::Refused(_))));
+        victim.set_max_message_size(101);
+        send_ool(&[9; 101], 4096, 101);
+        assert_eq!(victim.try_recv().unwrap().bytes(), &[9; 101]);
+        // The port goes on.
+        peer.commit(meta(false, 0), b"after").unwrap();
+        assert_eq!(victim.try_recv().unwrap().bytes(), b"after");
+        drop((victim, peer));
+    });
+}

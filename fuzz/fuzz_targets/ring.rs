@@ -236,7 +236,7 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 if let Some(p) = producer.as_ref() {
-                    p.close();
+                    let _ = p.close();
                 }
                 if let Some(c) = consumer.as_ref() {
                     assert!(producer.is_none() || c.producer_closed() || hostile);
@@ -248,7 +248,7 @@ fuzz_target!(|data: &[u8]| {
         for rec in held.drain(..) {
             c.release(rec.pos, rec.end);
         }
-        c.close();
+        let _ = c.close();
     }
 });
 

@@ -38,6 +38,10 @@ use crate::transfer::{Attachment, PortParts, SegmentRef};
 /// How long a blocking call spins before it sleeps, unless configured.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
 
+/// The largest out-of-line message a port accepts unless configured
+/// ([`MessagePort::set_max_message_size`]): 1 GiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 30;
+
 /// Most ports one message carries (each takes two of the socket message's
 /// 253 descriptors, and their inboxes may take more).
 pub const MAX_PORTS: usize = 100;
@@ -343,6 +347,8 @@ pub struct PortReceiver {
     shared: Arc<Shared>,
     rx: RefCell<Consumer<SegmentRing>>,
     trust: Cell<Trust>,
+    /// The largest out-of-line payload this half maps.
+    max_message: Cell<usize>,
 }
 
 /// One end of a channel: post messages to the peer port, receive the
@@ -500,6 +506,7 @@ impl MessagePort {
                 shared,
                 rx: RefCell::new(rx),
                 trust: Cell::new(Trust::default()),
+                max_message: Cell::new(DEFAULT_MAX_MESSAGE_SIZE),
             },
         }
     }
@@ -569,6 +576,36 @@ impl MessagePort {
     /// The port's trust mode.
     pub fn trust(&self) -> Trust {
         self.rx.trust()
+    }
+
+    /// The largest message this port accepts, in bytes (default
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`]). A larger out-of-line message is
+    /// refused before it is mapped: that receive returns
+    /// [`RecvError::Refused`](crate::RecvError::Refused), the message is
+    /// dropped, and the port goes on. It bounds what a peer can make this
+    /// process map (and so allocate, as the message is read) with one
+    /// message. Messages inside the ring are bounded by its size anyway.
+    /// A port that arrives in a message starts with the default.
+    ///
+    /// ```
+    /// use shmport::{MessageChannel, RecvError};
+    ///
+    /// let (a, b) = MessageChannel::builder().capacity(4096).build()?.into_ports();
+    /// b.set_max_message_size(64 * 1024);
+    /// a.post_bytes(&vec![1; 100 * 1024])?; // out of line: larger than the ring
+    /// a.post_bytes(b"small")?;
+    /// assert!(matches!(b.recv(), Err(RecvError::Refused(_))));
+    /// assert_eq!(b.recv()?.bytes(), b"small");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_max_message_size(&self, bytes: usize) {
+        self.rx.set_max_message_size(bytes);
+    }
+
+    /// The largest message this port accepts (see
+    /// [`set_max_message_size`](Self::set_max_message_size)).
+    pub fn max_message_size(&self) -> usize {
+        self.rx.max_message_size()
     }
 
     /// Split into a sending and a receiving half, to use on two threads.
@@ -779,6 +816,17 @@ impl PortReceiver {
     /// The trust mode.
     pub fn trust(&self) -> Trust {
         self.trust.get()
+    }
+
+    /// The largest message this half accepts (see
+    /// [`MessagePort::set_max_message_size`]).
+    pub fn set_max_message_size(&self, bytes: usize) {
+        self.max_message.set(bytes);
+    }
+
+    /// The largest message this half accepts.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message.get()
     }
 
     /// Would `try_recv` return a message or the close event now?

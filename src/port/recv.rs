@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::{Half, MessagePort, PortReceiver, Trust, Wait};
 use crate::error::{CloseReason, RecvError};
-use crate::layout::OOL_DESCRIPTOR;
+use crate::layout::{OOL_DESCRIPTOR, OolDescriptor};
 use crate::message::{Body, Message};
 use crate::ring::{Corrupt, Record};
 use crate::sys::{self, Mapping};
@@ -314,10 +314,14 @@ impl PortReceiver {
                 self.corrupt(Corrupt("out-of-line descriptor has the wrong size")),
             ));
         }
-        // SAFETY: the record's payload holds OOL_DESCRIPTOR (8) bytes inside
-        // the ring, 32-byte aligned; read once, as an atomic.
-        let len = unsafe { rec.payload.cast::<core::sync::atomic::AtomicU64>().as_ref() }
-            .load(core::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the record's payload holds OOL_DESCRIPTOR bytes inside the
+        // ring, 32-byte aligned (more than an OolDescriptor needs); the
+        // descriptor is only atomics, so a peer writing it races with
+        // atomics only.
+        let descriptor = unsafe { rec.payload.cast::<OolDescriptor>().as_ref() };
+        // Relaxed: ordered after the Acquire load of the commit word that
+        // handed us the record. Read once; only the copy is checked and used.
+        let len = descriptor.len.load(core::sync::atomic::Ordering::Relaxed);
         let size = sys::memfd::checked_size(&fd, sys::memfd::SIZE_SEALS).map_err(|_| {
             RecvError::Closed(self.corrupt(Corrupt("out-of-line memfd not sealed")))
         })?;
@@ -334,6 +338,13 @@ impl PortReceiver {
         if len > size || len == 0 {
             return Err(RecvError::Closed(
                 self.corrupt(Corrupt("out-of-line length outside its memfd")),
+            ));
+        }
+        if len > self.max_message.get() {
+            // Checked before mapping: nothing of it is mapped or populated.
+            // This message only; the port goes on.
+            return Err(RecvError::Refused(
+                "out-of-line message larger than this port's max_message_size",
             ));
         }
         let map = Mapping::new(&fd, len, false, true).map_err(RecvError::Io)?;

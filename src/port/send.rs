@@ -15,7 +15,7 @@ use super::recv::LOOK_EVERY;
 use super::{Half, MAX_PORTS, MessagePort, PortReceiver, PortSender, Reservation, Wait};
 use crate::error::{PostError, TransferError};
 use crate::fault;
-use crate::layout::OOL_DESCRIPTOR;
+use crate::layout::{OOL_DESCRIPTOR, OolDescriptor};
 use crate::ring::{Kind, RecordMeta, Slot};
 use crate::ser::{Postable, RecordWriter, fingerprint};
 use crate::sys;
@@ -325,9 +325,12 @@ impl PortSender {
         if let Err(e) = self.attach(&att, wait, rx) {
             return Err((e, att.ports));
         }
-        // SAFETY: the slot holds at least OOL_DESCRIPTOR bytes, aligned to
-        // 32, written only by this producer until commit.
-        unsafe { slot.payload.cast::<u64>().as_ptr().write(len) };
+        // SAFETY: the slot holds at least OOL_DESCRIPTOR bytes, 32-byte
+        // aligned (more than an OolDescriptor needs), written only by this
+        // producer until commit; the descriptor is only atomics.
+        let descriptor = unsafe { slot.payload.cast::<OolDescriptor>().as_ref() };
+        // Relaxed: published by the commit's Release store.
+        descriptor.len.store(len, Ordering::Relaxed);
         meta.out_of_line = true;
         self.commit(slot, OOL_DESCRIPTOR, meta)
             .map_err(|e| (e, Vec::new()))
