@@ -9,9 +9,15 @@ pub enum CloseReason {
     /// The peer port was closed: [`MessagePort::close`](crate::MessagePort::close)
     /// or dropped.
     Closed,
-    /// The process holding the peer port ended without closing it (killed,
-    /// crashed, or exited with the port still open). The kernel reported the
-    /// hang-up of the port's socket.
+    /// The peer port went away without being closed: the kernel reported
+    /// the hang-up of the port's socket, and the peer's closed flag was
+    /// never set. Almost always the process holding it ended (killed,
+    /// crashed, or exited with the port still open). A process that lets a
+    /// port's descriptors go without closing it (closes the raw
+    /// descriptors, or drops a connection to a [`Listener`](crate::Listener)
+    /// before taking its port) looks the same to the kernel, and is reported
+    /// the same way while it still runs: the port cannot tell which
+    /// process holds its peer, since ports move.
     PeerDied,
     /// The peer broke the protocol (corrupt ring, bad descriptor); this port
     /// stopped reading from it.

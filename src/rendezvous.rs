@@ -271,7 +271,10 @@ impl Incoming {
     /// the send fails with [`io::ErrorKind::BrokenPipe`] (the listener is
     /// not affected). If it is alive but never reads, the send still
     /// succeeds and the port sits in its socket: the returned port then
-    /// reads as closed only when that process exits.
+    /// reads as closed when the connector closes that connection or exits,
+    /// with [`CloseReason::PeerDied`](crate::CloseReason::PeerDied) (the
+    /// port went away without its close), although the connector may
+    /// still run.
     pub fn accept_with(self, builder: &ChannelBuilder) -> io::Result<MessagePort> {
         let (mine, theirs) = builder.build()?.into_ports();
         match transfer::send_port(self.conn.as_fd(), theirs) {

@@ -512,3 +512,24 @@ fn try_accept_and_polling() {
     assert_eq!(port.recv().unwrap().bytes(), b"from the thread");
     client.join().unwrap();
 }
+
+/// A connector that hangs up without taking its port, and lives on: the
+/// accepted port reads the close at once, as `PeerDied` (the port went away
+/// without its close), not only when the connector's process exits.
+#[test]
+fn a_connector_that_leaves_without_its_port_closes_the_accepted_port_at_once() {
+    let dir = TempDir::new("leave");
+    let path = dir.join("host.sock");
+    let listener = Listener::bind(&path).unwrap();
+    let conn = raw_connect(path_str(&path));
+    let incoming = listener.accept_timeout(PATIENCE).unwrap().expect("queued");
+    assert_eq!(incoming.credentials().pid, std::process::id());
+    let port = incoming.accept().unwrap();
+    // The port sits unread in the connection; closing the connection drops
+    // it while this process (the connector) runs on.
+    drop(conn);
+    assert!(matches!(
+        port.recv_timeout(PATIENCE),
+        Err(RecvError::Closed(CloseReason::PeerDied))
+    ));
+}
