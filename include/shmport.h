@@ -89,6 +89,10 @@
 // received, for a peer that may be hostile.
 #define SHMPORT_TRUST_UNTRUSTED 1
 
+// Largest message, in bytes (64 TiB): a post of more is
+// `SHMPORT_ERR_TOO_LARGE`, before anything is read or allocated.
+#define SHMPORT_MAX_MESSAGE_SIZE 70368744177664
+
 // Default bytes per ring (each direction has its own).
 #define SHMPORT_DEFAULT_CAPACITY 1048576
 
@@ -136,8 +140,9 @@ enum shmport_status
   // `shmport_port_commit` or `shmport_port_cancel` on a port with no
   // reservation.
   SHMPORT_ERR_NO_RESERVATION = 7105,
-  // A reservation asked for more than fits in the ring
-  // (`shmport_port_max_reservation`).
+  // A message longer than `SHMPORT_MAX_MESSAGE_SIZE`, or a reservation
+  // longer than fits in the ring (`shmport_port_max_reservation`).
+  // Nothing was read, allocated or sent.
   SHMPORT_ERR_TOO_LARGE = 7200,
   // A reservation on this port is live: commit or cancel it before
   // posting or reserving again.

@@ -80,12 +80,17 @@ pub enum PostError {
     /// The operating system refused a call (for example creating the memfd
     /// of an out-of-line message).
     Io(io::Error),
-    /// A reservation asked for more than fits in the ring
-    /// ([`MessagePort::reserve_bytes`](crate::MessagePort::reserve_bytes)).
+    /// Too large: a message over [`MAX_MESSAGE_SIZE`](crate::MAX_MESSAGE_SIZE)
+    /// (refused before anything is allocated), or a reservation over what
+    /// fits in the ring
+    /// ([`MessagePort::reserve_bytes`](crate::MessagePort::reserve_bytes),
+    /// at most [`max_inline_payload`](crate::MessagePort::max_inline_payload)).
     TooLarge {
-        /// Bytes asked for.
+        /// Bytes asked for (for a typed value, a lower bound: its
+        /// serialization stopped there).
         len: usize,
-        /// The most a reservation can hold on this port.
+        /// The most allowed: `MAX_MESSAGE_SIZE` for a message, the ring's
+        /// limit for a reservation.
         max: usize,
     },
     /// A [`Reservation`](crate::Reservation) on this port is still live:
@@ -106,7 +111,7 @@ impl fmt::Display for PostError {
             PostError::TooManyPorts => f.write_str("too many ports for one message"),
             PostError::Io(e) => write!(f, "post failed: {e}"),
             PostError::TooLarge { len, max } => {
-                write!(f, "reservation of {len} bytes exceeds the ring's {max}")
+                write!(f, "{len} bytes exceed the largest allowed, {max}")
             }
             PostError::Reserved => f.write_str("a reservation on this port is not yet committed"),
         }

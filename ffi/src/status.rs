@@ -59,8 +59,9 @@ pub enum shmport_status {
     SHMPORT_ERR_NO_RESERVATION = 7105,
 
     // ---- posting ----
-    /// A reservation asked for more than fits in the ring
-    /// (`shmport_port_max_reservation`).
+    /// A message longer than `SHMPORT_MAX_MESSAGE_SIZE`, or a reservation
+    /// longer than fits in the ring (`shmport_port_max_reservation`).
+    /// Nothing was read, allocated or sent.
     SHMPORT_ERR_TOO_LARGE = 7200,
     /// A reservation on this port is live: commit or cancel it before
     /// posting or reserving again.
@@ -172,7 +173,7 @@ impl shmport_status {
             SHMPORT_ERR_INVALID_ARGUMENT => c"invalid argument",
             SHMPORT_ERR_SELF_TRANSFER => c"a port cannot be posted over itself",
             SHMPORT_ERR_NO_RESERVATION => c"no reservation on this port",
-            SHMPORT_ERR_TOO_LARGE => c"reservation larger than the ring allows",
+            SHMPORT_ERR_TOO_LARGE => c"message or reservation too large",
             SHMPORT_ERR_RESERVED => c"a reservation on this port is not yet committed",
             SHMPORT_ERR_PEER_IN_TRANSFER => c"a port cannot be sent over its own entangled peer",
             SHMPORT_ERR_TOO_MANY_PORTS => c"too many ports for one message",

@@ -281,7 +281,36 @@ static void opening(void) {
   CHECK(strlen(shmport_version()) > 0);
 }
 
+/* Sizes no message can have are refused before anything is allocated or
+ * read: the pointer is not even looked at. */
+static void impossible_sizes(void) {
+  shmport_port *a, *b;
+  shmport_message *msg;
+  OK(shmport_channel_new(0, &a, &b));
+  EXPECT(shmport_port_post(a, hello, SIZE_MAX, SHMPORT_FOREVER), SHMPORT_ERR_TOO_LARGE);
+  EXPECT(shmport_port_post(a, hello, SIZE_MAX / 2, SHMPORT_NO_WAIT), SHMPORT_ERR_TOO_LARGE);
+  EXPECT(shmport_port_post(a, hello, SIZE_MAX / 2 + 1, 1000000), SHMPORT_ERR_TOO_LARGE);
+  EXPECT(shmport_port_post(a, hello, SHMPORT_MAX_MESSAGE_SIZE + 1, 0), SHMPORT_ERR_TOO_LARGE);
+  /* With ports: refused before they are taken; they stay the caller's. */
+  shmport_port *c, *d;
+  OK(shmport_channel_new(0, &c, &d));
+  shmport_port *one[] = {c};
+  EXPECT(shmport_port_post_with_ports(a, hello, SIZE_MAX, one, 1), SHMPORT_ERR_TOO_LARGE);
+  OK(shmport_port_post(c, hello, 5, SHMPORT_FOREVER));
+  OK(shmport_port_recv(d, SHMPORT_FOREVER, &msg));
+  OK(shmport_message_free(msg));
+  OK(shmport_port_close(c));
+  OK(shmport_port_close(d));
+  EXPECT(shmport_port_recv(b, SHMPORT_NO_WAIT, &msg), SHMPORT_EMPTY);
+  OK(shmport_port_post(a, hello, 5, SHMPORT_FOREVER)); /* the port goes on */
+  OK(shmport_port_recv(b, SHMPORT_FOREVER, &msg));
+  OK(shmport_message_free(msg));
+  OK(shmport_port_close(a));
+  OK(shmport_port_close(b));
+}
+
 int main(void) {
+  impossible_sizes();
   null_handles_and_outputs();
   stale_and_foreign_handles();
   transfers();
