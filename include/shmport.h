@@ -96,6 +96,10 @@
 // Default bytes per ring (each direction has its own).
 #define SHMPORT_DEFAULT_CAPACITY 1048576
 
+// Largest ring (1 GiB): a larger `capacity` is
+// `SHMPORT_ERR_INVALID_ARGUMENT`.
+#define SHMPORT_MAX_CAPACITY 1073741824
+
 // What a shmport function did. `SHMPORT_OK` (0) is success; every other
 // value is a distinct outcome. The values never collide with `errno`
 // values and are never reused for another meaning.
@@ -297,9 +301,11 @@ shmport_status shmport_message_free(shmport_message *msg);
 // in order, in both directions.
 //
 // `capacity`: bytes of each direction's ring, 0 for the default
-// (`SHMPORT_DEFAULT_CAPACITY`, 1 MiB); rounded up to a power of two within
-// 4 KiB..1 GiB. A message up to half the ring travels inside it; larger
-// ones go out of line, each in its own sealed memfd.
+// (`SHMPORT_DEFAULT_CAPACITY`, 1 MiB); rounded up to a power of two and
+// to at least 4 KiB (`shmport_port_capacity` reads back what a port got);
+// over `SHMPORT_MAX_CAPACITY` (1 GiB) it is refused. A message up to half
+// the ring travels inside it; larger ones go out of line, each in its own
+// sealed memfd.
 //
 // On success `*port1` and `*port2` are two new ports, each to be closed
 // with `shmport_port_close` (or posted to another port) exactly once.
@@ -432,6 +438,14 @@ shmport_status shmport_port_cancel(shmport_port *port);
 // # Safety
 // `len` is NULL or valid for writing a `size_t`.
 shmport_status shmport_port_max_reservation(shmport_port *port, size_t *len);
+
+// Bytes in each direction's ring of this port's channel, in `*capacity`:
+// the capacity it was made with, rounded up to a power of two and to at
+// least 4 KiB (the same at both ends, wherever the port travels).
+//
+// # Safety
+// `capacity` is NULL or valid for writing a `size_t`.
+shmport_status shmport_port_capacity(shmport_port *port, size_t *capacity);
 
 // How long blocking calls on this port spin (checking the ring, no system
 // call) before they sleep, in nanoseconds (default 20 µs). 0 sleeps at

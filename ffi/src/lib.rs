@@ -62,10 +62,15 @@ pub const SHMPORT_MAX_MESSAGE_SIZE: usize = 70368744177664;
 /// Default bytes per ring (each direction has its own).
 pub const SHMPORT_DEFAULT_CAPACITY: usize = 1048576;
 
+/// Largest ring (1 GiB): a larger `capacity` is
+/// `SHMPORT_ERR_INVALID_ARGUMENT`.
+pub const SHMPORT_MAX_CAPACITY: usize = 1073741824;
+
 const _: () = {
     assert!(SHMPORT_MAX_PORTS == shmport_core::MAX_PORTS);
     assert!(SHMPORT_DEFAULT_CAPACITY == shmport_core::DEFAULT_CAPACITY);
     assert!(SHMPORT_MAX_MESSAGE_SIZE == shmport_core::MAX_MESSAGE_SIZE);
+    assert!(SHMPORT_MAX_CAPACITY == shmport_core::layout::MAX_CAPACITY);
 };
 
 /// The library's version, e.g. "0.1.0" (static; never free it).

@@ -11,7 +11,10 @@ use crate::boundary::{Out, Wait, bytes, guard, handle, to_ptr};
 use crate::message::{MESSAGES, MessageState, shmport_message};
 use crate::registry::{Kind, Registry, Vacant};
 use crate::status::shmport_status::{self, *};
-use crate::{SHMPORT_MAX_PORTS, SHMPORT_TRUST_UNTRUSTED, SHMPORT_TRUST_VALIDATED, no_memory};
+use crate::{
+    SHMPORT_MAX_CAPACITY, SHMPORT_MAX_PORTS, SHMPORT_TRUST_UNTRUSTED, SHMPORT_TRUST_VALIDATED,
+    no_memory,
+};
 
 /// A port: one end of a channel. Opaque; made by `shmport_channel_new`,
 /// `shmport_spawn`, `shmport_port_from_parent`, `shmport_connect`,
@@ -174,13 +177,15 @@ pub(crate) fn new_port_handle(port: MessagePort) -> Result<*mut shmport_port, sh
         .ok_or_else(no_memory)
 }
 
-/// Channel settings: `capacity` bytes per ring (0 for the default).
-pub(crate) fn builder(capacity: usize) -> ChannelBuilder {
+/// Channel settings: `capacity` bytes per ring (0 for the default); over
+/// `SHMPORT_MAX_CAPACITY` is `SHMPORT_ERR_INVALID_ARGUMENT`.
+pub(crate) fn builder(capacity: usize) -> Result<ChannelBuilder, shmport_status> {
     let b = ChannelBuilder::new();
-    if capacity == 0 {
-        b
-    } else {
-        b.capacity(capacity)
+    match capacity {
+        0 => Ok(b),
+        // What the builder would refuse, as the status that says so.
+        c if c > SHMPORT_MAX_CAPACITY => Err(SHMPORT_ERR_INVALID_ARGUMENT),
+        c => Ok(b.capacity(c)),
     }
 }
 
@@ -188,9 +193,11 @@ pub(crate) fn builder(capacity: usize) -> ChannelBuilder {
 /// in order, in both directions.
 ///
 /// `capacity`: bytes of each direction's ring, 0 for the default
-/// (`SHMPORT_DEFAULT_CAPACITY`, 1 MiB); rounded up to a power of two within
-/// 4 KiB..1 GiB. A message up to half the ring travels inside it; larger
-/// ones go out of line, each in its own sealed memfd.
+/// (`SHMPORT_DEFAULT_CAPACITY`, 1 MiB); rounded up to a power of two and
+/// to at least 4 KiB (`shmport_port_capacity` reads back what a port got);
+/// over `SHMPORT_MAX_CAPACITY` (1 GiB) it is refused. A message up to half
+/// the ring travels inside it; larger ones go out of line, each in its own
+/// sealed memfd.
 ///
 /// On success `*port1` and `*port2` are two new ports, each to be closed
 /// with `shmport_port_close` (or posted to another port) exactly once.
@@ -206,7 +213,7 @@ pub unsafe extern "C" fn shmport_channel_new(
     guard(|| {
         // SAFETY: the caller's contract.
         let (out1, out2) = unsafe { (Out::new(port1)?, Out::new(port2)?) };
-        let (a, b) = builder(capacity)
+        let (a, b) = builder(capacity)?
             .build()
             .map_err(|e| crate::status::io(&e))?
             .into_ports();
@@ -547,6 +554,25 @@ pub unsafe extern "C" fn shmport_port_max_reservation(
         // SAFETY: the caller's contract.
         let out = unsafe { Out::new(len) }?;
         out.put(port_state(port)?.port.max_inline_payload());
+        Ok(())
+    })
+}
+
+/// Bytes in each direction's ring of this port's channel, in `*capacity`:
+/// the capacity it was made with, rounded up to a power of two and to at
+/// least 4 KiB (the same at both ends, wherever the port travels).
+///
+/// # Safety
+/// `capacity` is NULL or valid for writing a `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_capacity(
+    port: *mut shmport_port,
+    capacity: *mut usize,
+) -> shmport_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let out = unsafe { Out::new(capacity) }?;
+        out.put(port_state(port)?.port.capacity());
         Ok(())
     })
 }

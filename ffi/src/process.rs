@@ -60,7 +60,7 @@ pub unsafe extern "C" fn shmport_spawn(
                 }
             }
         }
-        let (child, p) = builder(capacity).spawn(cmd).map_err(|e| io(&e))?;
+        let (child, p) = builder(capacity)?.spawn(cmd).map_err(|e| io(&e))?;
         let child_pid = child.id() as i32;
         // Not waited for: the caller reaps it. Dropping `Child` neither
         // kills nor waits.

@@ -199,10 +199,11 @@ pub unsafe extern "C" fn shmport_incoming_accept(
     guard(|| {
         // SAFETY: the caller's contract.
         let out = unsafe { Out::new(port) }?;
+        let settings = builder(capacity)?;
         // SAFETY: nothing keeps a reference to an incoming connection.
         let (i, slot) = unsafe { INCOMING.remove(handle(incoming)?) }?;
         INCOMING.recycle(slot);
-        let p = i.accept_with(&builder(capacity)).map_err(|e| io(&e))?;
+        let p = i.accept_with(&settings).map_err(|e| io(&e))?;
         out.put(new_port_handle(p)?);
         Ok(())
     })

@@ -36,6 +36,7 @@ static void null_handles_and_outputs(void) {
   EXPECT(shmport_port_commit(NULL, 0), SHMPORT_ERR_NULL);
   EXPECT(shmport_port_cancel(NULL), SHMPORT_ERR_NULL);
   EXPECT(shmport_port_max_reservation(NULL, &len), SHMPORT_ERR_NULL);
+  EXPECT(shmport_port_capacity(NULL, &len), SHMPORT_ERR_NULL);
   EXPECT(shmport_port_set_spin(NULL, 0), SHMPORT_ERR_NULL);
   EXPECT(shmport_port_set_trust(NULL, SHMPORT_TRUST_UNTRUSTED), SHMPORT_ERR_NULL);
   EXPECT(shmport_port_fd(NULL, &fd), SHMPORT_ERR_NULL);
@@ -309,8 +310,38 @@ static void impossible_sizes(void) {
   OK(shmport_port_close(b));
 }
 
+/* A ring over the maximum is refused, not clamped; the capacity a port got
+ * can be read back. */
+static void capacities(void) {
+  shmport_port *a = NULL, *b = NULL;
+  size_t cap = 0;
+  int pid = 0;
+  EXPECT(shmport_channel_new(SIZE_MAX, &a, &b), SHMPORT_ERR_INVALID_ARGUMENT);
+  EXPECT(shmport_channel_new(SHMPORT_MAX_CAPACITY + 1, &a, &b), SHMPORT_ERR_INVALID_ARGUMENT);
+  CHECK(a == NULL && b == NULL);
+  EXPECT(shmport_spawn("true", NULL, SIZE_MAX, &a, &pid), SHMPORT_ERR_INVALID_ARGUMENT);
+  CHECK(a == NULL && pid == 0); /* nothing was started */
+
+  OK(shmport_channel_new(5000, &a, &b)); /* rounded up to a power of two */
+  EXPECT(shmport_port_capacity(NULL, &cap), SHMPORT_ERR_NULL);
+  EXPECT(shmport_port_capacity(a, NULL), SHMPORT_ERR_NULL);
+  OK(shmport_port_capacity(a, &cap));
+  CHECK(cap == 8192);
+  OK(shmport_port_capacity(b, &cap));
+  CHECK(cap == 8192);
+  OK(shmport_port_close(a));
+  EXPECT(shmport_port_capacity(a, &cap), SHMPORT_ERR_BAD_HANDLE);
+  OK(shmport_port_close(b));
+  OK(shmport_channel_new(0, &a, &b));
+  OK(shmport_port_capacity(a, &cap));
+  CHECK(cap == SHMPORT_DEFAULT_CAPACITY);
+  OK(shmport_port_close(a));
+  OK(shmport_port_close(b));
+}
+
 int main(void) {
   impossible_sizes();
+  capacities();
   null_handles_and_outputs();
   stale_and_foreign_handles();
   transfers();
