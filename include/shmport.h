@@ -164,7 +164,7 @@ enum shmport_status
   // A port's descriptors or shared segment are not valid (wrong kind of
   // descriptor, bad magic, layout version or size, corrupt ring).
   SHMPORT_ERR_BAD_PORT = 7302,
-  // No socket file at the path.
+  // Nothing exists at the path (or a directory on the way is missing).
   SHMPORT_ERR_NOT_FOUND = 7400,
   // Nothing listens at the path (a socket file left by a listener that
   // is gone).
@@ -174,7 +174,8 @@ enum shmport_status
   // The listener closed the connection without sending a port (it
   // rejected this process, or it was closed).
   SHMPORT_ERR_REJECTED = 7403,
-  // The other side is not a shmport listener.
+  // The path is not a socket (a regular file, a directory, ...), or the
+  // socket there is not a shmport listener.
   SHMPORT_ERR_NOT_A_LISTENER = 7404,
   // Something already exists at the path given to
   // `shmport_listener_bind`.

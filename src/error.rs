@@ -287,8 +287,11 @@ impl From<io::Error> for OpenError {
 /// ([`connect`](crate::connect) and its variants).
 #[derive(Debug)]
 pub enum ConnectError {
-    /// No socket file at the path.
+    /// Nothing exists at the path (or a directory on the way is missing).
     NotFound,
+    /// The path names something that is not a socket (a regular file, a
+    /// directory, ...): a wrong path, not a listener that is gone.
+    NotASocket,
     /// Nothing listens there: a socket file left behind by a listener that
     /// is gone, or an abstract name nobody holds.
     Refused,
@@ -314,7 +317,10 @@ pub enum ConnectError {
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConnectError::NotFound => f.write_str("no socket at that path"),
+            ConnectError::NotFound => f.write_str("nothing exists at that path"),
+            ConnectError::NotASocket => {
+                f.write_str("not a socket: the path names a file of another kind")
+            }
             ConnectError::Refused => f.write_str("connection refused: nothing listens there"),
             ConnectError::PermissionDenied => {
                 f.write_str("permission denied connecting to the socket")

@@ -83,7 +83,7 @@ pub enum shmport_status {
     SHMPORT_ERR_BAD_PORT = 7302,
 
     // ---- rendezvous ----
-    /// No socket file at the path.
+    /// Nothing exists at the path (or a directory on the way is missing).
     SHMPORT_ERR_NOT_FOUND = 7400,
     /// Nothing listens at the path (a socket file left by a listener that
     /// is gone).
@@ -93,7 +93,8 @@ pub enum shmport_status {
     /// The listener closed the connection without sending a port (it
     /// rejected this process, or it was closed).
     SHMPORT_ERR_REJECTED = 7403,
-    /// The other side is not a shmport listener.
+    /// The path is not a socket (a regular file, a directory, ...), or the
+    /// socket there is not a shmport listener.
     SHMPORT_ERR_NOT_A_LISTENER = 7404,
     /// Something already exists at the path given to
     /// `shmport_listener_bind`.
@@ -180,11 +181,11 @@ impl shmport_status {
             SHMPORT_ERR_NO_PORT => c"no port was passed to this process",
             SHMPORT_ERR_ALREADY_ADOPTED => c"the inherited port was already adopted",
             SHMPORT_ERR_BAD_PORT => c"the port's descriptors or segment are not valid",
-            SHMPORT_ERR_NOT_FOUND => c"no socket at that path",
+            SHMPORT_ERR_NOT_FOUND => c"nothing exists at that path",
             SHMPORT_ERR_REFUSED => c"connection refused: nothing listens there",
             SHMPORT_ERR_PERMISSION_DENIED => c"permission denied",
             SHMPORT_ERR_REJECTED => c"the listener closed the connection without sending a port",
-            SHMPORT_ERR_NOT_A_LISTENER => c"not a shmport listener",
+            SHMPORT_ERR_NOT_A_LISTENER => c"not a socket, or not a shmport listener",
             SHMPORT_ERR_ADDR_IN_USE => c"address in use",
             SHMPORT_ERR_IO => c"system call failed (see errno)",
             SHMPORT_ERR_MESSAGE_REFUSED => c"message refused by the port's trust mode",
@@ -265,6 +266,7 @@ impl From<ConnectError> for shmport_status {
     fn from(e: ConnectError) -> Self {
         match e {
             ConnectError::NotFound => SHMPORT_ERR_NOT_FOUND,
+            ConnectError::NotASocket => SHMPORT_ERR_NOT_A_LISTENER,
             ConnectError::Refused => SHMPORT_ERR_REFUSED,
             ConnectError::PermissionDenied => SHMPORT_ERR_PERMISSION_DENIED,
             ConnectError::Timeout => SHMPORT_TIMEOUT,

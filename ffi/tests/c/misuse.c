@@ -3,6 +3,8 @@
  * UndefinedBehaviorSanitizer: a use after free or a bad read anywhere
  * fails the test. */
 #include <stdbool.h>
+#include <unistd.h>
+
 #include "common.h"
 
 static const uint8_t hello[] = "hello";
@@ -274,6 +276,14 @@ static void opening(void) {
   EXPECT(shmport_spawn("/nonexistent/program", NULL, 0, &p, &pid), SHMPORT_ERR_IO);
   CHECK(p == NULL && pid == 0);
   EXPECT(shmport_connect("/nonexistent/shmport.sock", 1000000, &p), SHMPORT_ERR_NOT_FOUND);
+  /* A path that is not a socket is not "nothing listens there". */
+  EXPECT(shmport_connect("/", 1000000, &p), SHMPORT_ERR_NOT_A_LISTENER);
+  char file[] = "/tmp/shmport-misuse-XXXXXX";
+  int fd = mkstemp(file);
+  CHECK(fd >= 0);
+  EXPECT(shmport_connect(file, 1000000, &p), SHMPORT_ERR_NOT_A_LISTENER);
+  CHECK(close(fd) == 0 && unlink(file) == 0);
+  CHECK(p == NULL);
 
   CHECK(strcmp(shmport_status_str(SHMPORT_PEER_DIED), "peer died") == 0);
   CHECK(strcmp(shmport_status_str(12345), "unknown status") == 0);
