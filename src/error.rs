@@ -29,7 +29,10 @@ impl fmt::Display for CloseReason {
 }
 
 /// Receiving failed.
+///
+/// Later versions may add variants: match with a `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum RecvError {
     /// Nothing to receive now ([`try_recv`](crate::MessagePort::try_recv) only).
     Empty,
@@ -58,11 +61,21 @@ impl fmt::Display for RecvError {
     }
 }
 
-impl std::error::Error for RecvError {}
+impl std::error::Error for RecvError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RecvError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Posting failed; nothing was sent. The value was only borrowed, so the
 /// caller still has it.
+///
+/// Later versions may add variants: match with a `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum PostError {
     /// The ring has no room now ([`try_post`](crate::MessagePort::try_post) only).
     Full,
@@ -118,7 +131,15 @@ impl fmt::Display for PostError {
     }
 }
 
-impl std::error::Error for PostError {}
+impl std::error::Error for PostError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PostError::Serialize(e) => Some(e),
+            PostError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Posting with ports failed: nothing was sent, and every port is handed
 /// back, working, in `ports` (same order).
@@ -136,7 +157,11 @@ impl fmt::Display for TransferError {
     }
 }
 
-impl std::error::Error for TransferError {}
+impl std::error::Error for TransferError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
 
 /// A port could not join a [`PortSet`](crate::PortSet) (the kernel refused
 /// to watch its socket): the port is handed back, working, in `port`.
@@ -199,7 +224,10 @@ impl std::error::Error for TakePortsError {
 }
 
 /// Reading a received message as a type failed.
+///
+/// Later versions may add variants: match with a `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum AccessError {
     /// The message was posted as raw bytes, not as a typed value.
     NotTyped,
@@ -231,11 +259,21 @@ impl fmt::Display for AccessError {
     }
 }
 
-impl std::error::Error for AccessError {}
+impl std::error::Error for AccessError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AccessError::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Opening a port from descriptors (a spawned child adopting its port, or a
 /// segment received from elsewhere) failed.
+///
+/// Later versions may add variants: match with a `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum OpenError {
     /// No port was passed to this process (`SHMPORT_PORT` is not set).
     NoPort,
@@ -275,7 +313,14 @@ impl fmt::Display for OpenError {
     }
 }
 
-impl std::error::Error for OpenError {}
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OpenError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<io::Error> for OpenError {
     fn from(e: io::Error) -> Self {
@@ -285,7 +330,10 @@ impl From<io::Error> for OpenError {
 
 /// Getting a port from a [`Listener`](crate::Listener) failed
 /// ([`connect`](crate::connect) and its variants).
+///
+/// Later versions may add variants: match with a `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// Nothing exists at the path (or a directory on the way is missing).
     NotFound,
@@ -343,5 +391,49 @@ impl std::error::Error for ConnectError {
             ConnectError::Io(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    /// The `source` of `e`, as text.
+    fn source_of(e: &dyn Error) -> Option<String> {
+        e.source().map(|s| s.to_string())
+    }
+
+    #[test]
+    fn errors_that_wrap_one_give_it_as_their_source() {
+        let io = || io::Error::from_raw_os_error(libc::ENOMEM);
+        let want = Some(io().to_string());
+        assert_eq!(source_of(&RecvError::Io(io())), want);
+        assert_eq!(source_of(&PostError::Io(io())), want);
+        assert_eq!(source_of(&OpenError::Io(io())), want);
+        assert_eq!(source_of(&ConnectError::Io(io())), want);
+        let rkyv = || <rkyv::rancor::Error as rkyv::rancor::Source>::new(io());
+        assert_eq!(
+            source_of(&PostError::Serialize(rkyv())),
+            Some(rkyv().to_string())
+        );
+        assert_eq!(
+            source_of(&AccessError::Invalid(rkyv())),
+            Some(rkyv().to_string())
+        );
+        let transfer = TransferError {
+            error: PostError::TooManyPorts,
+            ports: Vec::new(),
+        };
+        assert_eq!(
+            source_of(&transfer),
+            Some(PostError::TooManyPorts.to_string())
+        );
+        // Nothing wrapped, no source.
+        assert_eq!(source_of(&RecvError::Timeout), None);
+        assert_eq!(source_of(&PostError::Full), None);
+        assert_eq!(source_of(&AccessError::TooShort), None);
+        assert_eq!(source_of(&ConnectError::NotASocket), None);
     }
 }

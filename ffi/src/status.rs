@@ -210,6 +210,14 @@ pub(crate) fn io(e: &io::Error) -> shmport_status {
     SHMPORT_ERR_IO
 }
 
+/// An error variant this mapping does not know (the Rust error enums are
+/// `#[non_exhaustive]`; each variant gets its own status when it is added):
+/// `SHMPORT_ERR_IO` with `errno` `EIO`, the generic failure. Not reached by
+/// this build, which maps every variant it knows.
+fn unknown(e: &dyn std::error::Error) -> shmport_status {
+    io(&io::Error::other(e.to_string()))
+}
+
 fn set_errno(code: i32) {
     // SAFETY: __errno_location returns this thread's errno, always valid.
     unsafe { *libc::__errno_location() = code };
@@ -229,6 +237,7 @@ impl From<RecvError> for shmport_status {
             RecvError::Closed(r) => closed(r),
             RecvError::Io(e) => io(&e),
             RecvError::Refused(_) => SHMPORT_ERR_MESSAGE_REFUSED,
+            other => unknown(&other),
         }
     }
 }
@@ -247,6 +256,7 @@ impl From<PostError> for shmport_status {
             // Raw bytes are copied, never serialized: this cannot happen
             // here, short of a bug.
             PostError::Serialize(_) => SHMPORT_ERR_PANIC,
+            other => unknown(&other),
         }
     }
 }
@@ -274,6 +284,7 @@ impl From<ConnectError> for shmport_status {
             ConnectError::Protocol(_) => SHMPORT_ERR_NOT_A_LISTENER,
             ConnectError::Open(e) => e.into(),
             ConnectError::Io(e) => io(&e),
+            other => unknown(&other),
         }
     }
 }
