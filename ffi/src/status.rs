@@ -48,9 +48,11 @@ pub enum shmport_status {
     /// a reservation that is not committed or cancelled: free, commit or
     /// cancel them first. Nothing was done.
     SHMPORT_ERR_BUSY = 7102,
-    /// An argument is out of range: a capacity too small for the message's
-    /// ports, the same port twice in a transfer list, a commit longer than
-    /// the reservation, a string that is not a valid path.
+    /// An argument is out of range: a ring capacity over
+    /// `SHMPORT_MAX_CAPACITY`, a capacity too small for the message's ports,
+    /// the same port twice in a transfer list, a commit longer than the
+    /// reservation, an unknown trust mode, an empty path or one longer than
+    /// a socket address holds (107 bytes).
     SHMPORT_ERR_INVALID_ARGUMENT = 7103,
     /// A port was in the transfer list of a post on itself.
     SHMPORT_ERR_SELF_TRANSFER = 7104,
@@ -283,6 +285,11 @@ impl From<ConnectError> for shmport_status {
             ConnectError::Rejected => SHMPORT_ERR_REJECTED,
             ConnectError::Protocol(_) => SHMPORT_ERR_NOT_A_LISTENER,
             ConnectError::Open(e) => e.into(),
+            // A path the kernel cannot take (longer than 107 bytes).
+            ConnectError::Io(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                io(&e);
+                SHMPORT_ERR_INVALID_ARGUMENT
+            }
             ConnectError::Io(e) => io(&e),
             other => unknown(&other),
         }

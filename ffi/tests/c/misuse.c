@@ -284,6 +284,15 @@ static void opening(void) {
   EXPECT(shmport_connect(file, 1000000, &p), SHMPORT_ERR_NOT_A_LISTENER);
   CHECK(close(fd) == 0 && unlink(file) == 0);
   CHECK(p == NULL);
+  /* A path longer than a socket address holds. */
+  char long_path[200];
+  memset(long_path, 'x', sizeof long_path - 1);
+  long_path[0] = '/';
+  long_path[sizeof long_path - 1] = '\0';
+  EXPECT(shmport_connect(long_path, 1000000, &p), SHMPORT_ERR_INVALID_ARGUMENT);
+  shmport_listener *l = NULL;
+  EXPECT(shmport_listener_bind(long_path, &l), SHMPORT_ERR_INVALID_ARGUMENT);
+  CHECK(p == NULL && l == NULL);
 
   CHECK(strcmp(shmport_status_str(SHMPORT_PEER_DIED), "peer died") == 0);
   CHECK(strcmp(shmport_status_str(12345), "unknown status") == 0);
