@@ -83,17 +83,22 @@ pub fn fingerprint<T: rkyv::Archive + ?Sized>() -> u64 {
     h | 1 // never 0, which marks raw messages
 }
 
-/// Why a write into a record stopped.
+/// What the serializer sees when a write into a record stopped: the slot
+/// has no room left (the writer keeps the size it wanted), or a
+/// [`WriteFailure`] (the writer keeps it).
 #[derive(Debug)]
-struct NoRoom;
+struct Stopped(&'static str);
 
-impl core::fmt::Display for NoRoom {
+const NO_ROOM: Stopped = Stopped("no room left in the record slot");
+const FAILED: Stopped = Stopped("the out-of-line write failed");
+
+impl core::fmt::Display for Stopped {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("no room left in the record slot")
+        f.write_str(self.0)
     }
 }
 
-impl std::error::Error for NoRoom {}
+impl std::error::Error for Stopped {}
 
 /// Why a write into an out-of-line memfd stopped: not a failure of the
 /// value's serialization, so it is reported as what it is.
@@ -105,19 +110,6 @@ pub(crate) enum WriteFailure {
     /// The kernel refused a write to the memfd (out of memory, for example).
     Io(io::Error),
 }
-
-/// What the serializer sees when a write failed for a [`WriteFailure`] (the
-/// failure itself stays with the writer).
-#[derive(Debug)]
-struct Stopped;
-
-impl core::fmt::Display for Stopped {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("the out-of-line write stopped")
-    }
-}
-
-impl std::error::Error for Stopped {}
 
 enum Target {
     Slot { ptr: NonNull<u8>, room: usize },
@@ -212,7 +204,7 @@ impl Positional for RecordWriter {
 impl<E: Source> Writer<E> for RecordWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
         if self.failure.is_some() {
-            return Err(E::new(Stopped));
+            return Err(E::new(FAILED));
         }
         let end = match self.pos.checked_add(bytes.len()) {
             Some(end) if end <= self.limit => end,
@@ -221,17 +213,17 @@ impl<E: Source> Writer<E> for RecordWriter {
                 let at_least = self.pos.saturating_add(bytes.len());
                 if let Target::Slot { .. } = self.target {
                     self.wanted = Some(at_least);
-                    return Err(E::new(NoRoom));
+                    return Err(E::new(NO_ROOM));
                 }
                 self.failure = Some(WriteFailure::TooLarge(at_least));
-                return Err(E::new(Stopped));
+                return Err(E::new(FAILED));
             }
         };
         match &mut self.target {
             Target::Slot { ptr, room } => {
                 if end > *room {
                     self.wanted = Some(end);
-                    return Err(E::new(NoRoom));
+                    return Err(E::new(NO_ROOM));
                 }
                 // SAFETY: pos..end lies within the `room` bytes the slot owns
                 // (checked above; `slot`'s contract).
@@ -246,7 +238,7 @@ impl<E: Source> Writer<E> for RecordWriter {
             Target::Memfd(buf) => {
                 if let Err(e) = buf.write_at(self.pos, bytes) {
                     self.failure = Some(WriteFailure::Io(e));
-                    return Err(E::new(Stopped));
+                    return Err(E::new(FAILED));
                 }
             }
         }
