@@ -10,8 +10,9 @@
  *
  * - Every function returns a shmport_status: SHMPORT_OK (0) or another
  *   value, each with one meaning; shmport_status_str() gives its text.
- *   Results go to output parameters, written only on success (the one
- *   exception, shmport_message_take_ports, says so).
+ *   Each function's comment lists every status it can return. Results go
+ *   to output parameters, written only on success (the one exception,
+ *   shmport_message_take_ports, says so).
  * - NULL where a pointer is required is SHMPORT_ERR_NULL. A handle that was
  *   freed, closed or transferred, or a value that is not a handle of the
  *   kind a function takes, is SHMPORT_ERR_BAD_HANDLE: handles are opaque
@@ -89,8 +90,16 @@
 // received, for a peer that may be hostile.
 #define SHMPORT_TRUST_UNTRUSTED 1
 
+// Largest message, in bytes (64 TiB): a post of more is
+// `SHMPORT_ERR_TOO_LARGE`, before anything is read or allocated.
+#define SHMPORT_MAX_MESSAGE_SIZE 70368744177664
+
 // Default bytes per ring (each direction has its own).
 #define SHMPORT_DEFAULT_CAPACITY 1048576
+
+// Largest ring (1 GiB): a larger `capacity` is
+// `SHMPORT_ERR_INVALID_ARGUMENT`.
+#define SHMPORT_MAX_CAPACITY 1073741824
 
 // What a shmport function did. `SHMPORT_OK` (0) is success; every other
 // value is a distinct outcome. The values never collide with `errno`
@@ -127,17 +136,20 @@ enum shmport_status
   // a reservation that is not committed or cancelled: free, commit or
   // cancel them first. Nothing was done.
   SHMPORT_ERR_BUSY = 7102,
-  // An argument is out of range: a capacity too small for the message's
-  // ports, the same port twice in a transfer list, a commit longer than
-  // the reservation, a string that is not a valid path.
+  // An argument is out of range: a ring capacity over
+  // `SHMPORT_MAX_CAPACITY`, a capacity too small for the message's ports,
+  // the same port twice in a transfer list, a commit longer than the
+  // reservation, an unknown trust mode, an empty path or one longer than
+  // a socket address holds (107 bytes).
   SHMPORT_ERR_INVALID_ARGUMENT = 7103,
   // A port was in the transfer list of a post on itself.
   SHMPORT_ERR_SELF_TRANSFER = 7104,
   // `shmport_port_commit` or `shmport_port_cancel` on a port with no
   // reservation.
   SHMPORT_ERR_NO_RESERVATION = 7105,
-  // A reservation asked for more than fits in the ring
-  // (`shmport_port_max_reservation`).
+  // A message longer than `SHMPORT_MAX_MESSAGE_SIZE`, or a reservation
+  // longer than fits in the ring (`shmport_port_max_reservation`).
+  // Nothing was read, allocated or sent.
   SHMPORT_ERR_TOO_LARGE = 7200,
   // A reservation on this port is live: commit or cancel it before
   // posting or reserving again.
@@ -155,7 +167,7 @@ enum shmport_status
   // A port's descriptors or shared segment are not valid (wrong kind of
   // descriptor, bad magic, layout version or size, corrupt ring).
   SHMPORT_ERR_BAD_PORT = 7302,
-  // No socket file at the path.
+  // Nothing exists at the path (or a directory on the way is missing).
   SHMPORT_ERR_NOT_FOUND = 7400,
   // Nothing listens at the path (a socket file left by a listener that
   // is gone).
@@ -165,7 +177,8 @@ enum shmport_status
   // The listener closed the connection without sending a port (it
   // rejected this process, or it was closed).
   SHMPORT_ERR_REJECTED = 7403,
-  // The other side is not a shmport listener.
+  // The path is not a socket (a regular file, a directory, ...), or the
+  // socket there is not a shmport listener.
   SHMPORT_ERR_NOT_A_LISTENER = 7404,
   // Something already exists at the path given to
   // `shmport_listener_bind`.
@@ -234,6 +247,11 @@ const char *shmport_version(void);
 // those bytes; one posted as a typed value reads as its rkyv archive
 // (`shmport_message_fingerprint` tells them apart).
 //
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `msg`, `data` or `len` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `msg` is not a live message;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
 // # Safety
 // `data` and `len` are NULL or valid for writing.
 shmport_status shmport_message_bytes(shmport_message *msg, const uint8_t **data, size_t *len);
@@ -242,12 +260,22 @@ shmport_status shmport_message_bytes(shmport_message *msg, const uint8_t **data,
 // bytes (everything a C host posts), non-zero for a typed value posted by
 // Rust.
 //
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `msg` or `fingerprint` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `msg` is not a live message;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
 // # Safety
 // `fingerprint` is NULL or valid for writing.
 shmport_status shmport_message_fingerprint(shmport_message *msg, uint64_t *fingerprint);
 
 // How many ports came with the message and were not taken yet, in
 // `*count`.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `msg` or `count` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `msg` is not a live message;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
 // `count` is NULL or valid for writing.
@@ -268,6 +296,19 @@ shmport_status shmport_message_port_count(shmport_message *msg, size_t *count);
 // number, which the caller then owns: no good port is lost. This is the
 // one function that writes its outputs on a failure.
 //
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `msg` or `count` is NULL, or `ports` is NULL and the
+//   message has ports;
+// - `SHMPORT_ERR_BAD_HANDLE`: `msg` is not a live message;
+// - `SHMPORT_ERR_INVALID_ARGUMENT`: `capacity` is less than the port count
+//   (nothing taken);
+// - `SHMPORT_ERR_BAD_PORT`: a received port is not valid (the valid ones and
+//   their number are written);
+// - `SHMPORT_ERR_IO`: `errno` `ENOMEM` when this process holds too many
+//   handles (the ports that got a handle and their number are written; the
+//   others are closed);
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
 // # Safety
 // `ports` is NULL (only if `capacity` is 0) or valid for writing
 // `capacity` pointers; `count` is NULL or valid for writing. No other
@@ -284,6 +325,10 @@ shmport_status shmport_message_take_ports(shmport_message *msg,
 // freed is `SHMPORT_ERR_BAD_HANDLE` (detected as long as its slot was not
 // reused 2^23 times).
 //
+// Returns `SHMPORT_OK` on success (and for NULL, which does nothing), or:
+// - `SHMPORT_ERR_BAD_HANDLE`: `msg` is not a live message (freed already?);
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
 // # Safety
 // No other thread uses the message or its port during the call.
 shmport_status shmport_message_free(shmport_message *msg);
@@ -292,12 +337,22 @@ shmport_status shmport_message_free(shmport_message *msg);
 // in order, in both directions.
 //
 // `capacity`: bytes of each direction's ring, 0 for the default
-// (`SHMPORT_DEFAULT_CAPACITY`, 1 MiB); rounded up to a power of two within
-// 4 KiB..1 GiB. A message up to half the ring travels inside it; larger
-// ones go out of line, each in its own sealed memfd.
+// (`SHMPORT_DEFAULT_CAPACITY`, 1 MiB); rounded up to a power of two and
+// to at least 4 KiB (`shmport_port_capacity` reads back what a port got);
+// over `SHMPORT_MAX_CAPACITY` (1 GiB) it is refused. A message up to half
+// the ring travels inside it; larger ones go out of line, each in its own
+// sealed memfd.
 //
 // On success `*port1` and `*port2` are two new ports, each to be closed
 // with `shmport_port_close` (or posted to another port) exactly once.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port1` or `port2` is NULL;
+// - `SHMPORT_ERR_INVALID_ARGUMENT`: `capacity` over `SHMPORT_MAX_CAPACITY`;
+// - `SHMPORT_ERR_IO`: making the segment or sockets failed (`errno`: e.g.
+//   `EMFILE`, `ENOMEM`), or `errno` `ENOMEM` when this process holds too many
+//   handles;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
 // `port1` and `port2` are NULL or valid for writing a pointer.
@@ -312,6 +367,12 @@ shmport_status shmport_channel_new(size_t capacity, shmport_port **port1, shmpor
 // or a reservation not yet committed or cancelled is `SHMPORT_ERR_BUSY`:
 // nothing is closed, free them first.
 //
+// Returns `SHMPORT_OK` on success (and for NULL, which does nothing), or:
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_BUSY`: messages received from it are not freed, or a
+//   reservation is live (nothing was closed);
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
 // # Safety
 // No other thread uses `port` or its messages during the call.
 shmport_status shmport_port_close(shmport_port *port);
@@ -321,12 +382,23 @@ shmport_status shmport_port_close(shmport_port *port);
 // `timeout_ns`: how long to wait for room when the ring is full:
 // `SHMPORT_NO_WAIT` (0) fails at once with `SHMPORT_FULL`,
 // `SHMPORT_FOREVER` waits as long as it takes, any other value waits at
-// most that many nanoseconds (`SHMPORT_TIMEOUT`). Messages of any size
-// are accepted: those over half the ring go out of line.
+// most that many nanoseconds (`SHMPORT_TIMEOUT`). Messages up to
+// `SHMPORT_MAX_MESSAGE_SIZE` are accepted: those over half the ring go out
+// of line. Nothing is sent on failure.
 //
-// Fails with a close status (`SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`,
-// `SHMPORT_PROTOCOL_ERROR`) when the peer is gone, `SHMPORT_ERR_RESERVED`
-// while a reservation is live. Nothing is sent on failure.
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` is NULL, or `data` is NULL and `len` is not 0;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_TOO_LARGE`: `len` over `SHMPORT_MAX_MESSAGE_SIZE` (`data` is
+//   not read);
+// - `SHMPORT_ERR_RESERVED`: a reservation on `port` is live;
+// - `SHMPORT_FULL`: no room now (`SHMPORT_NO_WAIT` only);
+// - `SHMPORT_TIMEOUT`: no room in time (a finite `timeout_ns` only);
+// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
+//   is gone (the close event);
+// - `SHMPORT_ERR_IO`: a system call failed, e.g. making the memfd of an
+//   out-of-line message (`errno`);
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
 // `data` is NULL (only if `len` is 0) or valid for reading `len` bytes.
@@ -351,6 +423,25 @@ shmport_status shmport_port_post(shmport_port *port,
 // outstanding (`SHMPORT_ERR_BUSY`), more than `SHMPORT_MAX_PORTS`
 // (`SHMPORT_ERR_TOO_MANY_PORTS`), and `port`'s own entangled peer
 // (`SHMPORT_ERR_PEER_IN_TRANSFER`).
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` is NULL, `data` is NULL and `len` is not 0,
+//   `ports` is NULL and `nports` is not 0, or an entry of `ports` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` or an entry of `ports` is not a live
+//   port;
+// - `SHMPORT_ERR_TOO_LARGE`: `len` over `SHMPORT_MAX_MESSAGE_SIZE`;
+// - `SHMPORT_ERR_TOO_MANY_PORTS`: `nports` over `SHMPORT_MAX_PORTS`, or more
+//   descriptors queued with the ports than one socket message holds;
+// - `SHMPORT_ERR_SELF_TRANSFER`: `port` is in `ports`;
+// - `SHMPORT_ERR_INVALID_ARGUMENT`: a port is in `ports` twice;
+// - `SHMPORT_ERR_BUSY`: a port in `ports` has messages not freed or a live
+//   reservation;
+// - `SHMPORT_ERR_PEER_IN_TRANSFER`: `port`'s own entangled peer is in `ports`;
+// - `SHMPORT_ERR_RESERVED`: a reservation on `port` is live;
+// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
+//   is gone (the close event);
+// - `SHMPORT_ERR_IO`: a system call failed (`errno`);
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
 // `data` as for `shmport_port_post`; `ports` is NULL (only if `nports` is
@@ -378,6 +469,21 @@ shmport_status shmport_port_post_with_ports(shmport_port *port,
 // Several messages may be held at once and freed in any order; the ring
 // space of a message goes back to the sender when it is freed.
 //
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` or `msg` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_EMPTY`: nothing to receive now (`SHMPORT_NO_WAIT` only);
+// - `SHMPORT_TIMEOUT`: nothing arrived in time (a finite `timeout_ns` only);
+// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
+//   is gone (the close event), after every message it posted;
+// - `SHMPORT_ERR_MESSAGE_REFUSED`: this message was refused by the port's
+//   trust mode (`shmport_port_set_trust`); the next call receives the next
+//   one;
+// - `SHMPORT_ERR_IO`: a system call failed, e.g. mapping an out-of-line
+//   message (`errno`), or `errno` `ENOMEM` when this process holds too many
+//   handles;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
 // # Safety
 // `msg` is NULL or valid for writing a pointer. No other thread uses
 // `port` or its messages during the call.
@@ -393,6 +499,18 @@ shmport_status shmport_port_recv(shmport_port *port, uint64_t timeout_ns, shmpor
 // While the reservation is live, posts and reservations on this port fail
 // with `SHMPORT_ERR_RESERVED` and closing it with `SHMPORT_ERR_BUSY`.
 // `timeout_ns` as for `shmport_port_post`.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` or `data` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_RESERVED`: a reservation on `port` is already live;
+// - `SHMPORT_ERR_TOO_LARGE`: `len` over `shmport_port_max_reservation`;
+// - `SHMPORT_FULL`: no room now (`SHMPORT_NO_WAIT` only);
+// - `SHMPORT_TIMEOUT`: no room in time (a finite `timeout_ns` only);
+// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
+//   is gone (the close event);
+// - `SHMPORT_ERR_IO`: a system call failed while waiting (`errno`);
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
 // `data` is NULL or valid for writing a pointer. No other thread uses
@@ -410,12 +528,28 @@ shmport_status shmport_port_reserve(shmport_port *port,
 //
 // `SHMPORT_ERR_NO_RESERVATION` if the port has none.
 //
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_NO_RESERVATION`: no reservation is live;
+// - `SHMPORT_ERR_INVALID_ARGUMENT`: `len` over the reserved length (the
+//   reservation stays live);
+// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
+//   is gone (the close event) (the reservation ended, nothing was delivered);
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
 // # Safety
 // No other thread uses `port` during the call.
 shmport_status shmport_port_commit(shmport_port *port, size_t len);
 
 // Abandon the live reservation: the peer sees nothing of it.
 // `SHMPORT_ERR_NO_RESERVATION` if the port has none.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_NO_RESERVATION`: no reservation is live;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
 // No other thread uses `port` during the call.
@@ -424,14 +558,37 @@ shmport_status shmport_port_cancel(shmport_port *port);
 // The largest reservation this port allows (half its ring, less a
 // header), in `*len`.
 //
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` or `len` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
 // # Safety
 // `len` is NULL or valid for writing a `size_t`.
 shmport_status shmport_port_max_reservation(shmport_port *port, size_t *len);
+
+// Bytes in each direction's ring of this port's channel, in `*capacity`:
+// the capacity it was made with, rounded up to a power of two and to at
+// least 4 KiB (the same at both ends, wherever the port travels).
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` or `capacity` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
+// # Safety
+// `capacity` is NULL or valid for writing a `size_t`.
+shmport_status shmport_port_capacity(shmport_port *port, size_t *capacity);
 
 // How long blocking calls on this port spin (checking the ring, no system
 // call) before they sleep, in nanoseconds (default 20 µs). 0 sleeps at
 // once; a long spin gives the lowest latency and keeps a core busy while
 // waiting.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
 // No other thread uses `port` during the call.
@@ -447,6 +604,13 @@ shmport_status shmport_port_set_spin(shmport_port *port, uint64_t spin_ns);
 // `SHMPORT_ERR_INVALID_ARGUMENT`. A port taken from a message starts
 // validated.
 //
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_INVALID_ARGUMENT`: `trust` is neither
+//   `SHMPORT_TRUST_VALIDATED` nor `SHMPORT_TRUST_UNTRUSTED`;
+// - `SHMPORT_ERR_NULL`: `port` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
 // # Safety
 // No other thread uses `port` during the call.
 shmport_status shmport_port_set_trust(shmport_port *port, uint32_t trust);
@@ -459,6 +623,11 @@ shmport_status shmport_port_set_trust(shmport_port *port, uint32_t trust);
 // It reports `POLLHUP` (and `POLLIN`) as soon as the peer is gone, closed
 // or killed, and turns readable when the peer posts after
 // `shmport_port_prepare_poll` said to wait.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` or `fd` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
 // `fd` is NULL or valid for writing an `int`.
@@ -484,6 +653,11 @@ shmport_status shmport_port_fd(shmport_port *port, int *fd);
 // }
 // ```
 //
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` or `wait` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
 // # Safety
 // `wait` is NULL or valid for writing a `bool`. No other thread uses
 // `port` during the call.
@@ -502,8 +676,14 @@ shmport_status shmport_port_prepare_poll(shmport_port *port, bool *wait);
 // The child is not waited for: reap it with `waitpid(*pid, ...)`. If it
 // dies, `*port` receives `SHMPORT_PEER_DIED` after its last message.
 //
-// Fails with `SHMPORT_ERR_IO` (and `errno`, e.g. `ENOENT`) if the program
-// cannot be started.
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `file`, `port` or `pid` is NULL;
+// - `SHMPORT_ERR_INVALID_ARGUMENT`: `file` is empty, or `capacity` over
+//   `SHMPORT_MAX_CAPACITY` (nothing is started);
+// - `SHMPORT_ERR_IO`: the program could not be started or the channel made
+//   (`errno`, e.g. `ENOENT`), or `errno` `ENOMEM` when this process holds too
+//   many handles;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
 // `file` and every `argv[i]` are NULL or NUL-terminated strings; `argv` is
@@ -518,9 +698,14 @@ shmport_status shmport_spawn(const char *file,
 // In a child started by `shmport_spawn` (from C or from Rust's
 // `shmport::spawn`): adopt the port the parent passed, in `*port`.
 //
-// Fails with `SHMPORT_ERR_NO_PORT` in a process that was not given one,
-// `SHMPORT_ERR_ALREADY_ADOPTED` on a second call, `SHMPORT_ERR_BAD_PORT`
-// when its descriptors or segment are not what they should be.
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` is NULL;
+// - `SHMPORT_ERR_NO_PORT`: this process was given no port;
+// - `SHMPORT_ERR_ALREADY_ADOPTED`: it was adopted already;
+// - `SHMPORT_ERR_BAD_PORT`: its descriptors or segment are not valid;
+// - `SHMPORT_ERR_IO`: a system call failed (`errno`), or `errno` `ENOMEM` when
+//   this process holds too many handles;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
 // `port` is NULL or valid for writing a pointer.
@@ -530,10 +715,18 @@ shmport_status shmport_port_from_parent(shmport_port **port);
 // user may connect). On success `*listener` is a new listener, to be
 // closed with `shmport_listener_close` once; closing removes the file.
 //
-// Fails with `SHMPORT_ERR_ADDR_IN_USE` if anything exists at `path` (a
-// socket left by a listener that died is not removed silently),
-// `SHMPORT_ERR_INVALID_ARGUMENT` for an empty path, `SHMPORT_ERR_IO`
-// otherwise (`errno`; paths are limited to 107 bytes).
+// A socket left at `path` by a listener that died is not removed
+// silently: `SHMPORT_ERR_ADDR_IN_USE`.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `path` or `listener` is NULL;
+// - `SHMPORT_ERR_INVALID_ARGUMENT`: `path` is empty or longer than 107 bytes;
+// - `SHMPORT_ERR_ADDR_IN_USE`: something exists at `path`;
+// - `SHMPORT_ERR_PERMISSION_DENIED`: this process may not create a file there;
+// - `SHMPORT_ERR_IO`: another system call failure (`errno`, e.g. `ENOENT` for
+//   a missing directory), or `errno` `ENOMEM` when this process holds too many
+//   handles;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
 // `path` is NULL or a NUL-terminated string; `listener` is NULL or valid
@@ -543,6 +736,11 @@ shmport_status shmport_listener_bind(const char *path, shmport_listener **listen
 // The listening socket's descriptor, in `*fd`, for the host's event loop:
 // readable when a connection is waiting (then `shmport_listener_accept`
 // with `SHMPORT_NO_WAIT` takes it). Owned by the listener.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `listener` or `fd` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `listener` is not a live listener;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
 // `fd` is NULL or valid for writing an `int`.
@@ -556,6 +754,15 @@ shmport_status shmport_listener_fd(shmport_listener *listener, int *fd);
 // connection waits, `SHMPORT_FOREVER` waits as long as it takes, other
 // values wait at most that many nanoseconds (`SHMPORT_TIMEOUT`).
 //
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `listener` or `incoming` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `listener` is not a live listener;
+// - `SHMPORT_EMPTY`: no connection waits (`SHMPORT_NO_WAIT` only);
+// - `SHMPORT_TIMEOUT`: none came in time (a finite `timeout_ns` only);
+// - `SHMPORT_ERR_IO`: a system call failed (`errno`), or `errno` `ENOMEM` when
+//   this process holds too many handles;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
 // # Safety
 // `incoming` is NULL or valid for writing a pointer. No other thread uses
 // the listener during the call.
@@ -567,11 +774,20 @@ shmport_status shmport_listener_accept(shmport_listener *listener,
 // made), and connections still queued are rejected. NULL does nothing; a
 // listener already closed is `SHMPORT_ERR_BAD_HANDLE`.
 //
+// Returns `SHMPORT_OK` on success (and for NULL, which does nothing), or:
+// - `SHMPORT_ERR_BAD_HANDLE`: `listener` is not a live listener;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
 // # Safety
 // No other thread uses the listener during the call.
 shmport_status shmport_listener_close(shmport_listener *listener);
 
 // Who is connecting, in `*credentials`.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `incoming` or `credentials` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `incoming` is not a live connection;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
 // `credentials` is NULL or valid for writing.
@@ -581,9 +797,20 @@ shmport_status shmport_incoming_credentials(shmport_incoming *incoming,
 // Accept the connection: make a new channel (`capacity` as for
 // `shmport_channel_new`), send one port to the connector, and return the
 // other in `*port`. Once the arguments are valid (`port` not NULL,
-// `incoming` live), the incoming handle is released whatever the outcome.
+// `capacity` allowed, `incoming` live), the incoming handle is released
+// whatever the outcome.
 // Never waits on the connector; if it already hung up, the status is
 // `SHMPORT_ERR_IO` (`errno` `EPIPE`).
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` or `incoming` is NULL;
+// - `SHMPORT_ERR_INVALID_ARGUMENT`: `capacity` over `SHMPORT_MAX_CAPACITY`
+//   (`incoming` stays live);
+// - `SHMPORT_ERR_BAD_HANDLE`: `incoming` is not a live connection;
+// - `SHMPORT_ERR_IO`: making the channel or sending the port failed (`errno`;
+//   `EPIPE`: the connector hung up), or `errno` `ENOMEM` when this process
+//   holds too many handles;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
 // `port` is NULL or valid for writing a pointer.
@@ -595,6 +822,10 @@ shmport_status shmport_incoming_accept(shmport_incoming *incoming,
 // `shmport_connect` returns `SHMPORT_ERR_REJECTED`. Releases the handle.
 // NULL does nothing.
 //
+// Returns `SHMPORT_OK` on success (and for NULL, which does nothing), or:
+// - `SHMPORT_ERR_BAD_HANDLE`: `incoming` is not a live connection;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
 // # Safety
 // No other thread uses the handle during the call.
 shmport_status shmport_incoming_reject(shmport_incoming *incoming);
@@ -604,10 +835,22 @@ shmport_status shmport_incoming_reject(shmport_incoming *incoming);
 //
 // `timeout_ns` bounds the whole wait (`SHMPORT_FOREVER`: no practical
 // limit; `SHMPORT_NO_WAIT` is taken as the shortest wait, one
-// microsecond). Fails with `SHMPORT_ERR_NOT_FOUND` (no socket there),
-// `SHMPORT_ERR_REFUSED` (nothing listens), `SHMPORT_ERR_PERMISSION_DENIED`,
-// `SHMPORT_ERR_REJECTED` (the host rejected this process),
-// `SHMPORT_TIMEOUT`, `SHMPORT_ERR_NOT_A_LISTENER`, `SHMPORT_ERR_BAD_PORT`.
+// microsecond).
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `path` or `port` is NULL;
+// - `SHMPORT_ERR_INVALID_ARGUMENT`: `path` is empty or longer than 107 bytes;
+// - `SHMPORT_ERR_NOT_FOUND`: nothing exists at `path`;
+// - `SHMPORT_ERR_NOT_A_LISTENER`: `path` is not a socket, or what listens
+//   there is not a shmport listener;
+// - `SHMPORT_ERR_REFUSED`: a socket nobody listens on;
+// - `SHMPORT_ERR_PERMISSION_DENIED`: this process may not connect to it;
+// - `SHMPORT_ERR_REJECTED`: the host rejected this process;
+// - `SHMPORT_TIMEOUT`: no port came in time;
+// - `SHMPORT_ERR_BAD_PORT`: the port that came is not valid;
+// - `SHMPORT_ERR_IO`: a system call failed (`errno`), or `errno` `ENOMEM` when
+//   this process holds too many handles;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
 // `path` is NULL or a NUL-terminated string; `port` is NULL or valid for

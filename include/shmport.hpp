@@ -184,7 +184,8 @@ class Port {
   Port &operator=(const Port &) = delete;
   ~Port() { close(); }
 
-  /// Two entangled ports; `capacity` bytes per ring (0: the default).
+  /// Two entangled ports; `capacity` bytes per ring (0: the default; over
+  /// SHMPORT_MAX_CAPACITY throws SHMPORT_ERR_INVALID_ARGUMENT).
   static std::pair<Port, Port> channel(std::size_t capacity = 0) {
     shmport_port *a = nullptr, *b = nullptr;
     check(shmport_channel_new(capacity, &a, &b));
@@ -259,6 +260,12 @@ class Port {
   std::size_t max_reservation() const {
     std::size_t n = 0;
     check(shmport_port_max_reservation(p_, &n));
+    return n;
+  }
+  /// Bytes in each direction's ring (the capacity asked for, rounded up).
+  std::size_t capacity() const {
+    std::size_t n = 0;
+    check(shmport_port_capacity(p_, &n));
     return n;
   }
 

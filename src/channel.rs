@@ -89,12 +89,27 @@ impl ChannelBuilder {
         }
     }
 
-    /// Bytes in each direction's ring, rounded up to a power of two within
-    /// 4 KiB..=1 GiB. A message up to half the ring travels inline; larger
-    /// ones go out of line in their own memfd (slower: a few system calls
-    /// and page faults each). Memory is touched only as the ring is used.
+    /// Bytes in each direction's ring: rounded up to a power of two, and to
+    /// at least [`MIN_CAPACITY`] (4 KiB); at most [`MAX_CAPACITY`] (1 GiB),
+    /// or [`build`](Self::build) and [`spawn`](Self::spawn) fail with
+    /// [`io::ErrorKind::InvalidInput`]. [`MessagePort::capacity`] tells the
+    /// size a port got.
+    ///
+    /// A message up to half the ring travels inline; larger ones go out of
+    /// line in their own memfd (slower: a few system calls and page faults
+    /// each). Memory is touched only as the ring is used.
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    ///
+    /// let (a, _b) = MessageChannel::builder().capacity(5000).build()?.into_ports();
+    /// assert_eq!(a.capacity(), 8192);
+    /// let too_large = MessageChannel::builder().capacity(usize::MAX).build();
+    /// assert_eq!(too_large.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn capacity(mut self, bytes: usize) -> Self {
-        self.capacity = bytes.clamp(MIN_CAPACITY, MAX_CAPACITY).next_power_of_two();
+        self.capacity = bytes;
         self
     }
 
@@ -129,7 +144,7 @@ impl ChannelBuilder {
     }
 
     pub(crate) fn pair(&self) -> io::Result<(MessagePort, MessagePort)> {
-        let seg = Segment::create(self.capacity)?;
+        let seg = Segment::create(self.ring_capacity()?)?;
         let (sa, sb) = sys::socket::pair()?;
         let a = MessagePort::from_parts(seg.clone(), Side::A, sa, self.spin).map_err(fresh)?;
         let b = MessagePort::from_parts(seg, Side::B, sb, self.spin).map_err(fresh)?;
@@ -150,8 +165,19 @@ impl ChannelBuilder {
         self.spin
     }
 
-    pub(crate) fn ring_capacity(&self) -> usize {
-        self.capacity
+    /// The ring size asked for, rounded as [`ChannelBuilder::capacity`]
+    /// says; an error if it is over the maximum.
+    pub(crate) fn ring_capacity(&self) -> io::Result<usize> {
+        if self.capacity > MAX_CAPACITY {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a ring of {} bytes is over the maximum, {MAX_CAPACITY} (1 GiB)",
+                    self.capacity
+                ),
+            ));
+        }
+        Ok(self.capacity.max(MIN_CAPACITY).next_power_of_two())
     }
 }
 

@@ -35,7 +35,10 @@ impl fmt::Display for CloseReason {
 }
 
 /// Receiving failed.
+///
+/// Later versions may add variants: match with a `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum RecvError {
     /// Nothing to receive now ([`try_recv`](crate::MessagePort::try_recv) only).
     Empty,
@@ -64,11 +67,21 @@ impl fmt::Display for RecvError {
     }
 }
 
-impl std::error::Error for RecvError {}
+impl std::error::Error for RecvError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RecvError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Posting failed; nothing was sent. The value was only borrowed, so the
 /// caller still has it.
+///
+/// Later versions may add variants: match with a `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum PostError {
     /// The ring has no room now ([`try_post`](crate::MessagePort::try_post) only).
     Full,
@@ -86,12 +99,17 @@ pub enum PostError {
     /// The operating system refused a call (for example creating the memfd
     /// of an out-of-line message).
     Io(io::Error),
-    /// A reservation asked for more than fits in the ring
-    /// ([`MessagePort::reserve_bytes`](crate::MessagePort::reserve_bytes)).
+    /// Too large: a message over [`MAX_MESSAGE_SIZE`](crate::MAX_MESSAGE_SIZE)
+    /// (refused before anything is allocated), or a reservation over what
+    /// fits in the ring
+    /// ([`MessagePort::reserve_bytes`](crate::MessagePort::reserve_bytes),
+    /// at most [`max_inline_payload`](crate::MessagePort::max_inline_payload)).
     TooLarge {
-        /// Bytes asked for.
+        /// Bytes asked for (for a typed value, a lower bound: its
+        /// serialization stopped there).
         len: usize,
-        /// The most a reservation can hold on this port.
+        /// The most allowed: `MAX_MESSAGE_SIZE` for a message, the ring's
+        /// limit for a reservation.
         max: usize,
     },
     /// A [`Reservation`](crate::Reservation) on this port is still live:
@@ -112,14 +130,22 @@ impl fmt::Display for PostError {
             PostError::TooManyPorts => f.write_str("too many ports for one message"),
             PostError::Io(e) => write!(f, "post failed: {e}"),
             PostError::TooLarge { len, max } => {
-                write!(f, "reservation of {len} bytes exceeds the ring's {max}")
+                write!(f, "{len} bytes exceed the largest allowed, {max}")
             }
             PostError::Reserved => f.write_str("a reservation on this port is not yet committed"),
         }
     }
 }
 
-impl std::error::Error for PostError {}
+impl std::error::Error for PostError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PostError::Serialize(e) => Some(e),
+            PostError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Posting with ports failed: nothing was sent, and every port is handed
 /// back, working, in `ports` (same order).
@@ -137,7 +163,11 @@ impl fmt::Display for TransferError {
     }
 }
 
-impl std::error::Error for TransferError {}
+impl std::error::Error for TransferError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
 
 /// A port could not join a [`PortSet`](crate::PortSet) (the kernel refused
 /// to watch its socket): the port is handed back, working, in `port`.
@@ -200,7 +230,10 @@ impl std::error::Error for TakePortsError {
 }
 
 /// Reading a received message as a type failed.
+///
+/// Later versions may add variants: match with a `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum AccessError {
     /// The message was posted as raw bytes, not as a typed value.
     NotTyped,
@@ -232,11 +265,21 @@ impl fmt::Display for AccessError {
     }
 }
 
-impl std::error::Error for AccessError {}
+impl std::error::Error for AccessError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AccessError::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Opening a port from descriptors (a spawned child adopting its port, or a
 /// segment received from elsewhere) failed.
+///
+/// Later versions may add variants: match with a `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum OpenError {
     /// No port was passed to this process (`SHMPORT_PORT` is not set).
     NoPort,
@@ -276,7 +319,14 @@ impl fmt::Display for OpenError {
     }
 }
 
-impl std::error::Error for OpenError {}
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OpenError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<io::Error> for OpenError {
     fn from(e: io::Error) -> Self {
@@ -286,10 +336,16 @@ impl From<io::Error> for OpenError {
 
 /// Getting a port from a [`Listener`](crate::Listener) failed
 /// ([`connect`](crate::connect) and its variants).
+///
+/// Later versions may add variants: match with a `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ConnectError {
-    /// No socket file at the path.
+    /// Nothing exists at the path (or a directory on the way is missing).
     NotFound,
+    /// The path names something that is not a socket (a regular file, a
+    /// directory, ...): a wrong path, not a listener that is gone.
+    NotASocket,
     /// Nothing listens there: a socket file left behind by a listener that
     /// is gone, or an abstract name nobody holds.
     Refused,
@@ -315,7 +371,10 @@ pub enum ConnectError {
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConnectError::NotFound => f.write_str("no socket at that path"),
+            ConnectError::NotFound => f.write_str("nothing exists at that path"),
+            ConnectError::NotASocket => {
+                f.write_str("not a socket: the path names a file of another kind")
+            }
             ConnectError::Refused => f.write_str("connection refused: nothing listens there"),
             ConnectError::PermissionDenied => {
                 f.write_str("permission denied connecting to the socket")
@@ -368,5 +427,49 @@ impl From<SplitError> for io::Error {
     /// The cause; the port is closed.
     fn from(e: SplitError) -> io::Error {
         e.error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    /// The `source` of `e`, as text.
+    fn source_of(e: &dyn Error) -> Option<String> {
+        e.source().map(|s| s.to_string())
+    }
+
+    #[test]
+    fn errors_that_wrap_one_give_it_as_their_source() {
+        let io = || io::Error::from_raw_os_error(libc::ENOMEM);
+        let want = Some(io().to_string());
+        assert_eq!(source_of(&RecvError::Io(io())), want);
+        assert_eq!(source_of(&PostError::Io(io())), want);
+        assert_eq!(source_of(&OpenError::Io(io())), want);
+        assert_eq!(source_of(&ConnectError::Io(io())), want);
+        let rkyv = || <rkyv::rancor::Error as rkyv::rancor::Source>::new(io());
+        assert_eq!(
+            source_of(&PostError::Serialize(rkyv())),
+            Some(rkyv().to_string())
+        );
+        assert_eq!(
+            source_of(&AccessError::Invalid(rkyv())),
+            Some(rkyv().to_string())
+        );
+        let transfer = TransferError {
+            error: PostError::TooManyPorts,
+            ports: Vec::new(),
+        };
+        assert_eq!(
+            source_of(&transfer),
+            Some(PostError::TooManyPorts.to_string())
+        );
+        // Nothing wrapped, no source.
+        assert_eq!(source_of(&RecvError::Timeout), None);
+        assert_eq!(source_of(&PostError::Full), None);
+        assert_eq!(source_of(&AccessError::TooShort), None);
+        assert_eq!(source_of(&ConnectError::NotASocket), None);
     }
 }

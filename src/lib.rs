@@ -89,7 +89,7 @@ pub use rendezvous::{
     ConnectError, Credentials, DEFAULT_CONNECT_TIMEOUT, Incoming, Listener, connect,
     connect_abstract, connect_abstract_timeout, connect_timeout,
 };
-pub use ser::{Postable, RecordSerializer, RecordWriter, fingerprint};
+pub use ser::{MAX_MESSAGE_SIZE, Postable, RecordSerializer, RecordWriter, fingerprint};
 pub use spawn::{PORT_ENV, spawn};
 
 /// rkyv, re-exported so users derive with the same version.

@@ -336,6 +336,9 @@ fn connect_to(addr: UnixAddr<'_>, timeout: Duration) -> Result<MessagePort, Conn
     let deadline = Instant::now() + timeout;
     let conn = sock::connect(addr, timeout).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => ConnectError::NotFound,
+        // The kernel refuses a path that is not a socket as it refuses a
+        // socket nobody listens on: tell the two apart.
+        io::ErrorKind::ConnectionRefused if is_other_than_socket(addr) => ConnectError::NotASocket,
         io::ErrorKind::ConnectionRefused => ConnectError::Refused,
         io::ErrorKind::PermissionDenied => ConnectError::PermissionDenied,
         io::ErrorKind::TimedOut => ConnectError::Timeout,
@@ -360,4 +363,14 @@ fn connect_to(addr: UnixAddr<'_>, timeout: Duration) -> Result<MessagePort, Conn
         ));
     }
     Ok(port)
+}
+
+/// Does `addr` name a file that exists and is not a socket? (Only asked
+/// after a refused connection, to say why.)
+fn is_other_than_socket(addr: UnixAddr<'_>) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    match addr {
+        UnixAddr::Path(p) => std::fs::metadata(p).is_ok_and(|m| !m.file_type().is_socket()),
+        UnixAddr::Abstract(_) => false,
+    }
 }

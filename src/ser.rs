@@ -12,6 +12,30 @@ use rkyv::ser::{Positional, Serializer, Writer};
 
 use crate::sys;
 
+/// The largest message a port posts, in bytes: 64 TiB.
+///
+/// A message over half the ring travels in its own memfd, which the
+/// receiver maps whole, so no message can be larger than an address space
+/// can map (x86-64 Linux gives a process 128 TiB with 4-level page tables;
+/// this leaves room for everything else it maps). A larger size is
+/// refused with [`PostError::TooLarge`](crate::PostError::TooLarge) before
+/// anything is allocated or sent; a typed value whose archive grows past
+/// it is refused when it does. What a given machine can post is usually
+/// far less: the memfd lives in memory, and a receiver may refuse large
+/// messages of its own accord.
+pub const MAX_MESSAGE_SIZE: usize = {
+    const SIZE: u64 = 1 << 46;
+    // On a target whose `usize` cannot hold it, the most a slice can.
+    if SIZE > isize::MAX as u64 {
+        isize::MAX as usize
+    } else {
+        SIZE as usize
+    }
+};
+
+// A message of the largest size is a slice that can exist.
+const _: () = assert!(MAX_MESSAGE_SIZE <= isize::MAX as usize);
+
 /// The serializer shmport hands to `rkyv::Serialize` implementations.
 pub type RecordSerializer<'a, 'w> =
     Strategy<Serializer<&'w mut RecordWriter, ArenaHandle<'a>, Share>, rkyv::rancor::Error>;
@@ -59,17 +83,33 @@ pub fn fingerprint<T: rkyv::Archive + ?Sized>() -> u64 {
     h | 1 // never 0, which marks raw messages
 }
 
-/// Why a write into a record stopped.
+/// What the serializer sees when a write into a record stopped: the slot
+/// has no room left (the writer keeps the size it wanted), or a
+/// [`WriteFailure`] (the writer keeps it).
 #[derive(Debug)]
-struct NoRoom;
+struct Stopped(&'static str);
 
-impl core::fmt::Display for NoRoom {
+const NO_ROOM: Stopped = Stopped("no room left in the record slot");
+const FAILED: Stopped = Stopped("the out-of-line write failed");
+
+impl core::fmt::Display for Stopped {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("no room left in the record slot")
+        f.write_str(self.0)
     }
 }
 
-impl std::error::Error for NoRoom {}
+impl std::error::Error for Stopped {}
+
+/// Why a write into an out-of-line memfd stopped: not a failure of the
+/// value's serialization, so it is reported as what it is.
+#[derive(Debug)]
+pub(crate) enum WriteFailure {
+    /// The message would grow past [`MAX_MESSAGE_SIZE`]; at least this many
+    /// bytes.
+    TooLarge(usize),
+    /// The kernel refused a write to the memfd (out of memory, for example).
+    Io(io::Error),
+}
 
 enum Target {
     Slot { ptr: NonNull<u8>, room: usize },
@@ -84,6 +124,12 @@ pub struct RecordWriter {
     /// Set when a write did not fit the slot: the least size the message
     /// needs (a lower bound: serialization stopped there).
     wanted: Option<usize>,
+    /// Set when a write into the memfd failed: the first failure. Once
+    /// set, every later write fails too.
+    failure: Option<WriteFailure>,
+    /// The most bytes this writer takes ([`MAX_MESSAGE_SIZE`], less in
+    /// tests).
+    limit: usize,
 }
 
 impl RecordWriter {
@@ -97,15 +143,25 @@ impl RecordWriter {
             target: Target::Slot { ptr, room },
             pos: 0,
             wanted: None,
+            failure: None,
+            limit: MAX_MESSAGE_SIZE,
         }
     }
 
-    /// A writer into a fresh memfd, sized for `hint` bytes to start with.
+    /// A writer into a fresh memfd, sized for `hint` bytes to start with
+    /// (`hint` at most [`MAX_MESSAGE_SIZE`]: the caller checks).
     pub(crate) fn memfd(hint: usize) -> io::Result<Self> {
+        Self::memfd_with_limit(hint, MAX_MESSAGE_SIZE)
+    }
+
+    fn memfd_with_limit(hint: usize, limit: usize) -> io::Result<Self> {
+        debug_assert!(hint <= limit);
         Ok(RecordWriter {
             target: Target::Memfd(OolBuffer::new(hint)?),
             pos: 0,
             wanted: None,
+            failure: None,
+            limit,
         })
     }
 
@@ -117,6 +173,12 @@ impl RecordWriter {
     /// Lower bound on the size of a message that did not fit.
     pub(crate) fn wanted(&self) -> Option<usize> {
         self.wanted
+    }
+
+    /// Why a memfd write failed, if one did: the failure to report in place
+    /// of the serializer's error (which only says that it stopped).
+    pub(crate) fn take_failure(&mut self) -> Option<WriteFailure> {
+        self.failure.take()
     }
 
     /// Seal the memfd and hand it over (memfd writers only).
@@ -141,15 +203,27 @@ impl Positional for RecordWriter {
 
 impl<E: Source> Writer<E> for RecordWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
-        let end = self
-            .pos
-            .checked_add(bytes.len())
-            .ok_or_else(|| E::new(NoRoom))?;
+        if self.failure.is_some() {
+            return Err(E::new(FAILED));
+        }
+        let end = match self.pos.checked_add(bytes.len()) {
+            Some(end) if end <= self.limit => end,
+            // Past the largest message (or past usize, which is further).
+            _ => {
+                let at_least = self.pos.saturating_add(bytes.len());
+                if let Target::Slot { .. } = self.target {
+                    self.wanted = Some(at_least);
+                    return Err(E::new(NO_ROOM));
+                }
+                self.failure = Some(WriteFailure::TooLarge(at_least));
+                return Err(E::new(FAILED));
+            }
+        };
         match &mut self.target {
             Target::Slot { ptr, room } => {
                 if end > *room {
                     self.wanted = Some(end);
-                    return Err(E::new(NoRoom));
+                    return Err(E::new(NO_ROOM));
                 }
                 // SAFETY: pos..end lies within the `room` bytes the slot owns
                 // (checked above; `slot`'s contract).
@@ -161,7 +235,12 @@ impl<E: Source> Writer<E> for RecordWriter {
                     )
                 };
             }
-            Target::Memfd(buf) => buf.write_at(self.pos, bytes).map_err(E::new)?,
+            Target::Memfd(buf) => {
+                if let Err(e) = buf.write_at(self.pos, bytes) {
+                    self.failure = Some(WriteFailure::Io(e));
+                    return Err(E::new(FAILED));
+                }
+            }
         }
         self.pos = end;
         Ok(())
@@ -243,5 +322,56 @@ impl OolBuffer {
             r => r?,
         }
         Ok(self.fd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(w: &mut RecordWriter, bytes: &[u8]) -> bool {
+        w.put(bytes).is_ok()
+    }
+
+    #[test]
+    fn a_message_past_the_limit_is_too_large_not_a_serialization_error() {
+        let mut w = RecordWriter::memfd_with_limit(0, 100).unwrap();
+        assert!(put(&mut w, &[1; 60]));
+        assert!(!put(&mut w, &[2; 60]));
+        assert!(matches!(
+            w.take_failure(),
+            Some(WriteFailure::TooLarge(120))
+        ));
+        assert_eq!(w.len(), 60, "nothing of the refused write was taken");
+    }
+
+    #[test]
+    fn a_write_past_usize_is_too_large() {
+        let mut w = RecordWriter::memfd_with_limit(0, usize::MAX).unwrap();
+        w.pos = usize::MAX - 1;
+        assert!(!put(&mut w, &[0; 2]));
+        assert!(matches!(
+            w.take_failure(),
+            Some(WriteFailure::TooLarge(usize::MAX))
+        ));
+    }
+
+    #[test]
+    fn a_failed_memfd_write_is_an_io_failure_and_stops_the_writer() {
+        let mut w = RecordWriter::memfd(0).unwrap();
+        let Target::Memfd(buf) = &w.target else {
+            unreachable!("a memfd writer")
+        };
+        // Sealed against writing: the kernel refuses the next write.
+        sys::memfd::seal(&buf.fd, sys::memfd::OOL_SEALS).unwrap();
+        assert!(!put(&mut w, &vec![3; STAGE + 1]));
+        // A writer that failed takes nothing more, even a small write that
+        // would only be staged.
+        assert!(!put(&mut w, &[4; 8]));
+        assert_eq!(w.len(), 0);
+        match w.take_failure() {
+            Some(WriteFailure::Io(e)) => assert_eq!(e.raw_os_error(), Some(libc::EPERM)),
+            other => panic!("expected an I/O failure, got {other:?}"),
+        }
     }
 }

@@ -45,7 +45,7 @@ pub fn spawn(cmd: Command) -> std::io::Result<(Child, MessagePort)> {
 impl ChannelBuilder {
     /// [`spawn`] with these channel settings.
     pub fn spawn(&self, mut cmd: Command) -> std::io::Result<(Child, MessagePort)> {
-        let seg = Segment::create(self.ring_capacity())?;
+        let seg = Segment::create(self.ring_capacity()?)?;
         let (mine, theirs) = sys::socket::pair()?;
         let port = MessagePort::from_parts(seg.clone(), Side::A, mine, self.spin_time())
             .map_err(std::io::Error::other)?;

@@ -349,3 +349,35 @@ fn unchecked_access_reads_the_same_value_and_still_checks_the_type() {
     let raw = unsafe { m.get_unchecked::<Point>() };
     assert!(matches!(raw, Err(AccessError::NotTyped)));
 }
+
+#[test]
+fn a_capacity_over_the_maximum_is_refused_not_clamped() {
+    use shmport::layout::{MAX_CAPACITY, MIN_CAPACITY};
+    for too_large in [MAX_CAPACITY + 1, usize::MAX / 2 + 1, usize::MAX] {
+        let builder = MessageChannel::builder().capacity(too_large);
+        let e = builder.build().expect_err("a ring over the maximum");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains(&MAX_CAPACITY.to_string()), "{e}");
+        let e = builder
+            .spawn(std::process::Command::new("true"))
+            .expect_err("a spawned port's ring over the maximum");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    }
+    // What is accepted is rounded up, and each end reads back what it got.
+    for (asked, got) in [
+        (0, MIN_CAPACITY),
+        (1, MIN_CAPACITY),
+        (MIN_CAPACITY + 1, 2 * MIN_CAPACITY),
+        (100_000, 128 * 1024),
+        (MAX_CAPACITY / 2 + 1, MAX_CAPACITY),
+    ] {
+        let (a, b) = MessageChannel::builder()
+            .capacity(asked)
+            .build()
+            .unwrap()
+            .into_ports();
+        assert_eq!((a.capacity(), b.capacity()), (got, got), "asked {asked}");
+    }
+    let (a, _b) = MessageChannel::new().unwrap().into_ports();
+    assert_eq!(a.capacity(), shmport::DEFAULT_CAPACITY);
+}

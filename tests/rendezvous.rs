@@ -463,6 +463,17 @@ fn connect_errors_are_clear() {
     let e = shmport::connect_timeout(&missing, t).unwrap_err();
     assert!(matches!(e, ConnectError::NotFound), "{e:?}");
     assert!(!e.to_string().is_empty());
+    let e = shmport::connect_timeout(dir.join("no-dir/x.sock"), t).unwrap_err();
+    assert!(matches!(e, ConnectError::NotFound), "{e:?}");
+
+    // Something that is not a socket: a regular file, a directory.
+    let file = dir.join("plain-file");
+    std::fs::write(&file, b"not a socket").unwrap();
+    for not_a_socket in [file.as_path(), dir.0.as_path()] {
+        let e = shmport::connect_timeout(not_a_socket, t).unwrap_err();
+        assert!(matches!(e, ConnectError::NotASocket), "{e:?}");
+        assert!(e.to_string().contains("not a socket"), "{e}");
+    }
 
     // A socket file nobody listens on (bound, not listening: a closed
     // listener's file reads the same, but a parallel test's fork may hold

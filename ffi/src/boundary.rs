@@ -88,18 +88,25 @@ pub(crate) unsafe fn path<'a>(s: *const c_char) -> Result<&'a OsStr, shmport_sta
     Ok(p)
 }
 
-/// `len` bytes at `data` (which may be NULL when `len` is 0).
+/// A message's `len` bytes at `data` (which may be NULL when `len` is 0).
+/// A length over `SHMPORT_MAX_MESSAGE_SIZE` is `SHMPORT_ERR_TOO_LARGE`,
+/// before the pointer is looked at: no such slice is ever made (one over
+/// `isize::MAX` could not exist).
 ///
 /// # Safety
 /// `data` is NULL or valid for reading `len` bytes for the call.
 pub(crate) unsafe fn bytes<'a>(data: *const u8, len: usize) -> Result<&'a [u8], shmport_status> {
+    if len > shmport_core::MAX_MESSAGE_SIZE {
+        return Err(SHMPORT_ERR_TOO_LARGE);
+    }
     if len == 0 {
         return Ok(&[]);
     }
     if data.is_null() {
         return Err(SHMPORT_ERR_NULL);
     }
-    // SAFETY: non-NULL and valid for `len` bytes (the contract); C memory is
+    // SAFETY: non-NULL and valid for `len` bytes (the contract), and `len`
+    // is at most MAX_MESSAGE_SIZE <= isize::MAX; C memory is
     // initialized bytes as far as Rust is concerned, and nothing writes it
     // during the call (the caller's side of the contract).
     Ok(unsafe { std::slice::from_raw_parts(data, len) })
@@ -151,6 +158,14 @@ mod tests {
             assert_eq!(os_str(c"".as_ptr()), Ok(OsStr::new("")));
             assert_eq!(bytes(std::ptr::null(), 1), Err(SHMPORT_ERR_NULL));
             assert_eq!(bytes(std::ptr::null(), 0), Ok(&[][..]));
+            let one = [7u8];
+            for len in [usize::MAX, isize::MAX as usize + 1, isize::MAX as usize] {
+                assert_eq!(bytes(one.as_ptr(), len), Err(SHMPORT_ERR_TOO_LARGE));
+            }
+            assert_eq!(
+                bytes(one.as_ptr(), shmport_core::MAX_MESSAGE_SIZE + 1),
+                Err(SHMPORT_ERR_TOO_LARGE)
+            );
         }
         assert_eq!(handle::<u8>(std::ptr::null_mut()), Err(SHMPORT_ERR_NULL));
         assert_eq!(

@@ -55,12 +55,22 @@ pub const SHMPORT_TRUST_VALIDATED: u32 = 0;
 /// received, for a peer that may be hostile.
 pub const SHMPORT_TRUST_UNTRUSTED: u32 = 1;
 
+/// Largest message, in bytes (64 TiB): a post of more is
+/// `SHMPORT_ERR_TOO_LARGE`, before anything is read or allocated.
+pub const SHMPORT_MAX_MESSAGE_SIZE: usize = 70368744177664;
+
 /// Default bytes per ring (each direction has its own).
 pub const SHMPORT_DEFAULT_CAPACITY: usize = 1048576;
+
+/// Largest ring (1 GiB): a larger `capacity` is
+/// `SHMPORT_ERR_INVALID_ARGUMENT`.
+pub const SHMPORT_MAX_CAPACITY: usize = 1073741824;
 
 const _: () = {
     assert!(SHMPORT_MAX_PORTS == shmport_core::MAX_PORTS);
     assert!(SHMPORT_DEFAULT_CAPACITY == shmport_core::DEFAULT_CAPACITY);
+    assert!(SHMPORT_MAX_MESSAGE_SIZE == shmport_core::MAX_MESSAGE_SIZE);
+    assert!(SHMPORT_MAX_CAPACITY == shmport_core::layout::MAX_CAPACITY);
 };
 
 /// The library's version, e.g. "0.1.0" (static; never free it).

@@ -41,6 +41,11 @@ fn message(msg: *mut shmport_message) -> Result<&'static mut MessageState, shmpo
 /// those bytes; one posted as a typed value reads as its rkyv archive
 /// (`shmport_message_fingerprint` tells them apart).
 ///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `msg`, `data` or `len` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `msg` is not a live message;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+///
 /// # Safety
 /// `data` and `len` are NULL or valid for writing.
 #[unsafe(no_mangle)]
@@ -63,6 +68,11 @@ pub unsafe extern "C" fn shmport_message_bytes(
 /// bytes (everything a C host posts), non-zero for a typed value posted by
 /// Rust.
 ///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `msg` or `fingerprint` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `msg` is not a live message;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+///
 /// # Safety
 /// `fingerprint` is NULL or valid for writing.
 #[unsafe(no_mangle)]
@@ -80,6 +90,11 @@ pub unsafe extern "C" fn shmport_message_fingerprint(
 
 /// How many ports came with the message and were not taken yet, in
 /// `*count`.
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `msg` or `count` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `msg` is not a live message;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// `count` is NULL or valid for writing.
@@ -110,6 +125,19 @@ pub unsafe extern "C" fn shmport_message_port_count(
 /// `SHMPORT_ERR_BAD_PORT` — and still writes the valid ports and their
 /// number, which the caller then owns: no good port is lost. This is the
 /// one function that writes its outputs on a failure.
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `msg` or `count` is NULL, or `ports` is NULL and the
+///   message has ports;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `msg` is not a live message;
+/// - `SHMPORT_ERR_INVALID_ARGUMENT`: `capacity` is less than the port count
+///   (nothing taken);
+/// - `SHMPORT_ERR_BAD_PORT`: a received port is not valid (the valid ones and
+///   their number are written);
+/// - `SHMPORT_ERR_IO`: `errno` `ENOMEM` when this process holds too many
+///   handles (the ports that got a handle and their number are written; the
+///   others are closed);
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// `ports` is NULL (only if `capacity` is 0) or valid for writing
@@ -166,6 +194,10 @@ pub unsafe extern "C" fn shmport_message_take_ports(
 /// NULL is accepted and does nothing (`SHMPORT_OK`). A message already
 /// freed is `SHMPORT_ERR_BAD_HANDLE` (detected as long as its slot was not
 /// reused 2^23 times).
+///
+/// Returns `SHMPORT_OK` on success (and for NULL, which does nothing), or:
+/// - `SHMPORT_ERR_BAD_HANDLE`: `msg` is not a live message (freed already?);
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// No other thread uses the message or its port during the call.

@@ -11,7 +11,10 @@ use crate::boundary::{Out, Wait, bytes, guard, handle, to_ptr};
 use crate::message::{MESSAGES, MessageState, shmport_message};
 use crate::registry::{Kind, Registry, Vacant};
 use crate::status::shmport_status::{self, *};
-use crate::{SHMPORT_MAX_PORTS, SHMPORT_TRUST_UNTRUSTED, SHMPORT_TRUST_VALIDATED, no_memory};
+use crate::{
+    SHMPORT_MAX_CAPACITY, SHMPORT_MAX_PORTS, SHMPORT_TRUST_UNTRUSTED, SHMPORT_TRUST_VALIDATED,
+    no_memory,
+};
 
 /// A port: one end of a channel. Opaque; made by `shmport_channel_new`,
 /// `shmport_spawn`, `shmport_port_from_parent`, `shmport_connect`,
@@ -174,13 +177,15 @@ pub(crate) fn new_port_handle(port: MessagePort) -> Result<*mut shmport_port, sh
         .ok_or_else(no_memory)
 }
 
-/// Channel settings: `capacity` bytes per ring (0 for the default).
-pub(crate) fn builder(capacity: usize) -> ChannelBuilder {
+/// Channel settings: `capacity` bytes per ring (0 for the default); over
+/// `SHMPORT_MAX_CAPACITY` is `SHMPORT_ERR_INVALID_ARGUMENT`.
+pub(crate) fn builder(capacity: usize) -> Result<ChannelBuilder, shmport_status> {
     let b = ChannelBuilder::new();
-    if capacity == 0 {
-        b
-    } else {
-        b.capacity(capacity)
+    match capacity {
+        0 => Ok(b),
+        // What the builder would refuse, as the status that says so.
+        c if c > SHMPORT_MAX_CAPACITY => Err(SHMPORT_ERR_INVALID_ARGUMENT),
+        c => Ok(b.capacity(c)),
     }
 }
 
@@ -188,12 +193,22 @@ pub(crate) fn builder(capacity: usize) -> ChannelBuilder {
 /// in order, in both directions.
 ///
 /// `capacity`: bytes of each direction's ring, 0 for the default
-/// (`SHMPORT_DEFAULT_CAPACITY`, 1 MiB); rounded up to a power of two within
-/// 4 KiB..1 GiB. A message up to half the ring travels inside it; larger
-/// ones go out of line, each in its own sealed memfd.
+/// (`SHMPORT_DEFAULT_CAPACITY`, 1 MiB); rounded up to a power of two and
+/// to at least 4 KiB (`shmport_port_capacity` reads back what a port got);
+/// over `SHMPORT_MAX_CAPACITY` (1 GiB) it is refused. A message up to half
+/// the ring travels inside it; larger ones go out of line, each in its own
+/// sealed memfd.
 ///
 /// On success `*port1` and `*port2` are two new ports, each to be closed
 /// with `shmport_port_close` (or posted to another port) exactly once.
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port1` or `port2` is NULL;
+/// - `SHMPORT_ERR_INVALID_ARGUMENT`: `capacity` over `SHMPORT_MAX_CAPACITY`;
+/// - `SHMPORT_ERR_IO`: making the segment or sockets failed (`errno`: e.g.
+///   `EMFILE`, `ENOMEM`), or `errno` `ENOMEM` when this process holds too many
+///   handles;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// `port1` and `port2` are NULL or valid for writing a pointer.
@@ -206,7 +221,7 @@ pub unsafe extern "C" fn shmport_channel_new(
     guard(|| {
         // SAFETY: the caller's contract.
         let (out1, out2) = unsafe { (Out::new(port1)?, Out::new(port2)?) };
-        let (a, b) = builder(capacity)
+        let (a, b) = builder(capacity)?
             .build()
             .map_err(|e| crate::status::io(&e))?
             .into_ports();
@@ -237,6 +252,12 @@ pub unsafe extern "C" fn shmport_channel_new(
 /// or a reservation not yet committed or cancelled is `SHMPORT_ERR_BUSY`:
 /// nothing is closed, free them first.
 ///
+/// Returns `SHMPORT_OK` on success (and for NULL, which does nothing), or:
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_ERR_BUSY`: messages received from it are not freed, or a
+///   reservation is live (nothing was closed);
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+///
 /// # Safety
 /// No other thread uses `port` or its messages during the call.
 #[unsafe(no_mangle)]
@@ -261,12 +282,23 @@ pub unsafe extern "C" fn shmport_port_close(port: *mut shmport_port) -> shmport_
 /// `timeout_ns`: how long to wait for room when the ring is full:
 /// `SHMPORT_NO_WAIT` (0) fails at once with `SHMPORT_FULL`,
 /// `SHMPORT_FOREVER` waits as long as it takes, any other value waits at
-/// most that many nanoseconds (`SHMPORT_TIMEOUT`). Messages of any size
-/// are accepted: those over half the ring go out of line.
+/// most that many nanoseconds (`SHMPORT_TIMEOUT`). Messages up to
+/// `SHMPORT_MAX_MESSAGE_SIZE` are accepted: those over half the ring go out
+/// of line. Nothing is sent on failure.
 ///
-/// Fails with a close status (`SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`,
-/// `SHMPORT_PROTOCOL_ERROR`) when the peer is gone, `SHMPORT_ERR_RESERVED`
-/// while a reservation is live. Nothing is sent on failure.
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` is NULL, or `data` is NULL and `len` is not 0;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_ERR_TOO_LARGE`: `len` over `SHMPORT_MAX_MESSAGE_SIZE` (`data` is
+///   not read);
+/// - `SHMPORT_ERR_RESERVED`: a reservation on `port` is live;
+/// - `SHMPORT_FULL`: no room now (`SHMPORT_NO_WAIT` only);
+/// - `SHMPORT_TIMEOUT`: no room in time (a finite `timeout_ns` only);
+/// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
+///   is gone (the close event);
+/// - `SHMPORT_ERR_IO`: a system call failed, e.g. making the memfd of an
+///   out-of-line message (`errno`);
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// `data` is NULL (only if `len` is 0) or valid for reading `len` bytes.
@@ -306,6 +338,25 @@ pub unsafe extern "C" fn shmport_port_post(
 /// outstanding (`SHMPORT_ERR_BUSY`), more than `SHMPORT_MAX_PORTS`
 /// (`SHMPORT_ERR_TOO_MANY_PORTS`), and `port`'s own entangled peer
 /// (`SHMPORT_ERR_PEER_IN_TRANSFER`).
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` is NULL, `data` is NULL and `len` is not 0,
+///   `ports` is NULL and `nports` is not 0, or an entry of `ports` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` or an entry of `ports` is not a live
+///   port;
+/// - `SHMPORT_ERR_TOO_LARGE`: `len` over `SHMPORT_MAX_MESSAGE_SIZE`;
+/// - `SHMPORT_ERR_TOO_MANY_PORTS`: `nports` over `SHMPORT_MAX_PORTS`, or more
+///   descriptors queued with the ports than one socket message holds;
+/// - `SHMPORT_ERR_SELF_TRANSFER`: `port` is in `ports`;
+/// - `SHMPORT_ERR_INVALID_ARGUMENT`: a port is in `ports` twice;
+/// - `SHMPORT_ERR_BUSY`: a port in `ports` has messages not freed or a live
+///   reservation;
+/// - `SHMPORT_ERR_PEER_IN_TRANSFER`: `port`'s own entangled peer is in `ports`;
+/// - `SHMPORT_ERR_RESERVED`: a reservation on `port` is live;
+/// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
+///   is gone (the close event);
+/// - `SHMPORT_ERR_IO`: a system call failed (`errno`);
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// `data` as for `shmport_port_post`; `ports` is NULL (only if `nports` is
@@ -404,6 +455,21 @@ pub unsafe extern "C" fn shmport_port_post_with_ports(
 /// Several messages may be held at once and freed in any order; the ring
 /// space of a message goes back to the sender when it is freed.
 ///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` or `msg` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_EMPTY`: nothing to receive now (`SHMPORT_NO_WAIT` only);
+/// - `SHMPORT_TIMEOUT`: nothing arrived in time (a finite `timeout_ns` only);
+/// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
+///   is gone (the close event), after every message it posted;
+/// - `SHMPORT_ERR_MESSAGE_REFUSED`: this message was refused by the port's
+///   trust mode (`shmport_port_set_trust`); the next call receives the next
+///   one;
+/// - `SHMPORT_ERR_IO`: a system call failed, e.g. mapping an out-of-line
+///   message (`errno`), or `errno` `ENOMEM` when this process holds too many
+///   handles;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+///
 /// # Safety
 /// `msg` is NULL or valid for writing a pointer. No other thread uses
 /// `port` or its messages during the call.
@@ -450,6 +516,18 @@ pub unsafe extern "C" fn shmport_port_recv(
 /// with `SHMPORT_ERR_RESERVED` and closing it with `SHMPORT_ERR_BUSY`.
 /// `timeout_ns` as for `shmport_port_post`.
 ///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` or `data` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_ERR_RESERVED`: a reservation on `port` is already live;
+/// - `SHMPORT_ERR_TOO_LARGE`: `len` over `shmport_port_max_reservation`;
+/// - `SHMPORT_FULL`: no room now (`SHMPORT_NO_WAIT` only);
+/// - `SHMPORT_TIMEOUT`: no room in time (a finite `timeout_ns` only);
+/// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
+///   is gone (the close event);
+/// - `SHMPORT_ERR_IO`: a system call failed while waiting (`errno`);
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+///
 /// # Safety
 /// `data` is NULL or valid for writing a pointer. No other thread uses
 /// `port` during the call or writes through `*data` after the reservation
@@ -493,6 +571,16 @@ pub unsafe extern "C" fn shmport_port_reserve(
 ///
 /// `SHMPORT_ERR_NO_RESERVATION` if the port has none.
 ///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_ERR_NO_RESERVATION`: no reservation is live;
+/// - `SHMPORT_ERR_INVALID_ARGUMENT`: `len` over the reserved length (the
+///   reservation stays live);
+/// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
+///   is gone (the close event) (the reservation ended, nothing was delivered);
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+///
 /// # Safety
 /// No other thread uses `port` during the call.
 #[unsafe(no_mangle)]
@@ -517,6 +605,12 @@ pub unsafe extern "C" fn shmport_port_commit(
 /// Abandon the live reservation: the peer sees nothing of it.
 /// `SHMPORT_ERR_NO_RESERVATION` if the port has none.
 ///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_ERR_NO_RESERVATION`: no reservation is live;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+///
 /// # Safety
 /// No other thread uses `port` during the call.
 #[unsafe(no_mangle)]
@@ -536,6 +630,11 @@ pub unsafe extern "C" fn shmport_port_cancel(port: *mut shmport_port) -> shmport
 /// The largest reservation this port allows (half its ring, less a
 /// header), in `*len`.
 ///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` or `len` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+///
 /// # Safety
 /// `len` is NULL or valid for writing a `size_t`.
 #[unsafe(no_mangle)]
@@ -551,10 +650,39 @@ pub unsafe extern "C" fn shmport_port_max_reservation(
     })
 }
 
+/// Bytes in each direction's ring of this port's channel, in `*capacity`:
+/// the capacity it was made with, rounded up to a power of two and to at
+/// least 4 KiB (the same at both ends, wherever the port travels).
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` or `capacity` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+///
+/// # Safety
+/// `capacity` is NULL or valid for writing a `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_capacity(
+    port: *mut shmport_port,
+    capacity: *mut usize,
+) -> shmport_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let out = unsafe { Out::new(capacity) }?;
+        out.put(port_state(port)?.port.capacity());
+        Ok(())
+    })
+}
+
 /// How long blocking calls on this port spin (checking the ring, no system
 /// call) before they sleep, in nanoseconds (default 20 µs). 0 sleeps at
 /// once; a long spin gives the lowest latency and keeps a core busy while
 /// waiting.
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// No other thread uses `port` during the call.
@@ -580,6 +708,13 @@ pub unsafe extern "C" fn shmport_port_set_spin(
 /// `SHMPORT_ERR_MESSAGE_REFUSED`). Other values are
 /// `SHMPORT_ERR_INVALID_ARGUMENT`. A port taken from a message starts
 /// validated.
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_INVALID_ARGUMENT`: `trust` is neither
+///   `SHMPORT_TRUST_VALIDATED` nor `SHMPORT_TRUST_UNTRUSTED`;
+/// - `SHMPORT_ERR_NULL`: `port` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// No other thread uses `port` during the call.
@@ -607,6 +742,11 @@ pub unsafe extern "C" fn shmport_port_set_trust(
 /// It reports `POLLHUP` (and `POLLIN`) as soon as the peer is gone, closed
 /// or killed, and turns readable when the peer posts after
 /// `shmport_port_prepare_poll` said to wait.
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` or `fd` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// `fd` is NULL or valid for writing an `int`.
@@ -642,6 +782,11 @@ pub unsafe extern "C" fn shmport_port_fd(
 ///   if (st != SHMPORT_EMPTY) break;   /* the close event */
 /// }
 /// ```
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` or `wait` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// `wait` is NULL or valid for writing a `bool`. No other thread uses

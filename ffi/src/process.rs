@@ -24,8 +24,14 @@ use crate::status::{io, shmport_status};
 /// The child is not waited for: reap it with `waitpid(*pid, ...)`. If it
 /// dies, `*port` receives `SHMPORT_PEER_DIED` after its last message.
 ///
-/// Fails with `SHMPORT_ERR_IO` (and `errno`, e.g. `ENOENT`) if the program
-/// cannot be started.
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `file`, `port` or `pid` is NULL;
+/// - `SHMPORT_ERR_INVALID_ARGUMENT`: `file` is empty, or `capacity` over
+///   `SHMPORT_MAX_CAPACITY` (nothing is started);
+/// - `SHMPORT_ERR_IO`: the program could not be started or the channel made
+///   (`errno`, e.g. `ENOENT`), or `errno` `ENOMEM` when this process holds too
+///   many handles;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// `file` and every `argv[i]` are NULL or NUL-terminated strings; `argv` is
@@ -60,7 +66,7 @@ pub unsafe extern "C" fn shmport_spawn(
                 }
             }
         }
-        let (child, p) = builder(capacity).spawn(cmd).map_err(|e| io(&e))?;
+        let (child, p) = builder(capacity)?.spawn(cmd).map_err(|e| io(&e))?;
         let child_pid = child.id() as i32;
         // Not waited for: the caller reaps it. Dropping `Child` neither
         // kills nor waits.
@@ -74,9 +80,14 @@ pub unsafe extern "C" fn shmport_spawn(
 /// In a child started by `shmport_spawn` (from C or from Rust's
 /// `shmport::spawn`): adopt the port the parent passed, in `*port`.
 ///
-/// Fails with `SHMPORT_ERR_NO_PORT` in a process that was not given one,
-/// `SHMPORT_ERR_ALREADY_ADOPTED` on a second call, `SHMPORT_ERR_BAD_PORT`
-/// when its descriptors or segment are not what they should be.
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` is NULL;
+/// - `SHMPORT_ERR_NO_PORT`: this process was given no port;
+/// - `SHMPORT_ERR_ALREADY_ADOPTED`: it was adopted already;
+/// - `SHMPORT_ERR_BAD_PORT`: its descriptors or segment are not valid;
+/// - `SHMPORT_ERR_IO`: a system call failed (`errno`), or `errno` `ENOMEM` when
+///   this process holds too many handles;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// `port` is NULL or valid for writing a pointer.

@@ -51,10 +51,18 @@ const LONGEST: Duration = Duration::from_secs(u32::MAX as u64);
 /// user may connect). On success `*listener` is a new listener, to be
 /// closed with `shmport_listener_close` once; closing removes the file.
 ///
-/// Fails with `SHMPORT_ERR_ADDR_IN_USE` if anything exists at `path` (a
-/// socket left by a listener that died is not removed silently),
-/// `SHMPORT_ERR_INVALID_ARGUMENT` for an empty path, `SHMPORT_ERR_IO`
-/// otherwise (`errno`; paths are limited to 107 bytes).
+/// A socket left at `path` by a listener that died is not removed
+/// silently: `SHMPORT_ERR_ADDR_IN_USE`.
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `path` or `listener` is NULL;
+/// - `SHMPORT_ERR_INVALID_ARGUMENT`: `path` is empty or longer than 107 bytes;
+/// - `SHMPORT_ERR_ADDR_IN_USE`: something exists at `path`;
+/// - `SHMPORT_ERR_PERMISSION_DENIED`: this process may not create a file there;
+/// - `SHMPORT_ERR_IO`: another system call failure (`errno`, e.g. `ENOENT` for
+///   a missing directory), or `errno` `ENOMEM` when this process holds too many
+///   handles;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// `path` is NULL or a NUL-terminated string; `listener` is NULL or valid
@@ -67,12 +75,16 @@ pub unsafe extern "C" fn shmport_listener_bind(
     guard(|| {
         // SAFETY: the caller's contract.
         let (out, p) = unsafe { (Out::new(listener)?, self::path(path)?) };
-        let l = Listener::bind(p).map_err(|e| match e.kind() {
-            io::ErrorKind::AddrInUse => {
-                io(&e);
-                SHMPORT_ERR_ADDR_IN_USE
+        let l = Listener::bind(p).map_err(|e| {
+            // `errno` is set in every case, for callers that look.
+            let status = io(&e);
+            match e.kind() {
+                io::ErrorKind::AddrInUse => SHMPORT_ERR_ADDR_IN_USE,
+                io::ErrorKind::PermissionDenied => SHMPORT_ERR_PERMISSION_DENIED,
+                // A path the kernel cannot take (longer than 107 bytes).
+                io::ErrorKind::InvalidInput => SHMPORT_ERR_INVALID_ARGUMENT,
+                _ => status,
             }
-            _ => io(&e),
         })?;
         out.put(LISTENERS.insert(l).map(to_ptr).ok_or_else(no_memory)?);
         Ok(())
@@ -82,6 +94,11 @@ pub unsafe extern "C" fn shmport_listener_bind(
 /// The listening socket's descriptor, in `*fd`, for the host's event loop:
 /// readable when a connection is waiting (then `shmport_listener_accept`
 /// with `SHMPORT_NO_WAIT` takes it). Owned by the listener.
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `listener` or `fd` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `listener` is not a live listener;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// `fd` is NULL or valid for writing an `int`.
@@ -107,6 +124,15 @@ pub unsafe extern "C" fn shmport_listener_fd(
 /// `timeout_ns`: `SHMPORT_NO_WAIT` returns `SHMPORT_EMPTY` at once if no
 /// connection waits, `SHMPORT_FOREVER` waits as long as it takes, other
 /// values wait at most that many nanoseconds (`SHMPORT_TIMEOUT`).
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `listener` or `incoming` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `listener` is not a live listener;
+/// - `SHMPORT_EMPTY`: no connection waits (`SHMPORT_NO_WAIT` only);
+/// - `SHMPORT_TIMEOUT`: none came in time (a finite `timeout_ns` only);
+/// - `SHMPORT_ERR_IO`: a system call failed (`errno`), or `errno` `ENOMEM` when
+///   this process holds too many handles;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// `incoming` is NULL or valid for writing a pointer. No other thread uses
@@ -142,6 +168,10 @@ pub unsafe extern "C" fn shmport_listener_accept(
 /// made), and connections still queued are rejected. NULL does nothing; a
 /// listener already closed is `SHMPORT_ERR_BAD_HANDLE`.
 ///
+/// Returns `SHMPORT_OK` on success (and for NULL, which does nothing), or:
+/// - `SHMPORT_ERR_BAD_HANDLE`: `listener` is not a live listener;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+///
 /// # Safety
 /// No other thread uses the listener during the call.
 #[unsafe(no_mangle)]
@@ -159,6 +189,11 @@ pub unsafe extern "C" fn shmport_listener_close(listener: *mut shmport_listener)
 }
 
 /// Who is connecting, in `*credentials`.
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `incoming` or `credentials` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `incoming` is not a live connection;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// `credentials` is NULL or valid for writing.
@@ -184,9 +219,20 @@ pub unsafe extern "C" fn shmport_incoming_credentials(
 /// Accept the connection: make a new channel (`capacity` as for
 /// `shmport_channel_new`), send one port to the connector, and return the
 /// other in `*port`. Once the arguments are valid (`port` not NULL,
-/// `incoming` live), the incoming handle is released whatever the outcome.
+/// `capacity` allowed, `incoming` live), the incoming handle is released
+/// whatever the outcome.
 /// Never waits on the connector; if it already hung up, the status is
 /// `SHMPORT_ERR_IO` (`errno` `EPIPE`).
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` or `incoming` is NULL;
+/// - `SHMPORT_ERR_INVALID_ARGUMENT`: `capacity` over `SHMPORT_MAX_CAPACITY`
+///   (`incoming` stays live);
+/// - `SHMPORT_ERR_BAD_HANDLE`: `incoming` is not a live connection;
+/// - `SHMPORT_ERR_IO`: making the channel or sending the port failed (`errno`;
+///   `EPIPE`: the connector hung up), or `errno` `ENOMEM` when this process
+///   holds too many handles;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// `port` is NULL or valid for writing a pointer.
@@ -199,10 +245,11 @@ pub unsafe extern "C" fn shmport_incoming_accept(
     guard(|| {
         // SAFETY: the caller's contract.
         let out = unsafe { Out::new(port) }?;
+        let settings = builder(capacity)?;
         // SAFETY: nothing keeps a reference to an incoming connection.
         let (i, slot) = unsafe { INCOMING.remove(handle(incoming)?) }?;
         INCOMING.recycle(slot);
-        let p = i.accept_with(&builder(capacity)).map_err(|e| io(&e))?;
+        let p = i.accept_with(&settings).map_err(|e| io(&e))?;
         out.put(new_port_handle(p)?);
         Ok(())
     })
@@ -211,6 +258,10 @@ pub unsafe extern "C" fn shmport_incoming_accept(
 /// Reject the connection: it is closed without a port, and the connector's
 /// `shmport_connect` returns `SHMPORT_ERR_REJECTED`. Releases the handle.
 /// NULL does nothing.
+///
+/// Returns `SHMPORT_OK` on success (and for NULL, which does nothing), or:
+/// - `SHMPORT_ERR_BAD_HANDLE`: `incoming` is not a live connection;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// No other thread uses the handle during the call.
@@ -235,10 +286,22 @@ pub unsafe extern "C" fn shmport_incoming_reject(
 ///
 /// `timeout_ns` bounds the whole wait (`SHMPORT_FOREVER`: no practical
 /// limit; `SHMPORT_NO_WAIT` is taken as the shortest wait, one
-/// microsecond). Fails with `SHMPORT_ERR_NOT_FOUND` (no socket there),
-/// `SHMPORT_ERR_REFUSED` (nothing listens), `SHMPORT_ERR_PERMISSION_DENIED`,
-/// `SHMPORT_ERR_REJECTED` (the host rejected this process),
-/// `SHMPORT_TIMEOUT`, `SHMPORT_ERR_NOT_A_LISTENER`, `SHMPORT_ERR_BAD_PORT`.
+/// microsecond).
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `path` or `port` is NULL;
+/// - `SHMPORT_ERR_INVALID_ARGUMENT`: `path` is empty or longer than 107 bytes;
+/// - `SHMPORT_ERR_NOT_FOUND`: nothing exists at `path`;
+/// - `SHMPORT_ERR_NOT_A_LISTENER`: `path` is not a socket, or what listens
+///   there is not a shmport listener;
+/// - `SHMPORT_ERR_REFUSED`: a socket nobody listens on;
+/// - `SHMPORT_ERR_PERMISSION_DENIED`: this process may not connect to it;
+/// - `SHMPORT_ERR_REJECTED`: the host rejected this process;
+/// - `SHMPORT_TIMEOUT`: no port came in time;
+/// - `SHMPORT_ERR_BAD_PORT`: the port that came is not valid;
+/// - `SHMPORT_ERR_IO`: a system call failed (`errno`), or `errno` `ENOMEM` when
+///   this process holds too many handles;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
 /// `path` is NULL or a NUL-terminated string; `port` is NULL or valid for

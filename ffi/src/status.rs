@@ -48,9 +48,11 @@ pub enum shmport_status {
     /// a reservation that is not committed or cancelled: free, commit or
     /// cancel them first. Nothing was done.
     SHMPORT_ERR_BUSY = 7102,
-    /// An argument is out of range: a capacity too small for the message's
-    /// ports, the same port twice in a transfer list, a commit longer than
-    /// the reservation, a string that is not a valid path.
+    /// An argument is out of range: a ring capacity over
+    /// `SHMPORT_MAX_CAPACITY`, a capacity too small for the message's ports,
+    /// the same port twice in a transfer list, a commit longer than the
+    /// reservation, an unknown trust mode, an empty path or one longer than
+    /// a socket address holds (107 bytes).
     SHMPORT_ERR_INVALID_ARGUMENT = 7103,
     /// A port was in the transfer list of a post on itself.
     SHMPORT_ERR_SELF_TRANSFER = 7104,
@@ -59,8 +61,9 @@ pub enum shmport_status {
     SHMPORT_ERR_NO_RESERVATION = 7105,
 
     // ---- posting ----
-    /// A reservation asked for more than fits in the ring
-    /// (`shmport_port_max_reservation`).
+    /// A message longer than `SHMPORT_MAX_MESSAGE_SIZE`, or a reservation
+    /// longer than fits in the ring (`shmport_port_max_reservation`).
+    /// Nothing was read, allocated or sent.
     SHMPORT_ERR_TOO_LARGE = 7200,
     /// A reservation on this port is live: commit or cancel it before
     /// posting or reserving again.
@@ -82,7 +85,7 @@ pub enum shmport_status {
     SHMPORT_ERR_BAD_PORT = 7302,
 
     // ---- rendezvous ----
-    /// No socket file at the path.
+    /// Nothing exists at the path (or a directory on the way is missing).
     SHMPORT_ERR_NOT_FOUND = 7400,
     /// Nothing listens at the path (a socket file left by a listener that
     /// is gone).
@@ -92,7 +95,8 @@ pub enum shmport_status {
     /// The listener closed the connection without sending a port (it
     /// rejected this process, or it was closed).
     SHMPORT_ERR_REJECTED = 7403,
-    /// The other side is not a shmport listener.
+    /// The path is not a socket (a regular file, a directory, ...), or the
+    /// socket there is not a shmport listener.
     SHMPORT_ERR_NOT_A_LISTENER = 7404,
     /// Something already exists at the path given to
     /// `shmport_listener_bind`.
@@ -172,18 +176,18 @@ impl shmport_status {
             SHMPORT_ERR_INVALID_ARGUMENT => c"invalid argument",
             SHMPORT_ERR_SELF_TRANSFER => c"a port cannot be posted over itself",
             SHMPORT_ERR_NO_RESERVATION => c"no reservation on this port",
-            SHMPORT_ERR_TOO_LARGE => c"reservation larger than the ring allows",
+            SHMPORT_ERR_TOO_LARGE => c"message or reservation too large",
             SHMPORT_ERR_RESERVED => c"a reservation on this port is not yet committed",
             SHMPORT_ERR_PEER_IN_TRANSFER => c"a port cannot be sent over its own entangled peer",
             SHMPORT_ERR_TOO_MANY_PORTS => c"too many ports for one message",
             SHMPORT_ERR_NO_PORT => c"no port was passed to this process",
             SHMPORT_ERR_ALREADY_ADOPTED => c"the inherited port was already adopted",
             SHMPORT_ERR_BAD_PORT => c"the port's descriptors or segment are not valid",
-            SHMPORT_ERR_NOT_FOUND => c"no socket at that path",
+            SHMPORT_ERR_NOT_FOUND => c"nothing exists at that path",
             SHMPORT_ERR_REFUSED => c"connection refused: nothing listens there",
             SHMPORT_ERR_PERMISSION_DENIED => c"permission denied",
             SHMPORT_ERR_REJECTED => c"the listener closed the connection without sending a port",
-            SHMPORT_ERR_NOT_A_LISTENER => c"not a shmport listener",
+            SHMPORT_ERR_NOT_A_LISTENER => c"not a socket, or not a shmport listener",
             SHMPORT_ERR_ADDR_IN_USE => c"address in use",
             SHMPORT_ERR_IO => c"system call failed (see errno)",
             SHMPORT_ERR_MESSAGE_REFUSED => c"message refused by the port's trust mode",
@@ -208,6 +212,14 @@ pub(crate) fn io(e: &io::Error) -> shmport_status {
     SHMPORT_ERR_IO
 }
 
+/// An error variant this mapping does not know (the Rust error enums are
+/// `#[non_exhaustive]`; each variant gets its own status when it is added):
+/// `SHMPORT_ERR_IO` with `errno` `EIO`, the generic failure. Not reached by
+/// this build, which maps every variant it knows.
+fn unknown(e: &dyn std::error::Error) -> shmport_status {
+    io(&io::Error::other(e.to_string()))
+}
+
 fn set_errno(code: i32) {
     // SAFETY: __errno_location returns this thread's errno, always valid.
     unsafe { *libc::__errno_location() = code };
@@ -227,6 +239,7 @@ impl From<RecvError> for shmport_status {
             RecvError::Closed(r) => closed(r),
             RecvError::Io(e) => io(&e),
             RecvError::Refused(_) => SHMPORT_ERR_MESSAGE_REFUSED,
+            other => unknown(&other),
         }
     }
 }
@@ -245,6 +258,7 @@ impl From<PostError> for shmport_status {
             // Raw bytes are copied, never serialized: this cannot happen
             // here, short of a bug.
             PostError::Serialize(_) => SHMPORT_ERR_PANIC,
+            other => unknown(&other),
         }
     }
 }
@@ -264,13 +278,20 @@ impl From<ConnectError> for shmport_status {
     fn from(e: ConnectError) -> Self {
         match e {
             ConnectError::NotFound => SHMPORT_ERR_NOT_FOUND,
+            ConnectError::NotASocket => SHMPORT_ERR_NOT_A_LISTENER,
             ConnectError::Refused => SHMPORT_ERR_REFUSED,
             ConnectError::PermissionDenied => SHMPORT_ERR_PERMISSION_DENIED,
             ConnectError::Timeout => SHMPORT_TIMEOUT,
             ConnectError::Rejected => SHMPORT_ERR_REJECTED,
             ConnectError::Protocol(_) => SHMPORT_ERR_NOT_A_LISTENER,
             ConnectError::Open(e) => e.into(),
+            // A path the kernel cannot take (longer than 107 bytes).
+            ConnectError::Io(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                io(&e);
+                SHMPORT_ERR_INVALID_ARGUMENT
+            }
             ConnectError::Io(e) => io(&e),
+            other => unknown(&other),
         }
     }
 }

@@ -567,6 +567,13 @@ impl MessagePort {
         self.tx.max_inline_payload()
     }
 
+    /// Bytes in each direction's ring: the size the channel was made with,
+    /// after [`ChannelBuilder::capacity`](crate::ChannelBuilder::capacity)'s
+    /// rounding (the same at both ends, wherever the port travels).
+    pub fn capacity(&self) -> usize {
+        self.tx.shared.seg.capacity()
+    }
+
     /// How this port treats what its peer writes (see [`Trust`]). A port
     /// that arrives in a message starts [`Trust::Validated`].
     pub fn set_trust(&self, trust: Trust) {

@@ -17,7 +17,7 @@ use crate::error::{PostError, TransferError};
 use crate::fault;
 use crate::layout::{OOL_DESCRIPTOR, OolDescriptor};
 use crate::ring::{Kind, RecordMeta, Slot};
-use crate::ser::{Postable, RecordWriter, fingerprint};
+use crate::ser::{MAX_MESSAGE_SIZE, Postable, RecordWriter, WriteFailure, fingerprint};
 use crate::sys;
 use crate::transfer::{Attachment, PortParts};
 
@@ -236,8 +236,9 @@ impl PortSender {
 
     /// Write one record: reserve, fill in place, send the attachment (if
     /// ports travel), commit, wake the peer if it sleeps. `size_hint` is a
-    /// known lower bound on the payload size. On failure nothing was
-    /// committed and the ports' parts come back.
+    /// known lower bound on the payload size; one over [`MAX_MESSAGE_SIZE`]
+    /// is refused before anything is reserved or allocated. On failure
+    /// nothing was committed and the ports' parts come back.
     #[inline]
     fn send_record(
         &self,
@@ -248,8 +249,8 @@ impl PortSender {
         ports: Vec<PortParts>,
         rx: Option<&PortReceiver>,
     ) -> Result<(), (PostError, Vec<PortParts>)> {
-        if let Err(e) = self
-            .check_not_reserved()
+        if let Err(e) = check_size(size_hint)
+            .and_then(|()| self.check_not_reserved())
             .and_then(|()| self.check_postable())
         {
             return Err((e, ports));
@@ -291,7 +292,9 @@ impl PortSender {
 
     /// A message too large for the ring: serialize it into its own memfd,
     /// seal it, send it (with any ports) as the record's attachment, then
-    /// commit a small record pointing to it.
+    /// commit a small record pointing to it. A message that would grow past
+    /// [`MAX_MESSAGE_SIZE`] is [`PostError::TooLarge`]; a failed write to
+    /// the memfd is [`PostError::Io`].
     fn send_out_of_line(
         &self,
         mut meta: RecordMeta,
@@ -301,6 +304,10 @@ impl PortSender {
         ports: Vec<PortParts>,
         rx: Option<&PortReceiver>,
     ) -> Result<(), (PostError, Vec<PortParts>)> {
+        // A typed value that outgrew the ring may have outgrown any message.
+        if let Err(e) = check_size(size_hint) {
+            return Err((e, ports));
+        }
         let slot = match self.reserve(OOL_DESCRIPTOR, wait, rx) {
             Ok(s) => s,
             Err(e) => return Err((e, ports)),
@@ -309,8 +316,13 @@ impl PortSender {
             Ok(w) => w,
             Err(e) => return Err((PostError::Io(e), ports)),
         };
-        if let Err(e) = fill(&mut w) {
-            return Err((PostError::Serialize(e), ports));
+        let filled = fill(&mut w);
+        // The writer's own failure, if any, is the cause (even if the value's
+        // serialization went on past it).
+        match (w.take_failure(), filled) {
+            (Some(failure), _) => return Err((write_failure(failure), ports)),
+            (None, Err(e)) => return Err((PostError::Serialize(e), ports)),
+            (None, Ok(())) => {}
         }
         let len = w.len() as u64;
         let fd = match w.finish_memfd() {
@@ -461,6 +473,27 @@ impl PortSender {
                 r.map_err(PostError::Io)?;
             }
         }
+    }
+}
+
+/// Refuse a message of `len` bytes if no message can be that large.
+fn check_size(len: usize) -> Result<(), PostError> {
+    if len > MAX_MESSAGE_SIZE {
+        return Err(PostError::TooLarge {
+            len,
+            max: MAX_MESSAGE_SIZE,
+        });
+    }
+    Ok(())
+}
+
+fn write_failure(failure: WriteFailure) -> PostError {
+    match failure {
+        WriteFailure::TooLarge(len) => PostError::TooLarge {
+            len,
+            max: MAX_MESSAGE_SIZE,
+        },
+        WriteFailure::Io(e) => PostError::Io(e),
     }
 }
 

@@ -3,6 +3,8 @@
  * UndefinedBehaviorSanitizer: a use after free or a bad read anywhere
  * fails the test. */
 #include <stdbool.h>
+#include <unistd.h>
+
 #include "common.h"
 
 static const uint8_t hello[] = "hello";
@@ -36,6 +38,7 @@ static void null_handles_and_outputs(void) {
   EXPECT(shmport_port_commit(NULL, 0), SHMPORT_ERR_NULL);
   EXPECT(shmport_port_cancel(NULL), SHMPORT_ERR_NULL);
   EXPECT(shmport_port_max_reservation(NULL, &len), SHMPORT_ERR_NULL);
+  EXPECT(shmport_port_capacity(NULL, &len), SHMPORT_ERR_NULL);
   EXPECT(shmport_port_set_spin(NULL, 0), SHMPORT_ERR_NULL);
   EXPECT(shmport_port_set_trust(NULL, SHMPORT_TRUST_UNTRUSTED), SHMPORT_ERR_NULL);
   EXPECT(shmport_port_fd(NULL, &fd), SHMPORT_ERR_NULL);
@@ -273,6 +276,23 @@ static void opening(void) {
   EXPECT(shmport_spawn("/nonexistent/program", NULL, 0, &p, &pid), SHMPORT_ERR_IO);
   CHECK(p == NULL && pid == 0);
   EXPECT(shmport_connect("/nonexistent/shmport.sock", 1000000, &p), SHMPORT_ERR_NOT_FOUND);
+  /* A path that is not a socket is not "nothing listens there". */
+  EXPECT(shmport_connect("/", 1000000, &p), SHMPORT_ERR_NOT_A_LISTENER);
+  char file[] = "/tmp/shmport-misuse-XXXXXX";
+  int fd = mkstemp(file);
+  CHECK(fd >= 0);
+  EXPECT(shmport_connect(file, 1000000, &p), SHMPORT_ERR_NOT_A_LISTENER);
+  CHECK(close(fd) == 0 && unlink(file) == 0);
+  CHECK(p == NULL);
+  /* A path longer than a socket address holds. */
+  char long_path[200];
+  memset(long_path, 'x', sizeof long_path - 1);
+  long_path[0] = '/';
+  long_path[sizeof long_path - 1] = '\0';
+  EXPECT(shmport_connect(long_path, 1000000, &p), SHMPORT_ERR_INVALID_ARGUMENT);
+  shmport_listener *l = NULL;
+  EXPECT(shmport_listener_bind(long_path, &l), SHMPORT_ERR_INVALID_ARGUMENT);
+  CHECK(p == NULL && l == NULL);
 
   CHECK(strcmp(shmport_status_str(SHMPORT_PEER_DIED), "peer died") == 0);
   CHECK(strcmp(shmport_status_str(12345), "unknown status") == 0);
@@ -281,7 +301,66 @@ static void opening(void) {
   CHECK(strlen(shmport_version()) > 0);
 }
 
+/* Sizes no message can have are refused before anything is allocated or
+ * read: the pointer is not even looked at. */
+static void impossible_sizes(void) {
+  shmport_port *a, *b;
+  shmport_message *msg;
+  OK(shmport_channel_new(0, &a, &b));
+  EXPECT(shmport_port_post(a, hello, SIZE_MAX, SHMPORT_FOREVER), SHMPORT_ERR_TOO_LARGE);
+  EXPECT(shmport_port_post(a, hello, SIZE_MAX / 2, SHMPORT_NO_WAIT), SHMPORT_ERR_TOO_LARGE);
+  EXPECT(shmport_port_post(a, hello, SIZE_MAX / 2 + 1, 1000000), SHMPORT_ERR_TOO_LARGE);
+  EXPECT(shmport_port_post(a, hello, SHMPORT_MAX_MESSAGE_SIZE + 1, 0), SHMPORT_ERR_TOO_LARGE);
+  /* With ports: refused before they are taken; they stay the caller's. */
+  shmport_port *c, *d;
+  OK(shmport_channel_new(0, &c, &d));
+  shmport_port *one[] = {c};
+  EXPECT(shmport_port_post_with_ports(a, hello, SIZE_MAX, one, 1), SHMPORT_ERR_TOO_LARGE);
+  OK(shmport_port_post(c, hello, 5, SHMPORT_FOREVER));
+  OK(shmport_port_recv(d, SHMPORT_FOREVER, &msg));
+  OK(shmport_message_free(msg));
+  OK(shmport_port_close(c));
+  OK(shmport_port_close(d));
+  EXPECT(shmport_port_recv(b, SHMPORT_NO_WAIT, &msg), SHMPORT_EMPTY);
+  OK(shmport_port_post(a, hello, 5, SHMPORT_FOREVER)); /* the port goes on */
+  OK(shmport_port_recv(b, SHMPORT_FOREVER, &msg));
+  OK(shmport_message_free(msg));
+  OK(shmport_port_close(a));
+  OK(shmport_port_close(b));
+}
+
+/* A ring over the maximum is refused, not clamped; the capacity a port got
+ * can be read back. */
+static void capacities(void) {
+  shmport_port *a = NULL, *b = NULL;
+  size_t cap = 0;
+  int pid = 0;
+  EXPECT(shmport_channel_new(SIZE_MAX, &a, &b), SHMPORT_ERR_INVALID_ARGUMENT);
+  EXPECT(shmport_channel_new(SHMPORT_MAX_CAPACITY + 1, &a, &b), SHMPORT_ERR_INVALID_ARGUMENT);
+  CHECK(a == NULL && b == NULL);
+  EXPECT(shmport_spawn("true", NULL, SIZE_MAX, &a, &pid), SHMPORT_ERR_INVALID_ARGUMENT);
+  CHECK(a == NULL && pid == 0); /* nothing was started */
+
+  OK(shmport_channel_new(5000, &a, &b)); /* rounded up to a power of two */
+  EXPECT(shmport_port_capacity(NULL, &cap), SHMPORT_ERR_NULL);
+  EXPECT(shmport_port_capacity(a, NULL), SHMPORT_ERR_NULL);
+  OK(shmport_port_capacity(a, &cap));
+  CHECK(cap == 8192);
+  OK(shmport_port_capacity(b, &cap));
+  CHECK(cap == 8192);
+  OK(shmport_port_close(a));
+  EXPECT(shmport_port_capacity(a, &cap), SHMPORT_ERR_BAD_HANDLE);
+  OK(shmport_port_close(b));
+  OK(shmport_channel_new(0, &a, &b));
+  OK(shmport_port_capacity(a, &cap));
+  CHECK(cap == SHMPORT_DEFAULT_CAPACITY);
+  OK(shmport_port_close(a));
+  OK(shmport_port_close(b));
+}
+
 int main(void) {
+  impossible_sizes();
+  capacities();
   null_handles_and_outputs();
   stale_and_foreign_handles();
   transfers();

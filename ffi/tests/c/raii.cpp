@@ -78,6 +78,13 @@ int main(int argc, char **argv) {
 
   // Ports travel; handles that went with the message are gone.
   auto [c, d] = shmport::Port::channel(64 * 1024);
+  CHECK(c.capacity() == 64 * 1024 && d.capacity() == 64 * 1024);
+  try {
+    shmport::Port::channel(SHMPORT_MAX_CAPACITY + 1);
+    CHECK(false);
+  } catch (const shmport::Error &e) {
+    CHECK(e.status() == SHMPORT_ERR_INVALID_ARGUMENT);
+  }
   std::vector<shmport::Port> ports;
   ports.push_back(std::move(c));
   a2.post_with_ports("take this", ports);

@@ -54,6 +54,9 @@ int main(int argc, char **argv) {
 
   shmport_port *port = NULL;
   OK(shmport_listener_accept(listener, SHMPORT_FOREVER, &inc));
+  /* A capacity over the maximum is refused; the connection still waits. */
+  EXPECT(shmport_incoming_accept(inc, SIZE_MAX, &port), SHMPORT_ERR_INVALID_ARGUMENT);
+  CHECK(port == NULL);
   OK(shmport_incoming_accept(inc, 64 * 1024, &port));
   EXPECT(shmport_incoming_accept(inc, 0, &port), SHMPORT_ERR_BAD_HANDLE);
   shmport_message *msg = NULL;
