@@ -477,8 +477,9 @@ shmport_status shmport_port_post_with_ports(shmport_port *port,
 // - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
 //   is gone (the close event), after every message it posted;
 // - `SHMPORT_ERR_MESSAGE_REFUSED`: this message was refused by the port's
-//   trust mode (`shmport_port_set_trust`); the next call receives the next
-//   one;
+//   trust mode (`shmport_port_set_trust`) or is larger than it accepts
+//   (`shmport_port_set_max_message_size`); the next call receives the
+//   next one;
 // - `SHMPORT_ERR_IO`: a system call failed, e.g. mapping an out-of-line
 //   message (`errno`), or `errno` `ENOMEM` when this process holds too many
 //   handles;
@@ -614,6 +615,22 @@ shmport_status shmport_port_set_spin(shmport_port *port, uint64_t spin_ns);
 // # Safety
 // No other thread uses `port` during the call.
 shmport_status shmport_port_set_trust(shmport_port *port, uint32_t trust);
+
+// The largest message this port accepts, in bytes (default 1 GiB). A
+// larger out-of-line message from the peer is refused before it is
+// mapped: that receive returns `SHMPORT_ERR_MESSAGE_REFUSED`, the message
+// is dropped, and the port goes on. It bounds what a peer can make this
+// process map with one message. A port taken from a message starts with
+// the default.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
+// # Safety
+// No other thread uses `port` during the call.
+shmport_status shmport_port_set_max_message_size(shmport_port *port, size_t bytes);
 
 // The port's socket descriptor, in `*fd`, for `poll`/`epoll` in the host's
 // own event loop (with `shmport_port_prepare_poll`). It stays owned by the

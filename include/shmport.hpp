@@ -287,6 +287,9 @@ class Port {
   }
   /// SHMPORT_TRUST_VALIDATED (default) or SHMPORT_TRUST_UNTRUSTED.
   void set_trust(uint32_t trust) { check(shmport_port_set_trust(p_, trust)); }
+  void set_max_message_size(size_t bytes) {
+    check(shmport_port_set_max_message_size(p_, bytes));
+  }
 
   /// Close now. SHMPORT_ERR_BUSY (and the port stays open) while messages
   /// received from it are alive.

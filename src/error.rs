@@ -5,6 +5,7 @@ use std::io;
 
 /// Why a port's peer is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CloseReason {
     /// The peer port was closed: [`MessagePort::close`](crate::MessagePort::close)
     /// or dropped.

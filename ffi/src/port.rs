@@ -463,8 +463,9 @@ pub unsafe extern "C" fn shmport_port_post_with_ports(
 /// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
 ///   is gone (the close event), after every message it posted;
 /// - `SHMPORT_ERR_MESSAGE_REFUSED`: this message was refused by the port's
-///   trust mode (`shmport_port_set_trust`); the next call receives the next
-///   one;
+///   trust mode (`shmport_port_set_trust`) or is larger than it accepts
+///   (`shmport_port_set_max_message_size`); the next call receives the
+///   next one;
 /// - `SHMPORT_ERR_IO`: a system call failed, e.g. mapping an out-of-line
 ///   message (`errno`), or `errno` `ENOMEM` when this process holds too many
 ///   handles;
@@ -730,6 +731,31 @@ pub unsafe extern "C" fn shmport_port_set_trust(
             _ => return Err(SHMPORT_ERR_INVALID_ARGUMENT),
         };
         port_state(port)?.port.set_trust(trust);
+        Ok(())
+    })
+}
+
+/// The largest message this port accepts, in bytes (default 1 GiB). A
+/// larger out-of-line message from the peer is refused before it is
+/// mapped: that receive returns `SHMPORT_ERR_MESSAGE_REFUSED`, the message
+/// is dropped, and the port goes on. It bounds what a peer can make this
+/// process map with one message. A port taken from a message starts with
+/// the default.
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+///
+/// # Safety
+/// No other thread uses `port` during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_set_max_message_size(
+    port: *mut shmport_port,
+    bytes: usize,
+) -> shmport_status {
+    guard(|| {
+        port_state(port)?.port.set_max_message_size(bytes);
         Ok(())
     })
 }

@@ -190,7 +190,9 @@ impl shmport_status {
             SHMPORT_ERR_NOT_A_LISTENER => c"not a socket, or not a shmport listener",
             SHMPORT_ERR_ADDR_IN_USE => c"address in use",
             SHMPORT_ERR_IO => c"system call failed (see errno)",
-            SHMPORT_ERR_MESSAGE_REFUSED => c"message refused by the port's trust mode",
+            SHMPORT_ERR_MESSAGE_REFUSED => {
+                c"message refused by the port's trust mode or largest message size"
+            }
             SHMPORT_ERR_PANIC => c"internal error (a panic was caught)",
         }
     }
@@ -202,6 +204,9 @@ pub(crate) fn closed(reason: CloseReason) -> shmport_status {
         CloseReason::Closed => SHMPORT_CLOSED,
         CloseReason::PeerDied => SHMPORT_PEER_DIED,
         CloseReason::ProtocolError => SHMPORT_PROTOCOL_ERROR,
+        // A reason this library does not know yet: the port is closed, for
+        // a reason it cannot name.
+        _ => SHMPORT_PEER_DIED,
     }
 }
 

@@ -253,6 +253,17 @@ static void reservations_and_waits(void) {
   OK(shmport_message_bytes(msg, &data, &len));
   CHECK(len == 100000 && data[99999] == 7);
   OK(shmport_message_free(msg));
+  /* Over the receiver's largest message size: that message is refused,
+     the next one arrives. */
+  EXPECT(shmport_port_set_max_message_size(NULL, 1), SHMPORT_ERR_NULL);
+  OK(shmport_port_set_max_message_size(b, 99999));
+  OK(shmport_port_post(a, big, 100000, SHMPORT_FOREVER));
+  OK(shmport_port_post(a, big, 99999, SHMPORT_FOREVER));
+  EXPECT(shmport_port_recv(b, SHMPORT_FOREVER, &msg), SHMPORT_ERR_MESSAGE_REFUSED);
+  OK(shmport_port_recv(b, SHMPORT_FOREVER, &msg));
+  OK(shmport_message_bytes(msg, &data, &len));
+  CHECK(len == 99999);
+  OK(shmport_message_free(msg));
   free(big);
 
   OK(shmport_port_set_spin(a, 0));
