@@ -83,7 +83,7 @@ pub use message::{Message, OwnedMessage, Receivable};
 pub use port::{
     DEFAULT_SPIN, MAX_PORTS, MessagePort, PortReceiver, PortSender, Reservation, Trust,
 };
-pub use port_set::PortSet;
+pub use port_set::{PortSet, SetEvent};
 pub use rendezvous::{
     ConnectError, Credentials, DEFAULT_CONNECT_TIMEOUT, Incoming, Listener, connect,
     connect_abstract, connect_abstract_timeout, connect_timeout,
