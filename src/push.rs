@@ -117,6 +117,9 @@ pub enum Ended {
 
 /// What a [`PushPort`] holds: its port, or once a [`Closer`] closed it, the
 /// kick that [`AsFd`] then gives.
+// One per PushPort, open nearly all its life: boxing the port would cost a
+// pointer chase on every delivery for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Held {
     Open(MessagePort),
     Closed(Arc<Kick>),
