@@ -7,6 +7,9 @@
 //! socket. The hook may do anything, typically tell the test it is
 //! there and then wait to be killed. Without a hook the cost is one atomic
 //! load per such post.
+//!
+//! [`walk_descriptors_in_children`] makes spawns take the path of kernels
+//! without close_range(2), so that tests reach it on any kernel.
 
 use std::sync::OnceLock;
 
@@ -35,4 +38,13 @@ pub(crate) fn reach(point: Point) {
     if let Some(hook) = HOOK.get() {
         hook(point);
     }
+}
+
+/// Make every later [`spawn`](crate::spawn) mark the child's descriptors
+/// close-on-exec one number at a time, as on kernels without
+/// close_range(2)'s `CLOSE_RANGE_CLOEXEC` (before 5.11), so that tests can
+/// check that walk on any kernel. For the whole process, until called
+/// again with `false`.
+pub fn walk_descriptors_in_children(on: bool) {
+    crate::sys::child::FORCE_WALK.store(on, std::sync::atomic::Ordering::Relaxed);
 }

@@ -84,7 +84,7 @@ pub use port::{
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SPIN, MAX_PORTS, MessagePort, PortReceiver, PortSender,
     Reservation, Trust,
 };
-pub use port_set::PortSet;
+pub use port_set::{PortSet, SetEvent};
 pub use rendezvous::{
     ConnectError, Credentials, DEFAULT_CONNECT_TIMEOUT, Incoming, Listener, connect,
     connect_abstract, connect_abstract_timeout, connect_timeout,

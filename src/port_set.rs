@@ -3,24 +3,33 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use crate::error::AddError;
+use crate::error::{AddError, CloseReason, RecvError};
+use crate::message::Message;
 use crate::port::MessagePort;
 use crate::sys::poller::Poller;
 
-/// A set of ports to wait on together: [`PortSet::wait`] returns a port
-/// that has a message or its close event, fairly (round robin: no busy port
+/// A set of ports to wait on together, fairly (round robin: no busy port
 /// starves the others).
+///
+/// Two ways to use it:
+/// - [`PortSet::recv`] (and [`try_recv`](PortSet::try_recv),
+///   [`recv_timeout`](PortSet::recv_timeout)) receives from the next ready
+///   port and says which ([`SetEvent`]). A port's close event removes it
+///   from the set: its key is free (a later [`add`](PortSet::add) may get
+///   it) and the port comes back in [`SetEvent::Closed`], so a receive loop
+///   keeps no list of ports to remove.
+/// - [`PortSet::wait`] only returns the key of a port that has a message or
+///   its close event; receive from [`get`](PortSet::get)`(key)` yourself. A
+///   port whose peer is gone keeps reporting its close event until you
+///   [`remove`](PortSet::remove) it.
 ///
 /// Built on epoll over the ports' sockets, with the same sleep announcement
 /// as a single port: a peer posting to a port of the set makes no system
 /// call unless the set's owner is actually asleep.
 ///
-/// A port whose peer is gone keeps reporting its close event; remove it
-/// once its `try_recv` returned [`RecvError::Closed`](crate::RecvError::Closed).
-///
 /// # Example
 /// ```
-/// use shmport::{MessageChannel, PortSet, RecvError};
+/// use shmport::{CloseReason, MessageChannel, PortSet, SetEvent};
 ///
 /// let mut set = PortSet::new()?;
 /// let (a, b) = MessageChannel::new()?.into_ports();
@@ -29,14 +38,41 @@ use crate::sys::poller::Poller;
 /// let kd = set.add(d)?;
 /// c.post(&2u32)?;
 /// a.post(&1u32)?;
+/// drop((a, c));
 /// let mut seen = Vec::new();
-/// for _ in 0..2 {
-///     let key = set.wait()?.expect("the set is not empty");
-///     let msg = set.get(key).unwrap().try_recv()?;
-///     seen.push((key, msg.get::<u32>()?.to_native()));
+/// while let Some(event) = set.recv()? {
+///     match event {
+///         SetEvent::Message { key, message } => {
+///             seen.push((key, message.get::<u32>()?.to_native()));
+///         }
+///         // The set has let the port go; dropping it closes our end.
+///         SetEvent::Closed { key, reason, port } => {
+///             assert_eq!(reason, CloseReason::Closed);
+///             seen.push((key, 0));
+///             drop(port);
+///         }
+///         SetEvent::Error { error, .. } => return Err(error.into()),
+///     }
 /// }
+/// // Both ports closed: the set is empty, `recv` returned `None`.
+/// assert!(set.is_empty());
 /// seen.sort();
-/// assert_eq!(seen, vec![(kb, 1), (kd, 2)]);
+/// assert_eq!(seen, vec![(kb, 0), (kb, 1), (kd, 0), (kd, 2)]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// With [`wait`](PortSet::wait):
+/// ```
+/// use shmport::{MessageChannel, PortSet};
+///
+/// let mut set = PortSet::new()?;
+/// let (a, b) = MessageChannel::new()?.into_ports();
+/// let kb = set.add(b)?;
+/// a.post(&1u32)?;
+/// let key = set.wait()?.expect("the set is not empty");
+/// assert_eq!(key, kb);
+/// let msg = set.get(key).unwrap().try_recv()?;
+/// assert_eq!(msg.get::<u32>()?.to_native(), 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct PortSet {
@@ -84,7 +120,7 @@ impl PortSet {
         Ok(key)
     }
 
-    /// Take a port out of the set.
+    /// Take a port out of the set; its key is free again.
     pub fn remove(&mut self, key: usize) -> Option<MessagePort> {
         let port = self.ports.get_mut(key)?.take()?;
         // The descriptor is still open, so this cannot fail short of a bug.
@@ -131,6 +167,64 @@ impl PortSet {
     /// A port with an event now, if any (no waiting).
     pub fn poll(&mut self) -> Option<usize> {
         self.scan()
+    }
+
+    /// Receive from the next port (round robin) that has a message or its
+    /// close event, waiting for one. `None` only when the set is empty.
+    ///
+    /// At a port's close event the set removes the port and hands it back
+    /// ([`SetEvent::Closed`]); its key is free from then on. A message
+    /// that could not be received ([`SetEvent::Error`]) leaves the port in
+    /// the set. `Err` only when waiting itself failed (epoll).
+    pub fn recv(&mut self) -> io::Result<Option<SetEvent<'_>>> {
+        self.recv_until(None)
+    }
+
+    /// [`recv`](Self::recv) if some port has a message or its close event
+    /// now; `None` otherwise.
+    pub fn try_recv(&mut self) -> io::Result<Option<SetEvent<'_>>> {
+        self.recv_until(Some(Instant::now()))
+    }
+
+    /// [`recv`](Self::recv), waiting at most `timeout` (`None` when it
+    /// passes, or for an empty set).
+    pub fn recv_timeout(&mut self, timeout: Duration) -> io::Result<Option<SetEvent<'_>>> {
+        self.recv_until(Instant::now().checked_add(timeout))
+    }
+
+    fn recv_until(&mut self, deadline: Option<Instant>) -> io::Result<Option<SetEvent<'_>>> {
+        loop {
+            let Some(key) = self.wait_until(deadline)? else {
+                return Ok(None);
+            };
+            let Some(port) = self.ports.get(key).and_then(Option::as_ref) else {
+                continue;
+            };
+            let port: *const MessagePort = port;
+            // SAFETY: `port` points into `self.ports`, which nothing changes
+            // while the reference is used: a message borrowing it is
+            // returned at once, with the lifetime of `&mut self`, so the
+            // caller cannot touch the set before dropping it. On every
+            // other path the receive's result holds no reference (a
+            // `RecvError` borrows nothing) and `port` is not used again
+            // before the set changes. (Only a borrow checker that cannot
+            // see paths apart, polonius' "problem case 3", needs this.)
+            let port: &MessagePort = unsafe { &*port };
+            match port.try_recv() {
+                Ok(message) => return Ok(Some(SetEvent::Message { key, message })),
+                // A wake-up with nothing behind it (yet): wait again.
+                Err(RecvError::Empty | RecvError::Timeout) => {}
+                Err(RecvError::Closed(reason)) => {
+                    return Ok(self
+                        .remove(key)
+                        .map(|port| SetEvent::Closed { key, reason, port }));
+                }
+                Err(error) => return Ok(Some(SetEvent::Error { key, error })),
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+        }
     }
 
     fn scan(&mut self) -> Option<usize> {
@@ -219,6 +313,46 @@ impl PortSet {
     pub(crate) fn ready_now(&mut self) -> Option<usize> {
         self.scan()
     }
+}
+
+/// What [`PortSet::recv`] received, and from which port.
+///
+/// The event borrows the set (as a message borrows its port) until it is
+/// dropped, whatever its kind: inside a `match` on it the set cannot be
+/// used yet. Nothing needs it there: the set has already removed a closed
+/// port.
+#[derive(Debug)]
+pub enum SetEvent<'s> {
+    /// A message from the port at `key` (it borrows the set: drop it to
+    /// give the ring space back and use the set again).
+    Message {
+        /// The port's key in the set.
+        key: usize,
+        /// The message.
+        message: Message<'s>,
+    },
+    /// The close event of the port that had `key`: every message its peer
+    /// posted was received, then the peer went, for `reason`. The set has
+    /// removed the port, so `key` is free (a later [`PortSet::add`] may get
+    /// it); the port comes back here. Dropping it closes this end; it can
+    /// still post if only the peer's sending half was dropped.
+    Closed {
+        /// The key the port had.
+        key: usize,
+        /// Why the peer went.
+        reason: CloseReason,
+        /// The port, out of the set.
+        port: MessagePort,
+    },
+    /// A message from the port at `key` could not be received (for example
+    /// [`RecvError::Io`] when its descriptors could not be installed, or
+    /// [`RecvError::Refused`]); the port stays in the set and goes on.
+    Error {
+        /// The port's key in the set.
+        key: usize,
+        /// What went wrong with that message.
+        error: RecvError,
+    },
 }
 
 #[cfg(test)]

@@ -55,12 +55,14 @@ impl ChannelBuilder {
             PORT_ENV,
             format!("{},{},{}", keep[0], keep[1], self.spin_time().as_nanos()),
         );
+        // Computed here: after the fork only async-signal-safe calls.
+        let keep_only = sys::child::KeepOnly::new(keep);
         // SAFETY: the closure runs between fork and exec and makes only
-        // async-signal-safe system calls (close_range, fcntl), allocating
-        // nothing; the numbers it names stay open in the parent until the
-        // spawn returns (`theirs` and `seg` live past it).
+        // async-signal-safe system calls (close_range, fcntl, getrlimit),
+        // allocating nothing; the numbers it names stay open in the parent
+        // until the spawn returns (`theirs` and `seg` live past it).
         unsafe {
-            cmd.pre_exec(move || sys::child::keep_only(&keep));
+            cmd.pre_exec(move || keep_only.apply());
         }
         let child = cmd.spawn()?;
         drop(cmd);

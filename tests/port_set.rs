@@ -147,3 +147,119 @@ fn ports_of_other_processes_deliver_and_close_with_their_reasons() {
     quiet.wait().unwrap();
     loud.wait().unwrap();
 }
+
+/// The receive loop a user writes: `PortSet::recv` removes each port at its
+/// close event (no list of ports to remove), for a peer that closes and
+/// one killed with -9; freed keys go to the next ports added.
+#[test]
+fn recv_removes_each_port_at_its_close_event_and_frees_its_key() {
+    use common::Victim;
+    use shmport::SetEvent;
+    use std::process::Stdio;
+
+    let mut set = PortSet::new().unwrap();
+    let (quiet, p1) = shmport::spawn(peer("talk-close")).unwrap();
+    let mut cmd = peer("talk-hang");
+    cmd.stdout(Stdio::piped());
+    let (loud, p2) = shmport::spawn(cmd).unwrap();
+    let quiet = Victim::new(quiet);
+    let loud = Victim::new(loud);
+    let k1 = set.add(p1).unwrap();
+    let k2 = set.add(p2).unwrap();
+    let mut got = [0u32, 0];
+    let mut reasons = [None, None];
+    let mut loud = Some(loud);
+    while let Some(event) = set.recv().unwrap() {
+        match event {
+            SetEvent::Message { key, message } => {
+                let i = usize::from(key == k2);
+                assert_eq!(message.get::<u32>().unwrap().to_native(), got[i]);
+                got[i] += 1;
+            }
+            SetEvent::Closed { key, reason, port } => {
+                let i = usize::from(key == k2);
+                assert!(reasons[i].is_none(), "a second close event for {key}");
+                reasons[i] = Some(reason);
+                // The port, out of the set, still reads as closed.
+                assert!(matches!(port.try_recv(), Err(RecvError::Closed(r)) if r == reason));
+            }
+            SetEvent::Error { key, error } => panic!("port {key}: {error}"),
+        }
+        if got[1] == 3 {
+            if let Some(v) = loud.take() {
+                v.kill();
+            }
+        }
+    }
+    assert_eq!(got, [3, 3]);
+    assert_eq!(
+        reasons,
+        [Some(CloseReason::Closed), Some(CloseReason::PeerDied)]
+    );
+    assert!(set.is_empty());
+    assert!(set.get(k1).is_none() && set.get(k2).is_none());
+    quiet.wait_success();
+
+    // Both keys are free again, and reused by new ports that work.
+    let (a, b) = MessageChannel::new().unwrap().into_ports();
+    let (c, d) = MessageChannel::new().unwrap().into_ports();
+    let (kb, kd) = (set.add(b).unwrap(), set.add(d).unwrap());
+    let mut keys = [kb, kd];
+    keys.sort();
+    let mut old = [k1, k2];
+    old.sort();
+    assert_eq!(keys, old);
+    a.post(&7u32).unwrap();
+    c.post(&8u32).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        match set.recv().unwrap() {
+            Some(SetEvent::Message { key, message }) => {
+                seen.push((key, message.get::<u32>().unwrap().to_native()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    seen.sort();
+    let mut want = vec![(kb, 7), (kd, 8)];
+    want.sort();
+    assert_eq!(seen, want);
+    assert_eq!(set.len(), 2);
+    assert!(matches!(set.try_recv(), Ok(None)));
+}
+
+/// A port handed back at its close event is still this end of the channel:
+/// when the peer only stopped sending, it can still post.
+#[test]
+fn a_port_handed_back_at_its_close_event_still_posts_after_a_half_close() {
+    use shmport::SetEvent;
+
+    let mut set = PortSet::new().unwrap();
+    let (a, b) = MessageChannel::new().unwrap().into_ports();
+    let key = set.add(b).unwrap();
+    let (tx, rx) = a.split().unwrap();
+    tx.post_bytes(b"last").unwrap();
+    drop(tx);
+    match set.recv().unwrap() {
+        Some(SetEvent::Message { key: k, message }) => {
+            assert_eq!(k, key);
+            assert_eq!(message.bytes(), b"last");
+        }
+        other => panic!("{other:?}"),
+    }
+    let b = match set.recv_timeout(Duration::from_secs(10)).unwrap() {
+        Some(SetEvent::Closed {
+            key: k,
+            reason,
+            port,
+        }) => {
+            assert_eq!((k, reason), (key, CloseReason::Closed));
+            port
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(set.is_empty());
+    assert!(matches!(set.recv(), Ok(None)));
+    b.post_bytes(b"reply").unwrap();
+    assert_eq!(rx.recv().unwrap().bytes(), b"reply");
+}

@@ -67,6 +67,17 @@ fn peer_entry() {
             println!("READY");
             std::thread::sleep(Duration::from_secs(60));
         }
+        "close-on-line" => {
+            // Close the port (the process lives on) when the parent says so
+            // on stdin.
+            let port = MessagePort::from_parent().unwrap();
+            println!("READY");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).unwrap();
+            drop(port);
+            println!("CLOSED");
+            std::thread::sleep(Duration::from_secs(60));
+        }
         "exit-open" => {
             let port = MessagePort::from_parent().unwrap();
             for i in 0..3u64 {
@@ -283,6 +294,51 @@ fn dropping_the_port_in_a_live_process_reads_as_closed() {
     ));
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[test]
+fn a_reservation_committed_after_the_peer_closed_fails_with_closed() {
+    let mut cmd = peer("close-on-line");
+    cmd.stdout(Stdio::piped()).stdin(Stdio::piped());
+    let (child, port) = shmport::spawn(cmd).unwrap();
+    let mut child = common::Victim::new(child);
+    child.wait_for("READY");
+    let mut r = port.reserve_bytes(5).unwrap();
+    r.bytes_mut().copy_from_slice(b"hello");
+    child.say("close");
+    child.wait_for("CLOSED");
+    // As a post would: the peer is gone, nothing is published.
+    assert!(matches!(
+        r.commit(),
+        Err(PostError::Closed(CloseReason::Closed))
+    ));
+    assert!(matches!(
+        port.post_bytes(b"x"),
+        Err(PostError::Closed(CloseReason::Closed))
+    ));
+}
+
+#[test]
+fn a_reservation_committed_after_the_peer_was_seen_to_die_fails_with_peer_died() {
+    let mut cmd = peer("hang");
+    cmd.stdout(Stdio::piped());
+    let (child, port) = shmport::spawn(cmd).unwrap();
+    let mut child = common::Victim::new(child);
+    child.wait_for("READY");
+    let mut r = port.reserve_bytes(5).unwrap();
+    r.bytes_mut().copy_from_slice(b"hello");
+    child.kill();
+    for i in 0..100u64 {
+        assert_eq!(port.recv().unwrap().get::<u64>().unwrap().to_native(), i);
+    }
+    assert!(matches!(
+        port.recv(),
+        Err(RecvError::Closed(CloseReason::PeerDied))
+    ));
+    assert!(matches!(
+        r.commit(),
+        Err(PostError::Closed(CloseReason::PeerDied))
+    ));
 }
 
 #[test]

@@ -713,7 +713,6 @@ impl MessagePort {
         true
     }
 
-    #[cfg(feature = "tokio")]
     /// Spin (up to the port's spin time) until [`has_event`](Self::has_event);
     /// returns whether it did. Looks at the socket every `LOOK_EVERY`.
     pub(crate) fn spin_for_event(&self) -> io::Result<bool> {

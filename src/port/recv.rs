@@ -152,7 +152,6 @@ impl PortReceiver {
         }
     }
 
-    #[cfg(feature = "tokio")]
     /// Spin (up to the port's spin time) until `has_event`; returns whether
     /// it did. Looks at the socket every [`LOOK_EVERY`].
     pub(super) fn spin_for_event(&self) -> std::io::Result<bool> {

@@ -64,6 +64,29 @@ impl Reservation<'_> {
     }
 
     /// Publish all reserved bytes as one raw message.
+    ///
+    /// As for a post, `Ok` means the message is published: the peer reads
+    /// it unless it goes first (a peer gone after the publication is
+    /// reported by the next post or reservation).
+    ///
+    /// # Errors
+    /// [`PostError::Closed`] with the reason when the peer is known to be
+    /// gone at the commit (it closed, or stopped receiving, or was seen to
+    /// die or break the protocol since the reservation was made), exactly
+    /// as [`post_bytes`](crate::MessagePort::post_bytes) would fail: nothing
+    /// is published and the reservation is abandoned (its bytes live in
+    /// the ring, which nobody reads any more). No other error is possible.
+    ///
+    /// ```
+    /// use shmport::{CloseReason, MessageChannel, PostError};
+    ///
+    /// let (a, b) = MessageChannel::new()?.into_ports();
+    /// let mut r = a.reserve_bytes(2)?;
+    /// r.bytes_mut().copy_from_slice(b"hi");
+    /// drop(b);
+    /// assert!(matches!(r.commit(), Err(PostError::Closed(CloseReason::Closed))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn commit(self) -> Result<(), PostError> {
         let len = self.len;
         self.commit_len(len)
@@ -71,6 +94,7 @@ impl Reservation<'_> {
 
     /// Publish only the first `len` reserved bytes (`len` is clamped to
     /// the reserved length), for a writer that learns its size as it goes.
+    /// Fails as [`commit`](Self::commit) does.
     pub fn commit_len(self, len: usize) -> Result<(), PostError> {
         let len = len.min(self.len);
         let port = self.port;
@@ -82,7 +106,8 @@ impl Reservation<'_> {
             room: self.slot.room,
         };
         port.check_postable()?;
-        port.commit(slot, len, super::send::RAW_META)
+        port.commit(slot, len, super::send::RAW_META);
+        Ok(())
     }
 }
 

@@ -278,7 +278,8 @@ impl PortSender {
                             return Err((e, att.ports));
                         }
                     }
-                    return self.commit(slot, len, meta).map_err(|e| (e, Vec::new()));
+                    self.commit(slot, len, meta);
+                    return Ok(());
                 }
                 Err(e) => match w.wanted() {
                     // It did not fit: ask for at least what it wanted.
@@ -344,8 +345,8 @@ impl PortSender {
         // Relaxed: published by the commit's Release store.
         descriptor.len.store(len, Ordering::Relaxed);
         meta.out_of_line = true;
-        self.commit(slot, OOL_DESCRIPTOR, meta)
-            .map_err(|e| (e, Vec::new()))
+        self.commit(slot, OOL_DESCRIPTOR, meta);
+        Ok(())
     }
 
     /// Send a record's attachment, between the two fault-injection points
@@ -408,16 +409,17 @@ impl PortSender {
         }
     }
 
+    /// Publish a reserved record and wake the peer if it sleeps. This
+    /// cannot fail: once the record is published the post has succeeded,
+    /// even if the peer has read it and gone meanwhile (the wake-up then
+    /// finds the socket closed; the hang-up is noted for the next call).
+    /// Whether the peer is still there is checked before, by the callers.
     #[inline]
-    pub(super) fn commit(&self, slot: Slot, len: usize, meta: RecordMeta) -> Result<(), PostError> {
+    pub(super) fn commit(&self, slot: Slot, len: usize, meta: RecordMeta) {
         let wake = self.tx.borrow_mut().commit(slot, len, meta);
         if wake {
-            // The record is published: the post succeeded, even if the peer
-            // has read it and gone meanwhile (the wake-up then finds the
-            // socket closed; the hang-up is noted for the next call).
             let _ = self.wake_peer();
         }
-        Ok(())
     }
 
     /// A slot with room for at least `need` payload bytes, waiting as `wait`

@@ -123,6 +123,14 @@ impl Victim {
         }
     }
 
+    /// Write `line` (and a newline) to the peer's piped stdin.
+    pub fn say(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("piped stdin");
+        writeln!(stdin, "{line}").expect("write to the peer");
+        stdin.flush().expect("flush");
+    }
+
     /// Send `signal` to the process.
     pub fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
