@@ -246,13 +246,23 @@ impl PushPort {
         }
     }
 
-    /// Start delivering on a dispatcher thread of the library's.
-    pub fn start(self) -> io::Result<Dispatcher> {
+    /// Start delivering on a dispatcher thread of the library's. If the
+    /// thread cannot be started, the push port comes back in the error,
+    /// open and with its listeners: run it another way, or drop it.
+    pub fn start(self) -> Result<Dispatcher, StartError> {
         let signal = self.signal.clone();
-        let thread = thread::Builder::new()
+        // The thread takes the push port out of this slot; if the thread
+        // never starts, it is still there to hand back.
+        let slot = Arc::new(Mutex::new(Some(self)));
+        let theirs = slot.clone();
+        let spawned = thread::Builder::new()
             .name("shmport-dispatch".into())
             .spawn(move || {
-                let mut me = self;
+                let taken = theirs.lock().unwrap_or_else(|e| e.into_inner()).take();
+                drop(theirs);
+                let Some(mut me) = taken else {
+                    return Ended::ClosedHere;
+                };
                 match catch_unwind(AssertUnwindSafe(|| me.deliver(true))) {
                     // Waiting, it returns only at the end.
                     Ok(ended) => ended.unwrap_or(Ended::ClosedHere),
@@ -263,11 +273,24 @@ impl PushPort {
                         std::panic::resume_unwind(panic)
                     }
                 }
-            })?;
-        Ok(Dispatcher {
-            thread,
-            closer: Closer { signal },
-        })
+            });
+        match spawned {
+            Ok(thread) => Ok(Dispatcher {
+                thread,
+                closer: Closer { signal },
+            }),
+            Err(error) => {
+                let back = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                match back {
+                    Some(push) => Err(StartError {
+                        error,
+                        push: Box::new(push),
+                    }),
+                    // Only a started thread takes it out.
+                    None => unreachable!("a thread that failed to start took the port"),
+                }
+            }
+        }
     }
 
     /// Deliver on the calling thread until the close event, or until a
@@ -390,6 +413,35 @@ impl PushPort {
         if let Some(kick) = self.signal.kick() {
             self.held = Held::Closed(kick.clone());
         }
+    }
+}
+
+/// [`PushPort::start`] could not start its thread: the push port comes
+/// back, open, with its listeners.
+#[derive(Debug)]
+pub struct StartError {
+    /// Why.
+    pub error: io::Error,
+    /// The push port, as it was.
+    pub push: Box<PushPort>,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot start the dispatcher thread: {}", self.error)
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<StartError> for io::Error {
+    /// The cause; the push port (and its port) is closed.
+    fn from(e: StartError) -> io::Error {
+        e.error
     }
 }
 

@@ -57,6 +57,37 @@ fn peer_entry() {
                 other => panic!("expected a close, got {other:?}"),
             }
         }
+        "start-without-a-thread" => {
+            // No address space for a thread's stack: the start fails and
+            // hands the push port back, which then runs here.
+            use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+            let got = Arc::new(Mutex::new(Vec::new()));
+            let seen = got.clone();
+            let mut push = PushPort::new(port);
+            push.on_message(move |m, _| seen.lock().unwrap().push(*m.get::<u64>().unwrap()));
+            let was = getrlimit(Resource::As);
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let vm_kib: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmSize:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap();
+            let tight = Rlimit {
+                current: Some((vm_kib + 256) * 1024),
+                maximum: was.maximum,
+            };
+            setrlimit(Resource::As, tight).unwrap();
+            let failed = push.start();
+            setrlimit(Resource::As, was).unwrap();
+            let push = match failed {
+                Ok(_) => panic!("a dispatcher thread started without address space"),
+                Err(e) => e.push,
+            };
+            // Still open and connected: tell the parent, then deliver here.
+            push.port().unwrap().post_bytes(b"ready").unwrap();
+            assert!(matches!(push.run(), Ended::PeerGone(CloseReason::Closed)));
+            assert_eq!(*got.lock().unwrap(), (0..N).collect::<Vec<_>>());
+        }
         "expect-close" => {
             port.post(&0u64).unwrap();
             match port.recv() {
@@ -314,4 +345,18 @@ fn a_listener_closes_its_port_on_the_calling_thread_and_in_an_application_loop()
         Err(RecvError::Closed(CloseReason::Closed))
     ));
     drop(push);
+}
+
+/// A start that cannot make its thread hands the push port back, open: the
+/// peer sees no close, and the push port runs on the calling thread.
+#[test]
+fn a_failed_start_hands_the_push_port_back() {
+    let (child, port) = shmport::spawn(peer("start-without-a-thread")).unwrap();
+    let victim = Victim::new(child);
+    assert_eq!(port.recv().unwrap().bytes(), b"ready");
+    for i in 0..N {
+        port.post(&i).unwrap();
+    }
+    drop(port);
+    victim.wait_success();
 }
