@@ -154,12 +154,19 @@ enum shmport_status
   // A reservation on this port is live: commit or cancel it before
   // posting or reserving again.
   SHMPORT_ERR_RESERVED = 7201,
-  // A port's own entangled peer was in its transfer list (it would
-  // arrive at the port it is entangled with). Nothing was sent.
+  // A port's own entangled peer was in its transfer list, or in the
+  // queue of a port in the list (in a message queued on it, at any
+  // depth): it would arrive in its own queue and the channel be lost.
+  // Nothing was sent.
   SHMPORT_ERR_PEER_IN_TRANSFER = 7202,
   // More ports than one message carries (`SHMPORT_MAX_PORTS`), or more
-  // descriptors queued with them than one socket message holds.
+  // descriptors (16,384) or attachment bytes (256 KiB) queued with them
+  // than a receiver accepts in one message.
   SHMPORT_ERR_TOO_MANY_PORTS = 7203,
+  // A port in the transfer list holds ports nested deeper than a
+  // receiver accepts (16 levels of ports in messages queued on ports).
+  // Nothing was sent.
+  SHMPORT_ERR_NESTED_TOO_DEEP = 7204,
   // No port was passed to this process (`SHMPORT_PORT` is not set).
   SHMPORT_ERR_NO_PORT = 7300,
   // The port passed to this process was already adopted.
@@ -431,12 +438,16 @@ shmport_status shmport_port_post(shmport_port *port,
 //   port;
 // - `SHMPORT_ERR_TOO_LARGE`: `len` over `SHMPORT_MAX_MESSAGE_SIZE`;
 // - `SHMPORT_ERR_TOO_MANY_PORTS`: `nports` over `SHMPORT_MAX_PORTS`, or more
-//   descriptors queued with the ports than one socket message holds;
+//   descriptors (16,384) or attachment bytes (256 KiB) queued with the
+//   ports than a receiver accepts in one message;
 // - `SHMPORT_ERR_SELF_TRANSFER`: `port` is in `ports`;
 // - `SHMPORT_ERR_INVALID_ARGUMENT`: a port is in `ports` twice;
 // - `SHMPORT_ERR_BUSY`: a port in `ports` has messages not freed or a live
 //   reservation;
-// - `SHMPORT_ERR_PEER_IN_TRANSFER`: `port`'s own entangled peer is in `ports`;
+// - `SHMPORT_ERR_PEER_IN_TRANSFER`: `port`'s own entangled peer is in
+//   `ports`, or queued on a port in `ports` (at any depth);
+// - `SHMPORT_ERR_NESTED_TOO_DEEP`: a port in `ports` holds ports nested
+//   deeper than a receiver accepts (16 levels);
 // - `SHMPORT_ERR_RESERVED`: a reservation on `port` is live;
 // - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
 //   is gone (the close event);

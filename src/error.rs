@@ -93,10 +93,19 @@ pub enum PostError {
     /// The value's own serialization failed (not a lack of room).
     Serialize(rkyv::rancor::Error),
     /// A port's own entangled peer was in the transfer list (it would
-    /// arrive at the port it is entangled with).
+    /// arrive at the port it is entangled with), or in the queue of a port
+    /// in the list (in a message queued on it, or on a port inside such a
+    /// message, at any depth): it would travel into its own socket's queue,
+    /// where nobody could take it out, and the channel would be lost.
     PeerInTransfer,
-    /// More ports (or queued descriptors) than one message can carry.
+    /// More ports than one message carries ([`MAX_PORTS`](crate::MAX_PORTS)),
+    /// or more descriptors or attachment bytes queued with them than a
+    /// receiver accepts in one message (16,384 descriptors, 256 KiB).
     TooManyPorts,
+    /// A port in the transfer list holds ports nested deeper than a
+    /// receiver accepts (16 levels: a port in a message queued on a port in
+    /// a message queued on …).
+    NestedTooDeep,
     /// The operating system refused a call (for example creating the memfd
     /// of an out-of-line message).
     Io(io::Error),
@@ -129,6 +138,7 @@ impl fmt::Display for PostError {
                 f.write_str("a port cannot be sent over its own entangled peer")
             }
             PostError::TooManyPorts => f.write_str("too many ports for one message"),
+            PostError::NestedTooDeep => f.write_str("ports nested deeper than a receiver accepts"),
             PostError::Io(e) => write!(f, "post failed: {e}"),
             PostError::TooLarge { len, max } => {
                 write!(f, "{len} bytes exceed the largest allowed, {max}")

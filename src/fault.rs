@@ -20,6 +20,10 @@ pub enum Point {
     BeforeAttachment,
     /// The descriptors are on the socket; the record is not published yet.
     AfterAttachment,
+    /// An attachment sent in several socket messages: some parts are on
+    /// the socket, the next is not (reached before each part but the
+    /// first).
+    BetweenParts,
     /// Receiving side: an attachment was just taken off the port's socket
     /// and is not queued for its record yet.
     TakenIn,

@@ -28,11 +28,6 @@ pub struct Segment {
     local: bool,
 }
 
-fn file_id(fd: &OwnedFd) -> std::io::Result<(u64, u64)> {
-    let st = rustix::fs::fstat(fd)?;
-    Ok((st.st_dev, st.st_ino))
-}
-
 impl Segment {
     /// A new segment with two rings of `capacity` bytes, sealed against
     /// shrinking and growing.
@@ -142,7 +137,7 @@ impl Segment {
         if let Some(id) = self.id.get() {
             return Some(*id);
         }
-        let id = file_id(&self.fd).ok()?;
+        let id = sys::memfd::file_id(&self.fd).ok()?;
         Some(*self.id.get_or_init(|| id))
     }
 

@@ -3,22 +3,49 @@
 //!
 //! A record that needs descriptors (flag "out of line", or a port count
 //! above zero) is preceded on the port's socket by exactly one
-//! **attachment**: one `SOCK_SEQPACKET` message holding a small body and all
-//! the descriptors, so it arrives whole or not at all. The sender sends it
-//! before committing the record; the receiver takes attachments in order,
-//! one per such record.
+//! **attachment**: a small body and all the descriptors. The sender sends
+//! it before committing the record; the receiver takes attachments in
+//! order, one per such record.
 //!
 //! ```text
 //! attachment := has_ool u8 (0, 1; 2: descriptors lost) | nports u16 | port{nports}
-//! port       := side u8 | spin_ns u64 | inbox_len u32 | attachment{inbox_len}
+//! port       := flags u8 (bit 0: side B; bit 1: a partial follows)
+//!               | spin_ns u64 | inbox_len u32 | attachment{inbox_len} | [partial]
+//! partial    := lost u8 (0, 1) | len u32 | bytes{len} | nfds u32
 //! descriptors, in the same depth-first order:
-//!   [ool memfd] then per port: socket, segment memfd, its inbox's descriptors
+//!   [ool memfd] then per port: socket, segment memfd, its inbox's
+//!   descriptors, its partial's nfds descriptors
 //! ```
+//!
+//! **On the socket**, an attachment that fits one `SOCK_SEQPACKET` message
+//! (body up to 4095 bytes, up to 253 descriptors) is one message tagged
+//! `A`, so it arrives whole or not at all. A larger one is split into
+//! parts, each one message: the body in slices of 4095 bytes and the
+//! descriptors in runs of 253, part `i` carrying slice `i` and run `i`
+//! (either may be empty), every part but the last tagged `M`, the last
+//! `A`. The sender sends the parts back to back before committing the
+//! record (wake tokens from the other half may come between them). The
+//! receiver gathers parts in the port's core ([`Partial`], under the lock
+//! that makes a receive and its queuing one step for the other half) and
+//! decodes the attachment at its last part, so its inbox only ever holds
+//! whole attachments. A receiver accepts at most [`MAX_ATTACH_BODY`] bytes
+//! and [`MAX_ATTACH_FDS`] descriptors in one attachment (more is a protocol
+//! error, and what came is closed); a sender refuses to send more
+//! ([`PostError::TooManyPorts`](crate::PostError::TooManyPorts)). If one
+//! part's descriptors are lost on receipt, the whole attachment is.
 //!
 //! A transferred port carries its **inbox**: attachments it already took off
 //! its socket for records it has not read yet. Attachments still queued in
-//! its socket move with the socket itself. So the messages queued on a port,
-//! and the ports inside them, move with it through any number of hops.
+//! its socket move with the socket itself. A port that has taken in some
+//! parts of an attachment still arriving carries them as its **partial**
+//! (body bytes as received, not decoded); its new owner gathers the rest
+//! from the socket. So the messages queued on a port, and the ports inside
+//! them, move with it through any number of hops.
+//!
+//! Ports nest: a port in a port's inbox has an inbox of its own. A receiver
+//! accepts at most [`MAX_DEPTH`] levels; a sender checks before sending
+//! ([`scan`]) and refuses deeper nesting
+//! ([`PostError::NestedTooDeep`](crate::PostError::NestedTooDeep)).
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -29,13 +56,30 @@ use crate::error::OpenError;
 use crate::port::{MessagePort, Side};
 use crate::ring::Corrupt;
 use crate::segment::Segment;
+use crate::sys::socket::{MAX_BODY, MAX_FDS};
 
 /// First byte of an attachment forwarded in an inbox after its descriptors
 /// were lost on receipt.
 const LOST: u8 = 2;
 
-/// Deepest nesting of ports inside ports' inboxes a receiver accepts.
-const MAX_DEPTH: usize = 16;
+/// Deepest nesting of ports inside ports' inboxes a receiver accepts: the
+/// attachment a record refers to is at depth 0, the attachments in the
+/// inbox of a port it carries at depth 1, and so on.
+pub(crate) const MAX_DEPTH: usize = 16;
+
+/// Most body bytes one attachment (all its parts) may have.
+pub(crate) const MAX_ATTACH_BODY: usize = 256 * 1024;
+
+/// Most descriptors one attachment (all its parts) may carry.
+pub(crate) const MAX_ATTACH_FDS: usize = 16 * 1024;
+
+/// Body bytes in one part (the tag takes the message's first byte).
+const PART_BODY: usize = MAX_BODY - 1;
+
+/// Flag bit of a port's first byte: side B (else A).
+const SIDE_B: u8 = 1;
+/// Flag bit of a port's first byte: a partial follows its inbox.
+const HAS_PARTIAL: u8 = 2;
 
 /// The descriptors that travel with one record.
 #[derive(Default)]
@@ -59,6 +103,8 @@ pub(crate) struct PortParts {
     pub side: Side,
     pub spin: Duration,
     pub inbox: VecDeque<Attachment>,
+    /// The parts of an attachment it had taken in when it left.
+    pub partial: Partial,
 }
 
 pub(crate) enum SegmentRef {
@@ -73,6 +119,173 @@ impl SegmentRef {
             SegmentRef::Unopened(fd) => fd.as_fd(),
         }
     }
+
+    /// Is this the shared memory of `seg` (compared by the memfd's
+    /// identity, for a descriptor not mapped here)?
+    fn is(&self, seg: &Arc<Segment>) -> bool {
+        match self {
+            SegmentRef::Mapped(s) => s.same(seg),
+            SegmentRef::Unopened(fd) => match (crate::sys::memfd::file_id(fd), seg.id()) {
+                (Ok(a), Some(b)) => a == b,
+                _ => false,
+            },
+        }
+    }
+}
+
+/// The parts of an attachment received so far, when it comes in several
+/// socket messages: its body bytes and descriptors, not decoded until the
+/// last part. Kept in the port's core under the lock that makes a receive
+/// and its queuing one step (`port::Shared::taking_in`).
+#[derive(Default)]
+pub(crate) struct Partial {
+    body: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    /// A part's descriptors were lost on receipt: the rest is dropped as it
+    /// comes, and the last part gives the placeholder of a lost attachment.
+    lost: bool,
+}
+
+impl Partial {
+    /// Nothing gathered (no part, or parts that carried nothing).
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty() && self.fds.is_empty() && !self.lost
+    }
+
+    /// Take in one part: its body and descriptors (`None`: they were lost
+    /// on receipt). At the `last` part, the whole attachment. An attachment
+    /// larger than a receiver accepts, or that does not decode, is refused:
+    /// everything gathered is closed.
+    pub fn take(
+        &mut self,
+        body: &[u8],
+        fds: Option<Vec<OwnedFd>>,
+        last: bool,
+    ) -> Result<Option<Attachment>, Corrupt> {
+        match fds {
+            None => *self = Partial::lost(),
+            // One message, the common case: decode it in place.
+            Some(fds) if last && self.is_empty() => return Attachment::decode(body, fds).map(Some),
+            Some(fds) if !self.lost => {
+                if self.body.len() + body.len() > MAX_ATTACH_BODY
+                    || self.fds.len() + fds.len() > MAX_ATTACH_FDS
+                {
+                    *self = Partial::default();
+                    return Err(Corrupt("attachment larger than a receiver accepts"));
+                }
+                self.body.extend_from_slice(body);
+                self.fds.extend(fds);
+            }
+            // After a lost part, the rest of the attachment is closed too.
+            Some(_) => {}
+        }
+        if !last {
+            return Ok(None);
+        }
+        let whole = std::mem::take(self);
+        if whole.lost {
+            return Ok(Some(Attachment::lost()));
+        }
+        Attachment::decode(&whole.body, whole.fds).map(Some)
+    }
+
+    fn lost() -> Partial {
+        Partial {
+            lost: true,
+            ..Partial::default()
+        }
+    }
+
+    fn encode<'a>(&'a self, body: &mut Vec<u8>, fds: &mut Vec<BorrowedFd<'a>>) {
+        body.push(self.lost as u8);
+        body.extend_from_slice(&(self.body.len() as u32).to_le_bytes());
+        body.extend_from_slice(&self.body);
+        body.extend_from_slice(&(self.fds.len() as u32).to_le_bytes());
+        fds.extend(self.fds.iter().map(|f| f.as_fd()));
+    }
+
+    fn decode(body: &mut &[u8], fds: &mut impl Iterator<Item = OwnedFd>) -> Result<Self, Corrupt> {
+        let lost = match take::<1>(body)?[0] {
+            0 => false,
+            1 => true,
+            _ => return Err(Corrupt("bad lost flag in a partial attachment")),
+        };
+        let len = u32::from_le_bytes(take::<4>(body)?) as usize;
+        if len > MAX_ATTACH_BODY || len > body.len() {
+            return Err(Corrupt("attachment cut short"));
+        }
+        let (bytes, rest) = body.split_at(len);
+        *body = rest;
+        let nfds = u32::from_le_bytes(take::<4>(body)?) as usize;
+        if nfds > MAX_ATTACH_FDS {
+            return Err(Corrupt("attachment cut short"));
+        }
+        if lost && (len != 0 || nfds != 0) {
+            return Err(Corrupt("a lost partial attachment carries bytes"));
+        }
+        let mut got = Vec::with_capacity(nfds.min(MAX_FDS));
+        for _ in 0..nfds {
+            got.push(fds.next().ok_or(Corrupt("attachment cut short"))?);
+        }
+        Ok(Partial {
+            body: bytes.to_vec(),
+            fds: got,
+            lost,
+        })
+    }
+}
+
+/// The socket messages an encoded attachment travels in, in order: each
+/// part's body slice and descriptors, and whether it is the last. One part
+/// when it fits one message.
+pub(crate) fn parts<'b, 'f>(
+    body: &'b [u8],
+    fds: &'f [BorrowedFd<'f>],
+) -> impl Iterator<Item = (&'b [u8], &'f [BorrowedFd<'f>], bool)> {
+    let n = body
+        .len()
+        .div_ceil(PART_BODY)
+        .max(fds.len().div_ceil(MAX_FDS))
+        .max(1);
+    (0..n).map(move |i| {
+        let slice = |len: usize, chunk: usize| (len.min(i * chunk), len.min((i + 1) * chunk));
+        let (b0, b1) = slice(body.len(), PART_BODY);
+        let (f0, f1) = slice(fds.len(), MAX_FDS);
+        (&body[b0..b1], &fds[f0..f1], i + 1 == n)
+    })
+}
+
+/// What a sender sees in the inbox of a port it is about to send (after
+/// taking in what its socket held).
+pub(crate) struct Scan {
+    /// How deep the attachments in it nest: 0 for an empty inbox, else one
+    /// more than the deepest inbox of a port inside (the depth at which the
+    /// receiver would decode its deepest attachment).
+    pub depth: usize,
+    /// The peer of the sending port is in it, at some depth.
+    pub holds_peer: bool,
+}
+
+/// Scan `inbox` for nesting depth and for the port entangled with the
+/// sending port (the one on the other side of `seg` than `side`).
+pub(crate) fn scan(inbox: &VecDeque<Attachment>, seg: &Arc<Segment>, side: Side) -> Scan {
+    let mut out = Scan {
+        depth: 0,
+        holds_peer: false,
+    };
+    for a in inbox {
+        let mut deepest = 0;
+        for p in &a.ports {
+            if p.side != side && p.seg.is(seg) {
+                out.holds_peer = true;
+            }
+            let inner = scan(&p.inbox, seg, side);
+            out.holds_peer |= inner.holds_peer;
+            deepest = deepest.max(inner.depth);
+        }
+        out.depth = out.depth.max(deepest + 1);
+    }
+    out
 }
 
 impl PortParts {
@@ -90,8 +303,9 @@ impl PortParts {
                 Segment::open(fd)?
             }
         };
+        let (inbox, partial) = (self.inbox, self.partial);
         MessagePort::from_parts(seg, self.side, self.sock, self.spin)
-            .map(|p| p.with_inbox(self.inbox))
+            .map(|p| p.with_inbox(inbox, partial))
             .map_err(|c| OpenError::Corrupt(c.0))
     }
 
@@ -102,7 +316,8 @@ impl PortParts {
     pub(crate) fn rebuild(self) -> Option<MessagePort> {
         match self.seg {
             SegmentRef::Mapped(seg) => Some(
-                MessagePort::rebuild(seg, self.side, self.sock, self.spin).with_inbox(self.inbox),
+                MessagePort::rebuild(seg, self.side, self.sock, self.spin)
+                    .with_inbox(self.inbox, self.partial),
             ),
             SegmentRef::Unopened(_) => None,
         }
@@ -134,16 +349,21 @@ impl Attachment {
         }
         body.extend_from_slice(&(self.ports.len() as u16).to_le_bytes());
         for p in &self.ports {
-            body.push(match p.side {
+            let partial = !p.partial.is_empty();
+            let side = match p.side {
                 Side::A => 0,
-                Side::B => 1,
-            });
+                Side::B => SIDE_B,
+            };
+            body.push(side | if partial { HAS_PARTIAL } else { 0 });
             body.extend_from_slice(&(p.spin.as_nanos().min(u64::MAX as u128) as u64).to_le_bytes());
             body.extend_from_slice(&(p.inbox.len() as u32).to_le_bytes());
             fds.push(p.sock.as_fd());
             fds.push(p.seg.as_fd());
             for a in &p.inbox {
                 a.encode(body, fds);
+            }
+            if partial {
+                p.partial.encode(body, fds);
             }
         }
     }
@@ -182,10 +402,14 @@ impl Attachment {
         let nports = u16::from_le_bytes(take::<2>(body)?);
         let mut ports = Vec::with_capacity(nports.min(64) as usize);
         for _ in 0..nports {
-            let side = match take::<1>(body)?[0] {
-                0 => Side::A,
-                1 => Side::B,
-                _ => return Err(Corrupt("bad side in attachment")),
+            let flags = take::<1>(body)?[0];
+            if flags & !(SIDE_B | HAS_PARTIAL) != 0 {
+                return Err(Corrupt("bad side in attachment"));
+            }
+            let side = if flags & SIDE_B != 0 {
+                Side::B
+            } else {
+                Side::A
             };
             // The sender's spin time comes along, at most MAX_RECEIVED_SPIN:
             // a peer cannot make this process burn a core for ever.
@@ -198,12 +422,18 @@ impl Attachment {
             for _ in 0..inbox_len {
                 inbox.push_back(Self::decode_one(body, fds, depth + 1)?);
             }
+            let partial = if flags & HAS_PARTIAL != 0 {
+                Partial::decode(body, fds)?
+            } else {
+                Partial::default()
+            };
             ports.push(PortParts {
                 seg: SegmentRef::Unopened(mem),
                 sock,
                 side,
                 spin,
                 inbox,
+                partial,
             });
         }
         Ok(Attachment {
@@ -255,6 +485,7 @@ mod tests {
                 side: Side::B,
                 spin: Duration::from_micros(7),
                 inbox: VecDeque::from([inner]),
+                partial: Partial::default(),
             }],
         };
         let mut body = Vec::new();
@@ -327,9 +558,254 @@ mod tests {
             "attachment nested too deep"
         );
     }
+
+    fn owned(fds: &[BorrowedFd<'_>]) -> Vec<OwnedFd> {
+        fds.iter()
+            .map(|f| f.try_clone_to_owned().unwrap())
+            .collect()
+    }
+
+    /// A port (unopened parts) whose inbox holds `n` out-of-line
+    /// attachments.
+    fn port_holding(n: usize) -> PortParts {
+        PortParts {
+            seg: SegmentRef::Unopened(memfd()),
+            sock: memfd(),
+            side: Side::A,
+            spin: Duration::ZERO,
+            inbox: (0..n)
+                .map(|_| Attachment {
+                    ool: Some(memfd()),
+                    ..Attachment::default()
+                })
+                .collect(),
+            partial: Partial::default(),
+        }
+    }
+
+    /// Send `body` and `fds` through [`parts`] and a [`Partial`], as the
+    /// two ends of a socket do.
+    fn through_parts(body: &[u8], fds: &[BorrowedFd<'_>]) -> (usize, Attachment) {
+        let mut partial = Partial::default();
+        let mut n = 0;
+        let mut whole = None;
+        for (b, f, last) in parts(body, fds) {
+            assert!(b.len() < MAX_BODY && f.len() <= MAX_FDS);
+            assert!(whole.is_none(), "a part after the last");
+            n += 1;
+            whole = partial.take(b, Some(owned(f)), last).unwrap();
+            assert_eq!(whole.is_some(), last);
+        }
+        assert!(partial.is_empty());
+        (n, whole.unwrap())
+    }
+
+    #[test]
+    fn an_attachment_too_large_for_one_message_goes_in_parts() {
+        // 600 descriptors (three parts of at most 253), 1,800 bytes.
+        let a = Attachment {
+            ports: vec![port_holding(598)],
+            ..Attachment::default()
+        };
+        let mut body = Vec::new();
+        let mut fds = Vec::new();
+        a.encode(&mut body, &mut fds);
+        assert_eq!(fds.len(), 600);
+        let (n, b) = through_parts(&body, &fds);
+        assert_eq!(n, 3);
+        assert_eq!(b.ports[0].inbox.len(), 598);
+
+        // 500 ports in five messages queued on one port: more than 4 KiB of
+        // body, and 1,002 descriptors.
+        let a = Attachment {
+            ports: (0..100).map(|_| port_holding(0)).collect(),
+            ..Attachment::default()
+        };
+        let mut body = Vec::new();
+        let mut fds = Vec::new();
+        a.encode(&mut body, &mut fds);
+        // Five times over, as if queued in five messages of one port.
+        let big: Vec<u8> = {
+            let mut b = vec![0, 1, 0, 0];
+            b.extend_from_slice(&[0; 8]);
+            b.extend_from_slice(&5u32.to_le_bytes());
+            for _ in 0..5 {
+                b.extend_from_slice(&body);
+            }
+            b
+        };
+        let mut all = vec![memfd().as_fd().try_clone_to_owned().unwrap(), memfd()];
+        for _ in 0..5 {
+            all.extend(owned(&fds));
+        }
+        let all_b: Vec<BorrowedFd<'_>> = all.iter().map(|f| f.as_fd()).collect();
+        assert!(big.len() > PART_BODY);
+        let (n, b) = through_parts(&big, &all_b);
+        assert_eq!(
+            n,
+            big.len()
+                .div_ceil(PART_BODY)
+                .max(all_b.len().div_ceil(MAX_FDS))
+        );
+        assert_eq!(b.ports[0].inbox.len(), 5);
+        assert!(b.ports[0].inbox.iter().all(|a| a.ports.len() == 100));
+
+        // One message when it fits.
+        let (n, _) = through_parts(&[0, 0, 0], &[]);
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_partial_attachment_travels_with_its_port() {
+        // The first part of an out-of-line attachment (body 1 0 0, one
+        // memfd) is taken in: its flag byte and the memfd.
+        let mut partial = Partial::default();
+        assert!(
+            partial
+                .take(&[1], Some(vec![memfd()]), false)
+                .unwrap()
+                .is_none()
+        );
+        let mut port = port_holding(2);
+        port.partial = partial;
+        let a = Attachment {
+            ports: vec![port],
+            ..Attachment::default()
+        };
+        let mut body = Vec::new();
+        let mut fds = Vec::new();
+        a.encode(&mut body, &mut fds);
+        assert_eq!(fds.len(), 5);
+        let mut b = Attachment::decode(&body, owned(&fds)).unwrap();
+        let mut p = b.ports.pop().unwrap();
+        assert_eq!(p.inbox.len(), 2);
+        assert_eq!(p.partial.body, [1]);
+        assert_eq!(p.partial.fds.len(), 1);
+        // The new owner gathers the rest from the socket.
+        let whole = p
+            .partial
+            .take(&[0, 0], Some(vec![]), true)
+            .unwrap()
+            .unwrap();
+        assert!(whole.ool.is_some() && whole.ports.is_empty());
+        assert!(p.partial.is_empty());
+
+        // A lost partial travels as such; a lost one with bytes is refused.
+        let mut port = port_holding(0);
+        port.partial = Partial::lost();
+        let a = Attachment {
+            ports: vec![port],
+            ..Attachment::default()
+        };
+        let mut body = Vec::new();
+        let mut fds = Vec::new();
+        a.encode(&mut body, &mut fds);
+        let b = Attachment::decode(&body, owned(&fds)).unwrap();
+        assert!(b.ports[0].partial.lost);
+        let at = body.len() - 9;
+        body[at + 1] = 1;
+        body.push(0);
+        assert_eq!(
+            Attachment::decode(&body, owned(&fds)).err().unwrap().0,
+            "a lost partial attachment carries bytes"
+        );
+    }
+
+    #[test]
+    fn lost_parts_and_oversized_attachments() {
+        // A lost middle part: the whole attachment is lost, the rest
+        // dropped.
+        let mut partial = Partial::default();
+        assert!(
+            partial
+                .take(&[1], Some(vec![memfd()]), false)
+                .unwrap()
+                .is_none()
+        );
+        assert!(partial.take(&[], None, false).unwrap().is_none());
+        assert!(
+            partial
+                .take(&[0, 0], Some(vec![memfd()]), false)
+                .unwrap()
+                .is_none()
+        );
+        assert!(partial.fds.is_empty());
+        assert!(
+            partial
+                .take(&[0], Some(vec![]), true)
+                .unwrap()
+                .unwrap()
+                .lost
+        );
+        assert!(partial.is_empty());
+        // A lost last part.
+        assert!(
+            partial
+                .take(&[1], Some(vec![memfd()]), false)
+                .unwrap()
+                .is_none()
+        );
+        assert!(partial.take(&[], None, true).unwrap().unwrap().lost);
+
+        // Past the bounds: refused, what came dropped.
+        let chunk = vec![0u8; PART_BODY];
+        for _ in 0..MAX_ATTACH_BODY / PART_BODY {
+            assert!(partial.take(&chunk, Some(vec![]), false).unwrap().is_none());
+        }
+        assert_eq!(
+            partial.take(&chunk, Some(vec![]), false).err().unwrap().0,
+            "attachment larger than a receiver accepts"
+        );
+        assert!(partial.is_empty());
+    }
+
+    #[test]
+    fn a_scan_finds_the_depth_and_the_peer() {
+        let seg = Segment::create(4096).unwrap();
+        // An inbox holding a port (side B of `seg`) inside a port inside a
+        // port.
+        let peer = PortParts {
+            seg: SegmentRef::Unopened(seg.fd().try_clone().unwrap()),
+            ..port_holding(0)
+        };
+        let wrap = |p: PortParts| PortParts {
+            inbox: VecDeque::from([Attachment {
+                ports: vec![p],
+                ..Attachment::default()
+            }]),
+            ..port_holding(0)
+        };
+        let inbox = wrap(wrap(PortParts {
+            side: Side::B,
+            ..peer
+        }))
+        .inbox;
+        let s = scan(&inbox, &seg, Side::A);
+        assert_eq!(s.depth, 2);
+        assert!(s.holds_peer);
+        // The same side is not the peer; another segment neither.
+        assert!(!scan(&inbox, &seg, Side::B).holds_peer);
+        let other = Segment::create(4096).unwrap();
+        assert!(!scan(&inbox, &other, Side::A).holds_peer);
+        // A mapped segment is recognised too.
+        let mapped = wrap(PortParts {
+            seg: SegmentRef::Mapped(seg.clone()),
+            side: Side::B,
+            ..port_holding(0)
+        })
+        .inbox;
+        let s = scan(&mapped, &seg, Side::A);
+        assert!(s.holds_peer);
+        assert_eq!(s.depth, 1);
+        assert_eq!(scan(&VecDeque::new(), &seg, Side::A).depth, 0);
+    }
 }
 
-/// Send `port` alone over a plain socket (rendezvous): one attachment.
+/// Send `port` alone over a plain socket (rendezvous): one attachment, in
+/// one message. The port is a new channel's (nothing queued on it, so no
+/// inbox or partial): it always fits, and [`recv_port`] takes nothing but
+/// one message. (Were it ever too large, the send would fail with
+/// `InvalidInput`, and the port be closed.)
 pub(crate) fn send_port(sock: BorrowedFd<'_>, port: MessagePort) -> std::io::Result<()> {
     let parts = port.into_parts();
     let att = Attachment {
@@ -340,7 +816,7 @@ pub(crate) fn send_port(sock: BorrowedFd<'_>, port: MessagePort) -> std::io::Res
     let mut body = Vec::new();
     let mut fds = Vec::new();
     att.encode(&mut body, &mut fds);
-    let r = crate::sys::socket::send_attachment(sock, &body, &fds, false);
+    let r = crate::sys::socket::send_attachment(sock, &body, &fds, true, false);
     drop(fds);
     if r.is_err() {
         // Close the port properly: its peer sees `Closed`.
@@ -399,6 +875,8 @@ pub(crate) fn recv_port(
         Incoming::Lost => Err(RecvPortError::Io(std::io::Error::from_raw_os_error(
             libc::EMFILE,
         ))),
-        Incoming::Wake | Incoming::Garbage => Err(RecvPortError::Garbage("not a port")),
+        Incoming::Wake | Incoming::Garbage | Incoming::Part(..) | Incoming::LostPart => {
+            Err(RecvPortError::Garbage("not a port"))
+        }
     }
 }

@@ -66,6 +66,12 @@ fn hang_at(point: Point) {
     }
 }
 
+fn hang_between_parts(point: Point) {
+    if point == Point::BetweenParts {
+        announce_and_hang("in-flight");
+    }
+}
+
 fn hang_before(point: Point) {
     if point == Point::BeforeAttachment {
         announce_and_hang("in-flight");
@@ -114,6 +120,33 @@ fn peer_entry() {
             };
             port.post_bytes_with_ports(b"carry", carried).unwrap();
             announce_and_hang("ready");
+        }
+        "carry-back-between-parts" => {
+            // The port carried back goes first, so that it is in the first
+            // socket message of an attachment that takes two: a port
+            // holding 200 ports (400 descriptors) follows it.
+            let mut m = port.recv().unwrap();
+            let mut carried = m.take_ports().unwrap();
+            drop(m);
+            let (hf, h) = MessageChannel::new().unwrap().into_ports();
+            let mut kept = Vec::new();
+            for _ in 0..2 {
+                let (k, sent): (Vec<_>, Vec<_>) = (0..100)
+                    .map(|_| {
+                        MessageChannel::builder()
+                            .capacity(4096)
+                            .build()
+                            .unwrap()
+                            .into_ports()
+                    })
+                    .unzip();
+                kept.extend(k);
+                hf.post_bytes_with_ports(b"batch", sent).unwrap();
+            }
+            carried.push(h);
+            fault::set_hook(hang_between_parts);
+            port.post_bytes_with_ports(b"carry", carried).unwrap();
+            unreachable!("the hook hangs");
         }
         "holder-a" => {
             // Gets the travelling port and a port to B; says hello on it,
@@ -381,6 +414,20 @@ fn killed_after_sending_a_ports_descriptors_but_before_publishing() {
     let (port, x) = carry_back("carry-back-after-attachment");
     // The descriptors arrived; the record never will: no message, the
     // close event, and the port that was in flight dies with the carrier.
+    assert_peer_died(port.recv());
+    assert_peer_died(x.recv_timeout(Duration::from_secs(10)));
+    drop((port, x));
+    assert_eq!(open_fds(), fds, "descriptors left behind");
+}
+
+#[test]
+fn killed_between_the_socket_messages_of_an_attachment() {
+    let _serial = serial();
+    let fds = open_fds();
+    let (port, x) = carry_back("carry-back-between-parts");
+    // Part of the attachment arrived, the rest and the record never will:
+    // no message, the close event, and what came is closed then (the port
+    // that was in it dies with the carrier, as if still in its hands).
     assert_peer_died(port.recv());
     assert_peer_died(x.recv_timeout(Duration::from_secs(10)));
     drop((port, x));

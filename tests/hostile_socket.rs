@@ -612,3 +612,155 @@ fn a_huge_sparse_out_of_line_payload_is_refused_for_that_message_only() {
         drop((victim, peer));
     });
 }
+
+/// A part of an attachment sent in several messages, not the last: the
+/// tag `M`, then `body`.
+fn part(peer: &RawPeer, body: &[u8], fds: &[BorrowedFd<'_>]) {
+    let mut b = vec![b'M'];
+    b.extend_from_slice(body);
+    send(peer, &b, fds);
+}
+
+#[test]
+fn an_attachment_in_parts_is_put_back_together_wherever_it_is_cut() {
+    let _g = serial();
+    leaks_nothing("parts", || {
+        let (victim, mut peer) = victim_and_raw_peer(4096).unwrap();
+        let body = ports_body(true, 0);
+        for cut in 0..=body.len() {
+            for fds_first in [true, false] {
+                let fd = memfd(b"in parts", 4096, SIZE_SEALS | SealFlags::WRITE);
+                let fds = [fd.as_fd()];
+                let (early, late): (&[BorrowedFd<'_>], &[BorrowedFd<'_>]) =
+                    if fds_first { (&fds, &[]) } else { (&[], &fds) };
+                part(&peer, &body[..cut], early);
+                // Tokens and empty parts may come between parts.
+                peer.wake();
+                part(&peer, &[], &[]);
+                attach(&peer, &body[cut..], late);
+                drop(fd);
+                peer.commit(meta(true, 0), &8u64.to_le_bytes()).unwrap();
+                let m = victim.try_recv().unwrap();
+                assert_eq!(m.bytes(), b"in parts", "cut at {cut}");
+                drop(m);
+                peer.drain();
+            }
+        }
+        drop((victim, peer));
+    });
+}
+
+#[test]
+fn an_attachment_in_parts_larger_than_a_receiver_accepts_is_a_protocol_error() {
+    let _g = serial();
+    // The same memfd sent 253 times a part: the victim installs each copy.
+    if common::allow_fds(17_500) < 17_500 {
+        eprintln!("skipped: needs 17,500 descriptors (RLIMIT_NOFILE)");
+        return;
+    }
+    for (what, bytes, nfds) in [
+        ("more than 256 KiB of body", 4095, 0),
+        ("more than 16,384 descriptors", 1, 253),
+    ] {
+        leaks_nothing(what, || {
+            let (victim, mut peer) = victim_and_raw_peer(4096).unwrap();
+            let fd = memfd(b"x", 64, SIZE_SEALS);
+            let fds: Vec<BorrowedFd<'_>> = (0..nfds).map(|_| fd.as_fd()).collect();
+            let chunk = vec![0u8; bytes];
+            let mut refused = false;
+            for i in 1..=100 {
+                part(&peer, &chunk, &fds);
+                // The victim takes in what came (a receive that finds the
+                // ring empty does), so that the socket never fills.
+                match victim.try_recv() {
+                    Err(RecvError::Empty) => {}
+                    Err(RecvError::Closed(CloseReason::ProtocolError)) => {
+                        assert_eq!(i, 65, "{what}: refused at part {i}");
+                        refused = true;
+                        break;
+                    }
+                    other => panic!("{what}: {:?}", other.map(|m| m.bytes().len())),
+                }
+            }
+            assert!(refused, "{what}: never refused");
+            drop(fds);
+            drop(fd);
+            peer.commit(meta(true, 0), &1u64.to_le_bytes()).unwrap();
+            assert_protocol_error(what, &victim);
+            drop((victim, peer));
+        });
+    }
+}
+
+#[test]
+fn the_first_parts_of_an_attachment_are_closed_when_the_peer_goes() {
+    let _g = serial();
+    leaks_nothing("parts then hang-up", || {
+        let (victim, mut peer) = victim_and_raw_peer(4096).unwrap();
+        peer.commit(meta(false, 0), b"before").unwrap();
+        let fd = memfd(b"x", 64, SIZE_SEALS);
+        part(&peer, &[1], &[fd.as_fd()]);
+        drop(fd);
+        assert_eq!(victim.try_recv().unwrap().bytes(), b"before");
+        drop(peer);
+        let got = victim
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .map(|m| m.bytes().len());
+        assert!(
+            matches!(got, Err(RecvError::Closed(CloseReason::PeerDied))),
+            "{got:?}"
+        );
+        drop(victim);
+    });
+}
+
+#[test]
+fn a_part_whose_descriptors_are_lost_loses_that_message_only() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let _g = serial();
+    let (victim, mut peer) = victim_and_raw_peer(4096).unwrap();
+    let fd = memfd(b"lost", 4096, SIZE_SEALS | SealFlags::WRITE);
+    part(&peer, &[1], &[fd.as_fd()]);
+    drop(fd);
+    // No descriptor free: the victim takes the part in, the kernel cannot
+    // install its memfd.
+    let saved = getrlimit(Resource::Nofile);
+    let highest = *common::open_fds().last().unwrap() as u64;
+    setrlimit(
+        Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(highest + 16),
+            maximum: saved.maximum,
+        },
+    )
+    .unwrap();
+    let mut hold = Vec::new();
+    while let Ok(fd) = rustix::io::dup(std::io::stdin()) {
+        hold.push(fd);
+    }
+    let got = victim.try_recv();
+    drop(hold);
+    setrlimit(Resource::Nofile, saved).unwrap();
+    assert!(
+        matches!(got, Err(RecvError::Empty)),
+        "{:?}",
+        got.map(|_| ())
+    );
+    // The rest comes; the message fails for want of descriptors, the next
+    // one is fine.
+    attach(&peer, &[0, 0], &[]);
+    peer.commit(meta(true, 0), &4u64.to_le_bytes()).unwrap();
+    match victim.try_recv() {
+        Err(RecvError::Io(e)) => assert_eq!(
+            e.raw_os_error(),
+            Some(rustix::io::Errno::MFILE.raw_os_error())
+        ),
+        other => panic!("expected EMFILE, got {:?}", other.map(|_| ())),
+    }
+    let fd = memfd(b"found", 4096, SIZE_SEALS | SealFlags::WRITE);
+    part(&peer, &[1, 0], &[fd.as_fd()]);
+    attach(&peer, &[0], &[]);
+    drop(fd);
+    peer.commit(meta(true, 0), &5u64.to_le_bytes()).unwrap();
+    assert_eq!(victim.try_recv().unwrap().bytes(), b"found");
+}

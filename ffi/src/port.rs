@@ -346,12 +346,16 @@ pub unsafe extern "C" fn shmport_port_post(
 ///   port;
 /// - `SHMPORT_ERR_TOO_LARGE`: `len` over `SHMPORT_MAX_MESSAGE_SIZE`;
 /// - `SHMPORT_ERR_TOO_MANY_PORTS`: `nports` over `SHMPORT_MAX_PORTS`, or more
-///   descriptors queued with the ports than one socket message holds;
+///   descriptors (16,384) or attachment bytes (256 KiB) queued with the
+///   ports than a receiver accepts in one message;
 /// - `SHMPORT_ERR_SELF_TRANSFER`: `port` is in `ports`;
 /// - `SHMPORT_ERR_INVALID_ARGUMENT`: a port is in `ports` twice;
 /// - `SHMPORT_ERR_BUSY`: a port in `ports` has messages not freed or a live
 ///   reservation;
-/// - `SHMPORT_ERR_PEER_IN_TRANSFER`: `port`'s own entangled peer is in `ports`;
+/// - `SHMPORT_ERR_PEER_IN_TRANSFER`: `port`'s own entangled peer is in
+///   `ports`, or queued on a port in `ports` (at any depth);
+/// - `SHMPORT_ERR_NESTED_TOO_DEEP`: a port in `ports` holds ports nested
+///   deeper than a receiver accepts (16 levels);
 /// - `SHMPORT_ERR_RESERVED`: a reservation on `port` is live;
 /// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
 ///   is gone (the close event);

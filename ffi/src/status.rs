@@ -68,12 +68,19 @@ pub enum shmport_status {
     /// A reservation on this port is live: commit or cancel it before
     /// posting or reserving again.
     SHMPORT_ERR_RESERVED = 7201,
-    /// A port's own entangled peer was in its transfer list (it would
-    /// arrive at the port it is entangled with). Nothing was sent.
+    /// A port's own entangled peer was in its transfer list, or in the
+    /// queue of a port in the list (in a message queued on it, at any
+    /// depth): it would arrive in its own queue and the channel be lost.
+    /// Nothing was sent.
     SHMPORT_ERR_PEER_IN_TRANSFER = 7202,
     /// More ports than one message carries (`SHMPORT_MAX_PORTS`), or more
-    /// descriptors queued with them than one socket message holds.
+    /// descriptors (16,384) or attachment bytes (256 KiB) queued with them
+    /// than a receiver accepts in one message.
     SHMPORT_ERR_TOO_MANY_PORTS = 7203,
+    /// A port in the transfer list holds ports nested deeper than a
+    /// receiver accepts (16 levels of ports in messages queued on ports).
+    /// Nothing was sent.
+    SHMPORT_ERR_NESTED_TOO_DEEP = 7204,
 
     // ---- opening a port ----
     /// No port was passed to this process (`SHMPORT_PORT` is not set).
@@ -121,7 +128,7 @@ use shmport_status::*;
 
 impl shmport_status {
     /// Every status.
-    const ALL: [shmport_status; 29] = [
+    const ALL: [shmport_status; 30] = [
         SHMPORT_OK,
         SHMPORT_EMPTY,
         SHMPORT_FULL,
@@ -139,6 +146,7 @@ impl shmport_status {
         SHMPORT_ERR_RESERVED,
         SHMPORT_ERR_PEER_IN_TRANSFER,
         SHMPORT_ERR_TOO_MANY_PORTS,
+        SHMPORT_ERR_NESTED_TOO_DEEP,
         SHMPORT_ERR_NO_PORT,
         SHMPORT_ERR_ALREADY_ADOPTED,
         SHMPORT_ERR_BAD_PORT,
@@ -180,6 +188,7 @@ impl shmport_status {
             SHMPORT_ERR_RESERVED => c"a reservation on this port is not yet committed",
             SHMPORT_ERR_PEER_IN_TRANSFER => c"a port cannot be sent over its own entangled peer",
             SHMPORT_ERR_TOO_MANY_PORTS => c"too many ports for one message",
+            SHMPORT_ERR_NESTED_TOO_DEEP => c"ports nested deeper than a receiver accepts",
             SHMPORT_ERR_NO_PORT => c"no port was passed to this process",
             SHMPORT_ERR_ALREADY_ADOPTED => c"the inherited port was already adopted",
             SHMPORT_ERR_BAD_PORT => c"the port's descriptors or segment are not valid",
@@ -257,6 +266,7 @@ impl From<PostError> for shmport_status {
             PostError::Closed(r) => closed(r),
             PostError::PeerInTransfer => SHMPORT_ERR_PEER_IN_TRANSFER,
             PostError::TooManyPorts => SHMPORT_ERR_TOO_MANY_PORTS,
+            PostError::NestedTooDeep => SHMPORT_ERR_NESTED_TOO_DEEP,
             PostError::Io(e) => io(&e),
             PostError::TooLarge { .. } => SHMPORT_ERR_TOO_LARGE,
             PostError::Reserved => SHMPORT_ERR_RESERVED,

@@ -33,7 +33,7 @@ use crate::fault;
 use crate::ring::{Barriers, Consumer, Corrupt, Producer, REWIND_MIN, RingMemory};
 use crate::segment::{Segment, SegmentRing};
 use crate::sys::{self, kick::Kick, socket::Incoming};
-use crate::transfer::{Attachment, PortParts, SegmentRef};
+use crate::transfer::{Attachment, Partial, PortParts, SegmentRef};
 
 /// How long a blocking call spins before it sleeps, unless configured.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
@@ -42,8 +42,9 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
 /// ([`MessagePort::set_max_message_size`]): 1 GiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 30;
 
-/// Most ports one message carries (each takes two of the socket message's
-/// 253 descriptors, and their inboxes may take more).
+/// Most ports one message carries (each takes two descriptors, and the
+/// messages queued on it may carry more: all travel in one attachment, in
+/// as many socket messages as it takes).
 pub const MAX_PORTS: usize = 100;
 
 /// How much a port trusts what its peer writes to shared memory.
@@ -148,9 +149,11 @@ pub(crate) struct Shared {
     /// it, an attachment one half has taken off the socket and not yet
     /// queued is in neither place for the other half, which then finds its
     /// record's attachment missing, or pairs the record with the next one
-    /// (ARCHITECTURE.md, failure model, "Split halves").
+    /// (ARCHITECTURE.md, failure model, "Split halves"). It holds the parts
+    /// of an attachment that comes in several socket messages, gathered
+    /// until the last (`crate::transfer`): the inbox gets whole ones only.
     /// Lock order: `taking_in`, then `inbox`.
-    taking_in: Mutex<()>,
+    taking_in: Mutex<Partial>,
     /// The socket reported hang-up (or reset): the peer port is gone.
     hung_up: AtomicBool,
     /// A receive returned end-of-file: nothing more is queued on the socket.
@@ -210,6 +213,11 @@ impl Shared {
         self.inbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The parts of an attachment taken in so far (holding `taking_in`).
+    fn partial(&self) -> MutexGuard<'_, Partial> {
+        self.taking_in.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Send a wake token; a hung-up peer is reported as `Err`.
     fn wake_peer(&self) -> Result<(), ()> {
         match sys::socket::send_wake(&self.sock) {
@@ -230,8 +238,10 @@ impl Shared {
                 // One blocking receive: a token (or descriptors, or the
                 // hang-up) is what we waited for. Anything else queued is
                 // taken in later, when it is needed.
+                // Unsplit: nobody else takes the lock.
+                let mut partial = self.partial();
                 let got = sys::socket::recv(&self.sock, true)?;
-                self.note(got);
+                self.note(got, &mut partial);
                 Ok(())
             }
             None => {
@@ -247,9 +257,9 @@ impl Shared {
         }
     }
 
-    /// Take in one thing the socket delivered. Returns `true` for an
-    /// attachment.
-    fn note(&self, got: Incoming) -> bool {
+    /// Take in one thing the socket delivered; `partial` is what
+    /// `taking_in` holds. Returns `true` when a whole attachment was queued.
+    fn note(&self, got: Incoming, partial: &mut Partial) -> bool {
         match got {
             Incoming::HungUp => {
                 self.hung_up.store(true, Ordering::Release);
@@ -261,22 +271,30 @@ impl Shared {
             Incoming::Garbage => {
                 let _ = self.broken.set(Corrupt("garbage on the port's socket"));
             }
-            Incoming::Lost => {
-                self.inbox().push_back(Attachment::lost());
-                return true;
+            Incoming::Attachment(body, fds) => {
+                return self.queue(partial.take(&body, Some(fds), true));
             }
-            Incoming::Attachment(body, fds) => match Attachment::decode(&body, fds) {
-                Ok(a) => {
-                    self.inbox().push_back(a);
-                    return true;
-                }
-                Err(c) => {
-                    let _ = self.broken.set(c);
-                }
-            },
+            Incoming::Part(body, fds) => return self.queue(partial.take(&body, Some(fds), false)),
+            Incoming::Lost => return self.queue(partial.take(&[], None, true)),
+            Incoming::LostPart => return self.queue(partial.take(&[], None, false)),
             Incoming::Empty | Incoming::Wake => {}
         }
         false
+    }
+
+    /// Queue a whole attachment ([`Partial::take`]); `true` if there was one.
+    fn queue(&self, got: Result<Option<Attachment>, Corrupt>) -> bool {
+        match got {
+            Ok(Some(a)) => {
+                self.inbox().push_back(a);
+                true
+            }
+            Ok(None) => false,
+            Err(c) => {
+                let _ = self.broken.set(c);
+                false
+            }
+        }
     }
 
     /// Take in everything queued on the socket without blocking (or until
@@ -286,7 +304,7 @@ impl Shared {
         let mut took = false;
         // Each receive and its queuing are one step for the other half. A
         // panic while holding the lock leaves nothing half done.
-        let taking_in = self.taking_in.lock().unwrap_or_else(|e| e.into_inner());
+        let mut taking_in = self.taking_in.lock().unwrap_or_else(|e| e.into_inner());
         let r = loop {
             if self.eof() || self.broken() {
                 break Ok(());
@@ -305,7 +323,7 @@ impl Shared {
             }
             let empty = matches!(got, Incoming::Empty);
             took |= !empty;
-            if self.note(got) && until_attachment || empty {
+            if self.note(got, &mut taking_in) && until_attachment || empty {
                 break Ok(());
             }
         };
@@ -486,7 +504,7 @@ impl MessagePort {
             sock,
             side,
             inbox: Mutex::new(VecDeque::new()),
-            taking_in: Mutex::new(()),
+            taking_in: Mutex::new(Partial::default()),
             hung_up: AtomicBool::new(false),
             eof: AtomicBool::new(false),
             broken: broken.map(OnceLock::from).unwrap_or_default(),
@@ -511,9 +529,11 @@ impl MessagePort {
         }
     }
 
-    /// A rebuilt port gets back the attachments it had already received.
-    pub(crate) fn with_inbox(self, inbox: VecDeque<Attachment>) -> Self {
+    /// A rebuilt port gets back the attachments it had already received,
+    /// and the parts of one still arriving.
+    pub(crate) fn with_inbox(self, inbox: VecDeque<Attachment>, partial: Partial) -> Self {
         *self.rx.shared.inbox() = inbox;
+        *self.rx.shared.partial() = partial;
         self
     }
 
@@ -534,6 +554,7 @@ impl MessagePort {
                 side: s.side,
                 spin,
                 inbox: s.inbox.into_inner().unwrap_or_else(|e| e.into_inner()),
+                partial: s.taking_in.into_inner().unwrap_or_else(|e| e.into_inner()),
             },
             // Nothing else holds the core of a whole port (messages and
             // reservations borrow the port, which is consumed here).
@@ -545,6 +566,13 @@ impl MessagePort {
     fn is_peer_of(&self, other: &Shared) -> bool {
         let me = &self.tx.shared;
         other.side != me.side && me.seg.same(&other.seg)
+    }
+
+    /// What this port's inbox holds, for a transfer of it over the port
+    /// whose core is `sender`: nesting depth, and whether `sender`'s peer
+    /// is in it.
+    fn scan_inbox(&self, sender: &Shared) -> crate::transfer::Scan {
+        crate::transfer::scan(&self.rx.shared.inbox(), &sender.seg, sender.side)
     }
 
     /// How long blocking calls spin (checking the ring, no system call)

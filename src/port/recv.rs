@@ -192,6 +192,9 @@ impl PortReceiver {
             // than when this port drops.
             let orphans: Vec<_> = self.shared.inbox().drain(..).collect();
             drop(orphans);
+            // Nor will the rest of an attachment whose first parts came.
+            let partial = std::mem::take(&mut *self.shared.partial());
+            drop(partial);
             return Some(self.peer_gone_reason());
         }
         None

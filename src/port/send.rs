@@ -16,10 +16,10 @@ use super::{Half, MAX_PORTS, MessagePort, PortReceiver, PortSender, Reservation,
 use crate::error::{PostError, TransferError};
 use crate::fault;
 use crate::layout::{OOL_DESCRIPTOR, OolDescriptor};
-use crate::ring::{Kind, RecordMeta, Slot};
+use crate::ring::{Corrupt, Kind, RecordMeta, Slot};
 use crate::ser::{MAX_MESSAGE_SIZE, Postable, RecordWriter, WriteFailure, fingerprint};
 use crate::sys;
-use crate::transfer::{Attachment, PortParts};
+use crate::transfer::{self, Attachment, MAX_ATTACH_BODY, MAX_ATTACH_FDS, MAX_DEPTH, PortParts};
 
 /// The posting API, on [`MessagePort`] and on [`PortSender`] alike: each
 /// entry names the method, its parameters, and the internal call (which
@@ -87,8 +87,19 @@ post_api! {
     /// them, move with it.
     ///
     /// Atomic: on any error nothing is sent and every port comes back in
-    /// the error. This port's own peer cannot be sent over it
-    /// ([`PostError::PeerInTransfer`]).
+    /// the error. Refused: this port's own peer, in the list or queued on
+    /// a port in it at any depth ([`PostError::PeerInTransfer`]: it would
+    /// travel into its own queue and the channel be lost); ports nested
+    /// deeper than a receiver accepts ([`PostError::NestedTooDeep`]); more
+    /// than [`MAX_PORTS`](crate::MAX_PORTS) ports, or queues larger than a
+    /// receiver accepts in one message ([`PostError::TooManyPorts`]). To
+    /// check, each port first takes in what its socket holds (as a receive
+    /// would); a port comes back with that in its queue.
+    ///
+    /// Any queue moves, however many descriptors it holds: past what one
+    /// socket message carries (253 descriptors, 4 KiB), it goes in several,
+    /// and once the first is sent the others follow even past a `try_` or
+    /// timed post's wait.
     ///
     /// ```
     /// use shmport::MessageChannel;
@@ -190,6 +201,28 @@ impl PortSender {
         }
         if ports.len() > MAX_PORTS {
             return refuse(PostError::TooManyPorts, ports);
+        }
+        // Each port first takes in what its socket holds (as a receive
+        // would): its whole queue is then in its inbox, where this sender
+        // sees it. The receiver must accept the nesting, and this port's
+        // own peer must not be in there: it would travel into its own
+        // socket's queue (directly, or inside a port in there), where
+        // nobody can ever take it out, and the kernel's collector of
+        // unreachable descriptors would close both ends of this channel
+        // (ARCHITECTURE.md, failure model).
+        let checked = ports.iter().try_for_each(|p| {
+            p.take_in().map_err(PostError::Io)?;
+            let scan = p.scan_inbox(&self.shared);
+            if scan.holds_peer {
+                return Err(PostError::PeerInTransfer);
+            }
+            if scan.depth > MAX_DEPTH {
+                return Err(PostError::NestedTooDeep);
+            }
+            Ok(())
+        });
+        if let Err(e) = checked {
+            return refuse(e, ports);
         }
         meta.nports = ports.len() as u16;
         let parts = ports.into_iter().map(MessagePort::into_parts).collect();
@@ -363,6 +396,16 @@ impl PortSender {
         Ok(())
     }
 
+    /// Send an attachment: one socket message, or its parts back to back
+    /// (`crate::transfer`). Once a part is on the socket the rest must
+    /// follow whatever `wait` says (the receiver would otherwise hold half
+    /// an attachment, and copies of the descriptors in it): later parts
+    /// wait for room as long as it takes. Only the end of the channel stops
+    /// them (`Closed`: the peer hung up, broke the protocol, or stopped
+    /// reading — then the parts sent stay in its socket, holding copies of
+    /// the descriptors in them, until its port is gone). A system call
+    /// failing between parts leaves the channel out of step: this port is
+    /// then broken (`ProtocolError`), and the error returned.
     pub(super) fn send_attachment(
         &self,
         att: &Attachment,
@@ -372,8 +415,40 @@ impl PortSender {
         let mut body = Vec::new();
         let mut fds = Vec::new();
         att.encode(&mut body, &mut fds);
+        if body.len() > MAX_ATTACH_BODY || fds.len() > MAX_ATTACH_FDS {
+            // More than a receiver accepts in one attachment.
+            return Err(PostError::TooManyPorts);
+        }
+        for (i, (part, part_fds, last)) in transfer::parts(&body, &fds).enumerate() {
+            if i == 0 {
+                self.send_part(part, part_fds, last, wait, rx)?;
+                continue;
+            }
+            fault::reach(fault::Point::BetweenParts);
+            match self.send_part(part, part_fds, last, Wait::Forever, rx) {
+                Ok(()) => {}
+                Err(e @ PostError::Closed(_)) => return Err(e),
+                Err(e) => {
+                    let _ = self.corrupt(Corrupt("an attachment could not be sent whole"));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Send one socket message of an attachment, waiting for room as
+    /// `wait` allows, or until the peer is gone or stopped reading.
+    fn send_part(
+        &self,
+        body: &[u8],
+        fds: &[std::os::fd::BorrowedFd<'_>],
+        last: bool,
+        wait: Wait,
+        rx: Option<&PortReceiver>,
+    ) -> Result<(), PostError> {
         loop {
-            match sys::socket::send_attachment(&self.shared.sock, &body, &fds, false) {
+            match sys::socket::send_attachment(&self.shared.sock, body, fds, last, false) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The peer has not taken earlier attachments in yet.

@@ -37,6 +37,13 @@ pub fn seal(fd: impl AsFd, seals: SealFlags) -> io::Result<()> {
     Ok(fcntl_add_seals(fd, seals | SealFlags::SEAL)?)
 }
 
+/// Identity of the file behind `fd`: (device, inode), the same in every
+/// process that has it.
+pub fn file_id(fd: impl AsFd) -> io::Result<(u64, u64)> {
+    let st = fstat(&fd)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
 /// The file's size, if it is a regular file (memfds are) carrying at least
 /// `required` seals; an error naming what is wrong otherwise.
 pub fn checked_size(fd: impl AsFd, required: SealFlags) -> io::Result<usize> {

@@ -2,7 +2,8 @@
 //!
 //! It carries three things: one-byte wake tokens (sent only when the other
 //! side announced in the segment that it sleeps), descriptors (`SCM_RIGHTS`,
-//! always sent before the ring record that refers to them), and — by being
+//! always sent before the ring record that refers to them; an attachment too
+//! large for one message goes in several, see `crate::transfer`), and — by being
 //! closed, explicitly or by the kernel when the owning process dies — the
 //! hang-up that tells the peer the port is gone.
 
@@ -21,8 +22,12 @@ use rustix::net::{
 
 /// Tag byte of a wake token.
 pub const TAG_WAKE: u8 = b'W';
-/// Tag byte of a message carrying descriptors (an attachment).
+/// Tag byte of a message carrying descriptors (an attachment), or the last
+/// part of an attachment sent in several messages.
 pub const TAG_ATTACH: u8 = b'A';
+/// Tag byte of every part but the last of an attachment sent in several
+/// messages.
+pub const TAG_MORE: u8 = b'M';
 /// Most descriptors one socket message carries (the kernel's SCM_MAX_FD).
 pub const MAX_FDS: usize = 253;
 /// Largest attachment body, tag included.
@@ -63,13 +68,15 @@ fn hangup_as_broken_pipe(e: Errno) -> io::Error {
     }
 }
 
-/// Send one attachment: `body` (after the tag byte) and `fds`, in one
-/// message, so it arrives whole or not at all. `WouldBlock` when the socket
+/// Send one attachment, or one part of it: `body` (after the tag byte) and
+/// `fds`, in one message, so it arrives whole or not at all; tagged
+/// [`TAG_ATTACH`] if `last`, else [`TAG_MORE`]. `WouldBlock` when the socket
 /// buffer is full and `block` is false; `BrokenPipe` when the peer hung up.
 pub fn send_attachment(
     fd: impl AsFd,
     body: &[u8],
     fds: &[BorrowedFd<'_>],
+    last: bool,
     block: bool,
 ) -> io::Result<()> {
     if fds.len() > MAX_FDS || body.len() + 1 > MAX_BODY {
@@ -88,7 +95,8 @@ pub fn send_attachment(
     if !block {
         flags |= SendFlags::DONTWAIT;
     }
-    let iov = [io::IoSlice::new(&[TAG_ATTACH]), io::IoSlice::new(body)];
+    let tag = [if last { TAG_ATTACH } else { TAG_MORE }];
+    let iov = [io::IoSlice::new(&tag), io::IoSlice::new(body)];
     loop {
         match sendmsg(&fd, &iov, &mut control, flags) {
             Ok(_) => return Ok(()),
@@ -105,8 +113,12 @@ pub enum Incoming {
     Empty,
     /// A wake token.
     Wake,
-    /// An attachment: its body (after the tag) and descriptors.
+    /// An attachment, or the last part of one sent in several messages:
+    /// its body (after the tag) and descriptors.
     Attachment(Vec<u8>, Vec<OwnedFd>),
+    /// A part of an attachment, not the last: its body (after the tag) and
+    /// descriptors.
+    Part(Vec<u8>, Vec<OwnedFd>),
     /// The other end is closed: its owner closed it or died. Nothing more
     /// is queued.
     HungUp,
@@ -114,9 +126,12 @@ pub enum Incoming {
     /// (`ECONNRESET`). The kernel reports this once, before the messages
     /// still queued for us: keep reading them, up to [`Incoming::HungUp`].
     Reset,
-    /// An attachment whose descriptors could not be received (this process
-    /// ran out of descriptors); the kernel closed them.
+    /// An attachment (or its last part) whose descriptors could not be
+    /// received (this process ran out of descriptors); the kernel closed
+    /// them.
     Lost,
+    /// [`Incoming::Lost`] for a part that is not the last.
+    LostPart,
     /// Something the protocol does not send (unknown tag, truncated
     /// message or descriptors). Any descriptors that came with it were
     /// closed.
@@ -173,9 +188,11 @@ pub fn recv(fd: impl AsFd, block: bool) -> io::Result<Incoming> {
         // The kernel could not install every descriptor (this process is
         // out of descriptors): they are gone, closed by the kernel.
         TAG_ATTACH if fds_lost => Ok(Incoming::Lost),
+        TAG_MORE if fds_lost => Ok(Incoming::LostPart),
         _ if fds_lost => Ok(Incoming::Garbage),
         TAG_WAKE if received.is_empty() && got.bytes == 1 => Ok(Incoming::Wake),
         TAG_ATTACH => Ok(Incoming::Attachment(buf[1..got.bytes].to_vec(), received)),
+        TAG_MORE => Ok(Incoming::Part(buf[1..got.bytes].to_vec(), received)),
         _ => Ok(Incoming::Garbage),
     }
 }

@@ -191,3 +191,15 @@ pub fn map_parent_segment() -> (std::ptr::NonNull<u8>, usize, std::os::fd::RawFd
         sock,
     )
 }
+
+/// Let this process open at least `n` descriptors if its hard limit allows
+/// (the soft limit is raised to the hard one); returns the soft limit now.
+pub fn allow_fds(n: u64) -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current.is_some_and(|c| c < n) {
+        lim.current = lim.maximum;
+        setrlimit(Resource::Nofile, lim).unwrap();
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}

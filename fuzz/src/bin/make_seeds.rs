@@ -142,6 +142,13 @@ fn attachment_seeds() {
     s.u8(3).u8(7).u8(0).u8(5).u8(2).blob(b"inner").u8(0);
     s.raw(&[0, 1, 0, 0]).u64(0).u32(1).raw(&[1, 0, 0]);
     write("attachment", "nested", &s.0);
+    // A port that left with the first part of an attachment still arriving
+    // on its socket (its flag byte and memfd).
+    let mut s = Script::default();
+    s.u8(3).u8(7).u8(0).u8(5).u8(2).blob(b"part").u8(0);
+    s.raw(&[0, 1, 0, 2]).u64(0).u32(0);
+    s.u8(0).u32(1).raw(&[1]).u32(1);
+    write("attachment", "partial", &s.0);
     // A port whose segment has bad header words and ring positions.
     let mut s = Script::default();
     s.u8(2).u8(7).u8(0).u8(4);
