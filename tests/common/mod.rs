@@ -203,3 +203,15 @@ pub fn allow_fds(n: u64) -> u64 {
     }
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
+
+/// Receive the report of a child playing the "fds" role (its open
+/// descriptors and its port variable) and check it holds stdio and its
+/// port's two descriptors, nothing else.
+pub fn assert_child_holds_only_stdio_and_its_port(port: &shmport::MessagePort) {
+    let m = port.recv().unwrap();
+    let (fds, env) = m.deserialize::<(Vec<i32>, String)>().unwrap();
+    let fields: Vec<i32> = env.split(',').take(2).map(|f| f.parse().unwrap()).collect();
+    let mut want = vec![0, 1, 2, fields[0], fields[1]];
+    want.sort();
+    assert_eq!(fds, want, "descriptors open in the child");
+}
