@@ -49,7 +49,7 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
-use shmport::layout::{self, ProducerLine, RingHeader};
+use shmport::testing::layout::{self, ProducerLine, RingHeader};
 use shmport::{DEFAULT_CAPACITY, MessageChannel, MessagePort, PortSet, RecvError};
 
 const ROLE_ENV: &str = "SHMPORT_BENCH_ROLE";

@@ -321,7 +321,7 @@ impl fmt::Display for OpenError {
             OpenError::BadVersion(v) => write!(
                 f,
                 "segment layout version {v}, this build reads version {}",
-                crate::layout::LAYOUT_VERSION
+                crate::shm::layout::LAYOUT_VERSION
             ),
             OpenError::BadGeometry(s) => write!(f, "bad segment geometry: {s}"),
             OpenError::Corrupt(s) => write!(f, "corrupt segment: {s}"),

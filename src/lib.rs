@@ -53,44 +53,40 @@
 
 #![cfg(target_os = "linux")]
 
-#[cfg(feature = "tokio")]
-pub mod aio;
-mod channel;
+// The layers, bottom up: each folder imports only those above it in this
+// list (ARCHITECTURE.md, "Layers").
+mod connect;
 mod error;
-#[doc(hidden)]
-pub mod fault;
-#[doc(hidden)]
-pub mod fuzzing;
-pub mod layout;
-mod message;
+mod fault;
+mod many;
 mod port;
-mod port_set;
-pub mod push;
-mod rendezvous;
-pub mod ring;
-mod segment;
-mod ser;
-mod spawn;
+mod shm;
 mod sys;
-mod transfer;
+#[doc(hidden)]
+pub mod testing;
+mod wire;
 
-pub use channel::{ChannelBuilder, DEFAULT_CAPACITY, MessageChannel};
+pub use connect::channel::{ChannelBuilder, DEFAULT_CAPACITY, MessageChannel};
+pub use connect::rendezvous::{
+    ConnectError, Credentials, DEFAULT_CONNECT_TIMEOUT, Incoming, Listener, connect,
+    connect_abstract, connect_abstract_timeout, connect_timeout,
+};
+pub use connect::spawn::{PORT_ENV, spawn};
 pub use error::{
     AccessError, AddError, CloseReason, OpenError, PostError, RecvError, SplitError,
     TakePortsError, TransferError,
 };
-pub use message::{Message, OwnedMessage, Receivable};
+#[cfg(feature = "tokio")]
+pub use many::aio;
+pub use many::port_set::{PortSet, SetEvent};
+pub use many::push;
+pub use port::message::{Message, OwnedMessage, Receivable};
 pub use port::{
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SPIN, MAX_PORTS, MessagePort, PortReceiver, PortSender,
     Reservation, Trust,
 };
-pub use port_set::{PortSet, SetEvent};
-pub use rendezvous::{
-    ConnectError, Credentials, DEFAULT_CONNECT_TIMEOUT, Incoming, Listener, connect,
-    connect_abstract, connect_abstract_timeout, connect_timeout,
-};
-pub use ser::{MAX_MESSAGE_SIZE, Postable, RecordSerializer, RecordWriter, fingerprint};
-pub use spawn::{PORT_ENV, spawn};
+pub use shm::layout::{MAX_CAPACITY, MIN_CAPACITY};
+pub use wire::writer::{MAX_MESSAGE_SIZE, Postable, RecordSerializer, RecordWriter, fingerprint};
 
 /// rkyv, re-exported so users derive with the same version.
 pub use rkyv;

@@ -352,7 +352,7 @@ fn unchecked_access_reads_the_same_value_and_still_checks_the_type() {
 
 #[test]
 fn a_capacity_over_the_maximum_is_refused_not_clamped() {
-    use shmport::layout::{MAX_CAPACITY, MIN_CAPACITY};
+    use shmport::testing::layout::{MAX_CAPACITY, MIN_CAPACITY};
     for too_large in [MAX_CAPACITY + 1, usize::MAX / 2 + 1, usize::MAX] {
         let builder = MessageChannel::builder().capacity(too_large);
         let e = builder.build().expect_err("a ring over the maximum");

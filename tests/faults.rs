@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{Victim, noise, open_fds, peer, role};
 use rustix::process::Signal;
-use shmport::fault::{self, Point};
+use shmport::testing::fault::{self, Point};
 use shmport::{CloseReason, MessageChannel, MessagePort, PortSet, PostError, RecvError};
 
 /// Messages a peer posts before it is killed: small, mid-sized, one out of

@@ -37,11 +37,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Victim, map_parent_segment, peer, role};
-use shmport::layout::{
+use shmport::testing::layout::{
     FLAG_OUT_OF_LINE, HEADER_AREA, KIND_PADDING, KIND_RAW, KIND_TYPED, RING_HEADER, RecordHeader,
     RecordInfo, RingHeader, pack_info, ring_data,
 };
-use shmport::ring::{Barriers, Consumer, Kind, Producer, RecordMeta, RingMemory};
+use shmport::testing::ring::{Barriers, Consumer, Kind, Producer, RecordMeta, RingMemory};
 use shmport::{ChannelBuilder, CloseReason, MessagePort, PostError, RecvError, Trust};
 
 /// A typed message with strings and vectors, for the payload rounds.
@@ -778,8 +778,8 @@ fn a_vandal_writing_anywhere_at_any_time_never_crashes_or_hangs_the_victim() {
 /// same bound as records.
 #[test]
 fn padding_cannot_run_the_head_ahead_of_held_messages() {
-    use shmport::layout::{RECORD_HEADER, align_record};
-    use shmport::ring::heap::HeapRing;
+    use shmport::testing::layout::{RECORD_HEADER, align_record};
+    use shmport::testing::ring::heap::HeapRing;
 
     let cap = 4096usize;
     let mem = HeapRing::new(cap);

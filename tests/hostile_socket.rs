@@ -3,7 +3,7 @@
 //! required, truncated and oversized socket messages, attachments that do
 //! not match their records.
 //!
-//! The victim is a real port; its peer is raw (`shmport::fuzzing`): the
+//! The victim is a real port; its peer is raw (`shmport::testing::fuzzing`): the
 //! segment and the socket, written as a hostile process would. Each case
 //! checks the error is the clear one (the port closes with `ProtocolError`,
 //! or that one message fails and the port goes on) and that no descriptor
@@ -18,9 +18,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 
 use rustix::fs::{MemfdFlags, SealFlags};
-use shmport::fuzzing::{RawPeer, victim_and_raw_peer};
-use shmport::layout::{HEADER_AREA, LAYOUT_VERSION, MAGIC};
-use shmport::ring::{Kind, RecordMeta};
+use shmport::testing::fuzzing::{RawPeer, victim_and_raw_peer};
+use shmport::testing::layout::{HEADER_AREA, LAYOUT_VERSION, MAGIC};
+use shmport::testing::ring::{Kind, RecordMeta};
 use shmport::{CloseReason, MessagePort, OpenError, PostError, RecvError, Trust};
 
 fn serial() -> MutexGuard<'static, ()> {

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{checksum, map_parent_segment, noise, peer, role, wait_for_line};
-use shmport::layout::{
+use shmport::testing::layout::{
     HEADER_AREA, KIND_RAW, KIND_TYPED, RECORD_HEADER, RecordHeader, RecordInfo, pack_info,
 };
 use shmport::{AccessError, ChannelBuilder, CloseReason, MessagePort, PostError, RecvError};
@@ -568,8 +568,8 @@ fn fake_segment(magic: u64, version: u32, cap: u64, size: usize, sealed: bool) -
 
 #[test]
 fn corrupt_segment_headers_are_refused_with_clear_errors() {
-    let magic = shmport::layout::MAGIC;
-    let version = shmport::layout::LAYOUT_VERSION;
+    let magic = shmport::testing::layout::MAGIC;
+    let version = shmport::testing::layout::LAYOUT_VERSION;
     let size = HEADER_AREA + 2 * 4096;
     let (sock, _other) = rustix::net::socketpair(
         rustix::net::AddressFamily::UNIX,

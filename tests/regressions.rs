@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{peer, role};
-use shmport::layout::{KIND_RAW, RecordInfo, pack_info};
+use shmport::testing::layout::{KIND_RAW, RecordInfo, pack_info};
 use shmport::{CloseReason, MessageChannel, MessagePort, RecvError};
 
 fn small() -> (MessagePort, MessagePort) {

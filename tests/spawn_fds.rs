@@ -32,7 +32,7 @@ fn peer_entry() {
 /// lowered below them after they were opened.
 #[test]
 fn the_descriptor_walk_reaches_descriptors_above_65536_and_above_the_soft_limit() {
-    shmport::fault::walk_descriptors_in_children(true);
+    shmport::testing::fault::walk_descriptors_in_children(true);
     let before = getrlimit(Resource::Nofile);
     let high: i32 = 70_000;
     let mut raised = before;
@@ -71,6 +71,6 @@ fn the_descriptor_walk_reaches_descriptors_above_65536_and_above_the_soft_limit(
     child.wait_success();
 
     drop((at_high, at_2000, r, w));
-    shmport::fault::walk_descriptors_in_children(false);
+    shmport::testing::fault::walk_descriptors_in_children(false);
     setrlimit(Resource::Nofile, before).unwrap();
 }

@@ -73,7 +73,7 @@ fn peer_entry() {
             // holds each attachment it takes between the socket and the
             // inbox. The receiving half comes late for each message, so it
             // finds the record while the attachment is held.
-            shmport::fault::set_hook(hold_taken_in);
+            shmport::testing::fault::set_hook(hold_taken_in);
             port.set_spin(Duration::ZERO);
             let (tx, rx) = port.split().unwrap();
             let sender = thread::Builder::new()
@@ -192,8 +192,10 @@ fn race_payload(i: u64) -> Vec<u8> {
     noise(600 * 1024 + i as usize, 77 + i)
 }
 
-fn hold_taken_in(point: shmport::fault::Point) {
-    if point == shmport::fault::Point::TakenIn && thread::current().name() == Some(SENDING_HALF) {
+fn hold_taken_in(point: shmport::testing::fault::Point) {
+    if point == shmport::testing::fault::Point::TakenIn
+        && thread::current().name() == Some(SENDING_HALF)
+    {
         HELD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         thread::sleep(Duration::from_millis(200));
     }

@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use common::{allow_fds, noise, peer, role};
-use shmport::fault::{self, Point};
+use shmport::testing::fault::{self, Point};
 use shmport::{CloseReason, MessageChannel, MessagePort, PostError, RecvError};
 
 /// How long a test waits for a message that must come (a failure shows as

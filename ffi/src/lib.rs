@@ -70,7 +70,7 @@ const _: () = {
     assert!(SHMPORT_MAX_PORTS == shmport_core::MAX_PORTS);
     assert!(SHMPORT_DEFAULT_CAPACITY == shmport_core::DEFAULT_CAPACITY);
     assert!(SHMPORT_MAX_MESSAGE_SIZE == shmport_core::MAX_MESSAGE_SIZE);
-    assert!(SHMPORT_MAX_CAPACITY == shmport_core::layout::MAX_CAPACITY);
+    assert!(SHMPORT_MAX_CAPACITY == shmport_core::MAX_CAPACITY);
 };
 
 /// The library's version, e.g. "0.1.0" (static; never free it).

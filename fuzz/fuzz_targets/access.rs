@@ -18,8 +18,8 @@
 use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
-use shmport::fuzzing::{RawPeer, victim_and_raw_peer};
-use shmport::ring::{Kind, RecordMeta};
+use shmport::testing::fuzzing::{RawPeer, victim_and_raw_peer};
+use shmport::testing::ring::{Kind, RecordMeta};
 use shmport::{MessagePort, RecvError, Trust};
 use shmport_fuzz::{ACCESS_TYPES, Reader, access_as, fingerprint_of};
 
@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
             _ => r.u64(),
         },
     };
-    let payload = r.bytes(shmport::fuzzing::max_payload(CAP));
+    let payload = r.bytes(shmport::testing::fuzzing::max_payload(CAP));
     PAIR.with(|pair| {
         let (victim, peer) = &mut *pair.borrow_mut();
         victim.set_trust(if untrusted {

@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shmport::fuzzing::decode_attachment;
+use shmport::testing::fuzzing::decode_attachment;
 use shmport_fuzz::{Reader, is_open, make_fd, raw};
 
 fuzz_target!(|data: &[u8]| {

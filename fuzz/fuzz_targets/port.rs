@@ -14,9 +14,9 @@
 use std::os::fd::AsFd;
 
 use libfuzzer_sys::fuzz_target;
-use shmport::fuzzing::{RawPeer, victim_and_raw_peer};
-use shmport::layout::{RECORD_HEADER, RING_HEADER};
-use shmport::ring::{Kind, RecordMeta};
+use shmport::testing::fuzzing::{RawPeer, victim_and_raw_peer};
+use shmport::testing::layout::{RECORD_HEADER, RING_HEADER};
+use shmport::testing::ring::{Kind, RecordMeta};
 use shmport::{CloseReason, MessagePort, PostError, RecvError, Trust};
 use shmport_fuzz::{
     ACCESS_TYPES, Reader, access_as, fingerprint_of, make_fd, open_fd_count, send_raw,
@@ -65,7 +65,7 @@ fn run(data: &[u8]) {
     let mut held = Vec::new();
     let mut last_pos: Option<u64> = None;
     let mut broken = false;
-    let max = shmport::fuzzing::max_payload(cap);
+    let max = shmport::testing::fuzzing::max_payload(cap);
     let mut steps = 0;
     while !r.is_empty() && steps < 500 {
         steps += 1;

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use libfuzzer_sys::fuzz_target;
-use shmport::layout::{RECORD_HEADER, align_record};
-use shmport::ring::heap::HeapRing;
-use shmport::ring::{Barriers, Consumer, Kind, Producer, Record, RecordMeta, RingMemory};
+use shmport::testing::layout::{RECORD_HEADER, align_record};
+use shmport::testing::ring::heap::HeapRing;
+use shmport::testing::ring::{Barriers, Consumer, Kind, Producer, Record, RecordMeta, RingMemory};
 use shmport_fuzz::Reader;
 
 const RAW: RecordMeta = RecordMeta {
@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
     let mut held: Vec<Record> = Vec::new();
     let mut seq = 0u64;
     let mut hostile = false;
-    let max = shmport::ring::max_payload(cap);
+    let max = shmport::testing::ring::max_payload(cap);
     let mut steps = 0;
     while !r.is_empty() && steps < 2000 {
         steps += 1;

@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use rkyv::{Archive, Deserialize, Serialize};
 use rustix::fs::{MemfdFlags, SealFlags};
-use shmport::layout::{HEADER_AREA, LAYOUT_VERSION, MAGIC, RING_HEADER};
+use shmport::testing::layout::{HEADER_AREA, LAYOUT_VERSION, MAGIC, RING_HEADER};
 
 /// Reads the fuzzer's bytes; past the end, every read gives zeros.
 pub struct Reader<'a> {
@@ -82,7 +82,7 @@ impl<'a> Reader<'a> {
             2 => u64::MAX - self.u8() as u64,
             3 => (1u64 << 63).wrapping_add(self.u8() as u64),
             4 => self.u16() as u64 * 64 + 1,
-            5 => shmport::layout::pack_info(shmport::layout::RecordInfo {
+            5 => shmport::testing::layout::pack_info(shmport::testing::layout::RecordInfo {
                 len: match self.u8() % 4 {
                     0 => self.u32(),
                     1 => self.u16() as u32,

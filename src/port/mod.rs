@@ -10,6 +10,7 @@
 //! Here: the types, construction, the socket and close handling; posting in
 //! [`send`], receiving in [`recv`], zero-copy reservations in [`reserve`].
 
+pub(crate) mod message;
 pub(crate) mod recv;
 mod reserve;
 mod send;
@@ -30,10 +31,10 @@ use rkyv::ser::allocator::Arena;
 
 use crate::error::{CloseReason, PostError, SplitError};
 use crate::fault;
-use crate::ring::{Barriers, Consumer, Corrupt, Producer, REWIND_MIN, RingMemory};
-use crate::segment::{Segment, SegmentRing};
+use crate::shm::ring::{Barriers, Consumer, Corrupt, Producer, REWIND_MIN, RingMemory};
+use crate::shm::segment::{Segment, SegmentRing};
 use crate::sys::{self, kick::Kick, socket::Incoming};
-use crate::transfer::{Attachment, Partial, PortParts, SegmentRef};
+use crate::wire::attachment::{Attachment, Partial, PortParts, SegmentRef};
 
 /// How long a blocking call spins before it sleeps, unless configured.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
@@ -151,7 +152,7 @@ pub(crate) struct Shared {
     /// record's attachment missing, or pairs the record with the next one
     /// (ARCHITECTURE.md, failure model, "Split halves"). It holds the parts
     /// of an attachment that comes in several socket messages, gathered
-    /// until the last (`crate::transfer`): the inbox gets whole ones only.
+    /// until the last (`crate::wire::attachment`): the inbox gets whole ones only.
     /// Lock order: `taking_in`, then `inbox`.
     taking_in: Mutex<Partial>,
     /// The socket reported hang-up (or reset): the peer port is gone.
@@ -571,8 +572,8 @@ impl MessagePort {
     /// What this port's inbox holds, for a transfer of it over the port
     /// whose core is `sender`: nesting depth, and whether `sender`'s peer
     /// is in it.
-    fn scan_inbox(&self, sender: &Shared) -> crate::transfer::Scan {
-        crate::transfer::scan(&self.rx.shared.inbox(), &sender.seg, sender.side)
+    fn scan_inbox(&self, sender: &Shared) -> crate::wire::attachment::Scan {
+        crate::wire::attachment::scan(&self.rx.shared.inbox(), &sender.seg, sender.side)
     }
 
     /// How long blocking calls spin (checking the ring, no system call)
@@ -925,7 +926,7 @@ impl Drop for PortReceiver {
         let orphans: Vec<Attachment> = self.shared.inbox().drain(..).collect();
         for att in orphans {
             for p in att.ports {
-                crate::transfer::discard(p);
+                crate::wire::attachment::discard(p);
             }
         }
         // The socket closes (the peer's hang-up) when the last half drops.

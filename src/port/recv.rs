@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use super::{Half, MessagePort, PortReceiver, Trust, Wait};
 use crate::error::{CloseReason, RecvError};
-use crate::layout::{OOL_DESCRIPTOR, OolDescriptor};
-use crate::message::{Body, Message};
-use crate::ring::{Corrupt, Record};
+use crate::port::message::{Body, Message};
+use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor};
+use crate::shm::ring::{Corrupt, Record};
 use crate::sys::{self, Mapping};
-use crate::transfer::PortParts;
+use crate::wire::attachment::PortParts;
 
 /// How long a spinning wait goes without a look at the socket. A peer
 /// killed while we spin is noticed within this time (one non-blocking

@@ -3,7 +3,7 @@
 
 use super::{PortReceiver, PortSender, Wait};
 use crate::error::PostError;
-use crate::ring::Slot;
+use crate::shm::ring::Slot;
 
 impl PortSender {
     pub(super) fn reserve_raw(

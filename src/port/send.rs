@@ -15,11 +15,13 @@ use super::recv::LOOK_EVERY;
 use super::{Half, MAX_PORTS, MessagePort, PortReceiver, PortSender, Reservation, Wait};
 use crate::error::{PostError, TransferError};
 use crate::fault;
-use crate::layout::{OOL_DESCRIPTOR, OolDescriptor};
-use crate::ring::{Corrupt, Kind, RecordMeta, Slot};
-use crate::ser::{MAX_MESSAGE_SIZE, Postable, RecordWriter, WriteFailure, fingerprint};
+use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor};
+use crate::shm::ring::{Corrupt, Kind, RecordMeta, Slot};
 use crate::sys;
-use crate::transfer::{self, Attachment, MAX_ATTACH_BODY, MAX_ATTACH_FDS, MAX_DEPTH, PortParts};
+use crate::wire::attachment::{
+    self, Attachment, MAX_ATTACH_BODY, MAX_ATTACH_FDS, MAX_DEPTH, PortParts,
+};
+use crate::wire::writer::{MAX_MESSAGE_SIZE, Postable, RecordWriter, WriteFailure, fingerprint};
 
 /// The posting API, on [`MessagePort`] and on [`PortSender`] alike: each
 /// entry names the method, its parameters, and the internal call (which
@@ -397,7 +399,7 @@ impl PortSender {
     }
 
     /// Send an attachment: one socket message, or its parts back to back
-    /// (`crate::transfer`). Once a part is on the socket the rest must
+    /// (`crate::wire::attachment`). Once a part is on the socket the rest must
     /// follow whatever `wait` says (the receiver would otherwise hold half
     /// an attachment, and copies of the descriptors in it): later parts
     /// wait for room as long as it takes. Only the end of the channel stops
@@ -419,7 +421,7 @@ impl PortSender {
             // More than a receiver accepts in one attachment.
             return Err(PostError::TooManyPorts);
         }
-        for (i, (part, part_fds, last)) in transfer::parts(&body, &fds).enumerate() {
+        for (i, (part, part_fds, last)) in attachment::parts(&body, &fds).enumerate() {
             if i == 0 {
                 self.send_part(part, part_fds, last, wait, rx)?;
                 continue;

@@ -2,10 +2,10 @@
 //! the sending half's own steps.
 
 use super::*;
-use crate::channel::MessageChannel;
+use crate::connect::channel::MessageChannel;
 use crate::error::RecvError;
-use crate::layout::OOL_DESCRIPTOR;
-use crate::ring::{Kind, RecordMeta, RingMemory};
+use crate::shm::layout::OOL_DESCRIPTOR;
+use crate::shm::ring::{Kind, RecordMeta, RingMemory};
 
 /// Publish an out-of-line record whose memfd has only `seals`.
 fn post_out_of_line_with(a: &MessagePort, payload: &[u8], seals: rustix::fs::SealFlags) {

@@ -3,7 +3,7 @@
 //! It carries three things: one-byte wake tokens (sent only when the other
 //! side announced in the segment that it sleeps), descriptors (`SCM_RIGHTS`,
 //! always sent before the ring record that refers to them; an attachment too
-//! large for one message goes in several, see `crate::transfer`), and — by being
+//! large for one message goes in several, see `crate::wire::attachment`), and — by being
 //! closed, explicitly or by the kernel when the owning process dies — the
 //! hang-up that tells the peer the port is gone.
 

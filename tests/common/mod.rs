@@ -187,7 +187,7 @@ pub fn map_parent_segment() -> (std::ptr::NonNull<u8>, usize, std::os::fd::RawFd
     .unwrap();
     (
         std::ptr::NonNull::new(base.cast()).unwrap(),
-        (len - shmport::layout::HEADER_AREA) / 2,
+        (len - shmport::testing::layout::HEADER_AREA) / 2,
         sock,
     )
 }

@@ -4,7 +4,7 @@
 //! segment in production, a heap block ([`heap::HeapRing`]) in unit tests.
 //! Waking a sleeper is the caller's job; the ring only says when one is due.
 //!
-//! Protocol (see [`crate::layout`] for the bytes):
+//! Protocol (see [`crate::shm::layout`] for the bytes):
 //! - The producer writes a record's payload and header fields, then stores
 //!   the commit word `position + 1` with Release. The consumer loads the
 //!   commit word at its head with Acquire; a match means the record is whole.
@@ -37,7 +37,7 @@ use core::sync::atomic::{Ordering, compiler_fence};
 #[cfg(shmport_loom)]
 use loom::sync::atomic::fence;
 
-use crate::layout::{
+use crate::shm::layout::{
     BARRIER_FENCE, BARRIER_MEMBARRIER, FLAG_OUT_OF_LINE, KIND_PADDING, KIND_RAW, KIND_TYPED,
     RECORD_ALIGN, RECORD_HEADER, RecordHeader, RecordInfo, RingHeader, align_record, pack_info,
     unpack_info,
@@ -58,7 +58,7 @@ pub const REWIND_MIN: usize = 64 * 1024;
 ///    to [`RECORD_ALIGN`], that no Rust reference covers (they are accessed
 ///    only through raw pointers and atomics);
 /// 3. `capacity()` is a power of two, at least `4 * RECORD_ALIGN`, constant
-///    (shared segments use at least [`MIN_CAPACITY`](crate::layout::MIN_CAPACITY)).
+///    (shared segments use at least [`MIN_CAPACITY`](crate::shm::layout::MIN_CAPACITY)).
 pub unsafe trait RingMemory {
     /// The ring's control block.
     fn header(&self) -> &RingHeader;

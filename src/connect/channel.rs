@@ -3,9 +3,9 @@
 use std::io;
 use std::time::Duration;
 
-use crate::layout::{MAX_CAPACITY, MIN_CAPACITY};
 use crate::port::{DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SPIN, MessagePort, Side, Trust};
-use crate::segment::Segment;
+use crate::shm::layout::{MAX_CAPACITY, MIN_CAPACITY};
+use crate::shm::segment::Segment;
 use crate::sys;
 
 /// Default bytes per ring (each direction has its own ring).
@@ -181,7 +181,7 @@ impl ChannelBuilder {
     }
 }
 
-fn fresh(c: crate::ring::Corrupt) -> io::Error {
+fn fresh(c: crate::shm::ring::Corrupt) -> io::Error {
     // A segment this process just zeroed cannot be corrupt.
     io::Error::other(c)
 }

@@ -1,6 +1,6 @@
 use super::heap::HeapRing;
 use super::*;
-use crate::layout::{RecordInfo, pack_info, unpack_info};
+use crate::shm::layout::{RecordInfo, pack_info, unpack_info};
 use core::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -241,7 +241,7 @@ fn corrupt_records_are_errors() {
     }
     assert_eq!(
         corrupt_first(|i| {
-            i.kind = crate::layout::KIND_PADDING;
+            i.kind = crate::shm::layout::KIND_PADDING;
             i.len = 64;
         })
         .0,

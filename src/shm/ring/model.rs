@@ -45,7 +45,7 @@ use loom::thread;
 use std::sync::Arc;
 
 use super::{Barriers, Consumer, Kind, Producer, RecordMeta, RingMemory};
-use crate::layout::{
+use crate::shm::layout::{
     ConsumerLine, ConsumerWaitLine, ProducerLine, ProducerWaitLine, RECORD_ALIGN, RecordHeader,
     RingHeader,
 };
@@ -226,7 +226,7 @@ fn take(c: &mut Consumer<Mem>) -> Option<Taken> {
     let r = c.take().unwrap()?;
     let offset = (r.pos as usize) & (CAP - 1);
     c.memory()
-        .model_read(offset + crate::layout::RECORD_HEADER, r.len);
+        .model_read(offset + crate::shm::layout::RECORD_HEADER, r.len);
     // SAFETY: a taken record's payload is `len` bytes inside the data area,
     // untouched by the producer until released.
     let bytes = unsafe { core::slice::from_raw_parts(r.payload.as_ptr(), r.len) }.to_vec();

@@ -54,8 +54,8 @@ use std::time::Duration;
 
 use crate::error::OpenError;
 use crate::port::{MessagePort, Side};
-use crate::ring::Corrupt;
-use crate::segment::Segment;
+use crate::shm::ring::Corrupt;
+use crate::shm::segment::Segment;
 use crate::sys::socket::{MAX_BODY, MAX_FDS};
 
 /// First byte of an attachment forwarded in an inbox after its descriptors

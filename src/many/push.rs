@@ -39,8 +39,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 
 use crate::error::{CloseReason, RecvError};
-use crate::message::Message;
 use crate::port::MessagePort;
+use crate::port::message::Message;
 use crate::sys;
 use crate::sys::kick::Kick;
 

@@ -7,11 +7,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::error::OpenError;
-use crate::layout::{
+use crate::shm::layout::{
     HEADER_AREA, LAYOUT_VERSION, MAGIC, MAX_CAPACITY, MIN_CAPACITY, RING_HEADER, RingHeader,
     SegmentHeader, ring_data, segment_size,
 };
-use crate::ring::RingMemory;
+use crate::shm::ring::RingMemory;
 use crate::sys::{self, Mapping};
 
 /// One mapped segment and its memfd (kept to hand the segment on).

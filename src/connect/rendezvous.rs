@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 pub use crate::error::ConnectError;
 
-use crate::channel::ChannelBuilder;
+use crate::connect::channel::ChannelBuilder;
 use crate::port::MessagePort;
 use crate::sys::socket::{self as sock, FileId, UnixAddr};
-use crate::transfer::{self, RecvPortError};
+use crate::wire::attachment::{self, RecvPortError};
 
 /// How long [`connect`] and [`connect_abstract`] wait for the listener to
 /// accept and send the port.
@@ -277,7 +277,7 @@ impl Incoming {
     /// still run.
     pub fn accept_with(self, builder: &ChannelBuilder) -> io::Result<MessagePort> {
         let (mine, theirs) = builder.build()?.into_ports();
-        match transfer::send_port(self.conn.as_fd(), theirs) {
+        match attachment::send_port(self.conn.as_fd(), theirs) {
             Ok(()) => Ok(mine),
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -348,7 +348,7 @@ fn connect_to(addr: UnixAddr<'_>, timeout: Duration) -> Result<MessagePort, Conn
         _ => ConnectError::Io(e),
     })?;
     let left = deadline.saturating_duration_since(Instant::now());
-    let port = transfer::recv_port(conn.as_fd(), Some(left)).map_err(|e| match e {
+    let port = attachment::recv_port(conn.as_fd(), Some(left)).map_err(|e| match e {
         RecvPortError::Timeout => ConnectError::Timeout,
         RecvPortError::HungUp => ConnectError::Rejected,
         RecvPortError::Garbage(s) => ConnectError::Protocol(s),

@@ -18,12 +18,12 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::OpenError;
-use crate::layout::{HEADER_AREA, ring_data, segment_size};
 use crate::port::{MessagePort, Side};
-use crate::ring::{Barriers, Consumer, Producer, RecordMeta, RingMemory};
-use crate::segment::{Segment, SegmentRing};
+use crate::shm::layout::{HEADER_AREA, ring_data, segment_size};
+use crate::shm::ring::{Barriers, Consumer, Producer, RecordMeta, RingMemory};
+use crate::shm::segment::{Segment, SegmentRing};
 use crate::sys;
-use crate::transfer::Attachment;
+use crate::wire::attachment::Attachment;
 
 /// The far end of a victim port, without a port: what a hostile process
 /// holds. It owns the segment and the socket end, and plays both ring
@@ -166,7 +166,7 @@ impl RawPeer {
 
 /// Largest payload one record in a ring of `capacity` bytes carries.
 pub fn max_payload(capacity: usize) -> usize {
-    crate::ring::max_payload(capacity)
+    crate::shm::ring::max_payload(capacity)
 }
 
 /// What [`decode_attachment`] made of an attachment.

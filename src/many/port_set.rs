@@ -4,8 +4,8 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::error::{AddError, CloseReason, RecvError};
-use crate::message::Message;
 use crate::port::MessagePort;
+use crate::port::message::Message;
 use crate::sys::poller::Poller;
 
 /// A set of ports to wait on together, fairly (round robin: no busy port

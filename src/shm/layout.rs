@@ -55,7 +55,7 @@
 //! before it publishes a record: payload bytes never pass for a header.
 //!
 //! Everything here is read from memory a peer can write; the ring code checks
-//! every field before use ([`crate::ring`]).
+//! every field before use ([`crate::shm::ring`]).
 
 #[cfg(not(shmport_loom))]
 use core::mem::offset_of;

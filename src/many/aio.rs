@@ -43,10 +43,10 @@ use tokio::io::unix::AsyncFd;
 
 use crate::CloseReason;
 use crate::error::{PostError, RecvError, TransferError};
-use crate::message::{Message, OwnedMessage};
+use crate::many::port_set::PortSet;
 use crate::port::MessagePort;
-use crate::port_set::PortSet;
-use crate::ser::Postable;
+use crate::port::message::{Message, OwnedMessage};
+use crate::wire::writer::Postable;
 
 /// A descriptor number registered with the reactor. It does not own the
 /// descriptor: the port (or port set) beside it does, and outlives it.

@@ -6,7 +6,7 @@ use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::sync::Arc;
 
 use super::RingMemory;
-use crate::layout::{MIN_CAPACITY, RingHeader};
+use crate::shm::layout::{MIN_CAPACITY, RingHeader};
 
 /// A zeroed heap block holding a ring header and a data area.
 pub struct HeapRing {

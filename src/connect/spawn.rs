@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use rustix::io::{FdFlags, fcntl_setfd};
 
-use crate::channel::ChannelBuilder;
+use crate::connect::channel::ChannelBuilder;
 use crate::error::OpenError;
 use crate::port::{DEFAULT_SPIN, MessagePort, Side};
-use crate::segment::Segment;
+use crate::shm::segment::Segment;
 use crate::sys;
 
 /// The environment variable that tells a spawned child where its port is:

@@ -9,10 +9,10 @@ use rkyv::{Archive, Portable};
 
 use crate::error::{AccessError, TakePortsError};
 use crate::port::{MessagePort, PortReceiver};
-use crate::ring::{Kind, Record, RecordMeta};
-use crate::ser::fingerprint;
+use crate::shm::ring::{Kind, Record, RecordMeta};
 use crate::sys::Mapping;
-use crate::transfer::{self, PortParts};
+use crate::wire::attachment::{self, PortParts};
+use crate::wire::writer::fingerprint;
 
 /// Where a message's bytes are: in the ring (until the record is released),
 /// or in a sealed memfd mapped read-only for this message (`map`).
@@ -198,7 +198,7 @@ impl<'p> Message<'p> {
 
     /// Copy the message out of the ring (its bytes, aligned for typed
     /// access) with its ports taken, releasing the ring space at once. This
-    /// is what a [`Stream`](crate::aio::MessageStream) yields: an owned value
+    /// is what a [`Stream`](crate::many::aio::MessageStream) yields: an owned value
     /// that borrows nothing.
     pub fn to_owned_message(mut self) -> OwnedMessage {
         let mut bytes = rkyv::util::AlignedVec::<16>::with_capacity(self.body.len);
@@ -312,7 +312,7 @@ impl Drop for Message<'_> {
         // Most messages carry no ports: skip building a drain for nothing.
         if !self.ports.is_empty() {
             for p in std::mem::take(&mut self.ports) {
-                transfer::discard(p);
+                attachment::discard(p);
             }
         }
         if self.holds_ring {
