@@ -4,29 +4,15 @@ use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd};
 use std::ptr;
 
-use shmport_core::{ChannelBuilder, TransferError, Trust};
+use shmport_core::{TransferError, Trust};
 
-use crate::boundary::{Out, Wait, bytes, guard, handle, to_ptr};
+use crate::boundary::{Out, Wait, builder, bytes, guard, handle, to_ptr};
 use crate::handles::{
     MessageState, PortState, new_port_handle, port_state, restore, retire, shmport_message,
     shmport_port, take_out,
 };
 use crate::status::shmport_status::{self, *};
-use crate::{
-    SHMPORT_MAX_CAPACITY, SHMPORT_MAX_PORTS, SHMPORT_TRUST_UNTRUSTED, SHMPORT_TRUST_VALIDATED,
-};
-
-/// Channel settings: `capacity` bytes per ring (0 for the default); over
-/// `SHMPORT_MAX_CAPACITY` is `SHMPORT_ERR_INVALID_ARGUMENT`.
-pub(crate) fn builder(capacity: usize) -> Result<ChannelBuilder, shmport_status> {
-    let b = ChannelBuilder::new();
-    match capacity {
-        0 => Ok(b),
-        // What the builder would refuse, as the status that says so.
-        c if c > SHMPORT_MAX_CAPACITY => Err(SHMPORT_ERR_INVALID_ARGUMENT),
-        c => Ok(b.capacity(c)),
-    }
-}
+use crate::{SHMPORT_MAX_PORTS, SHMPORT_TRUST_UNTRUSTED, SHMPORT_TRUST_VALIDATED};
 
 /// Make a channel: two entangled ports. What one posts, the other receives,
 /// in order, in both directions.
