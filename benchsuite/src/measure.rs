@@ -1,5 +1,5 @@
-//! The measuring loops (the suite's side) and the serving loops (the peer's
-//! side), written once over [`Link`].
+//! The measuring loops (the suite's side), written once over [`Link`]; the
+//! peer's side of each is in `link/serve.rs`.
 //!
 //! Round trip: the suite stamps and sends a payload, the peer sends the same
 //! bytes back, the suite checks the stamps; each round trip is timed with
@@ -113,77 +113,6 @@ impl Work for Oneway {
             msgs,
             damaged,
         })
-    }
-}
-
-/// The peer's echo loop: check each payload, send it back, until the stop
-/// message. Returns the number of damaged or out-of-order messages.
-pub fn echo_loop<L: Link>(link: &mut L, size: usize, verify: bool) -> Result<u64> {
-    let pattern = payload::pattern(size);
-    let mut expected = 0u64;
-    let mut errors = 0u64;
-    loop {
-        let mut stop = false;
-        link.echo(size, |b| {
-            match payload::read(b) {
-                Some((_, Op::Stop)) => {
-                    stop = true;
-                    return false;
-                }
-                Some((seq, Op::Data)) if seq == expected => {
-                    if verify && !payload::body_intact(b, &pattern) {
-                        errors += 1;
-                    }
-                }
-                _ => errors += 1,
-            }
-            expected += 1;
-            true
-        })?;
-        if stop {
-            return Ok(errors);
-        }
-    }
-}
-
-/// The peer's sink loop: check and count each payload; after one marked
-/// last, send an ack with the count and the errors seen in the batch.
-pub fn sink_loop<L: Link>(link: &mut L, size: usize, verify: bool) -> Result<u64> {
-    let pattern = payload::pattern(size);
-    let mut expected = 0u64;
-    let mut errors = 0u64;
-    let mut batch_errors = 0u64;
-    let mut count = 0u64;
-    loop {
-        let got = link.recv(size, |b| {
-            let stamps = payload::read(b);
-            let intact = !verify || payload::body_intact(b, &pattern);
-            // Touch the payload the cheap way on the fast path: the two
-            // stamps were read above.
-            black_box(b.len());
-            (stamps, intact)
-        })?;
-        match got {
-            (Some((_, Op::Stop)), _) => return Ok(errors),
-            (Some((seq, op @ (Op::Data | Op::Last))), intact) => {
-                if seq != expected || !intact {
-                    batch_errors += 1;
-                }
-                expected = seq + 1;
-                count += 1;
-                if op == Op::Last {
-                    link.send(&payload::control(Op::Ack, count, batch_errors))?;
-                    errors += batch_errors;
-                    count = 0;
-                    batch_errors = 0;
-                }
-            }
-            _ => {
-                batch_errors += 1;
-                expected += 1;
-                count += 1;
-            }
-        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! The C boundary: panics stop here, pointer arguments are checked here.
+//! The C boundary: panics stop here, arguments (pointers, lengths, sizes) are
+//! checked here.
 
 use std::ffi::{CStr, OsStr, c_char};
 use std::os::unix::ffi::OsStrExt;
@@ -6,6 +7,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::NonNull;
 use std::time::Duration;
 
+use shmport_core::ChannelBuilder;
+
+use crate::SHMPORT_MAX_CAPACITY;
 use crate::status::shmport_status::{self, *};
 
 /// What a function body returns: `Err` carries the status to return.
@@ -110,6 +114,18 @@ pub(crate) unsafe fn bytes<'a>(data: *const u8, len: usize) -> Result<&'a [u8], 
     // initialized bytes as far as Rust is concerned, and nothing writes it
     // during the call (the caller's side of the contract).
     Ok(unsafe { std::slice::from_raw_parts(data, len) })
+}
+
+/// Channel settings: `capacity` bytes per ring (0 for the default); over
+/// `SHMPORT_MAX_CAPACITY` is `SHMPORT_ERR_INVALID_ARGUMENT`.
+pub(crate) fn builder(capacity: usize) -> Result<ChannelBuilder, shmport_status> {
+    let b = ChannelBuilder::new();
+    match capacity {
+        0 => Ok(b),
+        // What the builder would refuse, as the status that says so.
+        c if c > SHMPORT_MAX_CAPACITY => Err(SHMPORT_ERR_INVALID_ARGUMENT),
+        c => Ok(b.capacity(c)),
+    }
 }
 
 /// How long a call may wait, from a `timeout_ns` argument.

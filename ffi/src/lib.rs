@@ -25,6 +25,7 @@
 #![allow(non_camel_case_types)]
 
 mod boundary;
+mod handles;
 mod message;
 mod port;
 mod process;
@@ -34,8 +35,7 @@ mod status;
 
 use std::ffi::c_char;
 
-pub use message::shmport_message;
-pub use port::shmport_port;
+pub use handles::{shmport_message, shmport_port};
 pub use rendezvous::{shmport_credentials, shmport_incoming, shmport_listener};
 pub use status::shmport_status;
 

@@ -1,37 +1,10 @@
 //! Received messages: bytes read in place, ports taken out, freed once.
 
-use shmport_core::{Message, TakePortsError};
+use shmport_core::TakePortsError;
 
 use crate::boundary::{Out, guard, handle};
-use crate::port::{PortState, new_port_handle, shmport_port};
-use crate::registry::{Kind, Registry};
+use crate::handles::{MESSAGES, message, new_port_handle, shmport_message, shmport_port};
 use crate::status::shmport_status::{self, *};
-
-/// A received message. Opaque; made by `shmport_port_recv`, released by
-/// `shmport_message_free` (exactly once, before its port is closed or
-/// posted).
-pub struct shmport_message {
-    _opaque: [u8; 0],
-}
-
-/// What a message handle names: the message and the port it borrows.
-pub(crate) struct MessageState {
-    /// Borrows `port.port`; the port is not removed while this lives (its
-    /// `live` count is non-zero).
-    pub(crate) msg: Message<'static>,
-    pub(crate) port: &'static PortState,
-}
-
-pub(crate) static MESSAGES: Registry<MessageState> = Registry::new(Kind::Message);
-
-/// The message a handle names, for the current call only.
-fn message(msg: *mut shmport_message) -> Result<&'static mut MessageState, shmport_status> {
-    let h = handle(msg)?;
-    // SAFETY: used only during the current call (the contract of
-    // `Registry::get_mut`); the C contract keeps other threads off this
-    // message and its port during the call.
-    Ok(unsafe { MESSAGES.get_mut(h) }?)
-}
 
 /// The message's bytes, read in place: `*data` points to `*len` bytes that
 /// stay valid, unchanged, until `shmport_message_free`. When `*len` is 0,

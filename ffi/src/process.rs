@@ -7,8 +7,8 @@ use std::process::Command;
 
 use shmport_core::MessagePort;
 
-use crate::boundary::{Out, guard, os_str, path};
-use crate::port::{builder, new_port_handle, shmport_port};
+use crate::boundary::{Out, builder, guard, os_str, path};
+use crate::handles::{new_port_handle, shmport_port};
 use crate::status::{io, shmport_status};
 
 /// Start the program `file` with a new channel's other port passed to it;

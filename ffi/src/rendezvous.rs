@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use shmport_core::{Incoming, Listener};
 
-use crate::boundary::{Out, Wait, guard, handle, path, to_ptr};
+use crate::boundary::{Out, Wait, builder, guard, handle, path, to_ptr};
+use crate::handles::{new_port_handle, shmport_port};
 use crate::no_memory;
-use crate::port::{builder, new_port_handle, shmport_port};
 use crate::registry::{Kind, Registry};
 use crate::status::io;
 use crate::status::shmport_status::{self, *};

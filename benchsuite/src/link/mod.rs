@@ -8,6 +8,7 @@
 
 pub mod iox;
 mod ipc;
+mod serve;
 mod shm;
 mod stream;
 
@@ -17,6 +18,8 @@ use crate::payload::{self, Op};
 use crate::peer::{self, Cpus, Peer, Watchdog};
 use crate::plan::{Kind, Transport};
 use crate::{Result, cleanup};
+
+pub use serve::serve;
 
 /// The operations every transport offers.
 pub trait Link {
@@ -180,28 +183,4 @@ fn drive<L: Link, W: Work>(
         // The peer is killed and reaped as `peer` drops.
         Err(e) => Err(e),
     }
-}
-
-/// In the peer process: open the peer's end for `session`, say ready, and
-/// serve until the stop message. Damaged messages make it fail.
-pub fn serve(session: Session) -> Result<()> {
-    match session.transport.kind {
-        Kind::ShmRaw | Kind::ShmTyped => serve_on(session, shm::child(&session)?),
-        Kind::Uds => serve_on(session, stream::child_socket(&session)?),
-        Kind::Pipe => serve_on(session, stream::child_pipes(&session)?),
-        Kind::IpcChannel => serve_on(session, ipc::child()?),
-        Kind::Iceoryx2 => serve_on(session, iox::child(&session)?),
-    }
-}
-
-fn serve_on<L: Link>(session: Session, mut link: L) -> Result<()> {
-    link.send(&payload::control(Op::Ready, 0, 0))?;
-    let errors = match session.mode {
-        Mode::Echo => crate::measure::echo_loop(&mut link, session.size, session.verify)?,
-        Mode::Sink => crate::measure::sink_loop(&mut link, session.size, session.verify)?,
-    };
-    if errors > 0 {
-        return Err(format!("{errors} messages arrived damaged or out of order").into());
-    }
-    Ok(())
 }
