@@ -72,20 +72,18 @@ pub use connect::rendezvous::{
     connect_abstract, connect_abstract_timeout, connect_timeout,
 };
 pub use connect::spawn::{PORT_ENV, spawn};
-pub use error::{
-    AccessError, AddError, CloseReason, OpenError, PostError, RecvError, SplitError,
-    TakePortsError, TransferError,
-};
+pub use error::{AccessError, CloseReason, PostError, RecvError};
 #[cfg(feature = "tokio")]
 pub use many::aio;
-pub use many::port_set::{PortSet, SetEvent};
+pub use many::port_set::{AddError, PortSet, SetEvent};
 pub use many::push;
-pub use port::message::{Message, OwnedMessage, Receivable};
+pub use port::message::{Message, OwnedMessage, Receivable, TakePortsError};
 pub use port::{
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SPIN, MAX_PORTS, MessagePort, PortReceiver, PortSender,
-    Reservation, Trust,
+    Reservation, SplitError, TransferError, Trust,
 };
 pub use shm::layout::{MAX_CAPACITY, MIN_CAPACITY};
+pub use shm::segment::OpenError;
 pub use wire::writer::{MAX_MESSAGE_SIZE, Postable, RecordSerializer, RecordWriter, fingerprint};
 
 /// rkyv, re-exported so users derive with the same version.

@@ -3,10 +3,8 @@
 use std::io;
 use std::time::Duration;
 
-use crate::port::{DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SPIN, MessagePort, Side, Trust};
+use crate::port::{DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SPIN, MessagePort, Trust};
 use crate::shm::layout::{MAX_CAPACITY, MIN_CAPACITY};
-use crate::shm::segment::Segment;
-use crate::sys;
 
 /// Default bytes per ring (each direction has its own ring).
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
@@ -144,10 +142,7 @@ impl ChannelBuilder {
     }
 
     pub(crate) fn pair(&self) -> io::Result<(MessagePort, MessagePort)> {
-        let seg = Segment::create(self.ring_capacity()?)?;
-        let (sa, sb) = sys::socket::pair()?;
-        let a = MessagePort::from_parts(seg.clone(), Side::A, sa, self.spin).map_err(fresh)?;
-        let b = MessagePort::from_parts(seg, Side::B, sb, self.spin).map_err(fresh)?;
+        let (a, b) = MessagePort::pair(self.ring_capacity()?, self.spin)?;
         for port in [&a, &b] {
             self.configure(port);
         }
@@ -179,9 +174,4 @@ impl ChannelBuilder {
         }
         Ok(self.capacity.max(MIN_CAPACITY).next_power_of_two())
     }
-}
-
-fn fresh(c: crate::shm::ring::Corrupt) -> io::Error {
-    // A segment this process just zeroed cannot be corrupt.
-    io::Error::other(c)
 }

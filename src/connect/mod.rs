@@ -2,5 +2,6 @@
 //! a port already connected, or a rendezvous on a Unix socket path.
 
 pub(crate) mod channel;
+pub(crate) mod handover;
 pub(crate) mod rendezvous;
 pub(crate) mod spawn;

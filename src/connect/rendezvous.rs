@@ -15,17 +15,17 @@
 //! So a connector that misbehaves (closes at once, sends garbage, never
 //! reads) costs the listener one failed or unread send, nothing more.
 
+use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use crate::error::ConnectError;
-
 use crate::connect::channel::ChannelBuilder;
+use crate::connect::handover::{self, RecvPortError};
 use crate::port::MessagePort;
+use crate::shm::segment::OpenError;
 use crate::sys::socket::{self as sock, FileId, UnixAddr};
-use crate::wire::attachment::{self, RecvPortError};
 
 /// How long [`connect`] and [`connect_abstract`] wait for the listener to
 /// accept and send the port.
@@ -277,7 +277,7 @@ impl Incoming {
     /// still run.
     pub fn accept_with(self, builder: &ChannelBuilder) -> io::Result<MessagePort> {
         let (mine, theirs) = builder.build()?.into_ports();
-        match attachment::send_port(self.conn.as_fd(), theirs) {
+        match handover::send_port(self.conn.as_fd(), theirs) {
             Ok(()) => Ok(mine),
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -348,7 +348,7 @@ fn connect_to(addr: UnixAddr<'_>, timeout: Duration) -> Result<MessagePort, Conn
         _ => ConnectError::Io(e),
     })?;
     let left = deadline.saturating_duration_since(Instant::now());
-    let port = attachment::recv_port(conn.as_fd(), Some(left)).map_err(|e| match e {
+    let port = handover::recv_port(conn.as_fd(), Some(left)).map_err(|e| match e {
         RecvPortError::Timeout => ConnectError::Timeout,
         RecvPortError::HungUp => ConnectError::Rejected,
         RecvPortError::Garbage(s) => ConnectError::Protocol(s),
@@ -372,5 +372,71 @@ fn is_other_than_socket(addr: UnixAddr<'_>) -> bool {
     match addr {
         UnixAddr::Path(p) => std::fs::metadata(p).is_ok_and(|m| !m.file_type().is_socket()),
         UnixAddr::Abstract(_) => false,
+    }
+}
+
+/// Getting a port from a [`Listener`](crate::Listener) failed
+/// ([`connect`](crate::connect) and its variants).
+///
+/// Later versions may add variants: match with a `_` arm.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// Nothing exists at the path (or a directory on the way is missing).
+    NotFound,
+    /// The path names something that is not a socket (a regular file, a
+    /// directory, ...): a wrong path, not a listener that is gone.
+    NotASocket,
+    /// Nothing listens there: a socket file left behind by a listener that
+    /// is gone, or an abstract name nobody holds.
+    Refused,
+    /// This process may not connect to the socket file (it is mode 0600 and
+    /// belongs to another user, or a directory on the way is closed).
+    PermissionDenied,
+    /// No port arrived in time: the listener did not accept the connection,
+    /// or its queue stayed full.
+    Timeout,
+    /// The listener closed the connection without sending a port: it
+    /// rejected this process (dropped the [`Incoming`](crate::Incoming)), or
+    /// it was dropped with the connection still queued.
+    Rejected,
+    /// The other side is not a shmport listener: what it sent is not one
+    /// port, or its socket is of another type.
+    Protocol(&'static str),
+    /// A port arrived but its shared segment is not valid.
+    Open(OpenError),
+    /// A system call failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::NotFound => f.write_str("nothing exists at that path"),
+            ConnectError::NotASocket => {
+                f.write_str("not a socket: the path names a file of another kind")
+            }
+            ConnectError::Refused => f.write_str("connection refused: nothing listens there"),
+            ConnectError::PermissionDenied => {
+                f.write_str("permission denied connecting to the socket")
+            }
+            ConnectError::Timeout => f.write_str("timed out waiting for a port from the listener"),
+            ConnectError::Rejected => {
+                f.write_str("the listener closed the connection without sending a port")
+            }
+            ConnectError::Protocol(s) => write!(f, "not a shmport listener: {s}"),
+            ConnectError::Open(e) => write!(f, "the port received is not valid: {e}"),
+            ConnectError::Io(e) => write!(f, "connecting failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectError::Open(e) => Some(e),
+            ConnectError::Io(e) => Some(e),
+            _ => None,
+        }
     }
 }

@@ -10,9 +10,9 @@ use std::time::Duration;
 use rustix::io::{FdFlags, fcntl_setfd};
 
 use crate::connect::channel::ChannelBuilder;
-use crate::error::OpenError;
-use crate::port::{DEFAULT_SPIN, MessagePort, Side};
-use crate::shm::segment::Segment;
+use crate::port::{DEFAULT_SPIN, MessagePort};
+use crate::shm::segment::OpenError;
+use crate::shm::segment::{Segment, Side};
 use crate::sys;
 
 /// The environment variable that tells a spawned child where its port is:

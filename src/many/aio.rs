@@ -42,9 +42,10 @@ use std::time::Instant;
 use tokio::io::unix::AsyncFd;
 
 use crate::CloseReason;
-use crate::error::{PostError, RecvError, TransferError};
+use crate::error::{PostError, RecvError};
 use crate::many::port_set::PortSet;
 use crate::port::MessagePort;
+use crate::port::TransferError;
 use crate::port::message::{Message, OwnedMessage};
 use crate::wire::writer::Postable;
 

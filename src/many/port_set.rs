@@ -1,9 +1,10 @@
 //! Waiting on many ports at once.
 
+use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
-use crate::error::{AddError, CloseReason, RecvError};
+use crate::error::{CloseReason, RecvError};
 use crate::port::MessagePort;
 use crate::port::message::Message;
 use crate::sys::poller::Poller;
@@ -353,6 +354,39 @@ pub enum SetEvent<'s> {
         /// What went wrong with that message.
         error: RecvError,
     },
+}
+
+/// A port could not join a [`PortSet`](crate::PortSet) (the kernel refused
+/// to watch its socket): the port is handed back, working, in `port`.
+#[derive(Debug)]
+pub struct AddError {
+    /// Why.
+    pub error: io::Error,
+    /// The port that was to join.
+    pub port: crate::MessagePort,
+}
+
+impl fmt::Display for AddError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the port could not join the set: {} (port handed back)",
+            self.error
+        )
+    }
+}
+
+impl std::error::Error for AddError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// For callers that want only the error: the port is closed.
+impl From<AddError> for io::Error {
+    fn from(e: AddError) -> io::Error {
+        e.error
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
 //! A received message: its bytes, read in place.
 
+use std::fmt;
+
+use crate::shm::segment::OpenError;
 use core::ptr::NonNull;
 
 use rkyv::api::high::HighValidator;
@@ -7,11 +10,11 @@ use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
 use rkyv::{Archive, Portable};
 
-use crate::error::{AccessError, TakePortsError};
+use crate::error::AccessError;
 use crate::port::{MessagePort, PortReceiver};
 use crate::shm::ring::{Kind, Record, RecordMeta};
 use crate::sys::Mapping;
-use crate::wire::attachment::{self, PortParts};
+use crate::wire::attachment::PortParts;
 use crate::wire::writer::fingerprint;
 
 /// Where a message's bytes are: in the ring (until the record is released),
@@ -255,7 +258,7 @@ pub struct OwnedMessage {
     meta: RecordMeta,
     bytes: rkyv::util::AlignedVec<16>,
     ports: Vec<MessagePort>,
-    port_error: Option<crate::error::OpenError>,
+    port_error: Option<crate::shm::segment::OpenError>,
 }
 
 impl OwnedMessage {
@@ -292,7 +295,7 @@ impl OwnedMessage {
 
     /// Why a port that came with the message could not be opened, if one
     /// could not.
-    pub fn port_error(&self) -> Option<&crate::error::OpenError> {
+    pub fn port_error(&self) -> Option<&crate::shm::segment::OpenError> {
         self.port_error.as_ref()
     }
 }
@@ -312,7 +315,7 @@ impl Drop for Message<'_> {
         // Most messages carry no ports: skip building a drain for nothing.
         if !self.ports.is_empty() {
             for p in std::mem::take(&mut self.ports) {
-                attachment::discard(p);
+                super::parts::discard(p);
             }
         }
         if self.holds_ring {
@@ -328,5 +331,32 @@ impl std::fmt::Debug for Message<'_> {
             .field("len", &self.bytes().len())
             .field("out_of_line", &self.is_out_of_line())
             .finish()
+    }
+}
+
+/// Some ports that came with a message could not be opened
+/// ([`Message::take_ports`](crate::Message::take_ports)); those were closed.
+#[derive(Debug)]
+pub struct TakePortsError {
+    /// Why the first invalid port could not be opened.
+    pub error: OpenError,
+    /// The ports that were valid, in the order they were posted.
+    pub ports: Vec<crate::MessagePort>,
+}
+
+impl fmt::Display for TakePortsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a received port is not valid: {} ({} valid ports handed over)",
+            self.error,
+            self.ports.len()
+        )
+    }
+}
+
+impl std::error::Error for TakePortsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
     }
 }

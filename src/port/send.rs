@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use rkyv::rancor;
 
+use super::TransferError;
 use super::recv::LOOK_EVERY;
 use super::{Half, MAX_PORTS, MessagePort, PortReceiver, PortSender, Reservation, Wait};
-use crate::error::{PostError, TransferError};
+use crate::error::PostError;
 use crate::fault;
 use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor};
 use crate::shm::ring::{Corrupt, Kind, RecordMeta, Slot};

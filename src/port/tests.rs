@@ -1,11 +1,13 @@
 //! Port internals that only a misbehaving peer reaches: driven here through
 //! the sending half's own steps.
 
+use super::parts::rewind_min;
 use super::*;
-use crate::connect::channel::MessageChannel;
-use crate::error::RecvError;
+use crate::error::{CloseReason, PostError, RecvError};
 use crate::shm::layout::OOL_DESCRIPTOR;
-use crate::shm::ring::{Kind, RecordMeta, RingMemory};
+use crate::shm::ring::{Kind, REWIND_MIN, RecordMeta, RingMemory};
+use crate::sys;
+use crate::wire::attachment::Attachment;
 
 /// Publish an out-of-line record whose memfd has only `seals`.
 fn post_out_of_line_with(a: &MessagePort, payload: &[u8], seals: rustix::fs::SealFlags) {
@@ -39,7 +41,7 @@ fn post_out_of_line_with(a: &MessagePort, payload: &[u8], seals: rustix::fs::Sea
 
 #[test]
 fn untrusted_ports_refuse_out_of_line_payloads_that_can_still_be_written() {
-    let (a, b) = MessageChannel::new().unwrap().into_ports();
+    let (a, b) = MessagePort::pair(1 << 20, DEFAULT_SPIN).unwrap();
     let payload = vec![3u8; 10_000];
     // Without the write seal: a validated port takes it, an untrusted one
     // refuses it (that message only).
@@ -57,7 +59,7 @@ fn untrusted_ports_refuse_out_of_line_payloads_that_can_still_be_written() {
 
 #[test]
 fn a_published_record_is_a_successful_post_even_if_the_peer_left_since() {
-    let (a, b) = MessageChannel::new().unwrap().into_ports();
+    let (a, b) = MessagePort::pair(1 << 20, DEFAULT_SPIN).unwrap();
     // The receiver announces that it sleeps, so the commit owes a wake-up;
     // then it goes before the record is published.
     assert!(b.prepare_poll());
@@ -81,8 +83,8 @@ fn a_published_record_is_a_successful_post_even_if_the_peer_left_since() {
 
 #[test]
 fn a_port_its_peer_corrupted_during_a_failed_transfer_comes_back_broken() {
-    let (p, _q) = MessageChannel::new().unwrap().into_ports();
-    let (x, y) = MessageChannel::new().unwrap().into_ports();
+    let (p, _q) = MessagePort::pair(1 << 20, DEFAULT_SPIN).unwrap();
+    let (x, y) = MessagePort::pair(1 << 20, DEFAULT_SPIN).unwrap();
     // x's peer is gone: the transfer fails after `p` was taken apart.
     drop(y);
     // Meanwhile p's peer writes a misaligned head into p's sending ring
@@ -111,8 +113,8 @@ fn a_port_its_peer_corrupted_during_a_failed_transfer_comes_back_broken() {
 
 #[test]
 fn a_port_handed_back_from_a_failed_transfer_keeps_its_queued_messages() {
-    let (p, q) = MessageChannel::new().unwrap().into_ports();
-    let (x, y) = MessageChannel::new().unwrap().into_ports();
+    let (p, q) = MessagePort::pair(1 << 20, DEFAULT_SPIN).unwrap();
+    let (x, y) = MessagePort::pair(1 << 20, DEFAULT_SPIN).unwrap();
     q.post_bytes(b"queued for p").unwrap();
     drop(y);
     let err = x.post_bytes_with_ports(b"take p", vec![p]).unwrap_err();

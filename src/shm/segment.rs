@@ -5,8 +5,8 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::{fmt, io};
 
-use crate::error::OpenError;
 use crate::shm::layout::{
     HEADER_AREA, LAYOUT_VERSION, MAGIC, MAX_CAPACITY, MIN_CAPACITY, RING_HEADER, RingHeader,
     SegmentHeader, ring_data, segment_size,
@@ -196,5 +196,84 @@ unsafe impl RingMemory for SegmentRing {
     }
     fn capacity(&self) -> usize {
         self.seg.capacity
+    }
+}
+
+/// Which side of the segment a port owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// Writes ring 0, reads ring 1.
+    A,
+    /// Writes ring 1, reads ring 0.
+    B,
+}
+
+impl Side {
+    /// The rings this side writes and reads, by index.
+    pub(crate) fn rings(self) -> (usize, usize) {
+        match self {
+            Side::A => (0, 1),
+            Side::B => (1, 0),
+        }
+    }
+}
+
+/// Opening a port from descriptors (a spawned child adopting its port, or a
+/// segment received from elsewhere) failed.
+///
+/// Later versions may add variants: match with a `_` arm.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// No port was passed to this process (`SHMPORT_PORT` is not set).
+    NoPort,
+    /// The port passed to this process was already adopted.
+    AlreadyAdopted,
+    /// `SHMPORT_PORT` does not name a port (bad syntax, closed or wrong kind
+    /// of descriptors).
+    BadDescriptor(String),
+    /// The segment does not start with shmport's magic word.
+    BadMagic(u64),
+    /// The segment was laid out by another version of shmport.
+    BadVersion(u32),
+    /// The segment's sizes disagree with each other or with the file.
+    BadGeometry(&'static str),
+    /// The ring state in the segment is inconsistent.
+    Corrupt(&'static str),
+    /// A system call failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::NoPort => f.write_str("no port was passed to this process"),
+            OpenError::AlreadyAdopted => f.write_str("the inherited port was already adopted"),
+            OpenError::BadDescriptor(s) => write!(f, "bad port descriptor: {s}"),
+            OpenError::BadMagic(m) => write!(f, "not a shmport segment (magic {m:#018x})"),
+            OpenError::BadVersion(v) => write!(
+                f,
+                "segment layout version {v}, this build reads version {}",
+                LAYOUT_VERSION
+            ),
+            OpenError::BadGeometry(s) => write!(f, "bad segment geometry: {s}"),
+            OpenError::Corrupt(s) => write!(f, "corrupt segment: {s}"),
+            OpenError::Io(e) => write!(f, "opening the segment failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OpenError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for OpenError {
+    fn from(e: io::Error) -> Self {
+        OpenError::Io(e)
     }
 }

@@ -17,10 +17,11 @@ use std::time::Duration;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::OpenError;
-use crate::port::{MessagePort, Side};
+use crate::port::MessagePort;
 use crate::shm::layout::{HEADER_AREA, ring_data, segment_size};
 use crate::shm::ring::{Barriers, Consumer, Producer, RecordMeta, RingMemory};
+use crate::shm::segment::OpenError;
+use crate::shm::segment::Side;
 use crate::shm::segment::{Segment, SegmentRing};
 use crate::sys;
 use crate::wire::attachment::Attachment;

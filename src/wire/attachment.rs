@@ -52,10 +52,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::OpenError;
-use crate::port::{MessagePort, Side};
 use crate::shm::ring::Corrupt;
-use crate::shm::segment::Segment;
+use crate::shm::segment::{Segment, Side};
 use crate::sys::socket::{MAX_BODY, MAX_FDS};
 
 /// First byte of an attachment forwarded in an inbox after its descriptors
@@ -286,50 +284,6 @@ pub(crate) fn scan(inbox: &VecDeque<Attachment>, seg: &Arc<Segment>, side: Side)
         out.depth = out.depth.max(deepest + 1);
     }
     out
-}
-
-impl PortParts {
-    /// Put the port back together (checking a received segment).
-    pub fn assemble(self) -> Result<MessagePort, OpenError> {
-        let seg = match self.seg {
-            SegmentRef::Mapped(s) => s,
-            SegmentRef::Unopened(fd) => {
-                // A received descriptor claimed to be a port's socket.
-                if !crate::sys::socket::is_seqpacket(&self.sock) {
-                    return Err(OpenError::BadDescriptor(
-                        "a received port's socket is not a SOCK_SEQPACKET socket".into(),
-                    ));
-                }
-                Segment::open(fd)?
-            }
-        };
-        let (inbox, partial) = (self.inbox, self.partial);
-        MessagePort::from_parts(seg, self.side, self.sock, self.spin)
-            .map(|p| p.with_inbox(inbox, partial))
-            .map_err(|c| OpenError::Corrupt(c.0))
-    }
-
-    /// Put back together a port of this process whose transfer failed: it
-    /// always comes back, broken if its peer corrupted the positions
-    /// meanwhile ([`MessagePort::rebuild`]). `None` only for parts that
-    /// were received, never this process's own.
-    pub(crate) fn rebuild(self) -> Option<MessagePort> {
-        match self.seg {
-            SegmentRef::Mapped(seg) => Some(
-                MessagePort::rebuild(seg, self.side, self.sock, self.spin)
-                    .with_inbox(self.inbox, self.partial),
-            ),
-            SegmentRef::Unopened(_) => None,
-        }
-    }
-}
-
-/// A port that arrived in a message and was never taken out: close it
-/// properly, so its peer sees `Closed` rather than a death.
-pub(crate) fn discard(parts: PortParts) {
-    // If the segment cannot be opened, dropping the descriptors still hangs
-    // up the socket: the peer sees the port gone.
-    let _ = parts.assemble();
 }
 
 /// The longest spin a received port keeps from its sender (the receiver
@@ -798,85 +752,5 @@ mod tests {
         assert!(s.holds_peer);
         assert_eq!(s.depth, 1);
         assert_eq!(scan(&VecDeque::new(), &seg, Side::A).depth, 0);
-    }
-}
-
-/// Send `port` alone over a plain socket (rendezvous): one attachment, in
-/// one message. The port is a new channel's (nothing queued on it, so no
-/// inbox or partial): it always fits, and [`recv_port`] takes nothing but
-/// one message. (Were it ever too large, the send would fail with
-/// `InvalidInput`, and the port be closed.)
-pub(crate) fn send_port(sock: BorrowedFd<'_>, port: MessagePort) -> std::io::Result<()> {
-    let parts = port.into_parts();
-    let att = Attachment {
-        ool: None,
-        ports: vec![parts],
-        lost: false,
-    };
-    let mut body = Vec::new();
-    let mut fds = Vec::new();
-    att.encode(&mut body, &mut fds);
-    let r = crate::sys::socket::send_attachment(sock, &body, &fds, true, false);
-    drop(fds);
-    if r.is_err() {
-        // Close the port properly: its peer sees `Closed`.
-        for p in att.ports {
-            discard(p);
-        }
-    }
-    r
-}
-
-/// Why receiving a port over a plain socket failed.
-#[derive(Debug)]
-pub(crate) enum RecvPortError {
-    /// Nothing arrived in time.
-    Timeout,
-    /// The other side closed without sending a port.
-    HungUp,
-    /// What arrived is not one port.
-    Garbage(&'static str),
-    /// The port arrived but its segment is not valid.
-    Open(OpenError),
-    /// A system call failed.
-    Io(std::io::Error),
-}
-
-/// Receive one port sent by [`send_port`], waiting at most `timeout`.
-pub(crate) fn recv_port(
-    sock: BorrowedFd<'_>,
-    timeout: Option<Duration>,
-) -> Result<MessagePort, RecvPortError> {
-    use crate::sys::socket::{self, Incoming};
-    let ready = socket::wait(sock, false, timeout).map_err(RecvPortError::Io)?;
-    if !ready.readable && !ready.hung_up {
-        return Err(RecvPortError::Timeout);
-    }
-    let mut got = socket::recv(sock, false).map_err(RecvPortError::Io)?;
-    if matches!(got, Incoming::Reset) {
-        // Reported once, before whatever the peer sent before it went.
-        got = socket::recv(sock, false).map_err(RecvPortError::Io)?;
-    }
-    match got {
-        Incoming::Attachment(body, fds) => {
-            let mut att =
-                Attachment::decode(&body, fds).map_err(|c| RecvPortError::Garbage(c.0))?;
-            if att.lost || att.ool.is_some() || att.ports.len() != 1 {
-                return Err(RecvPortError::Garbage("expected exactly one port"));
-            }
-            att.ports
-                .pop()
-                .expect("one port")
-                .assemble()
-                .map_err(RecvPortError::Open)
-        }
-        Incoming::HungUp | Incoming::Reset => Err(RecvPortError::HungUp),
-        Incoming::Empty => Err(RecvPortError::Timeout),
-        Incoming::Lost => Err(RecvPortError::Io(std::io::Error::from_raw_os_error(
-            libc::EMFILE,
-        ))),
-        Incoming::Wake | Incoming::Garbage | Incoming::Part(..) | Incoming::LostPart => {
-            Err(RecvPortError::Garbage("not a port"))
-        }
     }
 }

@@ -1,0 +1,285 @@
+//! The two halves of a port: the sending half owns the producer of the
+//! ring the port writes, the receiving half the consumer of the ring it
+//! reads. Splitting a port, rejoining it, and what dropping a half closes.
+
+use core::cell::{Cell, RefCell};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use rkyv::ser::allocator::Arena;
+
+use super::{Half, MessagePort, Shared, Trust};
+use crate::error::{CloseReason, PostError};
+use crate::shm::ring::{Consumer, Corrupt, Producer};
+use crate::shm::segment::SegmentRing;
+use crate::sys::kick::Kick;
+use crate::wire::attachment::Attachment;
+
+/// The sending half of a port ([`MessagePort::split`]): posts to the peer.
+/// It can live on another thread than its [`PortReceiver`]. Dropping it
+/// closes the direction it sends in: the peer reads what was posted, then
+/// its close event; the other direction goes on.
+pub struct PortSender {
+    pub(super) shared: Arc<Shared>,
+    pub(super) tx: RefCell<Producer<SegmentRing>>,
+    /// A [`Reservation`] is live: other posts must wait for it.
+    pub(super) reserving: Cell<bool>,
+    /// Payload room the last post that found the ring full needed.
+    pub(super) wanted_room: Cell<usize>,
+    /// Scratch space for rkyv serializers (kept here, not in a thread local:
+    /// no lookup per post).
+    pub(super) arena: RefCell<Arena>,
+}
+
+/// The receiving half of a port ([`MessagePort::split`]): receives what
+/// the peer posts. Dropping it tells the peer's posts that nobody reads.
+pub struct PortReceiver {
+    pub(super) shared: Arc<Shared>,
+    pub(super) rx: RefCell<Consumer<SegmentRing>>,
+    pub(super) trust: Cell<Trust>,
+    /// The largest out-of-line payload this half maps.
+    pub(super) max_message: Cell<usize>,
+}
+
+// Ports and halves move between threads (they are not shared between them).
+const _: () = {
+    const fn is_send<T: Send>() {}
+    is_send::<MessagePort>();
+    is_send::<PortSender>();
+    is_send::<PortReceiver>();
+};
+
+impl MessagePort {
+    /// Split into a sending and a receiving half, to use on two threads.
+    /// [`PortSender::rejoin`] makes the port again. Dropping one half
+    /// closes its direction only.
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    ///
+    /// let (a, b) = MessageChannel::new()?.into_ports();
+    /// let (tx, rx) = b.split()?;
+    /// let echo = std::thread::spawn(move || {
+    ///     let m = rx.recv().unwrap();
+    ///     assert_eq!(m.bytes(), b"ping");
+    ///     drop(m);
+    ///     rx
+    /// });
+    /// a.post_bytes(b"ping")?;
+    /// tx.post_bytes(b"pong")?;
+    /// assert_eq!(a.recv()?.bytes(), b"pong");
+    /// let b = tx.rejoin(echo.join().unwrap()).unwrap();
+    /// # drop(b);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// Splitting needs two eventfds (the first time only: a rejoined port
+    /// keeps them). If they cannot be made (out of descriptors), the port
+    /// comes back whole in the error, untouched: its peer notices nothing.
+    // The port comes back by value: a rare path, not worth a box.
+    #[allow(clippy::result_large_err)]
+    pub fn split(self) -> Result<(PortSender, PortReceiver), SplitError> {
+        if self.tx.shared.kicks.get().is_none() {
+            let kicks = match Kick::new().and_then(|k| Ok([k, Kick::new()?])) {
+                Ok(kicks) => kicks,
+                Err(error) => return Err(SplitError { error, port: self }),
+            };
+            let _ = self.tx.shared.kicks.set(kicks);
+        }
+        let MessagePort { tx, rx } = self;
+        Ok((tx, rx))
+    }
+}
+
+impl PortSender {
+    /// Join the halves again; `Err` gives both back if they are not halves
+    /// of the same port.
+    // The halves come back by value: a rare path, not worth a box.
+    #[allow(clippy::result_large_err)]
+    pub fn rejoin(self, rx: PortReceiver) -> Result<MessagePort, (PortSender, PortReceiver)> {
+        if Arc::ptr_eq(&self.shared, &rx.shared) {
+            Ok(MessagePort { tx: self, rx })
+        } else {
+            Err((self, rx))
+        }
+    }
+
+    /// Largest payload that travels inside the ring.
+    #[inline]
+    pub fn max_inline_payload(&self) -> usize {
+        self.tx.borrow().max_payload()
+    }
+
+    /// Refuse a post while a [`Reservation`] holds the ring's next slot.
+    #[inline]
+    pub(super) fn check_not_reserved(&self) -> Result<(), PostError> {
+        if self.reserving.get() {
+            return Err(PostError::Reserved);
+        }
+        Ok(())
+    }
+
+    /// Can a message still reach the peer?
+    #[inline]
+    pub(super) fn check_postable(&self) -> Result<(), PostError> {
+        let sh = &self.shared;
+        if sh.broken() {
+            return Err(PostError::Closed(CloseReason::ProtocolError));
+        }
+        if self.tx.borrow().consumer_closed() {
+            return Err(PostError::Closed(CloseReason::Closed));
+        }
+        if sh.hung_up() {
+            return Err(PostError::Closed(self.peer_gone_reason()));
+        }
+        Ok(())
+    }
+
+    /// Why posts fail once the peer is gone: it stopped reading (closed
+    /// its receiving side), broke the protocol, or died.
+    pub(super) fn peer_gone_reason(&self) -> CloseReason {
+        self.shared.gone_reason(self.tx.borrow().consumer_closed())
+    }
+
+    pub(super) fn corrupt(&self, c: Corrupt) -> CloseReason {
+        self.shared.corrupt(c)
+    }
+
+    /// Send a wake token; a hung-up peer is reported as its close reason.
+    pub(super) fn wake_peer(&self) -> Result<(), CloseReason> {
+        self.shared
+            .wake_peer()
+            .map_err(|()| self.peer_gone_reason())
+    }
+
+    pub(super) fn drain_socket(&self) -> io::Result<()> {
+        self.shared.drain_socket(Half::Sender, false)
+    }
+}
+
+impl PortReceiver {
+    /// How this half treats what the peer writes (see [`Trust`]).
+    pub fn set_trust(&self, trust: Trust) {
+        self.trust.set(trust);
+    }
+
+    /// The trust mode.
+    pub fn trust(&self) -> Trust {
+        self.trust.get()
+    }
+
+    /// The largest message this half accepts (see
+    /// [`MessagePort::set_max_message_size`]).
+    pub fn set_max_message_size(&self, bytes: usize) {
+        self.max_message.set(bytes);
+    }
+
+    /// The largest message this half accepts.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message.get()
+    }
+
+    /// Why the close event came: the peer closed its sending side, broke
+    /// the protocol, or died.
+    pub(super) fn peer_gone_reason(&self) -> CloseReason {
+        self.shared.gone_reason(self.rx.borrow().producer_closed())
+    }
+
+    pub(super) fn corrupt(&self, c: Corrupt) -> CloseReason {
+        self.shared.corrupt(c)
+    }
+
+    pub(super) fn drain_socket(&self, until_attachment: bool) -> io::Result<()> {
+        self.shared.drain_socket(Half::Receiver, until_attachment)
+    }
+}
+
+impl Drop for PortSender {
+    fn drop(&mut self) {
+        if self.shared.transferred.load(Ordering::Relaxed) {
+            // Its parts travel on: this is not a close.
+            return;
+        }
+        // Publish what this side produced, then the producer's closed flag;
+        // wake the peer if it sleeps. The socket stays open while the other
+        // half lives: only this wake-up tells a sleeping peer.
+        if self.tx.get_mut().close() {
+            let _ = self.shared.wake_peer();
+        }
+    }
+}
+
+impl Drop for PortReceiver {
+    fn drop(&mut self) {
+        if self.shared.transferred.load(Ordering::Relaxed) {
+            return;
+        }
+        // Publish what this side consumed, then the consumer's closed flag;
+        // wake the peer if it waits for room (see `PortSender`'s drop).
+        if self.rx.get_mut().close() {
+            let _ = self.shared.wake_peer();
+        }
+        // Ports in messages never read: close them properly (their peers
+        // see Closed, not PeerDied).
+        let _ = self.drain_socket(false);
+        let orphans: Vec<Attachment> = self.shared.inbox().drain(..).collect();
+        for att in orphans {
+            for p in att.ports {
+                super::parts::discard(p);
+            }
+        }
+        // The socket closes (the peer's hang-up) when the last half drops.
+    }
+}
+
+impl AsFd for PortReceiver {
+    /// The port's socket (see [`MessagePort`]'s `AsFd`).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.shared.sock.as_fd()
+    }
+}
+
+impl std::fmt::Debug for PortSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PortSender").field(&self.shared).finish()
+    }
+}
+
+impl std::fmt::Debug for PortReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PortReceiver").field(&self.shared).finish()
+    }
+}
+
+/// [`MessagePort::split`](crate::MessagePort::split) failed: the port
+/// comes back whole, still connected.
+#[derive(Debug)]
+pub struct SplitError {
+    /// Why (the eventfds the halves wake each other with could not be
+    /// made, typically out of descriptors).
+    pub error: io::Error,
+    /// The port, as it was.
+    pub port: crate::MessagePort,
+}
+
+impl fmt::Display for SplitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot split the port: {}", self.error)
+    }
+}
+
+impl std::error::Error for SplitError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<SplitError> for io::Error {
+    /// The cause; the port is closed.
+    fn from(e: SplitError) -> io::Error {
+        e.error
+    }
+}

@@ -1,0 +1,270 @@
+//! A port taken apart and put back together: building one from a segment
+//! and a socket, taking it apart to travel in a message, rebuilding it
+//! when the transfer fails, and assembling one that arrived.
+
+use core::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use rkyv::ser::allocator::Arena;
+
+use super::{DEFAULT_MAX_MESSAGE_SIZE, MessagePort, PortReceiver, PortSender, Shared, Trust};
+use crate::error::PostError;
+use crate::shm::ring::{Barriers, Consumer, Corrupt, Producer, REWIND_MIN, RingMemory};
+use crate::shm::segment::OpenError;
+use crate::shm::segment::{Segment, SegmentRing, Side};
+use crate::sys::{self};
+use crate::wire::attachment::{Attachment, Partial, PortParts, SegmentRef};
+
+/// The barriers this process uses. As a sleeper: the heavy barrier
+/// whenever the kernel lets this process issue it, registered or not. As a
+/// publisher: only a compiler fence when this process is registered (so
+/// the sleeper's heavy barrier reaches it) and the sleeper advertises the
+/// heavy barrier.
+///
+/// Sleeping with the heavy barrier even when unregistered closes the
+/// window of a port move: a publisher may read the advertised barrier
+/// kind just before the port's new holder writes its own, so the kind it
+/// acts on can be the old holder's. Since every sleeper that can issue the
+/// heavy barrier does, a stale "heavy" is still true (ARCHITECTURE.md,
+/// failure model, "Barrier kinds across a move").
+fn process_barriers() -> Barriers {
+    let registered = sys::membarrier::registered();
+    Barriers {
+        registered,
+        heavy: if registered || sys::membarrier::available() {
+            Some(sys::membarrier::heavy)
+        } else {
+            None
+        },
+    }
+}
+
+/// A port's two rings in `seg`, resuming at the published positions.
+fn open_rings(
+    seg: &Arc<Segment>,
+    side: Side,
+) -> Result<(Producer<SegmentRing>, Consumer<SegmentRing>), Corrupt> {
+    let barriers = process_barriers();
+    let (tx, rx) = side.rings();
+    let tx = Producer::new(SegmentRing::new(seg.clone(), tx), barriers)?;
+    let rx = Consumer::new(SegmentRing::new(seg.clone(), rx), barriers)?;
+    Ok((tx, rx))
+}
+
+/// The smallest payload a ring of `cap` bytes rewinds for
+/// ([`Producer::rewind_from`]): [`REWIND_MIN`] when a channel's two rings
+/// take more than half of the last-level cache, never otherwise. While a
+/// channel's rings stay in the cache, moving on through them is faster:
+/// the bytes a record overwrites have left the peer core's own cache by
+/// then, where rewritten bytes just read by the peer must be taken back
+/// from it line by line. Measured on this project's VM (32 MiB L3):
+/// rewinding made 64 KiB and 1 MiB round trips in 1 and 4 MiB rings about
+/// 2x slower, and 4 MiB round trips in a 16 MiB ring about 2x faster
+/// (ARCHITECTURE.md).
+pub(super) fn rewind_min(cap: usize) -> usize {
+    if cap.saturating_mul(4) > sys::cache::last_level_bytes() {
+        REWIND_MIN
+    } else {
+        usize::MAX
+    }
+}
+
+impl MessagePort {
+    /// Two entangled ports over a new segment with rings of `capacity`
+    /// bytes (already checked) and a new socket pair.
+    pub(crate) fn pair(capacity: usize, spin: Duration) -> io::Result<(MessagePort, MessagePort)> {
+        let seg = Segment::create(capacity)?;
+        let (sa, sb) = sys::socket::pair()?;
+        // A segment this process just zeroed cannot be corrupt.
+        let fresh = |c: Corrupt| io::Error::other(c);
+        let a = MessagePort::from_parts(seg.clone(), Side::A, sa, spin).map_err(fresh)?;
+        let b = MessagePort::from_parts(seg, Side::B, sb, spin).map_err(fresh)?;
+        Ok((a, b))
+    }
+
+    pub(crate) fn from_parts(
+        seg: Arc<Segment>,
+        side: Side,
+        sock: OwnedFd,
+        spin: Duration,
+    ) -> Result<MessagePort, Corrupt> {
+        let (tx, rx) = open_rings(&seg, side)?;
+        Ok(Self::from_rings(seg, side, sock, spin, tx, rx, None))
+    }
+
+    /// Rebuild a port of this process that was taken apart for a transfer
+    /// that failed. If its peer corrupted the ring positions meanwhile, the
+    /// port comes back broken (its receives and posts report
+    /// [`CloseReason::ProtocolError`]) rather than not at all.
+    pub(crate) fn rebuild(seg: Arc<Segment>, side: Side, sock: OwnedFd, spin: Duration) -> Self {
+        match open_rings(&seg, side) {
+            Ok((tx, rx)) => Self::from_rings(seg, side, sock, spin, tx, rx, None),
+            Err(c) => {
+                let (tx, rx) = side.rings();
+                let barriers = process_barriers();
+                let tx = Producer::broken(SegmentRing::new(seg.clone(), tx), barriers);
+                let rx = Consumer::broken(SegmentRing::new(seg.clone(), rx), barriers);
+                Self::from_rings(seg, side, sock, spin, tx, rx, Some(c))
+            }
+        }
+    }
+
+    pub(super) fn from_rings(
+        seg: Arc<Segment>,
+        side: Side,
+        sock: OwnedFd,
+        spin: Duration,
+        tx: Producer<SegmentRing>,
+        rx: Consumer<SegmentRing>,
+        broken: Option<Corrupt>,
+    ) -> MessagePort {
+        let mut tx = tx;
+        tx.rewind_from(rewind_min(tx.memory().capacity()));
+        let shared = Arc::new(Shared {
+            seg,
+            sock,
+            side,
+            inbox: Mutex::new(VecDeque::new()),
+            taking_in: Mutex::new(Partial::default()),
+            hung_up: AtomicBool::new(false),
+            eof: AtomicBool::new(false),
+            broken: broken.map(OnceLock::from).unwrap_or_default(),
+            spin_ns: AtomicU64::new(spin.as_nanos().min(u64::MAX as u128) as u64),
+            transferred: AtomicBool::new(false),
+            kicks: OnceLock::new(),
+        });
+        MessagePort {
+            tx: PortSender {
+                shared: shared.clone(),
+                tx: RefCell::new(tx),
+                reserving: Cell::new(false),
+                wanted_room: Cell::new(0),
+                arena: RefCell::new(Arena::new()),
+            },
+            rx: PortReceiver {
+                shared,
+                rx: RefCell::new(rx),
+                trust: Cell::new(Trust::default()),
+                max_message: Cell::new(DEFAULT_MAX_MESSAGE_SIZE),
+            },
+        }
+    }
+
+    /// A rebuilt port gets back the attachments it had already received,
+    /// and the parts of one still arriving.
+    pub(crate) fn with_inbox(self, inbox: VecDeque<Attachment>, partial: Partial) -> Self {
+        *self.rx.shared.inbox() = inbox;
+        *self.rx.shared.partial() = partial;
+        self
+    }
+
+    /// Take the port apart to send it: publish both positions, hand over
+    /// the socket and the inbox. The peer notices nothing.
+    pub(crate) fn into_parts(self) -> PortParts {
+        self.tx.tx.borrow().publish_tail();
+        self.rx.flush_releases();
+        let shared = self.tx.shared.clone();
+        shared.transferred.store(true, Ordering::Relaxed);
+        // The halves' drops see `transferred` and close nothing.
+        drop(self);
+        let spin = shared.spin();
+        match Arc::try_unwrap(shared) {
+            Ok(s) => PortParts {
+                seg: SegmentRef::Mapped(s.seg),
+                sock: s.sock,
+                side: s.side,
+                spin,
+                inbox: s.inbox.into_inner().unwrap_or_else(|e| e.into_inner()),
+                partial: s.taking_in.into_inner().unwrap_or_else(|e| e.into_inner()),
+            },
+            // Nothing else holds the core of a whole port (messages and
+            // reservations borrow the port, which is consumed here).
+            Err(_) => unreachable!("a port's core outlived its halves"),
+        }
+    }
+
+    /// Is this port the entangled peer of the port whose core is `other`?
+    pub(super) fn is_peer_of(&self, other: &Shared) -> bool {
+        let me = &self.tx.shared;
+        other.side != me.side && me.seg.same(&other.seg)
+    }
+
+    /// What this port's inbox holds, for a transfer of it over the port
+    /// whose core is `sender`: nesting depth, and whether `sender`'s peer
+    /// is in it.
+    pub(super) fn scan_inbox(&self, sender: &Shared) -> crate::wire::attachment::Scan {
+        crate::wire::attachment::scan(&self.rx.shared.inbox(), &sender.seg, sender.side)
+    }
+}
+
+/// Posting with ports failed: nothing was sent, and every port is handed
+/// back, working, in `ports` (same order).
+#[derive(Debug)]
+pub struct TransferError {
+    /// Why.
+    pub error: PostError,
+    /// The ports that were to travel.
+    pub ports: Vec<crate::MessagePort>,
+}
+
+impl fmt::Display for TransferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} ports handed back)", self.error, self.ports.len())
+    }
+}
+
+impl std::error::Error for TransferError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl PortParts {
+    /// Put the port back together (checking a received segment).
+    pub fn assemble(self) -> Result<MessagePort, OpenError> {
+        let seg = match self.seg {
+            SegmentRef::Mapped(s) => s,
+            SegmentRef::Unopened(fd) => {
+                // A received descriptor claimed to be a port's socket.
+                if !crate::sys::socket::is_seqpacket(&self.sock) {
+                    return Err(OpenError::BadDescriptor(
+                        "a received port's socket is not a SOCK_SEQPACKET socket".into(),
+                    ));
+                }
+                Segment::open(fd)?
+            }
+        };
+        let (inbox, partial) = (self.inbox, self.partial);
+        MessagePort::from_parts(seg, self.side, self.sock, self.spin)
+            .map(|p| p.with_inbox(inbox, partial))
+            .map_err(|c| OpenError::Corrupt(c.0))
+    }
+
+    /// Put back together a port of this process whose transfer failed: it
+    /// always comes back, broken if its peer corrupted the positions
+    /// meanwhile ([`MessagePort::rebuild`]). `None` only for parts that
+    /// were received, never this process's own.
+    pub(crate) fn rebuild(self) -> Option<MessagePort> {
+        match self.seg {
+            SegmentRef::Mapped(seg) => Some(
+                MessagePort::rebuild(seg, self.side, self.sock, self.spin)
+                    .with_inbox(self.inbox, self.partial),
+            ),
+            SegmentRef::Unopened(_) => None,
+        }
+    }
+}
+
+/// A port that arrived in a message and was never taken out: close it
+/// properly, so its peer sees `Closed` rather than a death.
+pub(crate) fn discard(parts: PortParts) {
+    // If the segment cannot be opened, dropping the descriptors still hangs
+    // up the socket: the peer sees the port gone.
+    let _ = parts.assemble();
+}

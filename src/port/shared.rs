@@ -1,0 +1,235 @@
+//! The core both halves of a port share: the segment, the socket, the
+//! inbox of attachments taken in, and the close state; taking in what the
+//! socket delivers, and sleeping on it.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use super::{Half, Wait};
+use crate::error::CloseReason;
+use crate::fault;
+use crate::shm::ring::Corrupt;
+use crate::shm::segment::{Segment, Side};
+use crate::sys::{self, kick::Kick, socket::Incoming};
+use crate::wire::attachment::{Attachment, Partial};
+
+/// What both halves of a port use. The socket closes when the last half
+/// drops, after both published their closed flags.
+pub(crate) struct Shared {
+    pub(super) seg: Arc<Segment>,
+    pub(super) sock: OwnedFd,
+    pub(super) side: Side,
+    /// Attachments received on the socket, waiting for the records that
+    /// refer to them (in order). Either half may take them in; only the
+    /// receiving half takes them out.
+    pub(super) inbox: Mutex<VecDeque<Attachment>>,
+    /// Held from a receive on the socket until what it returned is in the
+    /// inbox (or noted). Once split, both halves read the socket: without
+    /// it, an attachment one half has taken off the socket and not yet
+    /// queued is in neither place for the other half, which then finds its
+    /// record's attachment missing, or pairs the record with the next one
+    /// (ARCHITECTURE.md, failure model, "Split halves"). It holds the parts
+    /// of an attachment that comes in several socket messages, gathered
+    /// until the last (`crate::wire::attachment`): the inbox gets whole ones only.
+    /// Lock order: `taking_in`, then `inbox`.
+    pub(super) taking_in: Mutex<Partial>,
+    /// The socket reported hang-up (or reset): the peer port is gone.
+    pub(super) hung_up: AtomicBool,
+    /// A receive returned end-of-file: nothing more is queued on the socket.
+    pub(super) eof: AtomicBool,
+    /// The peer broke the protocol; the port no longer reads or writes.
+    pub(super) broken: OnceLock<Corrupt>,
+    pub(super) spin_ns: AtomicU64,
+    /// The port was taken apart to travel: dropping its halves must not
+    /// close it.
+    pub(super) transferred: AtomicBool,
+    /// Once split: one kick per half ([`Half`] order). A half that takes in
+    /// something from the socket kicks the other, which may be waiting for
+    /// exactly that.
+    pub(super) kicks: OnceLock<[Kick; 2]>,
+}
+
+// The flags below are plain state bits. The Release stores / Acquire loads
+// order them with what the setter did before (the inbox push, the socket
+// read), for the other half on another thread.
+impl Shared {
+    pub(super) fn broken(&self) -> bool {
+        self.broken.get().is_some()
+    }
+
+    pub(super) fn hung_up(&self) -> bool {
+        self.hung_up.load(Ordering::Acquire)
+    }
+
+    pub(super) fn eof(&self) -> bool {
+        self.eof.load(Ordering::Acquire)
+    }
+
+    /// The close reason once the peer is gone: a protocol error if it broke
+    /// the protocol, `Closed` if it set the closed flag this half reads
+    /// (`closed`), else it died.
+    pub(super) fn gone_reason(&self, closed: bool) -> CloseReason {
+        if self.broken() {
+            CloseReason::ProtocolError
+        } else if closed {
+            CloseReason::Closed
+        } else {
+            CloseReason::PeerDied
+        }
+    }
+
+    pub(super) fn corrupt(&self, c: Corrupt) -> CloseReason {
+        let _ = self.broken.set(c);
+        CloseReason::ProtocolError
+    }
+
+    pub(super) fn spin(&self) -> Duration {
+        Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed))
+    }
+
+    pub(super) fn inbox(&self) -> MutexGuard<'_, VecDeque<Attachment>> {
+        // A panic while holding the lock leaves a consistent queue.
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The parts of an attachment taken in so far (holding `taking_in`).
+    pub(super) fn partial(&self) -> MutexGuard<'_, Partial> {
+        self.taking_in.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Send a wake token; a hung-up peer is reported as `Err`.
+    pub(super) fn wake_peer(&self) -> Result<(), ()> {
+        match sys::socket::send_wake(&self.sock) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                self.hung_up.store(true, Ordering::Release);
+                Err(())
+            }
+        }
+    }
+
+    /// Sleep on the socket until a token, a hang-up, the deadline, or (once
+    /// split) a kick from the other half; then take in what the socket
+    /// holds. `writable`: also return when the socket can take a message.
+    pub(super) fn sleep(&self, me: Half, wait: Wait, writable: bool) -> io::Result<()> {
+        match self.kicks.get() {
+            None if wait.remaining().is_none() && !writable => {
+                // One blocking receive: a token (or descriptors, or the
+                // hang-up) is what we waited for. Anything else queued is
+                // taken in later, when it is needed.
+                // Unsplit: nobody else takes the lock.
+                let mut partial = self.partial();
+                let got = sys::socket::recv(&self.sock, true)?;
+                self.note(got, &mut partial);
+                Ok(())
+            }
+            None => {
+                sys::socket::wait(&self.sock, writable, wait.remaining())?;
+                self.drain_socket(me, false)
+            }
+            Some(kicks) => {
+                let mine = &kicks[me as usize];
+                sys::socket::wait_or(&self.sock, Some(mine.as_fd()), writable, wait.remaining())?;
+                mine.clear();
+                self.drain_socket(me, false)
+            }
+        }
+    }
+
+    /// Take in one thing the socket delivered; `partial` is what
+    /// `taking_in` holds. Returns `true` when a whole attachment was queued.
+    pub(super) fn note(&self, got: Incoming, partial: &mut Partial) -> bool {
+        match got {
+            Incoming::HungUp => {
+                self.hung_up.store(true, Ordering::Release);
+                self.eof.store(true, Ordering::Release);
+            }
+            // The peer is gone, but what it sent before may still be queued
+            // (records' attachments): not the end of the socket yet.
+            Incoming::Reset => self.hung_up.store(true, Ordering::Release),
+            Incoming::Garbage => {
+                let _ = self.broken.set(Corrupt("garbage on the port's socket"));
+            }
+            Incoming::Attachment(body, fds) => {
+                return self.queue(partial.take(&body, Some(fds), true));
+            }
+            Incoming::Part(body, fds) => return self.queue(partial.take(&body, Some(fds), false)),
+            Incoming::Lost => return self.queue(partial.take(&[], None, true)),
+            Incoming::LostPart => return self.queue(partial.take(&[], None, false)),
+            Incoming::Empty | Incoming::Wake => {}
+        }
+        false
+    }
+
+    /// Queue a whole attachment ([`Partial::take`]); `true` if there was one.
+    pub(super) fn queue(&self, got: Result<Option<Attachment>, Corrupt>) -> bool {
+        match got {
+            Ok(Some(a)) => {
+                self.inbox().push_back(a);
+                true
+            }
+            Ok(None) => false,
+            Err(c) => {
+                let _ = self.broken.set(c);
+                false
+            }
+        }
+    }
+
+    /// Take in everything queued on the socket without blocking (or until
+    /// one attachment arrived, when `until_attachment`). Once split, kick
+    /// the other half if anything came: it may be what it waits for.
+    pub(super) fn drain_socket(&self, me: Half, until_attachment: bool) -> io::Result<()> {
+        let mut took = false;
+        // Each receive and its queuing are one step for the other half. A
+        // panic while holding the lock leaves nothing half done.
+        let mut taking_in = self.taking_in.lock().unwrap_or_else(|e| e.into_inner());
+        let r = loop {
+            if self.eof() || self.broken() {
+                break Ok(());
+            }
+            // The other half may have queued the attachment we look for
+            // while we waited for the lock.
+            if until_attachment && !self.inbox().is_empty() {
+                break Ok(());
+            }
+            let got = match sys::socket::recv(&self.sock, false) {
+                Ok(g) => g,
+                Err(e) => break Err(e),
+            };
+            if matches!(got, Incoming::Attachment(..)) {
+                fault::reach(fault::Point::TakenIn);
+            }
+            let empty = matches!(got, Incoming::Empty);
+            took |= !empty;
+            if self.note(got, &mut taking_in) && until_attachment || empty {
+                break Ok(());
+            }
+        };
+        drop(taking_in);
+        if took {
+            if let Some(kicks) = self.kicks.get() {
+                let other = match me {
+                    Half::Sender => Half::Receiver,
+                    Half::Receiver => Half::Sender,
+                };
+                kicks[other as usize].kick();
+            }
+        }
+        r
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessagePort")
+            .field("capacity", &self.seg.capacity())
+            .field("hung_up", &self.hung_up())
+            .field("broken", &self.broken.get())
+            .finish_non_exhaustive()
+    }
+}
