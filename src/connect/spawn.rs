@@ -7,7 +7,6 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rustix::io::{FdFlags, fcntl_setfd};
 
 use crate::connect::channel::ChannelBuilder;
 use crate::port::{DEFAULT_SPIN, MessagePort};
@@ -110,8 +109,8 @@ impl MessagePort {
         // makes this the only place that ever takes ownership of them.
         let (sock, mem) = unsafe { (OwnedFd::from_raw_fd(sock), OwnedFd::from_raw_fd(mem)) };
         // Our own children must not inherit them.
-        fcntl_setfd(&sock, FdFlags::CLOEXEC).map_err(std::io::Error::from)?;
-        fcntl_setfd(&mem, FdFlags::CLOEXEC).map_err(std::io::Error::from)?;
+        sys::child::close_on_exec(&sock)?;
+        sys::child::close_on_exec(&mem)?;
         if !sys::socket::is_seqpacket(&sock) {
             return Err(OpenError::BadDescriptor(
                 "the port's socket is not a SOCK_SEQPACKET socket".into(),

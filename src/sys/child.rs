@@ -3,7 +3,7 @@
 //! ([`KeepOnly::new`]).
 
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use rustix::io::{FdFlags, fcntl_setfd};
@@ -112,4 +112,10 @@ fn walk_end() -> RawFd {
         .max()
         .unwrap_or(0);
     soft_limit().max(highest.saturating_add(1))
+}
+
+/// Mark a descriptor this process inherited close-on-exec, so that it does
+/// not reach this process's own children.
+pub fn close_on_exec(fd: impl AsFd) -> io::Result<()> {
+    Ok(fcntl_setfd(fd, FdFlags::CLOEXEC)?)
 }
