@@ -7,7 +7,6 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-
 use crate::connect::channel::ChannelBuilder;
 use crate::port::{DEFAULT_SPIN, MessagePort};
 use crate::shm::segment::OpenError;

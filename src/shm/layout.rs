@@ -62,15 +62,11 @@ use core::mem::offset_of;
 use core::mem::size_of;
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
-/// The words of the ring protocol ([`RingHeader`], [`RecordHeader`]): the
-/// processor's atomics, or in a model-checking build (`--cfg
-/// shmport_loom`) loom's models of them, so that `ring::model` can explore
-/// every interleaving of the protocol. The other structures here are never
-/// model-checked.
-#[cfg(not(shmport_loom))]
-use core::sync::atomic::{AtomicU32 as RingU32, AtomicU64 as RingU64};
-#[cfg(shmport_loom)]
-use loom::sync::atomic::{AtomicU32 as RingU32, AtomicU64 as RingU64};
+/// The words of the ring protocol ([`RingHeader`], [`RecordHeader`]) come
+/// from the loom switch ([`crate::shm::sync`]), so that `ring::model` can
+/// explore every interleaving of the protocol. The other structures here
+/// are never model-checked.
+use crate::shm::sync::{AtomicU32 as RingU32, AtomicU64 as RingU64};
 
 /// First word of every segment: `"SHMPORT\x01"` little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");

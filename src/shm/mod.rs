@@ -9,3 +9,4 @@
 pub mod layout;
 pub mod ring;
 pub(crate) mod segment;
+pub(crate) mod sync;

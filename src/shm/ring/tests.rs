@@ -1,6 +1,6 @@
 use super::heap::HeapRing;
 use super::*;
-use crate::shm::layout::{RecordInfo, pack_info, unpack_info};
+use crate::shm::layout::{RecordInfo, align_record, pack_info, unpack_info};
 use core::sync::atomic::Ordering;
 use std::sync::Arc;
 
