@@ -13,6 +13,7 @@
 //! [`reserve`], messages in [`message`], readiness for waiters in
 //! [`readiness`].
 
+mod attach;
 mod halves;
 pub(crate) mod message;
 pub(crate) mod parts;

@@ -26,42 +26,44 @@ pub(super) enum Spun {
     Look,
 }
 
-/// The receiving API, on [`MessagePort`] and on [`PortReceiver`] alike.
-macro_rules! recv_api {
-    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $wait:expr;)*) => {
-        impl MessagePort {
-            $(
-                $(#[$doc])*
-                pub fn $name(&self, $($arg: $ty),*) -> Result<Message<'_>, RecvError> {
-                    self.rx.recv_wait($wait)
-                }
-            )*
-        }
-
-        impl PortReceiver {
-            $(
-                $(#[$doc])*
-                pub fn $name(&self, $($arg: $ty),*) -> Result<Message<'_>, RecvError> {
-                    self.recv_wait($wait)
-                }
-            )*
-        }
-    };
-}
-
-recv_api! {
+// The receiving API, written out on the port and on its receiving half; each
+// method is one call of the internal function that does the work.
+impl MessagePort {
     /// Receive the next message, waiting for one. After the last message the
     /// peer posted, returns [`RecvError::Closed`] with the reason: this is
     /// the close event.
-    fn recv() => Wait::Forever;
+    pub fn recv(&self) -> Result<Message<'_>, RecvError> {
+        self.rx.recv_wait(Wait::Forever)
+    }
 
     /// Receive a message if one is waiting; [`RecvError::Empty`] otherwise.
     /// When the ring is empty this makes one non-blocking system call to
     /// learn whether the peer is gone.
-    fn try_recv() => Wait::No;
+    pub fn try_recv(&self) -> Result<Message<'_>, RecvError> {
+        self.rx.recv_wait(Wait::No)
+    }
 
     /// Receive a message, waiting at most `timeout` ([`RecvError::Timeout`]).
-    fn recv_timeout(timeout: Duration) => Wait::after(timeout);
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Message<'_>, RecvError> {
+        self.rx.recv_wait(Wait::after(timeout))
+    }
+}
+
+impl PortReceiver {
+    /// [`MessagePort::recv`], from the receiving half.
+    pub fn recv(&self) -> Result<Message<'_>, RecvError> {
+        self.recv_wait(Wait::Forever)
+    }
+
+    /// [`MessagePort::try_recv`], from the receiving half.
+    pub fn try_recv(&self) -> Result<Message<'_>, RecvError> {
+        self.recv_wait(Wait::No)
+    }
+
+    /// [`MessagePort::recv_timeout`], from the receiving half.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Message<'_>, RecvError> {
+        self.recv_wait(Wait::after(timeout))
+    }
 }
 
 impl MessagePort {

@@ -5,7 +5,6 @@
 //! waits for room first publishes the room this port's own receiving side
 //! released (the peer may be waiting for it).
 
-use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -13,75 +12,54 @@ use rkyv::rancor;
 
 use super::TransferError;
 use super::recv::LOOK_EVERY;
-use super::{Half, MAX_PORTS, MessagePort, PortReceiver, PortSender, Reservation, Wait};
+use super::{Half, MessagePort, PortReceiver, PortSender, Reservation, Wait};
 use crate::error::PostError;
-use crate::fault;
 use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor};
-use crate::shm::ring::{Corrupt, Kind, RecordMeta, Slot};
-use crate::sys;
-use crate::wire::attachment::{
-    self, Attachment, MAX_ATTACH_BODY, MAX_ATTACH_FDS, MAX_DEPTH, PortParts,
-};
+use crate::shm::ring::{Kind, RecordMeta, Slot};
+use crate::wire::attachment::{Attachment, PortParts};
 use crate::wire::writer::{MAX_MESSAGE_SIZE, Postable, RecordWriter, WriteFailure, fingerprint};
 
-/// The posting API, on [`MessagePort`] and on [`PortSender`] alike: each
-/// entry names the method, its parameters, and the internal call (which
-/// gets the receiving half, if any, as its last argument).
-macro_rules! post_api {
-    ($(
-        $(#[$doc:meta])*
-        fn $name:ident $(<$g:ident: $bound:path>)? ($($arg:ident: $ty:ty),*) -> $ret:ty
-            => $inner:ident($($call:expr),*);
-    )*) => {
-        impl MessagePort {
-            $(
-                $(#[$doc])*
-                pub fn $name $(<$g: $bound>)? (&self, $($arg: $ty),*) -> $ret {
-                    self.tx.$inner($($call,)* Some(&self.rx))
-                }
-            )*
-        }
-
-        impl PortSender {
-            $(
-                $(#[$doc])*
-                pub fn $name $(<$g: $bound>)? (&self, $($arg: $ty),*) -> $ret {
-                    self.$inner($($call,)* None)
-                }
-            )*
-        }
-    };
-}
-
-post_api! {
+// The posting API, written out on the port and on its sending half; each
+// method is one call of the internal function that does the work (which gets
+// the receiving half, if any, as its last argument, to publish released room
+// before it waits).
+impl MessagePort {
     /// Post `value` as a typed message, waiting for room if the ring is
     /// full. The value is serialized straight into shared memory.
     ///
     /// Fails with [`PostError::Closed`] when the peer is gone (the value was
     /// only borrowed: the caller still has it).
-    fn post<T: Postable>(value: &T) -> Result<(), PostError>
-        => post_typed(value, Wait::Forever);
+    pub fn post<T: Postable>(&self, value: &T) -> Result<(), PostError> {
+        self.tx.post_typed(value, Wait::Forever, Some(&self.rx))
+    }
 
     /// Post `value` if there is room now; [`PostError::Full`] otherwise.
-    fn try_post<T: Postable>(value: &T) -> Result<(), PostError>
-        => post_typed(value, Wait::No);
+    pub fn try_post<T: Postable>(&self, value: &T) -> Result<(), PostError> {
+        self.tx.post_typed(value, Wait::No, Some(&self.rx))
+    }
 
     /// Post `value`, waiting at most `timeout` for room
     /// ([`PostError::Timeout`]).
-    fn post_timeout<T: Postable>(value: &T, timeout: Duration) -> Result<(), PostError>
-        => post_typed(value, Wait::after(timeout));
+    pub fn post_timeout<T: Postable>(&self, value: &T, timeout: Duration) -> Result<(), PostError> {
+        self.tx
+            .post_typed(value, Wait::after(timeout), Some(&self.rx))
+    }
 
     /// Post opaque bytes, waiting for room if the ring is full.
-    fn post_bytes(bytes: &[u8]) -> Result<(), PostError>
-        => post_raw(bytes, Wait::Forever);
+    pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
+        self.tx.post_raw(bytes, Wait::Forever, Some(&self.rx))
+    }
 
     /// Post opaque bytes if there is room now; [`PostError::Full`] otherwise.
-    fn try_post_bytes(bytes: &[u8]) -> Result<(), PostError>
-        => post_raw(bytes, Wait::No);
+    pub fn try_post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
+        self.tx.post_raw(bytes, Wait::No, Some(&self.rx))
+    }
 
     /// Post opaque bytes, waiting at most `timeout` for room.
-    fn post_bytes_timeout(bytes: &[u8], timeout: Duration) -> Result<(), PostError>
-        => post_raw(bytes, Wait::after(timeout));
+    pub fn post_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<(), PostError> {
+        self.tx
+            .post_raw(bytes, Wait::after(timeout), Some(&self.rx))
+    }
 
     /// Post `value` with `ports` attached (like `postMessage(message,
     /// [ports])`): the receiver takes them from the message, in the same
@@ -116,21 +94,44 @@ post_api! {
     /// assert_eq!(got.recv()?.bytes(), b"hello");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    fn post_with_ports<T: Postable>(value: &T, ports: Vec<MessagePort>) -> Result<(), TransferError>
-        => transfer_typed(value, ports, Wait::Forever);
+    pub fn post_with_ports<T: Postable>(
+        &self,
+        value: &T,
+        ports: Vec<MessagePort>,
+    ) -> Result<(), TransferError> {
+        self.tx
+            .transfer_typed(value, ports, Wait::Forever, Some(&self.rx))
+    }
 
     /// `post_with_ports` for raw bytes.
-    fn post_bytes_with_ports(bytes: &[u8], ports: Vec<MessagePort>) -> Result<(), TransferError>
-        => transfer_raw(bytes, ports, Wait::Forever);
+    pub fn post_bytes_with_ports(
+        &self,
+        bytes: &[u8],
+        ports: Vec<MessagePort>,
+    ) -> Result<(), TransferError> {
+        self.tx
+            .transfer_raw(bytes, ports, Wait::Forever, Some(&self.rx))
+    }
 
     /// `post_with_ports` without waiting for room ([`PostError::Full`]).
-    fn try_post_with_ports<T: Postable>(value: &T, ports: Vec<MessagePort>) -> Result<(), TransferError>
-        => transfer_typed(value, ports, Wait::No);
+    pub fn try_post_with_ports<T: Postable>(
+        &self,
+        value: &T,
+        ports: Vec<MessagePort>,
+    ) -> Result<(), TransferError> {
+        self.tx
+            .transfer_typed(value, ports, Wait::No, Some(&self.rx))
+    }
 
     /// `post_bytes_with_ports` without waiting for room
     /// ([`PostError::Full`]).
-    fn try_post_bytes_with_ports(bytes: &[u8], ports: Vec<MessagePort>) -> Result<(), TransferError>
-        => transfer_raw(bytes, ports, Wait::No);
+    pub fn try_post_bytes_with_ports(
+        &self,
+        bytes: &[u8],
+        ports: Vec<MessagePort>,
+    ) -> Result<(), TransferError> {
+        self.tx.transfer_raw(bytes, ports, Wait::No, Some(&self.rx))
+    }
 
     /// Reserve `len` bytes in the ring for a raw message, waiting for room
     /// if the ring is full. Write the payload into
@@ -152,97 +153,126 @@ post_api! {
     /// assert_eq!(b.recv()?.bytes(), b"hello");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    fn reserve_bytes(len: usize) -> Result<Reservation<'_>, PostError>
-        => reserve_raw(len, Wait::Forever);
+    pub fn reserve_bytes(&self, len: usize) -> Result<Reservation<'_>, PostError> {
+        self.tx.reserve_raw(len, Wait::Forever, Some(&self.rx))
+    }
 
     /// `reserve_bytes` if there is room now; [`PostError::Full`] otherwise.
-    fn try_reserve_bytes(len: usize) -> Result<Reservation<'_>, PostError>
-        => reserve_raw(len, Wait::No);
+    pub fn try_reserve_bytes(&self, len: usize) -> Result<Reservation<'_>, PostError> {
+        self.tx.reserve_raw(len, Wait::No, Some(&self.rx))
+    }
 
     /// `reserve_bytes`, waiting at most `timeout` for room
     /// ([`PostError::Timeout`]).
-    fn reserve_bytes_timeout(len: usize, timeout: Duration) -> Result<Reservation<'_>, PostError>
-        => reserve_raw(len, Wait::after(timeout));
+    pub fn reserve_bytes_timeout(
+        &self,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<Reservation<'_>, PostError> {
+        self.tx
+            .reserve_raw(len, Wait::after(timeout), Some(&self.rx))
+    }
 }
 
 impl PortSender {
-    fn transfer_typed<T: Postable>(
+    /// [`MessagePort::post`], from the sending half.
+    pub fn post<T: Postable>(&self, value: &T) -> Result<(), PostError> {
+        self.post_typed(value, Wait::Forever, None)
+    }
+
+    /// [`MessagePort::try_post`], from the sending half.
+    pub fn try_post<T: Postable>(&self, value: &T) -> Result<(), PostError> {
+        self.post_typed(value, Wait::No, None)
+    }
+
+    /// [`MessagePort::post_timeout`], from the sending half.
+    pub fn post_timeout<T: Postable>(&self, value: &T, timeout: Duration) -> Result<(), PostError> {
+        self.post_typed(value, Wait::after(timeout), None)
+    }
+
+    /// [`MessagePort::post_bytes`], from the sending half.
+    pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
+        self.post_raw(bytes, Wait::Forever, None)
+    }
+
+    /// [`MessagePort::try_post_bytes`], from the sending half.
+    pub fn try_post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
+        self.post_raw(bytes, Wait::No, None)
+    }
+
+    /// [`MessagePort::post_bytes_timeout`], from the sending half.
+    pub fn post_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<(), PostError> {
+        self.post_raw(bytes, Wait::after(timeout), None)
+    }
+
+    /// [`MessagePort::post_with_ports`], from the sending half.
+    pub fn post_with_ports<T: Postable>(
         &self,
         value: &T,
         ports: Vec<MessagePort>,
-        wait: Wait,
-        rx: Option<&PortReceiver>,
     ) -> Result<(), TransferError> {
-        let fill = |w: &mut RecordWriter| self.serialize(value, w);
-        self.transfer(typed_meta::<T>(), 0, wait, ports, fill, rx)
+        self.transfer_typed(value, ports, Wait::Forever, None)
     }
 
-    fn transfer_raw(
+    /// [`MessagePort::post_bytes_with_ports`], from the sending half.
+    pub fn post_bytes_with_ports(
         &self,
         bytes: &[u8],
         ports: Vec<MessagePort>,
-        wait: Wait,
-        rx: Option<&PortReceiver>,
     ) -> Result<(), TransferError> {
-        let fill = |w: &mut RecordWriter| w.put(bytes);
-        self.transfer(RAW_META, bytes.len(), wait, ports, fill, rx)
+        self.transfer_raw(bytes, ports, Wait::Forever, None)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn transfer(
+    /// [`MessagePort::try_post_with_ports`], from the sending half.
+    pub fn try_post_with_ports<T: Postable>(
         &self,
-        mut meta: RecordMeta,
-        size_hint: usize,
-        wait: Wait,
+        value: &T,
         ports: Vec<MessagePort>,
-        fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
-        rx: Option<&PortReceiver>,
     ) -> Result<(), TransferError> {
-        let refuse = |error, ports| Err(TransferError { error, ports });
-        if ports.iter().any(|p| p.is_peer_of(&self.shared)) {
-            return refuse(PostError::PeerInTransfer, ports);
-        }
-        if ports.len() > MAX_PORTS {
-            return refuse(PostError::TooManyPorts, ports);
-        }
-        // Each port first takes in what its socket holds (as a receive
-        // would): its whole queue is then in its inbox, where this sender
-        // sees it. The receiver must accept the nesting, and this port's
-        // own peer must not be in there: it would travel into its own
-        // socket's queue (directly, or inside a port in there), where
-        // nobody can ever take it out, and the kernel's collector of
-        // unreachable descriptors would close both ends of this channel
-        // (ARCHITECTURE.md, failure model).
-        let checked = ports.iter().try_for_each(|p| {
-            p.take_in().map_err(PostError::Io)?;
-            let scan = p.scan_inbox(&self.shared);
-            if scan.holds_peer {
-                return Err(PostError::PeerInTransfer);
-            }
-            if scan.depth > MAX_DEPTH {
-                return Err(PostError::NestedTooDeep);
-            }
-            Ok(())
-        });
-        if let Err(e) = checked {
-            return refuse(e, ports);
-        }
-        meta.nports = ports.len() as u16;
-        let parts = ports.into_iter().map(MessagePort::into_parts).collect();
-        self.send_record(meta, size_hint, wait, fill, parts, rx)
-            .map_err(|(error, parts)| TransferError {
-                error,
-                ports: reassemble(parts),
-            })
+        self.transfer_typed(value, ports, Wait::No, None)
     }
 
-    fn serialize<T: Postable>(&self, value: &T, w: &mut RecordWriter) -> Result<(), rancor::Error> {
+    /// [`MessagePort::try_post_bytes_with_ports`], from the sending half.
+    pub fn try_post_bytes_with_ports(
+        &self,
+        bytes: &[u8],
+        ports: Vec<MessagePort>,
+    ) -> Result<(), TransferError> {
+        self.transfer_raw(bytes, ports, Wait::No, None)
+    }
+
+    /// [`MessagePort::reserve_bytes`], from the sending half.
+    pub fn reserve_bytes(&self, len: usize) -> Result<Reservation<'_>, PostError> {
+        self.reserve_raw(len, Wait::Forever, None)
+    }
+
+    /// [`MessagePort::try_reserve_bytes`], from the sending half.
+    pub fn try_reserve_bytes(&self, len: usize) -> Result<Reservation<'_>, PostError> {
+        self.reserve_raw(len, Wait::No, None)
+    }
+
+    /// [`MessagePort::reserve_bytes_timeout`], from the sending half.
+    pub fn reserve_bytes_timeout(
+        &self,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<Reservation<'_>, PostError> {
+        self.reserve_raw(len, Wait::after(timeout), None)
+    }
+}
+
+impl PortSender {
+    pub(super) fn serialize<T: Postable>(
+        &self,
+        value: &T,
+        w: &mut RecordWriter,
+    ) -> Result<(), rancor::Error> {
         let mut arena = self.arena.borrow_mut();
         rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(value, w, arena.acquire())
             .map(|_| ())
     }
 
-    fn post_typed<T: Postable>(
+    pub(super) fn post_typed<T: Postable>(
         &self,
         value: &T,
         wait: Wait,
@@ -259,7 +289,7 @@ impl PortSender {
         .map_err(|(e, _)| e)
     }
 
-    fn post_raw(
+    pub(super) fn post_raw(
         &self,
         bytes: &[u8],
         wait: Wait,
@@ -276,7 +306,7 @@ impl PortSender {
     /// is refused before anything is reserved or allocated. On failure
     /// nothing was committed and the ports' parts come back.
     #[inline]
-    fn send_record(
+    pub(super) fn send_record(
         &self,
         meta: RecordMeta,
         size_hint: usize,
@@ -332,7 +362,7 @@ impl PortSender {
     /// commit a small record pointing to it. A message that would grow past
     /// [`MAX_MESSAGE_SIZE`] is [`PostError::TooLarge`]; a failed write to
     /// the memfd is [`PostError::Io`].
-    fn send_out_of_line(
+    pub(super) fn send_out_of_line(
         &self,
         mut meta: RecordMeta,
         size_hint: usize,
@@ -383,108 +413,6 @@ impl PortSender {
         meta.out_of_line = true;
         self.commit(slot, OOL_DESCRIPTOR, meta);
         Ok(())
-    }
-
-    /// Send a record's attachment, between the two fault-injection points
-    /// of the send path.
-    fn attach(
-        &self,
-        att: &Attachment,
-        wait: Wait,
-        rx: Option<&PortReceiver>,
-    ) -> Result<(), PostError> {
-        fault::reach(fault::Point::BeforeAttachment);
-        self.send_attachment(att, wait, rx)?;
-        fault::reach(fault::Point::AfterAttachment);
-        Ok(())
-    }
-
-    /// Send an attachment: one socket message, or its parts back to back
-    /// (`crate::wire::attachment`). Once a part is on the socket the rest must
-    /// follow whatever `wait` says (the receiver would otherwise hold half
-    /// an attachment, and copies of the descriptors in it): later parts
-    /// wait for room as long as it takes. Only the end of the channel stops
-    /// them (`Closed`: the peer hung up, broke the protocol, or stopped
-    /// reading — then the parts sent stay in its socket, holding copies of
-    /// the descriptors in them, until its port is gone). A system call
-    /// failing between parts leaves the channel out of step: this port is
-    /// then broken (`ProtocolError`), and the error returned.
-    pub(super) fn send_attachment(
-        &self,
-        att: &Attachment,
-        wait: Wait,
-        rx: Option<&PortReceiver>,
-    ) -> Result<(), PostError> {
-        let mut body = Vec::new();
-        let mut fds = Vec::new();
-        att.encode(&mut body, &mut fds);
-        if body.len() > MAX_ATTACH_BODY || fds.len() > MAX_ATTACH_FDS {
-            // More than a receiver accepts in one attachment.
-            return Err(PostError::TooManyPorts);
-        }
-        for (i, (part, part_fds, last)) in attachment::parts(&body, &fds).enumerate() {
-            if i == 0 {
-                self.send_part(part, part_fds, last, wait, rx)?;
-                continue;
-            }
-            fault::reach(fault::Point::BetweenParts);
-            match self.send_part(part, part_fds, last, Wait::Forever, rx) {
-                Ok(()) => {}
-                Err(e @ PostError::Closed(_)) => return Err(e),
-                Err(e) => {
-                    let _ = self.corrupt(Corrupt("an attachment could not be sent whole"));
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Send one socket message of an attachment, waiting for room as
-    /// `wait` allows, or until the peer is gone or stopped reading.
-    fn send_part(
-        &self,
-        body: &[u8],
-        fds: &[std::os::fd::BorrowedFd<'_>],
-        last: bool,
-        wait: Wait,
-        rx: Option<&PortReceiver>,
-    ) -> Result<(), PostError> {
-        loop {
-            match sys::socket::send_attachment(&self.shared.sock, body, fds, last, false) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // The peer has not taken earlier attachments in yet.
-                    if matches!(wait, Wait::No) {
-                        return Err(PostError::Full);
-                    }
-                    if wait.expired() {
-                        return Err(PostError::Timeout);
-                    }
-                    // A peer that stopped reading takes nothing in: do not
-                    // wait for it.
-                    self.check_postable()?;
-                    if let Some(rx) = rx {
-                        // Our peer may be waiting for room we released.
-                        rx.flush_releases();
-                    }
-                    // Until the socket takes messages again (or the peer
-                    // goes): takes in what it holds meanwhile.
-                    self.shared
-                        .sleep(Half::Sender, wait, true)
-                        .map_err(PostError::Io)?;
-                    self.check_postable()?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                    self.shared.hung_up.store(true, Ordering::Release);
-                    return Err(PostError::Closed(self.peer_gone_reason()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
-                    return Err(PostError::TooManyPorts);
-                }
-                Err(e) => return Err(PostError::Io(e)),
-            }
-        }
     }
 
     /// Publish a reserved record and wake the peer if it sleeps. This
@@ -584,17 +512,11 @@ pub(super) const RAW_META: RecordMeta = RecordMeta {
     fingerprint: 0,
 };
 
-fn typed_meta<T: Postable>() -> RecordMeta {
+pub(super) fn typed_meta<T: Postable>() -> RecordMeta {
     RecordMeta {
         kind: Kind::Typed,
         out_of_line: false,
         nports: 0,
         fingerprint: fingerprint::<T>(),
     }
-}
-
-/// Rebuild ports that were taken apart for a transfer that failed. Their
-/// segments are still mapped here: every one comes back, in order.
-fn reassemble(parts: Vec<PortParts>) -> Vec<MessagePort> {
-    parts.into_iter().filter_map(PortParts::rebuild).collect()
 }
