@@ -133,8 +133,9 @@ enum shmport_status
   // closed or transferred, or never a handle of this kind.
   SHMPORT_ERR_BAD_HANDLE = 7101,
   // The port still has messages received from it that are not freed, or
-  // a reservation that is not committed or cancelled: free, commit or
-  // cancel them first. Nothing was done.
+  // a reservation that is not committed or cancelled, or it is in a port
+  // set: free, commit or cancel them, or remove it from the set, first.
+  // Nothing was done.
   SHMPORT_ERR_BUSY = 7102,
   // An argument is out of range: a ring capacity over
   // `SHMPORT_MAX_CAPACITY`, a capacity too small for the message's ports,
@@ -227,6 +228,10 @@ typedef struct shmport_message shmport_message;
 // `shmport_incoming_accept` or `shmport_message_take_ports`; released by
 // `shmport_port_close` or by posting it in a transfer list.
 typedef struct shmport_port shmport_port;
+
+// A set of ports waited on together. Opaque; made by
+// `shmport_port_set_new`, released by `shmport_port_set_free`.
+typedef struct shmport_port_set shmport_port_set;
 
 // Who connected, as the kernel recorded it when the process called
 // `connect` (it cannot be forged by the connector).
@@ -884,6 +889,177 @@ shmport_status shmport_incoming_reject(shmport_incoming *incoming);
 // `path` is NULL or a NUL-terminated string; `port` is NULL or valid for
 // writing a pointer.
 shmport_status shmport_connect(const char *path, uint64_t timeout_ns, shmport_port **port);
+
+// Make an empty port set: it waits on many ports at once, fairly (round
+// robin, so a busy port does not starve the others), with one system
+// call for all of them when it sleeps. On success `*set` is a new set, to
+// be released with `shmport_port_set_free` once.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `set` is NULL;
+// - `SHMPORT_ERR_IO`: making the epoll descriptor failed (`errno`, e.g.
+//   `EMFILE`), or `errno` `ENOMEM` when this process holds too many
+//   handles;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
+// # Safety
+// `set` is NULL or valid for writing a pointer.
+shmport_status shmport_port_set_new(shmport_port_set **set);
+
+// Add `port` to `set`. The port stays the caller's and keeps working:
+// post to it and receive from it as before (a message of the port is
+// received either way). While it is in the set it cannot be closed or
+// posted in a transfer list (`SHMPORT_ERR_BUSY`): remove it first, or
+// let its close event (`shmport_port_set_wait`) remove it. A port is in
+// one set at most.
+//
+// `key`: NULL, or where to write the port's key in the set: a small
+// number, free again once the port leaves, that `shmport_port_set_wait`
+// reports with the port (an index for the host's own table).
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `set` or `port` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `set` is not a live set or `port` is not a
+//   live port;
+// - `SHMPORT_ERR_BUSY`: `port` is already in a set (this one or another);
+// - `SHMPORT_ERR_IO`: the kernel would not watch the port's descriptor
+//   (`errno`, e.g. `ENOMEM`, or `ENOSPC` at the user's epoll watch limit);
+//   the port is not in the set and still works;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
+// # Safety
+// `key` is NULL or valid for writing a `size_t`. No other thread uses
+// `set` or `port` during the call.
+shmport_status shmport_port_set_add(shmport_port_set *set, shmport_port *port, size_t *key);
+
+// Take `port` out of `set`: its key is free again; the port is unchanged
+// (messages waiting on it stay there).
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `set` or `port` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `set` is not a live set or `port` is not a
+//   live port;
+// - `SHMPORT_ERR_INVALID_ARGUMENT`: `port` is not in this set;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
+// # Safety
+// No other thread uses `set` or `port` during the call.
+shmport_status shmport_port_set_remove(shmport_port_set *set, shmport_port *port);
+
+// How many ports are in `set`, in `*len`.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `set` or `len` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `set` is not a live set;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
+// # Safety
+// `len` is NULL or valid for writing a `size_t`.
+shmport_status shmport_port_set_len(shmport_port_set *set, size_t *len);
+
+// Receive from the next port of `set` (round robin) that has a message or
+// its close event, waiting at most `timeout_ns` (`SHMPORT_NO_WAIT`,
+// `SHMPORT_FOREVER`, or nanoseconds, as for `shmport_port_recv`).
+//
+// - A message: `SHMPORT_OK`; `*key` and `*port` say which port, `*msg` is
+//   a new message of that port (free it with `shmport_message_free`,
+//   before the port is closed or posted, as for `shmport_port_recv`).
+// - A close event: the close status (`SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`,
+//   `SHMPORT_PROTOCOL_ERROR`; `shmport_status_is_close`). The set has
+//   removed the port (its key is free), and `*key` and `*port` say which
+//   it was: close it (`shmport_port_close`) or keep using it.
+// - A message of a port that could not be received
+//   (`SHMPORT_ERR_MESSAGE_REFUSED`, or `SHMPORT_ERR_IO` with `errno`):
+//   `*key` and `*port` say which port; it stays in the set and goes on.
+//
+// So, unlike other functions, `*key` and `*port` are also written with a
+// close status, `SHMPORT_ERR_MESSAGE_REFUSED` and a port's `SHMPORT_ERR_IO`
+// (`*msg` only with `SHMPORT_OK`). Set `*port` to NULL before the call to
+// tell a port's `SHMPORT_ERR_IO` from the set's own.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `set`, `key`, `port` or `msg` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `set` is not a live set;
+// - `SHMPORT_EMPTY`: the set has no ports (whatever `timeout_ns`), or
+//   nothing is ready now (`SHMPORT_NO_WAIT` only);
+// - `SHMPORT_TIMEOUT`: nothing arrived in time (a finite `timeout_ns`
+//   only);
+// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the
+//   close event of the port in `*port` (removed from the set);
+// - `SHMPORT_ERR_MESSAGE_REFUSED`: a message of the port in `*port` was
+//   refused by its trust mode or size limit; the next call goes on;
+// - `SHMPORT_ERR_IO`: waiting failed (epoll; `*port` not written), or a
+//   message of the port in `*port` could not be received, e.g. mapping
+//   an out-of-line message (`errno`), or `errno` `ENOMEM` when this process
+//   holds too many handles;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
+// # Safety
+// `key`, `port` and `msg` are NULL or valid for writing. No other thread
+// uses `set`, its ports or their messages during the call.
+shmport_status shmport_port_set_wait(shmport_port_set *set,
+                                     uint64_t timeout_ns,
+                                     size_t *key,
+                                     shmport_port **port,
+                                     shmport_message **msg);
+
+// The set's descriptor, in `*fd`, for `poll`/`epoll` in the host's own
+// event loop (with `shmport_port_set_prepare_poll`): it turns readable
+// when a port of the set has a message or its close event after the
+// set was prepared. It stays owned by the set: do not close it or read
+// from it; it is valid until the set is freed.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `set` or `fd` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `set` is not a live set;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
+// # Safety
+// `fd` is NULL or valid for writing an `int`.
+shmport_status shmport_port_set_fd(shmport_port_set *set, int *fd);
+
+// Before the host's event loop waits on the set's descriptor
+// (`shmport_port_set_fd`): take in what the ports' descriptors hold and
+// announce a sleep on every port, so that a peer's next message, close
+// or death turns the set's descriptor readable.
+//
+// `*wait` is true when the loop may wait. It is false when a port already
+// has a message or its close event, or the set is empty: do not wait.
+// Either way, call `shmport_port_set_wait` with `SHMPORT_NO_WAIT` until
+// `SHMPORT_EMPTY`, then prepare again before the next wait:
+//
+// ```c
+// for (;;) {
+//   bool wait;
+//   shmport_port_set_prepare_poll(set, &wait);
+//   if (wait) poll(&(struct pollfd){.fd = set_fd, .events = POLLIN}, 1, -1);
+//   while ((st = shmport_port_set_wait(set, SHMPORT_NO_WAIT, &key, &port, &msg)) != SHMPORT_EMPTY) { ... }
+// }
+// ```
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `set` or `wait` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `set` is not a live set;
+// - `SHMPORT_ERR_IO`: taking in a port's descriptor failed (`errno`);
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
+// # Safety
+// `wait` is NULL or valid for writing a `bool`. No other thread uses
+// `set` or its ports during the call.
+shmport_status shmport_port_set_prepare_poll(shmport_port_set *set,
+                                             bool *wait);
+
+// Release a set. The ports in it leave it and stay the caller's, open
+// (close them as usual). NULL does nothing; a set already freed is
+// `SHMPORT_ERR_BAD_HANDLE`.
+//
+// Returns `SHMPORT_OK` on success (and for NULL, which does nothing), or:
+// - `SHMPORT_ERR_BAD_HANDLE`: `set` is not a live set;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
+// # Safety
+// No other thread uses `set` or its ports during the call.
+shmport_status shmport_port_set_free(shmport_port_set *set);
 
 // The text of a status: a static NUL-terminated string, never NULL, never
 // to be freed. Unknown values give "unknown status".

@@ -61,6 +61,9 @@ pub(crate) struct PortState {
     spare: Cell<Option<Vacant<MessageState>>>,
     /// More kept slots, when several messages were held at once.
     spares: RefCell<Vec<Vacant<MessageState>>>,
+    /// The handle of the port set this port is in, 0 for none; a port is
+    /// never removed while it is in a set (the set holds `&port`).
+    pub(crate) in_set: Cell<u64>,
     pub(crate) port: MessagePort,
 }
 
@@ -71,13 +74,14 @@ impl PortState {
             live: Cell::new(0),
             spare: Cell::new(None),
             spares: RefCell::new(Vec::new()),
+            in_set: Cell::new(0),
             port,
         }
     }
 
     /// May the port be closed or moved?
     pub(crate) fn check_idle(&self) -> Result<(), shmport_status> {
-        if self.live.get() != 0 || self.reservation.borrow().is_some() {
+        if self.live.get() != 0 || self.reservation.borrow().is_some() || self.in_set.get() != 0 {
             return Err(SHMPORT_ERR_BUSY);
         }
         Ok(())
@@ -146,8 +150,8 @@ pub(crate) static PORTS: Registry<Option<PortState>> = Registry::new(Kind::Port)
 /// The port a handle names.
 ///
 /// The reference is used only during the current call, or stored in a
-/// message or reservation of this port (which keep the port from being
-/// removed): the contract of [`Registry::get`].
+/// message or reservation of this port or in a port set (which keep the
+/// port from being removed): the contract of [`Registry::get`].
 #[inline]
 pub(crate) fn port_state(port: *mut shmport_port) -> Result<&'static PortState, shmport_status> {
     let h = handle(port)?;

@@ -31,12 +31,14 @@ mod port;
 mod process;
 mod registry;
 mod rendezvous;
+mod set;
 mod status;
 
 use std::ffi::c_char;
 
 pub use handles::{shmport_message, shmport_port};
 pub use rendezvous::{shmport_credentials, shmport_incoming, shmport_listener};
+pub use set::shmport_port_set;
 pub use status::shmport_status;
 
 /// `timeout_ns` value: do not wait.

@@ -73,6 +73,7 @@ pub(crate) enum Kind {
     Message = 0x52,
     Listener = 0x53,
     Incoming = 0x54,
+    PortSet = 0x55,
 }
 
 /// A handle was refused: not a live handle of this registry's kind.

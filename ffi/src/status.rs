@@ -45,8 +45,9 @@ pub enum shmport_status {
     /// closed or transferred, or never a handle of this kind.
     SHMPORT_ERR_BAD_HANDLE = 7101,
     /// The port still has messages received from it that are not freed, or
-    /// a reservation that is not committed or cancelled: free, commit or
-    /// cancel them first. Nothing was done.
+    /// a reservation that is not committed or cancelled, or it is in a port
+    /// set: free, commit or cancel them, or remove it from the set, first.
+    /// Nothing was done.
     SHMPORT_ERR_BUSY = 7102,
     /// An argument is out of range: a ring capacity over
     /// `SHMPORT_MAX_CAPACITY`, a capacity too small for the message's ports,
@@ -180,7 +181,9 @@ impl shmport_status {
             SHMPORT_ERR_BAD_HANDLE => {
                 c"not a live handle of this kind (freed, closed, transferred, or never one)"
             }
-            SHMPORT_ERR_BUSY => c"the port has messages or a reservation outstanding",
+            SHMPORT_ERR_BUSY => {
+                c"the port has messages or a reservation outstanding, or is in a port set"
+            }
             SHMPORT_ERR_INVALID_ARGUMENT => c"invalid argument",
             SHMPORT_ERR_SELF_TRANSFER => c"a port cannot be posted over itself",
             SHMPORT_ERR_NO_RESERVATION => c"no reservation on this port",

@@ -165,6 +165,26 @@ fn c_host_sees_its_killed_peer_as_peer_died() {
 }
 
 #[test]
+fn c_port_set_serves_processes_and_sees_a_kill() {
+    let exe = compile("port_set", &["tests/c/port_set.c"], Build::SanitizedShared);
+    let me = std::env::current_exe().unwrap();
+    let out = program(&exe)
+        .arg(&me)
+        .args(PEER_ARGS)
+        .output()
+        .expect("run the C port set test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the C port set test failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("served 3 clients, 1 killed"), "{stdout:?}");
+    assert!(stdout.contains("port set ok"), "{stdout:?}");
+}
+
+#[test]
 fn misuse_is_a_status_not_a_crash() {
     let exe = compile("misuse", &["tests/c/misuse.c"], Build::SanitizedShared);
     let out = program(&exe).output().expect("run misuse");
@@ -297,6 +317,16 @@ fn peer_entry() {
             port.post_bytes(b"last").unwrap();
             let r = port.recv_timeout(Duration::from_secs(60));
             assert!(r.is_err(), "the C host posts nothing");
+        }
+        Some("set_client") => {
+            // Requests one at a time, each answered, then close (the
+            // C port set test).
+            let port = MessagePort::from_parent().expect("adopt the port");
+            for i in 0..200 {
+                port.post_bytes(format!("request {i}").as_bytes()).unwrap();
+                let reply = port.recv().expect("a reply");
+                assert_eq!(reply.bytes(), format!("reply {i}").as_bytes());
+            }
         }
         Some(other) => panic!("unknown role {other}"),
     }

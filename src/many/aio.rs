@@ -307,7 +307,7 @@ impl AsyncPortSet {
         // SAFETY: `set` owns the epoll descriptor for its whole life and is
         // stored beside `fd`, dropped after it (`into_inner` drops `fd`
         // first).
-        let fd = unsafe { register(set.poller_fd())? };
+        let fd = unsafe { register(std::os::fd::AsFd::as_fd(&set))? };
         Ok(AsyncPortSet { fd, set })
     }
 

@@ -1,7 +1,9 @@
 //! Waiting on many ports at once.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use crate::error::{CloseReason, RecvError};
@@ -27,6 +29,15 @@ use crate::sys::poller::Poller;
 /// Built on epoll over the ports' sockets, with the same sleep announcement
 /// as a single port: a peer posting to a port of the set makes no system
 /// call unless the set's owner is actually asleep.
+///
+/// The set owns its ports (`PortSet<MessagePort>`, the default), or holds
+/// them any other way that lends a `&MessagePort`: `PortSet<&MessagePort>`,
+/// `PortSet<Rc<MessagePort>>` (made with [`PortSet::empty`]), for a
+/// program that keeps its ports elsewhere and waits on them here.
+///
+/// For a foreign event loop, the set has one descriptor ([`AsFd`]): call
+/// [`prepare_poll`](PortSet::prepare_poll), wait for the descriptor to turn
+/// readable, then [`try_recv`](PortSet::try_recv) until `None`.
 ///
 /// # Example
 /// ```
@@ -76,9 +87,9 @@ use crate::sys::poller::Poller;
 /// assert_eq!(msg.get::<u32>()?.to_native(), 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct PortSet {
+pub struct PortSet<P = MessagePort> {
     poller: Poller,
-    ports: Vec<Option<MessagePort>>,
+    ports: Vec<Option<P>>,
     free: Vec<usize>,
     len: usize,
     /// Where the next scan starts (round robin).
@@ -87,8 +98,16 @@ pub struct PortSet {
 }
 
 impl PortSet {
-    /// An empty set.
+    /// An empty set of owned ports.
     pub fn new() -> io::Result<PortSet> {
+        PortSet::empty()
+    }
+}
+
+impl<P: Borrow<MessagePort>> PortSet<P> {
+    /// An empty set of ports held as `P` (`&MessagePort`,
+    /// `Rc<MessagePort>`, ...); [`PortSet::new`] is this for owned ports.
+    pub fn empty() -> io::Result<PortSet<P>> {
         Ok(PortSet {
             poller: Poller::new()?,
             ports: Vec::new(),
@@ -105,10 +124,10 @@ impl PortSet {
     // The error carries the port by value (a port is ~200 bytes): adding
     // is not on a hot path, and a boxed port would be awkward to use.
     #[allow(clippy::result_large_err)]
-    pub fn add(&mut self, port: MessagePort) -> Result<usize, AddError> {
+    pub fn add(&mut self, port: P) -> Result<usize, AddError<P>> {
         // A freed key, taken off the list only once the port is in.
         let key = self.free.last().copied().unwrap_or(self.ports.len());
-        if let Err(error) = self.poller.add(&port, key as u64) {
+        if let Err(error) = self.poller.add(port.borrow(), key as u64) {
             return Err(AddError { error, port });
         }
         if key == self.ports.len() {
@@ -122,10 +141,10 @@ impl PortSet {
     }
 
     /// Take a port out of the set; its key is free again.
-    pub fn remove(&mut self, key: usize) -> Option<MessagePort> {
+    pub fn remove(&mut self, key: usize) -> Option<P> {
         let port = self.ports.get_mut(key)?.take()?;
         // The descriptor is still open, so this cannot fail short of a bug.
-        let _ = self.poller.delete(&port);
+        let _ = self.poller.delete(port.borrow());
         self.free.push(key);
         self.len -= 1;
         Some(port)
@@ -133,7 +152,7 @@ impl PortSet {
 
     /// The port with this key.
     pub fn get(&self, key: usize) -> Option<&MessagePort> {
-        self.ports.get(key)?.as_ref()
+        Some(self.ports.get(key)?.as_ref()?.borrow())
     }
 
     /// Number of ports in the set.
@@ -151,7 +170,7 @@ impl PortSet {
         self.ports
             .iter()
             .enumerate()
-            .filter_map(|(k, p)| Some((k, p.as_ref()?)))
+            .filter_map(|(k, p)| Some((k, p.as_ref()?.borrow())))
     }
 
     /// Wait until some port has a message or its close event; returns its
@@ -177,23 +196,23 @@ impl PortSet {
     /// ([`SetEvent::Closed`]); its key is free from then on. A message
     /// that could not be received ([`SetEvent::Error`]) leaves the port in
     /// the set. `Err` only when waiting itself failed (epoll).
-    pub fn recv(&mut self) -> io::Result<Option<SetEvent<'_>>> {
+    pub fn recv(&mut self) -> io::Result<Option<SetEvent<'_, P>>> {
         self.recv_until(None)
     }
 
     /// [`recv`](Self::recv) if some port has a message or its close event
     /// now; `None` otherwise.
-    pub fn try_recv(&mut self) -> io::Result<Option<SetEvent<'_>>> {
+    pub fn try_recv(&mut self) -> io::Result<Option<SetEvent<'_, P>>> {
         self.recv_until(Some(Instant::now()))
     }
 
     /// [`recv`](Self::recv), waiting at most `timeout` (`None` when it
     /// passes, or for an empty set).
-    pub fn recv_timeout(&mut self, timeout: Duration) -> io::Result<Option<SetEvent<'_>>> {
+    pub fn recv_timeout(&mut self, timeout: Duration) -> io::Result<Option<SetEvent<'_, P>>> {
         self.recv_until(Instant::now().checked_add(timeout))
     }
 
-    fn recv_until(&mut self, deadline: Option<Instant>) -> io::Result<Option<SetEvent<'_>>> {
+    fn recv_until(&mut self, deadline: Option<Instant>) -> io::Result<Option<SetEvent<'_, P>>> {
         loop {
             let Some(key) = self.wait_until(deadline)? else {
                 return Ok(None);
@@ -201,7 +220,7 @@ impl PortSet {
             let Some(port) = self.ports.get(key).and_then(Option::as_ref) else {
                 continue;
             };
-            let port: *const MessagePort = port;
+            let port: *const MessagePort = port.borrow();
             // SAFETY: `port` points into `self.ports`, which nothing changes
             // while the reference is used: a message borrowing it is
             // returned at once, with the lifetime of `&mut self`, so the
@@ -233,7 +252,7 @@ impl PortSet {
         for i in 0..n {
             let k = (self.cursor + i) % n;
             if let Some(p) = &self.ports[k] {
-                if p.has_event() {
+                if p.borrow().has_event() {
                     self.cursor = k + 1;
                     return Some(k);
                 }
@@ -267,10 +286,10 @@ impl PortSet {
     /// a port has an event after all (every port is disarmed again).
     pub(crate) fn arm_all(&mut self) -> Option<usize> {
         for p in self.ports.iter().flatten() {
-            p.arm();
+            p.borrow().arm();
         }
         if let Some(p) = self.ports.iter().flatten().next() {
-            p.sleep_barrier();
+            p.borrow().sleep_barrier();
         }
         let found = self.scan();
         if found.is_some() {
@@ -281,7 +300,7 @@ impl PortSet {
 
     pub(crate) fn disarm_all(&self) {
         for p in self.ports.iter().flatten() {
-            p.disarm();
+            p.borrow().disarm();
         }
     }
 
@@ -295,17 +314,45 @@ impl PortSet {
         r?;
         for i in 0..self.keys.len() {
             if let Some(Some(p)) = self.ports.get(self.keys[i] as usize) {
-                p.take_in()?;
+                p.borrow().take_in()?;
             }
         }
         Ok(self.keys.len())
     }
 
-    #[cfg(feature = "tokio")]
-    /// The epoll descriptor, for a reactor.
-    pub(crate) fn poller_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.poller.as_fd()
+    /// Before a foreign event loop waits on the set's descriptor
+    /// ([`AsFd`]): take in what the ports' sockets hold, then announce a
+    /// sleep on every port, so that a peer's next message, close or death
+    /// turns the descriptor readable. `Ok(false)` when a port already has
+    /// a message or its close event (or the set is empty): receive instead
+    /// of waiting. Either way, [`try_recv`](Self::try_recv) until `None`,
+    /// then prepare again before the next wait.
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use rustix::event::{PollFd, PollFlags, poll};
+    /// use shmport::{MessageChannel, PortSet, SetEvent};
+    ///
+    /// let mut set = PortSet::new()?;
+    /// let (a, b) = MessageChannel::new()?.into_ports();
+    /// let kb = set.add(b)?;
+    /// assert!(set.prepare_poll()?);
+    /// a.post_bytes(b"wake up")?;
+    /// poll(&mut [PollFd::new(&set, PollFlags::IN)], None)?;
+    /// match set.try_recv()? {
+    ///     Some(SetEvent::Message { key, message }) => {
+    ///         assert_eq!((key, message.bytes()), (kb, &b"wake up"[..]));
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn prepare_poll(&mut self) -> io::Result<bool> {
+        self.collect(Some(Duration::ZERO))?;
+        if self.is_empty() || self.scan().is_some() {
+            return Ok(false);
+        }
+        Ok(self.arm_all().is_none())
     }
 
     #[cfg(feature = "tokio")]
@@ -316,6 +363,14 @@ impl PortSet {
     }
 }
 
+/// The set's epoll descriptor, for a foreign event loop (see
+/// [`PortSet::prepare_poll`]). It stays owned by the set: do not read it.
+impl<P> AsFd for PortSet<P> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.poller.as_fd()
+    }
+}
+
 /// What [`PortSet::recv`] received, and from which port.
 ///
 /// The event borrows the set (as a message borrows its port) until it is
@@ -323,7 +378,7 @@ impl PortSet {
 /// used yet. Nothing needs it there: the set has already removed a closed
 /// port.
 #[derive(Debug)]
-pub enum SetEvent<'s> {
+pub enum SetEvent<'s, P = MessagePort> {
     /// A message from the port at `key` (it borrows the set: drop it to
     /// give the ring space back and use the set again).
     Message {
@@ -343,7 +398,7 @@ pub enum SetEvent<'s> {
         /// Why the peer went.
         reason: CloseReason,
         /// The port, out of the set.
-        port: MessagePort,
+        port: P,
     },
     /// A message from the port at `key` could not be received (for example
     /// [`RecvError::Io`] when its descriptors could not be installed, or
@@ -359,14 +414,14 @@ pub enum SetEvent<'s> {
 /// A port could not join a [`PortSet`](crate::PortSet) (the kernel refused
 /// to watch its socket): the port is handed back, working, in `port`.
 #[derive(Debug)]
-pub struct AddError {
+pub struct AddError<P = MessagePort> {
     /// Why.
     pub error: io::Error,
     /// The port that was to join.
-    pub port: crate::MessagePort,
+    pub port: P,
 }
 
-impl fmt::Display for AddError {
+impl<P> fmt::Display for AddError<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -376,15 +431,15 @@ impl fmt::Display for AddError {
     }
 }
 
-impl std::error::Error for AddError {
+impl<P: fmt::Debug> std::error::Error for AddError<P> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.error)
     }
 }
 
 /// For callers that want only the error: the port is closed.
-impl From<AddError> for io::Error {
-    fn from(e: AddError) -> io::Error {
+impl<P> From<AddError<P>> for io::Error {
+    fn from(e: AddError<P>) -> io::Error {
         e.error
     }
 }
