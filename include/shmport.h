@@ -101,6 +101,19 @@
 // `SHMPORT_ERR_INVALID_ARGUMENT`.
 #define SHMPORT_MAX_CAPACITY 1073741824
 
+// The version of the header a program was compiled with: major.
+// `shmport_version()` gives the library's at run time; a program built
+// against 0.MINOR runs with any 0.MINOR.PATCH library (the soname is
+// `libshmport.so.0.MINOR`), against MAJOR.x (from 1.0 on) with any
+// MAJOR.y, y >= x.
+#define SHMPORT_VERSION_MAJOR 0
+
+// The header's version: minor.
+#define SHMPORT_VERSION_MINOR 1
+
+// The header's version: patch.
+#define SHMPORT_VERSION_PATCH 0
+
 // What a shmport function did. `SHMPORT_OK` (0) is success; every other
 // value is a distinct outcome. The values never collide with `errno`
 // values and are never reused for another meaning.
@@ -248,7 +261,9 @@ typedef struct {
 extern "C" {
 #endif // __cplusplus
 
-// The library's version, e.g. "0.1.0" (static; never free it).
+// The library's version, e.g. "0.1.0" (static; never free it): the
+// library's at run time, where `SHMPORT_VERSION_MAJOR`, `_MINOR` and
+// `_PATCH` are the header's a program was compiled with.
 const char *shmport_version(void);
 
 // The message's bytes, read in place: `*data` points to `*len` bytes that

@@ -75,7 +75,39 @@ const _: () = {
     assert!(SHMPORT_MAX_CAPACITY == shmport_core::MAX_CAPACITY);
 };
 
-/// The library's version, e.g. "0.1.0" (static; never free it).
+/// The version of the header a program was compiled with: major.
+/// `shmport_version()` gives the library's at run time; a program built
+/// against 0.MINOR runs with any 0.MINOR.PATCH library (the soname is
+/// `libshmport.so.0.MINOR`), against MAJOR.x (from 1.0 on) with any
+/// MAJOR.y, y >= x.
+pub const SHMPORT_VERSION_MAJOR: u32 = 0;
+/// The header's version: minor.
+pub const SHMPORT_VERSION_MINOR: u32 = 1;
+/// The header's version: patch.
+pub const SHMPORT_VERSION_PATCH: u32 = 0;
+
+/// A decimal version part, at compile time.
+const fn number(s: &str) -> u32 {
+    let b = s.as_bytes();
+    let mut n = 0;
+    let mut i = 0;
+    while i < b.len() {
+        n = n * 10 + (b[i] - b'0') as u32;
+        i += 1;
+    }
+    n
+}
+
+// The macros follow ffi/Cargo.toml's version.
+const _: () = {
+    assert!(SHMPORT_VERSION_MAJOR == number(env!("CARGO_PKG_VERSION_MAJOR")));
+    assert!(SHMPORT_VERSION_MINOR == number(env!("CARGO_PKG_VERSION_MINOR")));
+    assert!(SHMPORT_VERSION_PATCH == number(env!("CARGO_PKG_VERSION_PATCH")));
+};
+
+/// The library's version, e.g. "0.1.0" (static; never free it): the
+/// library's at run time, where `SHMPORT_VERSION_MAJOR`, `_MINOR` and
+/// `_PATCH` are the header's a program was compiled with.
 #[unsafe(no_mangle)]
 pub extern "C" fn shmport_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
