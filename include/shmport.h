@@ -59,6 +59,18 @@
  * SHMPORT_PROTOCOL_ERROR; a post to a gone peer returns the same.
  * shmport_status_is_close() tells them from other statuses.
  *
+ * PORTS AND fork()
+ *
+ * A port is two descriptors (a memfd segment and a socket) and a mapping;
+ * fork() copies all three. After fork() a port belongs to one process: use
+ * it (and its set, messages, reservation) in the parent or in the child,
+ * never in both (each ring has one writer and one reader). The child's
+ * copies of the descriptors keep the channel open: the peer sees the close
+ * event only when every process holding them has exited or exec'd (they
+ * are close-on-exec). To hand a port to another program, use shmport_spawn
+ * (the child adopts it with shmport_port_from_parent) or post it over a
+ * port that process already has.
+ *
  * Messages are bytes: a C host reads exactly the bytes a Rust process
  * posted with post_bytes, and a Rust process reads a C host's messages
  * with Message::bytes().
