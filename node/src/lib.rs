@@ -10,7 +10,7 @@
 // napi-derive's generated registration code has no docs.
 #![allow(missing_docs)]
 
-mod watch;
+pub mod watch;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -79,16 +79,12 @@ pub fn watch_new(env: Env, fd: i32, callback: Function<(), ()>) -> Result<u32> {
     let raw_env = env.raw();
     let mut lp = ptr::null_mut();
     // SAFETY: a valid env on its own thread; `lp` is an out pointer.
-    check(
-        unsafe { sys::napi_get_uv_event_loop(raw_env, &mut lp) },
-        "napi_get_uv_event_loop",
-    )?;
+    let status = unsafe { sys::napi_get_uv_event_loop(raw_env, &mut lp) };
+    check(status, "napi_get_uv_event_loop")?;
     let mut func = ptr::null_mut();
     // SAFETY: `callback` is a live function value of this env.
-    check(
-        unsafe { sys::napi_create_reference(raw_env, callback.raw(), 1, &mut func) },
-        "napi_create_reference",
-    )?;
+    let status = unsafe { sys::napi_create_reference(raw_env, callback.raw(), 1, &mut func) };
+    check(status, "napi_create_reference")?;
     let mut name = ptr::null_mut();
     let mut resource = ptr::null_mut();
     let mut ctx = ptr::null_mut();

@@ -231,6 +231,9 @@ impl<'p> Message<'p> {
     /// Given back unchanged if the payload lies in the ring (not out of
     /// line, or copied in untrusted mode). Ports not taken before are
     /// closed, as when the message drops.
+    // The message comes back as it was, like `TransferError`'s ports; a box
+    // would cost an allocation on the in-ring path, the common one.
+    #[allow(clippy::result_large_err)]
     pub fn into_shared_bytes(mut self) -> Result<SharedBytes, Message<'p>> {
         if self.body.copy.is_some() {
             return Err(self);
