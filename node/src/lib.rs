@@ -310,6 +310,18 @@ pub struct Spawned {
 pub fn spawn(program: String, args: Vec<String>, env: HashMap<String, String>) -> Result<Spawned> {
     let mut cmd = Command::new(program);
     cmd.args(args).envs(env);
+    // Node marks its own standard streams close-on-exec, so "inherit" would
+    // give the child none (and it would reopen them on /dev/null): hand it
+    // copies, which the spawn puts at 0, 1 and 2 without the flag.
+    if let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() {
+        cmd.stdin(fd);
+    }
+    if let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() {
+        cmd.stdout(fd);
+    }
+    if let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() {
+        cmd.stderr(fd);
+    }
     let (child, port) =
         shmport::spawn(cmd).map_err(|e| Error::from_reason(format!("cannot spawn: {e}")))?;
     let pid = child.id();

@@ -14,7 +14,7 @@ for (const app of apps) {
   const { port1, port2 } = new MessageChannelMain();
   worker.port.postMessage('new client', [port1]);
   app.port.postMessage('your worker', [port2]);
-  app.child.on('exit', (code) => {
+  app.child.on('exit', (code, signal) => {
     if (code !== 0) process.exitCode = 1;
     if (--running === 0) worker.port.close(); // the worker ends on its parent's close
   });
