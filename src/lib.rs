@@ -77,7 +77,7 @@ pub use error::{AccessError, CloseReason, PostError, RecvError};
 pub use many::aio;
 pub use many::port_set::{AddError, PortSet, SetEvent};
 pub use many::push;
-pub use port::message::{Message, OwnedMessage, Receivable, TakePortsError};
+pub use port::message::{Message, OwnedMessage, Receivable, SharedBytes, TakePortsError};
 pub use port::{
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SPIN, MAX_PORTS, MessagePort, PortReceiver, PortSender,
     Reservation, SplitError, TransferError, Trust,

@@ -18,7 +18,7 @@ use crate::wire::attachment::PortParts;
 use crate::wire::writer::fingerprint;
 
 /// Where a message's bytes are: in the ring (until the record is released),
-/// or in a sealed memfd mapped read-only for this message (`map`).
+/// or in a sealed memfd mapped private and read-only for this message (`map`).
 pub(crate) struct Body {
     pub(crate) ptr: NonNull<u8>,
     pub(crate) len: usize,
@@ -216,6 +216,81 @@ impl<'p> Message<'p> {
             ports,
             port_error,
         }
+    }
+}
+
+impl<'p> Message<'p> {
+    /// An out-of-line message's payload as an owned, zero-copy handle to
+    /// its mapping, made copy-on-write (a write through
+    /// [`SharedBytes::as_mut_ptr`] changes this process's copy of that
+    /// page only): the ring record is released now, and the
+    /// bytes stay valid until the [`SharedBytes`] drops, independent of the
+    /// port (which can be closed or moved meanwhile). For a language
+    /// binding handing the bytes to a garbage collector as external memory.
+    ///
+    /// Given back unchanged if the payload lies in the ring (not out of
+    /// line, or copied in untrusted mode). Ports not taken before are
+    /// closed, as when the message drops.
+    // The message comes back as it was, like `TransferError`'s ports; a box
+    // would cost an allocation on the in-ring path, the common one.
+    #[allow(clippy::result_large_err)]
+    pub fn into_shared_bytes(mut self) -> Result<SharedBytes, Message<'p>> {
+        if self.body.copy.is_some() {
+            return Err(self);
+        }
+        match self.body.map.take() {
+            Some(map) if map.make_copy_on_write().is_ok() => Ok(SharedBytes {
+                ptr: self.body.ptr,
+                len: self.body.len,
+                _map: map,
+            }),
+            Some(map) => {
+                self.body.map = Some(map);
+                Err(self)
+            }
+            None => Err(self),
+        }
+    }
+}
+
+/// An out-of-line payload kept mapped after its message was released
+/// ([`Message::into_shared_bytes`]). Zero copy; unmapped on drop.
+pub struct SharedBytes {
+    ptr: NonNull<u8>,
+    len: usize,
+    _map: Mapping,
+}
+
+impl SharedBytes {
+    /// The payload bytes (typed messages: the archive).
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr/len` lie inside `_map` (checked when the message was
+        // received), a private mapping of a memfd sealed against resizes
+        // (so no SIGBUS), owned by this value and unmapped only on its drop.
+        // Writes through `as_mut_ptr` are the caller's, as with any raw
+        // pointer.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The payload's start, writable (copy-on-write, this process only),
+    /// for handing the memory to a runtime that may write it; valid for
+    /// `bytes().len()` bytes while this value lives.
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+// SAFETY: the bytes are shared memory owned through `_map`
+// (itself Send and Sync); nothing in the value is tied to a thread.
+unsafe impl Send for SharedBytes {}
+// SAFETY: as above: only shared reads are handed out by reference.
+unsafe impl Sync for SharedBytes {}
+
+impl fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedBytes")
+            .field("len", &self.len)
+            .finish()
     }
 }
 

@@ -351,7 +351,10 @@ impl PortReceiver {
                 "out-of-line message larger than this port's max_message_size",
             ));
         }
-        let map = Mapping::new(&fd, len, false, true).map_err(RecvError::Io)?;
+        // Private: reads are the file's pages all the same, and a binding that
+        // hands the bytes on as writable memory (`Message::into_shared_bytes`)
+        // can make them copy-on-write without touching the sender's file.
+        let map = Mapping::private(&fd, len, true).map_err(RecvError::Io)?;
         Ok(Body {
             ptr: map.ptr(),
             len,

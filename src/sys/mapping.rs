@@ -2,7 +2,7 @@ use core::ptr::NonNull;
 use std::io;
 use std::os::fd::AsFd;
 
-use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
+use rustix::mm::{MapFlags, MprotectFlags, ProtFlags, mmap, mprotect, munmap};
 
 /// An owned shared mapping of a file; unmapped on drop.
 pub struct Mapping {
@@ -41,6 +41,43 @@ impl Mapping {
             ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
             len,
         })
+    }
+
+    /// Map `len` bytes of `fd` private and read-only, pages prefaulted if
+    /// `populate`: reads see the file's pages (zero copy), and
+    /// [`Mapping::make_copy_on_write`] can later make it writable without
+    /// the writes reaching the file.
+    pub fn private(fd: impl AsFd, len: usize, populate: bool) -> io::Result<Mapping> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+        }
+        let mut flags = MapFlags::PRIVATE;
+        if populate {
+            flags |= MapFlags::POPULATE;
+        }
+        // SAFETY: as in `new`: a fresh mapping the kernel places, aliasing
+        // no Rust object; the caller checked the file's size and seals.
+        let ptr = unsafe { mmap(core::ptr::null_mut(), len, ProtFlags::READ, flags, fd, 0) }?;
+        Ok(Mapping {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
+            len,
+        })
+    }
+
+    /// Make a [`Mapping::private`] mapping writable: a write copies its page
+    /// for this process only; the file (and every other reader) is untouched.
+    pub fn make_copy_on_write(&self) -> io::Result<()> {
+        // SAFETY: the range is exactly this mapping, owned by this value;
+        // adding write permission to a private mapping changes no byte that
+        // any reference observes.
+        unsafe {
+            mprotect(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                MprotectFlags::READ | MprotectFlags::WRITE,
+            )
+        }?;
+        Ok(())
     }
 
     /// Start of the mapping (page aligned).

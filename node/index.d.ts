@@ -1,0 +1,72 @@
+// Types of the shmport Node binding: Electron's MessageChannelMain /
+// MessagePortMain between processes, over shared memory.
+import { EventEmitter } from 'node:events';
+
+export type CloseReason = 'closed' | 'peer died' | 'protocol error';
+
+export interface MessageEvent {
+  /** The posted value (structured clone); Buffer/TypedArray/ArrayBuffer keep their type. */
+  data: any;
+  /** The ports of the transfer list, in order, not started. */
+  ports: MessagePortMain[];
+}
+
+export interface CloseEvent {
+  reason: CloseReason;
+}
+
+export declare class MessagePortMain extends EventEmitter {
+  /** Why the port closed, once its 'close' event ran; null before. */
+  readonly closeReason: CloseReason | null;
+  /** Post a structured-clone value with ports in the transfer list. Throws DataCloneError for a
+   *  value v8.serialize refuses, the port itself, its entangled peer, or a closed/duplicate port. */
+  postMessage(message: any, transfer?: MessagePortMain[]): void;
+  /** Deliver queued and future messages. */
+  start(): void;
+  /** Close: the peer's 'close' (reason "closed") comes after every message posted before. */
+  close(): void;
+  /** Keep the process alive while started (default). */
+  ref(): this;
+  /** Let the process exit while this port waits. */
+  unref(): this;
+  on(event: 'message', listener: (e: MessageEvent) => void): this;
+  on(event: 'close', listener: (e: CloseEvent) => void): this;
+  on(event: 'messageerror', listener: (e: { error: Error; ports: MessagePortMain[] }) => void): this;
+  once(event: 'message', listener: (e: MessageEvent) => void): this;
+  once(event: 'close', listener: (e: CloseEvent) => void): this;
+}
+
+export declare class MessageChannelMain {
+  readonly port1: MessagePortMain;
+  readonly port2: MessagePortMain;
+}
+
+export declare class ChildProcess extends EventEmitter {
+  readonly pid: number;
+  exitCode: number | null;
+  signalCode: string | number | null;
+  kill(signal?: NodeJS.Signals | number): boolean;
+  ref(): this;
+  unref(): this;
+  on(event: 'exit', listener: (code: number | null, signal: string | null) => void): this;
+}
+
+export interface ForkOptions {
+  /** Added to the child's environment. */
+  env?: Record<string, string>;
+  /** Node options before the module path. */
+  execArgv?: string[];
+}
+
+/** Start `node modulePath ...args` with a port connected; the child's end is `parentPort`. */
+export declare function fork(modulePath: string, args?: string[], options?: ForkOptions): {
+  child: ChildProcess;
+  port: MessagePortMain;
+};
+
+/** In a process started by fork(): the port to the parent; null otherwise. */
+export declare const parentPort: MessagePortMain | null;
+
+/** Force (true) the one-copy receive path Electron needs, or return to views of shared memory. */
+export declare function setCopyMode(on: boolean): void;
+export declare const copyMode: boolean;

@@ -1,0 +1,363 @@
+//! The Node.js binding of shmport: the native half. `index.js` builds
+//! Electron's `MessageChannelMain` / `MessagePortMain` on these functions.
+//!
+//! Ports live in a per-thread table and JavaScript holds their numbers, so a
+//! transfer list is a list of numbers and a failed transfer puts every port
+//! back under its number. Readiness comes from libuv: each started port has
+//! one `uv_poll_t` on its descriptor, on the loop of the thread that owns it
+//! (`watch.rs`); no thread per port.
+
+// napi-derive's generated registration code has no docs.
+#![allow(missing_docs)]
+
+pub mod watch;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd};
+use std::process::{Child, Command};
+
+use napi::bindgen_prelude::{BufferSlice, Object, Uint8Array};
+use napi::{Env, Error, Result, Status};
+use napi_derive::napi;
+use shmport::{CloseReason, Message, MessageChannel, MessagePort, PostError, RecvError};
+
+/// A structured-clone value (`tag` 1, the bytes of `v8.serialize`) or a
+/// binary view other than `Uint8Array` (`tag` ≥ 2: which view, decided in
+/// JavaScript). `Buffer`/`Uint8Array` travel as raw messages, so Rust, C
+/// and Python peers exchange plain bytes with Node.
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct JsPayload<'a> {
+    tag: u8,
+    #[rkyv(with = rkyv::with::InlineAsBox)]
+    bytes: &'a [u8],
+}
+
+thread_local! {
+    static PORTS: RefCell<HashMap<u32, MessagePort>> = RefCell::new(HashMap::new());
+    static CHILDREN: RefCell<HashMap<u32, Child>> = RefCell::new(HashMap::new());
+    static NEXT: RefCell<u32> = const { RefCell::new(1) };
+}
+
+fn add_port(port: MessagePort) -> u32 {
+    let id = NEXT.with(|n| {
+        let mut n = n.borrow_mut();
+        let id = *n;
+        *n = n.wrapping_add(1).max(1);
+        id
+    });
+    PORTS.with(|p| p.borrow_mut().insert(id, port));
+    id
+}
+
+fn closed_port() -> Error {
+    Error::new(Status::InvalidArg, "the port is closed or was transferred")
+}
+
+fn with_port<R>(id: u32, f: impl FnOnce(&MessagePort) -> R) -> Result<R> {
+    PORTS.with(|p| p.borrow().get(&id).map(f).ok_or_else(closed_port))
+}
+
+fn reason_text(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::Closed => "closed",
+        CloseReason::PeerDied => "peer died",
+        _ => "protocol error",
+    }
+}
+
+/// A new channel: the numbers of its two ports.
+#[napi]
+pub fn channel() -> Result<Vec<u32>> {
+    let (a, b) = MessageChannel::new()
+        .map_err(|e| Error::from_reason(format!("cannot create a channel: {e}")))?
+        .into_ports();
+    Ok(vec![add_port(a), add_port(b)])
+}
+
+/// Post without waiting: `"ok"`, `"full"` (nothing sent; the ports stay
+/// under their numbers, retry later) or `"closed"` (the peer is gone:
+/// nothing sent, as Electron drops such a message; the ports are closed).
+/// A port of this channel's own peer in `ports` throws and sends nothing.
+#[napi]
+pub fn post(id: u32, tag: u32, data: Uint8Array, ports: Vec<u32>) -> Result<String> {
+    let tag = u8::try_from(tag).map_err(|_| Error::new(Status::InvalidArg, "bad tag"))?;
+    PORTS.with(|table| {
+        let mut table = table.borrow_mut();
+        if !table.contains_key(&id) {
+            return Err(closed_port());
+        }
+        let mut moving = Vec::with_capacity(ports.len());
+        for (i, pid) in ports.iter().enumerate() {
+            match table.remove(pid) {
+                Some(p) if *pid != id => moving.push(p),
+                other => {
+                    // Put back what was taken: nothing is lost.
+                    if let Some(p) = other {
+                        table.insert(*pid, p);
+                    }
+                    for (p, n) in moving.into_iter().zip(&ports) {
+                        table.insert(*n, p);
+                    }
+                    return Err(Error::new(
+                        Status::InvalidArg,
+                        format!("Port at index {i} is already neutered or is a duplicate."),
+                    ));
+                }
+            }
+        }
+        let port = table.get(&id).ok_or_else(closed_port)?;
+        let result = if ports.is_empty() {
+            let r = if tag == 0 {
+                port.try_post_bytes(&data)
+            } else {
+                port.try_post(&JsPayload { tag, bytes: &data })
+            };
+            r.map_err(|error| shmport::TransferError {
+                error,
+                ports: Vec::new(),
+            })
+        } else if tag == 0 {
+            port.try_post_bytes_with_ports(&data, moving)
+        } else {
+            port.try_post_with_ports(&JsPayload { tag, bytes: &data }, moving)
+        };
+        match result {
+            Ok(()) => Ok("ok".to_string()),
+            Err(e) => {
+                let back = !matches!(e.error, PostError::Closed(_));
+                if back {
+                    for (p, n) in e.ports.into_iter().zip(&ports) {
+                        table.insert(*n, p);
+                    }
+                }
+                match e.error {
+                    PostError::Full => Ok("full".to_string()),
+                    PostError::Closed(_) => Ok("closed".to_string()),
+                    PostError::PeerInTransfer => Err(Error::new(
+                        Status::InvalidArg,
+                        "A port in the transfer list is the entangled peer of the source port (or carries it); nothing was sent.",
+                    )),
+                    other => Err(Error::from_reason(format!("postMessage failed: {other}"))),
+                }
+            }
+        }
+    })
+}
+
+/// What arrived: `null` (nothing yet), `{ close: reason }` (the close
+/// event, after every message), or `{ tag, data, ports }`. `copy` forces
+/// one copy of the payload (Electron's memory cage); otherwise an
+/// out-of-line payload is a view of its shared memory, kept mapped until
+/// the buffer is collected.
+#[napi]
+pub fn try_recv<'env>(env: &'env Env, id: u32, copy: bool) -> Result<Option<Object<'env>>> {
+    let got = PORTS.with(|table| {
+        let table = table.borrow();
+        let port = table.get(&id).ok_or_else(closed_port)?;
+        match port.try_recv() {
+            Ok(msg) => message_object(env, msg, copy).map(Some),
+            Err(RecvError::Empty) => Ok(None),
+            Err(RecvError::Closed(reason)) => {
+                let mut o = Object::new(env)?;
+                o.set("close", reason_text(reason))?;
+                Ok(Some((o, Vec::new())))
+            }
+            Err(e) => Err(Error::from_reason(format!("receive failed: {e}"))),
+        }
+    })?;
+    // The table is free again: the ports that came get their numbers.
+    match got {
+        Some((mut o, ports)) => {
+            let ids: Vec<u32> = ports.into_iter().map(add_port).collect();
+            o.set("ports", ids)?;
+            Ok(Some(o))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The message as `{ tag, data }`, and the ports that came with it.
+fn message_object<'env>(
+    env: &'env Env,
+    mut msg: Message<'_>,
+    copy: bool,
+) -> Result<(Object<'env>, Vec<MessagePort>)> {
+    let mut o = Object::new(env)?;
+    let ports = match msg.take_ports() {
+        Ok(p) => p,
+        Err(e) => {
+            return Err(Error::from_reason(format!(
+                "a received port is not valid: {}",
+                e.error
+            )));
+        }
+    };
+    let typed = msg.is_typed();
+    let tag = if typed {
+        let p = msg
+            .get::<JsPayload<'static>>()
+            .map_err(|e| Error::from_reason(format!("not a message of the Node binding: {e}")))?;
+        p.tag
+    } else {
+        0
+    };
+    o.set("tag", u32::from(tag))?;
+    let data = if !copy && msg.is_out_of_line() {
+        match msg.into_shared_bytes() {
+            Ok(shared) => shared_buffer(env, shared, typed)?,
+            Err(msg) => BufferSlice::from_data(env, payload(&msg, typed)?.to_vec())?,
+        }
+    } else {
+        BufferSlice::from_data(env, payload(&msg, typed)?.to_vec())?
+    };
+    o.set("data", data)?;
+    Ok((o, ports))
+}
+
+/// The payload bytes of a message: the raw bytes, or the bytes inside a
+/// `JsPayload` archive.
+fn payload<'m>(msg: &'m Message<'_>, typed: bool) -> Result<&'m [u8]> {
+    if typed {
+        let p = msg
+            .get::<JsPayload<'static>>()
+            .map_err(|e| Error::from_reason(format!("not a message of the Node binding: {e}")))?;
+        Ok(p.bytes.get())
+    } else {
+        Ok(msg.bytes())
+    }
+}
+
+/// An external Buffer over an out-of-line payload: no copy; the mapping
+/// lives until the Buffer is collected (or is copied by a runtime that
+/// refuses external memory).
+fn shared_buffer(env: &Env, shared: shmport::SharedBytes, typed: bool) -> Result<BufferSlice<'_>> {
+    let all = shared.bytes();
+    let (start, len) = if typed {
+        let archived = rkyv::access::<ArchivedJsPayload<'static>, rkyv::rancor::Error>(all)
+            .map_err(|e| Error::from_reason(format!("not a message of the Node binding: {e}")))?;
+        let inner = archived.bytes.get();
+        (inner.as_ptr() as usize - all.as_ptr() as usize, inner.len())
+    } else {
+        (0, all.len())
+    };
+    if len == 0 {
+        return BufferSlice::from_data(env, Vec::new());
+    }
+    // A pointer into the copy-on-write mapping, which `shared` owns.
+    let ptr = shared.as_mut_ptr().wrapping_add(start);
+    // SAFETY: `ptr..ptr+len` lies inside `shared`'s mapping (the archive was
+    // validated above; raw payloads are the whole of it), which is private
+    // and writable (copy-on-write), so JavaScript may read and write it.
+    // `shared` is the finalize hint: it is dropped, unmapping the memory,
+    // only when the Buffer is collected.
+    unsafe { BufferSlice::from_external(env, ptr, len, shared, |_, s| drop(s)) }
+}
+
+/// Announce that the caller is about to wait for the port's descriptor:
+/// `false` if an event is already there (receive instead of waiting).
+#[napi]
+pub fn prepare_poll(id: u32) -> Result<bool> {
+    with_port(id, |p| p.prepare_poll())
+}
+
+/// The descriptor to wait on (readable: a message or the close).
+#[napi]
+pub fn port_fd(id: u32) -> Result<i32> {
+    with_port(id, |p| p.as_fd().as_raw_fd())
+}
+
+/// Close a port: its peer sees "closed" after every message posted before.
+/// Closing a closed port does nothing.
+#[napi]
+pub fn close(id: u32) {
+    if let Some(p) = PORTS.with(|t| t.borrow_mut().remove(&id)) {
+        p.close();
+    }
+}
+
+/// Is this number a live port?
+#[napi]
+pub fn is_open(id: u32) -> bool {
+    PORTS.with(|t| t.borrow().contains_key(&id))
+}
+
+/// In a process started by `spawn`: its port to the parent, or `null` if
+/// it was not started so.
+#[napi]
+pub fn from_parent() -> Result<Option<u32>> {
+    match MessagePort::from_parent() {
+        Ok(p) => Ok(Some(add_port(p))),
+        Err(shmport::OpenError::NoPort) => Ok(None),
+        Err(e) => Err(Error::from_reason(format!(
+            "cannot adopt the parent's port: {e}"
+        ))),
+    }
+}
+
+/// A spawned child: its pid, this process's port to it, and a pidfd that
+/// turns readable when it exits.
+#[napi(object)]
+pub struct Spawned {
+    pub pid: u32,
+    pub port: u32,
+    pub pidfd: i32,
+}
+
+/// Start `program args` with a port connected (shmport's spawn); the child
+/// inherits standard streams and `env` is added to its environment.
+#[napi]
+pub fn spawn(program: String, args: Vec<String>, env: HashMap<String, String>) -> Result<Spawned> {
+    let mut cmd = Command::new(program);
+    cmd.args(args).envs(env);
+    // Node marks its own standard streams close-on-exec, so "inherit" would
+    // give the child none (and it would reopen them on /dev/null): hand it
+    // copies, which the spawn puts at 0, 1 and 2 without the flag.
+    if let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() {
+        cmd.stdin(fd);
+    }
+    if let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() {
+        cmd.stdout(fd);
+    }
+    if let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() {
+        cmd.stderr(fd);
+    }
+    let (child, port) =
+        shmport::spawn(cmd).map_err(|e| Error::from_reason(format!("cannot spawn: {e}")))?;
+    let pid = child.id();
+    let pidfd =
+        watch::pidfd_open(pid).map_err(|e| Error::from_reason(format!("pidfd_open: {e}")))?;
+    CHILDREN.with(|c| c.borrow_mut().insert(pid, child));
+    Ok(Spawned {
+        pid,
+        port: add_port(port),
+        pidfd,
+    })
+}
+
+/// How a child ended, once it has: `[code, signal]` (one of them `null`);
+/// `null` while it runs. Reaps it and closes its pidfd.
+#[napi]
+pub fn child_exit(pid: u32) -> Result<Option<Vec<Option<i32>>>> {
+    use std::os::unix::process::ExitStatusExt;
+    CHILDREN.with(|c| {
+        let mut c = c.borrow_mut();
+        let Some(child) = c.get_mut(&pid) else {
+            return Err(Error::from_reason(format!("no child {pid}")));
+        };
+        match child.try_wait() {
+            Ok(Some(st)) => {
+                c.remove(&pid);
+                Ok(Some(vec![st.code(), st.signal()]))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(Error::from_reason(format!("waitpid: {e}"))),
+        }
+    })
+}
+
+/// Close a descriptor this module handed out (a child's pidfd).
+#[napi]
+pub fn close_fd(fd: i32) {
+    watch::close_fd(fd);
+}

@@ -1,0 +1,247 @@
+//! One libuv poll handle per watched descriptor, on the loop of the thread
+//! that made it: the callback runs JavaScript through `napi_make_callback`
+//! (so exceptions, microtasks and async hooks behave as for any Node
+//! callback). A handle is ref'd or unref'd as JavaScript asks: an unref'd
+//! or stopped handle does not keep the process alive.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{c_int, c_void};
+use std::ptr;
+
+use napi::bindgen_prelude::Function;
+use napi::{Env, Error, JsValue, Result, sys};
+use napi_derive::napi;
+
+// libuv, exported by the node executable that loads this addon.
+unsafe extern "C" {
+    fn uv_handle_size(kind: c_int) -> usize;
+    fn uv_poll_init(lp: *mut sys::uv_loop_s, handle: *mut c_void, fd: c_int) -> c_int;
+    fn uv_poll_start(handle: *mut c_void, events: c_int, cb: PollCb) -> c_int;
+    fn uv_poll_stop(handle: *mut c_void) -> c_int;
+    fn uv_close(handle: *mut c_void, cb: CloseCb);
+    fn uv_ref(handle: *mut c_void);
+    fn uv_unref(handle: *mut c_void);
+    fn uv_strerror(err: c_int) -> *const std::ffi::c_char;
+}
+
+type PollCb = unsafe extern "C" fn(*mut c_void, c_int, c_int);
+type CloseCb = unsafe extern "C" fn(*mut c_void);
+
+const UV_POLL: c_int = 8;
+const UV_READABLE: c_int = 1;
+
+/// What a handle's callback needs; the handle's `data` (its first field)
+/// points here.
+struct State {
+    env: sys::napi_env,
+    func: sys::napi_ref,
+    ctx: sys::napi_async_context,
+    /// The handle's memory (`uv_handle_size(UV_POLL)` bytes, 8-aligned).
+    mem: Vec<u64>,
+}
+
+thread_local! {
+    static WATCHES: RefCell<HashMap<u32, *mut State>> = RefCell::new(HashMap::new());
+    static NEXT: RefCell<u32> = const { RefCell::new(1) };
+}
+
+fn uv_error(what: &str, code: c_int) -> Error {
+    // SAFETY: uv_strerror returns a static C string for any code.
+    let text = unsafe { std::ffi::CStr::from_ptr(uv_strerror(code)) };
+    Error::from_reason(format!("{what}: {}", text.to_string_lossy()))
+}
+
+fn check(status: sys::napi_status, what: &str) -> Result<()> {
+    if status == sys::Status::napi_ok {
+        Ok(())
+    } else {
+        Err(Error::from_reason(format!("{what} failed ({status})")))
+    }
+}
+
+fn handle(id: u32) -> Result<*mut c_void> {
+    WATCHES.with(|w| {
+        w.borrow()
+            .get(&id)
+            // SAFETY: a State in the table is live (freed only after its
+            // removal, in `on_closed`).
+            .map(|s| unsafe { (**s).mem.as_mut_ptr().cast::<c_void>() })
+            .ok_or_else(|| Error::from_reason(format!("no watch {id}")))
+    })
+}
+
+/// Watch `fd` for readability; `callback()` runs on this thread's loop
+/// each time it is readable while the watch is started. Not started, and
+/// ref'd, when made.
+#[napi]
+pub fn watch_new(env: Env, fd: i32, callback: Function<(), ()>) -> Result<u32> {
+    let raw_env = env.raw();
+    let mut lp = ptr::null_mut();
+    // SAFETY: a valid env on its own thread; `lp` is an out pointer.
+    let status = unsafe { sys::napi_get_uv_event_loop(raw_env, &mut lp) };
+    check(status, "napi_get_uv_event_loop")?;
+    let mut func = ptr::null_mut();
+    // SAFETY: `callback` is a live function value of this env.
+    let status = unsafe { sys::napi_create_reference(raw_env, callback.raw(), 1, &mut func) };
+    check(status, "napi_create_reference")?;
+    let mut name = ptr::null_mut();
+    let mut resource = ptr::null_mut();
+    let mut ctx = ptr::null_mut();
+    // SAFETY: plain value creation in a valid env, with out pointers.
+    unsafe {
+        check(
+            sys::napi_create_string_utf8(raw_env, c"shmport".as_ptr(), 7, &mut name),
+            "napi_create_string_utf8",
+        )?;
+        check(
+            sys::napi_create_object(raw_env, &mut resource),
+            "napi_create_object",
+        )?;
+        check(
+            sys::napi_async_init(raw_env, resource, name, &mut ctx),
+            "napi_async_init",
+        )?;
+    }
+    // SAFETY: uv_handle_size has no preconditions.
+    let size = unsafe { uv_handle_size(UV_POLL) };
+    let state = Box::into_raw(Box::new(State {
+        env: raw_env,
+        func,
+        ctx,
+        mem: vec![0u64; size.div_ceil(8)],
+    }));
+    // SAFETY: `state` was just made; its `mem` is large enough for a
+    // uv_poll_t and stays put (the Vec is never resized) until `on_closed`.
+    let h = unsafe { (*state).mem.as_mut_ptr().cast::<c_void>() };
+    // SAFETY: `lp` is this thread's loop, `h` uninitialised handle memory.
+    let rc = unsafe { uv_poll_init(lp, h, fd) };
+    if rc != 0 {
+        // SAFETY: never handed to libuv; ours alone to free.
+        let s = unsafe { Box::from_raw(state) };
+        release(&s);
+        return Err(uv_error("uv_poll_init", rc));
+    }
+    // SAFETY: a uv_handle_t starts with `void* data`.
+    unsafe { *h.cast::<*mut c_void>() = state.cast() };
+    let id = NEXT.with(|n| {
+        let mut n = n.borrow_mut();
+        let id = *n;
+        *n = n.wrapping_add(1).max(1);
+        id
+    });
+    WATCHES.with(|w| w.borrow_mut().insert(id, state));
+    Ok(id)
+}
+
+/// Start (or keep) calling back when the descriptor is readable.
+#[napi]
+pub fn watch_start(id: u32) -> Result<()> {
+    let h = handle(id)?;
+    // SAFETY: `h` is an initialised, not closing, poll handle of this loop.
+    let rc = unsafe { uv_poll_start(h, UV_READABLE, on_poll) };
+    if rc != 0 {
+        return Err(uv_error("uv_poll_start", rc));
+    }
+    Ok(())
+}
+
+/// Stop calling back (the descriptor is left alone).
+#[napi]
+pub fn watch_stop(id: u32) -> Result<()> {
+    let h = handle(id)?;
+    // SAFETY: as in `watch_start`.
+    unsafe { uv_poll_stop(h) };
+    Ok(())
+}
+
+/// Whether the started watch keeps the process alive.
+#[napi]
+pub fn watch_ref(id: u32, keep_alive: bool) -> Result<()> {
+    let h = handle(id)?;
+    // SAFETY: as in `watch_start`.
+    unsafe { if keep_alive { uv_ref(h) } else { uv_unref(h) } };
+    Ok(())
+}
+
+/// Stop and free the watch; safe from inside its own callback.
+#[napi]
+pub fn watch_close(id: u32) {
+    if let Some(state) = WATCHES.with(|w| w.borrow_mut().remove(&id)) {
+        // SAFETY: a live handle leaves the table once, here; libuv calls
+        // `on_closed` after it is done with the handle, which frees it.
+        unsafe {
+            let h = (*state).mem.as_mut_ptr().cast::<c_void>();
+            uv_poll_stop(h);
+            uv_close(h, on_closed);
+        }
+    }
+}
+
+/// Drop the callback's reference and async context.
+fn release(s: &State) {
+    // SAFETY: on the env's own thread, outside any callback of this handle;
+    // each is released exactly once (the State is freed after).
+    unsafe {
+        sys::napi_async_destroy(s.env, s.ctx);
+        sys::napi_delete_reference(s.env, s.func);
+    }
+}
+
+unsafe extern "C" fn on_closed(h: *mut c_void) {
+    // SAFETY: `data` was set to the State in `watch_new`, and this is the
+    // handle's last callback: nothing uses the State after.
+    let state = unsafe { Box::from_raw((*h.cast::<*mut c_void>()).cast::<State>()) };
+    release(&state);
+}
+
+unsafe extern "C" fn on_poll(h: *mut c_void, _status: c_int, _events: c_int) {
+    // SAFETY: `data` points to this handle's State, live until `on_closed`
+    // (which libuv runs only after this callback has returned).
+    let (env, func_ref, ctx) = unsafe {
+        let s = &*(*h.cast::<*mut c_void>()).cast::<State>();
+        (s.env, s.func, s.ctx)
+    };
+    // SAFETY: the loop thread of `env`, outside JavaScript: the documented
+    // way to call into it is a handle scope and napi_make_callback. An
+    // exception the callback throws becomes an uncaught exception.
+    unsafe {
+        let mut scope = ptr::null_mut();
+        if sys::napi_open_handle_scope(env, &mut scope) != sys::Status::napi_ok {
+            return;
+        }
+        let mut func = ptr::null_mut();
+        let mut recv = ptr::null_mut();
+        let mut result = ptr::null_mut();
+        sys::napi_get_reference_value(env, func_ref, &mut func);
+        sys::napi_get_global(env, &mut recv);
+        if !func.is_null() {
+            let st = sys::napi_make_callback(env, ctx, recv, func, 0, ptr::null(), &mut result);
+            if st == sys::Status::napi_pending_exception {
+                let mut exc = ptr::null_mut();
+                sys::napi_get_and_clear_last_exception(env, &mut exc);
+                sys::napi_fatal_exception(env, exc);
+            }
+        }
+        sys::napi_close_handle_scope(env, scope);
+    }
+}
+
+/// A pidfd for `pid` (readable once it exits), close-on-exec.
+pub fn pidfd_open(pid: u32) -> std::io::Result<i32> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(fd as i32)
+    }
+}
+
+/// Close a descriptor handed out by `pidfd_open`.
+pub fn close_fd(fd: i32) {
+    // SAFETY: JavaScript hands back a pidfd it owns, once, after its watch
+    // is closed; closing an invalid number only returns EBADF.
+    unsafe { libc::close(fd) };
+}
