@@ -31,6 +31,22 @@ fn peer_entry() {
             let port = MessagePort::from_parent().unwrap();
             stream_both_ways(&port, 2, 1);
         }
+        "spawn-with-cloexec-stdout" => {
+            // Our stdout is marked close-on-exec (as Node marks its
+            // standard streams); a child we spawn with inherited streams
+            // must still get it.
+            let _port = MessagePort::from_parent().unwrap();
+            rustix::io::fcntl_setfd(std::io::stdout(), rustix::io::FdFlags::CLOEXEC).unwrap();
+            let mut grandchild = peer("say-hello");
+            grandchild.stdout(Stdio::inherit());
+            let (mut child, port) = shmport::spawn(grandchild).unwrap();
+            drop(port);
+            assert!(child.wait().unwrap().success());
+        }
+        "say-hello" => {
+            let _port = MessagePort::from_parent().unwrap();
+            println!("HELLO FROM THE GRANDCHILD");
+        }
         "slow" => slow_receiver(),
         "drain" => {
             let port = MessagePort::from_parent().unwrap();
@@ -608,4 +624,18 @@ fn corrupt_segment_headers_are_refused_with_clear_errors() {
     // The socket slot given a memfd, and the memfd slot given a socket.
     let got = adopt_report(&cases[0].0, &sock);
     assert!(got.contains("bad port descriptor"), "{got}");
+}
+
+/// A spawned child inherits the standard streams even where the parent
+/// marked them close-on-exec (Node does): before, the child had none and
+/// its output was lost.
+#[test]
+fn inherited_standard_streams_reach_the_child_even_if_marked_close_on_exec() {
+    let mut cmd = peer("spawn-with-cloexec-stdout");
+    cmd.stdout(Stdio::piped());
+    let (child, port) = shmport::spawn(cmd).unwrap();
+    let mut child = common::Victim::new(child);
+    child.wait_for("HELLO FROM THE GRANDCHILD");
+    drop(port);
+    child.wait_success();
 }

@@ -39,8 +39,11 @@ impl KeepOnly {
         KeepOnly { keep, walk_to }
     }
 
-    /// In the child, between fork and exec: mark every descriptor from 3 up
-    /// close-on-exec, then clear the flag on `keep`.
+    /// In the child, between fork and exec (after the standard streams
+    /// were set up): mark every descriptor from 3 up close-on-exec, then
+    /// clear the flag on `keep` and on the standard streams, which a parent
+    /// may have marked close-on-exec (Node does) and which the child
+    /// inherits all the same.
     pub fn apply(&self) -> io::Result<()> {
         let end = match self.walk_to {
             Some(end) => end,
@@ -59,6 +62,11 @@ impl KeepOnly {
             // SAFETY: the caller passes descriptors it keeps open across the
             // fork; the borrow lasts for this call only.
             fcntl_setfd(unsafe { BorrowedFd::borrow_raw(fd) }, FdFlags::empty())?;
+        }
+        for fd in 0..3 {
+            // SAFETY: as above; a standard stream that is closed gives EBADF,
+            // ignored (the child then has none, as the parent).
+            let _ = fcntl_setfd(unsafe { BorrowedFd::borrow_raw(fd) }, FdFlags::empty());
         }
         Ok(())
     }
