@@ -86,7 +86,9 @@ fn peer_entry() {
                 })
                 .unwrap();
             for i in 0..RACES {
-                thread::sleep(Duration::from_millis(50));
+                // Long enough, even on a loaded machine, for the sending
+                // half to fill the ring and park on the socket first.
+                thread::sleep(Duration::from_millis(if i == 0 { 300 } else { 50 }));
                 let m = rx
                     .recv_timeout(PATIENCE)
                     .unwrap_or_else(|e| panic!("child: message {i}: {e:?}"));
