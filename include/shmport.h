@@ -517,15 +517,31 @@ shmport_status shmport_port_post_with_ports(shmport_port *port,
 // - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
 // - `SHMPORT_EMPTY`: nothing to receive now (`SHMPORT_NO_WAIT` only);
 // - `SHMPORT_TIMEOUT`: nothing arrived in time (a finite `timeout_ns` only);
-// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
-//   is gone (the close event), after every message it posted;
+// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`: the peer closed its port, or
+//   exited or was killed (the close event), after every message it posted;
+// - `SHMPORT_PROTOCOL_ERROR`: the close event when the peer broke the
+//   protocol (wrote garbage to the ring or the socket, a record without
+//   its attachment, an out-of-line message in memory not sealed or shorter
+//   than it claims), or after an `SHMPORT_ERR_IO` that left the socket out
+//   of step (below); returned as soon as it is seen, so messages posted
+//   after the breach are not received;
 // - `SHMPORT_ERR_MESSAGE_REFUSED`: this message was refused by the port's
-//   trust mode (`shmport_port_set_trust`) or is larger than it accepts
-//   (`shmport_port_set_max_message_size`); the next call receives the
-//   next one;
-// - `SHMPORT_ERR_IO`: a system call failed, e.g. mapping an out-of-line
-//   message (`errno`), or `errno` `ENOMEM` when this process holds too many
-//   handles;
+//   trust mode (`shmport_port_set_trust`: an out-of-line payload not sealed
+//   against writes) or is larger than it accepts
+//   (`shmport_port_set_max_message_size`); the message is dropped, the
+//   next call receives the next one;
+// - `SHMPORT_ERR_IO`, with `errno`:
+//   - `EMFILE`: the message's descriptors (its out-of-line
+//     memory, its ports) never arrived because this process had no free
+//     descriptor; the message is dropped, the next call receives the next
+//     one;
+//   - `ENOMEM`: this process holds too many handles (nothing was
+//     received: the next call receives it);
+//   - `ENOMEM` or another `mmap` code: mapping an out-of-line message
+//     failed (the message is dropped);
+//   - another code: reading the port's socket failed; if it failed while
+//     a message's attachment was due, the port is out of step and every
+//     later call returns `SHMPORT_PROTOCOL_ERROR`;
 // - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
