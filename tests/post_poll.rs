@@ -114,6 +114,9 @@ fn a_full_ring_wakes_the_poll_when_the_peer_reads_and_when_it_closes() {
         Err(PostError::Closed(CloseReason::Closed | CloseReason::PeerDied)) => {}
         other => panic!("{other:?}"),
     }
-    assert!(!port.prepare_post_poll(SMALL), "closed: nothing to wait for");
+    assert!(
+        !port.prepare_post_poll(SMALL),
+        "closed: nothing to wait for"
+    );
     child.wait_success();
 }

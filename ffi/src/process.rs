@@ -9,9 +9,11 @@ use std::process::Command;
 use shmport_core::MessagePort;
 
 use crate::boundary::{Out, builder, guard, os_str, path};
-use crate::handles::{PortState, new_port_handle, port_state, restore, retire, shmport_port, take_out};
-use crate::status::shmport_status::{self, *};
+use crate::handles::{
+    PortState, new_port_handle, port_state, restore, retire, shmport_port, take_out,
+};
 use crate::status::io;
+use crate::status::shmport_status::{self, *};
 
 /// Start the program `file` with a new channel's other port passed to it;
 /// `*port` is this process's end, `*pid` the child's process id.

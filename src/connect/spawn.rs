@@ -168,11 +168,15 @@ impl MessagePort {
         }
         let seg = match parts.seg {
             SegmentRef::Mapped(seg) => seg,
-            SegmentRef::Unopened(_) => unreachable!("a port of this process has its segment mapped"),
+            SegmentRef::Unopened(_) => {
+                unreachable!("a port of this process has its segment mapped")
+            }
         };
         match seg.fd().try_clone() {
             Ok(mem) => Ok((parts.sock, mem)),
-            Err(_) => Err(MessagePort::rebuild(seg, parts.side, parts.sock, parts.spin)),
+            Err(_) => Err(MessagePort::rebuild(
+                seg, parts.side, parts.sock, parts.spin,
+            )),
         }
     }
 }
