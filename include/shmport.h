@@ -68,8 +68,10 @@
  * copies of the descriptors keep the channel open: the peer sees the close
  * event only when every process holding them has exited or exec'd (they
  * are close-on-exec). To hand a port to another program, use shmport_spawn
- * (the child adopts it with shmport_port_from_parent) or post it over a
- * port that process already has.
+ * (the child adopts it with shmport_port_from_parent), or start it with
+ * your own fork() and exec() and hand it the two descriptors of a new
+ * channel's second port (shmport_port_into_fds; the child adopts them with
+ * shmport_port_from_fds), or post it over a port that process already has.
  *
  * Messages are bytes: a C host reads exactly the bytes a Rust process
  * posted with post_bytes, and a Rust process reads a C host's messages
@@ -249,9 +251,10 @@ typedef struct shmport_listener shmport_listener;
 typedef struct shmport_message shmport_message;
 
 // A port: one end of a channel. Opaque; made by `shmport_channel_new`,
-// `shmport_spawn`, `shmport_port_from_parent`, `shmport_connect`,
-// `shmport_incoming_accept` or `shmport_message_take_ports`; released by
-// `shmport_port_close` or by posting it in a transfer list.
+// `shmport_spawn`, `shmport_port_from_parent`, `shmport_port_from_fds`,
+// `shmport_connect`, `shmport_incoming_accept` or
+// `shmport_message_take_ports`; released by `shmport_port_close`, by
+// posting it in a transfer list, or by `shmport_port_into_fds`.
 typedef struct shmport_port shmport_port;
 
 // A set of ports waited on together. Opaque; made by
