@@ -912,8 +912,8 @@ shmport_status shmport_port_from_fds(int sock, int mem, shmport_port **port);
 //   reservation is live, or it is in a port set;
 // - `SHMPORT_ERR_INVALID_ARGUMENT`: `port` is not a child's end (it is the
 //   first port of a channel, or one made by `shmport_spawn`,
-//   `shmport_connect` or a listener), or it holds received ports or
-//   descriptors not yet taken in, or (rarely) this process is out of
+//   `shmport_connect` or a listener), or it holds attachments (ports,
+//   out-of-line memory) taken in ahead of their messages, or (rarely) this process is out of
 //   descriptors for the segment's copy; the port stays the caller's,
 //   unchanged;
 // - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).

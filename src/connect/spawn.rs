@@ -12,7 +12,6 @@ use crate::port::{DEFAULT_SPIN, MessagePort};
 use crate::shm::segment::OpenError;
 use crate::shm::segment::{Segment, Side};
 use crate::sys;
-use crate::wire::attachment::SegmentRef;
 
 /// The environment variable that tells a spawned child where its port is:
 /// `"<socket fd>,<segment fd>[,<spin in nanoseconds>]"`.
@@ -147,10 +146,13 @@ impl MessagePort {
     /// descriptors that [`from_fds`](Self::from_fds) adopts in another
     /// process: the port's socket and its segment. Only the second port of
     /// a [`MessageChannel`](crate::MessageChannel) (`into_ports().1`) is a
-    /// child's end, and only while it holds no received ports or
-    /// descriptors not yet taken in (messages in its ring stay there and
-    /// are received by the adopter): any other port comes back unchanged
-    /// as the `Err`.
+    /// child's end, and only while it holds no attachments (ports,
+    /// out-of-line memory) taken in from its socket ahead of their messages
+    /// — always true of a port that never received. Messages waiting in its
+    /// ring or socket stay there and are received by the adopter. Any
+    /// other port comes back unchanged as the `Err` (boxed: a port is
+    /// large), as it does when the segment's descriptor cannot be copied
+    /// (this process is out of descriptors).
     ///
     /// Both descriptors are close-on-exec. To hand them to a program
     /// started with `fork` and `exec`: in the child, before `exec`, clear
@@ -159,24 +161,10 @@ impl MessagePort {
     /// after the fork, close both. The parent's copy of the socket must be
     /// closed: while it is open, the child's exit does not hang up the
     /// parent's port.
-    pub fn into_fds(self) -> Result<(OwnedFd, OwnedFd), MessagePort> {
-        let parts = self.into_parts();
-        if parts.side != Side::B || !parts.inbox.is_empty() || !parts.partial.is_empty() {
-            return Err(parts
-                .rebuild()
-                .expect("this process's own port always rebuilds"));
-        }
-        let seg = match parts.seg {
-            SegmentRef::Mapped(seg) => seg,
-            SegmentRef::Unopened(_) => {
-                unreachable!("a port of this process has its segment mapped")
-            }
-        };
-        match seg.fd().try_clone() {
-            Ok(mem) => Ok((parts.sock, mem)),
-            Err(_) => Err(MessagePort::rebuild(
-                seg, parts.side, parts.sock, parts.spin,
-            )),
+    pub fn into_fds(self) -> Result<(OwnedFd, OwnedFd), Box<MessagePort>> {
+        match self.child_end_segment() {
+            Some(Ok(mem)) => Ok((self.into_parts().sock, mem)),
+            None | Some(Err(_)) => Err(Box::new(self)),
         }
     }
 }
