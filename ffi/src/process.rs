@@ -2,7 +2,7 @@
 //! child.
 
 use std::ffi::{c_char, c_int};
-use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -148,16 +148,19 @@ pub unsafe extern "C" fn shmport_port_from_fds(
             if fd < 0 {
                 return Err(SHMPORT_ERR_BAD_PORT);
             }
-            // SAFETY: borrowed for the duration of the copy only; an fd that
-            // is not open makes the copy fail (EBADF), checked below.
-            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-            borrowed.try_clone_to_owned().map_err(|e| {
-                if e.raw_os_error() == Some(libc::EBADF) {
+            // SAFETY: fcntl on any number is defined: one that is not open
+            // fails with EBADF.
+            let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+            if copy < 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(if e.raw_os_error() == Some(libc::EBADF) {
                     SHMPORT_ERR_BAD_PORT
                 } else {
                     io(&e)
-                }
-            })
+                });
+            }
+            // SAFETY: a new descriptor that nothing else owns.
+            Ok(unsafe { OwnedFd::from_raw_fd(copy) })
         };
         let (s, m) = (copy(sock)?, copy(mem)?);
         let p = MessagePort::from_fds(s, m)?;
