@@ -68,8 +68,10 @@
  * copies of the descriptors keep the channel open: the peer sees the close
  * event only when every process holding them has exited or exec'd (they
  * are close-on-exec). To hand a port to another program, use shmport_spawn
- * (the child adopts it with shmport_port_from_parent) or post it over a
- * port that process already has.
+ * (the child adopts it with shmport_port_from_parent), or start it with
+ * your own fork() and exec() and hand it the two descriptors of a new
+ * channel's second port (shmport_port_into_fds; the child adopts them with
+ * shmport_port_from_fds), or post it over a port that process already has.
  *
  * Messages are bytes: a C host reads exactly the bytes a Rust process
  * posted with post_bytes, and a Rust process reads a C host's messages
@@ -249,9 +251,10 @@ typedef struct shmport_listener shmport_listener;
 typedef struct shmport_message shmport_message;
 
 // A port: one end of a channel. Opaque; made by `shmport_channel_new`,
-// `shmport_spawn`, `shmport_port_from_parent`, `shmport_connect`,
-// `shmport_incoming_accept` or `shmport_message_take_ports`; released by
-// `shmport_port_close` or by posting it in a transfer list.
+// `shmport_spawn`, `shmport_port_from_parent`, `shmport_port_from_fds`,
+// `shmport_connect`, `shmport_incoming_accept` or
+// `shmport_message_take_ports`; released by `shmport_port_close`, by
+// posting it in a transfer list, or by `shmport_port_into_fds`.
 typedef struct shmport_port shmport_port;
 
 // A set of ports waited on together. Opaque; made by
@@ -517,15 +520,31 @@ shmport_status shmport_port_post_with_ports(shmport_port *port,
 // - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
 // - `SHMPORT_EMPTY`: nothing to receive now (`SHMPORT_NO_WAIT` only);
 // - `SHMPORT_TIMEOUT`: nothing arrived in time (a finite `timeout_ns` only);
-// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
-//   is gone (the close event), after every message it posted;
+// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`: the peer closed its port, or
+//   exited or was killed (the close event), after every message it posted;
+// - `SHMPORT_PROTOCOL_ERROR`: the close event when the peer broke the
+//   protocol (wrote garbage to the ring or the socket, a record without
+//   its attachment, an out-of-line message in memory not sealed or shorter
+//   than it claims), or after an `SHMPORT_ERR_IO` that left the socket out
+//   of step (below); returned as soon as it is seen, so messages posted
+//   after the breach are not received;
 // - `SHMPORT_ERR_MESSAGE_REFUSED`: this message was refused by the port's
-//   trust mode (`shmport_port_set_trust`) or is larger than it accepts
-//   (`shmport_port_set_max_message_size`); the next call receives the
-//   next one;
-// - `SHMPORT_ERR_IO`: a system call failed, e.g. mapping an out-of-line
-//   message (`errno`), or `errno` `ENOMEM` when this process holds too many
-//   handles;
+//   trust mode (`shmport_port_set_trust`: an out-of-line payload not sealed
+//   against writes) or is larger than it accepts
+//   (`shmport_port_set_max_message_size`); the message is dropped, the
+//   next call receives the next one;
+// - `SHMPORT_ERR_IO`, with `errno`:
+//   - `EMFILE`: the message's descriptors (its out-of-line
+//     memory, its ports) never arrived because this process had no free
+//     descriptor; the message is dropped, the next call receives the next
+//     one;
+//   - `ENOMEM`: this process holds too many handles (nothing was
+//     received: the next call receives it);
+//   - `ENOMEM` or another `mmap` code: mapping an out-of-line message
+//     failed (the message is dropped);
+//   - another code: reading the port's socket failed; if it failed while
+//     a message's attachment was due, the port is out of step and every
+//     later call returns `SHMPORT_PROTOCOL_ERROR`;
 // - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 //
 // # Safety
@@ -723,6 +742,66 @@ shmport_status shmport_port_fd(shmport_port *port, int *fd);
 // `port` during the call.
 shmport_status shmport_port_prepare_poll(shmport_port *port, bool *wait);
 
+// Before the host's event loop waits on the port's descriptor
+// (`shmport_port_fd`) for room to post a message of `len` bytes, after a
+// post returned `SHMPORT_FULL`: announce that this side waits for room, so
+// that the peer's next receive (the room it frees) or its close writes a
+// wake-up to the descriptor, which then polls readable (`POLLIN`).
+//
+// `*wait` is true when the loop may wait. It is false when there is
+// nothing to wait for: the room is already there, or the post would fail
+// at once (the peer closed or is gone, a reservation is live): post
+// instead. When the poll ends, woken or not, call
+// `shmport_port_end_post_poll`, then post with `SHMPORT_NO_WAIT`;
+// `SHMPORT_FULL` again means prepare again:
+//
+// ```c
+// while ((st = shmport_port_post(port, data, len, SHMPORT_NO_WAIT)) == SHMPORT_FULL) {
+//   bool wait;
+//   shmport_port_prepare_post_poll(port, len, &wait);
+//   if (wait) {
+//     poll(&(struct pollfd){.fd = fd, .events = POLLIN}, 1, -1);
+//     shmport_port_end_post_poll(port);
+//   }
+// }
+// ```
+//
+// The same descriptor also turns readable for messages
+// (`shmport_port_prepare_poll`): a loop that both receives and posts
+// prepares both, polls once, and then tries both.
+//
+// A message over about half the ring (the `capacity` of its channel) goes
+// out of line: its room is one record slot in the ring, which this waits
+// for, and room in the socket for its memory's descriptor. The socket has
+// room unless the peer has not taken in earlier ones; if the post returns
+// `SHMPORT_FULL` although `*wait` was false, the socket lacks it: poll the
+// descriptor for `POLLOUT` instead.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` or `wait` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
+// # Safety
+// `wait` is NULL or valid for writing a `bool`. No other thread uses
+// `port` during the call.
+shmport_status shmport_port_prepare_post_poll(shmport_port *port, size_t len, bool *wait);
+
+// After a poll that followed `shmport_port_prepare_post_poll` said to wait,
+// woken or not: withdraw the announcement and take in what the socket
+// holds (the wake-up), so that the descriptor stops polling readable.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_IO`: reading the socket failed (`errno`); the
+//   announcement is withdrawn all the same;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
+// # Safety
+// No other thread uses `port` during the call.
+shmport_status shmport_port_end_post_poll(shmport_port *port);
+
 // Start the program `file` with a new channel's other port passed to it;
 // `*port` is this process's end, `*pid` the child's process id.
 //
@@ -770,6 +849,79 @@ shmport_status shmport_spawn(const char *file,
 // # Safety
 // `port` is NULL or valid for writing a pointer.
 shmport_status shmport_port_from_parent(shmport_port **port);
+
+// Adopt the child's end of a channel from its two descriptors, in `*port`:
+// `sock`, the port's socket, and `mem`, its shared-memory segment. For a
+// child started some other way than `shmport_spawn` (its own `fork` and
+// `exec`, a process manager): the parent makes the two descriptors with
+// `shmport_port_into_fds` and tells the child their numbers (arguments, a
+// file, anything).
+//
+// On success the port owns the two descriptors from then on (this call
+// closes the numbers given; the port's own copies are close-on-exec, so
+// this process's children do not inherit them). On failure nothing was
+// taken: both descriptors stay the caller's, open.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` is NULL;
+// - `SHMPORT_ERR_BAD_PORT`: `sock` or `mem` is not an open descriptor, the
+//   two are the same, `sock` is not a `SOCK_SEQPACKET` socket, or `mem` is
+//   not a shmport segment this version can use (bad magic, another layout
+//   version, bad sizes or ring state);
+// - `SHMPORT_ERR_IO`: a system call failed (`errno`; e.g. `mem` cannot be
+//   mapped), or `errno` `ENOMEM` when this process holds too many handles;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
+// # Safety
+// `port` is NULL or valid for writing a pointer. `sock` and `mem` are not
+// used by anything else in this process after a successful call.
+shmport_status shmport_port_from_fds(int sock, int mem, shmport_port **port);
+
+// Take apart the child's end of a new channel into the two descriptors
+// that `shmport_port_from_fds` adopts in another process: `*sock`, the
+// port's socket, and `*mem`, its segment. Only the second port of
+// `shmport_channel_new` (`port2`) is a child's end; the handle is released
+// on success, and the descriptors are the caller's.
+//
+// Both descriptors are close-on-exec. To start a program with them:
+//
+// ```c
+// shmport_port *mine, *theirs;
+// int sock, mem;
+// shmport_channel_new(0, &mine, &theirs);
+// shmport_port_into_fds(theirs, &sock, &mem);
+// pid_t pid = fork();
+// if (pid == 0) {                       /* the child */
+//   fcntl(sock, F_SETFD, 0);            /* let exec keep them */
+//   fcntl(mem, F_SETFD, 0);
+//   char a[16], b[16];
+//   snprintf(a, sizeof a, "%d", sock);
+//   snprintf(b, sizeof b, "%d", mem);
+//   execl("./child", "child", a, b, (char *)NULL);
+//   _exit(127);
+// }
+// close(sock);  /* must: while open here, the child's exit would not hang up `mine` */
+// close(mem);
+// /* the child: shmport_port_from_fds(atoi(argv[1]), atoi(argv[2]), &port) */
+// ```
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `sock` or `mem` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_BUSY`: messages received from it are not freed, a
+//   reservation is live, or it is in a port set;
+// - `SHMPORT_ERR_INVALID_ARGUMENT`: `port` is not a child's end (it is the
+//   first port of a channel, or one made by `shmport_spawn`,
+//   `shmport_connect` or a listener), or it holds attachments (ports,
+//   out-of-line memory) taken in ahead of their messages, or (rarely) this process is out of
+//   descriptors for the segment's copy; the port stays the caller's,
+//   unchanged;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
+// # Safety
+// `sock` and `mem` are NULL or valid for writing an `int`. No other
+// thread uses `port` during the call.
+shmport_status shmport_port_into_fds(shmport_port *port, int *sock, int *mem);
 
 // Listen on a new socket file at `path`, made with mode 0600 (only this
 // user may connect). On success `*listener` is a new listener, to be

@@ -9,10 +9,27 @@
 //   until the process exits; Port::close() reports that status.
 // - shmport::Reservation is a zero-copy post in progress: commit() it, or
 //   its destructor cancels it.
-// - Failures throw shmport::Error (with the status), except the calls that
-//   return a shmport::Status for outcomes a caller handles as a matter of
-//   course: a receive or post that may time out, be empty or full, or meet
-//   the close event.
+// - shmport::PortSet waits on many ports at once (the C port set).
+//
+// One error style, by name: every call throws shmport::Error (with the
+// status) when it fails, except the calls named try_*, which are noexcept
+// and return a shmport::Status instead, for everything: the outcomes a
+// caller handles as a matter of course (SHMPORT_EMPTY, SHMPORT_FULL,
+// SHMPORT_TIMEOUT, the close event) and failures alike. So post(),
+// recv(), commit() and close() throw, and try_post(), try_recv(),
+// try_commit() and try_close() never do. The normal end of a stream is
+// try_recv()'s close status, not an exception:
+//
+//   shmport::Message m;
+//   shmport::Status s;
+//   while ((s = port.try_recv(m, shmport::forever)).ok()) use(m);
+//   if (!s.is_close()) throw shmport::Error(s);
+//
+// Why exceptions by default: the constructors (channel, spawn, connect,
+// from_parent, from_fds, PortSet) have no other way to fail, and a call
+// that should not fail (a post to a live peer, a commit) reads best without
+// a status to check; the try_* calls serve the loops and event handlers
+// for which empty, full, a timeout or the close are the expected outcomes.
 // - Thread rule as in C: a port and its messages are used by one thread at
 //   a time.
 #ifndef SHMPORT_HPP
@@ -24,7 +41,9 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
+#include <iterator>
 #include <vector>
 
 #include "shmport.h"
@@ -68,6 +87,17 @@ inline void check(Status s) {
 }
 
 class Port;
+
+namespace detail {
+/// Enabled for contiguous containers of one-byte trivially copyable
+/// elements (std::data and std::size apply).
+template <class B>
+using if_bytes = std::enable_if_t<
+    sizeof(*std::data(std::declval<const B &>())) == 1 &&
+    std::is_trivially_copyable_v<std::remove_reference_t<decltype(*std::data(
+        std::declval<const B &>()))>> &&
+    !std::is_convertible_v<const B &, std::string_view>>;
+}  // namespace detail
 
 /// A received message: bytes read in place, valid while the Message lives.
 class Message {
@@ -147,13 +177,20 @@ class Reservation {
   uint8_t *data() const noexcept { return data_; }
   std::size_t size() const noexcept { return len_; }
 
-  /// Publish the first `len` bytes (all by default). Returns the status: a
-  /// close status if the peer is gone.
-  Status commit(std::size_t len) {
-    if (len > len_) throw Error(SHMPORT_ERR_INVALID_ARGUMENT);
+  /// Publish the first `len` bytes (all by default); throws Error on
+  /// failure (a close status if the peer is gone). Either way the
+  /// reservation is over.
+  void commit(std::size_t len) { check(try_commit(len)); }
+  void commit() { commit(len_); }
+  /// As commit(), returning the status: SHMPORT_ERR_INVALID_ARGUMENT for
+  /// `len` over size() (the reservation is kept), SHMPORT_ERR_BAD_HANDLE
+  /// when it is over already, a close status if the peer is gone.
+  Status try_commit(std::size_t len) noexcept {
+    if (port_ == nullptr) return SHMPORT_ERR_BAD_HANDLE;
+    if (len > len_) return SHMPORT_ERR_INVALID_ARGUMENT;
     return shmport_port_commit(std::exchange(port_, nullptr), len);
   }
-  Status commit() { return commit(len_); }
+  Status try_commit() noexcept { return try_commit(len_); }
   /// Abandon it.
   void cancel() noexcept {
     if (port_ != nullptr) shmport_port_cancel(std::exchange(port_, nullptr));
@@ -175,14 +212,14 @@ class Port {
   Port(Port &&o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
   Port &operator=(Port &&o) noexcept {
     if (this != &o) {
-      close();
+      try_close();
       p_ = std::exchange(o.p_, nullptr);
     }
     return *this;
   }
   Port(const Port &) = delete;
   Port &operator=(const Port &) = delete;
-  ~Port() { close(); }
+  ~Port() { try_close(); }
 
   /// Two entangled ports; `capacity` bytes per ring (0: the default; over
   /// SHMPORT_MAX_CAPACITY throws SHMPORT_ERR_INVALID_ARGUMENT).
@@ -203,15 +240,41 @@ class Port {
     check(shmport_connect(path.c_str(), timeout_ns, &p));
     return Port(p);
   }
-  /// Start `argv[0]` with a port; `*pid` is the child's (reap it).
-  static Port spawn(const std::vector<std::string> &argv, int32_t *pid, std::size_t capacity = 0) {
-    if (argv.empty()) throw Error(SHMPORT_ERR_INVALID_ARGUMENT);
+  /// Start the program `file` (found on PATH when it has no slash) with a
+  /// port; `argv` is its argument list, `argv[0]` the name it sees for
+  /// itself (empty: `file`). `*pid` is the child's (reap it).
+  static Port spawn(const std::string &file, const std::vector<std::string> &argv, int32_t *pid,
+                    std::size_t capacity = 0) {
     std::vector<const char *> args;
     for (const auto &a : argv) args.push_back(a.c_str());
     args.push_back(nullptr);
     shmport_port *p = nullptr;
-    check(shmport_spawn(args[0], args.data(), capacity, &p, pid));
+    check(shmport_spawn(file.c_str(), argv.empty() ? nullptr : args.data(), capacity, &p, pid));
     return Port(p);
+  }
+  /// Start `argv[0]` with a port (the program and its name are the same);
+  /// `*pid` is the child's (reap it).
+  static Port spawn(const std::vector<std::string> &argv, int32_t *pid, std::size_t capacity = 0) {
+    if (argv.empty()) throw Error(SHMPORT_ERR_INVALID_ARGUMENT);
+    return spawn(argv[0], argv, pid, capacity);
+  }
+  /// Adopt the child's end of a channel from its two descriptors
+  /// (shmport_port_from_fds: they belong to the port on success and stay
+  /// the caller's when it throws).
+  static Port from_fds(int sock, int mem) {
+    shmport_port *p = nullptr;
+    check(shmport_port_from_fds(sock, mem, &p));
+    return Port(p);
+  }
+  /// Take apart the child's end of a new channel (the second port of
+  /// channel()) into its socket and segment descriptors, for
+  /// from_fds() in another process (shmport_port_into_fds has the steps).
+  /// On success this Port is empty; when it throws, it is unchanged.
+  std::pair<int, int> into_fds() {
+    int sock = -1, mem = -1;
+    check(shmport_port_into_fds(p_, &sock, &mem));
+    p_ = nullptr;
+    return {sock, mem};
   }
 
   /// Does this hold a port?
@@ -221,30 +284,56 @@ class Port {
   /// close status if the peer is gone).
   void post(const void *data, std::size_t len) { check(try_post(data, len, forever)); }
   void post(std::string_view s) { post(s.data(), s.size()); }
+  /// Post the bytes of any contiguous container of bytes (std::string,
+  /// std::vector<uint8_t>, std::vector<std::byte>, std::array, ...).
+  template <class Bytes, class = detail::if_bytes<Bytes>>
+  void post(const Bytes &b) {
+    post(std::data(b), std::size(b));
+  }
   /// Post bytes, waiting at most `timeout_ns`; the status says how it went.
   Status try_post(const void *data, std::size_t len, uint64_t timeout_ns = no_wait) noexcept {
     return shmport_port_post(p_, static_cast<const uint8_t *>(data), len, timeout_ns);
   }
   /// Post bytes with ports; on success the ports are gone from `ports`
-  /// (moved to the message), on failure they are left as they were.
+  /// (moved to the message), on failure (an Error) they are left as they
+  /// were.
+  void post_with_ports(const void *data, std::size_t len, std::vector<Port> &ports) {
+    check(try_post_with_ports(data, len, ports));
+  }
   void post_with_ports(std::string_view s, std::vector<Port> &ports) {
-    std::vector<shmport_port *> raw;
-    for (auto &p : ports) raw.push_back(p.p_);
-    check(shmport_port_post_with_ports(p_, reinterpret_cast<const uint8_t *>(s.data()), s.size(),
-                                       raw.data(), raw.size()));
-    for (auto &p : ports) p.p_ = nullptr;
-    ports.clear();
+    post_with_ports(s.data(), s.size(), ports);
+  }
+  template <class Bytes, class = detail::if_bytes<Bytes>>
+  void post_with_ports(const Bytes &b, std::vector<Port> &ports) {
+    post_with_ports(std::data(b), std::size(b), ports);
+  }
+  /// As post_with_ports, returning the status (the ports are left as they
+  /// were unless it is SHMPORT_OK).
+  Status try_post_with_ports(const void *data, std::size_t len,
+                             std::vector<Port> &ports) noexcept {
+    shmport_port *raw[SHMPORT_MAX_PORTS];
+    if (ports.size() > SHMPORT_MAX_PORTS) return SHMPORT_ERR_TOO_MANY_PORTS;
+    for (std::size_t i = 0; i < ports.size(); i++) raw[i] = ports[i].p_;
+    Status s = shmport_port_post_with_ports(p_, static_cast<const uint8_t *>(data), len, raw,
+                                            ports.size());
+    if (s.ok()) {
+      for (auto &p : ports) p.p_ = nullptr;
+      ports.clear();
+    }
+    return s;
   }
 
-  /// Receive, waiting as long as it takes; throws Error on the close event.
+  /// Receive, waiting as long as it takes; throws Error on the close event
+  /// (a loop that expects the end uses try_recv).
   Message recv() {
     Message m;
-    check(recv(m, forever));
+    check(try_recv(m, forever));
     return m;
   }
   /// Receive into `out`, waiting at most `timeout_ns`: SHMPORT_OK, or
-  /// SHMPORT_EMPTY / SHMPORT_TIMEOUT, or a close status.
-  Status recv(Message &out, uint64_t timeout_ns) noexcept {
+  /// SHMPORT_EMPTY / SHMPORT_TIMEOUT, or a close status (the end of the
+  /// stream), or a failure.
+  Status try_recv(Message &out, uint64_t timeout_ns = no_wait) noexcept {
     shmport_message *m = nullptr;
     Status s = shmport_port_recv(p_, timeout_ns, &m);
     if (s.ok()) out = Message(m);
@@ -282,6 +371,16 @@ class Port {
     check(shmport_port_prepare_poll(p_, &wait));
     return wait;
   }
+  /// After a post of `len` bytes was SHMPORT_FULL, before the event loop
+  /// waits on fd() for POLLIN: true to wait (the peer's next receive or its
+  /// close wakes it), false to post again now. After the poll, woken or
+  /// not, call end_post_poll() (shmport_port_prepare_post_poll).
+  bool prepare_post_poll(std::size_t len) {
+    bool wait = false;
+    check(shmport_port_prepare_post_poll(p_, len, &wait));
+    return wait;
+  }
+  void end_post_poll() { check(shmport_port_end_post_poll(p_)); }
   void set_spin(std::chrono::nanoseconds spin) {
     check(shmport_port_set_spin(p_, static_cast<uint64_t>(spin.count())));
   }
@@ -291,9 +390,12 @@ class Port {
     check(shmport_port_set_max_message_size(p_, bytes));
   }
 
-  /// Close now. SHMPORT_ERR_BUSY (and the port stays open) while messages
-  /// received from it are alive.
-  Status close() noexcept {
+  /// Close now; throws Error with SHMPORT_ERR_BUSY (and the port stays
+  /// open) while messages received from it are alive or it is in a
+  /// PortSet.
+  void close() { check(try_close()); }
+  /// As close(), returning the status.
+  Status try_close() noexcept {
     if (p_ == nullptr) return SHMPORT_OK;
     Status s = shmport_port_close(p_);
     if (s.ok()) p_ = nullptr;
@@ -318,6 +420,84 @@ inline std::vector<Port> Message::take_ports() {
   }
   throw Error(s);
 }
+
+/// A set of ports waited on together, fairly (shmport_port_set_*). The
+/// ports stay their owners' Port objects and keep working; while in a set
+/// they cannot be closed or posted in a transfer list (SHMPORT_ERR_BUSY).
+class PortSet {
+ public:
+  /// What try_wait() found.
+  struct Event {
+    /// Which port (its key, and its handle: compare with Port::get()). Set
+    /// with SHMPORT_OK, a close status (the set removed the port),
+    /// SHMPORT_ERR_MESSAGE_REFUSED and a port's SHMPORT_ERR_IO.
+    std::size_t key = 0;
+    shmport_port *port = nullptr;
+    /// The message, with SHMPORT_OK.
+    Message message;
+  };
+
+  PortSet() { check(shmport_port_set_new(&s_)); }
+  PortSet(PortSet &&o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+  PortSet &operator=(PortSet &&o) noexcept {
+    if (this != &o) {
+      reset();
+      s_ = std::exchange(o.s_, nullptr);
+    }
+    return *this;
+  }
+  PortSet(const PortSet &) = delete;
+  PortSet &operator=(const PortSet &) = delete;
+  ~PortSet() { reset(); }
+
+  /// Add a port; returns its key (a small number, free again once it
+  /// leaves).
+  std::size_t add(Port &port) {
+    std::size_t key = 0;
+    check(shmport_port_set_add(s_, port.get(), &key));
+    return key;
+  }
+  void remove(Port &port) { check(shmport_port_set_remove(s_, port.get())); }
+  std::size_t size() const {
+    std::size_t n = 0;
+    check(shmport_port_set_len(s_, &n));
+    return n;
+  }
+  /// Wait at most `timeout_ns` for the next port (round robin) with a
+  /// message or its close event: SHMPORT_OK (out.message), a close status
+  /// (the port left the set), SHMPORT_ERR_MESSAGE_REFUSED or a port's
+  /// SHMPORT_ERR_IO (out.port says which; it stays), SHMPORT_EMPTY (no
+  /// ports, or nothing now with no_wait), SHMPORT_TIMEOUT, or a failure
+  /// of the set (out.port is then null).
+  Status try_wait(Event &out, uint64_t timeout_ns = forever) noexcept {
+    shmport_message *m = nullptr;
+    out.message.reset();
+    out.port = nullptr;
+    Status s = shmport_port_set_wait(s_, timeout_ns, &out.key, &out.port, &m);
+    if (s.ok()) out.message = Message(m);
+    return s;
+  }
+  /// The descriptor for the host's event loop, and the call before
+  /// waiting on it (true to wait).
+  int fd() const {
+    int fd = -1;
+    check(shmport_port_set_fd(s_, &fd));
+    return fd;
+  }
+  bool prepare_poll() {
+    bool wait = false;
+    check(shmport_port_set_prepare_poll(s_, &wait));
+    return wait;
+  }
+  shmport_port_set *get() const noexcept { return s_; }
+
+ private:
+  void reset() noexcept {
+    if (s_ != nullptr) shmport_port_set_free(s_);
+    s_ = nullptr;
+  }
+  shmport_port_set *s_ = nullptr;
+};
 
 }  // namespace shmport
 

@@ -41,9 +41,10 @@ pub(crate) fn message(
 }
 
 /// A port: one end of a channel. Opaque; made by `shmport_channel_new`,
-/// `shmport_spawn`, `shmport_port_from_parent`, `shmport_connect`,
-/// `shmport_incoming_accept` or `shmport_message_take_ports`; released by
-/// `shmport_port_close` or by posting it in a transfer list.
+/// `shmport_spawn`, `shmport_port_from_parent`, `shmport_port_from_fds`,
+/// `shmport_connect`, `shmport_incoming_accept` or
+/// `shmport_message_take_ports`; released by `shmport_port_close`, by
+/// posting it in a transfer list, or by `shmport_port_into_fds`.
 pub struct shmport_port {
     _opaque: [u8; 0],
 }

@@ -289,15 +289,31 @@ pub unsafe extern "C" fn shmport_port_post_with_ports(
 /// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
 /// - `SHMPORT_EMPTY`: nothing to receive now (`SHMPORT_NO_WAIT` only);
 /// - `SHMPORT_TIMEOUT`: nothing arrived in time (a finite `timeout_ns` only);
-/// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`, `SHMPORT_PROTOCOL_ERROR`: the peer
-///   is gone (the close event), after every message it posted;
+/// - `SHMPORT_CLOSED`, `SHMPORT_PEER_DIED`: the peer closed its port, or
+///   exited or was killed (the close event), after every message it posted;
+/// - `SHMPORT_PROTOCOL_ERROR`: the close event when the peer broke the
+///   protocol (wrote garbage to the ring or the socket, a record without
+///   its attachment, an out-of-line message in memory not sealed or shorter
+///   than it claims), or after an `SHMPORT_ERR_IO` that left the socket out
+///   of step (below); returned as soon as it is seen, so messages posted
+///   after the breach are not received;
 /// - `SHMPORT_ERR_MESSAGE_REFUSED`: this message was refused by the port's
-///   trust mode (`shmport_port_set_trust`) or is larger than it accepts
-///   (`shmport_port_set_max_message_size`); the next call receives the
-///   next one;
-/// - `SHMPORT_ERR_IO`: a system call failed, e.g. mapping an out-of-line
-///   message (`errno`), or `errno` `ENOMEM` when this process holds too many
-///   handles;
+///   trust mode (`shmport_port_set_trust`: an out-of-line payload not sealed
+///   against writes) or is larger than it accepts
+///   (`shmport_port_set_max_message_size`); the message is dropped, the
+///   next call receives the next one;
+/// - `SHMPORT_ERR_IO`, with `errno`:
+///   - `EMFILE`: the message's descriptors (its out-of-line
+///     memory, its ports) never arrived because this process had no free
+///     descriptor; the message is dropped, the next call receives the next
+///     one;
+///   - `ENOMEM`: this process holds too many handles (nothing was
+///     received: the next call receives it);
+///   - `ENOMEM` or another `mmap` code: mapping an out-of-line message
+///     failed (the message is dropped);
+///   - another code: reading the port's socket failed; if it failed while
+///     a message's attachment was due, the port is out of step and every
+///     later call returns `SHMPORT_PROTOCOL_ERROR`;
 /// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
 ///
 /// # Safety
@@ -656,5 +672,85 @@ pub unsafe extern "C" fn shmport_port_prepare_poll(
         let out = unsafe { Out::new(wait) }?;
         out.put(port_state(port)?.port.prepare_poll());
         Ok(())
+    })
+}
+
+/// Before the host's event loop waits on the port's descriptor
+/// (`shmport_port_fd`) for room to post a message of `len` bytes, after a
+/// post returned `SHMPORT_FULL`: announce that this side waits for room, so
+/// that the peer's next receive (the room it frees) or its close writes a
+/// wake-up to the descriptor, which then polls readable (`POLLIN`).
+///
+/// `*wait` is true when the loop may wait. It is false when there is
+/// nothing to wait for: the room is already there, or the post would fail
+/// at once (the peer closed or is gone, a reservation is live): post
+/// instead. When the poll ends, woken or not, call
+/// `shmport_port_end_post_poll`, then post with `SHMPORT_NO_WAIT`;
+/// `SHMPORT_FULL` again means prepare again:
+///
+/// ```c
+/// while ((st = shmport_port_post(port, data, len, SHMPORT_NO_WAIT)) == SHMPORT_FULL) {
+///   bool wait;
+///   shmport_port_prepare_post_poll(port, len, &wait);
+///   if (wait) {
+///     poll(&(struct pollfd){.fd = fd, .events = POLLIN}, 1, -1);
+///     shmport_port_end_post_poll(port);
+///   }
+/// }
+/// ```
+///
+/// The same descriptor also turns readable for messages
+/// (`shmport_port_prepare_poll`): a loop that both receives and posts
+/// prepares both, polls once, and then tries both.
+///
+/// A message over about half the ring (the `capacity` of its channel) goes
+/// out of line: its room is one record slot in the ring, which this waits
+/// for, and room in the socket for its memory's descriptor. The socket has
+/// room unless the peer has not taken in earlier ones; if the post returns
+/// `SHMPORT_FULL` although `*wait` was false, the socket lacks it: poll the
+/// descriptor for `POLLOUT` instead.
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` or `wait` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+///
+/// # Safety
+/// `wait` is NULL or valid for writing a `bool`. No other thread uses
+/// `port` during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_prepare_post_poll(
+    port: *mut shmport_port,
+    len: usize,
+    wait: *mut bool,
+) -> shmport_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let out = unsafe { Out::new(wait) }?;
+        out.put(port_state(port)?.port.prepare_post_poll(len));
+        Ok(())
+    })
+}
+
+/// After a poll that followed `shmport_port_prepare_post_poll` said to wait,
+/// woken or not: withdraw the announcement and take in what the socket
+/// holds (the wake-up), so that the descriptor stops polling readable.
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_ERR_IO`: reading the socket failed (`errno`); the
+///   announcement is withdrawn all the same;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+///
+/// # Safety
+/// No other thread uses `port` during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_end_post_poll(port: *mut shmport_port) -> shmport_status {
+    guard(|| {
+        port_state(port)?
+            .port
+            .end_post_poll()
+            .map_err(|e| crate::status::io(&e))
     })
 }

@@ -185,6 +185,20 @@ fn c_port_set_serves_processes_and_sees_a_kill() {
 }
 
 #[test]
+fn c_parent_forks_and_execs_a_child_that_adopts_and_waits_for_room() {
+    let exe = compile("adopt", &["tests/c/adopt.c"], Build::SanitizedShared);
+    let out = program(&exe).output().expect("run adopt");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "adopt failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("adopt ok"), "{stdout:?}");
+}
+
+#[test]
 fn misuse_is_a_status_not_a_crash() {
     let exe = compile("misuse", &["tests/c/misuse.c"], Build::SanitizedShared);
     let out = program(&exe).output().expect("run misuse");

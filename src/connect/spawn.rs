@@ -107,17 +107,80 @@ impl MessagePort {
         // the parent passed to this process for the port; the ADOPTED flag
         // makes this the only place that ever takes ownership of them.
         let (sock, mem) = unsafe { (OwnedFd::from_raw_fd(sock), OwnedFd::from_raw_fd(mem)) };
-        // Our own children must not inherit them.
-        sys::child::close_on_exec(&sock)?;
-        sys::child::close_on_exec(&mem)?;
-        if !sys::socket::is_seqpacket(&sock) {
-            return Err(OpenError::BadDescriptor(
-                "the port's socket is not a SOCK_SEQPACKET socket".into(),
-            ));
-        }
-        let seg = Segment::open(mem)?;
-        MessagePort::from_parts(seg, Side::B, sock, spin).map_err(|c| OpenError::Corrupt(c.0))
+        adopt(sock, mem, spin)
     }
+
+    /// Adopt the child's end of a channel from its two descriptors: the
+    /// port's socket and its shared-memory segment, as [`spawn`] passes
+    /// them and as [`into_fds`](Self::into_fds) makes them. For a child
+    /// that was started some other way than [`spawn`] (its own `fork` and
+    /// `exec`, a process manager), given the two descriptors and told
+    /// their numbers by any means (arguments, a file).
+    ///
+    /// Both descriptors are marked close-on-exec (this process's own
+    /// children do not inherit them) and are owned by the port from then
+    /// on, or closed if the call fails. Fails with
+    /// [`OpenError::BadDescriptor`] when `sock` is not a `SOCK_SEQPACKET`
+    /// socket; when `segment` is not a shmport segment this version can
+    /// use, with [`OpenError::BadMagic`], [`OpenError::BadVersion`] (the
+    /// other side runs another layout version), [`OpenError::BadGeometry`]
+    /// or [`OpenError::Corrupt`]; with [`OpenError::Io`] when a system call
+    /// fails (a `segment` that cannot be mapped).
+    ///
+    /// ```
+    /// use shmport::{MessageChannel, MessagePort};
+    ///
+    /// let (a, b) = MessageChannel::new()?.into_ports();
+    /// let (sock, mem) = b.into_fds().map_err(|_| "not a child's end")?;
+    /// // …hand `sock` and `mem` to another process, which then does:
+    /// let b = MessagePort::from_fds(sock, mem)?;
+    /// a.post_bytes(b"hello")?;
+    /// assert_eq!(b.recv()?.bytes(), b"hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_fds(sock: OwnedFd, segment: OwnedFd) -> Result<MessagePort, OpenError> {
+        adopt(sock, segment, DEFAULT_SPIN)
+    }
+
+    /// Take apart the child's end of a new channel into the two
+    /// descriptors that [`from_fds`](Self::from_fds) adopts in another
+    /// process: the port's socket and its segment. Only the second port of
+    /// a [`MessageChannel`](crate::MessageChannel) (`into_ports().1`) is a
+    /// child's end, and only while it holds no attachments (ports,
+    /// out-of-line memory) taken in from its socket ahead of their messages
+    /// — always true of a port that never received. Messages waiting in its
+    /// ring or socket stay there and are received by the adopter. Any
+    /// other port comes back unchanged as the `Err` (boxed: a port is
+    /// large), as it does when the segment's descriptor cannot be copied
+    /// (this process is out of descriptors).
+    ///
+    /// Both descriptors are close-on-exec. To hand them to a program
+    /// started with `fork` and `exec`: in the child, before `exec`, clear
+    /// `FD_CLOEXEC` on both (or `dup2` them to the numbers the program
+    /// expects); pass their numbers to the program; and in the parent,
+    /// after the fork, close both. The parent's copy of the socket must be
+    /// closed: while it is open, the child's exit does not hang up the
+    /// parent's port.
+    pub fn into_fds(self) -> Result<(OwnedFd, OwnedFd), Box<MessagePort>> {
+        match self.child_end_segment() {
+            Some(Ok(mem)) => Ok((self.into_parts().sock, mem)),
+            None | Some(Err(_)) => Err(Box::new(self)),
+        }
+    }
+}
+
+/// Adopt a child's end: socket and segment, checked.
+fn adopt(sock: OwnedFd, mem: OwnedFd, spin: Duration) -> Result<MessagePort, OpenError> {
+    // Our own children must not inherit them.
+    sys::child::close_on_exec(&sock)?;
+    sys::child::close_on_exec(&mem)?;
+    if !sys::socket::is_seqpacket(&sock) {
+        return Err(OpenError::BadDescriptor(
+            "the port's socket is not a SOCK_SEQPACKET socket".into(),
+        ));
+    }
+    let seg = Segment::open(mem)?;
+    MessagePort::from_parts(seg, Side::B, sock, spin).map_err(|c| OpenError::Corrupt(c.0))
 }
 
 fn parse_env(value: &str) -> Result<(RawFd, RawFd, Duration), OpenError> {

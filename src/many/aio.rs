@@ -201,7 +201,7 @@ impl AsyncPort {
     /// Ready when the room the last full post needed may be there (or the
     /// peer is gone: the next attempt says so).
     fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PostError>> {
-        if !self.port.prepare_room_wait()? {
+        if !self.port.prepare_room_wait(self.port.wanted_room())? {
             return Poll::Ready(Ok(()));
         }
         let mut guard = match self.fd.poll_read_ready(cx) {

@@ -189,6 +189,17 @@ impl MessagePort {
         }
     }
 
+    /// For [`into_fds`](Self::into_fds): a copy of the segment's
+    /// descriptor if this port is a child's end (side B) that holds no
+    /// received attachments; `None` otherwise.
+    pub(crate) fn child_end_segment(&self) -> Option<io::Result<OwnedFd>> {
+        let sh = &self.tx.shared;
+        if sh.side != Side::B || !sh.inbox().is_empty() || !sh.partial().is_empty() {
+            return None;
+        }
+        Some(sh.seg.fd().try_clone())
+    }
+
     /// Is this port the entangled peer of the port whose core is `other`?
     pub(super) fn is_peer_of(&self, other: &Shared) -> bool {
         let me = &self.tx.shared;

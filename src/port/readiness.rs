@@ -5,8 +5,8 @@
 use std::io;
 
 use super::{Half, MessagePort, PortReceiver};
-#[cfg(feature = "tokio")]
 use crate::error::PostError;
+use crate::shm::layout::OOL_DESCRIPTOR;
 
 impl MessagePort {
     /// Announce a sleep (without the barrier: the set issues one for all).
@@ -73,21 +73,92 @@ impl MessagePort {
         self.rx.spin_for_event()
     }
 
-    #[cfg(feature = "tokio")]
-    /// Announce that the producer waits for the room the last
-    /// [`PostError::Full`] lacked; `false` (nothing announced) if that room
-    /// is already there.
-    pub(crate) fn prepare_room_wait(&self) -> Result<bool, PostError> {
+    /// Before waiting on the port's descriptor for room to post a message
+    /// of `len` bytes, after a post found the ring full
+    /// ([`PostError::Full`]): announce that this side waits for room, so
+    /// that the peer's next release (or its close) writes a wake-up to the
+    /// socket and the descriptor polls readable (`POLLIN`). Returns `false`
+    /// when there is nothing to wait for: the room is already there, or
+    /// the post would fail at once (the peer closed or is gone, the port is
+    /// broken, a [`Reservation`](crate::Reservation) is held): post instead.
+    ///
+    /// After the wake-up (or any end of the poll), call
+    /// [`end_post_poll`](Self::end_post_poll): it withdraws the
+    /// announcement and takes in the wake-up, so the descriptor stops
+    /// polling readable; then post with `try_post_bytes` (or `try_post`).
+    /// A wake-up says that the consumer released room, not that the room
+    /// suffices: `Full` again means prepare again.
+    ///
+    /// A message larger than [`max_inline_payload`](Self::max_inline_payload)
+    /// travels out of line: its room is one record slot in the ring, for
+    /// which this waits, and room in the socket for the memory's
+    /// descriptor. The socket has room unless the peer has not taken in
+    /// earlier attachments; when `Full` comes back although this said there
+    /// was room, it is the socket that lacks it: wait for the descriptor
+    /// to poll writable (`POLLOUT`).
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use rustix::event::{PollFd, PollFlags, poll};
+    /// use shmport::{ChannelBuilder, PostError};
+    ///
+    /// let (a, b) = ChannelBuilder::new().capacity(4096).build()?.into_ports();
+    /// while !matches!(a.try_post_bytes(&[7; 512]), Err(PostError::Full)) {}
+    /// assert!(a.prepare_post_poll(512));
+    /// drop(b.try_recv()?); // the peer reads: room, and a wake-up
+    /// let mut fds = [PollFd::new(&a, PollFlags::IN)];
+    /// poll(&mut fds, None)?;
+    /// a.end_post_poll()?;
+    /// a.try_post_bytes(&[7; 512])?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn prepare_post_poll(&self, len: usize) -> bool {
+        if self.tx.check_not_reserved().is_err() {
+            return false;
+        }
+        let need = if len <= self.max_inline_payload() {
+            len
+        } else {
+            OOL_DESCRIPTOR
+        };
+        // A corrupt ring is reported by the post that follows.
+        matches!(self.prepare_room_wait(need), Ok(true))
+    }
+
+    /// Withdraw what [`prepare_post_poll`](Self::prepare_post_poll)
+    /// announced, and take in what the socket holds (the wake-up, and any
+    /// attachments or hang-up behind it), so that the descriptor stops
+    /// polling readable. Call it whenever a poll that followed
+    /// `prepare_post_poll` ends, woken or not. Fails only when reading the
+    /// socket fails ([`std::io::Error`]); the announcement is withdrawn
+    /// either way.
+    pub fn end_post_poll(&self) -> io::Result<()> {
+        self.end_room_wait();
+        self.take_in()
+    }
+
+    /// Announce that the producer waits for `need` bytes of payload room
+    /// (for the async post: what the last [`PostError::Full`] lacked);
+    /// `Ok(false)` (nothing announced) if that room is already there or the
+    /// post would fail at once (then with its error, if it is the close).
+    pub(crate) fn prepare_room_wait(&self, need: usize) -> Result<bool, PostError> {
+        // Our peer may itself be waiting for room we released.
         self.rx.flush_releases();
+        self.tx.check_postable()?;
         let sh = &self.tx.shared;
         self.tx
             .tx
             .borrow_mut()
-            .prepare_wait(self.tx.wanted_room.get())
+            .prepare_wait(need)
             .map_err(|c| PostError::Closed(sh.corrupt(c)))
     }
 
+    /// Payload room the last post that found the ring full needed.
     #[cfg(feature = "tokio")]
+    pub(crate) fn wanted_room(&self) -> usize {
+        self.tx.wanted_room.get()
+    }
+
     /// Withdraw the producer's wait announcement.
     pub(crate) fn end_room_wait(&self) {
         self.tx.tx.borrow().end_wait();
