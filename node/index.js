@@ -65,6 +65,10 @@ function decode(tag, data) {
   return new View(ab, 0, ab.byteLength / View.BYTES_PER_ELEMENT);
 }
 
+// How long a writer whose ring is full retries on every loop turn before
+// it falls back to a 1 ms timer (see _scheduleRetry).
+const RETRY_SPIN_MS = 2;
+
 // A port dropped without close() closes when collected (Electron closes
 // never-started ports on GC); a started port is held by its watch.
 const collected = new FinalizationRegistry((id) => native.close(id));
@@ -78,6 +82,7 @@ class MessagePortMain extends EventEmitter {
     this._ref = true;
     this._pending = [];
     this._retry = null;
+    this._fullSince = 0;
     this._closing = false;
     this.closeReason = null;
     collected.register(this, id, this);
@@ -116,9 +121,16 @@ class MessagePortMain extends EventEmitter {
     for (const p of transfer) p._neuter();
   }
 
+  // The core tells a reader when a message comes (the descriptor), not a
+  // writer when room frees up. So while the ring is full, retry on every
+  // turn of the event loop (setImmediate: other work still runs between
+  // tries) for up to RETRY_SPIN_MS, since a reader that keeps up frees room
+  // within microseconds; then every millisecond (a timer), so that a reader
+  // that stalls does not make the writer burn a CPU.
   _scheduleRetry() {
     if (this._retry) return;
-    this._retry = setTimeout(() => {
+    if (this._fullSince === 0) this._fullSince = performance.now();
+    const run = () => {
       this._retry = null;
       while (this._pending.length && this._id !== null) {
         const [tag, bytes, ids] = this._pending[0];
@@ -126,8 +138,11 @@ class MessagePortMain extends EventEmitter {
         if (status === 'full') return this._scheduleRetry();
         this._pending.shift();
       }
+      this._fullSince = 0;
       if (this._closing) this._closeNow();
-    }, 1);
+    };
+    if (performance.now() - this._fullSince < RETRY_SPIN_MS) this._retry = setImmediate(run);
+    else this._retry = setTimeout(run, 1);
   }
 
   _neuter() {
@@ -202,9 +217,17 @@ class MessagePortMain extends EventEmitter {
   unref() { this._ref = false; if (this._watch) native.watchRef(this._watch, false); return this; }
 }
 
+function ringCapacity(options) {
+  const c = options && options.capacity;
+  if (c === undefined) return undefined;
+  if (!Number.isInteger(c) || c < 0 || c > 2 ** 30) throw new RangeError('capacity must be a whole number of bytes up to 1 GiB');
+  return c;
+}
+
 class MessageChannelMain {
-  constructor() {
-    const [a, b] = native.channel();
+  /** `options.capacity`: bytes of each ring (default 1 MiB); messages up to half of it travel inside the ring. */
+  constructor(options) {
+    const [a, b] = native.channel(ringCapacity(options));
     this.port1 = new MessagePortMain(a);
     this.port2 = new MessagePortMain(b);
   }
@@ -255,7 +278,8 @@ function fork(modulePath, args = [], options = {}) {
   const env = {};
   if (options.env) Object.assign(env, options.env);
   const execArgv = options.execArgv || [];
-  const s = native.spawn(process.execPath, [...execArgv, path.resolve(modulePath), ...args.map(String)], env);
+  const s = native.spawn(process.execPath, [...execArgv, path.resolve(modulePath), ...args.map(String)], env,
+    ringCapacity(options));
   return { child: new ChildProcess(s.pid, s.pidfd), port: new MessagePortMain(s.port) };
 }
 

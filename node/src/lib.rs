@@ -66,10 +66,22 @@ fn reason_text(reason: CloseReason) -> &'static str {
     }
 }
 
-/// A new channel: the numbers of its two ports.
+/// The channel settings for a ring of `capacity` bytes each way (the
+/// core's default, 1 MiB, when `None`).
+fn builder(capacity: Option<u32>) -> shmport::ChannelBuilder {
+    let b = MessageChannel::builder();
+    match capacity {
+        Some(c) => b.capacity(c as usize),
+        None => b,
+    }
+}
+
+/// A new channel: the numbers of its two ports. `capacity`: the bytes of
+/// each ring (messages up to half of it travel inside the ring).
 #[napi]
-pub fn channel() -> Result<Vec<u32>> {
-    let (a, b) = MessageChannel::new()
+pub fn channel(capacity: Option<u32>) -> Result<Vec<u32>> {
+    let (a, b) = builder(capacity)
+        .build()
         .map_err(|e| Error::from_reason(format!("cannot create a channel: {e}")))?
         .into_ports();
     Ok(vec![add_port(a), add_port(b)])
@@ -307,7 +319,12 @@ pub struct Spawned {
 /// Start `program args` with a port connected (shmport's spawn); the child
 /// inherits standard streams and `env` is added to its environment.
 #[napi]
-pub fn spawn(program: String, args: Vec<String>, env: HashMap<String, String>) -> Result<Spawned> {
+pub fn spawn(
+    program: String,
+    args: Vec<String>,
+    env: HashMap<String, String>,
+    capacity: Option<u32>,
+) -> Result<Spawned> {
     let mut cmd = Command::new(program);
     cmd.args(args).envs(env);
     // Node marks its own standard streams close-on-exec, so "inherit" would
@@ -323,7 +340,7 @@ pub fn spawn(program: String, args: Vec<String>, env: HashMap<String, String>) -
         cmd.stderr(fd);
     }
     let (child, port) =
-        shmport::spawn(cmd).map_err(|e| Error::from_reason(format!("cannot spawn: {e}")))?;
+        builder(capacity).spawn(cmd).map_err(|e| Error::from_reason(format!("cannot spawn: {e}")))?;
     let pid = child.id();
     let pidfd =
         watch::pidfd_open(pid).map_err(|e| Error::from_reason(format!("pidfd_open: {e}")))?;
