@@ -76,6 +76,16 @@ export declare function fork(modulePath: string, args?: string[], options?: Fork
   port: MessagePortMain;
 };
 
+/**
+ * Start `file ...args` (any program) with a port connected: a Rust, C or
+ * Python process adopts it with shmport's `from_parent` and exchanges raw
+ * bytes (`Buffer`/`Uint8Array` travel as plain bytes and arrive as `Buffer`).
+ */
+export declare function spawn(file: string, args?: string[], options?: ChannelOptions & { env?: Record<string, string> }): {
+  child: ChildProcess;
+  port: MessagePortMain;
+};
+
 /** In a process started by fork(): the port to the parent; null otherwise. */
 export declare const parentPort: MessagePortMain | null;
 

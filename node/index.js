@@ -271,16 +271,26 @@ class ChildProcess extends EventEmitter {
 }
 
 /**
+ * Start `file ...args` with a port to it (shmport's spawn): `{ child, port }`.
+ * For programs in other languages: a Rust, C or Python process adopts the
+ * port with shmport's `from_parent` and exchanges raw bytes with Node
+ * (a `Buffer` or `Uint8Array` is posted as plain bytes; plain bytes arrive
+ * as a `Buffer`).
+ */
+function spawn(file, args = [], options = {}) {
+  const env = {};
+  if (options.env) Object.assign(env, options.env);
+  const s = native.spawn(file, args.map(String), env, ringCapacity(options));
+  return { child: new ChildProcess(s.pid, s.pidfd), port: new MessagePortMain(s.port) };
+}
+
+/**
  * Start `node modulePath ...args` with a port to it (shmport's spawn):
  * `{ child, port }`; the child's end is `require('shmport').parentPort`.
  */
 function fork(modulePath, args = [], options = {}) {
-  const env = {};
-  if (options.env) Object.assign(env, options.env);
   const execArgv = options.execArgv || [];
-  const s = native.spawn(process.execPath, [...execArgv, path.resolve(modulePath), ...args.map(String)], env,
-    ringCapacity(options));
-  return { child: new ChildProcess(s.pid, s.pidfd), port: new MessagePortMain(s.port) };
+  return spawn(process.execPath, [...execArgv, path.resolve(modulePath), ...args], options);
 }
 
 let parentPort;
@@ -296,6 +306,7 @@ module.exports = {
   MessageChannelMain,
   MessagePortMain,
   fork,
+  spawn,
   get parentPort() { return getParentPort(); },
   /** Force (true) or stop forcing the one-copy receive path. */
   setCopyMode(on) { copyMode = !!on; },
