@@ -112,7 +112,7 @@ class MessagePortMain extends EventEmitter {
     const status = post(this._id, tag, bytes, ids);
     if (status === 'full') {
       // The ring is full: keep it (ports stay ours) and retry as it drains.
-      const copy = tag === 0 || tag >= 2 ? Uint8Array.prototype.slice.call(bytes) : bytes;
+      const copy = tag === 0 || tag >= 2 ? native.snapshot(bytes) : bytes;
       this._pending.push([tag, copy, ids, transfer]);
       for (const p of transfer) p._neuter();
       this._scheduleRetry();
