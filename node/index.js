@@ -104,16 +104,18 @@ class MessagePortMain extends EventEmitter {
     }
     const [tag, bytes] = encode(message);
     if (this._id === null || this._closing) return; // Electron: a closed port drops silently
+    // A message that waits is a snapshot: the caller may change its buffer
+    // as soon as postMessage returns.
+    const snapshot = () => (tag === 0 || tag >= 2 ? native.snapshot(bytes) : bytes);
     if (this._pending.length) {
-      this._pending.push([tag, bytes, ids, transfer]);
+      this._pending.push([tag, snapshot(), ids, transfer]);
       for (const p of transfer) p._neuter();
       return;
     }
     const status = post(this._id, tag, bytes, ids);
     if (status === 'full') {
       // The ring is full: keep it (ports stay ours) and retry as it drains.
-      const copy = tag === 0 || tag >= 2 ? native.snapshot(bytes) : bytes;
-      this._pending.push([tag, copy, ids, transfer]);
+      this._pending.push([tag, snapshot(), ids, transfer]);
       for (const p of transfer) p._neuter();
       this._scheduleRetry();
       return;

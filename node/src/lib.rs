@@ -310,9 +310,15 @@ fn copied_buffer<'env>(env: &'env Env, bytes: &[u8]) -> Result<BufferSlice<'env>
     // Buffer uses it (a kept one's Buffer was collected).
     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.ptr, bytes.len()) };
     let p = map.ptr;
+    let held = external_memory(env, map.len);
     // SAFETY: `p..p+bytes.len()` lies in the mapping `map` owns; `map` is
     // the finalize hint, kept or unmapped only when the Buffer is collected.
-    unsafe { BufferSlice::from_external(env, p, bytes.len(), map, |_, m| keep(m)) }
+    unsafe {
+        BufferSlice::from_external(env, p, bytes.len(), map, move |env, m| {
+            external_memory(&env, -held);
+            keep(m);
+        })
+    }
 }
 
 /// The payload bytes of a message: the raw bytes, or the bytes inside a
@@ -351,7 +357,24 @@ fn shared_buffer(env: &Env, shared: shmport::SharedBytes, typed: bool) -> Result
     // and writable (copy-on-write), so JavaScript may read and write it.
     // `shared` is the finalize hint: it is dropped, unmapping the memory,
     // only when the Buffer is collected.
-    unsafe { BufferSlice::from_external(env, ptr, len, shared, |_, s| drop(s)) }
+    let held = external_memory(env, len);
+    unsafe {
+        BufferSlice::from_external(env, ptr, len, shared, move |env, s| {
+            external_memory(&env, -held);
+            drop(s);
+        })
+    }
+}
+
+/// Tell V8 that `bytes` of memory outside its heap are held (or, negative,
+/// released) by Buffers, so that it collects them, and their shared memory
+/// or kept mappings come back, as often as the memory they hold calls for
+/// (it counts such memory towards its next collection); returns `bytes`.
+fn external_memory(env: &Env, bytes: impl TryInto<i64>) -> i64 {
+    let bytes = bytes.try_into().unwrap_or(0);
+    // Only a hint: a failure changes when V8 collects, nothing else.
+    let _ = env.adjust_external_memory(bytes);
+    bytes
 }
 
 /// Announce that the caller is about to wait for the port's descriptor:

@@ -222,3 +222,17 @@ test('a larger ring (capacity option) carries large messages inside it, in order
   port1.close();
   port2.close();
 });
+
+test('a message waiting for room is a snapshot: changing the Buffer after postMessage changes nothing', async () => {
+  const { port1, port2 } = new MessageChannelMain({ capacity: 4096 }); // holds about three of these
+  const b = Buffer.alloc(1024);
+  for (let i = 0; i < 50; i++) {
+    b.fill(i);
+    port1.postMessage(b);
+  }
+  b.fill(255);
+  const got = await collect(port2, 50);
+  got.forEach((e, i) => assert.ok(e.data.every((x) => x === i), `message ${i}`));
+  port1.close();
+  port2.close();
+});
