@@ -352,12 +352,12 @@ fn shared_buffer(env: &Env, shared: shmport::SharedBytes, typed: bool) -> Result
     }
     // A pointer into the copy-on-write mapping, which `shared` owns.
     let ptr = shared.as_mut_ptr().wrapping_add(start);
+    let held = external_memory(env, len);
     // SAFETY: `ptr..ptr+len` lies inside `shared`'s mapping (the archive was
     // validated above; raw payloads are the whole of it), which is private
     // and writable (copy-on-write), so JavaScript may read and write it.
     // `shared` is the finalize hint: it is dropped, unmapping the memory,
     // only when the Buffer is collected.
-    let held = external_memory(env, len);
     unsafe {
         BufferSlice::from_external(env, ptr, len, shared, move |env, s| {
             external_memory(&env, -held);
@@ -450,8 +450,9 @@ pub fn spawn(
     if let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() {
         cmd.stderr(fd);
     }
-    let (child, port) =
-        builder(capacity).spawn(cmd).map_err(|e| Error::from_reason(format!("cannot spawn: {e}")))?;
+    let (child, port) = builder(capacity)
+        .spawn(cmd)
+        .map_err(|e| Error::from_reason(format!("cannot spawn: {e}")))?;
     let pid = child.id();
     let pidfd =
         watch::pidfd_open(pid).map_err(|e| Error::from_reason(format!("pidfd_open: {e}")))?;
