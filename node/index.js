@@ -106,7 +106,8 @@ class MessagePortMain extends EventEmitter {
     if (this._id === null || this._closing) return; // Electron: a closed port drops silently
     // A message that waits is a snapshot: the caller may change its buffer
     // as soon as postMessage returns.
-    const snapshot = () => (tag === 0 || tag >= 2 ? native.snapshot(bytes) : bytes);
+    // (Serialized bytes are already a copy of their own.)
+    const snapshot = () => (tag === 0 || tag >= 2 ? native.hold(bytes) : bytes);
     if (this._pending.length) {
       this._pending.push([tag, snapshot(), ids, transfer]);
       for (const p of transfer) p._neuter();
@@ -136,7 +137,8 @@ class MessagePortMain extends EventEmitter {
       this._retry = null;
       while (this._pending.length && this._id !== null) {
         const [tag, bytes, ids] = this._pending[0];
-        const status = native.post(this._id, tag, bytes, ids);
+        const status = typeof bytes === 'number'
+          ? native.postHeld(this._id, tag, bytes, ids) : native.post(this._id, tag, bytes, ids);
         if (status === 'full') return this._scheduleRetry();
         this._pending.shift();
       }
@@ -148,6 +150,8 @@ class MessagePortMain extends EventEmitter {
   }
 
   _neuter() {
+    for (const [, bytes] of this._pending) if (typeof bytes === 'number') native.releaseHeld(bytes);
+    this._pending = [];
     if (this._watch) { native.watchClose(this._watch); this._watch = 0; }
     collected.unregister(this);
     this._id = null;

@@ -93,6 +93,11 @@ pub fn channel(capacity: Option<u32>) -> Result<Vec<u32>> {
 /// A port of this channel's own peer in `ports` throws and sends nothing.
 #[napi]
 pub fn post(id: u32, tag: u32, data: Uint8Array, ports: Vec<u32>) -> Result<String> {
+    post_slice(id, tag, &data, ports)
+}
+
+/// `post` of bytes from anywhere.
+fn post_slice(id: u32, tag: u32, data: &[u8], ports: Vec<u32>) -> Result<String> {
     let tag = u8::try_from(tag).map_err(|_| Error::new(Status::InvalidArg, "bad tag"))?;
     PORTS.with(|table| {
         let mut table = table.borrow_mut();
@@ -121,18 +126,18 @@ pub fn post(id: u32, tag: u32, data: Uint8Array, ports: Vec<u32>) -> Result<Stri
         let port = table.get(&id).ok_or_else(closed_port)?;
         let result = if ports.is_empty() {
             let r = if tag == 0 {
-                port.try_post_bytes(&data)
+                port.try_post_bytes(data)
             } else {
-                port.try_post(&JsPayload { tag, bytes: &data })
+                port.try_post(&JsPayload { tag, bytes: data })
             };
             r.map_err(|error| shmport::TransferError {
                 error,
                 ports: Vec::new(),
             })
         } else if tag == 0 {
-            port.try_post_bytes_with_ports(&data, moving)
+            port.try_post_bytes_with_ports(data, moving)
         } else {
-            port.try_post_with_ports(&JsPayload { tag, bytes: &data }, moving)
+            port.try_post_with_ports(&JsPayload { tag, bytes: data }, moving)
         };
         match result {
             Ok(()) => Ok("ok".to_string()),
@@ -491,9 +496,80 @@ pub fn close_fd(fd: i32) {
     watch::close_fd(fd);
 }
 
-/// A copy of `data` (for a message that waits for room in a full ring):
-/// a large one in a kept mapping, as received copies are.
+/// A copy of bytes that wait for room, held here rather than in a Buffer:
+/// its mapping goes back for reuse as soon as the message is sent.
+enum Held {
+    Mapped(Mapping, usize),
+    Heap(Vec<u8>),
+}
+
+impl Held {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            // SAFETY: the first `len` bytes of the mapping were written by `hold`.
+            Held::Mapped(m, len) => unsafe { std::slice::from_raw_parts(m.ptr, *len) },
+            Held::Heap(v) => v,
+        }
+    }
+
+    fn release(self) {
+        if let Held::Mapped(m, _) = self {
+            keep(m);
+        }
+    }
+}
+
+thread_local! {
+    static HELD: RefCell<HashMap<u32, Held>> = RefCell::new(HashMap::new());
+    static NEXT_HELD: RefCell<u32> = const { RefCell::new(1) };
+}
+
+/// Copy `data` (a message that must wait for room: the caller may change
+/// its Buffer once postMessage returns); the number of the copy, for
+/// `post_held` and `release_held`.
 #[napi]
-pub fn snapshot<'env>(env: &'env Env, data: Uint8Array) -> Result<BufferSlice<'env>> {
-    copied_buffer(env, &data)
+pub fn hold(data: Uint8Array) -> u32 {
+    let held = if data.len() >= MAPPED_COPY {
+        match mapping(data.len().next_multiple_of(MAPPED_COPY)) {
+            Some(m) => {
+                // SAFETY: the mapping has room for `data` and nothing else uses it.
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), m.ptr, data.len()) };
+                Held::Mapped(m, data.len())
+            }
+            None => Held::Heap(data.to_vec()),
+        }
+    } else {
+        Held::Heap(data.to_vec())
+    };
+    let n = NEXT_HELD.with(|n| {
+        let mut n = n.borrow_mut();
+        let id = *n;
+        *n = n.wrapping_add(1).max(1);
+        id
+    });
+    HELD.with(|h| h.borrow_mut().insert(n, held));
+    n
+}
+
+/// `post` of a held copy; the copy is released unless the ring is full.
+#[napi]
+pub fn post_held(id: u32, tag: u32, held: u32, ports: Vec<u32>) -> Result<String> {
+    let Some(copy) = HELD.with(|h| h.borrow_mut().remove(&held)) else {
+        return Err(Error::from_reason(format!("no held message {held}")));
+    };
+    let result = post_slice(id, tag, copy.bytes(), ports);
+    if matches!(result.as_deref(), Ok("full")) {
+        HELD.with(|h| h.borrow_mut().insert(held, copy));
+    } else {
+        copy.release();
+    }
+    result
+}
+
+/// Release a held copy that will not be sent.
+#[napi]
+pub fn release_held(held: u32) {
+    if let Some(copy) = HELD.with(|h| h.borrow_mut().remove(&held)) {
+        copy.release();
+    }
 }
