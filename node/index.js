@@ -296,7 +296,10 @@ function spawn(file, args = [], options = {}) {
  */
 function fork(modulePath, args = [], options = {}) {
   const execArgv = options.execArgv || [];
-  return spawn(process.execPath, [...execArgv, path.resolve(modulePath), ...args], options);
+  // Under Electron process.execPath is the app itself: run it as plain Node,
+  // as Electron's child_process.fork does.
+  const env = process.versions.electron ? { ELECTRON_RUN_AS_NODE: '1', ...options.env } : options.env;
+  return spawn(process.execPath, [...execArgv, path.resolve(modulePath), ...args], { ...options, env });
 }
 
 let parentPort;
