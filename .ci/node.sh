@@ -11,6 +11,8 @@ npm install --no-audit --no-fund
 npm run build
 npm test
 node examples/worker/main.js
+node examples/reply_stream/main.js
+node examples/forward/main.js
 shm_after=$(ls /dev/shm | wc -l)
 if [ "$shm_before" != "$shm_after" ]; then
   echo "node.sh: /dev/shm has $shm_before entries before and $shm_after after" >&2

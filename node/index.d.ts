@@ -36,7 +36,19 @@ export declare class MessagePortMain extends EventEmitter {
   once(event: 'close', listener: (e: CloseEvent) => void): this;
 }
 
+export interface ChannelOptions {
+  /**
+   * Bytes of each direction's ring (default 1 MiB, rounded up to a power of
+   * two, at most 1 GiB). A message up to half of it travels inside the ring
+   * and is copied once on receipt; a larger one goes out of line (a memfd
+   * each) and arrives as a view of that memory. Ring memory is touched only
+   * as it is used.
+   */
+  capacity?: number;
+}
+
 export declare class MessageChannelMain {
+  constructor(options?: ChannelOptions);
   readonly port1: MessagePortMain;
   readonly port2: MessagePortMain;
 }
@@ -51,7 +63,7 @@ export declare class ChildProcess extends EventEmitter {
   on(event: 'exit', listener: (code: number | null, signal: string | null) => void): this;
 }
 
-export interface ForkOptions {
+export interface ForkOptions extends ChannelOptions {
   /** Added to the child's environment. */
   env?: Record<string, string>;
   /** Node options before the module path. */
@@ -60,6 +72,16 @@ export interface ForkOptions {
 
 /** Start `node modulePath ...args` with a port connected; the child's end is `parentPort`. */
 export declare function fork(modulePath: string, args?: string[], options?: ForkOptions): {
+  child: ChildProcess;
+  port: MessagePortMain;
+};
+
+/**
+ * Start `file ...args` (any program) with a port connected: a Rust, C or
+ * Python process adopts it with shmport's `from_parent` and exchanges raw
+ * bytes (`Buffer`/`Uint8Array` travel as plain bytes and arrive as `Buffer`).
+ */
+export declare function spawn(file: string, args?: string[], options?: ChannelOptions & { env?: Record<string, string> }): {
   child: ChildProcess;
   port: MessagePortMain;
 };

@@ -65,6 +65,10 @@ function decode(tag, data) {
   return new View(ab, 0, ab.byteLength / View.BYTES_PER_ELEMENT);
 }
 
+// How long a writer whose ring is full retries on every loop turn before
+// it falls back to a 1 ms timer (see _scheduleRetry).
+const RETRY_SPIN_MS = 2;
+
 // A port dropped without close() closes when collected (Electron closes
 // never-started ports on GC); a started port is held by its watch.
 const collected = new FinalizationRegistry((id) => native.close(id));
@@ -78,6 +82,7 @@ class MessagePortMain extends EventEmitter {
     this._ref = true;
     this._pending = [];
     this._retry = null;
+    this._fullSince = 0;
     this._closing = false;
     this.closeReason = null;
     collected.register(this, id, this);
@@ -99,16 +104,19 @@ class MessagePortMain extends EventEmitter {
     }
     const [tag, bytes] = encode(message);
     if (this._id === null || this._closing) return; // Electron: a closed port drops silently
+    // A message that waits is a snapshot: the caller may change its buffer
+    // as soon as postMessage returns.
+    // (Serialized bytes are already a copy of their own.)
+    const snapshot = () => (tag === 0 || tag >= 2 ? native.hold(bytes) : bytes);
     if (this._pending.length) {
-      this._pending.push([tag, bytes, ids, transfer]);
+      this._pending.push([tag, snapshot(), ids, transfer]);
       for (const p of transfer) p._neuter();
       return;
     }
     const status = post(this._id, tag, bytes, ids);
     if (status === 'full') {
       // The ring is full: keep it (ports stay ours) and retry as it drains.
-      const copy = tag === 0 || tag >= 2 ? Uint8Array.prototype.slice.call(bytes) : bytes;
-      this._pending.push([tag, copy, ids, transfer]);
+      this._pending.push([tag, snapshot(), ids, transfer]);
       for (const p of transfer) p._neuter();
       this._scheduleRetry();
       return;
@@ -116,21 +124,34 @@ class MessagePortMain extends EventEmitter {
     for (const p of transfer) p._neuter();
   }
 
+  // The core tells a reader when a message comes (the descriptor), not a
+  // writer when room frees up. So while the ring is full, retry on every
+  // turn of the event loop (setImmediate: other work still runs between
+  // tries) for up to RETRY_SPIN_MS, since a reader that keeps up frees room
+  // within microseconds; then every millisecond (a timer), so that a reader
+  // that stalls does not make the writer burn a CPU.
   _scheduleRetry() {
     if (this._retry) return;
-    this._retry = setTimeout(() => {
+    if (this._fullSince === 0) this._fullSince = performance.now();
+    const run = () => {
       this._retry = null;
       while (this._pending.length && this._id !== null) {
         const [tag, bytes, ids] = this._pending[0];
-        const status = native.post(this._id, tag, bytes, ids);
+        const status = typeof bytes === 'number'
+          ? native.postHeld(this._id, tag, bytes, ids) : native.post(this._id, tag, bytes, ids);
         if (status === 'full') return this._scheduleRetry();
         this._pending.shift();
       }
+      this._fullSince = 0;
       if (this._closing) this._closeNow();
-    }, 1);
+    };
+    if (performance.now() - this._fullSince < RETRY_SPIN_MS) this._retry = setImmediate(run);
+    else this._retry = setTimeout(run, 1);
   }
 
   _neuter() {
+    for (const [, bytes] of this._pending) if (typeof bytes === 'number') native.releaseHeld(bytes);
+    this._pending = [];
     if (this._watch) { native.watchClose(this._watch); this._watch = 0; }
     collected.unregister(this);
     this._id = null;
@@ -202,9 +223,17 @@ class MessagePortMain extends EventEmitter {
   unref() { this._ref = false; if (this._watch) native.watchRef(this._watch, false); return this; }
 }
 
+function ringCapacity(options) {
+  const c = options && options.capacity;
+  if (c === undefined) return undefined;
+  if (!Number.isInteger(c) || c < 0 || c > 2 ** 30) throw new RangeError('capacity must be a whole number of bytes up to 1 GiB');
+  return c;
+}
+
 class MessageChannelMain {
-  constructor() {
-    const [a, b] = native.channel();
+  /** `options.capacity`: bytes of each ring (default 1 MiB); messages up to half of it travel inside the ring. */
+  constructor(options) {
+    const [a, b] = native.channel(ringCapacity(options));
     this.port1 = new MessagePortMain(a);
     this.port2 = new MessagePortMain(b);
   }
@@ -248,15 +277,29 @@ class ChildProcess extends EventEmitter {
 }
 
 /**
+ * Start `file ...args` with a port to it (shmport's spawn): `{ child, port }`.
+ * For programs in other languages: a Rust, C or Python process adopts the
+ * port with shmport's `from_parent` and exchanges raw bytes with Node
+ * (a `Buffer` or `Uint8Array` is posted as plain bytes; plain bytes arrive
+ * as a `Buffer`).
+ */
+function spawn(file, args = [], options = {}) {
+  const env = {};
+  if (options.env) Object.assign(env, options.env);
+  const s = native.spawn(file, args.map(String), env, ringCapacity(options));
+  return { child: new ChildProcess(s.pid, s.pidfd), port: new MessagePortMain(s.port) };
+}
+
+/**
  * Start `node modulePath ...args` with a port to it (shmport's spawn):
  * `{ child, port }`; the child's end is `require('shmport').parentPort`.
  */
 function fork(modulePath, args = [], options = {}) {
-  const env = {};
-  if (options.env) Object.assign(env, options.env);
   const execArgv = options.execArgv || [];
-  const s = native.spawn(process.execPath, [...execArgv, path.resolve(modulePath), ...args.map(String)], env);
-  return { child: new ChildProcess(s.pid, s.pidfd), port: new MessagePortMain(s.port) };
+  // Under Electron process.execPath is the app itself: run it as plain Node,
+  // as Electron's child_process.fork does.
+  const env = process.versions.electron ? { ELECTRON_RUN_AS_NODE: '1', ...options.env } : options.env;
+  return spawn(process.execPath, [...execArgv, path.resolve(modulePath), ...args], { ...options, env });
 }
 
 let parentPort;
@@ -272,6 +315,7 @@ module.exports = {
   MessageChannelMain,
   MessagePortMain,
   fork,
+  spawn,
   get parentPort() { return getParentPort(); },
   /** Force (true) or stop forcing the one-copy receive path. */
   setCopyMode(on) { copyMode = !!on; },

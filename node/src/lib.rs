@@ -66,10 +66,22 @@ fn reason_text(reason: CloseReason) -> &'static str {
     }
 }
 
-/// A new channel: the numbers of its two ports.
+/// The channel settings for a ring of `capacity` bytes each way (the
+/// core's default, 1 MiB, when `None`).
+fn builder(capacity: Option<u32>) -> shmport::ChannelBuilder {
+    let b = MessageChannel::builder();
+    match capacity {
+        Some(c) => b.capacity(c as usize),
+        None => b,
+    }
+}
+
+/// A new channel: the numbers of its two ports. `capacity`: the bytes of
+/// each ring (messages up to half of it travel inside the ring).
 #[napi]
-pub fn channel() -> Result<Vec<u32>> {
-    let (a, b) = MessageChannel::new()
+pub fn channel(capacity: Option<u32>) -> Result<Vec<u32>> {
+    let (a, b) = builder(capacity)
+        .build()
         .map_err(|e| Error::from_reason(format!("cannot create a channel: {e}")))?
         .into_ports();
     Ok(vec![add_port(a), add_port(b)])
@@ -81,6 +93,11 @@ pub fn channel() -> Result<Vec<u32>> {
 /// A port of this channel's own peer in `ports` throws and sends nothing.
 #[napi]
 pub fn post(id: u32, tag: u32, data: Uint8Array, ports: Vec<u32>) -> Result<String> {
+    post_slice(id, tag, &data, ports)
+}
+
+/// `post` of bytes from anywhere.
+fn post_slice(id: u32, tag: u32, data: &[u8], ports: Vec<u32>) -> Result<String> {
     let tag = u8::try_from(tag).map_err(|_| Error::new(Status::InvalidArg, "bad tag"))?;
     PORTS.with(|table| {
         let mut table = table.borrow_mut();
@@ -109,18 +126,18 @@ pub fn post(id: u32, tag: u32, data: Uint8Array, ports: Vec<u32>) -> Result<Stri
         let port = table.get(&id).ok_or_else(closed_port)?;
         let result = if ports.is_empty() {
             let r = if tag == 0 {
-                port.try_post_bytes(&data)
+                port.try_post_bytes(data)
             } else {
-                port.try_post(&JsPayload { tag, bytes: &data })
+                port.try_post(&JsPayload { tag, bytes: data })
             };
             r.map_err(|error| shmport::TransferError {
                 error,
                 ports: Vec::new(),
             })
         } else if tag == 0 {
-            port.try_post_bytes_with_ports(&data, moving)
+            port.try_post_bytes_with_ports(data, moving)
         } else {
-            port.try_post_with_ports(&JsPayload { tag, bytes: &data }, moving)
+            port.try_post_with_ports(&JsPayload { tag, bytes: data }, moving)
         };
         match result {
             Ok(()) => Ok("ok".to_string()),
@@ -206,13 +223,107 @@ fn message_object<'env>(
     let data = if !copy && msg.is_out_of_line() {
         match msg.into_shared_bytes() {
             Ok(shared) => shared_buffer(env, shared, typed)?,
-            Err(msg) => BufferSlice::from_data(env, payload(&msg, typed)?.to_vec())?,
+            Err(msg) => copied_buffer(env, payload(&msg, typed)?)?,
         }
     } else {
-        BufferSlice::from_data(env, payload(&msg, typed)?.to_vec())?
+        copied_buffer(env, payload(&msg, typed)?)?
     };
     o.set("data", data)?;
     Ok((o, ports))
+}
+
+/// From this size on, a received copy goes into a mapping of its own
+/// (rounded up to a multiple of `MAPPED_COPY`), and the mapping is kept for
+/// the next copy when its Buffer is collected: the allocator would hand
+/// back fresh pages, each faulted in on its first write, which costs more
+/// than the copy itself (about 1 µs a page here: 250 µs a MiB).
+const MAPPED_COPY: usize = 256 * 1024;
+
+/// The most bytes of collected copies kept mapped for reuse, per thread.
+const KEPT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Anonymous memory, unmapped when dropped.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr..ptr+len` is a mapping this value made and owns.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+thread_local! {
+    /// Mappings of collected copies, and their total size.
+    static KEPT: RefCell<(Vec<Mapping>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+}
+
+/// A mapping of `len` bytes (a multiple of `MAPPED_COPY`): a kept one, or
+/// a new one populated up front.
+fn mapping(len: usize) -> Option<Mapping> {
+    let kept = KEPT.with(|k| {
+        let mut k = k.borrow_mut();
+        let i = k.0.iter().position(|m| m.len == len)?;
+        k.1 -= len;
+        Some(k.0.swap_remove(i))
+    });
+    if kept.is_some() {
+        return kept;
+    }
+    // SAFETY: a new private anonymous mapping; no memory is passed in.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        )
+    };
+    (ptr != libc::MAP_FAILED).then(|| Mapping {
+        ptr: ptr.cast(),
+        len,
+    })
+}
+
+/// Keep a collected copy's mapping for reuse, up to `KEPT_BYTES`; the
+/// oldest go first.
+fn keep(m: Mapping) {
+    KEPT.with(|k| {
+        let mut k = k.borrow_mut();
+        k.1 += m.len;
+        k.0.push(m);
+        while k.1 > KEPT_BYTES {
+            let old = k.0.remove(0);
+            k.1 -= old.len;
+        }
+    });
+}
+
+/// A Buffer holding a copy of `bytes`.
+fn copied_buffer<'env>(env: &'env Env, bytes: &[u8]) -> Result<BufferSlice<'env>> {
+    if bytes.len() < MAPPED_COPY {
+        return BufferSlice::from_data(env, bytes.to_vec());
+    }
+    let Some(map) = mapping(bytes.len().next_multiple_of(MAPPED_COPY)) else {
+        return BufferSlice::from_data(env, bytes.to_vec());
+    };
+    // SAFETY: the mapping has at least `bytes.len()` writable bytes, and no
+    // Buffer uses it (a kept one's Buffer was collected).
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.ptr, bytes.len()) };
+    let p = map.ptr;
+    let held = external_memory(env, map.len);
+    // SAFETY: `p..p+bytes.len()` lies in the mapping `map` owns; `map` is
+    // the finalize hint, kept or unmapped only when the Buffer is collected.
+    unsafe {
+        BufferSlice::from_external(env, p, bytes.len(), map, move |env, m| {
+            external_memory(&env, -held);
+            keep(m);
+        })
+    }
 }
 
 /// The payload bytes of a message: the raw bytes, or the bytes inside a
@@ -246,12 +357,29 @@ fn shared_buffer(env: &Env, shared: shmport::SharedBytes, typed: bool) -> Result
     }
     // A pointer into the copy-on-write mapping, which `shared` owns.
     let ptr = shared.as_mut_ptr().wrapping_add(start);
+    let held = external_memory(env, len);
     // SAFETY: `ptr..ptr+len` lies inside `shared`'s mapping (the archive was
     // validated above; raw payloads are the whole of it), which is private
     // and writable (copy-on-write), so JavaScript may read and write it.
     // `shared` is the finalize hint: it is dropped, unmapping the memory,
     // only when the Buffer is collected.
-    unsafe { BufferSlice::from_external(env, ptr, len, shared, |_, s| drop(s)) }
+    unsafe {
+        BufferSlice::from_external(env, ptr, len, shared, move |env, s| {
+            external_memory(&env, -held);
+            drop(s);
+        })
+    }
+}
+
+/// Tell V8 that `bytes` of memory outside its heap are held (or, negative,
+/// released) by Buffers, so that it collects them, and their shared memory
+/// or kept mappings come back, as often as the memory they hold calls for
+/// (it counts such memory towards its next collection); returns `bytes`.
+fn external_memory(env: &Env, bytes: impl TryInto<i64>) -> i64 {
+    let bytes = bytes.try_into().unwrap_or(0);
+    // Only a hint: a failure changes when V8 collects, nothing else.
+    let _ = env.adjust_external_memory(bytes);
+    bytes
 }
 
 /// Announce that the caller is about to wait for the port's descriptor:
@@ -307,7 +435,12 @@ pub struct Spawned {
 /// Start `program args` with a port connected (shmport's spawn); the child
 /// inherits standard streams and `env` is added to its environment.
 #[napi]
-pub fn spawn(program: String, args: Vec<String>, env: HashMap<String, String>) -> Result<Spawned> {
+pub fn spawn(
+    program: String,
+    args: Vec<String>,
+    env: HashMap<String, String>,
+    capacity: Option<u32>,
+) -> Result<Spawned> {
     let mut cmd = Command::new(program);
     cmd.args(args).envs(env);
     // Node marks its own standard streams close-on-exec, so "inherit" would
@@ -322,8 +455,9 @@ pub fn spawn(program: String, args: Vec<String>, env: HashMap<String, String>) -
     if let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() {
         cmd.stderr(fd);
     }
-    let (child, port) =
-        shmport::spawn(cmd).map_err(|e| Error::from_reason(format!("cannot spawn: {e}")))?;
+    let (child, port) = builder(capacity)
+        .spawn(cmd)
+        .map_err(|e| Error::from_reason(format!("cannot spawn: {e}")))?;
     let pid = child.id();
     let pidfd =
         watch::pidfd_open(pid).map_err(|e| Error::from_reason(format!("pidfd_open: {e}")))?;
@@ -360,4 +494,82 @@ pub fn child_exit(pid: u32) -> Result<Option<Vec<Option<i32>>>> {
 #[napi]
 pub fn close_fd(fd: i32) {
     watch::close_fd(fd);
+}
+
+/// A copy of bytes that wait for room, held here rather than in a Buffer:
+/// its mapping goes back for reuse as soon as the message is sent.
+enum Held {
+    Mapped(Mapping, usize),
+    Heap(Vec<u8>),
+}
+
+impl Held {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            // SAFETY: the first `len` bytes of the mapping were written by `hold`.
+            Held::Mapped(m, len) => unsafe { std::slice::from_raw_parts(m.ptr, *len) },
+            Held::Heap(v) => v,
+        }
+    }
+
+    fn release(self) {
+        if let Held::Mapped(m, _) = self {
+            keep(m);
+        }
+    }
+}
+
+thread_local! {
+    static HELD: RefCell<HashMap<u32, Held>> = RefCell::new(HashMap::new());
+    static NEXT_HELD: RefCell<u32> = const { RefCell::new(1) };
+}
+
+/// Copy `data` (a message that must wait for room: the caller may change
+/// its Buffer once postMessage returns); the number of the copy, for
+/// `post_held` and `release_held`.
+#[napi]
+pub fn hold(data: Uint8Array) -> u32 {
+    let held = if data.len() >= MAPPED_COPY {
+        match mapping(data.len().next_multiple_of(MAPPED_COPY)) {
+            Some(m) => {
+                // SAFETY: the mapping has room for `data` and nothing else uses it.
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), m.ptr, data.len()) };
+                Held::Mapped(m, data.len())
+            }
+            None => Held::Heap(data.to_vec()),
+        }
+    } else {
+        Held::Heap(data.to_vec())
+    };
+    let n = NEXT_HELD.with(|n| {
+        let mut n = n.borrow_mut();
+        let id = *n;
+        *n = n.wrapping_add(1).max(1);
+        id
+    });
+    HELD.with(|h| h.borrow_mut().insert(n, held));
+    n
+}
+
+/// `post` of a held copy; the copy is released unless the ring is full.
+#[napi]
+pub fn post_held(id: u32, tag: u32, held: u32, ports: Vec<u32>) -> Result<String> {
+    let Some(copy) = HELD.with(|h| h.borrow_mut().remove(&held)) else {
+        return Err(Error::from_reason(format!("no held message {held}")));
+    };
+    let result = post_slice(id, tag, copy.bytes(), ports);
+    if matches!(result.as_deref(), Ok("full")) {
+        HELD.with(|h| h.borrow_mut().insert(held, copy));
+    } else {
+        copy.release();
+    }
+    result
+}
+
+/// Release a held copy that will not be sent.
+#[napi]
+pub fn release_held(held: u32) {
+    if let Some(copy) = HELD.with(|h| h.borrow_mut().remove(&held)) {
+        copy.release();
+    }
 }

@@ -202,3 +202,37 @@ test('an idle, never-started port does not keep the process alive; unref() lets 
   const out = execFileSync(process.execPath, ['-e', code], { timeout: 20000 }).toString();
   assert.match(out, /exited on its own/);
 });
+
+test('a larger ring (capacity option) carries large messages inside it, in order', async () => {
+  const { child, port } = fork(fixture('echo.js'), [], { capacity: 8 << 20 });
+  const sent = [1 << 20, 4 << 20, 3, 6 << 20].map((n) => crypto.randomBytes(n));
+  const replies = collect(port, sent.length);
+  for (const b of sent) port.postMessage(b);
+  const got = await replies;
+  sent.forEach((b, i) => assert.strictEqual(sha(got[i].data), sha(b)));
+  const { port1, port2 } = new MessageChannelMain({ capacity: 16 << 20 });
+  const one = collect(port2, 1);
+  port1.postMessage(sent[3]);
+  assert.strictEqual(sha((await one)[0].data), sha(sent[3]));
+  assert.throws(() => new MessageChannelMain({ capacity: -1 }), RangeError);
+  const exited = new Promise((r) => child.on('exit', r));
+  port.postMessage('exit');
+  await exited;
+  port.close();
+  port1.close();
+  port2.close();
+});
+
+test('a message waiting for room is a snapshot: changing the Buffer after postMessage changes nothing', async () => {
+  const { port1, port2 } = new MessageChannelMain({ capacity: 4096 }); // holds about three of these
+  const b = Buffer.alloc(1024);
+  for (let i = 0; i < 50; i++) {
+    b.fill(i);
+    port1.postMessage(b);
+  }
+  b.fill(255);
+  const got = await collect(port2, 50);
+  got.forEach((e, i) => assert.ok(e.data.every((x) => x === i), `message ${i}`));
+  port1.close();
+  port2.close();
+});

@@ -1,0 +1,161 @@
+'use strict';
+// shmport against Node's own transports, in the same run:
+//   - shmport: fork() + port, a second process; with the default 1 MiB ring
+//     (1 MiB and 16 MiB messages go out of line: a memfd each, received as a
+//     view of it) and with a 64 MiB ring (both travel inside the ring, and
+//     are copied once into a new Buffer on receipt);
+//   - process.send: child_process.fork() IPC (serialization 'advanced', the
+//     one that carries Buffers as bytes; 'json' turns them into arrays of numbers);
+//   - MessageChannel: worker_threads, a worker thread in this process.
+// Cases: 64 B round trip (a Buffer out, the same back), and one-way throughput
+// of 1 MiB and 16 MiB Buffers (a batch, then one ack). Every round runs every
+// case on every transport, in an order that rotates from round to round; the
+// report gives the median of the rounds, the range, and the median of the
+// per-round ratios to process.send.
+//   npm run bench              (about half a minute)
+//   node bench/bench.js --quick
+const path = require('node:path');
+const os = require('node:os');
+const childProcess = require('node:child_process');
+const { Worker, MessageChannel } = require('node:worker_threads');
+const shmport = require('..');
+
+const quick = process.argv.includes('--quick');
+const ROUNDS = quick ? 2 : 9;
+const PINGS = quick ? 200 : 2000;
+const BATCH = { [1 << 20]: quick ? 16 : 128, [16 << 20]: quick ? 4 : 16 };
+const peer = path.join(__dirname, 'peer.js');
+
+// Each transport: { post(value), next() → Promise of the next message's data, close() }.
+function queueOf(subscribe) {
+  const waiting = [];
+  const ready = [];
+  subscribe((data) => {
+    if (waiting.length) waiting.shift()(data);
+    else ready.push(data);
+  });
+  return () => (ready.length ? Promise.resolve(ready.shift()) : new Promise((r) => waiting.push(r)));
+}
+
+function openShmport(capacity) {
+  const { child, port } = shmport.fork(peer, ['shmport'], { capacity });
+  const next = queueOf((f) => port.on('message', (e) => f(e.data)));
+  port.start();
+  const exited = new Promise((r) => child.on('exit', r));
+  return {
+    post: (m) => port.postMessage(m),
+    next,
+    async close() { port.postMessage('exit'); await exited; port.close(); },
+  };
+}
+
+function openIpc() {
+  const child = childProcess.fork(peer, ['ipc'], { serialization: 'advanced' });
+  const next = queueOf((f) => child.on('message', f));
+  const exited = new Promise((r) => child.on('exit', r));
+  return {
+    post: (m) => child.send(m),
+    next,
+    async close() { child.send('exit'); await exited; },
+  };
+}
+
+function openWorker() {
+  const { port1, port2 } = new MessageChannel();
+  const worker = new Worker(peer, { workerData: { port: port2 }, transferList: [port2] });
+  const next = queueOf((f) => port1.on('message', f));
+  const exited = new Promise((r) => worker.on('exit', r));
+  return {
+    post: (m) => port1.postMessage(m),
+    next,
+    async close() { port1.postMessage('exit'); await exited; port1.close(); },
+  };
+}
+
+const TRANSPORTS = [
+  ['shmport', () => openShmport()],
+  ['shmport, 64 MiB ring', () => openShmport(64 << 20)],
+  ['process.send', openIpc],
+  ['MessageChannel', openWorker],
+];
+
+// Mean round trip of a 64 B Buffer, in microseconds.
+async function roundTrip(t, n) {
+  const ping = Buffer.alloc(64, 7);
+  const start = process.hrtime.bigint();
+  for (let i = 0; i < n; i++) {
+    t.post(ping);
+    const back = await t.next();
+    if (back.byteLength !== 64) throw new Error('bad echo');
+  }
+  return Number(process.hrtime.bigint() - start) / 1e3 / n;
+}
+
+// One-way throughput of `count` Buffers of `size` bytes, in MiB/s: from the
+// first post to the peer's ack of the last.
+async function oneWay(t, size, count, payload) {
+  t.post({ expect: count });
+  const start = process.hrtime.bigint();
+  for (let i = 0; i < count; i++) t.post(payload);
+  const ack = await t.next();
+  if (ack !== 'done') throw new Error(`bad ack ${ack}`);
+  const s = Number(process.hrtime.bigint() - start) / 1e9;
+  return (size * count) / (1 << 20) / s;
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+async function main() {
+  const began = Date.now();
+  const load = () => os.loadavg()[0].toFixed(2);
+  console.log(`node ${process.version}, ${os.cpus().length} CPUs (${os.cpus()[0].model}), load ${load()}, ${ROUNDS} rounds`);
+  const payloads = { [1 << 20]: Buffer.alloc(1 << 20, 1), [16 << 20]: Buffer.alloc(16 << 20, 2) };
+  const cases = [
+    { name: '64 B round trip', unit: 'µs', lowerIsBetter: true, run: (t) => roundTrip(t, PINGS) },
+    ...Object.keys(BATCH).map(Number).map((size) => ({
+      name: `${size >> 20} MiB one-way`,
+      unit: 'MiB/s',
+      run: (t) => oneWay(t, size, BATCH[size], payloads[size]),
+    })),
+  ];
+  const open = {};
+  for (const [name, make] of TRANSPORTS) open[name] = make();
+  // Warm-up: every case once on every transport.
+  for (const c of cases) for (const [name] of TRANSPORTS) await c.run(open[name]);
+  const results = cases.map(() => Object.fromEntries(TRANSPORTS.map(([n]) => [n, []])));
+  for (let r = 0; r < ROUNDS; r++) {
+    const order = TRANSPORTS.map((_, i) => TRANSPORTS[(i + r) % TRANSPORTS.length][0]);
+    for (let ci = 0; ci < cases.length; ci++) {
+      for (const name of order) {
+        results[ci][name].push(await cases[ci].run(open[name]));
+        global.gc?.();
+      }
+    }
+    process.stderr.write(`round ${r + 1}/${ROUNDS} done\n`);
+  }
+  for (const [name] of TRANSPORTS) await open[name].close();
+
+  const fmt = (x) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
+  console.log('');
+  console.log('| case | transport | median | range | ratio to process.send (median of rounds) |');
+  console.log('|---|---|---|---|---|');
+  for (let ci = 0; ci < cases.length; ci++) {
+    const c = cases[ci];
+    const base = results[ci]['process.send'];
+    for (const [name] of TRANSPORTS) {
+      const xs = results[ci][name];
+      const ratios = xs.map((x, i) => x / base[i]);
+      console.log(`| ${c.name} | ${name} | ${fmt(median(xs))} ${c.unit} | ${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))} | ${median(ratios).toFixed(2)}× (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}) |`);
+    }
+  }
+  console.log(`\nload ${load()} at the end; ${((Date.now() - began) / 1000).toFixed(0)} s`);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
