@@ -120,7 +120,7 @@ impl Tally {
                 name: "memcpy, one thread".into(),
                 wait: None,
                 size,
-                note: "copy_from_slice between two buffers, same process".into(),
+                note: "copy_from_slice, same process; fixed placement, best of 5".into(),
                 figure: figure(throughput(&self.secs, self.per_rep, size)),
                 ref_key: None,
                 ratio: None,
