@@ -95,6 +95,22 @@ impl MessagePort {
 }
 
 impl PortReceiver {
+    /// [`MessagePort::prepare_poll`], from the receiving half: announce a
+    /// wait on the port's descriptor; `false` when a message or the close
+    /// is already there.
+    pub fn prepare_poll(&self) -> bool {
+        if self.has_event() {
+            return false;
+        }
+        self.arm();
+        self.rx.borrow().sleep_barrier();
+        if self.has_event() {
+            self.rx.borrow().end_sleep();
+            return false;
+        }
+        true
+    }
+
     /// Would `try_recv` return a message or the close event now?
     pub(crate) fn has_event(&self) -> bool {
         let sh = &self.shared;

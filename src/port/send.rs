@@ -133,6 +133,30 @@ impl MessagePort {
         self.tx.transfer_raw(bytes, ports, Wait::No, Some(&self.rx))
     }
 
+    /// `post_with_ports`, waiting at most `timeout` for room
+    /// ([`PostError::Timeout`], every port handed back).
+    pub fn post_with_ports_timeout<T: Postable>(
+        &self,
+        value: &T,
+        ports: Vec<MessagePort>,
+        timeout: Duration,
+    ) -> Result<(), TransferError> {
+        self.tx
+            .transfer_typed(value, ports, Wait::after(timeout), Some(&self.rx))
+    }
+
+    /// `post_bytes_with_ports`, waiting at most `timeout` for room
+    /// ([`PostError::Timeout`], every port handed back).
+    pub fn post_bytes_with_ports_timeout(
+        &self,
+        bytes: &[u8],
+        ports: Vec<MessagePort>,
+        timeout: Duration,
+    ) -> Result<(), TransferError> {
+        self.tx
+            .transfer_raw(bytes, ports, Wait::after(timeout), Some(&self.rx))
+    }
+
     /// Reserve `len` bytes in the ring for a raw message, waiting for room
     /// if the ring is full. Write the payload into
     /// [`Reservation::bytes_mut`], then [`commit`](Reservation::commit) it;
@@ -239,6 +263,26 @@ impl PortSender {
         ports: Vec<MessagePort>,
     ) -> Result<(), TransferError> {
         self.transfer_raw(bytes, ports, Wait::No, None)
+    }
+
+    /// [`MessagePort::post_with_ports_timeout`], from the sending half.
+    pub fn post_with_ports_timeout<T: Postable>(
+        &self,
+        value: &T,
+        ports: Vec<MessagePort>,
+        timeout: Duration,
+    ) -> Result<(), TransferError> {
+        self.transfer_typed(value, ports, Wait::after(timeout), None)
+    }
+
+    /// [`MessagePort::post_bytes_with_ports_timeout`], from the sending half.
+    pub fn post_bytes_with_ports_timeout(
+        &self,
+        bytes: &[u8],
+        ports: Vec<MessagePort>,
+        timeout: Duration,
+    ) -> Result<(), TransferError> {
+        self.transfer_raw(bytes, ports, Wait::after(timeout), None)
     }
 
     /// [`MessagePort::reserve_bytes`], from the sending half.
