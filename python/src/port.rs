@@ -39,6 +39,9 @@ use crate::message::{Held, Message};
 /// messages released on other threads.
 pub(crate) const SLICE: Duration = Duration::from_millis(50);
 
+/// Posts larger than the ring's capacity divided by this go out of line.
+const INLINE_FRACTION: usize = 8;
+
 /// A value whose use stays on the current thread, carried into
 /// `Python::detach` (which runs its closure on the calling thread).
 pub(crate) struct Here<T>(T);
@@ -115,9 +118,20 @@ impl RxSlot {
         }
     }
 
-    /// Close: now if no message borrows the half, else when the last goes.
+    /// Close: now if no message borrows the half; else the peer's posts
+    /// fail from now on, and the half goes with the last message.
     fn close(&mut self) {
+        if self.close_when_idle {
+            return;
+        }
         self.close_when_idle = true;
+        if self.live != 0 {
+            if let Some(rx) = self.rx {
+                // SAFETY: the half is alive (freed only with `live` at 0)
+                // and the caller holds the lock.
+                unsafe { rx.as_ref() }.close_receiving();
+            }
+        }
         self.free_if_idle();
     }
 }
@@ -344,6 +358,11 @@ impl Port {
     pub(crate) fn new(port: MessagePort) -> PyResult<Port> {
         let fd = port.as_fd().as_raw_fd();
         let capacity = port.capacity();
+        // A Python receiver typically holds its last message (the loop
+        // variable, arrays from `.data`) while it waits for the next one:
+        // large posts go out of line so that held messages pin little ring
+        // space (see `MessagePort::set_inline_limit`).
+        port.set_inline_limit(capacity / INLINE_FRACTION);
         let spin = port.spin();
         let (tx, rx) = port.split().map_err(|e| errors::io(e.error))?;
         Ok(Port {
@@ -799,6 +818,28 @@ impl Port {
     #[getter]
     fn spin(&self) -> f64 {
         self.spin.as_secs_f64()
+    }
+
+    /// Posts larger than this many bytes travel out of line (their own
+    /// shared memory, mapped by the receiver) even when the ring could hold
+    /// them; default: an eighth of the ring. A receiver that holds messages
+    /// pins ring space only for the inline ones.
+    #[getter]
+    fn inline_limit(&self) -> PyResult<usize> {
+        let mut g = self.tx_enter()?;
+        g.slot()
+            .sender()
+            .map(|t| t.inline_limit())
+            .ok_or_else(|| errors::closed_here("the port is closed"))
+    }
+
+    #[setter]
+    fn set_inline_limit(&self, n: usize) -> PyResult<()> {
+        let mut g = self.tx_enter()?;
+        g.slot()
+            .sender()
+            .map(|t| t.set_inline_limit(n))
+            .ok_or_else(|| errors::closed_here("the port is closed"))
     }
 
     /// The largest message (bytes) this port accepts.

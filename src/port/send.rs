@@ -365,7 +365,7 @@ impl PortSender {
         {
             return Err((e, ports));
         }
-        let max = self.max_inline_payload();
+        let max = self.max_inline_payload().min(self.inline_limit.get());
         let mut need = size_hint;
         while need <= max {
             let slot = match self.reserve(need, wait, rx) {
@@ -376,6 +376,9 @@ impl PortSender {
             // that only this producer writes until it commits.
             let mut w = unsafe { RecordWriter::slot(slot.payload, slot.room) };
             match fill(&mut w) {
+                // It fit in the slot but is over the inline limit: out of
+                // line (the slot is left uncommitted, as when it is too small).
+                Ok(()) if w.len() > max => need = w.len(),
                 Ok(()) => {
                     let len = w.len();
                     if !ports.is_empty() {
