@@ -321,7 +321,7 @@ impl Wait {
             Some(t) if t.is_nan() || t < 0.0 => Err(PyValueError::new_err(
                 "timeout must be a non-negative number of seconds",
             )),
-            Some(t) if t == 0.0 => Ok(Wait::No),
+            Some(0.0) => Ok(Wait::No),
             Some(t) => Ok(Wait::Until(
                 Duration::try_from_secs_f64(t)
                     .ok()
