@@ -29,6 +29,9 @@ pub struct PortSender {
     pub(super) reserving: Cell<bool>,
     /// Payload room the last post that found the ring full needed.
     pub(super) wanted_room: Cell<usize>,
+    /// Posts larger than this go out of line even when the ring could
+    /// hold them ([`PortSender::set_inline_limit`]).
+    pub(super) inline_limit: Cell<usize>,
     /// Scratch space for rkyv serializers (kept here, not in a thread local:
     /// no lookup per post).
     pub(super) arena: RefCell<Arena>,
@@ -113,6 +116,24 @@ impl PortSender {
         self.tx.borrow().max_payload()
     }
 
+    /// Posts whose payload is larger than `bytes` travel out of line (in
+    /// their own memfd, the ring holding a small descriptor) even when they
+    /// would fit in the ring. A receiver that holds several large messages
+    /// at once then pins little ring space: with every post inline, one
+    /// held message of nearly half the ring leaves no room for the next of
+    /// that size, and a receiver that waits for it while holding the first
+    /// waits for ever. Default: no limit (only the ring's,
+    /// [`max_inline_payload`](Self::max_inline_payload)). Reservations are
+    /// always inline and ignore it.
+    pub fn set_inline_limit(&self, bytes: usize) {
+        self.inline_limit.set(bytes);
+    }
+
+    /// The limit set by [`set_inline_limit`](Self::set_inline_limit).
+    pub fn inline_limit(&self) -> usize {
+        self.inline_limit.get()
+    }
+
     /// Refuse a post while a [`Reservation`] holds the ring's next slot.
     #[inline]
     pub(super) fn check_not_reserved(&self) -> Result<(), PostError> {
@@ -180,6 +201,20 @@ impl PortReceiver {
     /// The largest message this half accepts.
     pub fn max_message_size(&self) -> usize {
         self.max_message.get()
+    }
+
+    /// Stop receiving now, keeping the messages already received: as when
+    /// this half is dropped, the peer's posts fail with
+    /// [`PostError::Closed`] from here on (a post waiting for room wakes up
+    /// to it), but the half, and the ring its messages point into, stay
+    /// until it is dropped. For holders of messages that outlive the port's
+    /// use (the Python binding closes a port whose messages are still
+    /// viewed). Receiving afterwards still returns what the peer posted
+    /// before it saw the close.
+    pub fn close_receiving(&self) {
+        if self.rx.borrow_mut().close() {
+            let _ = self.shared.wake_peer();
+        }
     }
 
     /// Why the close event came: the peer closed its sending side, broke

@@ -163,6 +163,17 @@ impl MessagePort {
         self.tx.max_inline_payload()
     }
 
+    /// Posts larger than `bytes` travel out of line even when the ring could
+    /// hold them (see [`PortSender::set_inline_limit`]).
+    pub fn set_inline_limit(&self, bytes: usize) {
+        self.tx.set_inline_limit(bytes);
+    }
+
+    /// The limit set by [`set_inline_limit`](Self::set_inline_limit).
+    pub fn inline_limit(&self) -> usize {
+        self.tx.inline_limit()
+    }
+
     /// Bytes in each direction's ring: the size the channel was made with,
     /// after [`ChannelBuilder::capacity`](crate::ChannelBuilder::capacity)'s
     /// rounding (the same at both ends, wherever the port travels).

@@ -145,6 +145,7 @@ impl MessagePort {
                 tx: RefCell::new(tx),
                 reserving: Cell::new(false),
                 wanted_room: Cell::new(0),
+                inline_limit: Cell::new(usize::MAX),
                 arena: RefCell::new(Arena::new()),
             },
             rx: PortReceiver {

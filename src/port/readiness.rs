@@ -55,16 +55,7 @@ impl MessagePort {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn prepare_poll(&self) -> bool {
-        if self.has_event() {
-            return false;
-        }
-        self.arm();
-        self.sleep_barrier();
-        if self.has_event() {
-            self.disarm();
-            return false;
-        }
-        true
+        self.rx.prepare_poll()
     }
 
     /// Spin (up to the port's spin time) until [`has_event`](Self::has_event);
@@ -166,6 +157,22 @@ impl MessagePort {
 }
 
 impl PortReceiver {
+    /// [`MessagePort::prepare_poll`], from the receiving half: announce a
+    /// wait on the port's descriptor; `false` when a message or the close
+    /// is already there.
+    pub fn prepare_poll(&self) -> bool {
+        if self.has_event() {
+            return false;
+        }
+        self.arm();
+        self.rx.borrow().sleep_barrier();
+        if self.has_event() {
+            self.rx.borrow().end_sleep();
+            return false;
+        }
+        true
+    }
+
     /// Would `try_recv` return a message or the close event now?
     pub(crate) fn has_event(&self) -> bool {
         let sh = &self.shared;

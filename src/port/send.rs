@@ -133,6 +133,30 @@ impl MessagePort {
         self.tx.transfer_raw(bytes, ports, Wait::No, Some(&self.rx))
     }
 
+    /// `post_with_ports`, waiting at most `timeout` for room
+    /// ([`PostError::Timeout`], every port handed back).
+    pub fn post_with_ports_timeout<T: Postable>(
+        &self,
+        value: &T,
+        ports: Vec<MessagePort>,
+        timeout: Duration,
+    ) -> Result<(), TransferError> {
+        self.tx
+            .transfer_typed(value, ports, Wait::after(timeout), Some(&self.rx))
+    }
+
+    /// `post_bytes_with_ports`, waiting at most `timeout` for room
+    /// ([`PostError::Timeout`], every port handed back).
+    pub fn post_bytes_with_ports_timeout(
+        &self,
+        bytes: &[u8],
+        ports: Vec<MessagePort>,
+        timeout: Duration,
+    ) -> Result<(), TransferError> {
+        self.tx
+            .transfer_raw(bytes, ports, Wait::after(timeout), Some(&self.rx))
+    }
+
     /// Reserve `len` bytes in the ring for a raw message, waiting for room
     /// if the ring is full. Write the payload into
     /// [`Reservation::bytes_mut`], then [`commit`](Reservation::commit) it;
@@ -241,6 +265,26 @@ impl PortSender {
         self.transfer_raw(bytes, ports, Wait::No, None)
     }
 
+    /// [`MessagePort::post_with_ports_timeout`], from the sending half.
+    pub fn post_with_ports_timeout<T: Postable>(
+        &self,
+        value: &T,
+        ports: Vec<MessagePort>,
+        timeout: Duration,
+    ) -> Result<(), TransferError> {
+        self.transfer_typed(value, ports, Wait::after(timeout), None)
+    }
+
+    /// [`MessagePort::post_bytes_with_ports_timeout`], from the sending half.
+    pub fn post_bytes_with_ports_timeout(
+        &self,
+        bytes: &[u8],
+        ports: Vec<MessagePort>,
+        timeout: Duration,
+    ) -> Result<(), TransferError> {
+        self.transfer_raw(bytes, ports, Wait::after(timeout), None)
+    }
+
     /// [`MessagePort::reserve_bytes`], from the sending half.
     pub fn reserve_bytes(&self, len: usize) -> Result<Reservation<'_>, PostError> {
         self.reserve_raw(len, Wait::Forever, None)
@@ -321,7 +365,7 @@ impl PortSender {
         {
             return Err((e, ports));
         }
-        let max = self.max_inline_payload();
+        let max = self.max_inline_payload().min(self.inline_limit.get());
         let mut need = size_hint;
         while need <= max {
             let slot = match self.reserve(need, wait, rx) {
@@ -332,6 +376,9 @@ impl PortSender {
             // that only this producer writes until it commits.
             let mut w = unsafe { RecordWriter::slot(slot.payload, slot.room) };
             match fill(&mut w) {
+                // It fit in the slot but is over the inline limit: out of
+                // line (the slot is left uncommitted, as when it is too small).
+                Ok(()) if w.len() > max => need = w.len(),
                 Ok(()) => {
                     let len = w.len();
                     if !ports.is_empty() {

@@ -1,0 +1,978 @@
+//! `shmport.Port`: one end of a channel, used from Python threads.
+//!
+//! The Rust port is split into its sending and receiving halves at once, so
+//! that one Python thread may receive (blocked, the GIL released) while
+//! another posts. Each half sits behind its own lock, taken with `try_lock`
+//! only: a second thread that uses a half already in use gets `BusyError`,
+//! never a wait and never a data race.
+//!
+//! Messages borrow the receiving half (`shmport::Message<'p>`). Here the
+//! half lives in an [`RxCore`] shared (`Arc`) by the port and every message
+//! received from it; the half is heap-allocated and never moves, and it is
+//! freed only when no message refers to it (`live` is 0) — so a message,
+//! and every view of it, stays valid after the port is closed. Closing
+//! sends the close event to the peer at once (the sending half is dropped);
+//! the receiving half follows when the last message from it is released.
+//!
+//! A message dropped on another thread while the port's owner is blocked
+//! in `recv` cannot take the lock: it is queued (`pending`) and dropped by
+//! the lock's holder, between two of its waiting slices or when it lets go.
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::{PyTimeoutError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+use shmport::{MessagePort, PortReceiver, PortSender, PostError, RecvError, TransferError};
+
+use crate::buffer::Borrowed;
+use crate::errors;
+use crate::frame::Frame;
+use crate::message::{Held, Message};
+
+/// How long one blocking wait lasts with the GIL released before the
+/// thread looks at signals (Ctrl-C), a close from another thread, and
+/// messages released on other threads.
+pub(crate) const SLICE: Duration = Duration::from_millis(50);
+
+/// Posts larger than the ring's capacity divided by this go out of line.
+const INLINE_FRACTION: usize = 8;
+
+/// A value whose use stays on the current thread, carried into
+/// `Python::detach` (which runs its closure on the calling thread).
+pub(crate) struct Here<T>(T);
+
+// SAFETY: `detach` runs the closure on the calling thread, synchronously;
+// the wrapped value never reaches another thread.
+unsafe impl<T> Send for Here<T> {}
+
+impl<T> Here<T> {
+    pub(crate) fn new(t: T) -> Here<T> {
+        Here(t)
+    }
+    pub(crate) fn get(self) -> T {
+        self.0
+    }
+}
+
+fn relock<'a, T>(
+    r: Result<MutexGuard<'a, T>, TryLockError<MutexGuard<'a, T>>>,
+) -> Option<MutexGuard<'a, T>> {
+    match r {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// ---------------------------------------------------------------- receiving
+
+/// The receiving half and the messages that borrow it.
+pub(crate) struct RxCore {
+    slot: Mutex<RxSlot>,
+    /// Messages dropped while the lock was held elsewhere.
+    pending: Mutex<Vec<Held>>,
+    /// `close()` was called while the lock was held elsewhere.
+    close_requested: AtomicBool,
+}
+
+struct RxSlot {
+    /// `Box::into_raw` of the half; `None` once closed or transferred.
+    rx: Option<NonNull<PortReceiver>>,
+    /// Messages that borrow the half (alive or pending).
+    live: usize,
+    /// Free the half when `live` drops to 0.
+    close_when_idle: bool,
+}
+
+// SAFETY: the slot owns the half (a `PortReceiver` is `Send`); the mutex
+// around it serialises every use.
+unsafe impl Send for RxSlot {}
+
+impl RxSlot {
+    /// Drop `held` messages (they borrow the half, which is still there).
+    fn drop_messages(&mut self, held: Vec<Held>) {
+        for m in held {
+            drop(m);
+            self.live -= 1;
+        }
+        self.free_if_idle();
+    }
+
+    fn free_if_idle(&mut self) {
+        if self.close_when_idle && self.live == 0 {
+            if let Some(rx) = self.rx.take() {
+                // SAFETY: made by Box::into_raw in `RxCore::new`; no message
+                // borrows it any more (`live` is 0) and the caller holds the
+                // lock, so nothing else uses it.
+                drop(unsafe { Box::from_raw(rx.as_ptr()) });
+            }
+        }
+    }
+
+    /// Close: now if no message borrows the half; else the peer's posts
+    /// fail from now on, and the half goes with the last message.
+    fn close(&mut self) {
+        if self.close_when_idle {
+            return;
+        }
+        self.close_when_idle = true;
+        if self.live != 0 {
+            if let Some(rx) = self.rx {
+                // SAFETY: the half is alive (freed only with `live` at 0)
+                // and the caller holds the lock.
+                unsafe { rx.as_ref() }.close_receiving();
+            }
+        }
+        self.free_if_idle();
+    }
+}
+
+impl RxCore {
+    fn new(rx: PortReceiver) -> Arc<RxCore> {
+        Arc::new(RxCore {
+            slot: Mutex::new(RxSlot {
+                rx: Some(NonNull::from(Box::leak(Box::new(rx)))),
+                live: 0,
+                close_when_idle: false,
+            }),
+            pending: Mutex::new(Vec::new()),
+            close_requested: AtomicBool::new(false),
+        })
+    }
+
+    /// Take the lock, or `BusyError`.
+    fn enter(&self) -> PyResult<RxGuard<'_>> {
+        match relock(self.slot.try_lock()) {
+            Some(g) => Ok(RxGuard {
+                core: self,
+                slot: Some(g),
+            }),
+            None => Err(errors::busy(
+                "another thread is receiving on this port (one receiver at a time)",
+            )),
+        }
+    }
+
+    /// Drop a message that borrows the half: under the lock, or queued for
+    /// whoever holds it.
+    pub(crate) fn dispose(&self, held: Held) {
+        if let Some(mut g) = relock(self.slot.try_lock()) {
+            let mut all = std::mem::take(&mut *lock(&self.pending));
+            all.push(held);
+            g.drop_messages(all);
+            return;
+        }
+        lock(&self.pending).push(held);
+        // The holder may have let go meanwhile, without seeing it.
+        self.settle();
+    }
+
+    /// If the lock is free: drop queued messages, honour a close request.
+    fn settle(&self) {
+        if let Some(mut g) = relock(self.slot.try_lock()) {
+            let all = std::mem::take(&mut *lock(&self.pending));
+            g.drop_messages(all);
+            if self.close_requested.load(Ordering::Acquire) {
+                g.close();
+            }
+        }
+    }
+
+    fn request_close(&self) {
+        self.close_requested.store(true, Ordering::Release);
+        self.settle();
+    }
+}
+
+impl Drop for RxCore {
+    fn drop(&mut self) {
+        // Nothing refers to the core: no message is alive, none is pending.
+        let slot = self.slot.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let all = std::mem::take(
+            self.pending
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        slot.drop_messages(all);
+        slot.close_when_idle = true;
+        slot.free_if_idle();
+    }
+}
+
+/// The receiving half's lock, held.
+struct RxGuard<'a> {
+    core: &'a RxCore,
+    slot: Option<MutexGuard<'a, RxSlot>>,
+}
+
+impl RxGuard<'_> {
+    fn slot(&mut self) -> &mut RxSlot {
+        self.slot.as_mut().expect("held until drop")
+    }
+
+    /// The half, for as long as the lock is held or a message (counted in
+    /// `live`) borrows it.
+    fn receiver(&mut self) -> Option<&'static PortReceiver> {
+        // SAFETY: the half is freed only under the lock with `live` at 0;
+        // callers use the reference while holding the lock, and messages
+        // made from it are counted in `live` (`message_taken`) and hold the
+        // core, so it outlives them. Only shared references are made.
+        self.slot().rx.map(|p| unsafe { &*p.as_ptr() })
+    }
+
+    fn message_taken(&mut self) {
+        self.slot().live += 1;
+    }
+
+    /// Drop queued messages now.
+    fn drain(&mut self) {
+        let all = std::mem::take(&mut *lock(&self.core.pending));
+        if !all.is_empty() {
+            self.slot().drop_messages(all);
+        }
+    }
+}
+
+impl Drop for RxGuard<'_> {
+    fn drop(&mut self) {
+        self.drain();
+        if self.core.close_requested.load(Ordering::Acquire) {
+            self.slot().close();
+        }
+        drop(self.slot.take());
+        // A message queued, or a close requested, after the look above.
+        if !lock(&self.core.pending).is_empty() || self.core.close_requested.load(Ordering::Acquire)
+        {
+            self.core.settle();
+        }
+    }
+}
+
+// ------------------------------------------------------------------ sending
+
+struct TxSlot {
+    /// `Box::into_raw` of the half; `None` once closed or transferred.
+    tx: Option<NonNull<PortSender>>,
+}
+
+// SAFETY: the slot owns the half (a `PortSender` is `Send`); the mutex
+// around it serialises every use.
+unsafe impl Send for TxSlot {}
+
+impl TxSlot {
+    fn sender(&self) -> Option<&'static PortSender> {
+        // SAFETY: freed only under the lock (`close`, `take`), and callers
+        // use the reference only while they hold it.
+        self.tx.map(|p| unsafe { &*p.as_ptr() })
+    }
+
+    fn take(&mut self) -> Option<PortSender> {
+        // SAFETY: made by Box::into_raw; the caller holds the lock and no
+        // reference to it is in use.
+        self.tx
+            .take()
+            .map(|p| *unsafe { Box::from_raw(p.as_ptr()) })
+    }
+
+    fn close(&mut self) {
+        drop(self.take());
+    }
+}
+
+const OPEN: u8 = 0;
+const IN_TRANSIT: u8 = 1;
+const TRANSFERRED: u8 = 2;
+const CLOSED: u8 = 3;
+
+/// One end of a channel.
+#[pyclass(frozen, module = "shmport", name = "Port")]
+pub(crate) struct Port {
+    tx: Mutex<TxSlot>,
+    tx_close_requested: AtomicBool,
+    rx: Arc<RxCore>,
+    state: AtomicU8,
+    fd: RawFd,
+    capacity: usize,
+    spin: Duration,
+    /// The close event seen (`"closed"`, `"peer_died"`, ...).
+    close_reason: Mutex<Option<&'static str>>,
+}
+
+/// How long a post or receive may wait.
+#[derive(Clone, Copy)]
+enum Wait {
+    No,
+    Until(Option<Instant>),
+}
+
+impl Wait {
+    fn from_timeout(timeout: Option<f64>) -> PyResult<Wait> {
+        match timeout {
+            None => Ok(Wait::Until(None)),
+            Some(t) if t.is_nan() || t < 0.0 => Err(PyValueError::new_err(
+                "timeout must be a non-negative number of seconds",
+            )),
+            Some(0.0) => Ok(Wait::No),
+            Some(t) => Ok(Wait::Until(
+                Duration::try_from_secs_f64(t)
+                    .ok()
+                    .and_then(|d| Instant::now().checked_add(d)),
+            )),
+        }
+    }
+
+    /// The next slice to wait for; `None` when the deadline passed.
+    fn slice(self) -> Option<Duration> {
+        match self {
+            Wait::No => Some(Duration::ZERO),
+            Wait::Until(None) => Some(SLICE),
+            Wait::Until(Some(t)) => {
+                let left = t.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then(|| left.min(SLICE))
+            }
+        }
+    }
+}
+
+/// What a post carries.
+enum Payload<'a> {
+    Frame(Frame<'a>),
+    Bytes(&'a [u8]),
+}
+
+impl Port {
+    /// A Python port for `port` (split into its halves).
+    pub(crate) fn wrap(py: Python<'_>, port: MessagePort) -> PyResult<Bound<'_, Port>> {
+        Bound::new(py, Port::new(port)?)
+    }
+
+    pub(crate) fn new(port: MessagePort) -> PyResult<Port> {
+        let fd = port.as_fd().as_raw_fd();
+        let capacity = port.capacity();
+        // A Python receiver typically holds its last message (the loop
+        // variable, arrays from `.data`) while it waits for the next one:
+        // large posts go out of line so that held messages pin little ring
+        // space (see `MessagePort::set_inline_limit`).
+        port.set_inline_limit(capacity / INLINE_FRACTION);
+        let spin = port.spin();
+        let (tx, rx) = port.split().map_err(|e| errors::io(e.error))?;
+        Ok(Port {
+            tx: Mutex::new(TxSlot {
+                tx: Some(NonNull::from(Box::leak(Box::new(tx)))),
+            }),
+            tx_close_requested: AtomicBool::new(false),
+            rx: RxCore::new(rx),
+            state: AtomicU8::new(OPEN),
+            fd,
+            capacity,
+            spin,
+            close_reason: Mutex::new(None),
+        })
+    }
+
+    fn check_open(&self) -> PyResult<()> {
+        match self.state.load(Ordering::Acquire) {
+            OPEN => Ok(()),
+            IN_TRANSIT => Err(errors::busy("the port is being posted by another thread")),
+            TRANSFERRED => Err(errors::closed_here("the port was posted to another port")),
+            _ => Err(errors::closed_here("the port is closed")),
+        }
+    }
+
+    fn tx_enter(&self) -> PyResult<TxGuard<'_>> {
+        match relock(self.tx.try_lock()) {
+            Some(g) => Ok(TxGuard {
+                port: self,
+                slot: Some(g),
+            }),
+            None => Err(errors::busy(
+                "another thread is posting on this port (one poster at a time)",
+            )),
+        }
+    }
+
+    fn tx_settle(&self) {
+        if self.tx_close_requested.load(Ordering::Acquire) {
+            if let Some(mut g) = relock(self.tx.try_lock()) {
+                g.close();
+            }
+        }
+    }
+
+    fn note_close(&self, e: &RecvError) {
+        if let RecvError::Closed(r) = e {
+            *lock(&self.close_reason) = Some(match r {
+                shmport::CloseReason::PeerDied => "peer_died",
+                shmport::CloseReason::ProtocolError => "protocol_error",
+                _ => "closed",
+            });
+        }
+    }
+
+    /// Take the port whole out of this object, to travel in a message.
+    fn take_whole(&self) -> PyResult<MessagePort> {
+        self.check_open()?;
+        let mut tx = self.tx_enter()?;
+        let mut rx = self.rx.enter()?;
+        rx.drain();
+        if rx.slot().live != 0 {
+            return Err(errors::busy(
+                "messages received from this port are still held (release them, and drop \
+                 their views, before posting the port)",
+            ));
+        }
+        let (Some(t), Some(r)) = (tx.slot().take(), rx.slot().rx.take()) else {
+            return Err(errors::closed_here("the port is closed"));
+        };
+        // SAFETY: made by Box::into_raw in RxCore::new; no message borrows
+        // it (`live` is 0) and the lock is held.
+        let r = *unsafe { Box::from_raw(r.as_ptr()) };
+        match t.rejoin(r) {
+            Ok(p) => {
+                self.state.store(IN_TRANSIT, Ordering::Release);
+                Ok(p)
+            }
+            Err((t, r)) => {
+                // Never: the halves of one port.
+                drop((t, r));
+                self.state.store(CLOSED, Ordering::Release);
+                Err(errors::closed_here("the port's halves did not rejoin"))
+            }
+        }
+    }
+
+    /// Put a port back after a failed transfer.
+    fn restore(&self, port: MessagePort) {
+        match port.split() {
+            Ok((t, r)) => {
+                lock(&self.tx).tx = Some(NonNull::from(Box::leak(Box::new(t))));
+                lock(&self.rx.slot).rx = Some(NonNull::from(Box::leak(Box::new(r))));
+                self.state.store(OPEN, Ordering::Release);
+            }
+            Err(_) => self.state.store(CLOSED, Ordering::Release),
+        }
+    }
+
+    fn post_impl(
+        &self,
+        py: Python<'_>,
+        payload: Payload<'_>,
+        ports: Option<Vec<Bound<'_, Port>>>,
+        wait: Wait,
+    ) -> PyResult<()> {
+        self.check_open()?;
+        let mut guard = self.tx_enter()?;
+        let Some(tx) = guard.slot().sender() else {
+            return Err(errors::closed_here("the port is closed"));
+        };
+        // Take the ports out of their objects (all or none).
+        let carried: Vec<Bound<'_, Port>> = ports.unwrap_or_default();
+        let mut whole = Vec::with_capacity(carried.len());
+        for p in &carried {
+            if std::ptr::eq(p.get(), self) {
+                for (q, w) in carried.iter().zip(whole) {
+                    q.get().restore(w);
+                }
+                return Err(PyValueError::new_err("a port cannot be posted over itself"));
+            }
+            match p.get().take_whole() {
+                Ok(w) => whole.push(w),
+                Err(e) => {
+                    for (q, w) in carried.iter().zip(whole) {
+                        q.get().restore(w);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let payload = Here::new(&payload);
+        loop {
+            let Some(slice) = wait.slice() else {
+                for (q, w) in carried.iter().zip(whole) {
+                    q.get().restore(w);
+                }
+                return Err(PyTimeoutError::new_err("timed out waiting for room"));
+            };
+            let job = Here::new((tx, payload.0, std::mem::take(&mut whole)));
+            let r = py.detach(move || {
+                let (tx, payload, ports) = job.get();
+                Here::new(post_once(tx, payload, ports, slice))
+            });
+            match r.get() {
+                Ok(()) => {
+                    for q in &carried {
+                        q.get().state.store(TRANSFERRED, Ordering::Release);
+                    }
+                    return Ok(());
+                }
+                Err(TransferError { error, ports }) => {
+                    let again = matches!(error, PostError::Timeout) && !matches!(wait, Wait::No);
+                    if again {
+                        whole = ports;
+                        let stop = py.check_signals().err().or_else(|| {
+                            self.tx_close_requested
+                                .load(Ordering::Acquire)
+                                .then(|| errors::closed_here("the port was closed"))
+                        });
+                        if let Some(e) = stop {
+                            for (q, w) in carried.iter().zip(whole) {
+                                q.get().restore(w);
+                            }
+                            return Err(e);
+                        }
+                        continue;
+                    }
+                    for (q, w) in carried.iter().zip(ports) {
+                        q.get().restore(w);
+                    }
+                    return Err(errors::post(error));
+                }
+            }
+        }
+    }
+
+    fn recv_impl<'py>(&self, py: Python<'py>, wait: Wait) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.check_open()?;
+        let mut guard = self.rx.enter()?;
+        let Some(rx) = guard.receiver() else {
+            return Err(errors::closed_here("the port is closed"));
+        };
+        loop {
+            let Some(slice) = wait.slice() else {
+                return Err(PyTimeoutError::new_err("timed out waiting for a message"));
+            };
+            let rxh = Here::new(rx);
+            let r = py.detach(move || {
+                let rx = rxh.get();
+                let r = if slice.is_zero() {
+                    rx.try_recv()
+                } else {
+                    rx.recv_timeout(slice)
+                };
+                Here::new(r)
+            });
+            match r.get() {
+                Ok(m) => {
+                    guard.message_taken();
+                    drop(guard);
+                    return Message::into_py(py, m, self.rx.clone()).map(Some);
+                }
+                Err(RecvError::Empty) => return Ok(None),
+                Err(RecvError::Timeout) => {
+                    guard.drain();
+                    py.check_signals()?;
+                    if self.rx.close_requested.load(Ordering::Acquire) {
+                        return Err(errors::closed_here("the port was closed"));
+                    }
+                }
+                Err(e) => {
+                    self.note_close(&e);
+                    return Err(errors::recv(e));
+                }
+            }
+        }
+    }
+
+    fn close_impl(&self) {
+        let before = self.state.swap(CLOSED, Ordering::AcqRel);
+        if before == TRANSFERRED || before == IN_TRANSIT {
+            // Its halves are elsewhere (or will be restored, then closed:
+            // `restore` stores OPEN, so close again).
+            if before == IN_TRANSIT {
+                self.state.store(IN_TRANSIT, Ordering::Release);
+            }
+            return;
+        }
+        self.tx_close_requested.store(true, Ordering::Release);
+        self.tx_settle();
+        self.rx.request_close();
+    }
+}
+
+/// One post attempt, waiting at most `slice` for room (none for zero).
+fn post_once(
+    tx: &PortSender,
+    payload: &Payload<'_>,
+    ports: Vec<MessagePort>,
+    slice: Duration,
+) -> Result<(), TransferError> {
+    let no_wait = slice.is_zero();
+    match payload {
+        Payload::Frame(f) if ports.is_empty() => if no_wait {
+            tx.try_post(f)
+        } else {
+            tx.post_timeout(f, slice)
+        }
+        .map_err(|error| TransferError { error, ports }),
+        Payload::Bytes(b) if ports.is_empty() => if no_wait {
+            tx.try_post_bytes(b)
+        } else {
+            tx.post_bytes_timeout(b, slice)
+        }
+        .map_err(|error| TransferError { error, ports }),
+        Payload::Frame(f) => {
+            if no_wait {
+                tx.try_post_with_ports(f, ports)
+            } else {
+                tx.post_with_ports_timeout(f, ports, slice)
+            }
+        }
+        Payload::Bytes(b) => {
+            if no_wait {
+                tx.try_post_bytes_with_ports(b, ports)
+            } else {
+                tx.post_bytes_with_ports_timeout(b, ports, slice)
+            }
+        }
+    }
+}
+
+/// `post(timeout=0)` tried once: no room is a timeout, not `Full`.
+fn full_is_timeout(wait: Wait, r: PyResult<()>) -> PyResult<()> {
+    match r {
+        Err(e)
+            if matches!(wait, Wait::No)
+                && Python::attach(|py| e.is_instance_of::<errors::Full>(py)) =>
+        {
+            Err(PyTimeoutError::new_err("timed out waiting for room"))
+        }
+        r => r,
+    }
+}
+
+/// The sending half's lock, held.
+struct TxGuard<'a> {
+    port: &'a Port,
+    slot: Option<MutexGuard<'a, TxSlot>>,
+}
+
+impl TxGuard<'_> {
+    fn slot(&mut self) -> &mut TxSlot {
+        self.slot.as_mut().expect("held until drop")
+    }
+}
+
+impl Drop for TxGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.slot.take());
+        self.port.tx_settle();
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        self.close_impl();
+    }
+}
+
+fn ports_arg<'py>(ports: Option<&Bound<'py, PyAny>>) -> PyResult<Option<Vec<Bound<'py, Port>>>> {
+    let Some(ports) = ports else { return Ok(None) };
+    if ports.is_none() {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for p in ports.try_iter()? {
+        let p = p?;
+        out.push(p.cast_into::<Port>().map_err(|e| {
+            PyTypeError::new_err(format!(
+                "ports=[...] holds shmport.Port objects only, not {}",
+                e.into_inner().get_type()
+            ))
+        })?);
+    }
+    Ok(Some(out))
+}
+
+/// Pickle `obj` with protocol 5; the out-of-band buffers, borrowed.
+fn pickle<'py>(
+    py: Python<'py>,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, pyo3::types::PyBytes>, Vec<Borrowed>)> {
+    let bufs = PyList::empty(py);
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("protocol", 5)?;
+    kwargs.set_item("buffer_callback", bufs.getattr("append")?)?;
+    let pickled = crate::pickle_dumps(py)?.call((obj,), Some(&kwargs))?;
+    let pickled = pickled.cast_into::<pyo3::types::PyBytes>()?;
+    let borrowed = bufs
+        .iter()
+        .map(|b| Borrowed::new(&b))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok((pickled, borrowed))
+}
+
+#[pymethods]
+impl Port {
+    /// Post `obj` (any picklable object): pickled with protocol 5, its
+    /// out-of-band buffers (numpy arrays, `pickle.PickleBuffer`s) copied
+    /// once, straight into shared memory. `ports`: ports to transfer with
+    /// it (they leave this process; `msg.ports` on the other side).
+    /// Waits for room (at most `timeout` seconds: `TimeoutError`).
+    #[pyo3(signature = (obj, *, ports = None, timeout = None))]
+    fn post(
+        &self,
+        py: Python<'_>,
+        obj: &Bound<'_, PyAny>,
+        ports: Option<&Bound<'_, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
+        let wait = Wait::from_timeout(timeout)?;
+        full_is_timeout(wait, self.post_pickled(py, obj, ports, wait))
+    }
+
+    /// `post` without waiting: `shmport.Full` when the ring has no room.
+    #[pyo3(signature = (obj, *, ports = None))]
+    fn try_post(
+        &self,
+        py: Python<'_>,
+        obj: &Bound<'_, PyAny>,
+        ports: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        self.post_pickled(py, obj, ports, Wait::No)
+    }
+
+    /// Post the bytes of any object with the buffer protocol (`bytes`,
+    /// `bytearray`, `memoryview`, a contiguous numpy array, a received
+    /// message...) as a raw message: what a Rust peer reads with
+    /// `msg.bytes()` and a C peer with `shmport_message_bytes`.
+    #[pyo3(signature = (buf, *, ports = None, timeout = None))]
+    fn post_bytes(
+        &self,
+        py: Python<'_>,
+        buf: &Bound<'_, PyAny>,
+        ports: Option<&Bound<'_, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
+        let wait = Wait::from_timeout(timeout)?;
+        let b = Borrowed::new(buf)?;
+        let r = self.post_impl(py, Payload::Bytes(b.bytes()), ports_arg(ports)?, wait);
+        drop(b);
+        full_is_timeout(wait, r)
+    }
+
+    /// `post_bytes` without waiting: `shmport.Full` when there is no room.
+    #[pyo3(signature = (buf, *, ports = None))]
+    fn try_post_bytes(
+        &self,
+        py: Python<'_>,
+        buf: &Bound<'_, PyAny>,
+        ports: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let b = Borrowed::new(buf)?;
+        let r = self.post_impl(py, Payload::Bytes(b.bytes()), ports_arg(ports)?, Wait::No);
+        drop(b);
+        r
+    }
+
+    /// The next message, waiting for one (at most `timeout` seconds:
+    /// `TimeoutError`). After the peer's last message: the close event,
+    /// raised as `Closed`, `PeerDied` or `ProtocolError`.
+    #[pyo3(signature = (timeout = None))]
+    fn recv<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        match self.recv_impl(py, Wait::from_timeout(timeout)?)? {
+            Some(m) => Ok(m),
+            None => Err(PyTimeoutError::new_err("no message waiting")),
+        }
+    }
+
+    /// A message if one is waiting, else `None` (the close event raises).
+    fn try_recv<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.recv_impl(py, Wait::No)
+    }
+
+    /// Close the port: the peer receives every message posted before, then
+    /// `Closed`. Messages received from this port stay valid. Idempotent.
+    fn close(&self) {
+        self.close_impl();
+    }
+
+    /// Is the port closed (or posted away)?
+    #[getter]
+    fn closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) >= TRANSFERRED
+    }
+
+    /// The close event seen by a receive: `"closed"`, `"peer_died"`,
+    /// `"protocol_error"`; `None` before.
+    #[getter]
+    fn close_reason(&self) -> Option<&'static str> {
+        *lock(&self.close_reason)
+    }
+
+    /// Ring bytes per direction.
+    #[getter]
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Seconds a blocking call spins before it sleeps.
+    #[getter]
+    fn spin(&self) -> f64 {
+        self.spin.as_secs_f64()
+    }
+
+    /// Posts larger than this many bytes travel out of line (their own
+    /// shared memory, mapped by the receiver) even when the ring could hold
+    /// them; default: an eighth of the ring. A receiver that holds messages
+    /// pins ring space only for the inline ones.
+    #[getter]
+    fn inline_limit(&self) -> PyResult<usize> {
+        let mut g = self.tx_enter()?;
+        g.slot()
+            .sender()
+            .map(|t| t.inline_limit())
+            .ok_or_else(|| errors::closed_here("the port is closed"))
+    }
+
+    #[setter]
+    fn set_inline_limit(&self, n: usize) -> PyResult<()> {
+        let mut g = self.tx_enter()?;
+        g.slot()
+            .sender()
+            .map(|t| t.set_inline_limit(n))
+            .ok_or_else(|| errors::closed_here("the port is closed"))
+    }
+
+    /// The largest message (bytes) this port accepts.
+    #[getter]
+    fn max_message_size(&self) -> PyResult<usize> {
+        let mut g = self.rx.enter()?;
+        g.receiver()
+            .map(|r| r.max_message_size())
+            .ok_or_else(|| errors::closed_here("the port is closed"))
+    }
+
+    #[setter]
+    fn set_max_message_size(&self, n: usize) -> PyResult<()> {
+        let mut g = self.rx.enter()?;
+        g.receiver()
+            .map(|r| r.set_max_message_size(n))
+            .ok_or_else(|| errors::closed_here("the port is closed"))
+    }
+
+    /// `"validated"` or `"untrusted"` (see the README).
+    #[getter]
+    fn trust(&self) -> PyResult<&'static str> {
+        let mut g = self.rx.enter()?;
+        let r = g
+            .receiver()
+            .ok_or_else(|| errors::closed_here("the port is closed"))?;
+        Ok(match r.trust() {
+            shmport::Trust::Untrusted => "untrusted",
+            _ => "validated",
+        })
+    }
+
+    #[setter]
+    fn set_trust(&self, trust: &str) -> PyResult<()> {
+        let t = crate::parse_trust(trust)?;
+        let mut g = self.rx.enter()?;
+        let r = g
+            .receiver()
+            .ok_or_else(|| errors::closed_here("the port is closed"))?;
+        r.set_trust(t);
+        Ok(())
+    }
+
+    /// The port's socket, for `selectors` and event loops: call
+    /// `prepare_poll()` before each wait, then `try_recv()` after it.
+    fn fileno(&self) -> PyResult<RawFd> {
+        self.check_open()?;
+        Ok(self.fd)
+    }
+
+    /// Announce a wait on `fileno()`: `False` when a message or the close
+    /// event is already there (receive instead of waiting).
+    fn prepare_poll(&self) -> PyResult<bool> {
+        self.check_open()?;
+        let mut g = self.rx.enter()?;
+        let r = g
+            .receiver()
+            .ok_or_else(|| errors::closed_here("the port is closed"))?;
+        Ok(r.prepare_poll())
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> bool {
+        self.close_impl();
+        false
+    }
+
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    /// The next message; the iteration ends at the close event `Closed`
+    /// (`PeerDied` and `ProtocolError` are raised).
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match self.recv_impl(py, Wait::Until(None)) {
+            Ok(m) => Ok(m),
+            Err(e) if e.is_instance_of::<errors::Closed>(py) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `await port.arecv()`: the next message, on the running asyncio loop.
+    fn arecv<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        py.import("shmport._aio")?.getattr("arecv")?.call1((slf,))
+    }
+
+    fn __aiter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        py.import("shmport._aio")?
+            .getattr("PortIterator")?
+            .call1((slf,))
+    }
+
+    fn __reduce__(&self) -> PyResult<()> {
+        Err(PyTypeError::new_err(
+            "a port is not pickled: pass it in ports=[...] to travel with a message",
+        ))
+    }
+
+    fn __repr__(&self) -> String {
+        let state = match self.state.load(Ordering::Acquire) {
+            OPEN => "open",
+            IN_TRANSIT => "in transit",
+            TRANSFERRED => "transferred",
+            _ => "closed",
+        };
+        format!("<shmport.Port fd={} {state}>", self.fd)
+    }
+}
+
+impl Port {
+    fn post_pickled(
+        &self,
+        py: Python<'_>,
+        obj: &Bound<'_, PyAny>,
+        ports: Option<&Bound<'_, PyAny>>,
+        wait: Wait,
+    ) -> PyResult<()> {
+        let ports = ports_arg(ports)?;
+        let (pickled, bufs) = pickle(py, obj)?;
+        let slices: Vec<&[u8]> = bufs.iter().map(|b| b.bytes()).collect();
+        let frame = Frame {
+            pickle: pickled.as_bytes(),
+            buffers: &slices,
+        };
+        let r = self.post_impl(py, Payload::Frame(frame), ports, wait);
+        drop(slices);
+        drop(bufs);
+        r
+    }
+}
