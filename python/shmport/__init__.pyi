@@ -31,6 +31,7 @@ __all__ = [
     "Process",
     "ProtocolError",
     "Refused",
+    "Reservation",
     "connect",
     "from_parent",
     "spawn",
@@ -127,6 +128,9 @@ class Port:
         """Post the bytes of any buffer as a raw message (Rust and C peers
         read it in place)."""
     def try_post_bytes(self, buf: Buffer, *, ports: Optional[Sequence["Port"]] = None) -> None: ...
+    def reserve(self, nbytes: int, *, timeout: Optional[float] = None) -> "Reservation":
+        """Room for one raw message in the ring: ``with port.reserve(n) as
+        buf:`` fills it in place and commits at the end of the block."""
     def recv(self, timeout: Optional[float] = None) -> Message:
         """The next message; raises the close event after the last one,
         TimeoutError after ``timeout`` seconds."""
@@ -159,6 +163,24 @@ class Port:
     def __iter__(self) -> Iterator[Message]: ...
     def __next__(self) -> Message: ...
     def __aiter__(self) -> AsyncIterator[Message]: ...
+
+class Reservation:
+    """Room for one raw message in the ring, filled in place."""
+
+    @property
+    def buffer(self) -> memoryview:
+        """A writable view of the reserved ring memory."""
+    def commit(self, nbytes: Optional[int] = None) -> None:
+        """Publish it (BufferError while views of it live)."""
+    def cancel(self) -> None: ...
+    def __len__(self) -> int: ...
+    def __enter__(self) -> memoryview: ...
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> bool: ...
 
 class MessageChannel:
     """Two entangled ports: ``a, b = MessageChannel()``."""
