@@ -1,17 +1,15 @@
 """Type stubs of shmport (the Rust extension shmport._shmport and the
 Python package around it)."""
 
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from os import PathLike
 from types import TracebackType
 from typing import IO, Any, Literal, Optional, Union
 
-if sys.version_info >= (3, 12):
-    from collections.abc import Buffer
-else:
-    from typing_extensions import Buffer
+# Any object with the buffer protocol (bytes, bytearray, memoryview, a
+# contiguous numpy array, a Message). Not `collections.abc.Buffer`: before
+# Python 3.12, numpy's stubs do not declare arrays as buffers.
+Buffer = Any
 
 __all__ = [
     "DEFAULT_CAPACITY",
