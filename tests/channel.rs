@@ -381,3 +381,57 @@ fn a_capacity_over_the_maximum_is_refused_not_clamped() {
     let (a, _b) = MessageChannel::new().unwrap().into_ports();
     assert_eq!(a.capacity(), shmport::DEFAULT_CAPACITY);
 }
+
+/// Over the inline limit, a post travels out of line even though the ring
+/// could hold it; under it, in the ring. Reservations ignore the limit.
+#[test]
+fn inline_limit_sends_large_posts_out_of_line() {
+    let (a, b) = MessageChannel::builder()
+        .capacity(64 * 1024)
+        .build()
+        .unwrap()
+        .into_ports();
+    assert_eq!(a.inline_limit(), usize::MAX);
+    a.set_inline_limit(1000);
+    a.post_bytes(&[1; 1000]).unwrap();
+    a.post_bytes(&[2; 1001]).unwrap();
+    a.post(&vec![3u8; 2000]).unwrap();
+    let mut r = a.reserve_bytes(4000).unwrap();
+    r.bytes_mut().fill(4);
+    r.commit().unwrap();
+    let m = b.recv().unwrap();
+    assert!(!m.is_out_of_line() && m.bytes() == [1; 1000]);
+    let m = b.recv().unwrap();
+    assert!(m.is_out_of_line() && m.bytes() == [2; 1001]);
+    let m = b.recv().unwrap();
+    assert!(m.is_out_of_line() && m.get::<Vec<u8>>().unwrap().len() == 2000);
+    let m = b.recv().unwrap();
+    assert!(!m.is_out_of_line() && m.bytes() == [4; 4000]);
+}
+
+/// `post_with_ports_timeout` waits for room at most that long, and hands
+/// every port back when it gives up.
+#[test]
+fn post_with_ports_timeout_hands_ports_back() {
+    let (a, b) = MessageChannel::builder()
+        .capacity(4096)
+        .build()
+        .unwrap()
+        .into_ports();
+    a.post_bytes(&[0; 1500]).unwrap();
+    a.post_bytes(&[0; 1500]).unwrap();
+    let (_c, d) = MessageChannel::new().unwrap().into_ports();
+    let t = Instant::now();
+    let e = a
+        .post_bytes_with_ports_timeout(&[0; 1500], vec![d], Duration::from_millis(50))
+        .unwrap_err();
+    assert!(matches!(e.error, PostError::Timeout));
+    assert!(t.elapsed() >= Duration::from_millis(40));
+    assert_eq!(e.ports.len(), 1);
+    drop(b.recv().unwrap());
+    drop(b.recv().unwrap());
+    a.post_with_ports_timeout(&7u32, e.ports, Duration::from_secs(5))
+        .unwrap();
+    let mut m = b.recv().unwrap();
+    assert_eq!(m.take_ports().unwrap().len(), 1);
+}

@@ -443,3 +443,50 @@ fn halves_of_different_ports_do_not_rejoin_and_a_rejoined_port_travels() {
     a.post_bytes(b"back").unwrap();
     assert_eq!(b.recv().unwrap().bytes(), b"back");
 }
+
+/// `close_receiving` refuses the peer's posts at once (a post waiting for
+/// room wakes up to it), while a message received before stays readable.
+#[test]
+fn close_receiving_keeps_held_messages_and_refuses_posts() {
+    let (a, b) = MessageChannel::builder()
+        .capacity(4096)
+        .build()
+        .unwrap()
+        .into_ports();
+    let (_tx, rx) = b.split().unwrap();
+    a.post_bytes(&[7; 1500]).unwrap();
+    let held = rx.recv().unwrap();
+    a.post_bytes(&[8; 1500]).unwrap();
+    let waiter = thread::spawn(move || {
+        // No room for a third: it waits until the close wakes it.
+        let r = a.post_bytes(&[9; 1500]);
+        (a, r)
+    });
+    thread::sleep(Duration::from_millis(50));
+    rx.close_receiving();
+    let (a, r) = waiter.join().unwrap();
+    assert!(matches!(
+        r,
+        Err(shmport::PostError::Closed(CloseReason::Closed))
+    ));
+    assert!(matches!(
+        a.post_bytes(b"x"),
+        Err(shmport::PostError::Closed(CloseReason::Closed))
+    ));
+    assert_eq!(held.bytes(), &[7; 1500][..]);
+}
+
+/// `prepare_poll` on a receiving half: `false` with a message waiting;
+/// after `true`, the peer's next post makes the socket readable.
+#[test]
+fn prepare_poll_on_the_receiving_half() {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let (a, b) = MessageChannel::new().unwrap().into_ports();
+    let (_tx, rx) = b.split().unwrap();
+    assert!(rx.prepare_poll());
+    a.post_bytes(b"wake").unwrap();
+    let mut fds = [PollFd::new(&rx, PollFlags::IN)];
+    poll(&mut fds, None).unwrap();
+    assert!(!rx.prepare_poll());
+    assert_eq!(rx.try_recv().unwrap().bytes(), b"wake");
+}

@@ -31,7 +31,7 @@ def main():
         arr = rng.standard_normal(n)
         port.post_bytes(arr)  # the array's bytes, copied once into shared memory
         with port.recv() as msg:
-            total, lo, hi = np.frombuffer(msg, np.float64)  # in place
+            total, lo, hi = np.frombuffer(msg.buffer, np.float64)  # in place
             assert np.isclose(total, arr.sum()) and lo == arr.min() and hi == arr.max()
             print(f"{n:>8} floats: sum {total:+.6f}, min {lo:+.6f}, max {hi:+.6f} (from Rust)")
     port.close()  # the Rust loop ends at the close event

@@ -1,17 +1,15 @@
 """Type stubs of shmport (the Rust extension shmport._shmport and the
 Python package around it)."""
 
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from os import PathLike
 from types import TracebackType
 from typing import IO, Any, Literal, Optional, Union
 
-if sys.version_info >= (3, 12):
-    from collections.abc import Buffer
-else:
-    from typing_extensions import Buffer
+# Any object with the buffer protocol (bytes, bytearray, memoryview, a
+# contiguous numpy array, a Message). Not `collections.abc.Buffer`: before
+# Python 3.12, numpy's stubs do not declare arrays as buffers.
+Buffer = Any
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -31,6 +29,7 @@ __all__ = [
     "Process",
     "ProtocolError",
     "Refused",
+    "Reservation",
     "connect",
     "from_parent",
     "spawn",
@@ -127,6 +126,9 @@ class Port:
         """Post the bytes of any buffer as a raw message (Rust and C peers
         read it in place)."""
     def try_post_bytes(self, buf: Buffer, *, ports: Optional[Sequence["Port"]] = None) -> None: ...
+    def reserve(self, nbytes: int, *, timeout: Optional[float] = None) -> "Reservation":
+        """Room for one raw message in the ring: ``with port.reserve(n) as
+        buf:`` fills it in place and commits at the end of the block."""
     def recv(self, timeout: Optional[float] = None) -> Message:
         """The next message; raises the close event after the last one,
         TimeoutError after ``timeout`` seconds."""
@@ -159,6 +161,24 @@ class Port:
     def __iter__(self) -> Iterator[Message]: ...
     def __next__(self) -> Message: ...
     def __aiter__(self) -> AsyncIterator[Message]: ...
+
+class Reservation:
+    """Room for one raw message in the ring, filled in place."""
+
+    @property
+    def buffer(self) -> memoryview:
+        """A writable view of the reserved ring memory."""
+    def commit(self, nbytes: Optional[int] = None) -> None:
+        """Publish it (BufferError while views of it live)."""
+    def cancel(self) -> None: ...
+    def __len__(self) -> int: ...
+    def __enter__(self) -> memoryview: ...
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> bool: ...
 
 class MessageChannel:
     """Two entangled ports: ``a, b = MessageChannel()``."""

@@ -376,3 +376,151 @@ pub(crate) fn memoryview<'py>(
     // SAFETY: a new reference.
     Ok(unsafe { Bound::from_owned_ptr(py, mv) })
 }
+
+/// The instance layout of `shmport._Loan`: a writable buffer over a
+/// reservation's ring memory.
+#[repr(C)]
+struct LoanObject {
+    ob_base: ffi::PyObject,
+    ptr: *mut u8,
+    len: usize,
+    /// `Arc::into_raw`: the export count and the ring's pin.
+    state: *const crate::port::LoanState,
+    /// A strong reference to the `Reservation`, which may not be committed
+    /// or abandoned while a buffer of it is exported.
+    owner: *mut ffi::PyObject,
+}
+
+static LOAN_TYPE: OnceLock<Py<PyType>> = OnceLock::new();
+
+unsafe extern "C" fn loan_getbuffer(
+    obj: *mut ffi::PyObject,
+    view: *mut RawBuffer,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: called with the GIL held on a `_Loan`.
+    unsafe {
+        let l = obj as *mut LoanObject;
+        let r = PyBuffer_FillInfo(view, obj, (*l).ptr as *mut c_void, (*l).len as _, 0, flags);
+        if r == 0 {
+            (*(*l).state)
+                .exports
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        r
+    }
+}
+
+unsafe extern "C" fn loan_releasebuffer(obj: *mut ffi::PyObject, _view: *mut RawBuffer) {
+    // SAFETY: called with the GIL held on a `_Loan` whose buffer was exported.
+    unsafe {
+        let l = obj as *mut LoanObject;
+        (*(*l).state)
+            .exports
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+unsafe extern "C" fn loan_dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: the last reference to a `_Loan` is gone (GIL held); its
+    // fields were set by `loan_memoryview`.
+    unsafe {
+        let l = obj as *mut LoanObject;
+        let state = std::mem::replace(&mut (*l).state, ptr::null());
+        if !state.is_null() {
+            drop(Arc::from_raw(state));
+        }
+        let owner = std::mem::replace(&mut (*l).owner, ptr::null_mut());
+        if !owner.is_null() {
+            ffi::Py_DECREF(owner);
+        }
+        let tp = ffi::Py_TYPE(obj);
+        let free = ffi::PyType_GetSlot(tp, ffi::Py_tp_free);
+        if !free.is_null() {
+            let free: ffi::freefunc = std::mem::transmute(free);
+            free(obj as *mut c_void);
+        }
+        ffi::Py_DECREF(tp as *mut ffi::PyObject);
+    }
+}
+
+fn loan_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    if let Some(t) = LOAN_TYPE.get() {
+        return Ok(t.bind(py));
+    }
+    let mut slots = [
+        ffi::PyType_Slot {
+            slot: PY_BF_GETBUFFER,
+            pfunc: loan_getbuffer as *mut c_void,
+        },
+        ffi::PyType_Slot {
+            slot: PY_BF_RELEASEBUFFER,
+            pfunc: loan_releasebuffer as *mut c_void,
+        },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_dealloc,
+            pfunc: loan_dealloc as *mut c_void,
+        },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_new,
+            pfunc: no_new as *mut c_void,
+        },
+        ffi::PyType_Slot {
+            slot: 0,
+            pfunc: ptr::null_mut(),
+        },
+    ];
+    let mut spec = ffi::PyType_Spec {
+        name: c"shmport._Loan".as_ptr(),
+        basicsize: std::mem::size_of::<LoanObject>() as c_int,
+        itemsize: 0,
+        flags: ffi::Py_TPFLAGS_DEFAULT as _,
+        slots: slots.as_mut_ptr(),
+    };
+    // SAFETY: a valid spec.
+    let t = unsafe { ffi::PyType_FromSpec(&mut spec) };
+    if t.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: a new reference to a type object.
+    let t = unsafe { Bound::from_owned_ptr(py, t) }.cast_into::<PyType>()?;
+    let _ = LOAN_TYPE.set(t.unbind());
+    Ok(LOAN_TYPE.get().expect("just set").bind(py))
+}
+
+/// A writable `memoryview` of `len` bytes at `ptr` (a reservation's ring
+/// memory), counted in `state.exports`, keeping `owner` alive.
+pub(crate) fn loan_memoryview<'py>(
+    owner: &Bound<'py, PyAny>,
+    state: Arc<crate::port::LoanState>,
+    ptr: *mut u8,
+    len: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = owner.py();
+    let tp = loan_type(py)?;
+    // SAFETY: `tp` is the `_Loan` heap type (PyType_GenericAlloc: zero-filled,
+    // takes a type reference); the fields are set before any use.
+    unsafe {
+        let tpp = tp.as_ptr() as *mut ffi::PyTypeObject;
+        let alloc = ffi::PyType_GetSlot(tpp, ffi::Py_tp_alloc);
+        if alloc.is_null() {
+            return Err(PyBufferError::new_err("cannot allocate a loan"));
+        }
+        let alloc: ffi::allocfunc = std::mem::transmute(alloc);
+        let obj = alloc(tpp, 0);
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let l = obj as *mut LoanObject;
+        (*l).ptr = ptr;
+        (*l).len = len;
+        (*l).state = Arc::into_raw(state);
+        (*l).owner = owner.clone().into_ptr();
+        let loan = Bound::from_owned_ptr(py, obj);
+        let mv = ffi::PyMemoryView_FromObject(loan.as_ptr());
+        if mv.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(Bound::from_owned_ptr(py, mv))
+    }
+}

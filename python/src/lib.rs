@@ -56,6 +56,7 @@ pub(crate) fn parse_trust(t: &str) -> PyResult<shmport::Trust> {
 fn _shmport(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_class::<port::Port>()?;
+    m.add_class::<port::Reservation>()?;
     m.add_class::<message::Message>()?;
     m.add_class::<process::Listener>()?;
     m.add_class::<process::Incoming>()?;

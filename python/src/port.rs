@@ -20,7 +20,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,8 @@ pub(crate) struct RxCore {
     pending: Mutex<Vec<Held>>,
     /// `close()` was called while the lock was held elsewhere.
     close_requested: AtomicBool,
+    /// Reservation buffers alive: the half (and the ring mapping) must stay.
+    pins: AtomicUsize,
 }
 
 struct RxSlot {
@@ -99,16 +101,16 @@ unsafe impl Send for RxSlot {}
 
 impl RxSlot {
     /// Drop `held` messages (they borrow the half, which is still there).
-    fn drop_messages(&mut self, held: Vec<Held>) {
+    fn drop_messages(&mut self, held: Vec<Held>, pins: usize) {
         for m in held {
             drop(m);
             self.live -= 1;
         }
-        self.free_if_idle();
+        self.free_if_idle(pins);
     }
 
-    fn free_if_idle(&mut self) {
-        if self.close_when_idle && self.live == 0 {
+    fn free_if_idle(&mut self, pins: usize) {
+        if self.close_when_idle && self.live == 0 && pins == 0 {
             if let Some(rx) = self.rx.take() {
                 // SAFETY: made by Box::into_raw in `RxCore::new`; no message
                 // borrows it any more (`live` is 0) and the caller holds the
@@ -120,19 +122,19 @@ impl RxSlot {
 
     /// Close: now if no message borrows the half; else the peer's posts
     /// fail from now on, and the half goes with the last message.
-    fn close(&mut self) {
+    fn close(&mut self, pins: usize) {
         if self.close_when_idle {
             return;
         }
         self.close_when_idle = true;
-        if self.live != 0 {
+        if self.live != 0 || pins != 0 {
             if let Some(rx) = self.rx {
                 // SAFETY: the half is alive (freed only with `live` at 0)
                 // and the caller holds the lock.
                 unsafe { rx.as_ref() }.close_receiving();
             }
         }
-        self.free_if_idle();
+        self.free_if_idle(pins);
     }
 }
 
@@ -146,6 +148,7 @@ impl RxCore {
             }),
             pending: Mutex::new(Vec::new()),
             close_requested: AtomicBool::new(false),
+            pins: AtomicUsize::new(0),
         })
     }
 
@@ -168,7 +171,7 @@ impl RxCore {
         if let Some(mut g) = relock(self.slot.try_lock()) {
             let mut all = std::mem::take(&mut *lock(&self.pending));
             all.push(held);
-            g.drop_messages(all);
+            g.drop_messages(all, self.pins());
             return;
         }
         lock(&self.pending).push(held);
@@ -180,11 +183,26 @@ impl RxCore {
     fn settle(&self) {
         if let Some(mut g) = relock(self.slot.try_lock()) {
             let all = std::mem::take(&mut *lock(&self.pending));
-            g.drop_messages(all);
+            g.drop_messages(all, self.pins());
             if self.close_requested.load(Ordering::Acquire) {
-                g.close();
+                g.close(self.pins());
             }
         }
+    }
+
+    fn pins(&self) -> usize {
+        self.pins.load(Ordering::Acquire)
+    }
+
+    /// A reservation buffer keeps the half (and so the ring) mapped.
+    pub(crate) fn pin(&self) {
+        self.pins.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The buffer is gone; free the half if it was waiting for that.
+    pub(crate) fn unpin(&self) {
+        self.pins.fetch_sub(1, Ordering::AcqRel);
+        self.settle();
     }
 
     fn request_close(&self) {
@@ -202,9 +220,9 @@ impl Drop for RxCore {
                 .get_mut()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        slot.drop_messages(all);
+        slot.drop_messages(all, 0);
         slot.close_when_idle = true;
-        slot.free_if_idle();
+        slot.free_if_idle(0);
     }
 }
 
@@ -237,7 +255,8 @@ impl RxGuard<'_> {
     fn drain(&mut self) {
         let all = std::mem::take(&mut *lock(&self.core.pending));
         if !all.is_empty() {
-            self.slot().drop_messages(all);
+            let pins = self.core.pins();
+            self.slot().drop_messages(all, pins);
         }
     }
 }
@@ -246,7 +265,8 @@ impl Drop for RxGuard<'_> {
     fn drop(&mut self) {
         self.drain();
         if self.core.close_requested.load(Ordering::Acquire) {
-            self.slot().close();
+            let pins = self.core.pins();
+            self.slot().close(pins);
         }
         drop(self.slot.take());
         // A message queued, or a close requested, after the look above.
@@ -262,6 +282,8 @@ impl Drop for RxGuard<'_> {
 struct TxSlot {
     /// `Box::into_raw` of the half; `None` once closed or transferred.
     tx: Option<NonNull<PortSender>>,
+    /// A loan (`port.reserve(n)`): it borrows the half.
+    reservation: Option<shmport::Reservation<'static>>,
 }
 
 // SAFETY: the slot owns the half (a `PortSender` is `Send`); the mutex
@@ -276,6 +298,7 @@ impl TxSlot {
     }
 
     fn take(&mut self) -> Option<PortSender> {
+        debug_assert!(self.reservation.is_none());
         // SAFETY: made by Box::into_raw; the caller holds the lock and no
         // reference to it is in use.
         self.tx
@@ -284,6 +307,8 @@ impl TxSlot {
     }
 
     fn close(&mut self) {
+        // The reservation borrows the half: abandoned first.
+        drop(self.reservation.take());
         drop(self.take());
     }
 }
@@ -368,6 +393,7 @@ impl Port {
         Ok(Port {
             tx: Mutex::new(TxSlot {
                 tx: Some(NonNull::from(Box::leak(Box::new(tx)))),
+                reservation: None,
             }),
             tx_close_requested: AtomicBool::new(false),
             rx: RxCore::new(rx),
@@ -422,9 +448,12 @@ impl Port {
     fn take_whole(&self) -> PyResult<MessagePort> {
         self.check_open()?;
         let mut tx = self.tx_enter()?;
+        if tx.slot().reservation.is_some() {
+            return Err(errors::busy("the port has a reservation not committed yet"));
+        }
         let mut rx = self.rx.enter()?;
         rx.drain();
-        if rx.slot().live != 0 {
+        if rx.slot().live != 0 || self.rx.pins() != 0 {
             return Err(errors::busy(
                 "messages received from this port are still held (release them, and drop \
                  their views, before posting the port)",
@@ -595,6 +624,131 @@ impl Port {
         self.tx_close_requested.store(true, Ordering::Release);
         self.tx_settle();
         self.rx.request_close();
+    }
+}
+
+/// What a reservation's buffers share: how many are exported, and a pin
+/// that keeps the ring mapped while they live.
+pub(crate) struct LoanState {
+    pub(crate) exports: AtomicUsize,
+    core: Arc<RxCore>,
+}
+
+impl Drop for LoanState {
+    fn drop(&mut self) {
+        self.core.unpin();
+    }
+}
+
+/// Room for one raw message in the ring, to fill in place:
+/// `with port.reserve(n) as buf: buf[:] = ...` commits at the end of the
+/// block (abandons it if the block raises). While it is open, other posts
+/// on the port raise `BusyError`.
+#[pyclass(frozen, module = "shmport")]
+pub(crate) struct Reservation {
+    port: Py<Port>,
+    ptr: usize,
+    len: usize,
+    state: Arc<LoanState>,
+    done: AtomicBool,
+    /// The memoryview `__enter__` handed out (released at `__exit__`).
+    view: Mutex<Option<Py<PyAny>>>,
+}
+
+impl Reservation {
+    /// Commit (`Some(len)`) or abandon (`None`).
+    fn finish(&self, py: Python<'_>, commit: Option<usize>) -> PyResult<()> {
+        if self.done.load(Ordering::Acquire) {
+            return Err(PyValueError::new_err(
+                "the reservation is committed or abandoned already",
+            ));
+        }
+        if self.state.exports.load(Ordering::Acquire) != 0 {
+            return Err(pyo3::exceptions::PyBufferError::new_err(
+                "views of the reservation's buffer are still alive: release them \
+                 (del, memoryview.release()) before committing",
+            ));
+        }
+        let port = self.port.bind(py).get();
+        let mut g = lock(&port.tx);
+        let r = g.reservation.take();
+        self.done.store(true, Ordering::Release);
+        match (r, commit) {
+            (Some(r), Some(n)) => r.commit_len(n).map_err(errors::post),
+            (Some(r), None) => {
+                drop(r);
+                Ok(())
+            }
+            (None, _) => Err(errors::closed_here("the port was closed")),
+        }
+    }
+}
+
+#[pymethods]
+impl Reservation {
+    /// A writable memoryview of the reserved ring memory.
+    #[getter]
+    fn buffer<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let me = slf.get();
+        if me.done.load(Ordering::Acquire) {
+            return Err(PyValueError::new_err(
+                "the reservation is committed or abandoned already",
+            ));
+        }
+        crate::buffer::loan_memoryview(slf.as_any(), me.state.clone(), me.ptr as *mut u8, me.len)
+    }
+
+    /// Publish the first `nbytes` bytes (all by default) as one raw message.
+    #[pyo3(signature = (nbytes = None))]
+    fn commit(&self, py: Python<'_>, nbytes: Option<usize>) -> PyResult<()> {
+        self.finish(py, Some(nbytes.unwrap_or(self.len).min(self.len)))
+    }
+
+    /// Abandon it: nothing is sent.
+    fn cancel(&self, py: Python<'_>) -> PyResult<()> {
+        self.finish(py, None)
+    }
+
+    fn __len__(&self) -> usize {
+        self.len
+    }
+
+    fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let mv = Reservation::buffer(slf)?;
+        *lock(&slf.get().view) = Some(mv.clone().unbind());
+        Ok(mv)
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        if let Some(v) = lock(&self.view).take() {
+            v.bind(py).call_method0("release")?;
+        }
+        if exc_type.is_some_and(|t| !t.is_none()) {
+            if !self.done.load(Ordering::Acquire) {
+                let _ = self.finish(py, None);
+            }
+            return Ok(false);
+        }
+        self.finish(py, Some(self.len))?;
+        Ok(false)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.done.load(Ordering::Acquire) {
+            // No buffer of it is left (each holds a reference to it):
+            // abandon it. Posts on the port never wait while it is open, so
+            // the lock is free or about to be.
+            let port = self.port.get();
+            drop(lock(&port.tx).reservation.take());
+        }
     }
 }
 
@@ -771,6 +925,69 @@ impl Port {
         let r = self.post_impl(py, Payload::Bytes(b.bytes()), ports_arg(ports)?, Wait::No);
         drop(b);
         r
+    }
+
+    /// Reserve `nbytes` in the ring for one raw message, waiting for room
+    /// (at most `timeout` seconds): `with port.reserve(n) as buf:` fills it
+    /// in place, no copy, and commits at the end of the block. Only
+    /// messages that fit in the ring (half its capacity) can be reserved.
+    #[pyo3(signature = (nbytes, *, timeout = None))]
+    fn reserve(
+        slf: &Bound<'_, Self>,
+        nbytes: usize,
+        timeout: Option<f64>,
+    ) -> PyResult<Reservation> {
+        let me = slf.get();
+        let py = slf.py();
+        me.check_open()?;
+        let wait = Wait::from_timeout(timeout)?;
+        let mut guard = me.tx_enter()?;
+        if guard.slot().reservation.is_some() {
+            return Err(errors::busy("the port has a reservation not committed yet"));
+        }
+        let Some(tx) = guard.slot().sender() else {
+            return Err(errors::closed_here("the port is closed"));
+        };
+        let r = loop {
+            let Some(slice) = wait.slice() else {
+                return Err(PyTimeoutError::new_err("timed out waiting for room"));
+            };
+            let txh = Here::new(tx);
+            let r = py.detach(move || {
+                let tx = txh.get();
+                Here::new(if slice.is_zero() {
+                    tx.try_reserve_bytes(nbytes)
+                } else {
+                    tx.reserve_bytes_timeout(nbytes, slice)
+                })
+            });
+            match r.get() {
+                Ok(r) => break r,
+                Err(PostError::Timeout) if !matches!(wait, Wait::No) => {
+                    py.check_signals()?;
+                    if me.tx_close_requested.load(Ordering::Acquire) {
+                        return Err(errors::closed_here("the port was closed"));
+                    }
+                }
+                Err(e) => return Err(errors::post(e)),
+            }
+        };
+        let mut r = r;
+        let bytes = r.bytes_mut();
+        let (ptr, len) = (bytes.as_mut_ptr() as usize, bytes.len());
+        guard.slot().reservation = Some(r);
+        me.rx.pin();
+        Ok(Reservation {
+            port: slf.clone().unbind(),
+            ptr,
+            len,
+            state: Arc::new(LoanState {
+                exports: AtomicUsize::new(0),
+                core: me.rx.clone(),
+            }),
+            done: AtomicBool::new(false),
+            view: Mutex::new(None),
+        })
     }
 
     /// The next message, waiting for one (at most `timeout` seconds:

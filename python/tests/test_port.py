@@ -363,3 +363,56 @@ def test_no_fd_leak_in_process():
     gc.collect()
     assert open_fds() == before
     assert len(shared_mappings()) == maps
+
+
+def test_reserve_fills_the_ring_in_place():
+    a, b = shmport.MessageChannel()
+    with a.reserve(32) as buf:
+        assert not buf.readonly and len(buf) == 32
+        arr = np.frombuffer(buf, np.float64)
+        arr[:] = [1.5, 2.5, 3.5, 4.5]
+        del arr
+    got = np.frombuffer(b.recv(), np.float64)
+    assert list(got) == [1.5, 2.5, 3.5, 4.5]
+    # An exception abandons it; the port goes on.
+    with pytest.raises(KeyError):
+        with a.reserve(8) as buf:
+            raise KeyError("nothing is sent")
+    a.post("next")
+    assert b.recv().data == "next"
+
+
+def test_reserve_refuses_to_commit_while_views_live():
+    a, b = shmport.MessageChannel()
+    r = a.reserve(10)
+    part = r.buffer[2:6]
+    with pytest.raises(shmport.BusyError):
+        a.post("a reservation is open")
+    with pytest.raises(shmport.BusyError):
+        a.reserve(4)
+    with pytest.raises(BufferError):
+        r.commit()
+    part[:] = b"abcd"
+    del part
+    r.commit(6)
+    assert bytes(b.recv())[2:6] == b"abcd"
+    with pytest.raises(ValueError):
+        r.commit()
+    r2 = a.reserve(4)
+    del r2  # dropped: abandoned
+    gc.collect()
+    a.post_bytes(b"ok")
+    assert bytes(b.recv()) == b"ok"
+    with pytest.raises(ValueError):
+        a.reserve(a.capacity)  # larger than the ring holds
+
+
+def test_reserve_buffer_outlives_a_closed_port():
+    a, b = shmport.MessageChannel()
+    r = a.reserve(16)
+    buf = r.buffer
+    a.close()
+    buf[:4] = b"safe"  # the ring stays mapped while the buffer lives
+    assert bytes(buf[:4]) == b"safe"
+    with pytest.raises(shmport.Closed):
+        b.recv(timeout=5)

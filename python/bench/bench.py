@@ -1,0 +1,414 @@
+"""shmport against what Python offers for worker processes, same run.
+
+    python python/bench/bench.py [--runs 5] [--quick]
+
+Two processes (this one and a child): the child is started with
+shmport.spawn for shmport, with multiprocessing (the "spawn" start method)
+for the others.
+
+- 64 B round trip: a 64-byte message goes to the child, which sends it
+  back. shmport: `post_bytes` (raw) and `post` (pickled);
+  multiprocessing.Pipe: `send_bytes` and `send` (pickled); Queue: `put`;
+  shared_memory + Pipe: the bytes written into a SharedMemory block, a
+  one-byte pipe message to signal each way.
+- One-way throughput of numpy float64 arrays of 1, 16 and 64 MiB, for
+  shmport with the default ring (1 MiB: every array travels out of line, in
+  a new memfd) and with a ring of four arrays (4, 64 and 256 MiB) whose
+  inline limit is half the ring (every array written into the ring, whose
+  memory is reused): the
+  sender posts a batch, the receiver gets each as a usable numpy array
+  (reads its first and last element), and answers once at the end of the
+  batch. shmport: `post(arr)` / `recv().data` (the receiver's array is a
+  view of the shared memory); Pipe: `send(arr)` / `recv()`; Queue:
+  `put` / `get`; shared_memory + Pipe: the array copied into one
+  SharedMemory block, its shape sent over the pipe, the receiver's array a
+  view of the block, and an acknowledgment back before the block is
+  reused (the usual recipe).
+
+Each measurement is repeated `--runs` times, the transports taking turns
+in every run, and the median is reported: round trips with their ratio to
+shmport's of the same kind (raw or pickled), throughputs with their ratio
+to Pipe's.
+"""
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from multiprocessing import shared_memory
+
+import numpy as np
+
+import shmport
+
+MiB = 1 << 20
+PAYLOAD = b"x" * 64
+# The large-array configuration: a ring of four arrays, whose inline limit
+# is half the ring, so that every array is written into it (memory mapped
+# and faulted in after the first lap, and reused) instead of out of line (a
+# new memfd per message: fresh pages).
+RING_ARRAYS = 4
+
+
+# ------------------------------------------------------------------ children
+
+
+def shmport_child():
+    port = shmport.from_parent()
+    mode = port.recv().data
+    if mode == "echo":
+        for msg in port:
+            port.post_bytes(msg)
+    elif mode == "echo-pickle":
+        for msg in port:
+            port.post(msg.data)
+    else:  # sink: arrays, one answer per batch
+        n = 0
+        for msg in port:
+            d = msg.data
+            if isinstance(d, str):  # end of a batch
+                port.post(n)
+                n = 0
+                continue
+            n += 1
+            d[0], d[-1]
+            del d
+
+
+def mp_pipe_child(conn, mode):
+    if mode == "echo":
+        while True:
+            b = conn.recv_bytes()
+            if not b:
+                return
+            conn.send_bytes(b)
+    elif mode == "echo-pickle":
+        while True:
+            o = conn.recv()
+            if o is None:
+                return
+            conn.send(o)
+    else:
+        n = 0
+        while True:
+            o = conn.recv()
+            if o is None:
+                return
+            if isinstance(o, str):
+                conn.send(n)
+                n = 0
+                continue
+            n += 1
+            o[0], o[-1]
+
+
+def mp_queue_child(inq, outq, mode):
+    n = 0
+    while True:
+        o = inq.get()
+        if o is None:
+            return
+        if mode == "echo":
+            outq.put(o)
+        elif isinstance(o, str):
+            outq.put(n)
+            n = 0
+        else:
+            n += 1
+            o[0], o[-1]
+
+
+def shm_child(conn, name, mode):
+    shm = shared_memory.SharedMemory(name=name)
+    try:
+        if mode == "echo":
+            buf = shm.buf
+            while True:
+                if conn.recv_bytes(1) == b"q":
+                    return
+                # The reply goes back through the same block: read, write.
+                buf[64:128] = buf[0:64]
+                conn.send_bytes(b"r")
+        else:
+            n = 0
+            while True:
+                msg = conn.recv()
+                if msg is None:
+                    return
+                if isinstance(msg, str):
+                    conn.send(n)
+                    n = 0
+                    continue
+                arr = np.ndarray(msg, dtype=np.float64, buffer=shm.buf)
+                arr[0], arr[-1]
+                del arr
+                n += 1
+                conn.send_bytes(b"k")  # the block may be reused
+    finally:
+        shm.close()
+
+
+# ------------------------------------------------------------------- parents
+
+
+class Shmport:
+    name = "shmport"
+
+    def __init__(self, mode, **opts):
+        self.proc, self.port = shmport.spawn([sys.executable, os.path.abspath(__file__), "child"], **opts)
+        self.port.post(mode)
+
+    def rtt(self, n):
+        port = self.port
+        t = time.perf_counter()
+        for _ in range(n):
+            port.post_bytes(PAYLOAD)
+            port.recv().release()
+        return (time.perf_counter() - t) / n
+
+    def rtt_pickle(self, n):
+        port = self.port
+        t = time.perf_counter()
+        for _ in range(n):
+            port.post(PAYLOAD)
+            port.recv().data
+        return (time.perf_counter() - t) / n
+
+    def one_way(self, arr, n):
+        port = self.port
+        t = time.perf_counter()
+        for _ in range(n):
+            port.post(arr)
+        port.post("end")
+        assert port.recv().data == n
+        return time.perf_counter() - t
+
+    def close(self):
+        self.port.close()
+        self.proc.wait()
+
+
+class Pipe:
+    name = "multiprocessing.Pipe"
+
+    def __init__(self, mode):
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=mp_pipe_child, args=(child, mode))
+        self.proc.start()
+        child.close()
+
+    def rtt(self, n):
+        c = self.conn
+        t = time.perf_counter()
+        for _ in range(n):
+            c.send_bytes(PAYLOAD)
+            c.recv_bytes()
+        return (time.perf_counter() - t) / n
+
+    def rtt_pickle(self, n):
+        c = self.conn
+        t = time.perf_counter()
+        for _ in range(n):
+            c.send(PAYLOAD)
+            c.recv()
+        return (time.perf_counter() - t) / n
+
+    def one_way(self, arr, n):
+        c = self.conn
+        t = time.perf_counter()
+        for _ in range(n):
+            c.send(arr)
+        c.send("end")
+        assert c.recv() == n
+        return time.perf_counter() - t
+
+
+class PipeBytes(Pipe):
+    def close(self):
+        self.conn.send_bytes(b"")
+        self.proc.join()
+
+
+class PipePickle(Pipe):
+    def close(self):
+        self.conn.send(None)
+        self.proc.join()
+
+
+class Queue:
+    name = "multiprocessing.Queue"
+
+    def __init__(self, mode):
+        ctx = mp.get_context("spawn")
+        self.inq, self.outq = ctx.Queue(), ctx.Queue()
+        self.proc = ctx.Process(target=mp_queue_child, args=(self.inq, self.outq, mode))
+        self.proc.start()
+
+    def rtt(self, n):
+        t = time.perf_counter()
+        for _ in range(n):
+            self.inq.put(PAYLOAD)
+            self.outq.get()
+        return (time.perf_counter() - t) / n
+
+    def one_way(self, arr, n):
+        t = time.perf_counter()
+        for _ in range(n):
+            self.inq.put(arr)
+        self.inq.put("end")
+        assert self.outq.get() == n
+        return time.perf_counter() - t
+
+    def close(self):
+        self.inq.put(None)
+        self.proc.join()
+
+
+class SharedMemory:
+    name = "shared_memory + Pipe"
+
+    def __init__(self, mode, size=4096):
+        ctx = mp.get_context("spawn")
+        self.shm = shared_memory.SharedMemory(create=True, size=max(size, 4096))
+        self.conn, child = ctx.Pipe()
+        self.mode = mode
+        self.proc = ctx.Process(target=shm_child, args=(child, self.shm.name, mode))
+        self.proc.start()
+        child.close()
+
+    def rtt(self, n):
+        c, buf = self.conn, self.shm.buf
+        t = time.perf_counter()
+        for _ in range(n):
+            buf[0:64] = PAYLOAD
+            c.send_bytes(b"g")
+            c.recv_bytes(1)
+            bytes(buf[64:128])
+        return (time.perf_counter() - t) / n
+
+    def one_way(self, arr, n):
+        c = self.conn
+        dst = np.ndarray(arr.shape, dtype=arr.dtype, buffer=self.shm.buf)
+        t = time.perf_counter()
+        for i in range(n):
+            if i:
+                c.recv_bytes(1)  # the receiver is done with the block
+            np.copyto(dst, arr)
+            c.send(arr.shape)
+        c.recv_bytes(1)
+        c.send("end")
+        assert c.recv() == n
+        elapsed = time.perf_counter() - t
+        del dst
+        return elapsed
+
+    def close(self):
+        if self.mode == "echo":
+            self.conn.send_bytes(b"q")
+        else:
+            self.conn.send(None)
+        self.proc.join()
+        self.shm.close()
+        self.shm.unlink()
+
+
+# ------------------------------------------------------------------- running
+
+
+def median_rows(samples):
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def round_trips(runs, n):
+    makers = [
+        ("shmport post_bytes", lambda: Shmport("echo"), "rtt"),
+        ("shmport post (pickle)", lambda: Shmport("echo-pickle"), "rtt_pickle"),
+        ("Pipe send_bytes", lambda: PipeBytes("echo"), "rtt"),
+        ("Pipe send (pickle)", lambda: PipePickle("echo-pickle"), "rtt_pickle"),
+        ("Queue put/get", lambda: Queue("echo"), "rtt"),
+        ("shared_memory + Pipe", lambda: SharedMemory("echo"), "rtt"),
+    ]
+    peers = [(name, make(), how) for name, make, how in makers]
+    for _, peer, how in peers:  # warm up
+        getattr(peer, how)(min(n, 1000))
+    samples = {name: [] for name, _, _ in peers}
+    for _ in range(runs):
+        for name, peer, how in peers:
+            samples[name].append(getattr(peer, how)(n))
+    for _, peer, _ in peers:
+        peer.close()
+    return median_rows(samples)
+
+
+def throughputs(runs, sizes, batch):
+    rows = {}
+    for size in sizes:
+        arr = np.random.default_rng(0).random(size // 8)
+        n = batch(size)
+        big = Shmport("sink", capacity=RING_ARRAYS * size)
+        big.port.inline_limit = big.port.capacity // 2
+        peers = [
+            ("shmport post/recv().data", Shmport("sink")),
+            ("shmport, ring of 4 arrays", big),
+            ("Pipe send/recv", PipePickle("sink")),
+            ("Queue put/get", Queue("sink")),
+            ("shared_memory + Pipe", SharedMemory("sink", size)),
+        ]
+        for _, peer in peers:  # warm up: a lap of the big ring
+            peer.one_way(arr, RING_ARRAYS + 1)
+        samples = {name: [] for name, _ in peers}
+        for _ in range(runs):
+            for name, peer in peers:
+                samples[name].append(size * n / peer.one_way(arr, n))
+        for _, peer in peers:
+            peer.close()
+        rows[size] = median_rows(samples)
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="few iterations (a smoke test)")
+    args = p.parse_args()
+    runs = 2 if args.quick else args.runs
+    n_rtt = 500 if args.quick else 20000
+
+    def batch(size):
+        if size >= 64 * MiB:
+            return 2 if args.quick else 8
+        return max(2, (64 if args.quick else 512) * MiB // size // 4)
+
+    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} CPUs; "
+          f"medians of {runs} runs, transports taking turns in each run\n")
+    rtt = round_trips(runs, n_rtt)
+    base = rtt["shmport post_bytes"]
+    base_p = rtt["shmport post (pickle)"]
+    print(f"64 B round trip ({n_rtt} per run)")
+    print("| transport | median round trip | / shmport (same kind) |")
+    print("|---|---:|---:|")
+    for name, v in rtt.items():
+        ref = base_p if "pickle" in name else base
+        print(f"| {name} | {v * 1e6:.1f} µs | {v / ref:.2f}× |")
+    print()
+    tp = throughputs(runs, [1 * MiB, 16 * MiB, 64 * MiB], batch)
+    print("One-way throughput of numpy float64 arrays, received as usable arrays")
+    print("| transport | 1 MiB | 16 MiB | 64 MiB |")
+    print("|---|---:|---:|---:|")
+    names = list(next(iter(tp.values())))
+    for name in names:
+        cells = []
+        for size, row in tp.items():
+            ratio = row[name] / row["Pipe send/recv"]
+            cells.append(f"{row[name] / 2**30:.2f} GiB/s ({ratio:.1f}× Pipe)")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["child"]:
+        shmport_child()
+    else:
+        main()
