@@ -156,7 +156,9 @@ pub fn memcpy(size: usize, counts: Counts) -> (f64, usize) {
     while warm.elapsed() < counts.warmup.min(Duration::from_millis(100)) {
         run();
     }
-    let best = (0..MEMCPY_TRIES).map(|_| run()).fold(f64::INFINITY, f64::min);
+    let best = (0..MEMCPY_TRIES)
+        .map(|_| run())
+        .fold(f64::INFINITY, f64::min);
     (best, per_rep)
 }
 

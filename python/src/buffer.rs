@@ -238,80 +238,79 @@ unsafe extern "C" fn message_getbuffer(
 /// for one in a base.
 unsafe extern "C" fn noop_release(_obj: *mut ffi::PyObject, _view: *mut RawBuffer) {}
 
+/// A heap type named `name` of `basicsize` bytes (0: its base's), from
+/// `slots` (slot number, function), on `base` if given: the buffer types
+/// the stable ABI below 3.11 can only make this way.
+fn buffer_type<'py>(
+    py: Python<'py>,
+    name: &'static std::ffi::CStr,
+    basicsize: usize,
+    base: Option<&Bound<'py, PyType>>,
+    slots: &[(c_int, *mut c_void)],
+) -> PyResult<Bound<'py, PyType>> {
+    let mut slots: Vec<ffi::PyType_Slot> = slots
+        .iter()
+        .map(|&(slot, pfunc)| ffi::PyType_Slot { slot, pfunc })
+        .chain([ffi::PyType_Slot {
+            slot: 0,
+            pfunc: ptr::null_mut(),
+        }])
+        .collect();
+    let mut spec = ffi::PyType_Spec {
+        name: name.as_ptr(),
+        basicsize: basicsize as c_int,
+        itemsize: 0,
+        flags: ffi::Py_TPFLAGS_DEFAULT as _,
+        slots: slots.as_mut_ptr(),
+    };
+    let t = match base {
+        None => {
+            // SAFETY: a valid spec whose slot list ends with a zero slot;
+            // CPython copies what it needs from it during the call.
+            unsafe { ffi::PyType_FromSpec(&mut spec) }
+        }
+        Some(base) => {
+            let bases = pyo3::types::PyTuple::new(py, [base])?;
+            // SAFETY: as above, and a tuple of one base type.
+            unsafe { ffi::PyType_FromSpecWithBases(&mut spec, bases.as_ptr()) }
+        }
+    };
+    if t.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: a new reference to a type object.
+    unsafe { Bound::from_owned_ptr(py, t) }
+        .cast_into::<PyType>()
+        .map_err(Into::into)
+}
+
 /// Make `_View` and the `Message` subclass; add `Message` to the module.
 pub(crate) fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    let view = {
-        let mut slots = [
-            ffi::PyType_Slot {
-                slot: PY_BF_GETBUFFER,
-                pfunc: view_getbuffer as *mut c_void,
-            },
-            ffi::PyType_Slot {
-                slot: PY_BF_RELEASEBUFFER,
-                pfunc: noop_release as *mut c_void,
-            },
-            ffi::PyType_Slot {
-                slot: ffi::Py_tp_dealloc,
-                pfunc: view_dealloc as *mut c_void,
-            },
-            ffi::PyType_Slot {
-                slot: ffi::Py_tp_new,
-                pfunc: no_new as *mut c_void,
-            },
-            ffi::PyType_Slot {
-                slot: 0,
-                pfunc: ptr::null_mut(),
-            },
-        ];
-        let mut spec = ffi::PyType_Spec {
-            name: c"shmport._View".as_ptr(),
-            basicsize: std::mem::size_of::<ViewObject>() as c_int,
-            itemsize: 0,
-            flags: ffi::Py_TPFLAGS_DEFAULT as _,
-            slots: slots.as_mut_ptr(),
-        };
-        // SAFETY: a valid spec; CPython copies what it needs.
-        let t = unsafe { ffi::PyType_FromSpec(&mut spec) };
-        if t.is_null() {
-            return Err(PyErr::fetch(py));
-        }
-        // SAFETY: a new reference to a type object.
-        unsafe { Bound::from_owned_ptr(py, t) }.cast_into::<PyType>()?
-    };
+    let view = buffer_type(
+        py,
+        c"shmport._View",
+        std::mem::size_of::<ViewObject>(),
+        None,
+        &[
+            (PY_BF_GETBUFFER, view_getbuffer as *mut c_void),
+            (PY_BF_RELEASEBUFFER, noop_release as *mut c_void),
+            (ffi::Py_tp_dealloc, view_dealloc as *mut c_void),
+            (ffi::Py_tp_new, no_new as *mut c_void),
+        ],
+    )?;
     let base = py.get_type::<Message>();
-    let message = {
-        let mut slots = [
-            ffi::PyType_Slot {
-                slot: PY_BF_GETBUFFER,
-                pfunc: message_getbuffer as *mut c_void,
-            },
-            ffi::PyType_Slot {
-                slot: PY_BF_RELEASEBUFFER,
-                pfunc: noop_release as *mut c_void,
-            },
-            ffi::PyType_Slot {
-                slot: 0,
-                pfunc: ptr::null_mut(),
-            },
-        ];
-        let mut spec = ffi::PyType_Spec {
-            name: c"shmport.Message".as_ptr(),
-            // 0: the base's size (the Rust message lives there).
-            basicsize: 0,
-            itemsize: 0,
-            flags: ffi::Py_TPFLAGS_DEFAULT as _,
-            slots: slots.as_mut_ptr(),
-        };
-        let bases = pyo3::types::PyTuple::new(py, [base])?;
-        // SAFETY: a valid spec and a tuple of one base type.
-        let t = unsafe { ffi::PyType_FromSpecWithBases(&mut spec, bases.as_ptr()) };
-        if t.is_null() {
-            return Err(PyErr::fetch(py));
-        }
-        // SAFETY: a new reference to a type object.
-        unsafe { Bound::from_owned_ptr(py, t) }.cast_into::<PyType>()?
-    };
+    // Size 0: the base's (the Rust message lives there).
+    let message = buffer_type(
+        py,
+        c"shmport.Message",
+        0,
+        Some(&base),
+        &[
+            (PY_BF_GETBUFFER, message_getbuffer as *mut c_void),
+            (PY_BF_RELEASEBUFFER, noop_release as *mut c_void),
+        ],
+    )?;
     m.add("Message", &message)?;
     let _ = TYPES.set(Types {
         view: view.unbind(),
@@ -448,42 +447,18 @@ fn loan_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     if let Some(t) = LOAN_TYPE.get() {
         return Ok(t.bind(py));
     }
-    let mut slots = [
-        ffi::PyType_Slot {
-            slot: PY_BF_GETBUFFER,
-            pfunc: loan_getbuffer as *mut c_void,
-        },
-        ffi::PyType_Slot {
-            slot: PY_BF_RELEASEBUFFER,
-            pfunc: loan_releasebuffer as *mut c_void,
-        },
-        ffi::PyType_Slot {
-            slot: ffi::Py_tp_dealloc,
-            pfunc: loan_dealloc as *mut c_void,
-        },
-        ffi::PyType_Slot {
-            slot: ffi::Py_tp_new,
-            pfunc: no_new as *mut c_void,
-        },
-        ffi::PyType_Slot {
-            slot: 0,
-            pfunc: ptr::null_mut(),
-        },
-    ];
-    let mut spec = ffi::PyType_Spec {
-        name: c"shmport._Loan".as_ptr(),
-        basicsize: std::mem::size_of::<LoanObject>() as c_int,
-        itemsize: 0,
-        flags: ffi::Py_TPFLAGS_DEFAULT as _,
-        slots: slots.as_mut_ptr(),
-    };
-    // SAFETY: a valid spec.
-    let t = unsafe { ffi::PyType_FromSpec(&mut spec) };
-    if t.is_null() {
-        return Err(PyErr::fetch(py));
-    }
-    // SAFETY: a new reference to a type object.
-    let t = unsafe { Bound::from_owned_ptr(py, t) }.cast_into::<PyType>()?;
+    let t = buffer_type(
+        py,
+        c"shmport._Loan",
+        std::mem::size_of::<LoanObject>(),
+        None,
+        &[
+            (PY_BF_GETBUFFER, loan_getbuffer as *mut c_void),
+            (PY_BF_RELEASEBUFFER, loan_releasebuffer as *mut c_void),
+            (ffi::Py_tp_dealloc, loan_dealloc as *mut c_void),
+            (ffi::Py_tp_new, no_new as *mut c_void),
+        ],
+    )?;
     let _ = LOAN_TYPE.set(t.unbind());
     Ok(LOAN_TYPE.get().expect("just set").bind(py))
 }
