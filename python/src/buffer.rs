@@ -238,6 +238,28 @@ unsafe extern "C" fn message_getbuffer(
 /// for one in a base.
 unsafe extern "C" fn noop_release(_obj: *mut ffi::PyObject, _view: *mut RawBuffer) {}
 
+/// A new, zero-filled instance of the heap type `tp` (one of the buffer
+/// types made by [`buffer_type`]), as an owned reference.
+fn allocate(tp: &Bound<'_, PyType>) -> PyResult<*mut ffi::PyObject> {
+    let py = tp.py();
+    let tpp = tp.as_ptr() as *mut ffi::PyTypeObject;
+    // SAFETY: `tpp` is a live type object (borrowed from `tp`); its tp_alloc
+    // slot is PyType_GenericAlloc (inherited from object), which zero-fills
+    // the instance and takes a reference to the type.
+    unsafe {
+        let alloc = ffi::PyType_GetSlot(tpp, ffi::Py_tp_alloc);
+        if alloc.is_null() {
+            return Err(PyBufferError::new_err("cannot allocate a buffer object"));
+        }
+        let alloc: ffi::allocfunc = std::mem::transmute(alloc);
+        let obj = alloc(tpp, 0);
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(obj)
+    }
+}
+
 /// A heap type named `name` of `basicsize` bytes (0: its base's), from
 /// `slots` (slot number, function), on `base` if given: the buffer types
 /// the stable ABI below 3.11 can only make this way.
@@ -338,19 +360,10 @@ pub(crate) fn new_view<'py>(
         return Err(PyBufferError::new_err("shmport is not initialised"));
     };
     let tp = types.view.bind(py);
-    // SAFETY: `tp` is the `_View` heap type; tp_alloc is PyType_GenericAlloc
-    // (inherited from object), which zero-fills and takes a type reference.
+    let obj = allocate(tp)?;
+    // SAFETY: `obj` is a fresh, zero-filled `_View` (allocate), so its
+    // struct is a ViewObject; the fields are set before any use.
     unsafe {
-        let tpp = tp.as_ptr() as *mut ffi::PyTypeObject;
-        let alloc = ffi::PyType_GetSlot(tpp, ffi::Py_tp_alloc);
-        if alloc.is_null() {
-            return Err(PyBufferError::new_err("cannot allocate a view"));
-        }
-        let alloc: ffi::allocfunc = std::mem::transmute(alloc);
-        let obj = alloc(tpp, 0);
-        if obj.is_null() {
-            return Err(PyErr::fetch(py));
-        }
         let v = obj as *mut ViewObject;
         (*v).ptr = ptr;
         (*v).len = len;
@@ -473,19 +486,10 @@ pub(crate) fn loan_memoryview<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = owner.py();
     let tp = loan_type(py)?;
-    // SAFETY: `tp` is the `_Loan` heap type (PyType_GenericAlloc: zero-filled,
-    // takes a type reference); the fields are set before any use.
+    let obj = allocate(tp)?;
+    // SAFETY: `obj` is a fresh, zero-filled `_Loan` (allocate), so its
+    // struct is a LoanObject; the fields are set before any use.
     unsafe {
-        let tpp = tp.as_ptr() as *mut ffi::PyTypeObject;
-        let alloc = ffi::PyType_GetSlot(tpp, ffi::Py_tp_alloc);
-        if alloc.is_null() {
-            return Err(PyBufferError::new_err("cannot allocate a loan"));
-        }
-        let alloc: ffi::allocfunc = std::mem::transmute(alloc);
-        let obj = alloc(tpp, 0);
-        if obj.is_null() {
-            return Err(PyErr::fetch(py));
-        }
         let l = obj as *mut LoanObject;
         (*l).ptr = ptr;
         (*l).len = len;
