@@ -125,8 +125,10 @@ pub struct ProducerLine {
     /// records through commit words, not through this.
     pub tail: RingU64,
     /// Nonzero once the producer closed: no record will follow the last one
-    /// committed. Stored with Release after the last commit; loaded with
-    /// Acquire by the consumer when it finds the ring empty.
+    /// committed. Stored with Release after the last commit, then the full
+    /// barrier and a look at [`ConsumerWaitLine::sleeping`] (a sleeping
+    /// consumer is woken); loaded with Acquire by the consumer when it finds
+    /// the ring empty, and after its sleep announcement.
     pub closed: RingU32,
 }
 
@@ -148,6 +150,9 @@ pub struct ConsumerWaitLine {
     /// The producer that swaps it from 1 to 0 sends the wake-up.
     pub sleeping: RingU32,
     /// Nonzero once the consumer closed: posting to this ring fails.
+    /// Stored with Release after the consumer's last head, then the full
+    /// barrier and a look at [`ProducerWaitLine::waiting`] (a producer
+    /// waiting for room is woken); loaded with Acquire by the producer.
     pub closed: RingU32,
     /// [`BARRIER_MEMBARRIER`] when the consumer orders its sleep announcement
     /// with `membarrier(2)` (then a registered producer needs no fence after
