@@ -236,6 +236,8 @@ fn hostile() {
     const RAW: RecordMeta = RecordMeta {
         kind: Kind::Raw,
         out_of_line: false,
+        pool: false,
+        announce: false,
         nports: 0,
         fingerprint: 0,
     };
@@ -395,6 +397,8 @@ fn garbage_record(rng: &mut Rng, samples: &[(u64, Vec<u8>)]) -> (RecordMeta, Vec
     let meta = RecordMeta {
         kind,
         out_of_line: false,
+        pool: false,
+        announce: false,
         nports: 0,
         fingerprint,
     };
@@ -792,6 +796,8 @@ fn padding_cannot_run_the_head_ahead_of_held_messages() {
         RecordMeta {
             kind: Kind::Raw,
             out_of_line: false,
+            pool: false,
+            announce: false,
             nports: 0,
             fingerprint: 0,
         },

@@ -77,6 +77,8 @@ fn meta(out_of_line: bool, nports: u16) -> RecordMeta {
     RecordMeta {
         kind: Kind::Raw,
         out_of_line,
+        pool: false,
+        announce: false,
         nports,
         fingerprint: 0,
     }

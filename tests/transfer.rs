@@ -89,7 +89,7 @@ fn queued_messages_and_ports_inside_them_move_with_the_port() {
         .unwrap()
         .into_ports();
     let (p, q) = MessageChannel::new().unwrap().into_ports();
-    let big = vec![7u8; 200 * 1024]; // out of line in a 64 KiB ring
+    let big = vec![7u8; 200 * 1024]; // in the pool, with a 64 KiB ring
     for i in 0..10u64 {
         x.post(&i).unwrap();
     }
@@ -115,11 +115,17 @@ fn queued_messages_and_ports_inside_them_move_with_the_port() {
     assert_eq!(m.get::<String>().unwrap().as_str(), "inner");
     let q = m.take_ports().unwrap().pop().unwrap();
     drop(m);
+    // The port brought the buffer of x's pool that its queue names.
     let m = t.recv().unwrap();
-    assert!(m.is_out_of_line());
+    assert!(m.is_pooled());
     assert_eq!(m.bytes(), &big[..]);
     drop(m);
     assert_eq!(t.recv().unwrap().bytes(), b"last");
+    // The block went back to x's pool, which reuses it.
+    let before = x.pool_bytes();
+    x.post_bytes(&big).unwrap();
+    assert_eq!(t.recv().unwrap().bytes(), &big[..]);
+    assert_eq!(x.pool_bytes(), before);
 
     // The moved ports work both ways, directly.
     p.post_bytes(b"to q").unwrap();
@@ -194,13 +200,29 @@ fn held_payload(i: u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn a_port_holding_a_thousand_out_of_line_messages_moves_through_two_hops() {
+    held_messages_move_through_two_hops(false);
+}
+
+#[test]
+fn a_port_holding_a_thousand_pooled_messages_moves_through_two_hops() {
+    held_messages_move_through_two_hops(true);
+}
+
+/// A port holding [`HELD`] messages, each larger than half its ring, in
+/// the pool or each in its own memfd, moves through two processes before
+/// it is read.
+fn held_messages_move_through_two_hops(pooled: bool) {
     allow_fds(4 * HELD + 1000);
     let (far, t) = MessageChannel::builder()
         .capacity(64 * 1024)
         .build()
         .unwrap()
         .into_ports();
-    // Larger than half the ring: each message in its own memfd.
+    if !pooled {
+        // No pool: each message in its own memfd.
+        far.set_pool_limit(Some(0));
+    }
+    // Larger than half the ring.
     let len = (32 * 1024 + 1).max(far.max_inline_payload() + 1);
     // A socket holds only a few hundred such attachments (~280 here), so a
     // port that holds a thousand has taken them into its inbox. This one
@@ -224,7 +246,7 @@ fn a_port_holding_a_thousand_out_of_line_messages_moves_through_two_hops() {
     // messages on each hop.
     let (mut relay, carrier) = shmport::spawn(peer("held-relay")).unwrap();
     carrier
-        .post_with_ports(&(HELD, len as u64), vec![t])
+        .post_with_ports(&(HELD, len as u64, pooled), vec![t])
         .unwrap();
     // Two hops on, the reader read every message, in order, and answers
     // through the port; and the port still works this way.
@@ -238,14 +260,14 @@ fn held_relay() {
     allow_fds(4 * HELD + 1000);
     let up = MessagePort::from_parent().unwrap();
     let mut m = up.recv_timeout(PATIENCE).unwrap();
-    let (n, len) = {
-        let v = m.get::<(u64, u64)>().unwrap();
-        (v.0.to_native(), v.1.to_native())
+    let (n, len, pooled) = {
+        let v = m.get::<(u64, u64, bool)>().unwrap();
+        (v.0.to_native(), v.1.to_native(), v.2)
     };
     let t = m.take_ports().unwrap().pop().expect("a port");
     drop(m);
     let (mut child, down) = shmport::spawn(peer("held-reader")).unwrap();
-    down.post_with_ports(&(n, len), vec![t]).unwrap();
+    down.post_with_ports(&(n, len, pooled), vec![t]).unwrap();
     assert!(child.wait().unwrap().success(), "the reader failed");
 }
 
@@ -254,15 +276,19 @@ fn held_reader() {
     allow_fds(4 * HELD + 1000);
     let up = MessagePort::from_parent().unwrap();
     let mut m = up.recv_timeout(PATIENCE).unwrap();
-    let (n, len) = {
-        let v = m.get::<(u64, u64)>().unwrap();
-        (v.0.to_native(), v.1.to_native() as usize)
+    let (n, len, pooled) = {
+        let v = m.get::<(u64, u64, bool)>().unwrap();
+        (v.0.to_native(), v.1.to_native() as usize, v.2)
     };
     let t = m.take_ports().unwrap().pop().expect("a port");
     drop(m);
     for i in 0..n {
         let m = t.recv_timeout(PATIENCE).unwrap();
-        assert!(m.is_out_of_line(), "message {i} not out of line");
+        if pooled {
+            assert!(m.is_pooled(), "message {i} not in the pool");
+        } else {
+            assert!(m.is_out_of_line(), "message {i} not out of line");
+        }
         assert!(
             m.bytes() == &held_payload(i, len)[..],
             "message {i} has the wrong bytes"

@@ -40,6 +40,8 @@ fuzz_target!(|data: &[u8]| {
     let meta = RecordMeta {
         kind: if claim == 2 { Kind::Raw } else { Kind::Typed },
         out_of_line: false,
+        pool: false,
+        announce: false,
         nports: 0,
         fingerprint: match claim {
             0 => fingerprint_of(which),

@@ -79,6 +79,8 @@ fn run(data: &[u8]) {
                         Kind::Typed
                     },
                     out_of_line: r.u8().is_multiple_of(8),
+                    pool: false,
+                    announce: false,
                     nports: if r.u8().is_multiple_of(8) {
                         r.u8() as u16 % 4
                     } else {

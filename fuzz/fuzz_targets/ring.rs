@@ -22,6 +22,8 @@ use shmport_fuzz::Reader;
 const RAW: RecordMeta = RecordMeta {
     kind: Kind::Raw,
     out_of_line: false,
+    pool: false,
+    announce: false,
     nports: 0,
     fingerprint: 0,
 };

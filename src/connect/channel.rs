@@ -67,6 +67,7 @@ pub struct ChannelBuilder {
     spin: Duration,
     trust: Trust,
     max_message: usize,
+    pool_limit: Option<usize>,
 }
 
 impl Default for ChannelBuilder {
@@ -84,6 +85,7 @@ impl ChannelBuilder {
             spin: DEFAULT_SPIN,
             trust: Trust::Validated,
             max_message: DEFAULT_MAX_MESSAGE_SIZE,
+            pool_limit: None,
         }
     }
 
@@ -93,9 +95,12 @@ impl ChannelBuilder {
     /// [`io::ErrorKind::InvalidInput`]. [`MessagePort::capacity`] tells the
     /// size a port got.
     ///
-    /// A message up to half the ring travels inline; larger ones go out of
-    /// line in their own memfd (slower: a few system calls and page faults
-    /// each). Memory is touched only as the ring is used.
+    /// A message up to half the ring travels inline; larger ones, up to
+    /// 64 MiB, go into the sending side's pool of reused blocks (as fast;
+    /// see [`pool_limit`](Self::pool_limit)), and larger still out of line
+    /// in their own memfd (a few system calls and page faults each). The
+    /// default ring suits messages of any size. Memory is touched only as
+    /// the ring is used.
     ///
     /// ```
     /// use shmport::MessageChannel;
@@ -126,12 +131,35 @@ impl ChannelBuilder {
         self
     }
 
-    /// The largest out-of-line message the ports this builder makes accept
-    /// (see [`MessagePort::set_max_message_size`]; default
+    /// The largest message from outside the ring (pooled or out of line)
+    /// the ports this builder makes accept (see
+    /// [`MessagePort::set_max_message_size`]; default
     /// [`DEFAULT_MAX_MESSAGE_SIZE`]). Kept only in this process, like the
     /// trust mode.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message = bytes;
+        self
+    }
+
+    /// Cap each port's large-message pool at `bytes` (see
+    /// [`MessagePort::set_pool_limit`]; default: the larger of 64 MiB and
+    /// four blocks of the largest size class in use). Kept only in this
+    /// process, like the trust mode.
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    ///
+    /// let (a, b) = MessageChannel::builder()
+    ///     .pool_limit(8 << 20)
+    ///     .build()?
+    ///     .into_ports();
+    /// a.post_bytes(&vec![7; 3 << 20])?; // in a 4 MiB pool block
+    /// assert!(b.recv()?.is_pooled());
+    /// assert!(a.pool_bytes() <= 8 << 20);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pool_limit(mut self, bytes: usize) -> Self {
+        self.pool_limit = Some(bytes);
         self
     }
 
@@ -150,10 +178,11 @@ impl ChannelBuilder {
     }
 
     /// Apply this builder's per-process settings (trust mode, largest
-    /// message) to a port it made.
+    /// message, pool cap) to a port it made.
     pub(crate) fn configure(&self, port: &MessagePort) {
         port.set_trust(self.trust);
         port.set_max_message_size(self.max_message);
+        port.set_pool_limit(self.pool_limit);
     }
 
     pub(crate) fn spin_time(&self) -> Duration {

@@ -18,6 +18,7 @@ pub(crate) fn send_port(sock: BorrowedFd<'_>, port: MessagePort) -> std::io::Res
     let parts = port.into_parts();
     let att = Attachment {
         ool: None,
+        pool: None,
         ports: vec![parts],
         lost: false,
     };

@@ -13,6 +13,8 @@ use rkyv::ser::allocator::Arena;
 
 use super::{Half, MessagePort, Shared, Trust};
 use crate::error::{CloseReason, PostError};
+use crate::shm::pool::reader::PoolReader;
+use crate::shm::pool::writer::PoolWriter;
 use crate::shm::ring::{Consumer, Corrupt, Producer};
 use crate::shm::segment::SegmentRing;
 use crate::sys::kick::Kick;
@@ -35,6 +37,8 @@ pub struct PortSender {
     /// Scratch space for rkyv serializers (kept here, not in a thread local:
     /// no lookup per post).
     pub(super) arena: RefCell<Arena>,
+    /// The blocks this side lends for messages too large for the ring.
+    pub(super) pool: RefCell<PoolWriter>,
 }
 
 /// The receiving half of a port ([`MessagePort::split`]): receives what
@@ -45,6 +49,8 @@ pub struct PortReceiver {
     pub(super) trust: Cell<Trust>,
     /// The largest out-of-line payload this half maps.
     pub(super) max_message: Cell<usize>,
+    /// The buffers of the peer's pool, and the way its blocks go back.
+    pub(super) pool: RefCell<PoolReader>,
 }
 
 // Ports and halves move between threads (they are not shared between them).
@@ -134,6 +140,22 @@ impl PortSender {
         self.inline_limit.get()
     }
 
+    /// Cap the memory of this side's large-message pool at `bytes`
+    /// (`None`: the default, the larger of 64 MiB and four blocks of the
+    /// largest size class in use). At the cap, a post that needs a block
+    /// waits for the receiver to give one back (`try_` posts fail with
+    /// [`PostError::Full`]), as a full ring makes it wait; buffers already
+    /// made stay. A message larger than the cap allows (or than the largest
+    /// block, 64 MiB) travels in a memfd of its own.
+    pub fn set_pool_limit(&self, bytes: Option<usize>) {
+        self.pool.borrow_mut().set_limit(bytes);
+    }
+
+    /// Bytes of pool memory this side holds now.
+    pub fn pool_bytes(&self) -> usize {
+        self.pool.borrow().bytes()
+    }
+
     /// Refuse a post while a [`Reservation`] holds the ring's next slot.
     #[inline]
     pub(super) fn check_not_reserved(&self) -> Result<(), PostError> {
@@ -212,9 +234,20 @@ impl PortReceiver {
     /// viewed). Receiving afterwards still returns what the peer posted
     /// before it saw the close.
     pub fn close_receiving(&self) {
-        if self.rx.borrow_mut().close() {
+        if self.close_consumer() {
             let _ = self.shared.wake_peer();
         }
+    }
+
+    /// Publish the consumer's last head, then its closed flag; `true` if
+    /// the peer waits (for ring room or for a pool block) and must be woken
+    /// to see the close.
+    fn close_consumer(&self) -> bool {
+        let mut wake = self.rx.borrow_mut().close();
+        let mut pool = self.pool.borrow_mut();
+        // Blocks of messages already dropped go back first.
+        wake |= pool.flush().unwrap_or(false);
+        wake | pool.wake_due_at_close()
     }
 
     /// Why the close event came: the peer closed its sending side, broke
@@ -253,8 +286,9 @@ impl Drop for PortReceiver {
             return;
         }
         // Publish what this side consumed, then the consumer's closed flag;
-        // wake the peer if it waits for room (see `PortSender`'s drop).
-        if self.rx.get_mut().close() {
+        // wake the peer if it waits for room or a block (see `PortSender`'s
+        // drop).
+        if self.close_consumer() {
             let _ = self.shared.wake_peer();
         }
         // Ports in messages never read: close them properly (their peers

@@ -18,13 +18,16 @@ use crate::wire::attachment::PortParts;
 use crate::wire::writer::fingerprint;
 
 /// Where a message's bytes are: in the ring (until the record is released),
-/// or in a sealed memfd mapped private and read-only for this message (`map`).
+/// in a block of the peer's pool (`block`, until it is given back), or in a
+/// sealed memfd mapped private and read-only for this message (`map`).
 pub(crate) struct Body {
     pub(crate) ptr: NonNull<u8>,
     pub(crate) len: usize,
     pub(crate) map: Option<Mapping>,
     /// A private copy (untrusted mode): `ptr` points into it.
     pub(crate) copy: Option<rkyv::util::AlignedVec<16>>,
+    /// The key of the pool block `ptr` points into, given back on drop.
+    pub(crate) block: Option<u64>,
 }
 
 /// A value that can be read from a typed message: its archived form can be
@@ -77,10 +80,11 @@ impl<'p> Message<'p> {
         }
     }
 
-    /// Untrusted mode: copy a payload that lies in the ring into private
-    /// memory and give the ring space back at once. From here on nothing
-    /// the peer writes to the ring can change what this message reads, so
-    /// validation holds (no time-of-check to time-of-use gap).
+    /// Untrusted mode: copy a payload that lies in the ring or in a pool
+    /// block (memory the peer can still write) into private memory, and
+    /// give the ring space and the block back at once. From here on nothing
+    /// the peer writes can change what this message reads, so validation
+    /// holds (no time-of-check to time-of-use gap).
     pub(crate) fn copy_out_of_ring(&mut self) {
         if self.body.map.is_some() || !self.holds_ring {
             return;
@@ -92,6 +96,9 @@ impl<'p> Message<'p> {
         self.body.copy = Some(copy);
         self.holds_ring = false;
         self.port.release(self.pos, self.end);
+        if let Some(key) = self.body.block.take() {
+            self.port.release_block(key);
+        }
     }
 
     /// The payload: an rkyv archive for typed messages, the posted bytes
@@ -99,7 +106,11 @@ impl<'p> Message<'p> {
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `ptr/len` lie inside the ring's data area (checked when
         // the record was taken; the producer does not write the record until
-        // this message releases it on drop), or inside `map`, a read-only
+        // this message releases it on drop), or inside a pool block of a
+        // read-only mapping of a buffer sealed against resizes, which the
+        // port keeps mapped while it lives (and this message borrows the
+        // port; the block was checked to lie inside the buffer and `len` to
+        // fit the block), or inside `map`, a read-only
         // mapping of at least `len` bytes of a memfd sealed against resizes
         // (so no SIGBUS), or inside `copy` (`len` bytes): both owned by this
         // message.
@@ -114,6 +125,13 @@ impl<'p> Message<'p> {
     /// Did the payload travel out of line (in its own memfd)?
     pub fn is_out_of_line(&self) -> bool {
         self.body.map.is_some()
+    }
+
+    /// Is the payload read in place in a block of the sender's pool (a
+    /// message too large for the ring)? Untrusted ports copy it out first
+    /// and answer `false`.
+    pub fn is_pooled(&self) -> bool {
+        self.body.block.is_some()
     }
 
     /// Number of ports that came with this message and have not been taken.
@@ -228,8 +246,9 @@ impl<'p> Message<'p> {
     /// port (which can be closed or moved meanwhile). For a language
     /// binding handing the bytes to a garbage collector as external memory.
     ///
-    /// Given back unchanged if the payload lies in the ring (not out of
-    /// line, or copied in untrusted mode). Ports not taken before are
+    /// Given back unchanged if the payload lies in the ring or in a pool
+    /// block (memory the sender reuses once it is given back), or was
+    /// copied in untrusted mode. Ports not taken before are
     /// closed, as when the message drops.
     // The message comes back as it was, like `TransferError`'s ports; a box
     // would cost an allocation on the in-ring path, the common one.
@@ -396,6 +415,9 @@ impl Drop for Message<'_> {
         if self.holds_ring {
             self.port.release(self.pos, self.end);
         }
+        if let Some(key) = self.body.block {
+            self.port.release_block(key);
+        }
     }
 }
 
@@ -405,6 +427,7 @@ impl std::fmt::Debug for Message<'_> {
             .field("typed", &self.is_typed())
             .field("len", &self.bytes().len())
             .field("out_of_line", &self.is_out_of_line())
+            .field("pooled", &self.is_pooled())
             .finish()
     }
 }

@@ -156,15 +156,17 @@ impl MessagePort {
         self.tx.shared.spin()
     }
 
-    /// Largest payload that travels inside the ring; larger messages go out
-    /// of line, each in its own sealed memfd.
+    /// Largest payload that travels inside the ring; larger messages go
+    /// into a block of the port's pool (up to 64 MiB), larger still out of
+    /// line, each in its own sealed memfd.
     #[inline]
     pub fn max_inline_payload(&self) -> usize {
         self.tx.max_inline_payload()
     }
 
-    /// Posts larger than `bytes` travel out of line even when the ring could
-    /// hold them (see [`PortSender::set_inline_limit`]).
+    /// Posts larger than `bytes` travel outside the ring (in the pool, or
+    /// out of line) even when the ring could hold them (see
+    /// [`PortSender::set_inline_limit`]).
     pub fn set_inline_limit(&self, bytes: usize) {
         self.tx.set_inline_limit(bytes);
     }
@@ -172,6 +174,19 @@ impl MessagePort {
     /// The limit set by [`set_inline_limit`](Self::set_inline_limit).
     pub fn inline_limit(&self) -> usize {
         self.tx.inline_limit()
+    }
+
+    /// Cap the memory of this port's large-message pool (see
+    /// [`PortSender::set_pool_limit`]). Kept only in this process: a port
+    /// that travels starts a pool of its own, with the default cap.
+    pub fn set_pool_limit(&self, bytes: Option<usize>) {
+        self.tx.set_pool_limit(bytes);
+    }
+
+    /// Bytes of pool memory this port holds now (its buffers for messages
+    /// too large for the ring).
+    pub fn pool_bytes(&self) -> usize {
+        self.tx.pool_bytes()
     }
 
     /// Bytes in each direction's ring: the size the channel was made with,
@@ -193,8 +208,9 @@ impl MessagePort {
     }
 
     /// The largest message this port accepts, in bytes (default
-    /// [`DEFAULT_MAX_MESSAGE_SIZE`]). A larger out-of-line message is
-    /// refused before it is mapped: that receive returns
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`]). A larger message from outside the
+    /// ring (in the peer's pool, or out of line) is refused before it is
+    /// read (an out-of-line one before it is mapped): that receive returns
     /// [`RecvError::Refused`](crate::RecvError::Refused), the message is
     /// dropped, and the port goes on. It bounds what a peer can make this
     /// process map (and so allocate, as the message is read) with one
@@ -206,7 +222,7 @@ impl MessagePort {
     ///
     /// let (a, b) = MessageChannel::builder().capacity(4096).build()?.into_ports();
     /// b.set_max_message_size(64 * 1024);
-    /// a.post_bytes(&vec![1; 100 * 1024])?; // out of line: larger than the ring
+    /// a.post_bytes(&vec![1; 100 * 1024])?; // in the pool: larger than the ring
     /// a.post_bytes(b"small")?;
     /// assert!(matches!(b.recv(), Err(RecvError::Refused(_))));
     /// assert_eq!(b.recv()?.bytes(), b"small");

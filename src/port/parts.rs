@@ -17,7 +17,10 @@ use super::{DEFAULT_MAX_MESSAGE_SIZE, MessagePort, PortReceiver, PortSender, Sha
 use crate::error::PostError;
 use crate::shm::ring::{Barriers, Consumer, Corrupt, Producer, REWIND_MIN, RingMemory};
 use crate::shm::segment::OpenError;
-use crate::shm::segment::{Segment, SegmentRing, Side};
+use crate::shm::pool::BufferInfo;
+use crate::shm::pool::reader::{AddError, PoolReader};
+use crate::shm::pool::writer::PoolWriter;
+use crate::shm::segment::{Segment, SegmentRelease, SegmentRing, Side};
 use crate::sys::{self};
 use crate::wire::attachment::{Attachment, Partial, PortParts, SegmentRef};
 
@@ -126,6 +129,10 @@ impl MessagePort {
     ) -> MessagePort {
         let mut tx = tx;
         tx.rewind_from(rewind_min(tx.memory().capacity()));
+        let barriers = process_barriers();
+        let (tx_ring, rx_ring) = side.rings();
+        let pool_writer = PoolWriter::new(SegmentRelease::new(seg.clone(), tx_ring), barriers);
+        let pool_reader = PoolReader::new(SegmentRelease::new(seg.clone(), rx_ring), barriers);
         let shared = Arc::new(Shared {
             seg,
             sock,
@@ -147,12 +154,14 @@ impl MessagePort {
                 wanted_room: Cell::new(0),
                 inline_limit: Cell::new(usize::MAX),
                 arena: RefCell::new(Arena::new()),
+                pool: RefCell::new(pool_writer),
             },
             rx: PortReceiver {
                 shared,
                 rx: RefCell::new(rx),
                 trust: Cell::new(Trust::default()),
                 max_message: Cell::new(DEFAULT_MAX_MESSAGE_SIZE),
+                pool: RefCell::new(pool_reader),
             },
         }
     }
@@ -165,11 +174,34 @@ impl MessagePort {
         self
     }
 
+    /// The buffers of the peer's pool that records queued on a port it
+    /// came with may name (a received port, or one whose transfer failed).
+    /// A buffer that is not valid closes the port with `ProtocolError`.
+    pub(crate) fn with_pool(self, buffers: Vec<(BufferInfo, OwnedFd)>) -> Self {
+        let mut pool = self.rx.pool.borrow_mut();
+        for (info, fd) in buffers {
+            if let Err(e) = pool.add(info, fd) {
+                let c = match e {
+                    AddError::Corrupt(c) => c,
+                    AddError::Io(_) => Corrupt("a pool buffer could not be mapped"),
+                };
+                let _ = self.rx.shared.broken.set(c);
+            }
+        }
+        drop(pool);
+        self
+    }
+
     /// Take the port apart to send it: publish both positions, hand over
-    /// the socket and the inbox. The peer notices nothing.
+    /// the socket, the inbox and the peer's pool buffers (its own pool
+    /// stays: see [`PoolWriter`]). The peer notices nothing.
     pub(crate) fn into_parts(self) -> PortParts {
         self.tx.tx.borrow().publish_tail();
         self.rx.flush_releases();
+        let pool = self.rx.pool.replace(PoolReader::new(
+            SegmentRelease::new(self.tx.shared.seg.clone(), self.tx.shared.side.rings().1),
+            process_barriers(),
+        ));
         let shared = self.tx.shared.clone();
         shared.transferred.store(true, Ordering::Relaxed);
         // The halves' drops see `transferred` and close nothing.
@@ -183,6 +215,7 @@ impl MessagePort {
                 spin,
                 inbox: s.inbox.into_inner().unwrap_or_else(|e| e.into_inner()),
                 partial: s.taking_in.into_inner().unwrap_or_else(|e| e.into_inner()),
+                pool: pool.into_buffers(),
             },
             // Nothing else holds the core of a whole port (messages and
             // reservations borrow the port, which is consumed here).
@@ -252,9 +285,9 @@ impl PortParts {
                 Segment::open(fd)?
             }
         };
-        let (inbox, partial) = (self.inbox, self.partial);
+        let (inbox, partial, pool) = (self.inbox, self.partial, self.pool);
         MessagePort::from_parts(seg, self.side, self.sock, self.spin)
-            .map(|p| p.with_inbox(inbox, partial))
+            .map(|p| p.with_inbox(inbox, partial).with_pool(pool))
             .map_err(|c| OpenError::Corrupt(c.0))
     }
 
@@ -266,7 +299,8 @@ impl PortParts {
         match self.seg {
             SegmentRef::Mapped(seg) => Some(
                 MessagePort::rebuild(seg, self.side, self.sock, self.spin)
-                    .with_inbox(self.inbox, self.partial),
+                    .with_inbox(self.inbox, self.partial)
+                    .with_pool(self.pool),
             ),
             SegmentRef::Unopened(_) => None,
         }

@@ -6,7 +6,7 @@ use std::io;
 
 use super::{Half, MessagePort, PortReceiver};
 use crate::error::PostError;
-use crate::shm::layout::OOL_DESCRIPTOR;
+use crate::shm::layout::{OOL_DESCRIPTOR, POOL_REF};
 
 impl MessagePort {
     /// Announce a sleep (without the barrier: the set issues one for all).
@@ -81,12 +81,16 @@ impl MessagePort {
     /// suffices: `Full` again means prepare again.
     ///
     /// A message larger than [`max_inline_payload`](Self::max_inline_payload)
-    /// travels out of line: its room is one record slot in the ring, for
-    /// which this waits, and room in the socket for the memory's
-    /// descriptor. The socket has room unless the peer has not taken in
-    /// earlier attachments; when `Full` comes back although this said there
-    /// was room, it is the socket that lacks it: wait for the descriptor
-    /// to poll writable (`POLLOUT`).
+    /// goes into a block of the port's pool: this waits for a block to come
+    /// back when none is free and the pool is at its cap, else for the ring
+    /// room of the small record that names it. Beyond the largest block
+    /// (64 MiB) it travels out of line, in a memfd of its own: its room is
+    /// one record slot in the ring, and room in the socket for the memory's
+    /// descriptor. The socket (which also carries a pool buffer's
+    /// descriptor the first time the buffer is used) has room unless the
+    /// peer has not taken in earlier attachments; when `Full` comes back
+    /// although this said there was room, it is the socket that lacks it:
+    /// wait for the descriptor to poll writable (`POLLOUT`).
     ///
     /// ```
     /// use std::os::fd::AsFd;
@@ -107,13 +111,8 @@ impl MessagePort {
         if self.tx.check_not_reserved().is_err() {
             return false;
         }
-        let need = if len <= self.max_inline_payload() {
-            len
-        } else {
-            OOL_DESCRIPTOR
-        };
         // A corrupt ring is reported by the post that follows.
-        matches!(self.prepare_room_wait(need), Ok(true))
+        matches!(self.prepare_room_wait(len), Ok(true))
     }
 
     /// Withdraw what [`prepare_post_poll`](Self::prepare_post_poll)
@@ -128,15 +127,41 @@ impl MessagePort {
         self.take_in()
     }
 
-    /// Announce that the producer waits for `need` bytes of payload room
-    /// (for the async post: what the last [`PostError::Full`] lacked);
-    /// `Ok(false)` (nothing announced) if that room is already there or the
-    /// post would fail at once (then with its error, if it is the close).
-    pub(crate) fn prepare_room_wait(&self, need: usize) -> Result<bool, PostError> {
+    /// Announce that the producer waits for room for a message of `len`
+    /// bytes (for the async post: what the last [`PostError::Full`]
+    /// lacked): ring room for a message that fits the ring, else a pool
+    /// block (when none is free and the pool is at its cap) or the ring
+    /// room of the small record that names it. `Ok(false)` (nothing
+    /// announced) if that room is already there or the post would fail at
+    /// once (then with its error, if it is the close).
+    pub(crate) fn prepare_room_wait(&self, len: usize) -> Result<bool, PostError> {
         // Our peer may itself be waiting for room we released.
         self.rx.flush_releases();
         self.tx.check_postable()?;
         let sh = &self.tx.shared;
+        let mut need = len;
+        if len > self.max_inline_payload().min(self.inline_limit()) {
+            need = OOL_DESCRIPTOR;
+            let mut pool = self.tx.pool.borrow_mut();
+            if let Some(log2) = pool.class_for(len) {
+                need = POOL_REF;
+                let room = pool
+                    .has_room(log2)
+                    .map_err(|c| PostError::Closed(sh.corrupt(c)))?;
+                if !room {
+                    if !pool.prepare_wait() {
+                        return Ok(false);
+                    }
+                    // A close before the announcement is seen here; one
+                    // after it sends the wake-up.
+                    if let Err(e) = self.tx.check_postable() {
+                        pool.end_wait();
+                        return Err(e);
+                    }
+                    return Ok(true);
+                }
+            }
+        }
         self.tx
             .tx
             .borrow_mut()
@@ -150,9 +175,11 @@ impl MessagePort {
         self.tx.wanted_room.get()
     }
 
-    /// Withdraw the producer's wait announcement.
+    /// Withdraw the producer's wait announcements (for ring room and for a
+    /// pool block).
     pub(crate) fn end_room_wait(&self) {
         self.tx.tx.borrow().end_wait();
+        self.tx.pool.borrow().end_wait();
     }
 }
 

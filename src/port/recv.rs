@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use super::{Half, MessagePort, PortReceiver, Trust, Wait};
 use crate::error::{CloseReason, RecvError};
 use crate::port::message::{Body, Message};
-use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor};
+use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor, POOL_REF, PoolRef};
+use crate::shm::pool::reader::AddError;
+use std::sync::atomic::Ordering;
 use crate::shm::ring::{Corrupt, Record};
 use crate::sys::{self, Mapping};
 use crate::wire::attachment::PortParts;
@@ -207,9 +209,41 @@ impl PortReceiver {
     #[inline]
     pub(super) fn flush_releases(&self) {
         let mut rx = self.rx.borrow_mut();
-        if rx.unpublished() && rx.publish_head() {
-            drop(rx);
+        let mut wake = rx.unpublished() && rx.publish_head();
+        drop(rx);
+        // Pool blocks the release queue had no room for (rare: only after
+        // the sending port moved, with its old pool's blocks in flight).
+        wake |= self.flush_pool();
+        if wake {
             let _ = self.shared.wake_peer();
+        }
+    }
+
+    /// Send the pool releases held back; `true`: the peer waits for them.
+    fn flush_pool(&self) -> bool {
+        match self.pool.borrow_mut().flush() {
+            Ok(wake) => wake,
+            Err(c) => {
+                self.corrupt(c);
+                false
+            }
+        }
+    }
+
+    /// Called by a dropped [`Message`] that held a pool block: give it back
+    /// (no system call, unless the peer waits for it).
+    pub(crate) fn release_block(&self, key: u64) {
+        let r = self.pool.borrow_mut().release(key);
+        match r {
+            Ok(true) => {
+                let _ = self.shared.wake_peer();
+            }
+            Ok(false) => {}
+            // The peer broke its release queue: the port closes with
+            // `ProtocolError` at the next receive.
+            Err(c) => {
+                self.corrupt(c);
+            }
         }
     }
 
@@ -235,12 +269,13 @@ impl PortReceiver {
             Ok(None) => return Ok(None),
             Err(c) => return Err(RecvError::Closed(self.corrupt(c))),
         };
-        if !rec.meta.out_of_line && rec.meta.nports == 0 {
+        if !rec.meta.out_of_line && !rec.meta.pool && rec.meta.nports == 0 {
             let body = Body {
                 ptr: rec.payload,
                 len: rec.len,
                 map: None,
                 copy: None,
+                block: None,
             };
             return Ok(Some(self.trusted(Message::new(
                 self,
@@ -249,7 +284,13 @@ impl PortReceiver {
                 Vec::new(),
             ))));
         }
-        match self.with_attachment(&rec) {
+        // A pooled record needs its attachment only to announce a buffer.
+        let found = if rec.meta.pool && !rec.meta.announce && rec.meta.nports == 0 {
+            self.pooled(&rec).map(|b| (b, Vec::new()))
+        } else {
+            self.with_attachment(&rec)
+        };
+        match found {
             Ok((body, ports)) => Ok(Some(self.trusted(Message::new(self, &rec, body, ports)))),
             Err(e) => {
                 self.release(rec.pos, rec.end);
@@ -294,22 +335,82 @@ impl PortReceiver {
                 libc::EMFILE,
             )));
         }
-        if att.ports.len() != rec.meta.nports as usize || att.ool.is_some() != rec.meta.out_of_line
+        if att.ports.len() != rec.meta.nports as usize
+            || att.ool.is_some() != rec.meta.out_of_line
+            || att.pool.is_some() != rec.meta.announce
         {
             return Err(RecvError::Closed(
                 self.corrupt(Corrupt("attachment does not match its record")),
             ));
         }
+        if let Some((info, fd)) = att.pool {
+            let added = self.pool.borrow_mut().add(info, fd);
+            match added {
+                Ok(()) => {}
+                Err(AddError::Corrupt(c)) => return Err(RecvError::Closed(self.corrupt(c))),
+                // Out of address space here: the buffer is unknown, and
+                // every record naming it will be refused.
+                Err(AddError::Io(e)) => {
+                    for p in att.ports {
+                        super::parts::discard(p);
+                    }
+                    return Err(RecvError::Io(e));
+                }
+            }
+        }
         let body = match att.ool {
+            Some(fd) => self.map_out_of_line(rec, fd)?,
+            None if rec.meta.pool => self.pooled(rec)?,
             None => Body {
                 ptr: rec.payload,
                 len: rec.len,
                 map: None,
                 copy: None,
+                block: None,
             },
-            Some(fd) => self.map_out_of_line(rec, fd)?,
         };
         Ok((body, att.ports))
+    }
+
+    /// The body of a pooled record: the block its reference names, in the
+    /// peer's pool buffer mapped here.
+    fn pooled(&self, rec: &Record) -> Result<Body, RecvError> {
+        if rec.len != POOL_REF {
+            return Err(RecvError::Closed(
+                self.corrupt(Corrupt("pool reference has the wrong size")),
+            ));
+        }
+        // SAFETY: the record's payload holds POOL_REF bytes inside the ring,
+        // 32-byte aligned (more than a PoolRef needs); the reference is only
+        // atomics, so a peer writing it races with atomics only.
+        let r = unsafe { rec.payload.cast::<PoolRef>().as_ref() };
+        // Relaxed: ordered after the Acquire load of the commit word that
+        // handed us the record. Each field is read once; only the copies
+        // are checked and used.
+        let (buffer, block, len) = (
+            r.buffer.load(Ordering::Relaxed),
+            r.block.load(Ordering::Relaxed),
+            r.len.load(Ordering::Relaxed),
+        );
+        let (ptr, len, key) = self
+            .pool
+            .borrow()
+            .resolve(buffer, block, len)
+            .map_err(|c| RecvError::Closed(self.corrupt(c)))?;
+        if len > self.max_message.get() {
+            // The block goes back at once; this message only.
+            self.release_block(key);
+            return Err(RecvError::Refused(
+                "pooled message larger than this port's max_message_size",
+            ));
+        }
+        Ok(Body {
+            ptr,
+            len,
+            map: None,
+            copy: None,
+            block: Some(key),
+        })
     }
 
     fn map_out_of_line(&self, rec: &Record, fd: OwnedFd) -> Result<Body, RecvError> {
@@ -360,6 +461,7 @@ impl PortReceiver {
             len,
             map: Some(map),
             copy: None,
+            block: None,
         })
     }
 }

@@ -14,7 +14,9 @@ use super::TransferError;
 use super::recv::LOOK_EVERY;
 use super::{Half, MessagePort, PortReceiver, PortSender, Reservation, Wait};
 use crate::error::PostError;
-use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor};
+use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor, POOL_REF, PoolRef};
+use crate::shm::pool::writer::Block;
+use crate::shm::pool::MAX_POOLED;
 use crate::shm::ring::{Kind, RecordMeta, Slot};
 use crate::wire::attachment::{Attachment, PortParts};
 use crate::wire::writer::{MAX_MESSAGE_SIZE, Postable, RecordWriter, WriteFailure, fingerprint};
@@ -384,6 +386,7 @@ impl PortSender {
                     if !ports.is_empty() {
                         let att = Attachment {
                             ool: None,
+                            pool: None,
                             ports,
                             lost: false,
                         };
@@ -401,7 +404,174 @@ impl PortSender {
                 },
             }
         }
+        if need <= MAX_POOLED {
+            return self.send_pooled(meta, need, wait, fill, ports, rx);
+        }
         self.send_out_of_line(meta, need, wait, fill, ports, rx)
+    }
+
+    /// A message too large for the ring (or over the inline limit), up to
+    /// the largest pool block: serialize it into a block of this side's
+    /// pool, then commit a small record naming the block. The block's
+    /// buffer travels as the record's attachment the first time it is
+    /// used. A value that outgrows the block moves to the next class (or,
+    /// past the largest, out of line).
+    pub(super) fn send_pooled(
+        &self,
+        mut meta: RecordMeta,
+        size_hint: usize,
+        wait: Wait,
+        mut fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
+        ports: Vec<PortParts>,
+        rx: Option<&PortReceiver>,
+    ) -> Result<(), (PostError, Vec<PortParts>)> {
+        // A typed value's size is a lower bound (where its serialization
+        // stopped): leave room for the rest of the archive (its root comes
+        // last), so that a value just past a power of two does not fill a
+        // block of the class below first.
+        let mut need = match meta.kind {
+            Kind::Typed => size_hint.saturating_add(size_hint / 256 + 256),
+            Kind::Raw => size_hint,
+        };
+        let (block, len) = loop {
+            // Past the largest block, or a block larger than the cap allows
+            // (a cap of 0 turns the pool off): in a memfd of its own.
+            let log2 = self.pool.borrow().class_for(need);
+            let Some(log2) = log2 else {
+                return self.send_out_of_line(meta, need, wait, fill, ports, rx);
+            };
+            let block = match self.lend_block(log2, need, wait, rx) {
+                Ok(b) => b,
+                Err(e) => return Err((e, ports)),
+            };
+            // SAFETY: the block is `room` bytes of this process's read-write
+            // mapping of a pool buffer, lent to this post only: nobody else
+            // writes it, and the receiver reads it only after the commit.
+            let mut w = unsafe { RecordWriter::slot(block.ptr, block.room) };
+            match fill(&mut w) {
+                Ok(()) => break (block, w.len()),
+                Err(e) => {
+                    self.pool.borrow_mut().give_back(block);
+                    match w.wanted() {
+                        Some(wanted) => need = wanted.max(need + 1),
+                        None => return Err((PostError::Serialize(e), ports)),
+                    }
+                }
+            }
+        };
+        let key = block.key;
+        let slot = match self.reserve(POOL_REF, wait, rx) {
+            Ok(s) => s,
+            Err(e) => {
+                self.pool.borrow_mut().give_back(block);
+                return Err((e, ports));
+            }
+        };
+        let announce = self.pool.borrow_mut().take_announcement(key);
+        meta.pool = true;
+        meta.announce = announce.is_some();
+        if announce.is_some() || !ports.is_empty() {
+            let att = Attachment {
+                ool: None,
+                pool: announce,
+                ports,
+                lost: false,
+            };
+            if let Err(e) = self.attach(&att, wait, rx) {
+                let mut pool = self.pool.borrow_mut();
+                if let Some((_, fd)) = att.pool {
+                    pool.restore_announcement(key, fd);
+                }
+                pool.give_back(block);
+                return Err((e, att.ports));
+            }
+        }
+        let (buffer, index) = crate::shm::pool::unkey(key);
+        // SAFETY: the slot holds at least POOL_REF bytes, 32-byte aligned
+        // (more than a PoolRef needs), written only by this producer until
+        // commit; the reference is only atomics.
+        let r = unsafe { slot.payload.cast::<PoolRef>().as_ref() };
+        // Relaxed: published by the commit's Release store, which also
+        // publishes the block's bytes written above.
+        r.buffer.store(buffer, Ordering::Relaxed);
+        r.block.store(index, Ordering::Relaxed);
+        r.len.store(len as u64, Ordering::Relaxed);
+        self.commit(slot, POOL_REF, meta);
+        Ok(())
+    }
+
+    /// A free block of class `log2` for a message of `len` bytes, waiting as
+    /// `wait` allows: take back released blocks; when none came, spin for
+    /// the port's spin time (a reader about to give one back is cheaper
+    /// than a new buffer, and keeps the pool small and hot), then add a
+    /// buffer if the cap allows, else sleep until the reader gives one
+    /// back. A class with no block in flight grows at once.
+    fn lend_block(
+        &self,
+        log2: u8,
+        len: usize,
+        wait: Wait,
+        rx: Option<&PortReceiver>,
+    ) -> Result<Block, PostError> {
+        let mut spin_until: Option<Instant> = None;
+        let mut look_at: Option<Instant> = None;
+        loop {
+            if let Err(e) = self.check_postable() {
+                // Nobody will read from the pool again: free its memory.
+                self.pool.borrow_mut().clear();
+                return Err(e);
+            }
+            let mut pool = self.pool.borrow_mut();
+            match pool.lend(log2) {
+                Ok(Some(b)) => return Ok(b),
+                Ok(None) => {}
+                Err(c) => return Err(PostError::Closed(self.corrupt(c))),
+            }
+            let now = Instant::now();
+            let spin_end = *spin_until.get_or_insert_with(|| now + self.shared.spin());
+            if matches!(wait, Wait::No) || pool.in_flight_of(log2) == 0 || now >= spin_end {
+                match pool.grow(log2) {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => return Err(PostError::Io(e)),
+                }
+            }
+            if matches!(wait, Wait::No) {
+                self.wanted_room.set(len);
+                return Err(PostError::Full);
+            }
+            if wait.expired() {
+                return Err(PostError::Timeout);
+            }
+            if now < spin_end {
+                drop(pool);
+                let look = look_at.get_or_insert(now + LOOK_EVERY);
+                if now >= *look {
+                    self.drain_socket().map_err(PostError::Io)?;
+                    *look = now + LOOK_EVERY;
+                }
+                std::hint::spin_loop();
+                continue;
+            }
+            drop(pool);
+            // Our peer may itself be waiting for room or blocks we hold.
+            if let Some(rx) = rx {
+                rx.flush_releases();
+            }
+            let pool = self.pool.borrow();
+            if pool.prepare_wait() {
+                // The consumer's close after our announcement would find
+                // it; one before, we see here.
+                if let Err(e) = self.check_postable() {
+                    pool.end_wait();
+                    return Err(e);
+                }
+                drop(pool);
+                let r = self.shared.sleep(Half::Sender, wait, false);
+                self.pool.borrow().end_wait();
+                r.map_err(PostError::Io)?;
+            }
+        }
     }
 
     /// A message too large for the ring: serialize it into its own memfd,
@@ -445,6 +615,7 @@ impl PortSender {
         };
         let att = Attachment {
             ool: Some(fd),
+            pool: None,
             ports,
             lost: false,
         };
@@ -555,6 +726,8 @@ fn write_failure(failure: WriteFailure) -> PostError {
 pub(super) const RAW_META: RecordMeta = RecordMeta {
     kind: Kind::Raw,
     out_of_line: false,
+    pool: false,
+    announce: false,
     nports: 0,
     fingerprint: 0,
 };
@@ -563,6 +736,8 @@ pub(super) fn typed_meta<T: Postable>() -> RecordMeta {
     RecordMeta {
         kind: Kind::Typed,
         out_of_line: false,
+        pool: false,
+        announce: false,
         nports: 0,
         fingerprint: fingerprint::<T>(),
     }

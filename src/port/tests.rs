@@ -18,6 +18,7 @@ fn post_out_of_line_with(a: &MessagePort, payload: &[u8], seals: rustix::fs::Sea
     let slot = tx.reserve(OOL_DESCRIPTOR, Wait::No, None).unwrap();
     let att = Attachment {
         ool: Some(fd),
+        pool: None,
         ports: Vec::new(),
         lost: false,
     };
@@ -33,6 +34,8 @@ fn post_out_of_line_with(a: &MessagePort, payload: &[u8], seals: rustix::fs::Sea
     let meta = RecordMeta {
         kind: Kind::Raw,
         out_of_line: true,
+        pool: false,
+        announce: false,
         nports: 0,
         fingerprint: 0,
     };
@@ -68,6 +71,8 @@ fn a_published_record_is_a_successful_post_even_if_the_peer_left_since() {
     let meta = RecordMeta {
         kind: Kind::Raw,
         out_of_line: false,
+        pool: false,
+        announce: false,
         nports: 0,
         fingerprint: 0,
     };

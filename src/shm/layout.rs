@@ -17,9 +17,21 @@
 //!                     |   ProducerWaitLine  waiting, barrier (u32s)  |  128 B, written by producer
 //! RING_HEADER[1] 640  +---------------------------------------------+
 //!                     | RingHeader, ring 1: side B -> side A (512 B) |
-//!               1152  +---------------------------------------------+
-//!                     | zero padding up to HEADER_AREA               |
-//! HEADER_AREA   4096  +---------------------------------------------+
+//! RELEASE_HEADER[0]   +---------------------------------------------+
+//!               1152  | ReleaseHeader, pool of ring 0 (384 B)        |
+//!                     |   ReleaserLine      tail u64                 |  written by ring 0's consumer
+//!                     |   ReclaimerLine     head u64, next_buffer u32|  written by ring 0's producer
+//!                     |   ReclaimWaitLine   waiting, barrier (u32s)  |  set by the producer, swapped by the consumer
+//! RELEASE_HEADER[1]   +---------------------------------------------+
+//!               1536  | ReleaseHeader, pool of ring 1 (384 B)        |
+//!               1920  +---------------------------------------------+
+//!                     | zero padding                                 |
+//! RELEASE_SLOTS_AT[0] +---------------------------------------------+
+//!               4096  | release queue of ring 0's pool:              |
+//!                     |   RELEASE_SLOTS u64 block keys (8 KiB)       |
+//! RELEASE_SLOTS_AT[1] +---------------------------------------------+
+//!              12288  | release queue of ring 1's pool (8 KiB)       |
+//! HEADER_AREA  20480  +---------------------------------------------+
 //!                     | ring 0 data: `ring_capacity` bytes           |
 //!    4096 + capacity  +---------------------------------------------+
 //!                     | ring 1 data: `ring_capacity` bytes           |
@@ -38,6 +50,10 @@
 //!                         bits 32..40 kind   1 typed (rkyv archive), 2 raw bytes, 3 padding
 //!                         bits 40..48 flags  bit 0: out of line (payload is an
 //!                                            OolDescriptor; the bytes are in a memfd)
+//!                                            bit 1: pooled (payload is a PoolRef; the
+//!                                            bytes are in a block of the sender's pool)
+//!                                            bit 2: announces (the record's attachment
+//!                                            carries the pool buffer its PoolRef names)
 //!                         bits 48..64 nports ports carried with the message (0 for now)
 //!  16  fingerprint u64  type fingerprint of a typed message, 0 otherwise
 //!  24  reserved    u64  0 (never written)
@@ -53,6 +69,22 @@
 //! start may lie inside an earlier lap's payload, the producer zeroes the
 //! commit word where the next record will start (when that spot is free)
 //! before it publishes a record: payload bytes never pass for a header.
+//!
+//! A **pool** per direction holds messages too large for the ring: blocks
+//! in memfds the ring's producer creates, seals against writes by anyone
+//! else (`F_SEAL_FUTURE_WRITE`), and announces once in a record's
+//! attachment. A pooled record's payload is a [`PoolRef`]; the consumer
+//! reads the block in place and, when done, gives it back through the
+//! direction's **release queue**: a single-producer single-consumer queue
+//! of `u64` block keys (`buffer << 32 | block`) in this header area, with
+//! no system call ([`crate::shm::release`]):
+//!
+//! ```text
+//! PoolRef (the payload of a pooled record, 16 bytes):
+//!   0  buffer  u32  id of a pool buffer announced by this or an earlier record
+//!   4  block   u32  index of the block in that buffer
+//!   8  len     u64  message bytes at the start of the block (<= the block size)
+//! ```
 //!
 //! Everything here is read from memory a peer can write; the ring code checks
 //! every field before use ([`crate::shm::ring`]).
@@ -71,9 +103,9 @@ use crate::shm::sync::{AtomicU32 as RingU32, AtomicU64 as RingU64};
 /// First word of every segment: `"SHMPORT\x01"` little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
 /// Version of this layout. A segment with another version is refused.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes before the first ring's data area.
-pub const HEADER_AREA: usize = 4096;
+pub const HEADER_AREA: usize = 20480;
 /// Records start on this boundary: a cache line, so that consecutive
 /// records never share a line (the consumer reading one record would
 /// otherwise steal the line the producer is writing the next one into).
@@ -96,9 +128,26 @@ pub const KIND_PADDING: u8 = 3;
 /// Flag: the payload lives in a sealed memfd sent over the port's socket
 /// before the record was committed; the ring holds an [`OolDescriptor`].
 pub const FLAG_OUT_OF_LINE: u8 = 1;
+/// Flag: the payload lives in a block of the producer's pool; the ring
+/// holds a [`PoolRef`].
+pub const FLAG_POOL: u8 = 2;
+/// Flag: the record's attachment carries the pool buffer its [`PoolRef`]
+/// names (the buffer's first use). Only with [`FLAG_POOL`].
+pub const FLAG_ANNOUNCE: u8 = 4;
 
 /// Offset of each ring's header in the segment.
 pub const RING_HEADER: [usize; 2] = [128, 128 + size_of::<RingHeader>()];
+
+/// Offset of the release header of each ring's pool.
+pub const RELEASE_HEADER: [usize; 2] = [
+    RING_HEADER[1] + size_of::<RingHeader>(),
+    RING_HEADER[1] + size_of::<RingHeader>() + size_of::<ReleaseHeader>(),
+];
+/// Entries in each release queue: the most pool blocks one direction's
+/// pool holds (so a receiver that is not hostile never finds it full).
+pub const RELEASE_SLOTS: usize = 1024;
+/// Offset of each release queue's entries.
+pub const RELEASE_SLOTS_AT: [usize; 2] = [4096, 4096 + RELEASE_SLOTS * 8];
 
 /// The segment header. Written once by the creator before the memfd is
 /// shared, read (and checked) by every process that maps it.
@@ -240,6 +289,68 @@ pub const fn unpack_info(word: u64) -> RecordInfo {
     }
 }
 
+/// Written only by the consumer of a ring: it gives pool blocks back.
+#[repr(C, align(128))]
+pub struct ReleaserLine {
+    /// Keys written below this position are there to read. Stored with
+    /// Release after the entry; loaded with Acquire by the producer.
+    pub tail: RingU64,
+}
+
+/// Written only by the producer of a ring, which owns the pool.
+#[repr(C, align(128))]
+pub struct ReclaimerLine {
+    /// Entries below this position were read: the consumer may reuse them.
+    /// Stored with Release; loaded with Acquire by the consumer when its
+    /// cached copy shows the queue full.
+    pub head: RingU64,
+    /// The id the next pool buffer of this direction gets. Kept here so
+    /// that a process that receives the sending port starts its own pool
+    /// with ids the receiver has not seen.
+    pub next_buffer: RingU32,
+}
+
+/// The pool owner's announcement that it waits for a block to come back.
+#[repr(C, align(128))]
+pub struct ReclaimWaitLine {
+    /// 1 while the producer waits for released blocks. The consumer that
+    /// swaps it from 1 to 0 after a release (or at its close) sends the
+    /// wake-up.
+    pub waiting: RingU32,
+    /// As [`ConsumerWaitLine::barrier`], for this announcement.
+    pub barrier: RingU32,
+}
+
+/// The control block of one direction's release queue.
+#[repr(C)]
+pub struct ReleaseHeader {
+    /// The consumer's line.
+    pub releaser: ReleaserLine,
+    /// The producer's line.
+    pub reclaimer: ReclaimerLine,
+    /// The producer's wait for blocks.
+    pub wait: ReclaimWaitLine,
+}
+
+/// Smallest pool block: 64 KiB (`1 << MIN_BLOCK_LOG2`).
+pub const MIN_BLOCK_LOG2: u8 = 16;
+/// Largest pool block: 64 MiB. A larger message travels in its own memfd.
+pub const MAX_BLOCK_LOG2: u8 = 26;
+
+/// The ring payload of a pooled record.
+#[repr(C)]
+pub struct PoolRef {
+    /// Id of the pool buffer.
+    pub buffer: AtomicU32,
+    /// Block index in the buffer.
+    pub block: AtomicU32,
+    /// Message length.
+    pub len: AtomicU64,
+}
+
+/// Size in bytes of a [`PoolRef`] in the ring.
+pub const POOL_REF: usize = size_of::<PoolRef>();
+
 /// The ring payload of an out-of-line record.
 #[repr(C)]
 pub struct OolDescriptor {
@@ -299,6 +410,18 @@ const _: () = {
     assert!(RING_HEADER[0] == 128);
     assert!(RING_HEADER[1] == 640);
     assert!(RING_HEADER[1] + size_of::<RingHeader>() <= HEADER_AREA);
+    assert!(size_of::<ReleaseHeader>() == 384);
+    assert!(offset_of!(ReleaseHeader, releaser) == 0);
+    assert!(offset_of!(ReleaseHeader, reclaimer) == 128);
+    assert!(offset_of!(ReleaseHeader, wait) == 256);
+    assert!(offset_of!(ReclaimerLine, next_buffer) == 8);
+    assert!(offset_of!(ReclaimWaitLine, barrier) == 4);
+    assert!(RELEASE_HEADER[0] == 1152 && RELEASE_HEADER[1] == 1536);
+    assert!(RELEASE_HEADER[1] + size_of::<ReleaseHeader>() <= RELEASE_SLOTS_AT[0]);
+    assert!(RELEASE_SLOTS.is_power_of_two());
+    assert!(RELEASE_SLOTS_AT[1] + RELEASE_SLOTS * 8 == HEADER_AREA);
+    assert!(POOL_REF == 16);
+    assert!(offset_of!(PoolRef, block) == 4 && offset_of!(PoolRef, len) == 8);
 
     assert!(size_of::<RecordHeader>() == RECORD_HEADER);
     assert!(offset_of!(RecordHeader, commit) == 0);
@@ -339,8 +462,8 @@ mod tests {
 
     #[test]
     fn segment_geometry() {
-        assert_eq!(segment_size(4096), 4096 * 3);
-        assert_eq!(ring_data(0, 8192), 4096);
-        assert_eq!(ring_data(1, 8192), 4096 + 8192);
+        assert_eq!(segment_size(4096), HEADER_AREA + 4096 * 2);
+        assert_eq!(ring_data(0, 8192), HEADER_AREA);
+        assert_eq!(ring_data(1, 8192), HEADER_AREA + 8192);
     }
 }

@@ -8,10 +8,13 @@ use std::sync::Arc;
 use std::{fmt, io};
 
 use crate::shm::layout::{
-    HEADER_AREA, LAYOUT_VERSION, MAGIC, MAX_CAPACITY, MIN_CAPACITY, RING_HEADER, RingHeader,
-    SegmentHeader, ring_data, segment_size,
+    HEADER_AREA, LAYOUT_VERSION, MAGIC, MAX_CAPACITY, MIN_CAPACITY, RELEASE_HEADER, RELEASE_SLOTS,
+    RELEASE_SLOTS_AT, RING_HEADER, ReleaseHeader, RingHeader, SegmentHeader, ring_data,
+    segment_size,
 };
+use crate::shm::release::ReleaseMemory;
 use crate::shm::ring::RingMemory;
+use crate::shm::sync::AtomicU64;
 use crate::sys::{self, Mapping};
 
 /// One mapped segment and its memfd (kept to hand the segment on).
@@ -196,6 +199,55 @@ unsafe impl RingMemory for SegmentRing {
     }
     fn capacity(&self) -> usize {
         self.seg.capacity
+    }
+}
+
+/// The release queue of one ring's pool (index as the ring's).
+#[derive(Clone)]
+pub struct SegmentRelease {
+    seg: Arc<Segment>,
+    index: usize,
+}
+
+impl SegmentRelease {
+    /// The release queue of ring `index`'s pool.
+    pub fn new(seg: Arc<Segment>, index: usize) -> Self {
+        assert!(index < 2);
+        SegmentRelease { seg, index }
+    }
+}
+
+// SAFETY: the mapping covers HEADER_AREA bytes (`Segment::create`/`open`);
+// the release header sits at RELEASE_HEADER[i] (128-aligned) and its
+// RELEASE_SLOTS 8-byte entries at RELEASE_SLOTS_AT[i], all inside
+// HEADER_AREA (layout.rs asserts it); they hold only atomics. The Arc keeps
+// the mapping alive as long as this value.
+unsafe impl ReleaseMemory for SegmentRelease {
+    fn header(&self) -> &ReleaseHeader {
+        // SAFETY: see the impl's comment.
+        unsafe {
+            self.seg
+                .map
+                .ptr()
+                .add(RELEASE_HEADER[self.index])
+                .cast::<ReleaseHeader>()
+                .as_ref()
+        }
+    }
+    fn entry(&self, i: usize) -> &AtomicU64 {
+        assert!(i < RELEASE_SLOTS);
+        // SAFETY: see the impl's comment; `i` is in range (checked).
+        unsafe {
+            self.seg
+                .map
+                .ptr()
+                .add(RELEASE_SLOTS_AT[self.index] + i * 8)
+                .cast::<AtomicU64>()
+                .as_ref()
+        }
+    }
+    fn slots(&self) -> usize {
+        RELEASE_SLOTS
     }
 }
 

@@ -80,6 +80,21 @@ impl Mapping {
         Ok(())
     }
 
+    /// Keep the mapping out of children made by `fork` (`MADV_DONTFORK`):
+    /// a pool buffer's writable mapping stays the owner's alone.
+    pub fn dont_fork(&self) -> io::Result<()> {
+        // SAFETY: the range is exactly this mapping; the advice changes no
+        // byte and no permission in this process.
+        unsafe {
+            rustix::mm::madvise(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                rustix::mm::Advice::LinuxDontFork,
+            )
+        }?;
+        Ok(())
+    }
+
     /// Start of the mapping (page aligned).
     pub fn ptr(&self) -> NonNull<u8> {
         self.ptr

@@ -16,6 +16,18 @@ pub fn create(name: &str, size: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Allocate the file's first `len` bytes now (`fallocate`): running out of
+/// memory is this call's error, never a `SIGBUS` at a later write through
+/// a mapping.
+pub fn allocate(fd: impl AsFd, len: usize) -> io::Result<()> {
+    loop {
+        match rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, len as u64) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return Ok(r?),
+        }
+    }
+}
+
 /// Write all of `bytes` at file offset `at` (the file grows as needed).
 pub fn write_all_at(fd: impl AsFd, mut bytes: &[u8], mut at: usize) -> io::Result<()> {
     while !bytes.is_empty() {
@@ -83,6 +95,13 @@ pub fn checked_file(fd: impl AsFd, required: SealFlags) -> io::Result<CheckedFil
         id: (st.st_dev, st.st_ino),
     })
 }
+
+/// Seals of a pool buffer: a fixed size, and no new writable mapping or
+/// write by anyone (`F_SEAL_FUTURE_WRITE`); the owner's mapping made before
+/// the seal stays writable.
+pub const POOL_SEALS: SealFlags = SIZE_SEALS
+    .union(SealFlags::FUTURE_WRITE)
+    .union(SealFlags::SEAL);
 
 /// Seals of an out-of-line message: its size and its bytes are fixed
 /// (the write seal when the kernel grants it; see `ser::OolBuffer::finish`).

@@ -24,7 +24,7 @@ impl Barriers {
         heavy: None,
     };
 
-    pub(super) fn code(&self) -> u32 {
+    pub(crate) fn code(&self) -> u32 {
         if self.heavy.is_some() {
             BARRIER_MEMBARRIER
         } else {
@@ -33,7 +33,7 @@ impl Barriers {
     }
 
     /// The sleeper's barrier, between its announcement and its re-check.
-    pub(super) fn sleeper(&self) {
+    pub(crate) fn sleeper(&self) {
         match self.heavy {
             Some(f) => f(),
             None => fence(Ordering::SeqCst),
@@ -43,7 +43,7 @@ impl Barriers {
     /// The publisher's barrier, between its publication and its look at the
     /// sleeper's flag. `peer` is the sleeper's advertised barrier code.
     #[inline]
-    pub(super) fn publisher(&self, peer: u32) {
+    pub(crate) fn publisher(&self, peer: u32) {
         if self.registered && peer == BARRIER_MEMBARRIER {
             // The sleeper's membarrier runs a full barrier on our CPU
             // between our store and our load, if they straddle it.

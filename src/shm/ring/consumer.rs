@@ -5,7 +5,7 @@ use super::{
     Barriers, Corrupt, Kind, Record, RecordMeta, RingMemory, header_at, max_payload, ring_offset,
 };
 use crate::shm::layout::{
-    FLAG_OUT_OF_LINE, KIND_PADDING, KIND_RAW, KIND_TYPED, RECORD_ALIGN, RECORD_HEADER, RecordInfo,
+    FLAG_ANNOUNCE, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW, KIND_TYPED, RECORD_ALIGN, RECORD_HEADER, RecordInfo,
     align_record, unpack_info,
 };
 use crate::shm::sync::Ordering;
@@ -173,8 +173,15 @@ impl<M: RingMemory> Consumer<M> {
                 KIND_RAW => Kind::Raw,
                 _ => return Err(Corrupt("unknown record kind")),
             };
-            if flags & !FLAG_OUT_OF_LINE != 0 {
+            if flags & !(FLAG_OUT_OF_LINE | FLAG_POOL | FLAG_ANNOUNCE) != 0 {
                 return Err(Corrupt("unknown record flags"));
+            }
+            // One place for the payload: the ring, a memfd or a pool block;
+            // an announcement only with a pool reference.
+            if flags & FLAG_OUT_OF_LINE != 0 && flags & FLAG_POOL != 0
+                || flags & FLAG_ANNOUNCE != 0 && flags & FLAG_POOL == 0
+            {
+                return Err(Corrupt("contradictory record flags"));
             }
             if len > max_payload(self.cap as usize) || RECORD_HEADER + len > to_end {
                 return Err(Corrupt("record length outside the ring"));
@@ -194,6 +201,8 @@ impl<M: RingMemory> Consumer<M> {
                 meta: RecordMeta {
                     kind,
                     out_of_line: flags & FLAG_OUT_OF_LINE != 0,
+                    pool: flags & FLAG_POOL != 0,
+                    announce: flags & FLAG_ANNOUNCE != 0,
                     nports,
                     fingerprint,
                 },

@@ -128,6 +128,10 @@ pub struct RecordMeta {
     pub kind: Kind,
     /// Payload is an out-of-line descriptor.
     pub out_of_line: bool,
+    /// Payload is a pool reference.
+    pub pool: bool,
+    /// The record's attachment announces the pool buffer it names.
+    pub announce: bool,
     /// Ports carried.
     pub nports: u16,
     /// Type fingerprint (0 for raw).

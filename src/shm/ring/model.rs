@@ -194,6 +194,8 @@ impl Wake {
 const RAW: RecordMeta = RecordMeta {
     kind: Kind::Raw,
     out_of_line: false,
+    pool: false,
+    announce: false,
     nports: 0,
     fingerprint: 0,
 };

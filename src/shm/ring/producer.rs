@@ -6,7 +6,7 @@ use super::{
     max_payload, ring_offset,
 };
 use crate::shm::layout::{
-    FLAG_OUT_OF_LINE, KIND_PADDING, KIND_RAW, KIND_TYPED, RECORD_HEADER, RecordInfo, align_record,
+    FLAG_ANNOUNCE, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW, KIND_TYPED, RECORD_HEADER, RecordInfo, align_record,
     pack_info,
 };
 use crate::shm::sync::Ordering;
@@ -219,11 +219,9 @@ impl<M: RingMemory> Producer<M> {
                     Kind::Typed => KIND_TYPED,
                     Kind::Raw => KIND_RAW,
                 },
-                flags: if meta.out_of_line {
-                    FLAG_OUT_OF_LINE
-                } else {
-                    0
-                },
+                flags: flag(meta.out_of_line, FLAG_OUT_OF_LINE)
+                    | flag(meta.pool, FLAG_POOL)
+                    | flag(meta.announce, FLAG_ANNOUNCE),
                 nports: meta.nports,
             }),
             Ordering::Relaxed,
@@ -350,4 +348,9 @@ impl<M: RingMemory> Producer<M> {
         // sees the flag, or we see its announcement.
         self.consumer_needs_wake()
     }
+}
+
+#[inline(always)]
+fn flag(set: bool, bit: u8) -> u8 {
+    if set { bit } else { 0 }
 }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 const RAW: RecordMeta = RecordMeta {
     kind: Kind::Raw,
     out_of_line: false,
+    pool: false,
+    announce: false,
     nports: 0,
     fingerprint: 0,
 };

@@ -7,15 +7,28 @@
 //! it before committing the record; the receiver takes attachments in
 //! order, one per such record.
 //!
+//! A pooled record needs an attachment only for its buffer's first use:
+//! the attachment then **announces** the pool buffer (its id, block size
+//! and count, and its memfd).
+//!
 //! ```text
-//! attachment := has_ool u8 (0, 1; 2: descriptors lost) | nports u16 | port{nports}
-//! port       := flags u8 (bit 0: side B; bit 1: a partial follows)
+//! attachment := payload u8 (0: none; 1: out-of-line memfd; 2: descriptors
+//!               lost; 3: a pool buffer announced) | [buffer, if 3]
+//!               | nports u16 | port{nports}
+//! buffer     := id u32 | log2 u8 | blocks u32
+//! port       := flags u8 (bit 0: side B; bit 1: a partial follows;
+//!               bit 2: pool buffers follow)
 //!               | spin_ns u64 | inbox_len u32 | attachment{inbox_len} | [partial]
+//!               | [nbuffers u16 | buffer{nbuffers}]
 //! partial    := lost u8 (0, 1) | len u32 | bytes{len} | nfds u32
 //! descriptors, in the same depth-first order:
-//!   [ool memfd] then per port: socket, segment memfd, its inbox's
-//!   descriptors, its partial's nfds descriptors
+//!   [ool or buffer memfd] then per port: socket, segment memfd, its inbox's
+//!   descriptors, its partial's nfds descriptors, its buffers' memfds
 //! ```
+//!
+//! A port carries the buffers of its peer's pool that it has mapped (the
+//! records queued on it may name them); the pool it owned for sending
+//! stays behind (its new owner makes its own).
 //!
 //! **On the socket**, an attachment that fits one `SOCK_SEQPACKET` message
 //! (body up to 4095 bytes, up to 253 descriptors) is one message tagged
@@ -52,6 +65,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::shm::pool::BufferInfo;
+use crate::shm::pool::reader::MAX_BUFFERS;
 use crate::shm::ring::Corrupt;
 use crate::shm::segment::{Segment, Side};
 use crate::sys::socket::{MAX_BODY, MAX_FDS};
@@ -59,6 +74,8 @@ use crate::sys::socket::{MAX_BODY, MAX_FDS};
 /// First byte of an attachment forwarded in an inbox after its descriptors
 /// were lost on receipt.
 const LOST: u8 = 2;
+/// First byte of an attachment that announces a pool buffer.
+const ANNOUNCE: u8 = 3;
 
 /// Deepest nesting of ports inside ports' inboxes a receiver accepts: the
 /// attachment a record refers to is at depth 0, the attachments in the
@@ -78,12 +95,16 @@ const PART_BODY: usize = MAX_BODY - 1;
 const SIDE_B: u8 = 1;
 /// Flag bit of a port's first byte: a partial follows its inbox.
 const HAS_PARTIAL: u8 = 2;
+/// Flag bit of a port's first byte: pool buffers follow.
+const HAS_POOL: u8 = 4;
 
 /// The descriptors that travel with one record.
 #[derive(Default)]
 pub(crate) struct Attachment {
     /// The memfd of an out-of-line payload.
     pub ool: Option<OwnedFd>,
+    /// A pool buffer announced (its first use, by this record).
+    pub pool: Option<(BufferInfo, OwnedFd)>,
     /// Transferred ports, in the order they were posted.
     pub ports: Vec<PortParts>,
     /// Its descriptors were lost on receipt (out of descriptors): the
@@ -103,6 +124,8 @@ pub(crate) struct PortParts {
     pub inbox: VecDeque<Attachment>,
     /// The parts of an attachment it had taken in when it left.
     pub partial: Partial,
+    /// The buffers of its peer's pool it had mapped.
+    pub pool: Vec<(BufferInfo, OwnedFd)>,
 }
 
 pub(crate) enum SegmentRef {
@@ -297,9 +320,17 @@ impl Attachment {
             body.extend_from_slice(&[LOST, 0, 0]);
             return;
         }
-        body.push(self.ool.is_some() as u8);
-        if let Some(fd) = &self.ool {
-            fds.push(fd.as_fd());
+        match (&self.ool, &self.pool) {
+            (Some(fd), _) => {
+                body.push(1);
+                fds.push(fd.as_fd());
+            }
+            (None, Some((info, fd))) => {
+                body.push(ANNOUNCE);
+                encode_buffer(info, body);
+                fds.push(fd.as_fd());
+            }
+            (None, None) => body.push(0),
         }
         body.extend_from_slice(&(self.ports.len() as u16).to_le_bytes());
         for p in &self.ports {
@@ -308,7 +339,10 @@ impl Attachment {
                 Side::A => 0,
                 Side::B => SIDE_B,
             };
-            body.push(side | if partial { HAS_PARTIAL } else { 0 });
+            body.push(
+                side | if partial { HAS_PARTIAL } else { 0 }
+                    | if p.pool.is_empty() { 0 } else { HAS_POOL },
+            );
             body.extend_from_slice(&(p.spin.as_nanos().min(u64::MAX as u128) as u64).to_le_bytes());
             body.extend_from_slice(&(p.inbox.len() as u32).to_le_bytes());
             fds.push(p.sock.as_fd());
@@ -318,6 +352,13 @@ impl Attachment {
             }
             if partial {
                 p.partial.encode(body, fds);
+            }
+            if !p.pool.is_empty() {
+                body.extend_from_slice(&(p.pool.len() as u16).to_le_bytes());
+                for (info, fd) in &p.pool {
+                    encode_buffer(info, body);
+                    fds.push(fd.as_fd());
+                }
             }
         }
     }
@@ -342,9 +383,15 @@ impl Attachment {
             return Err(Corrupt("attachment nested too deep"));
         }
         let short = Corrupt("attachment cut short");
+        let mut pool = None;
         let ool = match take::<1>(body)?[0] {
             0 => None,
             1 => Some(fds.next().ok_or(short)?),
+            ANNOUNCE => {
+                let info = decode_buffer(body)?;
+                pool = Some((info, fds.next().ok_or(short)?));
+                None
+            }
             LOST => {
                 if take::<2>(body)? != [0, 0] {
                     return Err(Corrupt("a lost attachment carries ports"));
@@ -357,7 +404,7 @@ impl Attachment {
         let mut ports = Vec::with_capacity(nports.min(64) as usize);
         for _ in 0..nports {
             let flags = take::<1>(body)?[0];
-            if flags & !(SIDE_B | HAS_PARTIAL) != 0 {
+            if flags & !(SIDE_B | HAS_PARTIAL | HAS_POOL) != 0 {
                 return Err(Corrupt("bad side in attachment"));
             }
             let side = if flags & SIDE_B != 0 {
@@ -381,6 +428,17 @@ impl Attachment {
             } else {
                 Partial::default()
             };
+            let mut buffers = Vec::new();
+            if flags & HAS_POOL != 0 {
+                let n = u16::from_le_bytes(take::<2>(body)?) as usize;
+                if n > MAX_BUFFERS {
+                    return Err(Corrupt("a port carries more pool buffers than a receiver maps"));
+                }
+                for _ in 0..n {
+                    let info = decode_buffer(body)?;
+                    buffers.push((info, fds.next().ok_or(short)?));
+                }
+            }
             ports.push(PortParts {
                 seg: SegmentRef::Unopened(mem),
                 sock,
@@ -388,10 +446,12 @@ impl Attachment {
                 spin,
                 inbox,
                 partial,
+                pool: buffers,
             });
         }
         Ok(Attachment {
             ool,
+            pool,
             ports,
             lost: false,
         })
@@ -404,6 +464,22 @@ impl Attachment {
             ..Attachment::default()
         }
     }
+}
+
+fn encode_buffer(info: &BufferInfo, body: &mut Vec<u8>) {
+    body.extend_from_slice(&info.id.to_le_bytes());
+    body.push(info.log2);
+    body.extend_from_slice(&info.blocks.to_le_bytes());
+}
+
+/// A pool buffer's announcement; its values are checked by the pool's
+/// reader when it maps the buffer.
+fn decode_buffer(body: &mut &[u8]) -> Result<BufferInfo, Corrupt> {
+    Ok(BufferInfo {
+        id: u32::from_le_bytes(take::<4>(body)?),
+        log2: take::<1>(body)?[0],
+        blocks: u32::from_le_bytes(take::<4>(body)?),
+    })
 }
 
 fn take<const N: usize>(body: &mut &[u8]) -> Result<[u8; N], Corrupt> {

@@ -11,12 +11,14 @@ fn memfd() -> OwnedFd {
 fn nested_attachments_round_trip() {
     let inner = Attachment {
         ool: Some(memfd()),
+        pool: None,
         ports: vec![],
         lost: false,
     };
     let a = Attachment {
         lost: false,
         ool: Some(memfd()),
+        pool: None,
         ports: vec![PortParts {
             seg: SegmentRef::Unopened(memfd()),
             sock: memfd(),
@@ -24,6 +26,7 @@ fn nested_attachments_round_trip() {
             spin: Duration::from_micros(7),
             inbox: VecDeque::from([inner]),
             partial: Partial::default(),
+            pool: Vec::new(),
         }],
     };
     let mut body = Vec::new();
@@ -62,7 +65,8 @@ fn malformed_attachments_are_refused() {
     let fd = || vec![memfd()];
     for (body, fds, why) in [
         (vec![], vec![], "attachment cut short"),
-        (vec![3, 0, 0], vec![], "bad out-of-line flag in attachment"),
+        (vec![4, 0, 0], vec![], "bad out-of-line flag in attachment"),
+        (vec![3, 0, 0], vec![], "attachment cut short"),
         (vec![1, 0, 0], vec![], "attachment cut short"),
         (
             vec![0, 0, 0, 9],
@@ -74,7 +78,7 @@ fn malformed_attachments_are_refused() {
             fd(),
             "attachment has bytes or descriptors left over",
         ),
-        (vec![0, 1, 0, 5], vec![], "bad side in attachment"),
+        (vec![0, 1, 0, 9], vec![], "bad side in attachment"),
         (
             vec![0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             fd(),
@@ -118,6 +122,7 @@ fn port_holding(n: usize) -> PortParts {
             })
             .collect(),
         partial: Partial::default(),
+        pool: Vec::new(),
     }
 }
 
@@ -336,4 +341,51 @@ fn a_scan_finds_the_depth_and_the_peer() {
     assert!(s.holds_peer);
     assert_eq!(s.depth, 1);
     assert_eq!(scan(&VecDeque::new(), &seg, Side::A).depth, 0);
+}
+
+#[test]
+fn pool_announcements_and_a_ports_pool_buffers_round_trip() {
+    let info = |id| BufferInfo {
+        id,
+        log2: 20,
+        blocks: 4,
+    };
+    let a = Attachment {
+        pool: Some((info(7), memfd())),
+        ports: vec![PortParts {
+            pool: vec![(info(1), memfd()), (info(2), memfd())],
+            ..port_holding(1)
+        }],
+        ..Attachment::default()
+    };
+    let mut body = Vec::new();
+    let mut fds = Vec::new();
+    a.encode(&mut body, &mut fds);
+    // The buffer, then the port's socket, segment, inbox memfd, 2 buffers.
+    assert_eq!(fds.len(), 6);
+    let b = Attachment::decode(&body, owned(&fds)).unwrap();
+    assert_eq!(b.pool.as_ref().map(|p| p.0), Some(info(7)));
+    assert!(b.ool.is_none());
+    let infos: Vec<_> = b.ports[0].pool.iter().map(|p| p.0).collect();
+    assert_eq!(infos, [info(1), info(2)]);
+    // Cut anywhere, it is refused, never a panic.
+    for cut in 0..body.len() {
+        assert!(Attachment::decode(&body[..cut], owned(&fds)).is_err());
+    }
+}
+
+#[test]
+fn a_port_with_more_pool_buffers_than_a_receiver_maps_is_refused() {
+    // Flag byte: side A with pool buffers; spin; empty inbox; 257 buffers.
+    let mut body = vec![0, 1, 0, super::HAS_POOL];
+    body.extend_from_slice(&0u64.to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes());
+    body.extend_from_slice(&((MAX_BUFFERS + 1) as u16).to_le_bytes());
+    let fds = vec![memfd(), memfd()];
+    assert_eq!(
+        Attachment::decode(&body, fds).err(),
+        Some(Corrupt(
+            "a port carries more pool buffers than a receiver maps"
+        ))
+    );
 }

@@ -1,0 +1,150 @@
+//! The receiver's view of the peer's pool: the buffers it announced, mapped
+//! read-only, and the way blocks go back.
+
+use core::ptr::NonNull;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::OwnedFd;
+
+use super::{BufferInfo, key};
+use crate::shm::layout::RELEASE_SLOTS;
+use crate::shm::release::{Pushed, Releaser};
+use crate::shm::ring::{Barriers, Corrupt};
+use crate::shm::segment::SegmentRelease;
+use crate::sys::{self, Mapping};
+
+/// The most buffers a receiver maps for one direction of a channel.
+pub const MAX_BUFFERS: usize = 256;
+
+/// The most bytes of pool buffers a receiver maps for one direction (an
+/// address-space bound: the memory itself is the sender's).
+pub const MAX_MAPPED: usize = 16 << 30;
+
+/// One announced buffer.
+pub struct ReadBuffer {
+    info: BufferInfo,
+    map: Mapping,
+    /// Kept to hand the buffer on with the port.
+    fd: OwnedFd,
+}
+
+/// Why an announced buffer was not taken.
+#[derive(Debug)]
+pub enum AddError {
+    /// The announcement or the memfd is wrong: the peer broke the protocol.
+    Corrupt(Corrupt),
+    /// Mapping it failed here (out of address space).
+    Io(io::Error),
+}
+
+/// The buffers of the peer's pool, and the release queue.
+pub struct PoolReader {
+    buffers: Vec<ReadBuffer>,
+    mapped: usize,
+    releaser: Result<Releaser<SegmentRelease>, Corrupt>,
+    /// Keys the queue had no room for yet.
+    backlog: VecDeque<u64>,
+}
+
+impl PoolReader {
+    /// The reader of the pool whose release queue is `release`, knowing no
+    /// buffer yet.
+    pub fn new(release: SegmentRelease, barriers: Barriers) -> PoolReader {
+        PoolReader {
+            buffers: Vec::new(),
+            mapped: 0,
+            releaser: Releaser::new(release, barriers),
+            backlog: VecDeque::new(),
+        }
+    }
+
+    /// Take an announced buffer: check the announcement, the memfd's seals
+    /// (size fixed, writes impossible) and size, and map it read-only.
+    pub fn add(&mut self, info: BufferInfo, fd: OwnedFd) -> Result<(), AddError> {
+        let bad = |s| Err(AddError::Corrupt(Corrupt(s)));
+        let Some(size) = info.size() else {
+            return bad("pool buffer announcement out of range");
+        };
+        if info.blocks as usize > RELEASE_SLOTS {
+            return bad("pool buffer announcement out of range");
+        }
+        if self.buffers.iter().any(|b| b.info.id == info.id) {
+            return bad("pool buffer announced twice");
+        }
+        if self.buffers.len() >= MAX_BUFFERS || self.mapped + size > MAX_MAPPED {
+            return bad("more pool buffers than a receiver maps");
+        }
+        match sys::memfd::checked_size(&fd, sys::memfd::POOL_SEALS) {
+            Ok(s) if s == size => {}
+            Ok(_) => return bad("pool buffer of the wrong size"),
+            Err(_) => return bad("pool buffer not sealed against writes"),
+        }
+        let map = Mapping::new(&fd, size, false, false).map_err(AddError::Io)?;
+        self.buffers.push(ReadBuffer { info, map, fd });
+        self.mapped += size;
+        Ok(())
+    }
+
+    /// The bytes a record's reference names: `len` bytes at the start of
+    /// block `block` of buffer `buffer`, and the block's key.
+    pub fn resolve(
+        &self,
+        buffer: u32,
+        block: u32,
+        len: u64,
+    ) -> Result<(NonNull<u8>, usize, u64), Corrupt> {
+        let b = self
+            .buffers
+            .iter()
+            .rev()
+            .find(|b| b.info.id == buffer)
+            .ok_or(Corrupt("pooled record names an unknown buffer"))?;
+        if block >= b.info.blocks {
+            return Err(Corrupt("pooled record names a block outside its buffer"));
+        }
+        let room = 1u64 << b.info.log2;
+        if len > room {
+            return Err(Corrupt("pooled record longer than its block"));
+        }
+        // SAFETY: `block < blocks` and the mapping is `blocks << log2`
+        // bytes: the block lies inside it.
+        let ptr = unsafe { b.map.ptr().add(block as usize * room as usize) };
+        Ok((ptr, len as usize, key(buffer, block)))
+    }
+
+    /// Give a block back. `true`: the owner waits for blocks; wake it.
+    /// A key the queue has no room for is kept and sent first next time.
+    pub fn release(&mut self, key: u64) -> Result<bool, Corrupt> {
+        self.backlog.push_back(key);
+        self.flush()
+    }
+
+    /// Send what the queue had no room for; `true`: wake the owner.
+    pub fn flush(&mut self) -> Result<bool, Corrupt> {
+        let releaser = self.releaser.as_mut().map_err(|c| *c)?;
+        let mut wake = false;
+        while let Some(&k) = self.backlog.front() {
+            match releaser.push(k)? {
+                Pushed::Queued { wake: w } => {
+                    wake |= w;
+                    self.backlog.pop_front();
+                }
+                Pushed::Full => break,
+            }
+        }
+        Ok(wake)
+    }
+
+    /// After the receiving side's close: does the owner wait (and need a
+    /// wake-up to see the close)?
+    pub fn wake_due_at_close(&self) -> bool {
+        self.releaser
+            .as_ref()
+            .is_ok_and(|r| r.wake_due_at_close())
+    }
+
+    /// The buffers, to hand on with the port.
+    pub fn into_buffers(self) -> Vec<(BufferInfo, OwnedFd)> {
+        self.buffers.into_iter().map(|b| (b.info, b.fd)).collect()
+    }
+}
