@@ -557,8 +557,9 @@ shmport_status shmport_port_recv(shmport_port *port, uint64_t timeout_ns, shmpor
 // contents unspecified), valid until `shmport_port_commit` or
 // `shmport_port_cancel`. The peer sees nothing until the commit.
 //
-// Only messages that fit in the ring can be reserved
-// (`shmport_port_max_reservation`; `SHMPORT_ERR_TOO_LARGE` otherwise).
+// A message larger than half the ring is reserved in a block of the
+// port's pool: written in place where the peer reads it. Up to
+// `shmport_port_max_reservation` bytes (`SHMPORT_ERR_TOO_LARGE` beyond).
 // While the reservation is live, posts and reservations on this port fail
 // with `SHMPORT_ERR_RESERVED` and closing it with `SHMPORT_ERR_BUSY`.
 // `timeout_ns` as for `shmport_port_post`.
@@ -618,8 +619,9 @@ shmport_status shmport_port_commit(shmport_port *port, size_t len);
 // No other thread uses `port` during the call.
 shmport_status shmport_port_cancel(shmport_port *port);
 
-// The largest reservation this port allows (half its ring, less a
-// header), in `*len`.
+// The largest reservation this port allows, in `*len`: the largest block
+// of its pool (64 MiB unless `shmport_port_set_pool_limit` lowered it), or
+// half its ring (less a header) if that is more.
 //
 // Returns `SHMPORT_OK` on success, or:
 // - `SHMPORT_ERR_NULL`: `port` or `len` is NULL;
@@ -679,8 +681,9 @@ shmport_status shmport_port_set_spin(shmport_port *port, uint64_t spin_ns);
 shmport_status shmport_port_set_trust(shmport_port *port, uint32_t trust);
 
 // The largest message this port accepts, in bytes (default 1 GiB). A
-// larger out-of-line message from the peer is refused before it is
-// mapped: that receive returns `SHMPORT_ERR_MESSAGE_REFUSED`, the message
+// larger message from outside the ring (in the peer's pool, or out of
+// line) is refused before it is read (an out-of-line one before it is
+// mapped): that receive returns `SHMPORT_ERR_MESSAGE_REFUSED`, the message
 // is dropped, and the port goes on. It bounds what a peer can make this
 // process map with one message. A port taken from a message starts with
 // the default.
@@ -693,6 +696,25 @@ shmport_status shmport_port_set_trust(shmport_port *port, uint32_t trust);
 // # Safety
 // No other thread uses `port` during the call.
 shmport_status shmport_port_set_max_message_size(shmport_port *port, size_t bytes);
+
+// Cap the memory of this port's large-message pool at `bytes`
+// (`SIZE_MAX`: the default, the larger of 64 MiB and four blocks of the
+// largest size class in use; 0 turns the pool off). Messages larger than
+// half the ring and up to 64 MiB go into blocks of this pool, reused from
+// message to message; at the cap, a post that needs a block waits for the
+// peer to give one back (`SHMPORT_FULL` with `SHMPORT_NO_WAIT`), as a full
+// ring makes it wait. A message larger than the cap allows travels in a
+// memfd of its own. Kept in this process only: a port taken from a
+// message starts with the default.
+//
+// Returns `SHMPORT_OK` on success, or:
+// - `SHMPORT_ERR_NULL`: `port` is NULL;
+// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+//
+// # Safety
+// No other thread uses `port` during the call.
+shmport_status shmport_port_set_pool_limit(shmport_port *port, size_t bytes);
 
 // The port's socket descriptor, in `*fd`, for `poll`/`epoll` in the host's
 // own event loop (with `shmport_port_prepare_poll`). It stays owned by the

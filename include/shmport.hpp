@@ -389,6 +389,10 @@ class Port {
   void set_max_message_size(size_t bytes) {
     check(shmport_port_set_max_message_size(p_, bytes));
   }
+  /// Cap the large-message pool (SIZE_MAX: the default; 0: no pool).
+  void set_pool_limit(size_t bytes) {
+    check(shmport_port_set_pool_limit(p_, bytes));
+  }
 
   /// Close now; throws Error with SHMPORT_ERR_BUSY (and the port stays
   /// open) while messages received from it are alive or it is in a

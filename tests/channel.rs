@@ -266,11 +266,14 @@ fn blocking_ping_pong_between_threads_with_and_without_spin() {
 #[test]
 fn reservations_write_in_place_and_keep_other_posts_out() {
     let (a, b) = small();
+    // Past the ring, the reservation is a pool block.
     let max = a.max_inline_payload();
-    assert!(matches!(
-        a.reserve_bytes(max + 1),
-        Err(PostError::TooLarge { len, max: m }) if len == max + 1 && m == max
-    ));
+    let mut r = a.reserve_bytes(max + 1).unwrap();
+    r.bytes_mut().fill(6);
+    r.commit().unwrap();
+    let m = b.recv().unwrap();
+    assert!(m.is_pooled() && m.bytes() == vec![6; max + 1]);
+    drop(m);
 
     let mut r = a.reserve_bytes(16).unwrap();
     assert_eq!(r.len(), 16);

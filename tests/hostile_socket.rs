@@ -12,53 +12,15 @@
 
 mod common;
 
-use std::io::IoSlice;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard};
+use common::raw::{SIZE_SEALS, assert_protocol_error, attach, leaks_nothing, memfd, send, serial};
 
-use rustix::fs::{MemfdFlags, SealFlags};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::SealFlags;
 use shmport::testing::fuzzing::{RawPeer, victim_and_raw_peer};
 use shmport::testing::layout::{HEADER_AREA, LAYOUT_VERSION, MAGIC};
 use shmport::testing::ring::{Kind, RecordMeta};
-use shmport::{CloseReason, MessagePort, OpenError, PostError, RecvError, Trust};
-
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Run `case` and check that the descriptors open afterwards are exactly
-/// those open before.
-fn leaks_nothing(what: &str, case: impl FnOnce()) {
-    let before = common::open_fds();
-    case();
-    let after = common::open_fds();
-    assert_eq!(before, after, "{what}: descriptors left open");
-}
-
-/// Send one raw `SOCK_SEQPACKET` message with `fds` attached.
-fn send(peer: &RawPeer, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
-    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(fds)));
-    }
-    rustix::net::sendmsg(
-        peer.sock(),
-        &[IoSlice::new(bytes)],
-        &mut control,
-        rustix::net::SendFlags::NOSIGNAL,
-    )
-    .unwrap();
-}
-
-/// An attachment: the tag, then `body`.
-fn attach(peer: &RawPeer, body: &[u8], fds: &[BorrowedFd<'_>]) {
-    let mut b = vec![b'A'];
-    b.extend_from_slice(body);
-    send(peer, &b, fds);
-}
+use shmport::{CloseReason, OpenError, PostError, RecvError, Trust};
 
 /// The attachment body of `nports` ports (side A, no spin, empty inbox),
 /// with or without an out-of-line memfd.
@@ -83,19 +45,6 @@ fn meta(out_of_line: bool, nports: u16) -> RecordMeta {
         fingerprint: 0,
     }
 }
-
-fn memfd(content: &[u8], size: usize, seals: SealFlags) -> OwnedFd {
-    let fd = rustix::fs::memfd_create("hostile", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-        .unwrap();
-    rustix::fs::ftruncate(&fd, size as u64).unwrap();
-    rustix::io::pwrite(&fd, content, 0).unwrap();
-    if !seals.is_empty() {
-        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
-    }
-    fd
-}
-
-const SIZE_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
 
 fn pipe() -> (OwnedFd, OwnedFd) {
     rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap()
@@ -132,26 +81,6 @@ fn fake_segment(magic: u64) -> OwnedFd {
     h.extend_from_slice(&cap.to_le_bytes());
     h.extend_from_slice(&(HEADER_AREA as u64 + 2 * cap).to_le_bytes());
     memfd(&h, HEADER_AREA + 2 * cap as usize, SIZE_SEALS)
-}
-
-/// The port is closed for protocol error, both ways, and the process's
-/// other ports work.
-fn assert_protocol_error(what: &str, victim: &MessagePort) {
-    let got = victim.try_recv();
-    assert!(
-        matches!(got, Err(RecvError::Closed(CloseReason::ProtocolError))),
-        "{what}: {got:?}"
-    );
-    assert!(
-        matches!(
-            victim.try_post_bytes(b"x"),
-            Err(PostError::Closed(CloseReason::ProtocolError))
-        ),
-        "{what}: posts must fail too"
-    );
-    let (a, b) = shmport::MessageChannel::new().unwrap().into_ports();
-    a.post_bytes(what.as_bytes()).unwrap();
-    assert_eq!(b.try_recv().unwrap().bytes(), what.as_bytes());
 }
 
 #[test]

@@ -356,8 +356,9 @@ pub unsafe extern "C" fn shmport_port_recv(
 /// contents unspecified), valid until `shmport_port_commit` or
 /// `shmport_port_cancel`. The peer sees nothing until the commit.
 ///
-/// Only messages that fit in the ring can be reserved
-/// (`shmport_port_max_reservation`; `SHMPORT_ERR_TOO_LARGE` otherwise).
+/// A message larger than half the ring is reserved in a block of the
+/// port's pool: written in place where the peer reads it. Up to
+/// `shmport_port_max_reservation` bytes (`SHMPORT_ERR_TOO_LARGE` beyond).
 /// While the reservation is live, posts and reservations on this port fail
 /// with `SHMPORT_ERR_RESERVED` and closing it with `SHMPORT_ERR_BUSY`.
 /// `timeout_ns` as for `shmport_port_post`.
@@ -473,8 +474,9 @@ pub unsafe extern "C" fn shmport_port_cancel(port: *mut shmport_port) -> shmport
     })
 }
 
-/// The largest reservation this port allows (half its ring, less a
-/// header), in `*len`.
+/// The largest reservation this port allows, in `*len`: the largest block
+/// of its pool (64 MiB unless `shmport_port_set_pool_limit` lowered it), or
+/// half its ring (less a header) if that is more.
 ///
 /// Returns `SHMPORT_OK` on success, or:
 /// - `SHMPORT_ERR_NULL`: `port` or `len` is NULL;
@@ -491,7 +493,7 @@ pub unsafe extern "C" fn shmport_port_max_reservation(
     guard(|| {
         // SAFETY: the caller's contract.
         let out = unsafe { Out::new(len) }?;
-        out.put(port_state(port)?.port.max_inline_payload());
+        out.put(port_state(port)?.port.max_reservation());
         Ok(())
     })
 }
@@ -581,8 +583,9 @@ pub unsafe extern "C" fn shmport_port_set_trust(
 }
 
 /// The largest message this port accepts, in bytes (default 1 GiB). A
-/// larger out-of-line message from the peer is refused before it is
-/// mapped: that receive returns `SHMPORT_ERR_MESSAGE_REFUSED`, the message
+/// larger message from outside the ring (in the peer's pool, or out of
+/// line) is refused before it is read (an out-of-line one before it is
+/// mapped): that receive returns `SHMPORT_ERR_MESSAGE_REFUSED`, the message
 /// is dropped, and the port goes on. It bounds what a peer can make this
 /// process map with one message. A port taken from a message starts with
 /// the default.
@@ -601,6 +604,35 @@ pub unsafe extern "C" fn shmport_port_set_max_message_size(
 ) -> shmport_status {
     guard(|| {
         port_state(port)?.port.set_max_message_size(bytes);
+        Ok(())
+    })
+}
+
+/// Cap the memory of this port's large-message pool at `bytes`
+/// (`SIZE_MAX`: the default, the larger of 64 MiB and four blocks of the
+/// largest size class in use; 0 turns the pool off). Messages larger than
+/// half the ring and up to 64 MiB go into blocks of this pool, reused from
+/// message to message; at the cap, a post that needs a block waits for the
+/// peer to give one back (`SHMPORT_FULL` with `SHMPORT_NO_WAIT`), as a full
+/// ring makes it wait. A message larger than the cap allows travels in a
+/// memfd of its own. Kept in this process only: a port taken from a
+/// message starts with the default.
+///
+/// Returns `SHMPORT_OK` on success, or:
+/// - `SHMPORT_ERR_NULL`: `port` is NULL;
+/// - `SHMPORT_ERR_BAD_HANDLE`: `port` is not a live port;
+/// - `SHMPORT_ERR_PANIC`: a bug in shmport (a panic, caught).
+///
+/// # Safety
+/// No other thread uses `port` during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmport_port_set_pool_limit(
+    port: *mut shmport_port,
+    bytes: usize,
+) -> shmport_status {
+    guard(|| {
+        let limit = (bytes != usize::MAX).then_some(bytes);
+        port_state(port)?.port.set_pool_limit(limit);
         Ok(())
     })
 }

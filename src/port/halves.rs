@@ -156,6 +156,14 @@ impl PortSender {
         self.pool.borrow().bytes()
     }
 
+    /// The largest reservation ([`reserve_bytes`](Self::reserve_bytes)):
+    /// the largest pool block the cap allows (64 MiB by default), or half
+    /// the ring if that is more.
+    pub fn max_reservation(&self) -> usize {
+        self.max_inline_payload()
+            .max(self.pool.borrow().largest_block())
+    }
+
     /// Refuse a post while a [`Reservation`] holds the ring's next slot.
     #[inline]
     pub(super) fn check_not_reserved(&self) -> Result<(), PostError> {

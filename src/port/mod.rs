@@ -189,6 +189,12 @@ impl MessagePort {
         self.tx.pool_bytes()
     }
 
+    /// The largest message [`reserve_bytes`](Self::reserve_bytes) takes
+    /// (see [`PortSender::max_reservation`]).
+    pub fn max_reservation(&self) -> usize {
+        self.tx.max_reservation()
+    }
+
     /// Bytes in each direction's ring: the size the channel was made with,
     /// after [`ChannelBuilder::capacity`](crate::ChannelBuilder::capacity)'s
     /// rounding (the same at both ends, wherever the port travels).

@@ -15,11 +15,11 @@ use rkyv::ser::allocator::Arena;
 
 use super::{DEFAULT_MAX_MESSAGE_SIZE, MessagePort, PortReceiver, PortSender, Shared, Trust};
 use crate::error::PostError;
-use crate::shm::ring::{Barriers, Consumer, Corrupt, Producer, REWIND_MIN, RingMemory};
-use crate::shm::segment::OpenError;
 use crate::shm::pool::BufferInfo;
 use crate::shm::pool::reader::{AddError, PoolReader};
 use crate::shm::pool::writer::PoolWriter;
+use crate::shm::ring::{Barriers, Consumer, Corrupt, Producer, REWIND_MIN, RingMemory};
+use crate::shm::segment::OpenError;
 use crate::shm::segment::{Segment, SegmentRelease, SegmentRing, Side};
 use crate::sys::{self};
 use crate::wire::attachment::{Attachment, Partial, PortParts, SegmentRef};

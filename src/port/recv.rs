@@ -8,10 +8,10 @@ use crate::error::{CloseReason, RecvError};
 use crate::port::message::{Body, Message};
 use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor, POOL_REF, PoolRef};
 use crate::shm::pool::reader::AddError;
-use std::sync::atomic::Ordering;
 use crate::shm::ring::{Corrupt, Record};
 use crate::sys::{self, Mapping};
 use crate::wire::attachment::PortParts;
+use std::sync::atomic::Ordering;
 
 /// How long a spinning wait goes without a look at the socket. A peer
 /// killed while we spin is noticed within this time (one non-blocking

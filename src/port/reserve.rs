@@ -1,8 +1,13 @@
-//! Zero-copy posting of raw bytes: reserve room in the ring, write into it
-//! in place, commit.
+//! Zero-copy posting of raw bytes: reserve room in the ring (or, for a
+//! message too large for it, a block of the port's pool and the ring room
+//! of the record that will name it), write into it in place, commit.
+
+use core::ptr::NonNull;
 
 use super::{PortReceiver, PortSender, Wait};
 use crate::error::PostError;
+use crate::shm::layout::POOL_REF;
+use crate::shm::pool::writer::Block;
 use crate::shm::ring::Slot;
 
 impl PortSender {
@@ -14,43 +19,85 @@ impl PortSender {
     ) -> Result<Reservation<'_>, PostError> {
         self.check_not_reserved()?;
         let max = self.max_inline_payload();
-        if len > max {
-            return Err(PostError::TooLarge { len, max });
-        }
-        self.check_postable()?;
-        let slot = self.reserve(len, wait, rx)?;
+        let block = if len <= max {
+            None
+        } else {
+            let log2 = self.pool.borrow().class_for(len);
+            let Some(log2) = log2 else {
+                return Err(PostError::TooLarge {
+                    len,
+                    max: self.max_reservation(),
+                });
+            };
+            self.check_postable()?;
+            match self.lend_block(log2, len, wait, rx)? {
+                Some(b) => Some(b),
+                // A post would go out of line; a reservation needs the
+                // memory to write into.
+                None => {
+                    return Err(PostError::Io(std::io::Error::new(
+                        std::io::ErrorKind::OutOfMemory,
+                        "the port's pool is at its cap, held by smaller blocks",
+                    )));
+                }
+            }
+        };
+        let need = if block.is_some() { POOL_REF } else { len };
+        let slot = match self
+            .check_postable()
+            .and_then(|()| self.reserve(need, wait, rx))
+        {
+            Ok(slot) => slot,
+            Err(e) => {
+                if let Some(b) = block {
+                    self.pool.borrow_mut().give_back(b);
+                }
+                return Err(e);
+            }
+        };
         self.reserving.set(true);
         Ok(Reservation {
             port: self,
             slot,
             len,
+            block,
         })
     }
 }
 
-/// Room for one raw message, reserved in the ring by
-/// [`MessagePort::reserve_bytes`](crate::MessagePort::reserve_bytes). The bytes are shared memory the peer
-/// cannot see until [`commit`](Reservation::commit); dropping the
-/// reservation abandons it.
+/// Room for one raw message, reserved by
+/// [`MessagePort::reserve_bytes`](crate::MessagePort::reserve_bytes): in
+/// the ring, or for a message too large for it, in a block of the port's
+/// pool. The bytes are shared memory the peer cannot see until
+/// [`commit`](Reservation::commit); dropping the reservation abandons it.
 #[must_use = "a reservation that is not committed sends nothing"]
 pub struct Reservation<'p> {
     port: &'p PortSender,
+    /// The ring slot of the message, or of the record naming `block`.
     slot: Slot,
     len: usize,
+    /// The pool block the message goes in, if it is too large for the ring.
+    block: Option<Block>,
 }
 
 impl Reservation<'_> {
     /// The reserved payload, `len` bytes, to be written in place. Its
-    /// initial contents are unspecified (old ring bytes), never
+    /// initial contents are unspecified (old ring or pool bytes), never
     /// uninitialized memory.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
+        let ptr: NonNull<u8> = match &self.block {
+            Some(b) => b.ptr,
+            None => self.slot.payload,
+        };
         // SAFETY: the slot's payload area holds `slot.room >= len` bytes of
         // ring memory that only this producer touches until it commits
         // (RingMemory guarantee 2: no Rust reference covers it elsewhere),
-        // and the `reserving` flag keeps every other post on this port out
-        // while `self` lives. The bytes are initialized (the segment is a
-        // zero-filled memfd).
-        unsafe { std::slice::from_raw_parts_mut(self.slot.payload.as_ptr(), self.len) }
+        // or the pool block holds `room >= len` bytes (its class fits `len`)
+        // of this process's writable mapping, lent to this reservation
+        // alone; the `reserving` flag keeps every other post on this port
+        // out while `self` lives. The bytes are initialized (memfds start
+        // zero-filled).
+        unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), self.len) }
     }
 
     /// Reserved length in bytes.
@@ -95,7 +142,7 @@ impl Reservation<'_> {
     /// Publish only the first `len` reserved bytes (`len` is clamped to
     /// the reserved length), for a writer that learns its size as it goes.
     /// Fails as [`commit`](Self::commit) does.
-    pub fn commit_len(self, len: usize) -> Result<(), PostError> {
+    pub fn commit_len(mut self, len: usize) -> Result<(), PostError> {
         let len = len.min(self.len);
         let port = self.port;
         // The payload pointer stays valid: `slot` owns nothing, and `self`
@@ -106,14 +153,33 @@ impl Reservation<'_> {
             room: self.slot.room,
         };
         port.check_postable()?;
-        port.commit(slot, len, super::send::RAW_META);
-        Ok(())
+        let Some(block) = self.block.take() else {
+            port.commit(slot, len, super::send::RAW_META);
+            return Ok(());
+        };
+        // The socket lacks room for the block's buffer (sent with its
+        // first record) only while the peer has not taken in earlier
+        // attachments: wait for it; only the peer's end stops the wait,
+        // and then the commit fails as documented.
+        port.publish_pooled(
+            slot,
+            block,
+            len,
+            super::send::RAW_META,
+            Vec::new(),
+            Wait::Forever,
+            None,
+        )
+        .map_err(|(e, _)| e)
     }
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.port.reserving.set(false);
+        if let Some(block) = self.block.take() {
+            self.port.pool.borrow_mut().give_back(block);
+        }
     }
 }
 

@@ -15,8 +15,8 @@ use super::recv::LOOK_EVERY;
 use super::{Half, MessagePort, PortReceiver, PortSender, Reservation, Wait};
 use crate::error::PostError;
 use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor, POOL_REF, PoolRef};
-use crate::shm::pool::writer::Block;
 use crate::shm::pool::MAX_POOLED;
+use crate::shm::pool::writer::Block;
 use crate::shm::ring::{Kind, RecordMeta, Slot};
 use crate::wire::attachment::{Attachment, PortParts};
 use crate::wire::writer::{MAX_MESSAGE_SIZE, Postable, RecordWriter, WriteFailure, fingerprint};
@@ -159,15 +159,18 @@ impl MessagePort {
             .transfer_raw(bytes, ports, Wait::after(timeout), Some(&self.rx))
     }
 
-    /// Reserve `len` bytes in the ring for a raw message, waiting for room
-    /// if the ring is full. Write the payload into
-    /// [`Reservation::bytes_mut`], then [`commit`](Reservation::commit) it;
-    /// dropping the reservation abandons it and the peer sees nothing.
+    /// Reserve `len` bytes for a raw message, waiting for room if the ring
+    /// (or, for a message larger than
+    /// [`max_inline_payload`](Self::max_inline_payload), the port's pool)
+    /// is full. Write the payload into [`Reservation::bytes_mut`], then
+    /// [`commit`](Reservation::commit) it; dropping the reservation
+    /// abandons it and the peer sees nothing. A large message is written in
+    /// place in the pool block the receiver will read it from: no copy at
+    /// all.
     ///
-    /// Only messages that fit in the ring can be reserved
-    /// (`max_inline_payload`); [`PostError::TooLarge`] otherwise. While a
-    /// reservation is live, other posts on this port fail with
-    /// [`PostError::Reserved`].
+    /// Up to the largest pool block (64 MiB) can be reserved;
+    /// [`PostError::TooLarge`] beyond. While a reservation is live, other
+    /// posts on this port fail with [`PostError::Reserved`].
     ///
     /// ```
     /// use shmport::MessageChannel;
@@ -418,7 +421,7 @@ impl PortSender {
     /// past the largest, out of line).
     pub(super) fn send_pooled(
         &self,
-        mut meta: RecordMeta,
+        meta: RecordMeta,
         size_hint: usize,
         wait: Wait,
         mut fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
@@ -441,7 +444,8 @@ impl PortSender {
                 return self.send_out_of_line(meta, need, wait, fill, ports, rx);
             };
             let block = match self.lend_block(log2, need, wait, rx) {
-                Ok(b) => b,
+                Ok(Some(b)) => b,
+                Ok(None) => return self.send_out_of_line(meta, need, wait, fill, ports, rx),
                 Err(e) => return Err((e, ports)),
             };
             // SAFETY: the block is `room` bytes of this process's read-write
@@ -459,7 +463,6 @@ impl PortSender {
                 }
             }
         };
-        let key = block.key;
         let slot = match self.reserve(POOL_REF, wait, rx) {
             Ok(s) => s,
             Err(e) => {
@@ -467,6 +470,25 @@ impl PortSender {
                 return Err((e, ports));
             }
         };
+        self.publish_pooled(slot, block, len, meta, ports, wait, rx)
+    }
+
+    /// Publish a message written into a pool block: send the block's
+    /// buffer with the record's attachment if the peer has not got it yet
+    /// (and any ports), then commit the record naming the block. On
+    /// failure the block goes back to the pool and the ports come back.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn publish_pooled(
+        &self,
+        slot: Slot,
+        block: Block,
+        len: usize,
+        mut meta: RecordMeta,
+        ports: Vec<PortParts>,
+        wait: Wait,
+        rx: Option<&PortReceiver>,
+    ) -> Result<(), (PostError, Vec<PortParts>)> {
+        let key = block.key;
         let announce = self.pool.borrow_mut().take_announcement(key);
         meta.pool = true;
         meta.announce = announce.is_some();
@@ -492,7 +514,7 @@ impl PortSender {
         // commit; the reference is only atomics.
         let r = unsafe { slot.payload.cast::<PoolRef>().as_ref() };
         // Relaxed: published by the commit's Release store, which also
-        // publishes the block's bytes written above.
+        // publishes the block's bytes written before.
         r.buffer.store(buffer, Ordering::Relaxed);
         r.block.store(index, Ordering::Relaxed);
         r.len.store(len as u64, Ordering::Relaxed);
@@ -500,19 +522,23 @@ impl PortSender {
         Ok(())
     }
 
-    /// A free block of class `log2` for a message of `len` bytes, waiting as
-    /// `wait` allows: take back released blocks; when none came, spin for
-    /// the port's spin time (a reader about to give one back is cheaper
-    /// than a new buffer, and keeps the pool small and hot), then add a
-    /// buffer if the cap allows, else sleep until the reader gives one
-    /// back. A class with no block in flight grows at once.
-    fn lend_block(
+    /// A free block of class `log2` (or larger) for a message of `len`
+    /// bytes, waiting as `wait` allows: take back released blocks; when
+    /// none of the class came, spin for the port's spin time (a reader
+    /// about to give one back is cheaper than a new buffer, and keeps the
+    /// pool small and hot), then add a buffer if the cap allows, else lend
+    /// a free block of a larger class, else sleep until the reader gives a
+    /// block back. A class with no block in flight does not spin. `None`
+    /// when waiting cannot help (the cap is taken by free buffers of
+    /// smaller classes and nothing large enough is lent): the message then
+    /// travels out of line.
+    pub(super) fn lend_block(
         &self,
         log2: u8,
         len: usize,
         wait: Wait,
         rx: Option<&PortReceiver>,
-    ) -> Result<Block, PostError> {
+    ) -> Result<Option<Block>, PostError> {
         let mut spin_until: Option<Instant> = None;
         let mut look_at: Option<Instant> = None;
         loop {
@@ -523,17 +549,24 @@ impl PortSender {
             }
             let mut pool = self.pool.borrow_mut();
             match pool.lend(log2) {
-                Ok(Some(b)) => return Ok(b),
+                Ok(Some(b)) => return Ok(Some(b)),
                 Ok(None) => {}
                 Err(c) => return Err(PostError::Closed(self.corrupt(c))),
             }
             let now = Instant::now();
             let spin_end = *spin_until.get_or_insert_with(|| now + self.shared.spin());
-            if matches!(wait, Wait::No) || pool.in_flight_of(log2) == 0 || now >= spin_end {
+            let may_spin = !matches!(wait, Wait::No) && pool.in_flight_of(log2) > 0;
+            if !may_spin || now >= spin_end {
                 match pool.grow(log2) {
                     Ok(true) => continue,
                     Ok(false) => {}
                     Err(e) => return Err(PostError::Io(e)),
+                }
+                if let Some(b) = pool.lend_larger(log2) {
+                    return Ok(Some(b));
+                }
+                if !pool.lent_from(log2) {
+                    return Ok(None);
                 }
             }
             if matches!(wait, Wait::No) {

@@ -18,11 +18,12 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::port::MessagePort;
-use crate::shm::layout::{HEADER_AREA, ring_data, segment_size};
+use crate::shm::layout::{HEADER_AREA, POOL_REF, PoolRef, RELEASE_HEADER, ring_data, segment_size};
+use crate::shm::release::{Pushed, Releaser};
 use crate::shm::ring::{Barriers, Consumer, Producer, RecordMeta, RingMemory};
 use crate::shm::segment::OpenError;
 use crate::shm::segment::Side;
-use crate::shm::segment::{Segment, SegmentRing};
+use crate::shm::segment::{Segment, SegmentRelease, SegmentRing};
 use crate::sys;
 use crate::wire::attachment::Attachment;
 
@@ -38,6 +39,9 @@ pub struct RawPeer {
     sock: OwnedFd,
     producer: Producer<SegmentRing>,
     consumer: Consumer<SegmentRing>,
+    /// Gives blocks of the victim's pool back (the victim's pool is ring
+    /// 1's: the ring the victim writes).
+    releaser: Releaser<SegmentRelease>,
 }
 
 // SAFETY: `base` points into the mapping owned by `seg` (an `Arc`, which is
@@ -55,6 +59,8 @@ pub fn victim_and_raw_peer(capacity: usize) -> io::Result<(MessagePort, RawPeer)
         .map_err(io::Error::other)?;
     let consumer = Consumer::new(SegmentRing::new(seg.clone(), 1), Barriers::FENCES)
         .map_err(io::Error::other)?;
+    let releaser = Releaser::new(SegmentRelease::new(seg.clone(), 1), Barriers::FENCES)
+        .map_err(io::Error::other)?;
     // Ring 0's data area starts HEADER_AREA bytes into the mapping.
     let base = producer.memory().data();
     // SAFETY: ring 0's data area lies HEADER_AREA bytes after the start of
@@ -68,6 +74,7 @@ pub fn victim_and_raw_peer(capacity: usize) -> io::Result<(MessagePort, RawPeer)
             sock: mine,
             producer,
             consumer,
+            releaser,
         },
     ))
 }
@@ -158,6 +165,50 @@ impl RawPeer {
         n
     }
 
+    /// Take the next record the victim posted and release its ring space;
+    /// for a pooled record, the reference it carries (buffer, block,
+    /// length), which the block stays lent under until
+    /// [`give_back`](Self::give_back). `None` when no record is there (or
+    /// it is not pooled).
+    pub fn take_pooled(&mut self) -> Option<(u32, u32, u64)> {
+        let r = self.consumer.take().ok()??;
+        let found = (r.meta.pool && r.len == POOL_REF).then(|| {
+            // SAFETY: the record's payload holds POOL_REF bytes inside the
+            // ring, 32-byte aligned; the reference is only atomics.
+            let p = unsafe { r.payload.cast::<PoolRef>().as_ref() };
+            (
+                p.buffer.load(Ordering::Relaxed),
+                p.block.load(Ordering::Relaxed),
+                p.len.load(Ordering::Relaxed),
+            )
+        });
+        self.consumer.release(r.pos, r.end);
+        if self.consumer.publish_head() {
+            let _ = sys::socket::send_wake(&self.sock);
+        }
+        found
+    }
+
+    /// Give the victim's pool the key of block `block` of buffer `buffer`
+    /// back, as a receiver does (whether it was lent or not); `false` when
+    /// the release queue is full or corrupt.
+    pub fn give_back(&mut self, buffer: u32, block: u32) -> bool {
+        match self.releaser.push(crate::shm::pool::key(buffer, block)) {
+            Ok(Pushed::Queued { wake }) => {
+                if wake {
+                    let _ = sys::socket::send_wake(&self.sock);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Offset in the segment of the release header of the victim's pool.
+    pub fn victim_release_header(&self) -> usize {
+        RELEASE_HEADER[1]
+    }
+
     /// Wake the victim if it sleeps (a hostile peer may also send tokens at
     /// any time: they cost nothing).
     pub fn wake(&self) {
@@ -174,6 +225,9 @@ pub fn max_payload(capacity: usize) -> usize {
 pub struct DecodedAttachment {
     /// It carried an out-of-line memfd.
     pub out_of_line: bool,
+    /// It announced a pool buffer: (id, log2 of the block size, blocks)
+    /// and its memfd.
+    pub pool: Option<((u32, u8, u32), OwnedFd)>,
     /// It was the placeholder for descriptors lost on receipt.
     pub lost: bool,
     /// Each port it carried, opened (or why it could not be).
@@ -191,6 +245,7 @@ pub fn decode_attachment(
     let att = Attachment::decode(body, fds).map_err(|c| c.0)?;
     Ok(DecodedAttachment {
         out_of_line: att.ool.is_some(),
+        pool: att.pool.map(|(i, fd)| ((i.id, i.log2, i.blocks), fd)),
         lost: att.lost,
         ports: att.ports.into_iter().map(|p| p.assemble()).collect(),
     })

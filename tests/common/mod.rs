@@ -2,6 +2,8 @@
 //! peer process, and make checkable payloads.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command};
 

@@ -208,8 +208,15 @@ static void reservations_and_waits(void) {
   size_t max = 0;
   OK(shmport_channel_new(4096, &a, &b));
   OK(shmport_port_max_reservation(a, &max));
+  CHECK(max == (size_t)64 << 20); /* the largest pool block */
+  EXPECT(shmport_port_reserve(a, max + 1, SHMPORT_NO_WAIT, &slot), SHMPORT_ERR_TOO_LARGE);
+  /* With the pool turned off, only what fits in the ring. */
+  OK(shmport_port_set_pool_limit(a, 0));
+  OK(shmport_port_max_reservation(a, &max));
   CHECK(max > 0 && max < 4096);
   EXPECT(shmport_port_reserve(a, max + 1, SHMPORT_NO_WAIT, &slot), SHMPORT_ERR_TOO_LARGE);
+  OK(shmport_port_set_pool_limit(a, SIZE_MAX));
+  EXPECT(shmport_port_set_pool_limit(NULL, 0), SHMPORT_ERR_NULL);
   EXPECT(shmport_port_commit(a, 0), SHMPORT_ERR_NO_RESERVATION);
   EXPECT(shmport_port_cancel(a), SHMPORT_ERR_NO_RESERVATION);
 

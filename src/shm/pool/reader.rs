@@ -138,9 +138,7 @@ impl PoolReader {
     /// After the receiving side's close: does the owner wait (and need a
     /// wake-up to see the close)?
     pub fn wake_due_at_close(&self) -> bool {
-        self.releaser
-            .as_ref()
-            .is_ok_and(|r| r.wake_due_at_close())
+        self.releaser.as_ref().is_ok_and(|r| r.wake_due_at_close())
     }
 
     /// The buffers, to hand on with the port.

@@ -119,6 +119,15 @@ impl PoolWriter {
         super::class_for(len).filter(|&l| 1 << l <= self.limit_for(l))
     }
 
+    /// The largest block the cap allows (0: none, the pool is off).
+    pub fn largest_block(&self) -> usize {
+        (MIN_BLOCK_LOG2..=MAX_BLOCK_LOG2)
+            .rev()
+            .map(|l| 1usize << l)
+            .find(|&b| b <= self.limit_for(b.trailing_zeros() as u8))
+            .unwrap_or(0)
+    }
+
     /// Bytes of all buffers.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -164,10 +173,13 @@ impl PoolWriter {
     /// `None`: no block of that class is free.
     pub fn lend(&mut self, log2: u8) -> Result<Option<Block>, Corrupt> {
         self.take_back()?;
-        let c = class(log2);
-        let Some(k) = self.free[c].pop() else {
-            return Ok(None);
-        };
+        self.largest = self.largest.max(log2);
+        Ok(self.pop(class(log2)))
+    }
+
+    /// Lend the last freed block of class index `c`, if any.
+    fn pop(&mut self, c: usize) -> Option<Block> {
+        let k = self.free[c].pop()?;
         let (id, block) = unkey(k);
         let b = &mut self.buffers[(id - self.base) as usize];
         b.set_lent(block, true);
@@ -176,8 +188,22 @@ impl PoolWriter {
         // SAFETY: `block < blocks`, so the block lies inside the mapping of
         // `blocks << log2` bytes.
         let ptr = unsafe { b.map.ptr().add(block as usize * room) };
-        self.largest = self.largest.max(log2);
-        Ok(Some(Block { key: k, ptr, room }))
+        Some(Block { key: k, ptr, room })
+    }
+
+    /// Lend a free block of a class larger than `log2` (the smallest there
+    /// is), when the class itself has none and cannot grow: memory the cap
+    /// gave to larger messages serves smaller ones rather than standing
+    /// idle. Call after [`lend`](Self::lend), which took back what came.
+    pub fn lend_larger(&mut self, log2: u8) -> Option<Block> {
+        let c = (class(log2) + 1..CLASSES).find(|&c| !self.free[c].is_empty())?;
+        self.pop(c)
+    }
+
+    /// Is a block of class `log2` or larger lent (so that waiting for the
+    /// receiver to give it back can help)?
+    pub fn lent_from(&self, log2: u8) -> bool {
+        self.lent[class(log2)..].iter().any(|&n| n > 0)
     }
 
     /// Give a lent block back unused (its post failed before the record
@@ -258,11 +284,15 @@ impl PoolWriter {
         blocks
     }
 
-    /// Could a block of class `log2` be lent now (one came back, is free,
-    /// or the cap allows a new buffer)?
+    /// Would a post of class `log2` go on now without waiting: a block of
+    /// that class or a larger one is free (after taking back what came),
+    /// the cap allows a new buffer, or nothing that could come back is lent
+    /// (then the message goes out of line)?
     pub fn has_room(&mut self, log2: u8) -> Result<bool, Corrupt> {
         self.take_back()?;
-        Ok(!self.free[class(log2)].is_empty() || self.next_buffer_blocks(log2) > 0)
+        Ok(self.free[class(log2)..].iter().any(|f| !f.is_empty())
+            || self.next_buffer_blocks(log2) > 0
+            || !self.lent_from(log2))
     }
 
     /// Take the announcement of a lent block's buffer, if the peer has not

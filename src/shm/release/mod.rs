@@ -180,7 +180,10 @@ impl<M: ReleaseMemory> Reclaimer<M> {
     /// Hand every queued key to `take`, then give the entries back to the
     /// releaser. Stops at the first key `take` refuses (the error is the
     /// caller's: a key that was never lent).
-    pub fn drain(&mut self, mut take: impl FnMut(u64) -> Result<(), Corrupt>) -> Result<(), Corrupt> {
+    pub fn drain(
+        &mut self,
+        mut take: impl FnMut(u64) -> Result<(), Corrupt>,
+    ) -> Result<(), Corrupt> {
         let slots = self.mem.slots() as u64;
         // Acquire: pairs with the Release store in `Releaser::push`, so the
         // keys below it are visible.
@@ -231,11 +234,7 @@ impl<M: ReleaseMemory> Reclaimer<M> {
 
     /// Withdraw the wait announcement.
     pub fn end_wait(&self) {
-        self.mem
-            .header()
-            .wait
-            .waiting
-            .store(0, Ordering::Relaxed);
+        self.mem.header().wait.waiting.store(0, Ordering::Relaxed);
     }
 
     /// The id the next pool buffer of this direction gets.
@@ -285,8 +284,21 @@ mod tests {
     }
 
     fn heap(slots: usize) -> Heap {
-        // SAFETY: ReleaseHeader is atomics only, for which zero is valid.
-        let header = unsafe { Box::<ReleaseHeader>::new_zeroed().assume_init() };
+        use crate::shm::layout::{ReclaimWaitLine, ReclaimerLine, ReleaserLine};
+        use crate::shm::sync::AtomicU32;
+        let header = Box::new(ReleaseHeader {
+            releaser: ReleaserLine {
+                tail: AtomicU64::new(0),
+            },
+            reclaimer: ReclaimerLine {
+                head: AtomicU64::new(0),
+                next_buffer: AtomicU32::new(0),
+            },
+            wait: ReclaimWaitLine {
+                waiting: AtomicU32::new(0),
+                barrier: AtomicU32::new(0),
+            },
+        });
         Heap {
             header,
             entries: (0..slots).map(|_| AtomicU64::new(0)).collect(),

@@ -5,8 +5,8 @@ use super::{
     Barriers, Corrupt, Kind, Record, RecordMeta, RingMemory, header_at, max_payload, ring_offset,
 };
 use crate::shm::layout::{
-    FLAG_ANNOUNCE, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW, KIND_TYPED, RECORD_ALIGN, RECORD_HEADER, RecordInfo,
-    align_record, unpack_info,
+    FLAG_ANNOUNCE, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW, KIND_TYPED, RECORD_ALIGN,
+    RECORD_HEADER, RecordInfo, align_record, unpack_info,
 };
 use crate::shm::sync::Ordering;
 

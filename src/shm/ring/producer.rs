@@ -6,8 +6,8 @@ use super::{
     max_payload, ring_offset,
 };
 use crate::shm::layout::{
-    FLAG_ANNOUNCE, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW, KIND_TYPED, RECORD_HEADER, RecordInfo, align_record,
-    pack_info,
+    FLAG_ANNOUNCE, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW, KIND_TYPED, RECORD_HEADER,
+    RecordInfo, align_record, pack_info,
 };
 use crate::shm::sync::Ordering;
 

@@ -432,7 +432,9 @@ impl Attachment {
             if flags & HAS_POOL != 0 {
                 let n = u16::from_le_bytes(take::<2>(body)?) as usize;
                 if n > MAX_BUFFERS {
-                    return Err(Corrupt("a port carries more pool buffers than a receiver maps"));
+                    return Err(Corrupt(
+                        "a port carries more pool buffers than a receiver maps",
+                    ));
                 }
                 for _ in 0..n {
                     let info = decode_buffer(body)?;
