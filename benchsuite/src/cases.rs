@@ -189,7 +189,7 @@ fn note(t: Transport, size: usize) -> String {
         Kind::ShmRaw | Kind::ShmTyped => {
             let ring = size_label(t.ring.capacity(size));
             if t.ring == Ring::Default {
-                format!("ring {ring}: out of line (a sealed memfd per message)")
+                format!("ring {ring}: the default channel, messages in its pool")
             } else {
                 format!("ring {ring}")
             }

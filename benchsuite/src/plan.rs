@@ -49,7 +49,8 @@ pub enum Ring {
     /// Large enough that the payload travels inline: at least the default,
     /// and four payloads.
     Inline,
-    /// The default ring (1 MiB): payloads above 512 KiB go out of line.
+    /// The default ring (1 MiB): payloads above 512 KiB go into the
+    /// sender's pool of reused blocks.
     Default,
 }
 
@@ -98,7 +99,7 @@ impl Transport {
     }
 
     /// Does this variant run for payloads of `size` bytes? The default-ring
-    /// rows exist only where the default ring sends the payload out of line.
+    /// rows exist only where the default ring sends the payload to the pool.
     pub fn runs_at(self, size: usize) -> bool {
         self.ring == Ring::Inline || size > DEFAULT_CAPACITY / 4
     }

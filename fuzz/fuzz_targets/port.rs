@@ -1,9 +1,11 @@
 //! A real port (the victim) whose peer is hostile: between the victim's
-//! receives and posts, the peer commits records with any header fields,
-//! rewrites any word of the shared segment (ring header lines, record
-//! headers, payloads), and sends anything on the socket (wake tokens,
-//! well-formed and malformed attachments, unknown tags, descriptors of
-//! every kind).
+//! receives and posts, the peer commits records with any header fields
+//! (pooled ones naming any buffer, block and length), rewrites any word of
+//! the shared segment (ring header lines, record headers, payloads, the
+//! release queues), sends anything on the socket (wake tokens, well-formed
+//! and malformed attachments, pool buffer announcements, unknown tags,
+//! descriptors of every kind), and gives back blocks of the victim's pool,
+//! lent or not.
 //!
 //! Checked: nothing panics; a message the victim receives can be read (its
 //! bytes, and typed access, which fails cleanly on a bad archive or type);
@@ -15,7 +17,7 @@ use std::os::fd::AsFd;
 
 use libfuzzer_sys::fuzz_target;
 use shmport::testing::fuzzing::{RawPeer, victim_and_raw_peer};
-use shmport::testing::layout::{RECORD_HEADER, RING_HEADER};
+use shmport::testing::layout::{POOL_REF, RECORD_HEADER, RING_HEADER};
 use shmport::testing::ring::{Kind, RecordMeta};
 use shmport::{CloseReason, MessagePort, PostError, RecvError, Trust};
 use shmport_fuzz::{
@@ -69,9 +71,10 @@ fn run(data: &[u8]) {
     let mut steps = 0;
     while !r.is_empty() && steps < 500 {
         steps += 1;
-        match r.u8() % 13 {
+        match r.u8() % 14 {
             0 | 1 => {
                 let which = r.u8();
+                let pool = r.u8().is_multiple_of(4);
                 let meta = RecordMeta {
                     kind: if which.is_multiple_of(4) {
                         Kind::Raw
@@ -79,8 +82,8 @@ fn run(data: &[u8]) {
                         Kind::Typed
                     },
                     out_of_line: r.u8().is_multiple_of(8),
-                    pool: false,
-                    announce: false,
+                    pool,
+                    announce: pool && r.u8().is_multiple_of(2),
                     nports: if r.u8().is_multiple_of(8) {
                         r.u8() as u16 % 4
                     } else {
@@ -91,9 +94,19 @@ fn run(data: &[u8]) {
                         _ => fingerprint_of(which),
                     },
                 };
-                let len = r.u16() as usize % (max + 1);
+                let len = if pool && !r.u8().is_multiple_of(8) {
+                    POOL_REF
+                } else {
+                    r.u16() as usize % (max + 1)
+                };
                 let mut payload = r.bytes(len).to_vec();
                 payload.resize(len, 0);
+                if pool && len == POOL_REF && !r.u8().is_multiple_of(4) {
+                    // A plausible reference: a small buffer id and block.
+                    payload[..4].copy_from_slice(&(r.u8() as u32 % 3).to_le_bytes());
+                    payload[4..8].copy_from_slice(&(r.u8() as u32 % 5).to_le_bytes());
+                    payload[8..].copy_from_slice(&(r.u32() as u64 % 70_000).to_le_bytes());
+                }
                 if let Some(pos) = peer.commit(meta, &payload) {
                     last_pos = Some(pos);
                 }
@@ -134,9 +147,15 @@ fn run(data: &[u8]) {
                 // with its socket and segment, from whatever descriptors.
                 let mut made = Vec::new();
                 let fds = pick_fds(&mut r, &peer, &victim, &mut made, &mut keep);
-                let ool = r.u8() % 2;
+                let ool = [0, 1, 3][r.u8() as usize % 3];
                 let nports = r.u8() as u16 % 3;
                 let mut body = vec![b'A', ool];
+                if ool == 3 {
+                    // A pool buffer announcement: id, block size, blocks.
+                    body.extend_from_slice(&(r.u8() as u32 % 3).to_le_bytes());
+                    body.push([16, 16, 17, 15, 27, 0][r.u8() as usize % 6]);
+                    body.extend_from_slice(&(r.u8() as u32 % 5).to_le_bytes());
+                }
                 body.extend_from_slice(&nports.to_le_bytes());
                 for _ in 0..nports {
                     body.push(r.u8() % 2);
@@ -188,7 +207,12 @@ fn run(data: &[u8]) {
                 }
             }
             9 => {
-                let len = r.u16() as usize % 2000;
+                // Small, or past the ring: in the victim's pool.
+                let len = if r.u8().is_multiple_of(4) {
+                    70_000 + r.u16() as usize
+                } else {
+                    r.u16() as usize % 2000
+                };
                 let got = victim.try_post_bytes(&vec![0x5a; len]);
                 if broken {
                     assert!(
@@ -199,6 +223,28 @@ fn run(data: &[u8]) {
             }
             10 => {
                 peer.drain();
+            }
+            13 => {
+                // The victim's pool: take its pooled records, give blocks
+                // back (lent or not, once or twice), or scribble on its
+                // release queue.
+                match r.u8() % 3 {
+                    0 => {
+                        if let Some((buffer, block, _)) = peer.take_pooled()
+                            && r.u8().is_multiple_of(2)
+                        {
+                            peer.give_back(buffer, block);
+                        }
+                    }
+                    1 => {
+                        peer.give_back(r.u8() as u32 % 3, r.u8() as u32 % 20);
+                    }
+                    _ => {
+                        let off = peer.victim_release_header() + (r.u8() as usize % 48) * 8;
+                        let v = r.hostile_u64(1024);
+                        peer.store(off, v);
+                    }
+                }
             }
             11 => victim.set_trust(if r.u8().is_multiple_of(2) {
                 Trust::Validated

@@ -142,7 +142,7 @@ impl Script {
 
 /// Kinds of descriptor a hostile peer can pass where a memfd or a socket is
 /// expected (chosen by one byte, modulo [`FD_KINDS`]).
-pub const FD_KINDS: u8 = 11;
+pub const FD_KINDS: u8 = 12;
 
 /// A descriptor of kind `kind % FD_KINDS`, its details read from `r`, and
 /// whatever must stay open for it to mean something (the other end of a
@@ -217,6 +217,23 @@ pub fn make_fd(kind: u8, r: &mut Reader<'_>) -> (OwnedFd, Option<OwnedFd>) {
             // Half the time the far end is gone already (a hung-up port).
             let keep = r.u8().is_multiple_of(2);
             (a, keep.then_some(b))
+        }
+        11 => {
+            // A pool buffer as a sender makes one: 1 to 4 blocks of 64 KiB
+            // (or a size a byte chose), sealed against writes by anyone,
+            // or with a seal missing.
+            let blocks = 1 + r.u8() as usize % 4;
+            let size = if r.u8().is_multiple_of(8) {
+                r.u16() as usize
+            } else {
+                blocks << 16
+            };
+            let seals = if r.u8().is_multiple_of(8) {
+                SealFlags::SHRINK | SealFlags::GROW
+            } else {
+                SealFlags::SHRINK | SealFlags::GROW | SealFlags::FUTURE_WRITE | SealFlags::SEAL
+            };
+            (memfd(r.blob(256), size, seals), None)
         }
         9 => (
             rustix::fs::open(

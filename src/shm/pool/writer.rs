@@ -5,6 +5,7 @@ use core::ptr::NonNull;
 use std::io;
 use std::os::fd::OwnedFd;
 
+use super::reader::{MAX_BUFFERS, MAX_MAPPED};
 use super::{BufferInfo, key, unkey};
 use crate::shm::layout::{MAX_BLOCK_LOG2, MIN_BLOCK_LOG2, RELEASE_SLOTS};
 use crate::shm::release::Reclaimer;
@@ -275,7 +276,11 @@ impl PoolWriter {
             Some(b) => b.info.blocks as usize * 2,
             None => (FIRST_BUFFER >> log2).max(1),
         };
-        let limit = self.limit_for(log2);
+        if self.buffers.len() >= MAX_BUFFERS {
+            return 0;
+        }
+        // Never more than a receiver maps, whatever the cap says.
+        let limit = self.limit_for(log2).min(MAX_MAPPED);
         while blocks > 0
             && (self.bytes + blocks * block > limit || self.blocks + blocks > RELEASE_SLOTS)
         {
