@@ -344,3 +344,16 @@ fn check_worker_offload(out: &str) {
         "{out}"
     );
 }
+
+#[test]
+fn large_frames_checks_every_frame_and_reuses_a_small_pool() {
+    let out = run("large_frames", &["--frames", "300", "--size-kib", "2048"]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("300 frames of 2048 KiB"))
+        .unwrap_or_else(|| panic!("no summary line in {out:?}"));
+    // Two frames in flight (three blocks of 2 MiB at most, if the worker
+    // lagged): the pool stays at a few blocks, whatever the frame count.
+    let pool = number_after(line, "pool ").expect("the pool's size");
+    assert!((2..=16).contains(&pool), "pool of {pool} MiB: {line}");
+}

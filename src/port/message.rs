@@ -17,17 +17,40 @@ use crate::sys::Mapping;
 use crate::wire::attachment::PortParts;
 use crate::wire::writer::fingerprint;
 
-/// Where a message's bytes are: in the ring (until the record is released),
-/// in a block of the peer's pool (`block`, until it is given back), or in a
-/// sealed memfd mapped private and read-only for this message (`map`).
+/// Where a message's bytes are, and what keeps them there.
 pub(crate) struct Body {
     pub(crate) ptr: NonNull<u8>,
     pub(crate) len: usize,
-    pub(crate) map: Option<Mapping>,
+    pub(crate) holder: Holder,
+}
+
+/// What keeps a message's bytes valid, besides its ring record (which the
+/// message holds until it drops, or until untrusted mode copies it out).
+/// One field for all the cases keeps a `Message` small: a move of one is a
+/// few words, not a call to `memcpy`.
+pub(crate) enum Holder {
+    /// The bytes are the ring record's payload.
+    Ring,
+    /// A block of the peer's pool (its key), given back on drop.
+    Block(u64),
+    /// A sealed memfd mapped private and read-only for this message.
+    Mapped(Mapping),
     /// A private copy (untrusted mode): `ptr` points into it.
-    pub(crate) copy: Option<rkyv::util::AlignedVec<16>>,
-    /// The key of the pool block `ptr` points into, given back on drop.
-    pub(crate) block: Option<u64>,
+    Copied(
+        // Never read through: it owns the bytes `ptr` points into.
+        #[allow(dead_code)] rkyv::util::AlignedVec<16>,
+    ),
+}
+
+impl Body {
+    /// The payload of a ring record.
+    pub(crate) fn in_ring(ptr: NonNull<u8>, len: usize) -> Body {
+        Body {
+            ptr,
+            len,
+            holder: Holder::Ring,
+        }
+    }
 }
 
 /// A value that can be read from a typed message: its archived form can be
@@ -86,17 +109,17 @@ impl<'p> Message<'p> {
     /// the peer writes can change what this message reads, so validation
     /// holds (no time-of-check to time-of-use gap).
     pub(crate) fn copy_out_of_ring(&mut self) {
-        if self.body.map.is_some() || !self.holds_ring {
+        if matches!(self.body.holder, Holder::Mapped(_)) || !self.holds_ring {
             return;
         }
         let mut copy = rkyv::util::AlignedVec::<16>::with_capacity(self.body.len);
         copy.extend_from_slice(self.bytes());
         // The copy's heap buffer does not move while it is owned here.
         self.body.ptr = NonNull::new(copy.as_mut_ptr()).unwrap_or(NonNull::dangling());
-        self.body.copy = Some(copy);
+        let held = std::mem::replace(&mut self.body.holder, Holder::Copied(copy));
         self.holds_ring = false;
         self.port.release(self.pos, self.end);
-        if let Some(key) = self.body.block.take() {
+        if let Holder::Block(key) = held {
             self.port.release_block(key);
         }
     }
@@ -124,14 +147,14 @@ impl<'p> Message<'p> {
 
     /// Did the payload travel out of line (in its own memfd)?
     pub fn is_out_of_line(&self) -> bool {
-        self.body.map.is_some()
+        matches!(self.body.holder, Holder::Mapped(_))
     }
 
     /// Is the payload read in place in a block of the sender's pool (a
     /// message too large for the ring)? Untrusted ports copy it out first
     /// and answer `false`.
     pub fn is_pooled(&self) -> bool {
-        self.body.block.is_some()
+        matches!(self.body.holder, Holder::Block(_))
     }
 
     /// Number of ports that came with this message and have not been taken.
@@ -254,20 +277,16 @@ impl<'p> Message<'p> {
     // would cost an allocation on the in-ring path, the common one.
     #[allow(clippy::result_large_err)]
     pub fn into_shared_bytes(mut self) -> Result<SharedBytes, Message<'p>> {
-        if self.body.copy.is_some() {
-            return Err(self);
-        }
-        match self.body.map.take() {
-            Some(map) if map.make_copy_on_write().is_ok() => Ok(SharedBytes {
+        match std::mem::replace(&mut self.body.holder, Holder::Ring) {
+            Holder::Mapped(map) if map.make_copy_on_write().is_ok() => Ok(SharedBytes {
                 ptr: self.body.ptr,
                 len: self.body.len,
                 _map: map,
             }),
-            Some(map) => {
-                self.body.map = Some(map);
+            other => {
+                self.body.holder = other;
                 Err(self)
             }
-            None => Err(self),
         }
     }
 }
@@ -415,7 +434,7 @@ impl Drop for Message<'_> {
         if self.holds_ring {
             self.port.release(self.pos, self.end);
         }
-        if let Some(key) = self.body.block {
+        if let Holder::Block(key) = self.body.holder {
             self.port.release_block(key);
         }
     }

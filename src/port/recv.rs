@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::{Half, MessagePort, PortReceiver, Trust, Wait};
 use crate::error::{CloseReason, RecvError};
-use crate::port::message::{Body, Message};
+use crate::port::message::{Body, Holder, Message};
 use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor, POOL_REF, PoolRef};
 use crate::shm::pool::reader::AddError;
 use crate::shm::ring::{Corrupt, Record};
@@ -270,13 +270,7 @@ impl PortReceiver {
             Err(c) => return Err(RecvError::Closed(self.corrupt(c))),
         };
         if !rec.meta.out_of_line && !rec.meta.pool && rec.meta.nports == 0 {
-            let body = Body {
-                ptr: rec.payload,
-                len: rec.len,
-                map: None,
-                copy: None,
-                block: None,
-            };
+            let body = Body::in_ring(rec.payload, rec.len);
             return Ok(Some(self.trusted(Message::new(
                 self,
                 &rec,
@@ -361,13 +355,7 @@ impl PortReceiver {
         let body = match att.ool {
             Some(fd) => self.map_out_of_line(rec, fd)?,
             None if rec.meta.pool => self.pooled(rec)?,
-            None => Body {
-                ptr: rec.payload,
-                len: rec.len,
-                map: None,
-                copy: None,
-                block: None,
-            },
+            None => Body::in_ring(rec.payload, rec.len),
         };
         Ok((body, att.ports))
     }
@@ -407,9 +395,7 @@ impl PortReceiver {
         Ok(Body {
             ptr,
             len,
-            map: None,
-            copy: None,
-            block: Some(key),
+            holder: Holder::Block(key),
         })
     }
 
@@ -459,9 +445,7 @@ impl PortReceiver {
         Ok(Body {
             ptr: map.ptr(),
             len,
-            map: Some(map),
-            copy: None,
-            block: None,
+            holder: Holder::Mapped(map),
         })
     }
 }

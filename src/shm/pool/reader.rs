@@ -79,7 +79,9 @@ impl PoolReader {
             Ok(_) => return bad("pool buffer of the wrong size"),
             Err(_) => return bad("pool buffer not sealed against writes"),
         }
-        let map = Mapping::new(&fd, size, false, false).map_err(AddError::Io)?;
+        // Populated: the pages exist (the sender allocated them), so reading
+        // a block later takes no page fault.
+        let map = Mapping::new(&fd, size, false, true).map_err(AddError::Io)?;
         self.buffers.push(ReadBuffer { info, map, fd });
         self.mapped += size;
         Ok(())

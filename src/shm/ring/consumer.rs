@@ -10,6 +10,11 @@ use crate::shm::layout::{
 };
 use crate::shm::sync::Ordering;
 
+/// The valid combinations of a record's flags, as a set of bits: none, out
+/// of line, pooled, pooled and announcing.
+const VALID_FLAGS: u8 =
+    1 << 0 | 1 << FLAG_OUT_OF_LINE | 1 << FLAG_POOL | 1 << (FLAG_POOL | FLAG_ANNOUNCE);
+
 /// The reading end of a ring.
 pub struct Consumer<M: RingMemory> {
     mem: M,
@@ -173,15 +178,11 @@ impl<M: RingMemory> Consumer<M> {
                 KIND_RAW => Kind::Raw,
                 _ => return Err(Corrupt("unknown record kind")),
             };
-            if flags & !(FLAG_OUT_OF_LINE | FLAG_POOL | FLAG_ANNOUNCE) != 0 {
-                return Err(Corrupt("unknown record flags"));
-            }
-            // One place for the payload: the ring, a memfd or a pool block;
-            // an announcement only with a pool reference.
-            if flags & FLAG_OUT_OF_LINE != 0 && flags & FLAG_POOL != 0
-                || flags & FLAG_ANNOUNCE != 0 && flags & FLAG_POOL == 0
-            {
-                return Err(Corrupt("contradictory record flags"));
+            // One place for the payload (the ring, a memfd or a pool
+            // block), an announcement only with a pool reference: bit `f`
+            // of VALID_FLAGS says whether flags `f` are valid.
+            if flags >= 8 || VALID_FLAGS >> flags & 1 == 0 {
+                return Err(Corrupt("unknown or contradictory record flags"));
             }
             if len > max_payload(self.cap as usize) || RECORD_HEADER + len > to_end {
                 return Err(Corrupt("record length outside the ring"));

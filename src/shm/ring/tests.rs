@@ -234,7 +234,13 @@ fn corrupt_first(f: impl FnOnce(&mut RecordInfo)) -> Corrupt {
 #[test]
 fn corrupt_records_are_errors() {
     assert_eq!(corrupt_first(|i| i.kind = 9).0, "unknown record kind");
-    assert_eq!(corrupt_first(|i| i.flags = 0x80).0, "unknown record flags");
+    for flags in [0x80, 0x08, 1 | 2, 4, 1 | 4, 7] {
+        assert_eq!(
+            corrupt_first(|i| i.flags = flags).0,
+            "unknown or contradictory record flags",
+            "flags {flags:#x}"
+        );
+    }
     for bad in [u32::MAX, 4096, 2048 - 31, 0x8000_0000] {
         assert_eq!(
             corrupt_first(|i| i.len = bad).0,
