@@ -15,6 +15,7 @@
 
 mod attach;
 mod halves;
+mod large;
 pub(crate) mod message;
 pub(crate) mod parts;
 mod readiness;

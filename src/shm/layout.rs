@@ -332,6 +332,27 @@ pub struct ReleaseHeader {
     pub wait: ReclaimWaitLine,
 }
 
+impl ReleaseHeader {
+    /// A release header of zeros, for a queue in private memory (the
+    /// tests and the loom model; a segment's is zero as the memfd is).
+    #[cfg(test)]
+    pub fn zeroed() -> ReleaseHeader {
+        ReleaseHeader {
+            releaser: ReleaserLine {
+                tail: RingU64::new(0),
+            },
+            reclaimer: ReclaimerLine {
+                head: RingU64::new(0),
+                next_buffer: RingU32::new(0),
+            },
+            wait: ReclaimWaitLine {
+                waiting: RingU32::new(0),
+                barrier: RingU32::new(0),
+            },
+        }
+    }
+}
+
 /// Smallest pool block: 64 KiB (`1 << MIN_BLOCK_LOG2`).
 pub const MIN_BLOCK_LOG2: u8 = 16;
 /// Largest pool block: 64 MiB. A larger message travels in its own memfd.

@@ -284,21 +284,7 @@ mod tests {
     }
 
     fn heap(slots: usize) -> Heap {
-        use crate::shm::layout::{ReclaimWaitLine, ReclaimerLine, ReleaserLine};
-        use crate::shm::sync::AtomicU32;
-        let header = Box::new(ReleaseHeader {
-            releaser: ReleaserLine {
-                tail: AtomicU64::new(0),
-            },
-            reclaimer: ReclaimerLine {
-                head: AtomicU64::new(0),
-                next_buffer: AtomicU32::new(0),
-            },
-            wait: ReclaimWaitLine {
-                waiting: AtomicU32::new(0),
-                barrier: AtomicU32::new(0),
-            },
-        });
+        let header = Box::new(ReleaseHeader::zeroed());
         Heap {
             header,
             entries: (0..slots).map(|_| AtomicU64::new(0)).collect(),

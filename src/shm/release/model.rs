@@ -19,8 +19,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::{Pushed, Reclaimer, ReleaseMemory, Releaser};
-use crate::shm::layout::{ReclaimWaitLine, ReclaimerLine, ReleaseHeader, ReleaserLine};
+use crate::shm::layout::ReleaseHeader;
 use crate::shm::ring::Barriers;
+use crate::shm::ring::model::model;
 use crate::shm::sync::Ordering;
 
 /// Entries in the model's queue: fewer than the blocks in flight would
@@ -49,19 +50,7 @@ unsafe impl ReleaseMemory for Arc<Memory> {
 
 fn memory() -> Arc<Memory> {
     Arc::new(Memory {
-        header: ReleaseHeader {
-            releaser: ReleaserLine {
-                tail: AtomicU64::new(0),
-            },
-            reclaimer: ReclaimerLine {
-                head: AtomicU64::new(0),
-                next_buffer: AtomicU32::new(0),
-            },
-            wait: ReclaimWaitLine {
-                waiting: AtomicU32::new(0),
-                barrier: AtomicU32::new(0),
-            },
-        },
+        header: ReleaseHeader::zeroed(),
         entries: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
         closed: AtomicU32::new(0),
     })
@@ -231,14 +220,6 @@ fn take_back(owner: &mut Reclaimer<Arc<Memory>>, free: &mut Vec<u64>, lent: &mut
             Ok(())
         })
         .unwrap();
-}
-
-fn model(f: impl Fn() + Sync + Send + 'static) {
-    let mut b = loom::model::Builder::new();
-    if b.preemption_bound.is_none() {
-        b.preemption_bound = Some(3);
-    }
-    b.check(f);
 }
 
 /// One block, three messages: the owner waits for every block to come back.

@@ -29,7 +29,7 @@ mod barriers;
 mod consumer;
 pub mod heap;
 #[cfg(all(test, shmport_loom))]
-mod model;
+pub(crate) mod model;
 mod producer;
 
 pub use barriers::Barriers;

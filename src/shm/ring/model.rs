@@ -495,7 +495,8 @@ fn post_unless_closed(
     }
 }
 
-fn model(f: impl Fn() + Sync + Send + 'static) {
+/// Explore `f` with loom, at the preemption bound these models use.
+pub(crate) fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut b = loom::model::Builder::new();
     // Keeps the exploration to minutes; loom's own tests use 2–3. Raise it
     // (LOOM_MAX_PREEMPTIONS) for a longer, deeper run.
