@@ -28,6 +28,8 @@ pub enum Event {
     PeerGone,
     /// `connect` learned which endpoint accepted it.
     Expect(EndpointId),
+    /// `connect` failed: nobody will bind.
+    Abandon,
 }
 
 /// The queue and its wake-up.

@@ -73,7 +73,7 @@ mod server;
 pub use config::peer_config;
 pub use idle::{running_bridges, wait_idle};
 pub use options::{MIN_WINDOW, Options};
-pub use server::{Server, connect, connect_with, serve, serve_with};
+pub use server::{Server, connect, connect_port, connect_with, serve, serve_with};
 
 /// zenoh, re-exported so users open sessions with the same version.
 pub use zenoh;

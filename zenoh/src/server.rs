@@ -149,24 +149,57 @@ pub fn connect_with(session: &Session, key: &str, options: &Options) -> io::Resu
         .capacity(options.capacity)
         .build()?
         .into_ports();
+    connect_port(session, key, bridge, options)?;
+    Ok(app)
+}
+
+/// Connect an existing `port` to the port server offering `key`: from
+/// then on `port`'s peer — wherever it is, typically in another local
+/// process that reached this one through a [`shmport::Listener`] — talks
+/// to the port the server accepted. This is what the
+/// `shmport-zenoh-bridge` program does for every local connection, so that
+/// C, C++ and Python programs reach remote peers with the ordinary
+/// `connect` and without linking zenoh. Fails as [`connect`]; then `port`
+/// is closed (its peer sees [`CloseReason::PeerDied`](shmport::CloseReason::PeerDied)).
+pub fn connect_port(
+    session: &Session,
+    key: &str,
+    port: MessagePort,
+    options: &Options,
+) -> io::Result<()> {
     let me = keys::new_id(session);
-    let inbox = endpoint::spawn(session, me, None, bridge, options)?;
-    // Dropping `app` on an error below ends the endpoint (nobody bound).
+    let inbox = endpoint::spawn(session, me, None, port, options)?;
+    match accepted_by(session, key, me, options) {
+        Ok(server) => {
+            inbox.push(Event::Expect(server));
+            Ok(())
+        }
+        Err(e) => {
+            // The endpoint, never bound, closes the port and ends.
+            inbox.push(Event::Abandon);
+            Err(e)
+        }
+    }
+}
+
+/// Ask `key` for a connection for endpoint `me`: the id of the endpoint
+/// that accepted.
+fn accepted_by(
+    session: &Session,
+    key: &str,
+    me: EndpointId,
+    options: &Options,
+) -> io::Result<EndpointId> {
     let reply = ask(session, key, me, options.open_timeout)?;
     let sample = reply.into_result().map_err(|e| {
+        let why = String::from_utf8_lossy(&e.payload().to_bytes()).into_owned();
         io::Error::new(
             io::ErrorKind::ConnectionRefused,
-            format!(
-                "the server refused: {}",
-                String::from_utf8_lossy(&e.payload().to_bytes())
-            ),
+            format!("the server refused: {why}"),
         )
     })?;
-    let server = frame::decode_hello(&sample.payload().to_bytes()).map_err(|e| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("bad server reply: {e}"))
-    })?;
-    inbox.push(Event::Expect(server));
-    Ok(app)
+    frame::decode_hello(&sample.payload().to_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad server reply: {e}")))
 }
 
 /// Ask `key` for a connection until a server answers or `timeout` passes

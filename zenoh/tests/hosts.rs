@@ -34,6 +34,10 @@ const CASES: &[Case] = &[
     ("session_dropped_mid_stream", session_dropped),
     ("bad_input_is_a_protocol_error_on_that_port_only", bad_input),
     ("no_server_is_not_found", no_server),
+    (
+        "bridge_program_serves_a_local_rendezvous_path",
+        bridge_program,
+    ),
 ];
 
 fn main() {
@@ -454,4 +458,44 @@ fn no_server() {
     let err = shmport_zenoh::connect_with(&s, "t/nobody", &options).expect_err("no server");
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     finish(s);
+}
+
+/// `shmport-zenoh-bridge` exposes a rendezvous path here; a process that
+/// only knows shmport's `connect` reaches the echo host through it, and
+/// sees the echo host's death as `PeerDied`.
+fn bridge_program() {
+    let port = free_port();
+    let echo = Host::start("echo", &[endpoint(port)]);
+    let path = std::env::temp_dir().join(format!("shmport-zenoh-test-{}.sock", std::process::id()));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shmport-zenoh-bridge"));
+    cmd.args([
+        "--path",
+        path.to_str().expect("utf-8 path"),
+        "--key",
+        "t/echo",
+    ])
+    .args([
+        "--connect",
+        &endpoint(port),
+        "--lease-ms",
+        "1000",
+        "--ready",
+    ]);
+    let bridge = Host::program(cmd);
+    let p = shmport::connect(&path).expect("connect to the bridge program");
+    for i in 0..1000 {
+        p.post_bytes(&pattern(i, 500)).expect("post");
+    }
+    p.post_bytes(&pattern(1000, 3 << 20))
+        .expect("post a large one");
+    for i in 0..1000 {
+        assert_eq!(p.recv().expect("echo").bytes(), &pattern(i, 500)[..]);
+    }
+    assert!(p.recv().expect("echo").bytes() == &pattern(1000, 3 << 20)[..]);
+    echo.signal(Signal::KILL);
+    assert_eq!(closed_reason(p.recv()), CloseReason::PeerDied);
+    drop(p);
+    drop(bridge);
+    drop(echo);
+    let _ = std::fs::remove_file(&path);
 }

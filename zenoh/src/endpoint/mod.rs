@@ -165,7 +165,7 @@ impl Endpoint {
                     self.deadline = None;
                 }
             }
-            Event::PeerGone => self.peer_gone(CloseReason::PeerDied),
+            Event::PeerGone | Event::Abandon => self.peer_gone(CloseReason::PeerDied),
             Event::Expect(id) => match &self.peer {
                 Some(p) if p.id != id => {
                     self.protocol_error("OPEN from an endpoint that did not accept")

@@ -45,15 +45,18 @@ impl Host {
     /// Start `role` with `args`; returns once it printed `ready`.
     pub fn start(role: &str, args: &[String]) -> Host {
         let exe = std::env::current_exe().expect("current exe");
-        let mut child = Command::new(exe)
-            .env(ROLE_ENV, format!("{role} {}", args.join(" ")))
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn a host");
+        let mut cmd = Command::new(exe);
+        cmd.env(ROLE_ENV, format!("{role} {}", args.join(" ")));
+        Host::program(cmd)
+    }
+
+    /// Start `cmd`; returns once it printed `ready`.
+    pub fn program(mut cmd: Command) -> Host {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn a host");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut host = Host { child, stdout };
         let line = host.line();
-        assert_eq!(line.trim(), "ready", "{role} did not start");
+        assert_eq!(line.trim(), "ready", "{cmd:?} did not start");
         host
     }
 
