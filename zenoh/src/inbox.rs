@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use rustix::event::{EventfdFlags, eventfd};
@@ -36,6 +37,9 @@ pub enum Event {
 #[derive(Debug)]
 pub struct Inbox {
     queue: Mutex<VecDeque<Event>>,
+    /// Set after each push: lets a spinning endpoint look without a lock
+    /// or a system call.
+    pending: AtomicBool,
     wake: OwnedFd,
 }
 
@@ -44,6 +48,7 @@ impl Inbox {
     pub fn new() -> io::Result<Inbox> {
         Ok(Inbox {
             queue: Mutex::new(VecDeque::new()),
+            pending: AtomicBool::new(false),
             wake: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
         })
     }
@@ -56,13 +61,22 @@ impl Inbox {
     /// Queue `event` and wake the endpoint's thread.
     pub fn push(&self, event: Event) {
         self.queue().push_back(event);
+        // Release: pairs with the Acquire swap in `take` (the push is then
+        // visible to it).
+        self.pending.store(true, Ordering::Release);
         // An eventfd's counter only fails to grow at u64::MAX - 1: then it is
         // readable anyway.
         let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
     }
 
-    /// Everything queued so far, oldest first; clears the wake-up.
+    /// Everything queued so far, oldest first; clears the wake-up. Cheap
+    /// when nothing was pushed since the last call.
     pub fn take(&self) -> VecDeque<Event> {
+        // A push after this swap sets the flag again and writes the
+        // eventfd after it: nothing is missed, at worst one empty look.
+        if !self.pending.swap(false, Ordering::Acquire) {
+            return VecDeque::new();
+        }
         let mut buf = [0u8; 8];
         // Nonblocking: EAGAIN when nothing was written since the last read.
         let _ = rustix::io::read(&self.wake, &mut buf);

@@ -182,7 +182,8 @@ impl Endpoint {
             return;
         }
         rx.next_seq += 1;
-        if let Err(why) = self.assemble(head, last, chunk, cost) {
+        let head = self.post_whole(head, last, chunk, cost).err();
+        if let Some(Err(why)) = head.map(|head| self.assemble(head, last, chunk, cost)) {
             return self.protocol_error(why);
         }
         while let Some(c) = self.rx.reorder.remove(&self.rx.next_seq) {
@@ -193,6 +194,42 @@ impl Endpoint {
         }
         if self.rx.closed_mid_message() {
             self.protocol_error("a CLOSE in the middle of a message");
+        }
+    }
+
+    /// The common case, without a copy: a whole message in one frame, in
+    /// order, nothing queued before it, no ports, room in the port: post it
+    /// straight from the received frame. `Err` hands the chunk's head back
+    /// when it did not (then the chunk takes the general path).
+    #[allow(clippy::result_large_err)]
+    fn post_whole(
+        &mut self,
+        head: Option<MessageHead>,
+        last: bool,
+        chunk: &[u8],
+        cost: u64,
+    ) -> Result<(), Option<MessageHead>> {
+        let Some(head) = head else {
+            return Err(None);
+        };
+        let direct = last
+            && head.ports.is_empty()
+            && head.total == chunk.len() as u64
+            && self.rx.assembling.is_none()
+            && self.rx.ready.is_empty();
+        let Some(port) = self.port.as_ref().filter(|_| direct) else {
+            return Err(Some(head));
+        };
+        match port.try_post_forwarded(chunk, head.fingerprint, Vec::new()) {
+            Err(TransferError {
+                error: PostError::Full,
+                ..
+            }) => Err(Some(head)),
+            // Posted, or dropped as `deliver` drops what cannot be posted.
+            _ => {
+                self.rx.delivered += cost;
+                Ok(())
+            }
         }
     }
 

@@ -11,6 +11,13 @@ use crate::keys;
 /// The largest chunk one DATA frame carries.
 pub(crate) const CHUNK: u64 = 1 << 20;
 
+/// What the port gave: a whole message already made into its one frame,
+/// or one to send in chunks (its bytes, fingerprint and ports).
+enum Taken {
+    Frame(Vec<u8>, usize),
+    Message(Vec<u8>, u64, Vec<MessagePort>),
+}
+
 /// A message being sent, chunk by chunk.
 struct Outgoing {
     /// Sent with the first chunk.
@@ -77,7 +84,9 @@ impl Endpoint {
             self.tx.local_closed = true;
             return true;
         };
-        let (bytes, fingerprint, ports) = match port.try_recv() {
+        let chunk_max = self.chunk_max();
+        let room = self.tx.credit - self.tx.sent;
+        let taken = match port.try_recv() {
             Ok(mut msg) => {
                 let ports = match msg.take_ports() {
                     Ok(p) => p,
@@ -85,7 +94,23 @@ impl Endpoint {
                     // travel.
                     Err(e) => e.ports,
                 };
-                (msg.bytes().to_vec(), msg.fingerprint(), ports)
+                let len = msg.bytes().len();
+                if ports.is_empty() && len <= chunk_max && len as u64 + FRAME_COST <= room {
+                    // The common case, without a copy: one frame made
+                    // straight from the ring.
+                    let head = MessageHead {
+                        total: len as u64,
+                        fingerprint: msg.fingerprint(),
+                        ports: Vec::new(),
+                    };
+                    let seq = self.tx.next_seq;
+                    Taken::Frame(
+                        frame::data(self.me, seq, Some(&head), true, msg.bytes()),
+                        len,
+                    )
+                } else {
+                    Taken::Message(msg.bytes().to_vec(), msg.fingerprint(), ports)
+                }
             }
             Err(RecvError::Empty) => return false,
             // Refused by the port's own limits: that message is dropped.
@@ -96,6 +121,15 @@ impl Endpoint {
                 self.tx.local_closed = true;
                 return true;
             }
+        };
+        let (bytes, fingerprint, ports) = match taken {
+            Taken::Frame(data, len) => {
+                self.tx.next_seq += 1;
+                self.tx.sent += len as u64 + FRAME_COST;
+                self.send(data);
+                return true;
+            }
+            Taken::Message(bytes, fingerprint, ports) => (bytes, fingerprint, ports),
         };
         let ports = self.export_ports(ports);
         self.tx.current = Some(Outgoing {
@@ -124,12 +158,19 @@ impl Endpoint {
         ids
     }
 
+    /// The largest chunk for the peer's window (half of it, so that a
+    /// chunk always fits once the window is half free).
+    fn chunk_max(&self) -> usize {
+        let window = self.peer.as_ref().and_then(|p| p.window).unwrap_or(0);
+        (window / 2).min(CHUNK) as usize
+    }
+
     /// Send the current message's next chunk if the window has room.
     fn send_chunk(&mut self) -> bool {
-        let Some(window) = self.peer.as_ref().and_then(|p| p.window) else {
+        let chunk_max = self.chunk_max();
+        if chunk_max == 0 {
             return false;
-        };
-        let chunk_max = (window / 2).min(CHUNK) as usize;
+        }
         let Some(out) = &mut self.tx.current else {
             return false;
         };
