@@ -129,7 +129,7 @@ fn main_role() -> Result<()> {
 
 fn session(listen: &[&str], connect: &[&str]) -> Result<zenoh::Session> {
     let config = shmport_zenoh::peer_config(listen, connect, LEASE)?;
-    Ok(zenoh::open(config).wait()?)
+    zenoh::open(config).wait()
 }
 
 fn worker(endpoint: &str) -> Result<()> {
