@@ -34,7 +34,7 @@
 //!
 //! # Example
 //! ```no_run
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! use std::time::Duration;
 //! use zenoh::Wait;
 //!

@@ -35,7 +35,7 @@ pub struct Server {
 /// Offer ports under `key` on `session`, with the default [`Options`].
 ///
 /// ```no_run
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// use zenoh::Wait;
 ///
 /// let session = zenoh::open(zenoh::Config::default()).wait()?;
@@ -130,7 +130,7 @@ impl std::fmt::Debug for Server {
 /// the answer is an error.
 ///
 /// ```no_run
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// use zenoh::Wait;
 ///
 /// let session = zenoh::open(zenoh::Config::default()).wait()?;
