@@ -83,9 +83,10 @@ fn main() {
     let total: usize = if quick { 64 << 20 } else { 1 << 30 };
     println!("one-way throughput, {} MiB per size (MiB/s):", total >> 20);
     println!(
-        "  {:>9} {:>10} {:>10} {:>8}",
-        "size", "bridge", "tcp", "tcp/bridge"
+        "  {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "size", "bridge", "tcp", "tcp/bridge", "zenoh"
     );
+    let raw = RawThroughput::new(&session);
     for size in [64usize << 10, 1 << 20, 16 << 20] {
         let count = (total / size).max(4) as u64;
         let payload = pattern(size);
@@ -106,12 +107,16 @@ fn main() {
             tcp_sink.read_exact(&mut answer).expect("the sink's answer");
             assert_eq!(u64::from_le_bytes(answer), count * checksum(&payload));
         });
+        let zenoh = throughput(size, count, || {
+            assert_eq!(raw.run(&payload, count), count * checksum(&payload));
+        });
         println!(
-            "  {:>6} KiB {:>10.0} {:>10.0} {:>8.2}x",
+            "  {:>6} KiB {:>10.0} {:>10.0} {:>9.2}x {:>10.0}",
             size >> 10,
             bridge,
             tcp,
-            tcp / bridge
+            tcp / bridge,
+            zenoh
         );
     }
     drop((echo, sink, tcp_echo, tcp_sink));
@@ -152,6 +157,44 @@ fn raw_zenoh_round_trips(session: &zenoh::Session, rounds: usize) -> Vec<f64> {
         ping.put(vec![7u8; 64]).wait().expect("put");
         assert_eq!(pong.recv().expect("pong").payload().len(), 64);
     })
+}
+
+/// zenoh alone, for scale: puts on `bench/raw` (a count, then that many
+/// payloads), which the peer's subscriber sums and answers on
+/// `bench/raw_sum`.
+struct RawThroughput {
+    data: zenoh::pubsub::Publisher<'static>,
+    sums: zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>,
+}
+
+impl RawThroughput {
+    fn new(session: &zenoh::Session) -> Self {
+        let sums = session
+            .declare_subscriber("bench/raw_sum")
+            .wait()
+            .expect("subscriber");
+        let data = session
+            .declare_publisher("bench/raw")
+            .congestion_control(zenoh::qos::CongestionControl::Block)
+            .wait()
+            .expect("publisher");
+        while !data.matching_status().wait().expect("matching").matching() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        RawThroughput { data, sums }
+    }
+
+    /// Send `count` copies of `payload`; the peer's sum of their bytes.
+    fn run(&self, payload: &[u8], count: u64) -> u64 {
+        self.data
+            .put(count.to_le_bytes().to_vec())
+            .wait()
+            .expect("put");
+        for _ in 0..count {
+            self.data.put(payload.to_vec()).wait().expect("put");
+        }
+        read_u64(&self.sums.recv().expect("sum").payload().to_bytes())
+    }
 }
 
 /// The peer process, killed when the run ends.
@@ -250,6 +293,30 @@ fn peer(zenoh_port: u16, tcp_port: u16) {
         .declare_subscriber("bench/ping")
         .callback(move |sample| {
             let _ = pong.put(sample.payload().clone()).wait();
+        })
+        .wait()
+        .expect("subscriber");
+    let sums = session
+        .declare_publisher("bench/raw_sum")
+        .congestion_control(zenoh::qos::CongestionControl::Block)
+        .wait()
+        .expect("publisher");
+    // (messages still due, running sum); a round starts with its count.
+    let round = std::sync::Mutex::new((0u64, 0u64));
+    let _raw = session
+        .declare_subscriber("bench/raw")
+        .callback(move |sample| {
+            let bytes = sample.payload().to_bytes();
+            let mut r = round.lock().expect("lock");
+            if r.0 == 0 {
+                *r = (read_u64(&bytes), 0);
+                return;
+            }
+            r.1 += checksum(&bytes);
+            r.0 -= 1;
+            if r.0 == 0 {
+                let _ = sums.put(r.1.to_le_bytes().to_vec()).wait();
+            }
         })
         .wait()
         .expect("subscriber");
