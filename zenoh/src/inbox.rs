@@ -15,8 +15,6 @@ use std::sync::{Mutex, MutexGuard};
 use rustix::event::{EventfdFlags, eventfd};
 use zenoh::bytes::ZBytes;
 
-use crate::frame::EndpointId;
-
 /// One thing that happened to an endpoint.
 #[derive(Debug)]
 pub enum Event {
@@ -27,10 +25,6 @@ pub enum Event {
     /// The peer's liveliness token went away: undeclared, or its session
     /// lost (process killed, host silent past the lease).
     PeerGone,
-    /// `connect` learned which endpoint accepted it.
-    Expect(EndpointId),
-    /// `connect` failed: nobody will bind.
-    Abandon,
 }
 
 /// The queue and its wake-up.

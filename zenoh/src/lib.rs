@@ -63,6 +63,7 @@
 
 mod config;
 mod endpoint;
+mod error;
 mod frame;
 mod idle;
 mod inbox;
@@ -71,6 +72,7 @@ mod options;
 mod server;
 
 pub use config::peer_config;
+pub use error::ConnectPortError;
 pub use idle::{running_bridges, wait_idle};
 pub use options::{MIN_WINDOW, Options};
 pub use server::{Server, connect, connect_port, connect_with, serve, serve_with};

@@ -16,9 +16,9 @@ use zenoh::Wait;
 use zenoh::handlers::FifoChannelHandler;
 use zenoh::query::{Query, QueryTarget, Queryable, Reply};
 
-use crate::endpoint::{self, zenoh_error};
+use crate::endpoint::{self, Bind, zenoh_error};
+use crate::error::ConnectPortError;
 use crate::frame::{self, EndpointId};
-use crate::inbox::Event;
 use crate::keys;
 use crate::options::Options;
 
@@ -104,7 +104,7 @@ impl Server {
             .build()?
             .into_ports();
         let me = keys::new_id(&self.session);
-        endpoint::spawn(&self.session, me, Some(asker), bridge, &self.options)?;
+        endpoint::spawn(&self.session, me, Bind::To(asker), bridge, &self.options)?;
         query
             .reply(query.key_expr().clone(), frame::hello(me))
             .wait()
@@ -149,7 +149,7 @@ pub fn connect_with(session: &Session, key: &str, options: &Options) -> io::Resu
         .capacity(options.capacity)
         .build()?
         .into_ports();
-    connect_port(session, key, bridge, options)?;
+    connect_port(session, key, bridge, options).map_err(|e| e.error)?;
     Ok(app)
 }
 
@@ -159,26 +159,24 @@ pub fn connect_with(session: &Session, key: &str, options: &Options) -> io::Resu
 /// to the port the server accepted. This is what the
 /// `shmport-zenoh-bridge` program does for every local connection, so that
 /// C, C++ and Python programs reach remote peers with the ordinary
-/// `connect` and without linking zenoh. Fails as [`connect`]; then `port`
-/// is closed (its peer sees [`CloseReason::PeerDied`](shmport::CloseReason::PeerDied)).
+/// `connect` and without linking zenoh. Fails as [`connect`]; the error
+/// hands `port` back, untouched.
 pub fn connect_port(
     session: &Session,
     key: &str,
     port: MessagePort,
     options: &Options,
-) -> io::Result<()> {
+) -> Result<(), ConnectPortError> {
     let me = keys::new_id(session);
-    let inbox = endpoint::spawn(session, me, None, port, options)?;
+    let declared = match endpoint::declare(session, me) {
+        Ok(d) => d,
+        Err(error) => return Err(ConnectPortError { error, port }),
+    };
     match accepted_by(session, key, me, options) {
-        Ok(server) => {
-            inbox.push(Event::Expect(server));
-            Ok(())
-        }
-        Err(e) => {
-            // The endpoint, never bound, closes the port and ends.
-            inbox.push(Event::Abandon);
-            Err(e)
-        }
+        Ok(server) => declared
+            .start(port, Bind::Expect(server), options)
+            .map_err(|(error, port)| ConnectPortError { error, port }),
+        Err(error) => Err(ConnectPortError { error, port }),
     }
 }
 

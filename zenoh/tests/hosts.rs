@@ -466,6 +466,12 @@ fn no_server() {
     let options = shmport_zenoh::Options::new().open_timeout(Duration::from_millis(300));
     let err = shmport_zenoh::connect_with(&s, "t/nobody", &options).expect_err("no server");
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    // connect_port hands its port back, still connected.
+    let (mine, theirs) = MessageChannel::new().expect("channel").into_ports();
+    let err = shmport_zenoh::connect_port(&s, "t/nobody", theirs, &options).expect_err("no server");
+    assert_eq!(err.error.kind(), std::io::ErrorKind::NotFound);
+    mine.post_bytes(b"still here").expect("post");
+    assert_eq!(err.port.recv().expect("recv").bytes(), b"still here");
     finish(s);
 }
 

@@ -16,7 +16,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shmport::Listener;
+use shmport::{CloseReason, Listener};
 use shmport_zenoh::{Options, connect_port, peer_config};
 use zenoh::Wait;
 
@@ -76,7 +76,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     loop {
         let port = listener.accept()?.accept()?;
         if let Err(e) = connect_port(&session, &args.key, port, &options) {
-            eprintln!("shmport-zenoh-bridge: {}: {e}", args.key);
+            eprintln!("shmport-zenoh-bridge: {}: {}", args.key, e.error);
+            // The local program sees the remote side as gone.
+            e.port.close_with_reason(CloseReason::PeerDied);
         }
     }
 }

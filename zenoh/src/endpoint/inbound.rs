@@ -306,7 +306,15 @@ impl Endpoint {
             };
             let (app, bridge) = channel.into_ports();
             let me = keys::new_id(&self.session);
-            if super::spawn(&self.session, me, Some(remote), bridge, &self.options).is_ok() {
+            if super::spawn(
+                &self.session,
+                me,
+                super::Bind::To(remote),
+                bridge,
+                &self.options,
+            )
+            .is_ok()
+            {
                 ports.push(app);
             }
         }

@@ -21,7 +21,7 @@ mod inbound;
 mod outbound;
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -84,17 +84,33 @@ pub(crate) struct Endpoint {
     finished: bool,
 }
 
-/// Declare endpoint `me` (its subscriber and liveliness token, so that
-/// frames sent to it from now on arrive) bridging `port`, bound to `peer`
-/// if given, and start its thread. The returned inbox takes events for it
-/// ([`Event::Expect`]).
-pub(crate) fn spawn(
-    session: &Session,
+/// Whom an endpoint binds to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Bind {
+    /// This peer, from the start (the accepting side, the receiving side
+    /// of a transferred port).
+    To(EndpointId),
+    /// The first endpoint that sends OPEN, which must be this one (the
+    /// connecting side: the server named it).
+    Expect(EndpointId),
+    /// The first endpoint that sends OPEN (the sending side of a
+    /// transferred port).
+    Any,
+}
+
+/// An endpoint declared on the key space — its subscriber and liveliness
+/// token, so that frames sent to it from now on arrive — and not yet
+/// bridging a port.
+pub(crate) struct Declared {
+    session: Session,
     me: EndpointId,
-    peer: Option<EndpointId>,
-    port: MessagePort,
-    options: &Options,
-) -> io::Result<Arc<Inbox>> {
+    inbox: Arc<Inbox>,
+    subscriber: Subscriber<()>,
+    token: LivelinessToken,
+}
+
+/// Declare endpoint `me`.
+pub(crate) fn declare(session: &Session, me: EndpointId) -> io::Result<Declared> {
     let inbox = Arc::new(Inbox::new()?);
     let frames = Arc::clone(&inbox);
     let subscriber = session
@@ -107,33 +123,80 @@ pub(crate) fn spawn(
         .declare_token(keys::alive_key(me))
         .wait()
         .map_err(zenoh_error)?;
-    let mut endpoint = Endpoint {
+    Ok(Declared {
         session: session.clone(),
         me,
-        options: options.clone(),
-        inbox: Arc::clone(&inbox),
-        port: Some(port),
-        peer: None,
-        expected: None,
-        deadline: Some(Instant::now() + options.open_timeout),
-        _subscriber: subscriber,
-        _token: token,
-        tx: outbound::Sending::default(),
-        rx: inbound::Receiving::default(),
-        gone: None,
-        finished: false,
-    };
-    let guard = idle::Running::start();
-    thread::Builder::new()
-        .name("shmport-zenoh".into())
-        .spawn(move || {
-            let _guard = guard;
-            if let Some(peer) = peer {
-                endpoint.bind(peer);
-            }
-            endpoint.run();
-        })?;
-    Ok(inbox)
+        inbox,
+        subscriber,
+        token,
+    })
+}
+
+/// Declare endpoint `me` and start it bridging `port` ([`Declared::start`]);
+/// on failure the port is closed.
+pub(crate) fn spawn(
+    session: &Session,
+    me: EndpointId,
+    bind: Bind,
+    port: MessagePort,
+    options: &Options,
+) -> io::Result<()> {
+    declare(session, me)?
+        .start(port, bind, options)
+        .map_err(|(e, _port)| e)
+}
+
+impl Declared {
+    /// Start the endpoint's thread, bridging `port`. Fails only when no
+    /// thread can be made; then the port comes back, untouched.
+    pub(crate) fn start(
+        self,
+        port: MessagePort,
+        bind: Bind,
+        options: &Options,
+    ) -> Result<(), (io::Error, MessagePort)> {
+        // The thread starts first and is handed the endpoint after: if it
+        // cannot start, the port is still here to give back.
+        let (handover, taken) = mpsc::sync_channel::<Endpoint>(1);
+        let guard = idle::Running::start();
+        let started = thread::Builder::new()
+            .name("shmport-zenoh".into())
+            .spawn(move || {
+                let _guard = guard;
+                let Ok(mut endpoint) = taken.recv() else {
+                    return;
+                };
+                if let Bind::To(peer) = bind {
+                    endpoint.bind(peer);
+                }
+                endpoint.run();
+            });
+        if let Err(e) = started {
+            return Err((e, port));
+        }
+        let endpoint = Endpoint {
+            session: self.session,
+            me: self.me,
+            options: options.clone(),
+            inbox: self.inbox,
+            port: Some(port),
+            peer: None,
+            expected: match bind {
+                Bind::Expect(id) => Some(id),
+                _ => None,
+            },
+            deadline: Some(Instant::now() + options.open_timeout),
+            _subscriber: self.subscriber,
+            _token: self.token,
+            tx: outbound::Sending::default(),
+            rx: inbound::Receiving::default(),
+            gone: None,
+            finished: false,
+        };
+        // The thread waits for it: the send cannot fail.
+        let _ = handover.send(endpoint);
+        Ok(())
+    }
 }
 
 /// A zenoh error as an I/O error (what the public API returns).
@@ -182,14 +245,7 @@ impl Endpoint {
                     self.deadline = None;
                 }
             }
-            Event::PeerGone | Event::Abandon => self.peer_gone(CloseReason::PeerDied),
-            Event::Expect(id) => match &self.peer {
-                Some(p) if p.id != id => {
-                    self.protocol_error("OPEN from an endpoint that did not accept")
-                }
-                Some(_) => {}
-                None => self.expected = Some(id),
-            },
+            Event::PeerGone => self.peer_gone(CloseReason::PeerDied),
         }
     }
 

@@ -151,7 +151,7 @@ impl Endpoint {
         for port in ports {
             let id = keys::new_id(&self.session);
             // On failure the port is dropped: its peer sees it closed.
-            if super::spawn(&self.session, id, None, port, &self.options).is_ok() {
+            if super::spawn(&self.session, id, super::Bind::Any, port, &self.options).is_ok() {
                 ids.push(id);
             }
         }
