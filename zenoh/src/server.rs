@@ -161,6 +161,9 @@ pub fn connect_with(session: &Session, key: &str, options: &Options) -> io::Resu
 /// C, C++ and Python programs reach remote peers with the ordinary
 /// `connect` and without linking zenoh. Fails as [`connect`]; the error
 /// hands `port` back, untouched.
+// The port comes back by value, as the core's `SplitError` does: a rare
+// path, not worth a box.
+#[allow(clippy::result_large_err)]
 pub fn connect_port(
     session: &Session,
     key: &str,

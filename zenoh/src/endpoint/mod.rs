@@ -149,6 +149,9 @@ pub(crate) fn spawn(
 impl Declared {
     /// Start the endpoint's thread, bridging `port`. Fails only when no
     /// thread can be made; then the port comes back, untouched.
+    // The port comes back by value, as the core's `SplitError` does: a
+    // rare path, not worth a box.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn start(
         self,
         port: MessagePort,
