@@ -10,6 +10,9 @@ use super::Endpoint;
 use crate::frame::{self, EndpointId, FRAME_COST, Frame, MessageHead};
 use crate::keys;
 
+/// The largest reassembly buffer kept for reuse.
+const MAX_SPARE: usize = 64 << 20;
+
 /// A chunk that arrived ahead of its turn.
 pub(super) struct Chunk {
     head: Option<MessageHead>,
@@ -47,6 +50,9 @@ pub(super) struct Receiving {
     /// CREDIT's limits).
     pub(super) granted: u64,
     reorder: BTreeMap<u64, Chunk>,
+    /// A delivered message's buffer, kept for the next one to reassemble
+    /// in (fresh memory costs page faults on every large message).
+    spare: Vec<u8>,
     assembling: Option<Assembly>,
     pub(super) ready: VecDeque<Arrived>,
     /// The port had no room for a message of this many bytes.
@@ -249,9 +255,12 @@ impl Endpoint {
                 // Memory grows with what arrives, not with what the header
                 // claims (at most the window ahead of it).
                 let reserve = (head.total as usize).min(self.options.window as usize);
+                let mut bytes = std::mem::take(&mut self.rx.spare);
+                bytes.clear();
+                bytes.reserve(reserve);
                 self.rx.assembling = Some(Assembly {
                     head,
-                    bytes: Vec::with_capacity(reserve),
+                    bytes,
                     cost: 0,
                 });
             }
@@ -347,6 +356,10 @@ impl Endpoint {
             }
             if let Some(a) = self.rx.ready.pop_front() {
                 self.rx.delivered += a.cost;
+                if a.bytes.capacity() > self.rx.spare.capacity() && a.bytes.capacity() <= MAX_SPARE
+                {
+                    self.rx.spare = a.bytes;
+                }
             }
             progress = true;
         }
