@@ -13,13 +13,16 @@
 //!               if FIRST: total u64, fingerprint u64, nports u16, nports × id u128
 //!               then the chunk's bytes (the rest of the frame)
 //!    CREDIT     limit u64            total DATA bytes the receiver accepts so far
-//!    CLOSE      next_seq u64         DATA frames sent before the close
+//!    CLOSE      next_seq u64, why u8 DATA frames sent before the close, and
+//!                                    why the sender's port closed (CLOSED_*)
 //!    CLOSE_ACK  (nothing)
 //!    ABORT      (nothing)            the sender saw a protocol error
 //! ```
 //!
 //! Everything here comes from the network: decoding checks every length
 //! and count and returns an error, never panics.
+
+use shmport::CloseReason;
 
 /// The frame format this crate speaks; a frame of another is refused.
 pub const FORMAT_VERSION: u8 = 1;
@@ -30,6 +33,10 @@ const CREDIT: u8 = 3;
 const CLOSE: u8 = 4;
 const CLOSE_ACK: u8 = 5;
 const ABORT: u8 = 6;
+
+const CLOSED: u8 = 0;
+const CLOSED_PEER_DIED: u8 = 1;
+const CLOSED_PROTOCOL_ERROR: u8 = 2;
 
 const FIRST: u8 = 1;
 const LAST: u8 = 2;
@@ -87,6 +94,9 @@ pub enum Frame<'a> {
     Close {
         /// DATA frames the sender sent before.
         next_seq: u64,
+        /// Why: its application closed it, or (a port that was itself
+        /// bridged further) its own peer died or broke the protocol.
+        why: CloseReason,
     },
     /// The CLOSE arrived and everything before it was delivered.
     CloseAck,
@@ -200,8 +210,14 @@ pub fn decode(bytes: &[u8]) -> Result<(EndpointId, Frame<'_>), BadFrame> {
         }
         CLOSE => {
             let next_seq = r.u64()?;
+            let why = match r.u8()? {
+                CLOSED => CloseReason::Closed,
+                CLOSED_PEER_DIED => CloseReason::PeerDied,
+                CLOSED_PROTOCOL_ERROR => CloseReason::ProtocolError,
+                _ => return Err(BadFrame("unknown CLOSE reason")),
+            };
             r.end()?;
-            Frame::Close { next_seq }
+            Frame::Close { next_seq, why }
         }
         CLOSE_ACK => {
             r.end()?;
@@ -264,9 +280,14 @@ pub fn credit(from: EndpointId, limit: u64) -> Vec<u8> {
 }
 
 /// A CLOSE frame.
-pub fn close(from: EndpointId, next_seq: u64) -> Vec<u8> {
-    let mut v = header(CLOSE, from, 8);
+pub fn close(from: EndpointId, next_seq: u64, why: CloseReason) -> Vec<u8> {
+    let mut v = header(CLOSE, from, 9);
     v.extend_from_slice(&next_seq.to_le_bytes());
+    v.push(match why {
+        CloseReason::PeerDied => CLOSED_PEER_DIED,
+        CloseReason::ProtocolError => CLOSED_PROTOCOL_ERROR,
+        _ => CLOSED,
+    });
     v
 }
 
@@ -333,7 +354,20 @@ mod tests {
                 },
             ),
             (credit(7, 99), Frame::Credit { limit: 99 }),
-            (close(7, 5), Frame::Close { next_seq: 5 }),
+            (
+                close(7, 5, CloseReason::Closed),
+                Frame::Close {
+                    next_seq: 5,
+                    why: CloseReason::Closed,
+                },
+            ),
+            (
+                close(7, 6, CloseReason::PeerDied),
+                Frame::Close {
+                    next_seq: 6,
+                    why: CloseReason::PeerDied,
+                },
+            ),
             (close_ack(7), Frame::CloseAck),
             (abort(7), Frame::Abort),
         ];
@@ -357,8 +391,9 @@ mod tests {
                 chunk,
             },
             Frame::Credit { limit } => Frame::Credit { limit: *limit },
-            Frame::Close { next_seq } => Frame::Close {
+            Frame::Close { next_seq, why } => Frame::Close {
                 next_seq: *next_seq,
+                why: *why,
             },
             Frame::CloseAck => Frame::CloseAck,
             Frame::Abort => Frame::Abort,
@@ -385,7 +420,7 @@ mod tests {
             open(1, 2),
             data(1, 0, Some(&head), true, b""),
             credit(1, 2),
-            close(1, 2),
+            close(1, 2, CloseReason::Closed),
             close_ack(1),
         ] {
             for len in 0..whole.len() {
@@ -422,6 +457,9 @@ mod tests {
             decode(&f),
             Err(BadFrame("more ports than a message carries"))
         );
+        let mut f = close(1, 2, CloseReason::Closed);
+        f[HEADER + 8] = 9;
+        assert_eq!(decode(&f), Err(BadFrame("unknown CLOSE reason")));
         let mut f = close_ack(1);
         f.push(0);
         assert_eq!(

@@ -191,11 +191,11 @@ fn sizes_raw_and_typed() {
 
 /// A port made here travels to a relay host, which posts it on to an echo
 /// host: messages posted on its peer here before, during and after the
-/// two hops come back from the third host in order; closing it here
-/// closes it there.
+/// two hops come back from the third host in order; the third host's death
+/// comes back as `PeerDied`.
 fn ports_cross_three_hosts() {
     let (echo_port, relay_port) = (free_port(), free_port());
-    let _echo = Host::start("echo", &[endpoint(echo_port)]);
+    let echo = Host::start("echo", &[endpoint(echo_port)]);
     let _relay = Host::start("relay", &[endpoint(relay_port), endpoint(echo_port)]);
     let s = session(&[], &[endpoint(relay_port), endpoint(echo_port)]);
     let to_relay = connect(&s, "t/relay");
@@ -214,6 +214,9 @@ fn ports_cross_three_hosts() {
         assert_eq!(number(m.bytes()), i);
         assert_eq!(m.bytes(), &pattern(i, 64)[..]);
     }
+    // Its peer's death, on the third host, comes back over both hops.
+    echo.signal(Signal::KILL);
+    assert_eq!(closed_reason(mine.recv()), CloseReason::PeerDied);
     drop(mine);
     drop(to_relay);
     finish(s);

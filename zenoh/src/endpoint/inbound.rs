@@ -57,8 +57,9 @@ pub(super) struct Receiving {
     pub(super) ready: VecDeque<Arrived>,
     /// The port had no room for a message of this many bytes.
     pub(super) blocked_len: Option<usize>,
-    /// The peer's CLOSE: DATA frames it sent before.
+    /// The peer's CLOSE: DATA frames it sent before, and why it closed.
     peer_close_at: Option<u64>,
+    pub(super) peer_close_why: Option<CloseReason>,
 }
 
 impl Receiving {
@@ -133,7 +134,7 @@ impl Endpoint {
                     self.tx.credit = limit;
                 }
             }
-            Frame::Close { next_seq } => {
+            Frame::Close { next_seq, why } => {
                 let rx = &mut self.rx;
                 let behind = next_seq < rx.next_seq
                     || rx
@@ -144,6 +145,7 @@ impl Endpoint {
                     return self.protocol_error("a CLOSE that contradicts the DATA sent");
                 }
                 rx.peer_close_at = Some(next_seq);
+                rx.peer_close_why = Some(why);
                 if rx.closed_mid_message() {
                     self.protocol_error("a CLOSE in the middle of a message");
                 }

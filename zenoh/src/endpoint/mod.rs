@@ -369,11 +369,11 @@ impl Endpoint {
             self.finished = true;
         } else if self.rx.peer_closed_and_delivered() {
             if let Some(port) = self.port.take() {
-                port.close();
+                port.close_with_reason(self.rx.peer_close_why.unwrap_or(CloseReason::Closed));
             }
             self.send(frame::close_ack(self.me));
             self.finished = true;
-        } else if self.peer.is_none() && self.tx.local_closed {
+        } else if self.peer.is_none() && self.tx.local_closed.is_some() {
             // Closed before anyone bound to it: nobody to tell.
             self.finished = true;
         }

@@ -2,7 +2,7 @@
 //! fit the window the peer granted, numbered, published; ports they carry
 //! bridged by endpoints of their own; the close sent after the last.
 
-use shmport::{MessagePort, RecvError};
+use shmport::{CloseReason, MessagePort, RecvError};
 
 use super::Endpoint;
 use crate::frame::{self, EndpointId, FRAME_COST, MessageHead};
@@ -36,8 +36,9 @@ pub(super) struct Sending {
     /// CREDIT limits).
     pub(super) credit: u64,
     current: Option<Outgoing>,
-    /// The application's port closed: every message it posted was taken.
-    pub(super) local_closed: bool,
+    /// The application's port closed (why): every message it posted was
+    /// taken.
+    pub(super) local_closed: Option<CloseReason>,
     pub(super) close_sent: bool,
     pub(super) close_acked: bool,
 }
@@ -45,7 +46,7 @@ pub(super) struct Sending {
 impl Sending {
     /// Would the endpoint take a message from the port now?
     pub(super) fn wants_port(&self) -> bool {
-        self.current.is_none() && !self.local_closed
+        self.current.is_none() && self.local_closed.is_none()
     }
 }
 
@@ -56,8 +57,8 @@ impl Endpoint {
         let mut progress = false;
         while self.peer_ready() && !self.tx.close_sent {
             if self.tx.current.is_none() {
-                if self.tx.local_closed {
-                    let close = frame::close(self.me, self.tx.next_seq);
+                if let Some(why) = self.tx.local_closed {
+                    let close = frame::close(self.me, self.tx.next_seq, why);
                     self.tx.close_sent = true;
                     self.deadline = Some(std::time::Instant::now() + self.options.open_timeout);
                     self.send(close);
@@ -81,11 +82,11 @@ impl Endpoint {
     /// there is none yet.
     fn take_from_port(&mut self) -> bool {
         let Some(port) = &self.port else {
-            self.tx.local_closed = true;
+            self.tx.local_closed = Some(CloseReason::Closed);
             return true;
         };
         let chunk_max = self.chunk_max();
-        let room = self.tx.credit - self.tx.sent;
+        let room = self.tx.credit.saturating_sub(self.tx.sent);
         let taken = match port.try_recv() {
             Ok(mut msg) => {
                 let ports = match msg.take_ports() {
@@ -115,10 +116,16 @@ impl Endpoint {
             Err(RecvError::Empty) => return false,
             // Refused by the port's own limits: that message is dropped.
             Err(RecvError::Refused(_)) => return true,
-            // Closed, or the port can no longer be read: nothing more will
-            // come from it.
+            // Closed: the reason travels on (a port bridged further whose
+            // own peer died passes that on).
+            Err(RecvError::Closed(why)) => {
+                self.tx.local_closed = Some(why);
+                return true;
+            }
+            // The port can no longer be read: nothing more will come from
+            // it, as if its peer had died.
             Err(_) => {
-                self.tx.local_closed = true;
+                self.tx.local_closed = Some(CloseReason::PeerDied);
                 return true;
             }
         };
