@@ -125,19 +125,33 @@ fn main() {
     drop(peer);
 }
 
+/// A publisher that waits for room (never drops), `express`: unbatched.
+fn publisher(
+    session: &zenoh::Session,
+    key: &'static str,
+    express: bool,
+) -> zenoh::pubsub::Publisher<'static> {
+    session
+        .declare_publisher(key)
+        .congestion_control(zenoh::qos::CongestionControl::Block)
+        .express(express)
+        .wait()
+        .expect("publisher")
+}
+
+/// A subscriber whose samples queue for `recv`.
+fn subscriber(
+    session: &zenoh::Session,
+    key: &'static str,
+) -> zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>> {
+    session.declare_subscriber(key).wait().expect("subscriber")
+}
+
 /// zenoh alone, for scale: a put on `bench/ping`, which the peer's
 /// subscriber puts back on `bench/pong`.
 fn raw_zenoh_round_trips(session: &zenoh::Session, rounds: usize) -> Vec<f64> {
-    let pong = session
-        .declare_subscriber("bench/pong")
-        .wait()
-        .expect("subscriber");
-    let ping = session
-        .declare_publisher("bench/ping")
-        .congestion_control(zenoh::qos::CongestionControl::Block)
-        .express(true)
-        .wait()
-        .expect("publisher");
+    let pong = subscriber(session, "bench/pong");
+    let ping = publisher(session, "bench/ping", true);
     while !ping.matching_status().wait().expect("matching").matching() {
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -169,15 +183,8 @@ struct RawThroughput {
 
 impl RawThroughput {
     fn new(session: &zenoh::Session) -> Self {
-        let sums = session
-            .declare_subscriber("bench/raw_sum")
-            .wait()
-            .expect("subscriber");
-        let data = session
-            .declare_publisher("bench/raw")
-            .congestion_control(zenoh::qos::CongestionControl::Block)
-            .wait()
-            .expect("publisher");
+        let sums = subscriber(session, "bench/raw_sum");
+        let data = publisher(session, "bench/raw", false);
         while !data.matching_status().wait().expect("matching").matching() {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -283,12 +290,7 @@ fn peer(zenoh_port: u16, tcp_port: u16) {
     let session = zenoh::open(config).wait().expect("session");
     let echo = shmport_zenoh::serve(&session, "bench/echo").expect("serve");
     let sink = shmport_zenoh::serve(&session, "bench/sink").expect("serve");
-    let pong = session
-        .declare_publisher("bench/pong")
-        .congestion_control(zenoh::qos::CongestionControl::Block)
-        .express(true)
-        .wait()
-        .expect("publisher");
+    let pong = publisher(&session, "bench/pong", true);
     let _ping = session
         .declare_subscriber("bench/ping")
         .callback(move |sample| {
@@ -296,11 +298,7 @@ fn peer(zenoh_port: u16, tcp_port: u16) {
         })
         .wait()
         .expect("subscriber");
-    let sums = session
-        .declare_publisher("bench/raw_sum")
-        .congestion_control(zenoh::qos::CongestionControl::Block)
-        .wait()
-        .expect("publisher");
+    let sums = publisher(&session, "bench/raw_sum", false);
     // (messages still due, running sum); a round starts with its count.
     let round = std::sync::Mutex::new((0u64, 0u64));
     let _raw = session
