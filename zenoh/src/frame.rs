@@ -46,6 +46,16 @@ const LAST: u8 = 2;
 /// window over this).
 pub const FRAME_COST: u64 = 64;
 
+/// What a DATA frame costs of the receiver's `window`: its chunk's bytes,
+/// [`FRAME_COST`], and a 256th of the window per port its message carries
+/// (each port becomes a bridge with a thread on the receiving host, so a
+/// peer can have at most 256 ports per window in flight). Sender and
+/// receiver compute it alike. At most half the window for a chunk of at
+/// most half of it: a frame always fits.
+pub fn data_cost(chunk: usize, ports: usize, window: u64) -> u64 {
+    chunk as u64 + FRAME_COST + ports as u64 * (window / 256)
+}
+
 /// Bytes before a frame's body.
 pub const HEADER: usize = 18;
 

@@ -25,6 +25,10 @@ const CASES: &[Case] = &[
     ),
     ("ports_cross_three_hosts_in_order", ports_cross_three_hosts),
     ("back_pressure_bounds_what_is_in_flight", back_pressure),
+    (
+        "many_ports_in_one_message_through_a_small_window",
+        many_ports_small_window,
+    ),
     ("close_after_drain", close_after_drain),
     ("kill_9_is_peer_died_within_the_lease", kill_9),
     (
@@ -271,6 +275,46 @@ fn back_pressure() {
     writer.post_bytes(b"after").expect("post after");
     assert_eq!(reader.recv().expect("recv").bytes(), b"after");
     drop((writer, reader, server));
+    finish(s);
+    zenoh::Wait::wait(host_session.close()).expect("close");
+}
+
+/// A message carrying 40 ports and 12 KiB through a 16 KiB window (each
+/// port costs a 256th of the window, so the message is cut in chunks a
+/// quarter of it): it arrives whole and every port works.
+fn many_ports_small_window() {
+    let port = free_port();
+    let host_session = session(&[endpoint(port)], &[]);
+    let options = shmport_zenoh::Options::new().window(16 << 10);
+    let server = shmport_zenoh::serve_with(&host_session, "t/ports", &options).expect("serve");
+    let s = session(&[], &[endpoint(port)]);
+    let (p, served) = connect_and_accept(&server, || {
+        shmport_zenoh::connect_with(&s, "t/ports", &options).expect("connect")
+    });
+    let echo = std::thread::spawn(move || support::roles::echo(served));
+    let (mine, theirs): (Vec<_>, Vec<_>) = (0..40)
+        .map(|_| MessageChannel::new().expect("channel").into_ports())
+        .unzip();
+    let mut theirs = Some(theirs);
+    for round in 0..3 {
+        let body = pattern(round, 12 << 10);
+        let ports = if round == 1 {
+            theirs.take().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        p.post_bytes_with_ports(&body, ports)
+            .expect("post with ports");
+        assert_eq!(p.recv().expect("echo").bytes(), &body[..]);
+    }
+    for (i, m) in mine.iter().enumerate() {
+        m.post_bytes(&pattern(i as u64, 100))
+            .expect("post on a carried port");
+        assert_eq!(m.recv().expect("echo").bytes(), &pattern(i as u64, 100)[..]);
+    }
+    drop((mine, p));
+    echo.join().expect("echo thread");
+    drop(server);
     finish(s);
     zenoh::Wait::wait(host_session.close()).expect("close");
 }

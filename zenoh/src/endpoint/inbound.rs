@@ -169,7 +169,8 @@ impl Endpoint {
         if matches!(rx.peer_close_at, Some(n) if seq >= n) {
             return self.protocol_error("DATA after the peer's CLOSE");
         }
-        let cost = chunk.len() as u64 + FRAME_COST;
+        let nports = head.as_ref().map_or(0, |h| h.ports.len());
+        let cost = frame::data_cost(chunk.len(), nports, self.options.window);
         rx.received = rx.received.saturating_add(cost);
         if rx.received > rx.granted {
             return self.protocol_error("more DATA than the window allows");

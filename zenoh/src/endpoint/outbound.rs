@@ -5,7 +5,7 @@
 use shmport::{CloseReason, MessagePort, RecvError};
 
 use super::Endpoint;
-use crate::frame::{self, EndpointId, FRAME_COST, MessageHead};
+use crate::frame::{self, EndpointId, MessageHead};
 use crate::keys;
 
 /// The largest chunk one DATA frame carries.
@@ -96,7 +96,7 @@ impl Endpoint {
                     Err(e) => e.ports,
                 };
                 let len = msg.bytes().len();
-                if ports.is_empty() && len <= chunk_max && len as u64 + FRAME_COST <= room {
+                if ports.is_empty() && len <= chunk_max && frame::data_cost(len, 0, 0) <= room {
                     // The common case, without a copy: one frame made
                     // straight from the ring.
                     let head = MessageHead {
@@ -132,7 +132,7 @@ impl Endpoint {
         let (bytes, fingerprint, ports) = match taken {
             Taken::Frame(data, len) => {
                 self.tx.next_seq += 1;
-                self.tx.sent += len as u64 + FRAME_COST;
+                self.tx.sent += frame::data_cost(len, 0, 0);
                 self.send(data);
                 return true;
             }
@@ -175,14 +175,24 @@ impl Endpoint {
     /// Send the current message's next chunk if the window has room.
     fn send_chunk(&mut self) -> bool {
         let chunk_max = self.chunk_max();
+        let window = self.peer.as_ref().and_then(|p| p.window).unwrap_or(0);
         if chunk_max == 0 {
             return false;
         }
         let Some(out) = &mut self.tx.current else {
             return false;
         };
+        let nports = out.head.as_ref().map_or(0, |h| h.ports.len());
+        // The receiver may hold back up to a quarter of the window before
+        // it grants more: a frame must fit in three quarters. With ports
+        // (up to 0.39 of it), the chunk is cut to a quarter.
+        let chunk_max = if nports > 0 {
+            chunk_max.min((window / 4) as usize)
+        } else {
+            chunk_max
+        };
         let n = (out.bytes.len() - out.offset).min(chunk_max);
-        let cost = n as u64 + FRAME_COST;
+        let cost = frame::data_cost(n, nports, window);
         if self.tx.sent + cost > self.tx.credit {
             return false;
         }
