@@ -180,8 +180,9 @@ impl PortSender {
         if sh.broken() {
             return Err(PostError::Closed(CloseReason::ProtocolError));
         }
-        if self.tx.borrow().consumer_closed() {
-            return Err(PostError::Closed(CloseReason::Closed));
+        let closed = self.tx.borrow().consumer_close_code();
+        if closed != 0 {
+            return Err(PostError::Closed(sh.gone_reason(closed)));
         }
         if sh.hung_up() {
             return Err(PostError::Closed(self.peer_gone_reason()));
@@ -192,7 +193,8 @@ impl PortSender {
     /// Why posts fail once the peer is gone: it stopped reading (closed
     /// its receiving side), broke the protocol, or died.
     pub(super) fn peer_gone_reason(&self) -> CloseReason {
-        self.shared.gone_reason(self.tx.borrow().consumer_closed())
+        self.shared
+            .gone_reason(self.tx.borrow().consumer_close_code())
     }
 
     pub(super) fn corrupt(&self, c: Corrupt) -> CloseReason {
@@ -261,7 +263,8 @@ impl PortReceiver {
     /// Why the close event came: the peer closed its sending side, broke
     /// the protocol, or died.
     pub(super) fn peer_gone_reason(&self) -> CloseReason {
-        self.shared.gone_reason(self.rx.borrow().producer_closed())
+        self.shared
+            .gone_reason(self.rx.borrow().producer_close_code())
     }
 
     pub(super) fn corrupt(&self, c: Corrupt) -> CloseReason {

@@ -20,6 +20,7 @@ pub(crate) mod message;
 pub(crate) mod parts;
 mod readiness;
 pub(crate) mod recv;
+mod relay;
 mod reserve;
 mod send;
 mod shared;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::{Half, Wait};
 use crate::error::CloseReason;
 use crate::fault;
+use crate::shm::layout::{CLOSED_PEER_DIED, CLOSED_PROTOCOL_ERROR};
 use crate::shm::ring::Corrupt;
 use crate::shm::segment::{Segment, Side};
 use crate::sys::{self, kick::Kick, socket::Incoming};
@@ -70,15 +71,17 @@ impl Shared {
     }
 
     /// The close reason once the peer is gone: a protocol error if it broke
-    /// the protocol, `Closed` if it set the closed flag this half reads
-    /// (`closed`), else it died.
-    pub(super) fn gone_reason(&self, closed: bool) -> CloseReason {
+    /// the protocol; else what the closed flag this half reads says
+    /// (`closed`: `Closed`, or the reason a relay passed on); else, the
+    /// flag never set, it died.
+    pub(super) fn gone_reason(&self, closed: u32) -> CloseReason {
         if self.broken() {
-            CloseReason::ProtocolError
-        } else if closed {
-            CloseReason::Closed
-        } else {
-            CloseReason::PeerDied
+            return CloseReason::ProtocolError;
+        }
+        match closed {
+            0 | CLOSED_PEER_DIED => CloseReason::PeerDied,
+            CLOSED_PROTOCOL_ERROR => CloseReason::ProtocolError,
+            _ => CloseReason::Closed,
         }
     }
 

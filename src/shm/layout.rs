@@ -119,6 +119,15 @@ pub const MIN_CAPACITY: usize = 4096;
 /// Largest ring data area (1 GiB).
 pub const MAX_CAPACITY: usize = 1 << 30;
 
+/// [`ProducerLine::closed`]: the producer's port was closed.
+pub const CLOSED: u32 = 1;
+/// [`ProducerLine::closed`]: the producer is a relay (a bridge to another
+/// host) whose own far peer died; the consumer reports `PeerDied`.
+pub const CLOSED_PEER_DIED: u32 = 2;
+/// [`ProducerLine::closed`]: the producer is a relay whose far peer broke
+/// its protocol; the consumer reports `ProtocolError`.
+pub const CLOSED_PROTOCOL_ERROR: u32 = 3;
+
 /// Record kind: an rkyv archive with a type fingerprint.
 pub const KIND_TYPED: u8 = 1;
 /// Record kind: opaque bytes.
@@ -174,7 +183,9 @@ pub struct ProducerLine {
     /// records through commit words, not through this.
     pub tail: RingU64,
     /// Nonzero once the producer closed: no record will follow the last one
-    /// committed. Stored with Release after the last commit, then the full
+    /// committed. The value says why ([`CLOSED`], or one a relay passes on:
+    /// [`CLOSED_PEER_DIED`], [`CLOSED_PROTOCOL_ERROR`]); a reader that does
+    /// not know a value takes it as [`CLOSED`]. Written once. Stored with Release after the last commit, then the full
     /// barrier and a look at [`ConsumerWaitLine::sleeping`] (a sleeping
     /// consumer is woken); loaded with Acquire by the consumer when it finds
     /// the ring empty, and after its sleep announcement.
@@ -198,7 +209,8 @@ pub struct ConsumerWaitLine {
     /// 1 while the consumer is about to sleep or sleeping on the socket.
     /// The producer that swaps it from 1 to 0 sends the wake-up.
     pub sleeping: RingU32,
-    /// Nonzero once the consumer closed: posting to this ring fails.
+    /// Nonzero once the consumer closed: posting to this ring fails. The
+    /// value says why, as [`ProducerLine::closed`]'s; written once.
     /// Stored with Release after the consumer's last head, then the full
     /// barrier and a look at [`ProducerWaitLine::waiting`] (a producer
     /// waiting for room is woken); loaded with Acquire by the producer.

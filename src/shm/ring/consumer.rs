@@ -5,8 +5,8 @@ use super::{
     Barriers, Corrupt, Kind, Record, RecordMeta, RingMemory, header_at, max_payload, ring_offset,
 };
 use crate::shm::layout::{
-    FLAG_ANNOUNCE, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW, KIND_TYPED, RECORD_ALIGN,
-    RECORD_HEADER, RecordInfo, align_record, unpack_info,
+    CLOSED, FLAG_ANNOUNCE, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW, KIND_TYPED,
+    RECORD_ALIGN, RECORD_HEADER, RecordInfo, align_record, unpack_info,
 };
 use crate::shm::sync::Ordering;
 
@@ -332,8 +332,16 @@ impl<M: RingMemory> Consumer<M> {
     /// re-check [`Consumer::ready`] after a `true`.
     #[inline]
     pub fn producer_closed(&self) -> bool {
-        // Acquire: pairs with the Release in `Producer::close`.
-        self.mem.header().producer.closed.load(Ordering::Acquire) != 0
+        self.producer_close_code() != 0
+    }
+
+    /// The producer's closed flag: 0 while open, else why it closed (a
+    /// `CLOSED*` value of the layout, or an unknown one). As
+    /// [`Consumer::producer_closed`].
+    #[inline]
+    pub fn producer_close_code(&self) -> u32 {
+        // Acquire: pairs with the Release in `Producer::close_with`.
+        self.mem.header().producer.closed.load(Ordering::Acquire)
     }
 
     /// This end reads no more: publish what was released and the closed
@@ -344,12 +352,24 @@ impl<M: RingMemory> Consumer<M> {
     /// stay open: a half-close of a split port).
     #[must_use = "a waiting producer must be woken to see the close"]
     pub fn close(&mut self) -> bool {
+        self.close_with(CLOSED)
+    }
+
+    /// [`Consumer::close`] with the reason `code` (a `CLOSED*` value of the
+    /// layout). The first close's code stays: a later one only publishes
+    /// again.
+    #[must_use = "a waiting producer must be woken to see the close"]
+    pub fn close_with(&mut self, code: u32) -> bool {
         let hdr = self.mem.header();
         // Release: pairs with the Acquire load in `Producer::refresh_head`.
         hdr.consumer.head.store(self.released, Ordering::Release);
         self.published = self.released;
-        // Release: pairs with the Acquire load in `Producer::consumer_closed`.
-        hdr.consumer_wait.closed.store(1, Ordering::Release);
+        // Relaxed: only this consumer writes the flag.
+        if hdr.consumer_wait.closed.load(Ordering::Relaxed) == 0 {
+            // Release: pairs with the Acquire load in
+            // `Producer::consumer_close_code`.
+            hdr.consumer_wait.closed.store(code, Ordering::Release);
+        }
         self.producer_needs_wake()
     }
 }

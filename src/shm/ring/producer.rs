@@ -6,8 +6,8 @@ use super::{
     max_payload, ring_offset,
 };
 use crate::shm::layout::{
-    FLAG_ANNOUNCE, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW, KIND_TYPED, RECORD_HEADER,
-    RecordInfo, align_record, pack_info,
+    CLOSED, FLAG_ANNOUNCE, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW, KIND_TYPED,
+    RECORD_HEADER, RecordInfo, align_record, pack_info,
 };
 use crate::shm::sync::Ordering;
 
@@ -318,14 +318,20 @@ impl<M: RingMemory> Producer<M> {
     /// Has the consumer closed its end?
     #[inline]
     pub fn consumer_closed(&self) -> bool {
-        // Acquire: pairs with the Release store in `Consumer::close` (the
-        // head it published before is then visible too).
+        self.consumer_close_code() != 0
+    }
+
+    /// The consumer's closed flag: 0 while open, else why it closed (a
+    /// `CLOSED*` value of the layout, or an unknown one).
+    #[inline]
+    pub fn consumer_close_code(&self) -> u32 {
+        // Acquire: pairs with the Release store in `Consumer::close_with`
+        // (the head it published before is then visible too).
         self.mem
             .header()
             .consumer_wait
             .closed
             .load(Ordering::Acquire)
-            != 0
     }
 
     /// No record will follow: publish the tail and the closed flag.
@@ -335,14 +341,23 @@ impl<M: RingMemory> Producer<M> {
     /// socket may stay open: a half-close of a split port).
     #[must_use = "a sleeping consumer must be woken to see the close"]
     pub fn close(&self) -> bool {
+        self.close_with(CLOSED)
+    }
+
+    /// [`Producer::close`] with the reason `code` (a `CLOSED*` value of the
+    /// layout). The first close's code stays: a later one only publishes
+    /// again.
+    #[must_use = "a sleeping consumer must be woken to see the close"]
+    pub fn close_with(&self, code: u32) -> bool {
         self.publish_tail();
-        // Release: pairs with the Acquire load in `Consumer::producer_closed`;
-        // every commit made before is visible once the flag is.
-        self.mem
-            .header()
-            .producer
-            .closed
-            .store(1, Ordering::Release);
+        let closed = &self.mem.header().producer.closed;
+        // Relaxed: only this producer writes the flag.
+        if closed.load(Ordering::Relaxed) == 0 {
+            // Release: pairs with the Acquire load in
+            // `Consumer::producer_close_code`; every commit made before is
+            // visible once the flag is.
+            closed.store(code, Ordering::Release);
+        }
         // The same Dekker pair as a commit: either the consumer's re-check
         // after its announcement (`prepare_sleep`, then `producer_closed`)
         // sees the flag, or we see its announcement.
