@@ -6,7 +6,11 @@
 //     are copied once into a new Buffer on receipt);
 //   - process.send: child_process.fork() IPC (serialization 'advanced', the
 //     one that carries Buffers as bytes; 'json' turns them into arrays of numbers);
-//   - MessageChannel: worker_threads, a worker thread in this process.
+//   - MessageChannel: worker_threads, a worker thread in this process;
+//   - Rust: the same core path without Node (examples/one_way.rs, one
+//     process per measurement, which it times itself as this file times
+//     the others), with both ring sizes, for the one-way cases: what the
+//     binding adds over the Rust API. Left out if cargo cannot build it.
 // Cases: 64 B round trip (a Buffer out, the same back), and one-way throughput
 // of 1 MiB and 16 MiB Buffers (a batch, then one ack). Every round runs every
 // case on every transport, in an order that rotates from round to round; the
@@ -25,6 +29,22 @@ const ROUNDS = quick ? 2 : 9;
 const PINGS = quick ? 200 : 2000;
 const BATCH = { [1 << 20]: quick ? 16 : 128, [16 << 20]: quick ? 4 : 16 };
 const peer = path.join(__dirname, 'peer.js');
+
+// The Rust one-way program (built here), or null without cargo.
+function buildOneWay() {
+  try {
+    const out = childProcess.execFileSync('cargo', ['build', '-p', 'shmport-node', '--release', '--example', 'one_way',
+      '--message-format=json-render-diagnostics'], { cwd: __dirname, stdio: ['ignore', 'pipe', 'inherit'] });
+    for (const line of out.toString().split('\n')) {
+      if (!line.startsWith('{')) continue;
+      const m = JSON.parse(line);
+      if (m.reason === 'compiler-artifact' && m.target.name === 'one_way' && m.executable) return m.executable;
+    }
+  } catch (e) {
+    console.error(`no Rust rows: ${e.message}`);
+  }
+  return null;
+}
 
 // Each transport: { post(value), next() → Promise of the next message's data, close() }.
 function queueOf(subscribe) {
@@ -72,12 +92,26 @@ function openWorker() {
   };
 }
 
+// A transport that measures a one-way batch itself, in a process of its own.
+function openRust(exe, capacity) {
+  return {
+    oneWay: (size, count) => Number(childProcess.execFileSync(exe,
+      [String(size), String(count), ...(capacity ? [String(capacity)] : [])]).toString()),
+    async close() {},
+  };
+}
+
 const TRANSPORTS = [
   ['shmport', () => openShmport()],
   ['shmport, 64 MiB ring', () => openShmport(64 << 20)],
   ['process.send', openIpc],
   ['MessageChannel', openWorker],
 ];
+const oneWayExe = buildOneWay();
+if (oneWayExe) {
+  TRANSPORTS.push(['Rust, 1 MiB ring', () => openRust(oneWayExe)]);
+  TRANSPORTS.push(['Rust, 64 MiB ring', () => openRust(oneWayExe, 64 << 20)]);
+}
 
 // Mean round trip of a 64 B Buffer, in microseconds.
 async function roundTrip(t, n) {
@@ -94,6 +128,7 @@ async function roundTrip(t, n) {
 // One-way throughput of `count` Buffers of `size` bytes, in MiB/s: from the
 // first post to the peer's ack of the last.
 async function oneWay(t, size, count, payload) {
+  if (t.oneWay) return t.oneWay(size, count);
   t.post({ expect: count });
   const start = process.hrtime.bigint();
   for (let i = 0; i < count; i++) t.post(payload);
@@ -115,7 +150,7 @@ async function main() {
   console.log(`node ${process.version}, ${os.cpus().length} CPUs (${os.cpus()[0].model}), load ${load()}, ${ROUNDS} rounds`);
   const payloads = { [1 << 20]: Buffer.alloc(1 << 20, 1), [16 << 20]: Buffer.alloc(16 << 20, 2) };
   const cases = [
-    { name: '64 B round trip', unit: 'µs', lowerIsBetter: true, run: (t) => roundTrip(t, PINGS) },
+    { name: '64 B round trip', unit: 'µs', lowerIsBetter: true, run: (t) => (t.oneWay ? null : roundTrip(t, PINGS)) },
     ...Object.keys(BATCH).map(Number).map((size) => ({
       name: `${size >> 20} MiB one-way`,
       unit: 'MiB/s',
@@ -148,6 +183,7 @@ async function main() {
     const base = results[ci]['process.send'];
     for (const [name] of TRANSPORTS) {
       const xs = results[ci][name];
+      if (xs[0] === null) continue;
       const ratios = xs.map((x, i) => x / base[i]);
       console.log(`| ${c.name} | ${name} | ${fmt(median(xs))} ${c.unit} | ${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))} | ${median(ratios).toFixed(2)}× (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}) |`);
     }

@@ -268,11 +268,25 @@ fn received<'env>(env: &'env Env, mut msg: Message<'_>, copy: bool) -> Result<Re
 }
 
 /// From this size on, a received copy goes into a mapping of its own
-/// (rounded up to a multiple of `MAPPED_COPY`), and the mapping is kept for
-/// the next copy when its Buffer is collected: the allocator would hand
-/// back fresh pages, each faulted in on its first write, which costs more
-/// than the copy itself (about 1 µs a page here: 250 µs a MiB).
+/// (of `mapped_len`), and the mapping is kept for the next copy when its
+/// Buffer is collected: the allocator would hand back fresh pages, each
+/// faulted in on its first write, which costs more than the copy itself
+/// (about 2 µs a 4 KiB page here: 550 µs a MiB).
 const MAPPED_COPY: usize = 256 * 1024;
+
+/// A transparent huge page. From half of one on, a copy's mapping is made
+/// of them (where the kernel allows it, `madvise`): one fault and a 2 MiB
+/// clear instead of 512 faults, 60 to 80 µs a MiB here instead of 550.
+const HUGE_PAGE: usize = 2 * 1024 * 1024;
+
+/// The size of the mapping that holds a copy of `len` bytes.
+fn mapped_len(len: usize) -> usize {
+    if len >= HUGE_PAGE / 2 {
+        len.next_multiple_of(HUGE_PAGE)
+    } else {
+        len.next_multiple_of(MAPPED_COPY)
+    }
+}
 
 /// The most bytes of collected copies kept mapped for reuse, per thread.
 const KEPT_BYTES: usize = 64 * 1024 * 1024;
@@ -295,8 +309,8 @@ thread_local! {
     static KEPT: RefCell<(Vec<Mapping>, usize)> = const { RefCell::new((Vec::new(), 0)) };
 }
 
-/// A mapping of `len` bytes (a multiple of `MAPPED_COPY`): a kept one, or
-/// a new one populated up front.
+/// A mapping of `len` bytes (a `mapped_len`): a kept one, or a new one,
+/// populated up front.
 fn mapping(len: usize) -> Option<Mapping> {
     let kept = KEPT.with(|k| {
         let mut k = k.borrow_mut();
@@ -307,21 +321,47 @@ fn mapping(len: usize) -> Option<Mapping> {
     if kept.is_some() {
         return kept;
     }
+    let huge = len.is_multiple_of(HUGE_PAGE);
+    // Room to start at a huge page's boundary.
+    let extra = if huge { HUGE_PAGE } else { 0 };
+    let populate = if huge { 0 } else { libc::MAP_POPULATE };
     // SAFETY: a new private anonymous mapping; no memory is passed in.
     let ptr = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            len,
+            len + extra,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | populate,
             -1,
             0,
         )
     };
-    (ptr != libc::MAP_FAILED).then(|| Mapping {
-        ptr: ptr.cast(),
-        len,
-    })
+    if ptr == libc::MAP_FAILED {
+        return None;
+    }
+    let head = if huge {
+        (ptr as usize).next_multiple_of(HUGE_PAGE) - ptr as usize
+    } else {
+        0
+    };
+    let start = ptr.cast::<u8>().wrapping_add(head);
+    if huge {
+        // SAFETY: the two ends cut off lie inside the mapping just made, and
+        // nothing uses them; then advice on the part kept, which is ours.
+        // Advice that fails (no huge pages here) leaves small pages, faulted
+        // in by the copy.
+        unsafe {
+            if head > 0 {
+                libc::munmap(ptr, head);
+            }
+            if extra > head {
+                libc::munmap(start.add(len).cast(), extra - head);
+            }
+            libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE);
+            libc::madvise(start.cast(), len, libc::MADV_POPULATE_WRITE);
+        }
+    }
+    Some(Mapping { ptr: start, len })
 }
 
 /// Keep a collected copy's mapping for reuse, up to `KEPT_BYTES`; the
@@ -343,7 +383,7 @@ fn copied_buffer<'env>(env: &'env Env, bytes: &[u8]) -> Result<BufferSlice<'env>
     if bytes.len() < MAPPED_COPY {
         return BufferSlice::copy_from(env, bytes);
     }
-    let Some(map) = mapping(bytes.len().next_multiple_of(MAPPED_COPY)) else {
+    let Some(map) = mapping(mapped_len(bytes.len())) else {
         return BufferSlice::from_data(env, bytes.to_vec());
     };
     // SAFETY: the mapping has at least `bytes.len()` writable bytes, and no
@@ -644,7 +684,7 @@ thread_local! {
 #[napi]
 pub fn hold(data: Uint8Array) -> u32 {
     let held = if data.len() >= MAPPED_COPY {
-        match mapping(data.len().next_multiple_of(MAPPED_COPY)) {
+        match mapping(mapped_len(data.len())) {
             Some(m) => {
                 // SAFETY: the mapping has room for `data` and nothing else uses it.
                 unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), m.ptr, data.len()) };
