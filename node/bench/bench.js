@@ -23,6 +23,7 @@ const os = require('node:os');
 const childProcess = require('node:child_process');
 const { Worker, MessageChannel } = require('node:worker_threads');
 const shmport = require('..');
+const { buildExample } = require('../test/cargo.js');
 
 const quick = process.argv.includes('--quick');
 const ROUNDS = quick ? 2 : 9;
@@ -33,17 +34,11 @@ const peer = path.join(__dirname, 'peer.js');
 // The Rust one-way program (built here), or null without cargo.
 function buildOneWay() {
   try {
-    const out = childProcess.execFileSync('cargo', ['build', '-p', 'shmport-node', '--release', '--example', 'one_way',
-      '--message-format=json-render-diagnostics'], { cwd: __dirname, stdio: ['ignore', 'pipe', 'inherit'] });
-    for (const line of out.toString().split('\n')) {
-      if (!line.startsWith('{')) continue;
-      const m = JSON.parse(line);
-      if (m.reason === 'compiler-artifact' && m.target.name === 'one_way' && m.executable) return m.executable;
-    }
+    return buildExample('one_way');
   } catch (e) {
     console.error(`no Rust rows: ${e.message}`);
+    return null;
   }
-  return null;
 }
 
 // Each transport: { post(value), next() → Promise of the next message's data, close() }.
