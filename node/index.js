@@ -216,6 +216,7 @@ class MessagePortMain extends EventEmitter {
    * when it does not.
    */
   setSpin(microseconds) {
+    if (typeof microseconds !== 'number') throw new TypeError('The spin time must be a number of microseconds');
     if (this._id === null) return;
     try {
       native.setSpin(this._id, microseconds);

@@ -11,6 +11,9 @@
 //     process per measurement, which it times itself as this file times
 //     the others), with both ring sizes, for the one-way cases: what the
 //     binding adds over the Rust API. Left out if cargo cannot build it.
+//     Its rounds run after the others': interleaved, they made the next
+//     process.send and MessageChannel measurements slower (by a third to a
+//     half here), though no Rust process was left running.
 // Cases: 64 B round trip (a Buffer out, the same back), and one-way throughput
 // of 1 MiB and 16 MiB Buffers (a batch, then one ack). Every round runs every
 // case on every transport, in an order that rotates from round to round; the
@@ -102,10 +105,12 @@ const TRANSPORTS = [
   ['process.send', openIpc],
   ['MessageChannel', openWorker],
 ];
+// Measured in rounds of their own, after the others (see above).
+const LATER = [];
 const oneWayExe = buildOneWay();
 if (oneWayExe) {
-  TRANSPORTS.push(['Rust, 1 MiB ring', () => openRust(oneWayExe)]);
-  TRANSPORTS.push(['Rust, 64 MiB ring', () => openRust(oneWayExe, 64 << 20)]);
+  LATER.push(['Rust, 1 MiB ring', () => openRust(oneWayExe)]);
+  LATER.push(['Rust, 64 MiB ring', () => openRust(oneWayExe, 64 << 20)]);
 }
 
 // Mean round trip of a 64 B Buffer, in microseconds.
@@ -152,22 +157,24 @@ async function main() {
       run: (t) => oneWay(t, size, BATCH[size], payloads[size]),
     })),
   ];
-  const open = {};
-  for (const [name, make] of TRANSPORTS) open[name] = make();
-  // Warm-up: every case once on every transport.
-  for (const c of cases) for (const [name] of TRANSPORTS) await c.run(open[name]);
-  const results = cases.map(() => Object.fromEntries(TRANSPORTS.map(([n]) => [n, []])));
-  for (let r = 0; r < ROUNDS; r++) {
-    const order = TRANSPORTS.map((_, i) => TRANSPORTS[(i + r) % TRANSPORTS.length][0]);
-    for (let ci = 0; ci < cases.length; ci++) {
-      for (const name of order) {
-        results[ci][name].push(await cases[ci].run(open[name]));
-        global.gc?.();
+  const results = cases.map(() => Object.fromEntries([...TRANSPORTS, ...LATER].map(([n]) => [n, []])));
+  for (const group of [TRANSPORTS, LATER]) {
+    const open = {};
+    for (const [name, make] of group) open[name] = make();
+    // Warm-up: every case once on every transport.
+    for (const c of cases) for (const [name] of group) await c.run(open[name]);
+    for (let r = 0; r < ROUNDS; r++) {
+      const order = group.map((_, i) => group[(i + r) % group.length][0]);
+      for (let ci = 0; ci < cases.length; ci++) {
+        for (const name of order) {
+          results[ci][name].push(await cases[ci].run(open[name]));
+          global.gc?.();
+        }
       }
+      process.stderr.write(`round ${r + 1}/${ROUNDS} done\n`);
     }
-    process.stderr.write(`round ${r + 1}/${ROUNDS} done\n`);
+    for (const [name] of group) await open[name].close();
   }
-  for (const [name] of TRANSPORTS) await open[name].close();
 
   const fmt = (x) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
   console.log('');
@@ -176,7 +183,7 @@ async function main() {
   for (let ci = 0; ci < cases.length; ci++) {
     const c = cases[ci];
     const base = results[ci]['process.send'];
-    for (const [name] of TRANSPORTS) {
+    for (const [name] of [...TRANSPORTS, ...LATER]) {
       const xs = results[ci][name];
       if (xs[0] === null) continue;
       const ratios = xs.map((x, i) => x / base[i]);

@@ -153,7 +153,14 @@ test('bad input: non-cloneable values and closed ports', () => {
   const d = new MessageChannelMain();
   port1.postMessage('moves', [d.port1]);
   assert.throws(() => port1.postMessage('again', [d.port1]), { name: 'DataCloneError', message: /neutered/ });
+  for (const bad of [-1, NaN, Infinity]) assert.throws(() => port1.setSpin(bad), RangeError, String(bad));
+  assert.throws(() => port1.setSpin('20'), TypeError);
+  port1.setSpin(0); // never spin
+  assert.strictEqual(port1.spin, 0);
+  port1.setSpin(35);
+  assert.strictEqual(port1.spin, 35);
   port1.close();
+  assert.strictEqual(port1.spin, null);
   port1.postMessage('dropped silently, as Electron does'); // no throw
   port1.close(); // twice is fine
   port2.close();
