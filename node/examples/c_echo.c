@@ -42,5 +42,7 @@ int main(void) {
   }
   shmport_port_close(port);
   /* The close event (or the peer gone on a post) is the normal end. */
-  return st == SHMPORT_CLOSED || st == SHMPORT_PEER_DIED ? 0 : (fprintf(stderr, "c_echo: %s\n", shmport_status_str(st)), 1);
+  if (st == SHMPORT_CLOSED || st == SHMPORT_PEER_DIED) return 0;
+  fprintf(stderr, "c_echo: %s\n", shmport_status_str(st));
+  return 1;
 }
