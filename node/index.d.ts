@@ -27,8 +27,14 @@ export declare class MessagePortMain extends EventEmitter {
   close(): void;
   /** Keep the process alive while started (default). */
   ref(): this;
-  /** Let the process exit while this port waits. */
+  /** Let the process exit while this port waits for messages (messages waiting for room to be
+   *  posted still keep it alive, as a pending socket write does). An unref()ed port does not spin. */
   unref(): this;
+  /** After delivering, look for the next message this long (µs, default 20; 0: never) before the
+   *  event loop sleeps: no wake-up when the peer answers within it, that much CPU when it does not. */
+  setSpin(microseconds: number): void;
+  /** The spin time in microseconds; null once the port is closed or transferred. */
+  readonly spin: number | null;
   on(event: 'message', listener: (e: MessageEvent) => void): this;
   on(event: 'close', listener: (e: CloseEvent) => void): this;
   on(event: 'messageerror', listener: (e: { error: Error; ports: MessagePortMain[] }) => void): this;

@@ -65,9 +65,12 @@ function decode(tag, data) {
   return new View(ab, 0, ab.byteLength / View.BYTES_PER_ELEMENT);
 }
 
-// How long a writer whose ring is full retries on every loop turn before
-// it falls back to a 1 ms timer (see _scheduleRetry).
-const RETRY_SPIN_MS = 2;
+// What native.post returns when nothing was sent because the ring is full.
+const FULL = 1;
+
+// libuv's poll events.
+const READABLE = 1;
+const WRITABLE = 2;
 
 // A port dropped without close() closes when collected (Electron closes
 // never-started ports on GC); a started port is held by its watch.
@@ -80,9 +83,12 @@ class MessagePortMain extends EventEmitter {
     this._watch = 0;
     this._started = false;
     this._ref = true;
+    // Messages that wait for room: [tag, bytes or held copy, port ids, ports, length].
     this._pending = [];
-    this._retry = null;
-    this._fullSince = 0;
+    // What the watch waits for besides messages: room to post (READABLE:
+    // the peer's release wakes the descriptor; WRITABLE too: the socket
+    // lacks room for an out-of-line message's descriptor).
+    this._roomEvents = 0;
     this._closing = false;
     this.closeReason = null;
     collected.register(this, id, this);
@@ -107,51 +113,88 @@ class MessagePortMain extends EventEmitter {
     // A message that waits is a snapshot: the caller may change its buffer
     // as soon as postMessage returns.
     // (Serialized bytes are already a copy of their own.)
-    const snapshot = () => (tag === 0 || tag >= 2 ? native.hold(bytes) : bytes);
-    if (this._pending.length) {
-      this._pending.push([tag, snapshot(), ids, transfer]);
+    const wait = () => {
+      this._pending.push([tag, tag === 0 || tag >= 2 ? native.hold(bytes) : bytes, ids, transfer, bytes.length]);
       for (const p of transfer) p._neuter();
-      return;
-    }
+    };
+    if (this._pending.length) return wait();
     const status = post(this._id, tag, bytes, ids);
-    if (status === 'full') {
-      // The ring is full: keep it (ports stay ours) and retry as it drains.
-      this._pending.push([tag, snapshot(), ids, transfer]);
-      for (const p of transfer) p._neuter();
-      this._scheduleRetry();
-      return;
+    if (status === FULL) {
+      // The ring is full: keep it (ports stay ours) and post it when the
+      // reader releases room, which wakes the port's descriptor.
+      wait();
+      return this._flush();
     }
     for (const p of transfer) p._neuter();
   }
 
-  // The core tells a reader when a message comes (the descriptor), not a
-  // writer when room frees up. So while the ring is full, retry on every
-  // turn of the event loop (setImmediate: other work still runs between
-  // tries) for up to RETRY_SPIN_MS, since a reader that keeps up frees room
-  // within microseconds; then every millisecond (a timer), so that a reader
-  // that stalls does not make the writer burn a CPU.
-  _scheduleRetry() {
-    if (this._retry) return;
-    if (this._fullSince === 0) this._fullSince = performance.now();
-    const run = () => {
-      this._retry = null;
-      while (this._pending.length && this._id !== null) {
-        const [tag, bytes, ids] = this._pending[0];
-        const status = typeof bytes === 'number'
-          ? native.postHeld(this._id, tag, bytes, ids) : native.post(this._id, tag, bytes, ids);
-        if (status === 'full') return this._scheduleRetry();
-        this._pending.shift();
+  // Post what waits, in order. When the ring is full again, announce the
+  // wait for room (the core's prepare_post_poll) and let the watch wake us.
+  _flush() {
+    let roomSaid = false;
+    while (this._pending.length && this._id !== null) {
+      const [tag, bytes, ids, , len] = this._pending[0];
+      const status = typeof bytes === 'number'
+        ? native.postHeld(this._id, tag, bytes, ids) : native.post(this._id, tag, bytes, ids);
+      if (status === FULL) {
+        if (native.prepareRoom(this._id, tag, len)) return this._watchFor(READABLE);
+        // The ring has room, the post did not go: the socket has none for
+        // an out-of-line message's descriptor (the peer has not taken in
+        // earlier ones). Wait until it has.
+        if (roomSaid) return this._watchFor(READABLE | WRITABLE);
+        roomSaid = true;
+        continue;
       }
-      this._fullSince = 0;
-      if (this._closing) this._closeNow();
-    };
-    if (performance.now() - this._fullSince < RETRY_SPIN_MS) this._retry = setImmediate(run);
-    else this._retry = setTimeout(run, 1);
+      roomSaid = false;
+      this._pending.shift(); // sent, or dropped as the peer is gone
+    }
+    this._watchFor(0);
+    if (this._closing) this._closeNow();
+  }
+
+  // Set what the watch waits for: messages once started, and `room`.
+  // One poll handle per port; it keeps the process alive while messages
+  // wait for room (as a pending socket write does) or while the port is
+  // started and not unref()ed.
+  _watchFor(room) {
+    this._roomEvents = room;
+    if (this._id === null) return;
+    const events = (this._started ? READABLE : 0) | room;
+    if (!this._watch) {
+      if (!events) return;
+      this._watch = native.watchNew(native.portFd(this._id), (spin) => this._ready(spin), this._id);
+    }
+    native.watchRef(this._watch, this._pending.length > 0 || this._ref);
+    if (events) native.watchStart(this._watch, events);
+    else native.watchStop(this._watch);
+  }
+
+  // The descriptor is ready (a message or the close came, room came, or
+  // the peer left), or the loop comes back to the port (start(), or a long
+  // batch went on in setImmediate). Deliver what came, post what waits for
+  // room, then announce both waits (room, then messages) and let the loop
+  // sleep. Each announcement re-checks, and nothing reads the port's
+  // socket after it (a read could take the wake-up it announced), so no
+  // wake-up is lost. With `spin` (from the watch, and not waiting for
+  // room), return true instead of announcing the wait for messages: the
+  // watch spins for the next one first.
+  _ready(spin) {
+    for (;;) {
+      if (!this._deliver()) return false;
+      if (this._roomEvents) {
+        native.endRoom(this._id); // reads the socket: before the announcements
+        this._flush(); // announces the wait for room if the ring is still full
+      }
+      if (this._id === null || !this._started) return false;
+      if (spin && !this._roomEvents) return true;
+      if (native.preparePoll(this._id)) return false;
+    }
   }
 
   _neuter() {
     for (const [, bytes] of this._pending) if (typeof bytes === 'number') native.releaseHeld(bytes);
     this._pending = [];
+    this._roomEvents = 0;
     if (this._watch) { native.watchClose(this._watch); this._watch = 0; }
     collected.unregister(this);
     this._id = null;
@@ -161,37 +204,66 @@ class MessagePortMain extends EventEmitter {
   start() {
     if (this._id === null || this._started) return;
     this._started = true;
-    this._watch = native.watchNew(native.portFd(this._id), () => this._drain());
-    if (!this._ref) native.watchRef(this._watch, false);
-    native.watchStart(this._watch);
-    setImmediate(() => this._drain());
+    this._watchFor(this._roomEvents);
+    setImmediate(() => this._ready(false)); // what came before start()
   }
 
-  _drain() {
+  /**
+   * How long the port looks for its next message after delivering one,
+   * before it lets its event loop sleep, in microseconds (default 20;
+   * 0: never). Spinning saves the wake-up of a sleeping loop (tens of
+   * microseconds) when the peer answers quickly, and costs that much CPU
+   * when it does not.
+   */
+  setSpin(microseconds) {
+    if (typeof microseconds !== 'number') throw new TypeError('The spin time must be a number of microseconds');
+    if (this._id === null) return;
+    try {
+      native.setSpin(this._id, microseconds);
+    } catch (e) {
+      if (e.code === 'InvalidArg') throw new RangeError(e.message);
+      throw e;
+    }
+  }
+
+  /** The spin time set by setSpin(), in microseconds (null once closed). */
+  get spin() { return this._id === null ? null : native.spin(this._id); }
+
+  // Deliver what the ring holds; true once it is empty (or the port is
+  // not started), false when delivery stopped: the port ended, or after
+  // 1000 messages (the rest in setImmediate, so the loop runs its other work).
+  _deliver() {
     let n = 0;
     while (this._id !== null && this._started) {
       const ev = native.tryRecv(this._id, copyMode);
-      if (ev === null) {
-        if (native.preparePoll(this._id)) return;
-        continue;
-      }
-      if (ev.close !== undefined) return this._ended(ev.close);
-      const ports = ev.ports.map((id) => new MessagePortMain(id));
-      let data;
-      try {
-        data = decode(ev.tag, ev.data);
-      } catch (e) {
-        this.emit('messageerror', { error: e, ports });
-        continue;
+      if (ev === null) return true;
+      let data = ev;
+      let ports = [];
+      if (!(ev instanceof Uint8Array)) { // raw bytes without ports come as they are
+        if (ev.close !== undefined) {
+          this._ended(ev.close);
+          return false;
+        }
+        ports = ev.ports.map((id) => new MessagePortMain(id));
+        try {
+          data = decode(ev.tag, ev.data);
+        } catch (e) {
+          this.emit('messageerror', { error: e, ports });
+          continue;
+        }
       }
       try {
         this.emit('message', { data, ports });
       } catch (e) {
-        setImmediate(() => this._drain());
+        setImmediate(() => this._ready(false));
         throw e;
       }
-      if (++n === 1000) return void setImmediate(() => this._drain());
+      if (++n === 1000) {
+        setImmediate(() => this._ready(false));
+        return false;
+      }
     }
+    return this._id !== null;
   }
 
   _ended(reason) {
@@ -217,10 +289,10 @@ class MessagePortMain extends EventEmitter {
   }
 
   /** Keep the process alive while started (the default). */
-  ref() { this._ref = true; if (this._watch) native.watchRef(this._watch, true); return this; }
+  ref() { this._ref = true; this._watchFor(this._roomEvents); return this; }
 
   /** Do not keep the process alive for this port. */
-  unref() { this._ref = false; if (this._watch) native.watchRef(this._watch, false); return this; }
+  unref() { this._ref = false; this._watchFor(this._roomEvents); return this; }
 }
 
 function ringCapacity(options) {
@@ -248,7 +320,7 @@ class ChildProcess extends EventEmitter {
     this.signalCode = null;
     this._pidfd = pidfd;
     this._watch = native.watchNew(pidfd, () => this._check());
-    native.watchStart(this._watch);
+    native.watchStart(this._watch, READABLE);
   }
 
   _check() {

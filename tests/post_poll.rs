@@ -1,7 +1,8 @@
 //! Waiting for room to post, across processes: fill the ring, announce the
 //! wait (`prepare_post_poll`), poll the port's descriptor; the peer's
 //! receive, or its close, wakes the poll, and the post then goes through
-//! (or reports the close).
+//! (or reports the close). And the spin an event loop makes for the next
+//! message before it sleeps (`spin_for_event`).
 
 mod common;
 
@@ -48,6 +49,15 @@ fn peer_entry() {
                     }
                     other => panic!("unknown command {other:?}"),
                 }
+            }
+        }
+        // Posts one message for each "post" line, after saying READY.
+        "poster" => {
+            let port = MessagePort::from_parent().unwrap();
+            println!("READY");
+            for line in std::io::stdin().lock().lines() {
+                assert_eq!(line.unwrap(), "post");
+                port.post_bytes(b"posted").unwrap();
             }
         }
         other => panic!("unknown role {other}"),
@@ -119,4 +129,29 @@ fn a_full_ring_wakes_the_poll_when_the_peer_reads_and_when_it_closes() {
         "closed: nothing to wait for"
     );
     child.wait_success();
+}
+
+/// `spin_for_event` (the look for the next message an event loop makes
+/// before it sleeps) returns at a message posted by another process, and
+/// at that process's death; with nothing coming it returns `false`.
+#[test]
+fn spinning_for_an_event_sees_a_message_from_a_process_and_its_death() {
+    let mut cmd = peer("poster");
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let (child, port) = ChannelBuilder::new().spawn(cmd).unwrap();
+    let mut child = Victim::new(child);
+    child.wait_for("READY");
+    port.set_spin(std::time::Duration::ZERO);
+    assert!(!port.spin_for_event().unwrap(), "nothing was posted");
+    // A spin far longer than the test: only the event ends it.
+    port.set_spin(std::time::Duration::from_secs(600));
+    child.say("post");
+    assert!(port.spin_for_event().unwrap());
+    assert_eq!(port.try_recv().unwrap().bytes(), b"posted");
+    child.kill();
+    assert!(port.spin_for_event().unwrap());
+    assert!(matches!(
+        port.try_recv(),
+        Err(RecvError::Closed(CloseReason::PeerDied))
+    ));
 }

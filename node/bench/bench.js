@@ -6,7 +6,14 @@
 //     are copied once into a new Buffer on receipt);
 //   - process.send: child_process.fork() IPC (serialization 'advanced', the
 //     one that carries Buffers as bytes; 'json' turns them into arrays of numbers);
-//   - MessageChannel: worker_threads, a worker thread in this process.
+//   - MessageChannel: worker_threads, a worker thread in this process;
+//   - Rust: the same core path without Node (examples/one_way.rs, one
+//     process per measurement, which it times itself as this file times
+//     the others), with both ring sizes, for the one-way cases: what the
+//     binding adds over the Rust API. Left out if cargo cannot build it.
+//     Its rounds run after the others': interleaved, they made the next
+//     process.send and MessageChannel measurements slower (by a third to a
+//     half here), though no Rust process was left running.
 // Cases: 64 B round trip (a Buffer out, the same back), and one-way throughput
 // of 1 MiB and 16 MiB Buffers (a batch, then one ack). Every round runs every
 // case on every transport, in an order that rotates from round to round; the
@@ -19,12 +26,23 @@ const os = require('node:os');
 const childProcess = require('node:child_process');
 const { Worker, MessageChannel } = require('node:worker_threads');
 const shmport = require('..');
+const { buildExample } = require('../test/cargo.js');
 
 const quick = process.argv.includes('--quick');
 const ROUNDS = quick ? 2 : 9;
 const PINGS = quick ? 200 : 2000;
 const BATCH = { [1 << 20]: quick ? 16 : 128, [16 << 20]: quick ? 4 : 16 };
 const peer = path.join(__dirname, 'peer.js');
+
+// The Rust one-way program (built here), or null without cargo.
+function buildOneWay() {
+  try {
+    return buildExample('one_way');
+  } catch (e) {
+    console.error(`no Rust rows: ${e.message}`);
+    return null;
+  }
+}
 
 // Each transport: { post(value), next() → Promise of the next message's data, close() }.
 function queueOf(subscribe) {
@@ -72,12 +90,28 @@ function openWorker() {
   };
 }
 
+// A transport that measures a one-way batch itself, in a process of its own.
+function openRust(exe, capacity) {
+  return {
+    oneWay: (size, count) => Number(childProcess.execFileSync(exe,
+      [String(size), String(count), ...(capacity ? [String(capacity)] : [])]).toString()),
+    async close() {},
+  };
+}
+
 const TRANSPORTS = [
   ['shmport', () => openShmport()],
   ['shmport, 64 MiB ring', () => openShmport(64 << 20)],
   ['process.send', openIpc],
   ['MessageChannel', openWorker],
 ];
+// Measured in rounds of their own, after the others (see above).
+const LATER = [];
+const oneWayExe = buildOneWay();
+if (oneWayExe) {
+  LATER.push(['Rust, 1 MiB ring', () => openRust(oneWayExe)]);
+  LATER.push(['Rust, 64 MiB ring', () => openRust(oneWayExe, 64 << 20)]);
+}
 
 // Mean round trip of a 64 B Buffer, in microseconds.
 async function roundTrip(t, n) {
@@ -94,6 +128,7 @@ async function roundTrip(t, n) {
 // One-way throughput of `count` Buffers of `size` bytes, in MiB/s: from the
 // first post to the peer's ack of the last.
 async function oneWay(t, size, count, payload) {
+  if (t.oneWay) return t.oneWay(size, count);
   t.post({ expect: count });
   const start = process.hrtime.bigint();
   for (let i = 0; i < count; i++) t.post(payload);
@@ -115,29 +150,31 @@ async function main() {
   console.log(`node ${process.version}, ${os.cpus().length} CPUs (${os.cpus()[0].model}), load ${load()}, ${ROUNDS} rounds`);
   const payloads = { [1 << 20]: Buffer.alloc(1 << 20, 1), [16 << 20]: Buffer.alloc(16 << 20, 2) };
   const cases = [
-    { name: '64 B round trip', unit: 'µs', lowerIsBetter: true, run: (t) => roundTrip(t, PINGS) },
+    { name: '64 B round trip', unit: 'µs', lowerIsBetter: true, run: (t) => (t.oneWay ? null : roundTrip(t, PINGS)) },
     ...Object.keys(BATCH).map(Number).map((size) => ({
       name: `${size >> 20} MiB one-way`,
       unit: 'MiB/s',
       run: (t) => oneWay(t, size, BATCH[size], payloads[size]),
     })),
   ];
-  const open = {};
-  for (const [name, make] of TRANSPORTS) open[name] = make();
-  // Warm-up: every case once on every transport.
-  for (const c of cases) for (const [name] of TRANSPORTS) await c.run(open[name]);
-  const results = cases.map(() => Object.fromEntries(TRANSPORTS.map(([n]) => [n, []])));
-  for (let r = 0; r < ROUNDS; r++) {
-    const order = TRANSPORTS.map((_, i) => TRANSPORTS[(i + r) % TRANSPORTS.length][0]);
-    for (let ci = 0; ci < cases.length; ci++) {
-      for (const name of order) {
-        results[ci][name].push(await cases[ci].run(open[name]));
-        global.gc?.();
+  const results = cases.map(() => Object.fromEntries([...TRANSPORTS, ...LATER].map(([n]) => [n, []])));
+  for (const group of [TRANSPORTS, LATER]) {
+    const open = {};
+    for (const [name, make] of group) open[name] = make();
+    // Warm-up: every case once on every transport.
+    for (const c of cases) for (const [name] of group) await c.run(open[name]);
+    for (let r = 0; r < ROUNDS; r++) {
+      const order = group.map((_, i) => group[(i + r) % group.length][0]);
+      for (let ci = 0; ci < cases.length; ci++) {
+        for (const name of order) {
+          results[ci][name].push(await cases[ci].run(open[name]));
+          global.gc?.();
+        }
       }
+      process.stderr.write(`round ${r + 1}/${ROUNDS} done\n`);
     }
-    process.stderr.write(`round ${r + 1}/${ROUNDS} done\n`);
+    for (const [name] of group) await open[name].close();
   }
-  for (const [name] of TRANSPORTS) await open[name].close();
 
   const fmt = (x) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
   console.log('');
@@ -146,8 +183,9 @@ async function main() {
   for (let ci = 0; ci < cases.length; ci++) {
     const c = cases[ci];
     const base = results[ci]['process.send'];
-    for (const [name] of TRANSPORTS) {
+    for (const [name] of [...TRANSPORTS, ...LATER]) {
       const xs = results[ci][name];
+      if (xs[0] === null) continue;
       const ratios = xs.map((x, i) => x / base[i]);
       console.log(`| ${c.name} | ${name} | ${fmt(median(xs))} ${c.unit} | ${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))} | ${median(ratios).toFixed(2)}× (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}) |`);
     }

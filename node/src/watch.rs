@@ -4,10 +4,11 @@
 //! callback). A handle is ref'd or unref'd as JavaScript asks: an unref'd
 //! or stopped handle does not keep the process alive.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
 use std::ptr;
+use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::Function;
 use napi::{Env, Error, JsValue, Result, sys};
@@ -23,13 +24,18 @@ unsafe extern "C" {
     fn uv_ref(handle: *mut c_void);
     fn uv_unref(handle: *mut c_void);
     fn uv_strerror(err: c_int) -> *const std::ffi::c_char;
+    fn uv_has_ref(handle: *const c_void) -> c_int;
+    fn uv_backend_timeout(lp: *const sys::uv_loop_s) -> c_int;
 }
 
 type PollCb = unsafe extern "C" fn(*mut c_void, c_int, c_int);
 type CloseCb = unsafe extern "C" fn(*mut c_void);
 
 const UV_POLL: c_int = 8;
-const UV_READABLE: c_int = 1;
+
+/// The longest a port's callback goes on receiving after a spin found the
+/// next message, before it lets the loop run its other work.
+const SPIN_BUDGET: Duration = Duration::from_millis(1);
 
 /// What a handle's callback needs; the handle's `data` (its first field)
 /// points here.
@@ -37,6 +43,14 @@ struct State {
     env: sys::napi_env,
     func: sys::napi_ref,
     ctx: sys::napi_async_context,
+    /// The loop the handle is on.
+    lp: *mut sys::uv_loop_s,
+    /// The port whose descriptor this is (0: another descriptor).
+    port: u32,
+    /// Spins in a row that found nothing, and wake-ups still to go without
+    /// spinning (see `spin_allowed`).
+    misses: Cell<u32>,
+    skip: Cell<u32>,
     /// The handle's memory (`uv_handle_size(UV_POLL)` bytes, 8-aligned).
     mem: Vec<u64>,
 }
@@ -71,11 +85,18 @@ fn handle(id: u32) -> Result<*mut c_void> {
     })
 }
 
-/// Watch `fd` for readability; `callback()` runs on this thread's loop
-/// each time it is readable while the watch is started. Not started, and
-/// ref'd, when made.
+/// Watch `fd`; `callback()` runs on this thread's loop each time it is
+/// ready while the watch is started. Not started, and ref'd, when made.
+///
+/// With `port`, the descriptor is that port's and the callback is
+/// `callback(spin)`, returning `true` when it found the port's ring empty
+/// and did not announce a sleep, which it does only when `spin` is true:
+/// the watch then spins for the port's next message (once the callback's
+/// microtasks have run, so that what they post is out) and calls again if
+/// one came, or announces the sleep (`prepare_poll`) and returns to the
+/// loop. See `spin_allowed` for when it spins.
 #[napi]
-pub fn watch_new(env: Env, fd: i32, callback: Function<(), ()>) -> Result<u32> {
+pub fn watch_new(env: Env, fd: i32, callback: Function<(), ()>, port: Option<u32>) -> Result<u32> {
     let raw_env = env.raw();
     let mut lp = ptr::null_mut();
     // SAFETY: a valid env on its own thread; `lp` is an out pointer.
@@ -109,6 +130,10 @@ pub fn watch_new(env: Env, fd: i32, callback: Function<(), ()>) -> Result<u32> {
         env: raw_env,
         func,
         ctx,
+        lp,
+        port: port.unwrap_or(0),
+        misses: Cell::new(0),
+        skip: Cell::new(0),
         mem: vec![0u64; size.div_ceil(8)],
     }));
     // SAFETY: `state` was just made; its `mem` is large enough for a
@@ -134,12 +159,13 @@ pub fn watch_new(env: Env, fd: i32, callback: Function<(), ()>) -> Result<u32> {
     Ok(id)
 }
 
-/// Start (or keep) calling back when the descriptor is readable.
+/// Start (or keep) calling back when the descriptor is ready for
+/// `events` (libuv's: 1 readable, 2 writable; a new mask replaces the old).
 #[napi]
-pub fn watch_start(id: u32) -> Result<()> {
+pub fn watch_start(id: u32, events: i32) -> Result<()> {
     let h = handle(id)?;
     // SAFETY: `h` is an initialised, not closing, poll handle of this loop.
-    let rc = unsafe { uv_poll_start(h, UV_READABLE, on_poll) };
+    let rc = unsafe { uv_poll_start(h, events, on_poll) };
     if rc != 0 {
         return Err(uv_error("uv_poll_start", rc));
     }
@@ -198,32 +224,108 @@ unsafe extern "C" fn on_closed(h: *mut c_void) {
 unsafe extern "C" fn on_poll(h: *mut c_void, _status: c_int, _events: c_int) {
     // SAFETY: `data` points to this handle's State, live until `on_closed`
     // (which libuv runs only after this callback has returned).
-    let (env, func_ref, ctx) = unsafe {
-        let s = &*(*h.cast::<*mut c_void>()).cast::<State>();
-        (s.env, s.func, s.ctx)
-    };
-    // SAFETY: the loop thread of `env`, outside JavaScript: the documented
-    // way to call into it is a handle scope and napi_make_callback. An
-    // exception the callback throws becomes an uncaught exception.
+    let s = unsafe { &*(*h.cast::<*mut c_void>()).cast::<State>() };
+    if s.port == 0 {
+        call(s, None);
+        return;
+    }
+    let start = Instant::now();
+    let mut spin = true;
+    // The callback returns `true` only when it was asked to leave the
+    // sleep to us (`spin`) and found the ring empty.
+    while call(s, Some(spin)) {
+        if spin_allowed(s, h) && spun(s, crate::spin_for_event(s.port)) {
+            // A message came while spinning: deliver it, and go on
+            // spinning while the budget lasts; then the callback
+            // announces the sleep itself.
+            spin = start.elapsed() < SPIN_BUDGET;
+            continue;
+        }
+        if crate::prepare_poll_port(s.port) {
+            return; // the peer's next message wakes the descriptor
+        }
+        spin = false; // an event came meanwhile: one more call, which sleeps
+    }
+}
+
+/// Whether a port's watch spins for the next message: it keeps the loop
+/// alive (a port the program `unref()`ed should not hold a CPU for it),
+/// nothing else is due on the loop (no timer expired, no `setImmediate`
+/// queued, no handle closing: libuv's next poll would not block), and the
+/// port's spin time is not zero, with its peer not on this thread's loop
+/// (which cannot answer while we spin).
+///
+/// And it backs off: after a spin that found nothing, the next wake-up
+/// does not spin, after two in a row the next three do not, and so on up
+/// to 63; one that finds a message starts over. A peer that answers
+/// within the spin keeps it going; one that does not (it is slow, or it
+/// cannot run because this spin holds the CPU it needs, as when other
+/// processes load this machine's vCPUs) stops costing a spin per message.
+fn spin_allowed(s: &State, h: *mut c_void) -> bool {
+    if s.skip.get() > 0 {
+        s.skip.set(s.skip.get() - 1);
+        return false;
+    }
+    // SAFETY: `h` is a live handle of the loop `s.lp`, on its own thread.
+    let idle = unsafe { uv_has_ref(h) != 0 && uv_backend_timeout(s.lp) != 0 };
+    idle && crate::spins(s.port)
+}
+
+/// Note how a spin ended (see `spin_allowed`); returns `found`.
+fn spun(s: &State, found: bool) -> bool {
+    if found {
+        s.misses.set(0);
+    } else {
+        let misses = (s.misses.get() + 1).min(6);
+        s.misses.set(misses);
+        s.skip.set((1 << misses) - 1);
+    }
+    found
+}
+
+/// Call the watch's callback (with `spin` as its argument, if any) the
+/// way Node calls into JavaScript from its loop: in a handle scope, through
+/// `napi_make_callback`, which runs the microtasks and `process.nextTick`
+/// callbacks it queued before it returns. Returns whether it returned
+/// `true`; an exception becomes an uncaught exception, and `false`.
+fn call(s: &State, spin: Option<bool>) -> bool {
+    // SAFETY: the loop thread of `s.env`, outside JavaScript: the documented
+    // way to call into it is a handle scope and napi_make_callback. Every
+    // value made here lives in that scope.
     unsafe {
+        let env = s.env;
         let mut scope = ptr::null_mut();
         if sys::napi_open_handle_scope(env, &mut scope) != sys::Status::napi_ok {
-            return;
+            return false;
         }
         let mut func = ptr::null_mut();
         let mut recv = ptr::null_mut();
         let mut result = ptr::null_mut();
-        sys::napi_get_reference_value(env, func_ref, &mut func);
+        let mut arg = ptr::null_mut();
+        let mut returned = false;
+        sys::napi_get_reference_value(env, s.func, &mut func);
         sys::napi_get_global(env, &mut recv);
+        let argc = match spin {
+            Some(b) => {
+                sys::napi_get_boolean(env, b, &mut arg);
+                1
+            }
+            None => 0,
+        };
         if !func.is_null() {
-            let st = sys::napi_make_callback(env, ctx, recv, func, 0, ptr::null(), &mut result);
+            let st = sys::napi_make_callback(env, s.ctx, recv, func, argc, &arg, &mut result);
             if st == sys::Status::napi_pending_exception {
                 let mut exc = ptr::null_mut();
                 sys::napi_get_and_clear_last_exception(env, &mut exc);
                 sys::napi_fatal_exception(env, exc);
+            } else if st == sys::Status::napi_ok
+                && sys::napi_get_value_bool(env, result, &mut returned) != sys::Status::napi_ok
+            {
+                returned = false;
             }
         }
         sys::napi_close_handle_scope(env, scope);
+        returned
     }
 }
 

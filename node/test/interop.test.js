@@ -3,8 +3,11 @@ const test = require('node:test');
 const assert = require('node:assert');
 const crypto = require('node:crypto');
 const path = require('node:path');
+const fs = require('node:fs');
+const os = require('node:os');
 const { execFileSync, spawnSync } = require('node:child_process');
 const shmport = require('..');
+const { buildExample } = require('./cargo.js');
 
 const sha = (b) => crypto.createHash('sha256').update(b).digest('hex');
 
@@ -13,26 +16,32 @@ function next(port) {
   return new Promise((resolve) => port.once('message', (e) => resolve(e.data)));
 }
 
-// Build node/examples/raw_echo.rs (a Rust program on shmport's Rust API)
-// and return the path of its executable.
-function buildRawEcho() {
-  const out = execFileSync('cargo', ['build', '-p', 'shmport-node', '--release', '--example', 'raw_echo',
-    '--message-format=json-render-diagnostics'], { cwd: __dirname, stdio: ['ignore', 'pipe', 'inherit'] });
-  for (const line of out.toString().split('\n')) {
-    if (!line.startsWith('{')) continue;
-    const m = JSON.parse(line);
-    if (m.reason === 'compiler-artifact' && m.target.name === 'raw_echo' && m.executable) return m.executable;
-  }
-  throw new Error('cargo built no raw_echo executable');
+// A C program on shmport's C library (node/examples/c_echo.c), built into
+// a temporary directory; returns its path and a function that removes it.
+function buildCEcho() {
+  const out = execFileSync('cargo', ['build', '-p', 'shmport-ffi', '--release', '--message-format=json-render-diagnostics'],
+    { cwd: __dirname, stdio: ['ignore', 'pipe', 'inherit'] });
+  const so = out.toString().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l))
+    .filter((m) => m.reason === 'compiler-artifact' && m.target.name === 'shmport')
+    .flatMap((m) => m.filenames).find((f) => f.endsWith('/libshmport.so'));
+  assert.ok(so, 'cargo built libshmport.so');
+  const root = path.join(__dirname, '..', '..');
+  const lib = path.dirname(so);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shmport-c-echo-'));
+  const exe = path.join(dir, 'c_echo');
+  execFileSync('cc', [path.join(root, 'node', 'examples', 'c_echo.c'), `-I${path.join(root, 'include')}`,
+    `-L${lib}`, `-Wl,-rpath,${lib}`, '-lshmport', '-o', exe], { stdio: 'inherit' });
+  return [exe, () => fs.rmSync(dir, { recursive: true })];
 }
 
-test('interop with a Rust process through raw bytes', async () => {
-  const exe = buildRawEcho();
+// Talk to a raw-bytes peer that says hello and answers every message with
+// its bytes reversed, then close: it exits 0.
+async function reverseEcho(exe, greeting) {
   const { child, port } = shmport.spawn(exe);
   port.start();
   const hello = await next(port);
   assert.ok(Buffer.isBuffer(hello));
-  assert.strictEqual(hello.toString(), `hello from rust, pid ${child.pid}`);
+  assert.strictEqual(hello.toString(), `${greeting}, pid ${child.pid}`);
 
   port.postMessage(Buffer.from([1, 2, 3]));
   assert.deepStrictEqual([...(await next(port))], [3, 2, 1]);
@@ -45,13 +54,29 @@ test('interop with a Rust process through raw bytes', async () => {
   const back = await next(port);
   assert.strictEqual(back.length, big.length);
   assert.strictEqual(sha(back), sha(Buffer.from(big).reverse()));
+  return { child, port };
+}
 
+test('interop with a Rust process through raw bytes', async () => {
+  const { child, port } = await reverseEcho(buildExample('raw_echo'), 'hello from rust');
   port.postMessage({ a: 1 }); // a structured clone is a typed message to Rust
   assert.strictEqual((await next(port)).toString(), 'typed');
 
   const exited = new Promise((r) => child.on('exit', (code, signal) => r([code, signal])));
   port.close(); // Rust's recv returns Closed: it exits
   assert.deepStrictEqual(await exited, [0, null]);
+});
+
+test('interop with a C process through raw bytes', async () => {
+  const [exe, remove] = buildCEcho();
+  try {
+    const { child, port } = await reverseEcho(exe, 'hello from c');
+    const exited = new Promise((r) => child.on('exit', (code, signal) => r([code, signal])));
+    port.close(); // its recv returns SHMPORT_CLOSED: it exits 0
+    assert.deepStrictEqual(await exited, [0, null]);
+  } finally {
+    remove();
+  }
 });
 
 test("a forked child's stdout and stderr reach the parent's", () => {

@@ -153,7 +153,14 @@ test('bad input: non-cloneable values and closed ports', () => {
   const d = new MessageChannelMain();
   port1.postMessage('moves', [d.port1]);
   assert.throws(() => port1.postMessage('again', [d.port1]), { name: 'DataCloneError', message: /neutered/ });
+  for (const bad of [-1, NaN, Infinity]) assert.throws(() => port1.setSpin(bad), RangeError, String(bad));
+  assert.throws(() => port1.setSpin('20'), TypeError);
+  port1.setSpin(0); // never spin
+  assert.strictEqual(port1.spin, 0);
+  port1.setSpin(35);
+  assert.strictEqual(port1.spin, 35);
   port1.close();
+  assert.strictEqual(port1.spin, null);
   port1.postMessage('dropped silently, as Electron does'); // no throw
   port1.close(); // twice is fine
   port2.close();
@@ -168,12 +175,16 @@ function shmFiles() {
   return fs.readdirSync('/dev/shm').length;
 }
 
-test('no descriptor or /dev/shm leak after 100 forked and killed children', async () => {
+// The issue's 1,000 with SHMPORT_SOAK=1000 (bash .ci/node.sh runs it so);
+// 100 by default keeps a plain `npm test` short.
+const SOAK = Number(process.env.SHMPORT_SOAK || 100);
+
+test(`no descriptor or /dev/shm leak after ${SOAK} forked and killed children`, async () => {
   const fds = openFds();
   const shm = shmFiles();
-  const N = 100; // 1,000 in the issue; 100 keeps the suite fast and shows the same
+  const N = SOAK;
   for (let i = 0; i < N; i += 10) {
-    await Promise.all(Array.from({ length: 10 }, async () => {
+    await Promise.all(Array.from({ length: Math.min(10, N - i) }, async () => {
       const { child, port } = fork(fixture('echo.js'));
       const first = collect(port, 1);
       port.postMessage(Buffer.alloc(2 << 20, 1)); // an out-of-line message each

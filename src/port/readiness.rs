@@ -58,9 +58,30 @@ impl MessagePort {
         self.rx.prepare_poll()
     }
 
-    /// Spin (up to the port's spin time) until [`has_event`](Self::has_event);
-    /// returns whether it did. Looks at the socket every `LOOK_EVERY`.
-    pub(crate) fn spin_for_event(&self) -> io::Result<bool> {
+    /// Spin for up to the port's spin time ([`set_spin`](Self::set_spin))
+    /// until a message or the close event is there; returns whether one
+    /// is (then [`try_recv`](Self::try_recv) takes it). No system call
+    /// while spinning, except a look at the socket every 100 µs for a
+    /// peer killed meanwhile. Fails only when reading the socket fails.
+    ///
+    /// For an event loop that has just received: look for the next
+    /// message the way a blocking receive does before it sleeps, then
+    /// [`prepare_poll`](Self::prepare_poll) and wait on the descriptor
+    /// only if nothing came. A spin time of zero looks once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmport::MessageChannel;
+    ///
+    /// let (a, b) = MessageChannel::new()?.into_ports();
+    /// b.set_spin(Duration::ZERO);
+    /// assert!(!b.spin_for_event()?);
+    /// a.post_bytes(b"here")?;
+    /// assert!(b.spin_for_event()?);
+    /// assert_eq!(b.try_recv()?.bytes(), b"here");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn spin_for_event(&self) -> io::Result<bool> {
         self.rx.spin_for_event()
     }
 
