@@ -335,3 +335,62 @@ fn a_cap_taken_by_free_smaller_blocks_sends_a_large_message_out_of_line_rather_t
     assert!(m.is_pooled() && m.bytes() == vec![5; 40 * 1024]);
     assert_eq!(a.pool_bytes(), 2 * MIB);
 }
+
+#[test]
+fn a_pooled_message_kept_as_shared_bytes_is_writable_here_only_and_its_block_comes_back() {
+    let _g = serial();
+    let (a, b) = ChannelBuilder::new()
+        .pool_limit(MIB)
+        .build()
+        .unwrap()
+        .into_ports();
+    a.post_bytes(&vec![1; MIB]).unwrap();
+    let shared = b.recv().unwrap().into_shared_bytes().unwrap();
+    assert_eq!(shared.bytes(), vec![1; MIB]);
+    // A runtime may write it: the writes stay in this process's copy.
+    // SAFETY: `as_mut_ptr` is valid for `bytes().len()` writable bytes
+    // while `shared` lives, and nothing else reads them meanwhile.
+    unsafe { std::ptr::write_bytes(shared.as_mut_ptr(), 0xaa, MIB) };
+    assert_eq!(shared.bytes()[MIB - 1], 0xaa);
+    // Held, it holds the pool's only block: the next post waits.
+    assert!(matches!(
+        a.try_post_bytes(&vec![2; MIB]),
+        Err(PostError::Full)
+    ));
+    // Dropped on another thread, the block goes back and wakes the post.
+    let dropper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        drop(shared);
+    });
+    a.post_bytes(&vec![2; MIB]).unwrap();
+    dropper.join().unwrap();
+    // The same block, read again: the sender's bytes, not the writes above.
+    let m = b.recv().unwrap();
+    assert!(m.is_pooled());
+    assert!(m.bytes().iter().all(|&x| x == 2), "stale private pages");
+    assert_eq!(a.pool_bytes(), MIB);
+}
+
+#[test]
+fn shared_bytes_outlive_their_port_and_its_move() {
+    let _g = serial();
+    let (a, b) = ChannelBuilder::new().build().unwrap().into_ports();
+    a.post_bytes(&vec![3; 2 * MIB]).unwrap();
+    a.post_bytes(&vec![4; 2 * MIB]).unwrap();
+    let shared = b.recv().unwrap().into_shared_bytes().unwrap();
+    // The receiving port moves with the second message queued on it.
+    let (c, d) = shmport::MessageChannel::new().unwrap().into_ports();
+    c.post_with_ports(&0u8, vec![b]).unwrap();
+    let b = d.recv().unwrap().take_ports().unwrap().pop().unwrap();
+    let m = b.recv().unwrap();
+    assert!(m.is_pooled() && m.bytes() == vec![4; 2 * MIB]);
+    drop(m);
+    drop(b);
+    // Still readable; dropping it gives nothing back to a port that moved.
+    assert!(shared.bytes().iter().all(|&x| x == 3));
+    drop(shared);
+    assert!(matches!(
+        a.try_post_bytes(&vec![5; 2 * MIB]),
+        Err(PostError::Closed(CloseReason::Closed))
+    ));
+}

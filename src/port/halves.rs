@@ -6,8 +6,8 @@ use core::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rkyv::ser::allocator::Arena;
 
@@ -49,8 +49,10 @@ pub struct PortReceiver {
     pub(super) trust: Cell<Trust>,
     /// The largest out-of-line payload this half maps.
     pub(super) max_message: Cell<usize>,
-    /// The buffers of the peer's pool, and the way its blocks go back.
-    pub(super) pool: RefCell<PoolReader>,
+    /// The buffers of the peer's pool, and the way its blocks go back;
+    /// shared with the blocks handed out as [`SharedBytes`](crate::SharedBytes),
+    /// which give theirs back from any thread.
+    pub(super) pool: Arc<Mutex<PoolReader>>,
 }
 
 // Ports and halves move between threads (they are not shared between them).
@@ -254,10 +256,16 @@ impl PortReceiver {
     /// to see the close.
     fn close_consumer(&self) -> bool {
         let mut wake = self.rx.borrow_mut().close();
-        let mut pool = self.pool.borrow_mut();
+        let mut pool = self.pool_reader();
         // Blocks of messages already dropped go back first.
         wake |= pool.flush().unwrap_or(false);
         wake | pool.wake_due_at_close()
+    }
+
+    /// The pool reader (a panic elsewhere while it was locked leaves it
+    /// as consistent as any use of it: no invariant spans a call).
+    pub(super) fn pool_reader(&self) -> MutexGuard<'_, PoolReader> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Why the close event came: the peer closed its sending side, broke

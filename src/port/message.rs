@@ -13,6 +13,10 @@ use rkyv::{Archive, Portable};
 use crate::error::AccessError;
 use crate::port::{MessagePort, PortReceiver};
 use crate::shm::ring::{Kind, Record, RecordMeta};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::port::Shared;
+use crate::shm::pool::reader::PoolReader;
 use crate::sys::Mapping;
 use crate::wire::attachment::PortParts;
 use crate::wire::writer::fingerprint;
@@ -261,52 +265,86 @@ impl<'p> Message<'p> {
 }
 
 impl<'p> Message<'p> {
-    /// An out-of-line message's payload as an owned, zero-copy handle to
-    /// its mapping, made copy-on-write (a write through
-    /// [`SharedBytes::as_mut_ptr`] changes this process's copy of that
-    /// page only): the ring record is released now, and the
+    /// The payload of a message from outside the ring (a pool block, or an
+    /// out-of-line memfd) as an owned, zero-copy handle, made copy-on-write
+    /// (a write through [`SharedBytes::as_mut_ptr`] changes this process's
+    /// copy of that page only): the ring record is released now, and the
     /// bytes stay valid until the [`SharedBytes`] drops, independent of the
-    /// port (which can be closed or moved meanwhile). For a language
-    /// binding handing the bytes to a garbage collector as external memory.
+    /// port (which can be closed or moved meanwhile), on any thread. For a
+    /// language binding handing the bytes to a garbage collector as
+    /// external memory. A pool block goes back to the sender when the
+    /// `SharedBytes` drops (until then the sender's pool counts it as in
+    /// flight, as it does a held message); if the port has moved to
+    /// another process by then, the block is not given back.
     ///
-    /// Given back unchanged if the payload lies in the ring or in a pool
-    /// block (memory the sender reuses once it is given back), or was
-    /// copied in untrusted mode. Ports not taken before are
-    /// closed, as when the message drops.
+    /// Given back unchanged if the payload lies in the ring, or was copied
+    /// in untrusted mode. Ports not taken before are closed, as when the
+    /// message drops.
     // The message comes back as it was, like `TransferError`'s ports; a box
     // would cost an allocation on the in-ring path, the common one.
     #[allow(clippy::result_large_err)]
     pub fn into_shared_bytes(mut self) -> Result<SharedBytes, Message<'p>> {
-        match std::mem::replace(&mut self.body.holder, Holder::Ring) {
-            Holder::Mapped(map) if map.make_copy_on_write().is_ok() => Ok(SharedBytes {
-                ptr: self.body.ptr,
-                len: self.body.len,
-                _map: map,
-            }),
+        let memory = match std::mem::replace(&mut self.body.holder, Holder::Ring) {
+            Holder::Mapped(map) if map.make_copy_on_write().is_ok() => SharedMemory::Mapped(map),
+            Holder::Block(key) if self.port.pool_reader().open_block(key).is_ok() => {
+                SharedMemory::Block {
+                    pool: self.port.pool.clone(),
+                    core: Arc::downgrade(&self.port.shared),
+                    key,
+                }
+            }
             other => {
                 self.body.holder = other;
-                Err(self)
+                return Err(self);
             }
-        }
+        };
+        Ok(SharedBytes {
+            ptr: self.body.ptr,
+            len: self.body.len,
+            memory,
+        })
     }
 }
 
-/// An out-of-line payload kept mapped after its message was released
-/// ([`Message::into_shared_bytes`]). Zero copy; unmapped on drop.
+/// A payload kept after its message was released
+/// ([`Message::into_shared_bytes`]): an out-of-line payload's mapping, or a
+/// block of the peer's pool (given back to the sender when this drops, from
+/// any thread). Zero copy.
 pub struct SharedBytes {
     ptr: NonNull<u8>,
     len: usize,
-    _map: Mapping,
+    memory: SharedMemory,
+}
+
+/// What keeps a [`SharedBytes`]'s bytes.
+enum SharedMemory {
+    /// An out-of-line memfd mapped for this value, unmapped on drop.
+    Mapped(
+        // Never read through: it owns the mapping `ptr` points into.
+        #[allow(dead_code)] Mapping,
+    ),
+    /// A pool block made copy-on-write for this value; the reader keeps
+    /// its buffer mapped, and takes the block back on drop.
+    Block {
+        pool: Arc<Mutex<PoolReader>>,
+        /// The port's core, to wake a sender that waits for the block (if
+        /// the port still exists; if not, nobody waits on it).
+        core: Weak<Shared>,
+        key: u64,
+    },
 }
 
 impl SharedBytes {
     /// The payload bytes (typed messages: the archive).
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr/len` lie inside `_map` (checked when the message was
-        // received), a private mapping of a memfd sealed against resizes
-        // (so no SIGBUS), owned by this value and unmapped only on its drop.
+        // SAFETY: `ptr/len` lie inside the mapping `memory` keeps (checked
+        // when the message was received): an out-of-line memfd's private
+        // mapping owned by this value, or a pool buffer's private mapping
+        // that the reader in the `Arc` keeps until every holder is gone,
+        // whose block the sender does not reuse before this value gives it
+        // back on drop. Both files are sealed against resizes (no SIGBUS).
         // Writes through `as_mut_ptr` are the caller's, as with any raw
-        // pointer.
+        // pointer, and stay in this process (copy-on-write).
         unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
@@ -318,8 +356,29 @@ impl SharedBytes {
     }
 }
 
-// SAFETY: the bytes are shared memory owned through `_map`
-// (itself Send and Sync); nothing in the value is tied to a thread.
+impl Drop for SharedBytes {
+    fn drop(&mut self) {
+        if let SharedMemory::Block { pool, core, key } = &self.memory {
+            let back = pool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .close_block(*key);
+            match (back, core.upgrade()) {
+                (Ok(true), Some(core)) => {
+                    let _ = core.wake_peer();
+                }
+                (Err(c), Some(core)) => {
+                    core.corrupt(c);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+// SAFETY: the bytes are shared memory owned through `memory` (a Mapping,
+// Send and Sync; or an Arc of a Mutex and a Weak, Send and Sync); nothing in
+// the value is tied to a thread.
 unsafe impl Send for SharedBytes {}
 // SAFETY: as above: only shared reads are handed out by reference.
 unsafe impl Sync for SharedBytes {}

@@ -161,7 +161,7 @@ impl MessagePort {
                 rx: RefCell::new(rx),
                 trust: Cell::new(Trust::default()),
                 max_message: Cell::new(DEFAULT_MAX_MESSAGE_SIZE),
-                pool: RefCell::new(pool_reader),
+                pool: Arc::new(Mutex::new(pool_reader)),
             },
         }
     }
@@ -178,7 +178,7 @@ impl MessagePort {
     /// came with may name (a received port, or one whose transfer failed).
     /// A buffer that is not valid closes the port with `ProtocolError`.
     pub(crate) fn with_pool(self, buffers: Vec<(BufferInfo, OwnedFd)>) -> Self {
-        let mut pool = self.rx.pool.borrow_mut();
+        let mut pool = self.rx.pool_reader();
         for (info, fd) in buffers {
             if let Err(e) = pool.add(info, fd) {
                 let c = match e {
@@ -198,10 +198,9 @@ impl MessagePort {
     pub(crate) fn into_parts(self) -> PortParts {
         self.tx.tx.borrow().publish_tail();
         self.rx.flush_releases();
-        let pool = self.rx.pool.replace(PoolReader::new(
-            SegmentRelease::new(self.tx.shared.seg.clone(), self.tx.shared.side.rings().1),
-            process_barriers(),
-        ));
+        // Blocks still shared here (`SharedBytes`) keep the reader: its
+        // buffers travel as copies of their descriptors.
+        let pool = self.rx.pool_reader().export();
         let shared = self.tx.shared.clone();
         shared.transferred.store(true, Ordering::Relaxed);
         // The halves' drops see `transferred` and close nothing.
@@ -215,7 +214,7 @@ impl MessagePort {
                 spin,
                 inbox: s.inbox.into_inner().unwrap_or_else(|e| e.into_inner()),
                 partial: s.taking_in.into_inner().unwrap_or_else(|e| e.into_inner()),
-                pool: pool.into_buffers(),
+                pool,
             },
             // Nothing else holds the core of a whole port (messages and
             // reservations borrow the port, which is consumed here).

@@ -221,7 +221,7 @@ impl PortReceiver {
 
     /// Send the pool releases held back; `true`: the peer waits for them.
     fn flush_pool(&self) -> bool {
-        match self.pool.borrow_mut().flush() {
+        match self.pool_reader().flush() {
             Ok(wake) => wake,
             Err(c) => {
                 self.corrupt(c);
@@ -233,7 +233,7 @@ impl PortReceiver {
     /// Called by a dropped [`Message`] that held a pool block: give it back
     /// (no system call, unless the peer waits for it).
     pub(crate) fn release_block(&self, key: u64) {
-        let r = self.pool.borrow_mut().release(key);
+        let r = self.pool_reader().release(key);
         match r {
             Ok(true) => {
                 let _ = self.shared.wake_peer();
@@ -338,7 +338,7 @@ impl PortReceiver {
             ));
         }
         if let Some((info, fd)) = att.pool {
-            let added = self.pool.borrow_mut().add(info, fd);
+            let added = self.pool_reader().add(info, fd);
             match added {
                 Ok(()) => {}
                 Err(AddError::Corrupt(c)) => return Err(RecvError::Closed(self.corrupt(c))),
@@ -381,8 +381,7 @@ impl PortReceiver {
             r.len.load(Ordering::Relaxed),
         );
         let (ptr, len, key) = self
-            .pool
-            .borrow()
+            .pool_reader()
             .resolve(buffer, block, len)
             .map_err(|c| RecvError::Closed(self.corrupt(c)))?;
         if len > self.max_message.get() {

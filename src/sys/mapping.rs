@@ -95,6 +95,51 @@ impl Mapping {
         Ok(())
     }
 
+    /// Make the bytes `offset..offset + len` of a [`Mapping::private`]
+    /// mapping writable (copy-on-write: a write copies its page for this
+    /// process only) or read-only again. Both ends must be page aligned.
+    pub fn protect(&self, offset: usize, len: usize, writable: bool) -> io::Result<()> {
+        let ptr = self.range(offset, len)?;
+        let flags = if writable {
+            MprotectFlags::READ | MprotectFlags::WRITE
+        } else {
+            MprotectFlags::READ
+        };
+        // SAFETY: the range lies inside this mapping (checked), owned by
+        // this value; changing its protection changes no byte that any
+        // reference observes (a private mapping's writes stay private).
+        unsafe { mprotect(ptr.cast(), len, flags) }?;
+        Ok(())
+    }
+
+    /// Drop this process's private copies of the pages in `offset..offset +
+    /// len` of a [`Mapping::private`] mapping (`MADV_DONTNEED`): later
+    /// reads see the file's pages again. Both ends must be page aligned.
+    pub fn discard(&self, offset: usize, len: usize) -> io::Result<()> {
+        let ptr = self.range(offset, len)?;
+        // SAFETY: the range lies inside this mapping (checked); for a
+        // private file mapping the advice only drops copies of pages, which
+        // the file's own pages replace on the next read: nothing that a
+        // reference observes changes unless the caller wrote there, and
+        // callers discard only ranges no one reads meanwhile.
+        unsafe { rustix::mm::madvise(ptr.cast(), len, rustix::mm::Advice::LinuxDontNeed) }?;
+        Ok(())
+    }
+
+    /// The start of `offset..offset + len`, if it lies in the mapping (the
+    /// kernel refuses a range not page aligned).
+    fn range(&self, offset: usize, len: usize) -> io::Result<*mut u8> {
+        let inside = offset.checked_add(len).is_some_and(|end| end <= self.len);
+        if !inside {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range outside the mapping",
+            ));
+        }
+        // SAFETY: `offset <= len` of this mapping (checked above).
+        Ok(unsafe { self.ptr.as_ptr().add(offset) })
+    }
+
     /// Start of the mapping (page aligned).
     pub fn ptr(&self) -> NonNull<u8> {
         self.ptr

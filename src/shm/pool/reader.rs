@@ -44,6 +44,9 @@ pub struct PoolReader {
     releaser: Result<Releaser<SegmentRelease>, Corrupt>,
     /// Keys the queue had no room for yet.
     backlog: VecDeque<u64>,
+    /// The port moved to another process: blocks still shared here (see
+    /// [`open_block`](Self::open_block)) are not given back from here.
+    moved: bool,
 }
 
 impl PoolReader {
@@ -55,6 +58,7 @@ impl PoolReader {
             mapped: 0,
             releaser: Releaser::new(release, barriers),
             backlog: VecDeque::new(),
+            moved: false,
         }
     }
 
@@ -79,9 +83,12 @@ impl PoolReader {
             Ok(_) => return bad("pool buffer of the wrong size"),
             Err(_) => return bad("pool buffer not sealed against writes"),
         }
-        // Populated: the pages exist (the sender allocated them), so reading
-        // a block later takes no page fault.
-        let map = Mapping::new(&fd, size, false, true).map_err(AddError::Io)?;
+        // Private and read-only: reads are the file's pages, which the
+        // sender writes (zero copy); a block handed out as writable memory
+        // (`open_block`) takes copies of the pages written, for this process
+        // only. Populated: the pages exist (the sender allocated them), so
+        // reading a block later takes no page fault.
+        let map = Mapping::private(&fd, size, true).map_err(AddError::Io)?;
         self.buffers.push(ReadBuffer { info, map, fd });
         self.mapped += size;
         Ok(())
@@ -117,8 +124,58 @@ impl PoolReader {
     /// Give a block back. `true`: the owner waits for blocks; wake it.
     /// A key the queue has no room for is kept and sent first next time.
     pub fn release(&mut self, key: u64) -> Result<bool, Corrupt> {
+        if self.moved {
+            return Ok(false);
+        }
         self.backlog.push_back(key);
         self.flush()
+    }
+
+    /// The buffer of `key` and the block's offset and size in it.
+    fn block(&self, key: u64) -> Option<(&ReadBuffer, usize, usize)> {
+        let (id, block) = super::unkey(key);
+        let b = self.buffers.iter().rev().find(|b| b.info.id == id)?;
+        let room = 1usize << b.info.log2;
+        (block < b.info.blocks).then_some((b, block as usize * room, room))
+    }
+
+    /// Make the block of `key` (resolved before) writable for this process
+    /// only: a write copies its page, never reaching the sender's file.
+    /// For memory handed to a runtime that may write it (a binding's
+    /// external buffer). [`close_block`](Self::close_block) undoes it.
+    pub fn open_block(&self, key: u64) -> io::Result<()> {
+        let (b, offset, room) = self
+            .block(key)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such pool block"))?;
+        b.map.protect(offset, room, true)
+    }
+
+    /// Undo [`open_block`](Self::open_block): read-only again, and the
+    /// pages this process wrote dropped (later reads see the sender's
+    /// file again, whatever it writes there next); then give the block
+    /// back. `true`: wake the owner.
+    pub fn close_block(&mut self, key: u64) -> Result<bool, Corrupt> {
+        if let Some((b, offset, room)) = self.block(key) {
+            // Both succeed on a range inside the mapping; if one failed, the
+            // block is not given back (it would show stale private pages).
+            if b.map.protect(offset, room, false).is_err() || b.map.discard(offset, room).is_err() {
+                return Ok(false);
+            }
+        }
+        self.release(key)
+    }
+
+    /// The buffers, to hand on with the port, when blocks of them may still
+    /// be shared here ([`open_block`](Self::open_block)): copies of the
+    /// descriptors (a buffer whose descriptor cannot be copied is left
+    /// out, and the new owner refuses records that name it), and from now
+    /// on nothing is given back from here.
+    pub fn export(&mut self) -> Vec<(BufferInfo, OwnedFd)> {
+        self.moved = true;
+        self.buffers
+            .iter()
+            .filter_map(|b| Some((b.info, b.fd.try_clone().ok()?)))
+            .collect()
     }
 
     /// Send what the queue had no room for; `true`: wake the owner.
@@ -141,10 +198,5 @@ impl PoolReader {
     /// wake-up to see the close)?
     pub fn wake_due_at_close(&self) -> bool {
         self.releaser.as_ref().is_ok_and(|r| r.wake_due_at_close())
-    }
-
-    /// The buffers, to hand on with the port.
-    pub fn into_buffers(self) -> Vec<(BufferInfo, OwnedFd)> {
-        self.buffers.into_iter().map(|b| (b.info, b.fd)).collect()
     }
 }
