@@ -355,8 +355,11 @@ def test_no_fd_leak_in_process():
     gc.collect()
     before = open_fds()
     maps = len(shared_mappings())
-    for _ in range(200):
+    for i in range(200):
         a, b = shmport.MessageChannel(capacity=4096)
+        if i % 2:
+            # The descriptor event loops wait on, made on demand.
+            assert b.fileno() == b.fileno()
         a.post(np.arange(10))
         d = b.recv().data
         del a, b, d
@@ -416,3 +419,110 @@ def test_reserve_buffer_outlives_a_closed_port():
     assert bytes(buf[:4]) == b"safe"
     with pytest.raises(shmport.Closed):
         b.recv(timeout=5)
+
+
+def fill(port):
+    """Post small messages until the ring is full; how many went in."""
+    n = 0
+    while True:
+        try:
+            port.try_post_bytes(b"f" * 100)
+        except shmport.Full:
+            return n
+        n += 1
+
+
+def test_close_stops_a_post_on_another_thread_that_carries_the_port():
+    # A post carrying `a` waits for room; `a.close()` meanwhile stops it
+    # with Closed and closes `a`: nothing is delivered, `a`'s peer gets the
+    # close event after what was queued before it.
+    c, d = shmport.MessageChannel(capacity=4096, spin=0)
+    n = fill(c)
+    a, b = shmport.MessageChannel(spin=0)
+    a.post("queued before the close")
+    out = []
+
+    def carry():
+        try:
+            c.post("carrying a", ports=[a], timeout=20)
+            out.append("delivered")
+        except Exception as e:  # noqa: BLE001
+            out.append(e)
+
+    t = threading.Thread(target=carry)
+    t.start()
+    time.sleep(0.2)  # the post waits for room
+    a.close()
+    # close() returns once the post has stopped: its outcome is known.
+    assert len(out) == 1 and isinstance(out[0], shmport.Closed), out
+    assert "was closed before the post could deliver it" in str(out[0])
+    t.join(5)
+    assert a.closed and "closed" in repr(a)
+    assert b.recv(timeout=5).data == "queued before the close"
+    with pytest.raises(shmport.Closed):
+        b.recv(timeout=5)
+    for _ in range(n):
+        assert bytes(d.recv(timeout=5)) == b"f" * 100
+    assert d.try_recv() is None
+
+
+def test_close_racing_posts_on_other_threads_loses_nothing():
+    for i in range(60):
+        # The port being closed is carried by another thread's post, while
+        # the carrier's reader makes room: the post either delivers the
+        # port (then it works there) or fails with Closed (then its peer
+        # gets the close event); close() returns after either.
+        c, d = shmport.MessageChannel(capacity=4096, spin=0)
+        fill(c)
+        a, b = shmport.MessageChannel(spin=0)
+        out = []
+
+        def carry(c=c, a=a, out=out):
+            try:
+                c.post("carrying a", ports=[a], timeout=20)
+                out.append("delivered")
+            except shmport.Closed as e:
+                out.append(e)
+
+        t = threading.Thread(target=carry)
+        t.start()
+        time.sleep(0.001 * (i % 7))
+        threading.Thread(target=lambda d=d: [d.recv(timeout=5) for _ in range(3)]).start()
+        time.sleep(0.001 * (i % 5))
+        a.close()
+        assert len(out) == 1, out
+        t.join(5)
+        assert a.closed
+        if out[0] == "delivered":
+            while True:
+                m = d.recv(timeout=5)
+                if m.ports:
+                    break
+            (moved,) = m.ports
+            b.post("to the new owner")
+            assert moved.recv(timeout=5).data == "to the new owner"
+        else:
+            with pytest.raises(shmport.Closed):
+                b.recv(timeout=5)
+        # The same port posted on while another thread closes it: every
+        # post that returned is received, in order, then the close event.
+        x, y = shmport.MessageChannel(spin=0)
+        sent = []
+
+        def post_until_closed(x=x, sent=sent):
+            k = 0
+            while True:
+                try:
+                    x.post(k)
+                except shmport.Closed:
+                    return
+                sent.append(k)
+                k += 1
+
+        t = threading.Thread(target=post_until_closed)
+        t.start()
+        time.sleep(0.0005 * (i % 4))
+        x.close()
+        t.join(5)
+        assert not t.is_alive()
+        assert [m.data for m in y] == sent
