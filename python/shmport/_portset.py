@@ -7,7 +7,7 @@ import selectors
 import time
 
 from . import _aio
-from ._shmport import ClosedError, _spin
+from ._shmport import ClosedError, Port, _spin
 
 
 class PortSet:
@@ -40,6 +40,8 @@ class PortSet:
 
     def add(self, port):
         """Add a port (it stays the caller's: posting on it is fine)."""
+        if not isinstance(port, Port):
+            raise TypeError(f"a PortSet holds shmport.Port objects only, not {type(port).__name__}")
         fd = port.fileno()
         if fd in self._ports:
             raise ValueError("the port is already in the set")

@@ -804,7 +804,15 @@ impl Reservation {
     /// Publish the first `nbytes` bytes (all by default) as one raw message.
     #[pyo3(signature = (nbytes = None))]
     fn commit(&self, py: Python<'_>, nbytes: Option<usize>) -> PyResult<()> {
-        self.finish(py, Some(nbytes.unwrap_or(self.len).min(self.len)))
+        let n = nbytes.unwrap_or(self.len);
+        if n > self.len {
+            // The reservation stays open: commit less, or cancel.
+            return Err(PyValueError::new_err(format!(
+                "cannot commit {n} bytes of a {}-byte reservation",
+                self.len
+            )));
+        }
+        self.finish(py, Some(n))
     }
 
     /// Abandon it: nothing is sent.
@@ -1111,6 +1119,9 @@ impl Port {
 
     /// Close the port: the peer receives every message posted before, then
     /// `Closed`. Messages received from this port stay valid. Idempotent.
+    /// A port another thread is posting in `ports=[...]`: that post fails
+    /// with `Closed` and the port is closed, unless the post delivered it
+    /// first; this returns once one or the other happened.
     fn close(&self, py: Python<'_>) {
         self.close_and_wait(py);
     }

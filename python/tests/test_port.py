@@ -223,8 +223,18 @@ def test_bad_input_raises_and_loses_nothing():
         shmport.MessageChannel(capacity=1 << 31)  # over 1 GiB
     with pytest.raises(ValueError):
         shmport.MessageChannel(spin=-1)
+    with pytest.raises(TypeError):
+        shmport.PortSet([1])
+    with pytest.raises(ValueError):
+        a.reserve(1 << 40)  # larger than the ring can lend
+    r = a.reserve(8)
+    with pytest.raises(ValueError):
+        r.commit(9)  # more than reserved: refused, the loan stays open
+    r.buffer[:] = b"reserved"
+    r.commit()
     a.post("last")
     assert b.recv().data == "first"
+    assert bytes(b.recv()) == b"reserved"
     assert b.recv().data == "last"
     assert b.try_recv() is None
 
