@@ -10,7 +10,10 @@ for the others.
   back. shmport: `post_bytes` (raw) and `post` (pickled);
   multiprocessing.Pipe: `send_bytes` and `send` (pickled); Queue: `put`;
   shared_memory + Pipe: the bytes written into a SharedMemory block, a
-  one-byte pipe message to signal each way.
+  one-byte pipe message to signal each way. Also the raw round trip with
+  the parent waiting in a set (shmport.PortSet against
+  multiprocessing.connection.wait) and on asyncio (`await port.arecv()`
+  against a Pipe read from `loop.add_reader`).
 - One-way throughput of numpy float64 arrays of 1, 16 and 64 MiB, for
   shmport with the default ring (1 MiB: every array travels out of line, in
   a new memfd) and with a ring of four arrays (4, 64 and 256 MiB) whose
@@ -32,12 +35,14 @@ to Pipe's.
 """
 
 import argparse
+import asyncio
 import multiprocessing as mp
 import os
 import statistics
 import sys
 import time
 from multiprocessing import shared_memory
+from multiprocessing.connection import wait as mp_wait
 
 import numpy as np
 
@@ -176,6 +181,27 @@ class Shmport:
             port.recv().data
         return (time.perf_counter() - t) / n
 
+    def rtt_set(self, n):
+        port = self.port
+        with shmport.PortSet([port]) as ports:
+            t = time.perf_counter()
+            for _ in range(n):
+                port.post_bytes(PAYLOAD)
+                ports.recv()[1].release()
+            return (time.perf_counter() - t) / n
+
+    def rtt_async(self, n):
+        port = self.port
+
+        async def run():
+            t = time.perf_counter()
+            for _ in range(n):
+                port.post_bytes(PAYLOAD)
+                (await port.arecv()).release()
+            return (time.perf_counter() - t) / n
+
+        return asyncio.run(run())
+
     def one_way(self, arr, n):
         port = self.port
         t = time.perf_counter()
@@ -215,6 +241,34 @@ class Pipe:
             c.send(PAYLOAD)
             c.recv()
         return (time.perf_counter() - t) / n
+
+    def rtt_set(self, n):
+        c = self.conn
+        t = time.perf_counter()
+        for _ in range(n):
+            c.send_bytes(PAYLOAD)
+            mp_wait([c])
+            c.recv_bytes()
+        return (time.perf_counter() - t) / n
+
+    def rtt_async(self, n):
+        c = self.conn
+
+        async def run():
+            loop = asyncio.get_running_loop()
+            t = time.perf_counter()
+            for _ in range(n):
+                c.send_bytes(PAYLOAD)
+                fut = loop.create_future()
+                loop.add_reader(c.fileno(), fut.set_result, None)
+                try:
+                    await fut
+                finally:
+                    loop.remove_reader(c.fileno())
+                c.recv_bytes()
+            return (time.perf_counter() - t) / n
+
+        return asyncio.run(run())
 
     def one_way(self, arr, n):
         c = self.conn
@@ -326,8 +380,12 @@ def round_trips(runs, n):
     makers = [
         ("shmport post_bytes", lambda: Shmport("echo"), "rtt"),
         ("shmport post (pickle)", lambda: Shmport("echo-pickle"), "rtt_pickle"),
+        ("shmport PortSet.recv", lambda: Shmport("echo"), "rtt_set"),
+        ("shmport await arecv", lambda: Shmport("echo"), "rtt_async"),
         ("Pipe send_bytes", lambda: PipeBytes("echo"), "rtt"),
         ("Pipe send (pickle)", lambda: PipePickle("echo-pickle"), "rtt_pickle"),
+        ("Pipe connection.wait", lambda: PipeBytes("echo"), "rtt_set"),
+        ("Pipe loop.add_reader", lambda: PipeBytes("echo"), "rtt_async"),
         ("Queue put/get", lambda: Queue("echo"), "rtt"),
         ("shared_memory + Pipe", lambda: SharedMemory("echo"), "rtt"),
     ]
