@@ -33,7 +33,7 @@ use crate::buffer::Borrowed;
 use crate::errors;
 use crate::frame::Frame;
 use crate::message::{Held, Message};
-use crate::waiting::{LoopFd, spin_any};
+use crate::waiting::{LoopFd, spin_until};
 
 /// How long one blocking wait lasts with the GIL released before the
 /// thread looks at signals (Ctrl-C), a close from another thread, and
@@ -1327,8 +1327,8 @@ impl Port {
 /// time of `ports` (at most `limit` seconds) until one of them has a
 /// message or its close event; its index, or `None`. What a port set and
 /// `arecv` do before they announce a wait and sleep. A port another thread
-/// receives on is left out; a closed one is returned at once (receiving
-/// from it raises).
+/// receives on is left out; a closed one (before or while it spins) is
+/// returned (receiving from it raises).
 #[pyfunction]
 #[pyo3(signature = (ports, limit = None))]
 pub(crate) fn _spin(
@@ -1349,13 +1349,19 @@ pub(crate) fn _spin(
             return Some(i);
         };
         spin = spin.max(p.spin);
-        halves.push((i, r));
+        halves.push((i, r, &p.state));
         guards.push(g);
     }
     if let Some(limit) = limit.and_then(|l| Duration::try_from_secs_f64(l).ok()) {
         spin = spin.min(limit);
     }
     let job = Here::new(halves);
-    py.detach(move || Here::new(spin_any(&job.get(), spin)))
-        .get()
+    py.detach(move || {
+        let halves = job.get();
+        let found = spin_until(&halves, spin, |(_, r, state)| {
+            state.load(Ordering::Acquire) != OPEN || r.has_event()
+        });
+        Here::new(found.map(|k| halves[k].0))
+    })
+    .get()
 }

@@ -65,13 +65,17 @@ impl LoopFd {
     }
 }
 
-/// Spin until one of `halves` has a message or its close event (its
-/// index), or `spin` has passed (`None`). Memory loads only.
-pub(crate) fn spin_any(halves: &[(usize, &PortReceiver)], spin: Duration) -> Option<usize> {
+/// Spin until `ready` holds for one of `items` (its index), or `spin` has
+/// passed (`None`).
+pub(crate) fn spin_until<T>(
+    items: &[T],
+    spin: Duration,
+    ready: impl Fn(&T) -> bool,
+) -> Option<usize> {
     let until = Instant::now().checked_add(spin);
     let mut turn = 0u32;
     loop {
-        if let Some(&(i, _)) = halves.iter().find(|(_, r)| r.has_event()) {
+        if let Some(i) = items.iter().position(&ready) {
             return Some(i);
         }
         // The clock costs ~20 ns: read it every 16 turns, and on the first.

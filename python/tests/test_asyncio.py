@@ -305,3 +305,23 @@ def test_arecv_spins_before_it_awaits(spawn_py):
     assert run(main()) == (0, "while it spins")
     port.close()
     assert proc.wait(timeout=30) == 0
+
+
+def test_closing_a_port_ends_a_port_sets_spin():
+    # However long the spin time, a close here ends it.
+    a, b = shmport.MessageChannel(spin=3600.0)
+    ports = shmport.PortSet([b])
+    out = []
+
+    def wait():
+        try:
+            ports.recv()
+        except shmport.Closed as e:
+            out.append(e.port)
+
+    t = threading.Thread(target=wait, daemon=True)
+    t.start()
+    time.sleep(0.2)  # spinning
+    b.close()
+    t.join(30)
+    assert not t.is_alive() and out == [b]
