@@ -1328,25 +1328,26 @@ impl Port {
 /// message or its close event; its index, or `None`. What a port set and
 /// `arecv` do before they announce a wait and sleep. A port another thread
 /// receives on is left out; a closed one (before or while it spins) is
-/// returned (receiving from it raises).
+/// returned (receiving from it raises). Signals (Ctrl-C) are looked at
+/// every `SLICE`.
 #[pyfunction]
 #[pyo3(signature = (ports, limit = None))]
 pub(crate) fn _spin(
     py: Python<'_>,
     ports: Vec<Bound<'_, Port>>,
     limit: Option<f64>,
-) -> Option<usize> {
+) -> PyResult<Option<usize>> {
     let mut guards = Vec::with_capacity(ports.len());
     let mut halves = Vec::with_capacity(ports.len());
     let mut spin = Duration::ZERO;
     for (i, p) in ports.iter().enumerate() {
         let p = p.get();
         if p.check_open().is_err() {
-            return Some(i);
+            return Ok(Some(i));
         }
         let Ok(mut g) = p.rx.enter() else { continue };
         let Some(r) = g.receiver() else {
-            return Some(i);
+            return Ok(Some(i));
         };
         spin = spin.max(p.spin);
         halves.push((i, r, &p.state));
@@ -1355,13 +1356,22 @@ pub(crate) fn _spin(
     if let Some(limit) = limit.and_then(|l| Duration::try_from_secs_f64(l).ok()) {
         spin = spin.min(limit);
     }
-    let job = Here::new(halves);
-    py.detach(move || {
-        let halves = job.get();
-        let found = spin_until(&halves, spin, |(_, r, state)| {
-            state.load(Ordering::Acquire) != OPEN || r.has_event()
-        });
-        Here::new(found.map(|k| halves[k].0))
-    })
-    .get()
+    let deadline = Instant::now().checked_add(spin);
+    loop {
+        let left = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()));
+        let job = Here::new(&halves);
+        let found = py
+            .detach(move || {
+                let halves = job.get();
+                let found = spin_until(halves, left.min(SLICE), |(_, r, state)| {
+                    state.load(Ordering::Acquire) != OPEN || r.has_event()
+                });
+                Here::new(found.map(|k| halves[k].0))
+            })
+            .get();
+        if found.is_some() || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(found);
+        }
+        py.check_signals()?;
+    }
 }

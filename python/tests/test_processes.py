@@ -180,15 +180,17 @@ def test_kill_9_while_awaited_or_in_a_port_set(spawn_py):
     assert proc.wait(timeout=30) == -signal.SIGKILL
 
 
-def test_keyboard_interrupt_during_recv(tmp_path):
+@pytest.mark.parametrize("wait", ["b.recv()", "shmport.PortSet([b]).recv()"])
+def test_keyboard_interrupt_during_recv(tmp_path, wait):
+    # With a spin time of an hour: Ctrl-C interrupts the spin too.
     script = tmp_path / "ki.py"
-    script.write_text("""
+    script.write_text(f"""
 import shmport, time
-a, b = shmport.MessageChannel()
+a, b = shmport.MessageChannel(spin=3600.0)
 print("ready", flush=True)
 t = time.monotonic()
 try:
-    b.recv()
+    {wait}
 except KeyboardInterrupt:
     print("interrupted %.3f" % (time.monotonic() - t), flush=True)
 a.post("the port still works")
@@ -196,11 +198,16 @@ print(b.recv(timeout=5).data, flush=True)
 """)
     p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    assert p.stdout.readline().strip() == "ready"
-    time.sleep(0.3)
-    p.send_signal(signal.SIGINT)
-    out = p.stdout.read()
-    assert p.wait(timeout=30) == 0
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=30) == 0
+        out = p.stdout.read()
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
     lines = out.split("\n")
     assert lines[0].startswith("interrupted") and float(lines[0].split()[1]) < 2
     assert lines[1] == "the port still works"
