@@ -957,7 +957,8 @@ fn ports_arg<'py>(ports: Option<&Bound<'py, PyAny>>) -> PyResult<Option<Vec<Boun
     Ok(Some(out))
 }
 
-/// Pickle `obj` with protocol 5; the out-of-band buffers, borrowed.
+/// Pickle `obj` with protocol 5 (memoryviews too, see `_pickle.py`); the
+/// out-of-band buffers, borrowed.
 fn pickle<'py>(
     py: Python<'py>,
     obj: &Bound<'py, PyAny>,
@@ -966,7 +967,18 @@ fn pickle<'py>(
     let kwargs = PyDict::new(py);
     kwargs.set_item("protocol", 5)?;
     kwargs.set_item("buffer_callback", bufs.getattr("append")?)?;
-    let pickled = crate::pickle_dumps(py)?.call((obj,), Some(&kwargs))?;
+    let pickled = match crate::pickle_dumps(py)?.call((obj,), Some(&kwargs)) {
+        Ok(p) => p,
+        // `pickle` refuses memoryviews: once more with shmport's pickler,
+        // which sends them out of band (only such posts pay for it).
+        Err(e) if e.is_instance_of::<PyTypeError>(py) => {
+            bufs.call_method0("clear")?;
+            py.import("shmport._pickle")?
+                .getattr("dumps")?
+                .call1((obj, bufs.getattr("append")?))?
+        }
+        Err(e) => return Err(e),
+    };
     let pickled = pickled.cast_into::<pyo3::types::PyBytes>()?;
     let borrowed = bufs
         .iter()
@@ -978,7 +990,8 @@ fn pickle<'py>(
 #[pymethods]
 impl Port {
     /// Post `obj` (any picklable object): pickled with protocol 5, its
-    /// out-of-band buffers (numpy arrays, `pickle.PickleBuffer`s) copied
+    /// out-of-band buffers (numpy arrays, `pickle.PickleBuffer`s,
+    /// memoryviews) copied
     /// once, straight into shared memory. `ports`: ports to transfer with
     /// it (they leave this process; `msg.ports` on the other side).
     /// Waits for room (at most `timeout` seconds: `TimeoutError`).

@@ -536,3 +536,24 @@ def test_close_racing_posts_on_other_threads_loses_nothing():
         t.join(5)
         assert not t.is_alive()
         assert [m.data for m in y] == sent
+
+
+def test_memoryviews_travel_as_read_only_views_of_shared_memory():
+    a, b = shmport.MessageChannel()
+    grid = np.arange(12.0).reshape(3, 4)
+    a.post({"raw": memoryview(bytearray(b"abc")), "grid": memoryview(grid),
+            "rows": memoryview(grid)[::2]})  # not contiguous: sent as its copy
+    d = b.recv().data
+    assert d["raw"].tobytes() == b"abc" and d["raw"].readonly
+    assert d["grid"].format == "d" and d["grid"].shape == (3, 4)
+    assert d["grid"].tolist() == grid.tolist()
+    assert d["rows"].tolist() == grid[::2].tolist()
+    for v in d.values():
+        assert v.readonly
+        assert in_shared_memory(np.frombuffer(v, dtype=np.uint8).ctypes.data)
+    # A view whose format cannot be rebuilt is refused, and nothing is lost.
+    odd = np.zeros(2, dtype=[("x", "i4"), ("y", "f8")])
+    with pytest.raises(TypeError):
+        a.post(memoryview(odd))
+    a.post("after")
+    assert b.recv().data == "after"
