@@ -43,6 +43,10 @@ pub(crate) const SLICE: Duration = Duration::from_millis(50);
 /// Posts larger than the ring's capacity divided by this go out of line.
 const INLINE_FRACTION: usize = 8;
 
+/// A posted `bytes` object this large goes out of band (`_pickle.py`;
+/// the same figure as its `BYTES_OUT_OF_BAND`).
+const BYTES_OUT_OF_BAND: usize = 64 * 1024;
+
 /// A value whose use stays on the current thread, carried into
 /// `Python::detach` (which runs its closure on the calling thread).
 pub(crate) struct Here<T>(T);
@@ -967,6 +971,15 @@ fn pickle<'py>(
     let kwargs = PyDict::new(py);
     kwargs.set_item("protocol", 5)?;
     kwargs.set_item("buffer_callback", bufs.getattr("append")?)?;
+    if let Ok(b) = obj.cast_exact::<pyo3::types::PyBytes>() {
+        if b.as_bytes().len() >= BYTES_OUT_OF_BAND {
+            let pickled = py
+                .import("shmport._pickle")?
+                .getattr("dumps_bytes")?
+                .call1((obj, bufs.getattr("append")?))?;
+            return borrowed_frame(pickled, &bufs);
+        }
+    }
     let pickled = match crate::pickle_dumps(py)?.call((obj,), Some(&kwargs)) {
         Ok(p) => p,
         // `pickle` refuses memoryviews: once more with shmport's pickler,
@@ -979,6 +992,14 @@ fn pickle<'py>(
         }
         Err(e) => return Err(e),
     };
+    borrowed_frame(pickled, &bufs)
+}
+
+/// A pickle, and the out-of-band buffers `pickle` handed `bufs`, borrowed.
+fn borrowed_frame<'py>(
+    pickled: Bound<'py, PyAny>,
+    bufs: &Bound<'py, PyList>,
+) -> PyResult<(Bound<'py, pyo3::types::PyBytes>, Vec<Borrowed>)> {
     let pickled = pickled.cast_into::<pyo3::types::PyBytes>()?;
     let borrowed = bufs
         .iter()

@@ -1,6 +1,7 @@
 """One process: the API, its errors, and the lifetime of messages."""
 
 import ctypes
+import os
 import gc
 import pickle
 import threading
@@ -557,3 +558,22 @@ def test_memoryviews_travel_as_read_only_views_of_shared_memory():
         a.post(memoryview(odd))
     a.post("after")
     assert b.recv().data == "after"
+
+
+def test_a_large_bytes_object_is_not_copied_into_the_pickle():
+    import tracemalloc
+
+    a, b = shmport.MessageChannel()
+    big = os.urandom(16 << 20)
+    tracemalloc.start()
+    try:
+        a.post(big)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # pickle.dumps alone would have made a 16 MiB pickle.
+    assert peak < 1 << 20, peak
+    got = b.recv().data
+    assert type(got) is bytes and got == big
+    a.post(b"small" * 10)
+    assert b.recv().data == b"small" * 10
