@@ -1,6 +1,6 @@
 """shmport against what Python offers for worker processes, same run.
 
-    python python/bench/bench.py [--runs 5] [--quick]
+    python python/bench/bench.py [--runs 5] [--quick] [--rtt]
 
 Two processes (this one and a child): the child is started with
 shmport.spawn for shmport, with multiprocessing (the "spawn" start method)
@@ -11,7 +11,7 @@ for the others.
   multiprocessing.Pipe: `send_bytes` and `send` (pickled); Queue: `put`;
   shared_memory + Pipe: the bytes written into a SharedMemory block, a
   one-byte pipe message to signal each way. Also the raw round trip with
-  the parent waiting in a set (shmport.PortSet against
+  the parent waiting in a set, raw and pickled (shmport.PortSet against
   multiprocessing.connection.wait) and on asyncio (`await port.arecv()`
   against a Pipe read from `loop.add_reader`).
 - One-way throughput of numpy float64 arrays of 1, 16 and 64 MiB, for
@@ -188,6 +188,15 @@ class Shmport:
             for _ in range(n):
                 port.post_bytes(PAYLOAD)
                 ports.recv()[1].release()
+            return (time.perf_counter() - t) / n
+
+    def rtt_set_pickle(self, n):
+        port = self.port
+        with shmport.PortSet([port]) as ports:
+            t = time.perf_counter()
+            for _ in range(n):
+                port.post(PAYLOAD)
+                ports.recv()[1].data
             return (time.perf_counter() - t) / n
 
     def rtt_async(self, n):
@@ -381,6 +390,7 @@ def round_trips(runs, n):
         ("shmport post_bytes", lambda: Shmport("echo"), "rtt"),
         ("shmport post (pickle)", lambda: Shmport("echo-pickle"), "rtt_pickle"),
         ("shmport PortSet.recv", lambda: Shmport("echo"), "rtt_set"),
+        ("shmport PortSet.recv (pickle)", lambda: Shmport("echo-pickle"), "rtt_set_pickle"),
         ("shmport await arecv", lambda: Shmport("echo"), "rtt_async"),
         ("Pipe send_bytes", lambda: PipeBytes("echo"), "rtt"),
         ("Pipe send (pickle)", lambda: PipePickle("echo-pickle"), "rtt_pickle"),
@@ -431,6 +441,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="few iterations (a smoke test)")
+    p.add_argument("--rtt", action="store_true", help="the round trips only")
     args = p.parse_args()
     runs = 2 if args.quick else args.runs
     n_rtt = 500 if args.quick else 20000
@@ -452,6 +463,8 @@ def main():
         ref = base_p if "pickle" in name else base
         print(f"| {name} | {v * 1e6:.1f} µs | {v / ref:.2f}× |")
     print()
+    if args.rtt:
+        return
     tp = throughputs(runs, [1 * MiB, 16 * MiB, 64 * MiB], batch)
     print("One-way throughput of numpy float64 arrays, received as usable arrays")
     print("| transport | 1 MiB | 16 MiB | 64 MiB |")
