@@ -181,23 +181,19 @@ class Shmport:
             port.recv().data
         return (time.perf_counter() - t) / n
 
-    def rtt_set(self, n):
-        port = self.port
-        with shmport.PortSet([port]) as ports:
+    def in_set(self, n, post, take):
+        with shmport.PortSet([self.port]) as ports:
             t = time.perf_counter()
             for _ in range(n):
-                port.post_bytes(PAYLOAD)
-                ports.recv()[1].release()
+                post(PAYLOAD)
+                take(ports.recv()[1])
             return (time.perf_counter() - t) / n
 
+    def rtt_set(self, n):
+        return self.in_set(n, self.port.post_bytes, shmport.Message.release)
+
     def rtt_set_pickle(self, n):
-        port = self.port
-        with shmport.PortSet([port]) as ports:
-            t = time.perf_counter()
-            for _ in range(n):
-                port.post(PAYLOAD)
-                ports.recv()[1].data
-            return (time.perf_counter() - t) / n
+        return self.in_set(n, self.port.post, lambda m: m.data)
 
     def rtt_async(self, n):
         port = self.port
