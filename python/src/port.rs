@@ -1252,7 +1252,8 @@ impl Port {
     /// message or the close event may be there (and when the port is
     /// closed here): call `prepare_poll()` before each wait, then
     /// `try_recv()` after it. Made at the first call (an epoll descriptor,
-    /// see `waiting.rs`); it stays open as long as this object.
+    /// see `waiting.rs`; `BusyError` if another thread is receiving on the
+    /// port then); it stays open as long as this object.
     fn fileno(&self) -> PyResult<RawFd> {
         self.check_open()?;
         let mut l = lock(&self.loop_fd);
