@@ -490,3 +490,50 @@ fn prepare_poll_on_the_receiving_half() {
     assert!(!rx.prepare_poll());
     assert_eq!(rx.try_recv().unwrap().bytes(), b"wake");
 }
+
+/// A foreign loop waiting for a receiving half's messages while the
+/// sending half, on another thread, waits for room: the wake-up meant for
+/// the receiving half reaches the socket, the sending half takes it in,
+/// and `wake_fd` turns readable instead; `prepare_poll` clears it.
+#[test]
+fn wake_fd_is_set_when_the_sending_half_takes_in_the_receivers_wake_up() {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let (a, b) = shmport::ChannelBuilder::new()
+        .capacity(4096)
+        .spin(Duration::ZERO)
+        .build()
+        .unwrap()
+        .into_ports();
+    let (tx, rx) = b.split().unwrap();
+    while tx.try_post_bytes(&[1; 512]).is_ok() {}
+    // The ring towards `a` is full and `a` does not read: this post sleeps
+    // on the port's socket until `a` reads.
+    let poster = thread::spawn(move || {
+        tx.post_bytes(&[2; 512]).unwrap();
+        tx
+    });
+    thread::sleep(Duration::from_millis(100));
+    assert!(rx.prepare_poll());
+    a.post_bytes(b"for the receiving half").unwrap();
+    // Only the poster reads the socket now: it takes the wake-up in and
+    // sets the receiving half's eventfd.
+    let guard = Timespec {
+        tv_sec: 30,
+        tv_nsec: 0,
+    };
+    let wake = rx.wake_fd();
+    let mut fds = [PollFd::new(&wake, PollFlags::IN)];
+    assert_eq!(poll(&mut fds, Some(&guard)).unwrap(), 1);
+    assert!(rx.has_event());
+    assert!(!rx.prepare_poll());
+    assert_eq!(rx.try_recv().unwrap().bytes(), b"for the receiving half");
+    assert!(!rx.has_event());
+    // Cleared by the next prepare.
+    assert!(rx.prepare_poll());
+    let mut fds = [PollFd::new(&wake, PollFlags::IN)];
+    assert_eq!(poll(&mut fds, Some(&Timespec::default())).unwrap(), 0);
+    // Let the poster finish.
+    while a.try_recv().is_ok() {}
+    let tx = poster.join().unwrap();
+    drop((tx, rx));
+}

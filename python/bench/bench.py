@@ -1,6 +1,6 @@
 """shmport against what Python offers for worker processes, same run.
 
-    python python/bench/bench.py [--runs 5] [--quick]
+    python python/bench/bench.py [--runs 5] [--quick] [--rtt]
 
 Two processes (this one and a child): the child is started with
 shmport.spawn for shmport, with multiprocessing (the "spawn" start method)
@@ -10,7 +10,10 @@ for the others.
   back. shmport: `post_bytes` (raw) and `post` (pickled);
   multiprocessing.Pipe: `send_bytes` and `send` (pickled); Queue: `put`;
   shared_memory + Pipe: the bytes written into a SharedMemory block, a
-  one-byte pipe message to signal each way.
+  one-byte pipe message to signal each way. Also the raw round trip with
+  the parent waiting in a set, raw and pickled (shmport.PortSet against
+  multiprocessing.connection.wait) and on asyncio (`await port.arecv()`
+  against a Pipe read from `loop.add_reader`).
 - One-way throughput of numpy float64 arrays of 1, 16 and 64 MiB, for
   shmport with the default ring (1 MiB: every array travels out of line, in
   a new memfd) and with a ring of four arrays (4, 64 and 256 MiB) whose
@@ -32,12 +35,14 @@ to Pipe's.
 """
 
 import argparse
+import asyncio
 import multiprocessing as mp
 import os
 import statistics
 import sys
 import time
 from multiprocessing import shared_memory
+from multiprocessing.connection import wait as mp_wait
 
 import numpy as np
 
@@ -176,6 +181,32 @@ class Shmport:
             port.recv().data
         return (time.perf_counter() - t) / n
 
+    def in_set(self, n, post, take):
+        with shmport.PortSet([self.port]) as ports:
+            t = time.perf_counter()
+            for _ in range(n):
+                post(PAYLOAD)
+                take(ports.recv()[1])
+            return (time.perf_counter() - t) / n
+
+    def rtt_set(self, n):
+        return self.in_set(n, self.port.post_bytes, shmport.Message.release)
+
+    def rtt_set_pickle(self, n):
+        return self.in_set(n, self.port.post, lambda m: m.data)
+
+    def rtt_async(self, n):
+        port = self.port
+
+        async def run():
+            t = time.perf_counter()
+            for _ in range(n):
+                port.post_bytes(PAYLOAD)
+                (await port.arecv()).release()
+            return (time.perf_counter() - t) / n
+
+        return asyncio.run(run())
+
     def one_way(self, arr, n):
         port = self.port
         t = time.perf_counter()
@@ -215,6 +246,34 @@ class Pipe:
             c.send(PAYLOAD)
             c.recv()
         return (time.perf_counter() - t) / n
+
+    def rtt_set(self, n):
+        c = self.conn
+        t = time.perf_counter()
+        for _ in range(n):
+            c.send_bytes(PAYLOAD)
+            mp_wait([c])
+            c.recv_bytes()
+        return (time.perf_counter() - t) / n
+
+    def rtt_async(self, n):
+        c = self.conn
+
+        async def run():
+            loop = asyncio.get_running_loop()
+            t = time.perf_counter()
+            for _ in range(n):
+                c.send_bytes(PAYLOAD)
+                fut = loop.create_future()
+                loop.add_reader(c.fileno(), fut.set_result, None)
+                try:
+                    await fut
+                finally:
+                    loop.remove_reader(c.fileno())
+                c.recv_bytes()
+            return (time.perf_counter() - t) / n
+
+        return asyncio.run(run())
 
     def one_way(self, arr, n):
         c = self.conn
@@ -326,8 +385,13 @@ def round_trips(runs, n):
     makers = [
         ("shmport post_bytes", lambda: Shmport("echo"), "rtt"),
         ("shmport post (pickle)", lambda: Shmport("echo-pickle"), "rtt_pickle"),
+        ("shmport PortSet.recv", lambda: Shmport("echo"), "rtt_set"),
+        ("shmport PortSet.recv (pickle)", lambda: Shmport("echo-pickle"), "rtt_set_pickle"),
+        ("shmport await arecv", lambda: Shmport("echo"), "rtt_async"),
         ("Pipe send_bytes", lambda: PipeBytes("echo"), "rtt"),
         ("Pipe send (pickle)", lambda: PipePickle("echo-pickle"), "rtt_pickle"),
+        ("Pipe connection.wait", lambda: PipeBytes("echo"), "rtt_set"),
+        ("Pipe loop.add_reader", lambda: PipeBytes("echo"), "rtt_async"),
         ("Queue put/get", lambda: Queue("echo"), "rtt"),
         ("shared_memory + Pipe", lambda: SharedMemory("echo"), "rtt"),
     ]
@@ -373,6 +437,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="few iterations (a smoke test)")
+    p.add_argument("--rtt", action="store_true", help="the round trips only")
     args = p.parse_args()
     runs = 2 if args.quick else args.runs
     n_rtt = 500 if args.quick else 20000
@@ -394,6 +459,8 @@ def main():
         ref = base_p if "pickle" in name else base
         print(f"| {name} | {v * 1e6:.1f} µs | {v / ref:.2f}× |")
     print()
+    if args.rtt:
+        return
     tp = throughputs(runs, [1 * MiB, 16 * MiB, 64 * MiB], batch)
     print("One-way throughput of numpy float64 arrays, received as usable arrays")
     print("| transport | 1 MiB | 16 MiB | 64 MiB |")

@@ -4,9 +4,10 @@ machine, carried over shared memory.
 - ``a, b = shmport.MessageChannel()``: two entangled ports; what one posts,
   the other receives, in order, in both directions.
 - ``port.post(obj)`` pickles ``obj`` (protocol 5) straight into shared
-  memory; its out-of-band buffers (numpy arrays, ``pickle.PickleBuffer``)
-  are copied once, and ``port.recv().data`` rebuilds numpy arrays as
-  read-only views of that memory: no copy on the receiving side.
+  memory; its out-of-band buffers (numpy arrays, ``pickle.PickleBuffer``,
+  memoryviews) are copied once, and ``port.recv().data`` rebuilds numpy
+  arrays and memoryviews as read-only views of that memory: no copy on the
+  receiving side.
 - ``port.post_bytes(buf)`` sends raw bytes (any buffer), which Rust and C
   peers read in place; ``memoryview(msg)`` reads them in place here.
 - Close is an event: after the peer's last message, ``recv`` raises

@@ -148,7 +148,10 @@ class Port:
     inline_limit: int
     max_message_size: int
     trust: Trust
-    def fileno(self) -> int: ...
+    def fileno(self) -> int:
+        """A descriptor for selectors and event loops: readable when a message,
+        the close event, or a close() here may be there. Call prepare_poll()
+        before each wait, try_recv() after it."""
     def prepare_poll(self) -> bool:
         """Announce a wait on fileno(); False when an event is already there."""
     def __enter__(self) -> "Port": ...
@@ -169,7 +172,8 @@ class Reservation:
     def buffer(self) -> memoryview:
         """A writable view of the reserved ring memory."""
     def commit(self, nbytes: Optional[int] = None) -> None:
-        """Publish it (BufferError while views of it live)."""
+        """Publish the first nbytes (all by default; ValueError for more than
+        reserved, BufferError while views of it live)."""
     def cancel(self) -> None: ...
     def __len__(self) -> int: ...
     def __enter__(self) -> memoryview: ...

@@ -1,17 +1,18 @@
 """asyncio: a port's waits on the running loop, through its descriptor.
 
 The protocol is the one every foreign event loop uses (``prepare_poll``
-then wait on ``fileno()``, then ``try_recv``): no thread per port. A wait
-also ends after ``RECHECK`` seconds and looks again, which bounds the one
-case where a wake-up can be taken by another user of the same socket (a
-blocking ``post`` on this port, waiting for room, reads the socket too).
+then wait on ``fileno()``, then ``try_recv``): no thread per port. Before
+it announces a wait, a receive spins for the port's spin time (the GIL
+released), as a blocking ``recv`` does: a message that comes meanwhile
+never goes through the loop. ``fileno()`` also turns readable when a post
+on the same port, waiting for room on another thread, took in this side's
+wake-up, and when the port is closed here: no wake-up is lost, so a wait
+needs no timer.
 """
 
 import asyncio
 
-from ._shmport import BusyError, Closed
-
-RECHECK = 0.25
+from ._shmport import BusyError, Closed, _spin
 
 # Ports a task is awaiting, by id (a port has one waiter at a time).
 _waiting = {}
@@ -26,11 +27,9 @@ async def _wait_readable(loop, fds):
     fut = loop.create_future()
     for fd in fds:
         loop.add_reader(fd, _wake, fut)
-    timer = loop.call_later(RECHECK, _wake, fut)
     try:
         await fut
     finally:
-        timer.cancel()
         for fd in fds:
             loop.remove_reader(fd)
 
@@ -46,10 +45,15 @@ async def arecv(port):
     _waiting[key] = port
     try:
         loop = asyncio.get_running_loop()
+        spun = False
         while True:
             m = port.try_recv()
             if m is not None:
                 return m
+            if not spun:
+                spun = True
+                if _spin((port,)) is not None:
+                    continue
             if not port.prepare_poll():
                 continue
             await _wait_readable(loop, (port.fileno(),))

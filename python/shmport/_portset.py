@@ -7,7 +7,7 @@ import selectors
 import time
 
 from . import _aio
-from ._shmport import ClosedError
+from ._shmport import ClosedError, Port, _spin
 
 
 class PortSet:
@@ -26,6 +26,9 @@ class PortSet:
                 print("gone:", e.port, e.reason)
                 continue
             ...
+
+    Before it sleeps, a receive spins for the longest spin time of its
+    ports (the GIL released), as a port's blocking ``recv`` does.
     """
 
     def __init__(self, ports=()):
@@ -37,6 +40,8 @@ class PortSet:
 
     def add(self, port):
         """Add a port (it stays the caller's: posting on it is fine)."""
+        if not isinstance(port, Port):
+            raise TypeError(f"a PortSet holds shmport.Port objects only, not {type(port).__name__}")
         fd = port.fileno()
         if fd in self._ports:
             raise ValueError("the port is already in the set")
@@ -78,19 +83,37 @@ class PortSet:
             try:
                 m = p.try_recv()
             except ClosedError as e:
-                self.remove(p)
-                e.port = p
-                raise
+                self._closed(p, e)
             if m is not None:
                 # It may have more: back of the line.
                 self._ready.append(p)
                 return p, m
         return None
 
+    def _closed(self, port, e):
+        """A port's close event: out of the set, raised with the port."""
+        self.remove(port)
+        e.port = port
+        raise e
+
+    def _spin(self, limit=None):
+        """Spin for the ports' spin time (at most ``limit`` seconds), the
+        GIL released; True if a port has an event."""
+        ports = list(self._ports.values())
+        i = _spin(ports, limit)
+        if i is None:
+            return False
+        self._ready.append(ports[i])
+        return True
+
     def _arm(self):
         """Announce the wait on every port; True if one has an event."""
         for p in list(self._ports.values()):
-            if not p.prepare_poll():
+            try:
+                waits = p.prepare_poll()
+            except ClosedError as e:
+                self._closed(p, e)
+            if not waits:
                 self._ready.append(p)
         return bool(self._ready)
 
@@ -98,19 +121,23 @@ class PortSet:
         """``(port, message)`` from the next port with a message, waiting
         at most ``timeout`` seconds (``TimeoutError``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        spun = False
         while True:
             got = self._try()
             if got is not None:
                 return got
             if not self._ports:
                 raise ValueError("the port set is empty")
+            if not spun:
+                spun = True
+                if self._spin(timeout):
+                    continue
             if self._arm():
                 continue
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError("no message in the set")
-            wait = _aio.RECHECK if left is None else min(left, _aio.RECHECK)
-            for key, _ in self._sel.select(wait):
+            for key, _ in self._sel.select(left):
                 self._ready.append(key.data)
 
     def try_recv(self):
@@ -123,12 +150,17 @@ class PortSet:
     async def arecv(self):
         """``await ports.arecv()``: ``recv`` on the running asyncio loop."""
         loop = asyncio.get_running_loop()
+        spun = False
         while True:
             got = self._try()
             if got is not None:
                 return got
             if not self._ports:
                 raise ValueError("the port set is empty")
+            if not spun:
+                spun = True
+                if self._spin():
+                    continue
             if self._arm():
                 continue
             await _aio._wait_readable(loop, list(self._ports))

@@ -6,7 +6,8 @@
 //! `port` (ports, posting, receiving, threads), `message` (received
 //! messages and their lifetime), `frame` (the pickle frame in shared
 //! memory), `buffer` (the buffer protocol under the stable ABI), `process`
-//! (spawn, rendezvous), `errors` (the exceptions).
+//! (spawn, rendezvous), `waiting` (the descriptor event loops wait on,
+//! the spin before it), `errors` (the exceptions).
 
 #![cfg(target_os = "linux")]
 
@@ -16,6 +17,7 @@ mod frame;
 mod message;
 mod port;
 mod process;
+mod waiting;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -64,6 +66,7 @@ fn _shmport(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(process::_spawn, m)?)?;
     m.add_function(wrap_pyfunction!(process::from_parent, m)?)?;
     m.add_function(wrap_pyfunction!(process::connect, m)?)?;
+    m.add_function(wrap_pyfunction!(port::_spin, m)?)?;
     m.add("MAX_MESSAGE_SIZE", shmport::MAX_MESSAGE_SIZE)?;
     m.add("MAX_PORTS", shmport::MAX_PORTS)?;
     m.add("DEFAULT_CAPACITY", shmport::DEFAULT_CAPACITY)?;

@@ -33,6 +33,7 @@ use crate::buffer::Borrowed;
 use crate::errors;
 use crate::frame::Frame;
 use crate::message::{Held, Message};
+use crate::waiting::{LoopFd, spin_until};
 
 /// How long one blocking wait lasts with the GIL released before the
 /// thread looks at signals (Ctrl-C), a close from another thread, and
@@ -41,6 +42,10 @@ pub(crate) const SLICE: Duration = Duration::from_millis(50);
 
 /// Posts larger than the ring's capacity divided by this go out of line.
 const INLINE_FRACTION: usize = 8;
+
+/// A posted `bytes` object this large goes out of band (`_pickle.py`;
+/// the same figure as its `BYTES_OUT_OF_BAND`).
+const BYTES_OUT_OF_BAND: usize = 64 * 1024;
 
 /// A value whose use stays on the current thread, carried into
 /// `Python::detach` (which runs its closure on the calling thread).
@@ -314,9 +319,19 @@ impl TxSlot {
 }
 
 const OPEN: u8 = 0;
+/// Carried by a post on another port (`ports=[...]`), not sent yet.
 const IN_TRANSIT: u8 = 1;
 const TRANSFERRED: u8 = 2;
 const CLOSED: u8 = 3;
+/// Closed while in transit: the post stops (unless it already delivered
+/// the port) and closes it.
+const CLOSING: u8 = 4;
+
+/// This thread, as a number no other living thread has.
+fn thread_token() -> usize {
+    thread_local!(static TOKEN: u8 = const { 0 });
+    TOKEN.with(|t| t as *const u8 as usize)
+}
 
 /// One end of a channel.
 #[pyclass(frozen, module = "shmport", name = "Port")]
@@ -325,6 +340,10 @@ pub(crate) struct Port {
     tx_close_requested: AtomicBool,
     rx: Arc<RxCore>,
     state: AtomicU8,
+    /// While in transit: the posting thread (`thread_token`).
+    poster: AtomicUsize,
+    /// What `fileno()` gives event loops (made at its first call).
+    loop_fd: Mutex<Option<LoopFd>>,
     fd: RawFd,
     capacity: usize,
     spin: Duration,
@@ -398,6 +417,8 @@ impl Port {
             tx_close_requested: AtomicBool::new(false),
             rx: RxCore::new(rx),
             state: AtomicU8::new(OPEN),
+            poster: AtomicUsize::new(0),
+            loop_fd: Mutex::new(None),
             fd,
             capacity,
             spin,
@@ -409,6 +430,7 @@ impl Port {
         match self.state.load(Ordering::Acquire) {
             OPEN => Ok(()),
             IN_TRANSIT => Err(errors::busy("the port is being posted by another thread")),
+            CLOSING => Err(errors::closed_here("the port is closed")),
             TRANSFERRED => Err(errors::closed_here("the port was posted to another port")),
             _ => Err(errors::closed_here("the port is closed")),
         }
@@ -444,9 +466,21 @@ impl Port {
         }
     }
 
-    /// Take the port whole out of this object, to travel in a message.
+    /// Take the port whole out of this object, to travel in a message: it
+    /// is in transit until `restore` or `transferred`.
     fn take_whole(&self) -> PyResult<MessagePort> {
-        self.check_open()?;
+        while self
+            .state
+            .compare_exchange(OPEN, IN_TRANSIT, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            self.check_open()?;
+        }
+        self.poster.store(thread_token(), Ordering::Release);
+        self.take_halves().inspect_err(|_| self.end_transit())
+    }
+
+    fn take_halves(&self) -> PyResult<MessagePort> {
         let mut tx = self.tx_enter()?;
         if tx.slot().reservation.is_some() {
             return Err(errors::busy("the port has a reservation not committed yet"));
@@ -466,10 +500,7 @@ impl Port {
         // it (`live` is 0) and the lock is held.
         let r = *unsafe { Box::from_raw(r.as_ptr()) };
         match t.rejoin(r) {
-            Ok(p) => {
-                self.state.store(IN_TRANSIT, Ordering::Release);
-                Ok(p)
-            }
+            Ok(p) => Ok(p),
             Err((t, r)) => {
                 // Never: the halves of one port.
                 drop((t, r));
@@ -479,15 +510,53 @@ impl Port {
         }
     }
 
-    /// Put a port back after a failed transfer.
+    /// Put a port back after a failed transfer (closed if `close()` came
+    /// meanwhile).
     fn restore(&self, port: MessagePort) {
         match port.split() {
             Ok((t, r)) => {
+                if let Some(l) = &*lock(&self.loop_fd) {
+                    // Failing, the loop's next wait ends at the port's close.
+                    if l.watch(&r).is_err() {
+                        self.state.store(CLOSING, Ordering::Release);
+                    }
+                }
                 lock(&self.tx).tx = Some(NonNull::from(Box::leak(Box::new(t))));
                 lock(&self.rx.slot).rx = Some(NonNull::from(Box::leak(Box::new(r))));
-                self.state.store(OPEN, Ordering::Release);
+                self.end_transit();
             }
-            Err(_) => self.state.store(CLOSED, Ordering::Release),
+            Err(_) => {
+                self.state.store(CLOSED, Ordering::Release);
+                self.poster.store(0, Ordering::Release);
+                self.wake_loops();
+            }
+        }
+    }
+
+    /// The transfer did not happen and the halves are in place: open
+    /// again, or closed if `close()` came meanwhile.
+    fn end_transit(&self) {
+        let closing = self
+            .state
+            .compare_exchange(IN_TRANSIT, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_err();
+        if closing {
+            self.state.store(CLOSED, Ordering::Release);
+            self.close_halves();
+        }
+        self.poster.store(0, Ordering::Release);
+    }
+
+    /// The port left in a message.
+    fn transferred(&self) {
+        self.state.store(TRANSFERRED, Ordering::Release);
+        self.poster.store(0, Ordering::Release);
+        self.wake_loops();
+    }
+
+    fn wake_loops(&self) {
+        if let Some(l) = &*lock(&self.loop_fd) {
+            l.wake();
         }
     }
 
@@ -525,6 +594,16 @@ impl Port {
         }
         let payload = Here::new(&payload);
         loop {
+            if let Some(q) = carried.iter().find(|q| q.get().closing()) {
+                let e = errors::closed_here(&format!(
+                    "{} in ports=[...] was closed before the post could deliver it",
+                    q.get().__repr__()
+                ));
+                for (q, w) in carried.iter().zip(whole) {
+                    q.get().restore(w);
+                }
+                return Err(e);
+            }
             let Some(slice) = wait.slice() else {
                 for (q, w) in carried.iter().zip(whole) {
                     q.get().restore(w);
@@ -539,7 +618,7 @@ impl Port {
             match r.get() {
                 Ok(()) => {
                     for q in &carried {
-                        q.get().state.store(TRANSFERRED, Ordering::Release);
+                        q.get().transferred();
                     }
                     return Ok(());
                 }
@@ -611,19 +690,47 @@ impl Port {
         }
     }
 
+    /// Close now; a port in transit is closed by its post (`CLOSING`).
     fn close_impl(&self) {
-        let before = self.state.swap(CLOSED, Ordering::AcqRel);
-        if before == TRANSFERRED || before == IN_TRANSIT {
-            // Its halves are elsewhere (or will be restored, then closed:
-            // `restore` stores OPEN, so close again).
-            if before == IN_TRANSIT {
-                self.state.store(IN_TRANSIT, Ordering::Release);
+        loop {
+            let (from, to) = match self.state.load(Ordering::Acquire) {
+                OPEN => (OPEN, CLOSED),
+                IN_TRANSIT => (IN_TRANSIT, CLOSING),
+                // Closed, or its halves are elsewhere.
+                _ => return,
+            };
+            if self
+                .state
+                .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                if to == CLOSED {
+                    self.close_halves();
+                }
+                return;
             }
-            return;
         }
+    }
+
+    /// `close()`: close, and if another thread's post carries the port,
+    /// wait until that post stopped (it does within one waiting slice) or
+    /// delivered it; either way the port is gone from here on return.
+    fn close_and_wait(&self, py: Python<'_>) {
+        self.close_impl();
+        while self.closing() && self.poster.load(Ordering::Acquire) != thread_token() {
+            py.detach(|| std::thread::sleep(Duration::from_millis(1)));
+        }
+    }
+
+    fn closing(&self) -> bool {
+        self.state.load(Ordering::Acquire) == CLOSING
+    }
+
+    fn close_halves(&self) {
         self.tx_close_requested.store(true, Ordering::Release);
         self.tx_settle();
         self.rx.request_close();
+        self.wake_loops();
     }
 }
 
@@ -701,7 +808,15 @@ impl Reservation {
     /// Publish the first `nbytes` bytes (all by default) as one raw message.
     #[pyo3(signature = (nbytes = None))]
     fn commit(&self, py: Python<'_>, nbytes: Option<usize>) -> PyResult<()> {
-        self.finish(py, Some(nbytes.unwrap_or(self.len).min(self.len)))
+        let n = nbytes.unwrap_or(self.len);
+        if n > self.len {
+            // The reservation stays open: commit less, or cancel.
+            return Err(PyValueError::new_err(format!(
+                "cannot commit {n} bytes of a {}-byte reservation",
+                self.len
+            )));
+        }
+        self.finish(py, Some(n))
     }
 
     /// Abandon it: nothing is sent.
@@ -846,7 +961,8 @@ fn ports_arg<'py>(ports: Option<&Bound<'py, PyAny>>) -> PyResult<Option<Vec<Boun
     Ok(Some(out))
 }
 
-/// Pickle `obj` with protocol 5; the out-of-band buffers, borrowed.
+/// Pickle `obj` with protocol 5 (memoryviews too, see `_pickle.py`); the
+/// out-of-band buffers, borrowed.
 fn pickle<'py>(
     py: Python<'py>,
     obj: &Bound<'py, PyAny>,
@@ -855,7 +971,35 @@ fn pickle<'py>(
     let kwargs = PyDict::new(py);
     kwargs.set_item("protocol", 5)?;
     kwargs.set_item("buffer_callback", bufs.getattr("append")?)?;
-    let pickled = crate::pickle_dumps(py)?.call((obj,), Some(&kwargs))?;
+    if let Ok(b) = obj.cast_exact::<pyo3::types::PyBytes>() {
+        if b.as_bytes().len() >= BYTES_OUT_OF_BAND {
+            let pickled = py
+                .import("shmport._pickle")?
+                .getattr("dumps_bytes")?
+                .call1((obj, bufs.getattr("append")?))?;
+            return borrowed_frame(pickled, &bufs);
+        }
+    }
+    let pickled = match crate::pickle_dumps(py)?.call((obj,), Some(&kwargs)) {
+        Ok(p) => p,
+        // `pickle` refuses memoryviews: once more with shmport's pickler,
+        // which sends them out of band (only such posts pay for it).
+        Err(e) if e.is_instance_of::<PyTypeError>(py) => {
+            bufs.call_method0("clear")?;
+            py.import("shmport._pickle")?
+                .getattr("dumps")?
+                .call1((obj, bufs.getattr("append")?))?
+        }
+        Err(e) => return Err(e),
+    };
+    borrowed_frame(pickled, &bufs)
+}
+
+/// A pickle, and the out-of-band buffers `pickle` handed `bufs`, borrowed.
+fn borrowed_frame<'py>(
+    pickled: Bound<'py, PyAny>,
+    bufs: &Bound<'py, PyList>,
+) -> PyResult<(Bound<'py, pyo3::types::PyBytes>, Vec<Borrowed>)> {
     let pickled = pickled.cast_into::<pyo3::types::PyBytes>()?;
     let borrowed = bufs
         .iter()
@@ -867,7 +1011,8 @@ fn pickle<'py>(
 #[pymethods]
 impl Port {
     /// Post `obj` (any picklable object): pickled with protocol 5, its
-    /// out-of-band buffers (numpy arrays, `pickle.PickleBuffer`s) copied
+    /// out-of-band buffers (numpy arrays, `pickle.PickleBuffer`s,
+    /// memoryviews) copied
     /// once, straight into shared memory. `ports`: ports to transfer with
     /// it (they leave this process; `msg.ports` on the other side).
     /// Waits for room (at most `timeout` seconds: `TimeoutError`).
@@ -1008,8 +1153,11 @@ impl Port {
 
     /// Close the port: the peer receives every message posted before, then
     /// `Closed`. Messages received from this port stay valid. Idempotent.
-    fn close(&self) {
-        self.close_impl();
+    /// A port another thread is posting in `ports=[...]`: that post fails
+    /// with `Closed` and the port is closed, unless the post delivered it
+    /// first; this returns once one or the other happened.
+    fn close(&self, py: Python<'_>) {
+        self.close_and_wait(py);
     }
 
     /// Is the port closed (or posted away)?
@@ -1100,11 +1248,26 @@ impl Port {
         Ok(())
     }
 
-    /// The port's socket, for `selectors` and event loops: call
-    /// `prepare_poll()` before each wait, then `try_recv()` after it.
+    /// A descriptor for `selectors` and event loops, readable when a
+    /// message or the close event may be there (and when the port is
+    /// closed here): call `prepare_poll()` before each wait, then
+    /// `try_recv()` after it. Made at the first call (an epoll descriptor,
+    /// see `waiting.rs`; `BusyError` if another thread is receiving on the
+    /// port then); it stays open as long as this object.
     fn fileno(&self) -> PyResult<RawFd> {
         self.check_open()?;
-        Ok(self.fd)
+        let mut l = lock(&self.loop_fd);
+        if let Some(l) = &*l {
+            return Ok(l.ep.as_raw_fd());
+        }
+        let mut g = self.rx.enter()?;
+        let r = g
+            .receiver()
+            .ok_or_else(|| errors::closed_here("the port is closed"))?;
+        let made = LoopFd::new(r).map_err(errors::io)?;
+        let fd = made.ep.as_raw_fd();
+        *l = Some(made);
+        Ok(fd)
     }
 
     /// Announce a wait on `fileno()`: `False` when a message or the close
@@ -1123,8 +1286,8 @@ impl Port {
     }
 
     #[pyo3(signature = (*_args))]
-    fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> bool {
-        self.close_impl();
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> bool {
+        self.close_and_wait(py);
         false
     }
 
@@ -1166,6 +1329,7 @@ impl Port {
             OPEN => "open",
             IN_TRANSIT => "in transit",
             TRANSFERRED => "transferred",
+            CLOSING => "closing",
             _ => "closed",
         };
         format!("<shmport.Port fd={} {state}>", self.fd)
@@ -1191,5 +1355,58 @@ impl Port {
         drop(slices);
         drop(bufs);
         r
+    }
+}
+
+/// `_spin(ports, limit=None)`: spin, the GIL released, for the longest spin
+/// time of `ports` (at most `limit` seconds) until one of them has a
+/// message or its close event; its index, or `None`. What a port set and
+/// `arecv` do before they announce a wait and sleep. A port another thread
+/// receives on is left out; a closed one (before or while it spins) is
+/// returned (receiving from it raises). Signals (Ctrl-C) are looked at
+/// every `SLICE`.
+#[pyfunction]
+#[pyo3(signature = (ports, limit = None))]
+pub(crate) fn _spin(
+    py: Python<'_>,
+    ports: Vec<Bound<'_, Port>>,
+    limit: Option<f64>,
+) -> PyResult<Option<usize>> {
+    let mut guards = Vec::with_capacity(ports.len());
+    let mut halves = Vec::with_capacity(ports.len());
+    let mut spin = Duration::ZERO;
+    for (i, p) in ports.iter().enumerate() {
+        let p = p.get();
+        if p.check_open().is_err() {
+            return Ok(Some(i));
+        }
+        let Ok(mut g) = p.rx.enter() else { continue };
+        let Some(r) = g.receiver() else {
+            return Ok(Some(i));
+        };
+        spin = spin.max(p.spin);
+        halves.push((i, r, &p.state));
+        guards.push(g);
+    }
+    if let Some(limit) = limit.and_then(|l| Duration::try_from_secs_f64(l).ok()) {
+        spin = spin.min(limit);
+    }
+    let deadline = Instant::now().checked_add(spin);
+    loop {
+        let left = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()));
+        let job = Here::new(&halves);
+        let found = py
+            .detach(move || {
+                let halves = job.get();
+                let found = spin_until(halves, left.min(SLICE), |(_, r, state)| {
+                    state.load(Ordering::Acquire) != OPEN || r.has_event()
+                });
+                Here::new(found.map(|k| halves[k].0))
+            })
+            .get();
+        if found.is_some() || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(found);
+        }
+        py.check_signals()?;
     }
 }

@@ -1,6 +1,7 @@
 """asyncio (on the port's descriptor) and PortSet."""
 
 import asyncio
+import selectors
 import threading
 import time
 
@@ -12,6 +13,46 @@ import shmport
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def voluntary_switches():
+    """How often this thread went to sleep (waited in the kernel)."""
+    with open("/proc/thread-self/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in /proc/thread-self/status")
+
+
+class BlockedPost:
+    """Port `b` of a channel with a post waiting for room on another thread
+    (the ring towards `a` is full and `a` does not read): that post sleeps
+    on the port's socket, where the wake-ups for `b`'s receiving side
+    arrive too, and takes in whatever comes."""
+
+    def __init__(self):
+        self.a, self.b = shmport.MessageChannel(capacity=4096, spin=0)
+        while True:
+            try:
+                self.b.try_post_bytes(bytes(512))
+            except shmport.Full:
+                break
+        self.thread = threading.Thread(target=self.b.post_bytes, args=(bytes(512),))
+        self.thread.start()
+        time.sleep(0.1)  # asleep on the socket by now
+
+    def let_it_take_the_wake_up(self):
+        # The waiter is not polling for this long; the blocked post, asleep
+        # on the same socket, reads the wake-up first.
+        time.sleep(0.2)
+
+    def finish(self):
+        while self.thread.is_alive():
+            m = self.a.recv(timeout=5)
+            del m
+            self.thread.join(0.05)
+        self.a.close()
+        self.b.close()
 
 
 def test_arecv_and_async_for():
@@ -161,3 +202,126 @@ asyncio.run(main())
         c.close()
     ctl.close()
     assert proc.wait(timeout=30) == 0
+
+
+def test_a_loop_on_fileno_is_woken_while_a_post_on_the_same_port_waits_for_room():
+    bp = BlockedPost()
+    with selectors.DefaultSelector() as sel:
+        sel.register(bp.b.fileno(), selectors.EVENT_READ)
+        assert bp.b.prepare_poll()
+        bp.a.post("for the loop")
+        bp.let_it_take_the_wake_up()
+        assert sel.select(timeout=30), "the wake-up was lost"
+        assert not bp.b.prepare_poll()
+        assert bp.b.try_recv().data == "for the loop"
+    bp.finish()
+
+
+def test_arecv_is_woken_while_a_post_on_the_same_port_waits_for_room():
+    bp = BlockedPost()
+
+    async def main():
+        task = asyncio.ensure_future(bp.b.arecv())
+        await asyncio.sleep(0.05)  # the task awaits the port's descriptor
+        bp.a.post("for the task")
+        bp.let_it_take_the_wake_up()  # the loop is busy meanwhile
+        return (await task).data
+
+    assert run(main()) == "for the task"
+    bp.finish()
+
+
+def test_port_set_is_woken_while_a_post_on_a_member_waits_for_room():
+    bp = BlockedPost()
+    other_a, other_b = shmport.MessageChannel(spin=0)
+    ports = shmport.PortSet([other_b, bp.b])
+
+    async def main():
+        task = asyncio.ensure_future(ports.arecv())
+        await asyncio.sleep(0.05)
+        bp.a.post("for the set")
+        bp.let_it_take_the_wake_up()
+        port, msg = await task
+        return port is bp.b, msg.data
+
+    assert run(main()) == (True, "for the set")
+    bp.finish()
+
+
+def test_closing_the_awaited_port_ends_the_wait():
+    a, b = shmport.MessageChannel(spin=0)
+
+    async def main():
+        task = asyncio.ensure_future(b.arecv())
+        await asyncio.sleep(0.05)
+        b.close()  # another task closes the port the first one awaits
+        with pytest.raises(shmport.Closed) as e:
+            await task
+        return e.value.reason
+
+    assert run(main()) == "closed_here"
+    # And a port set's blocking wait, closed from another thread.
+    c, d = shmport.MessageChannel(spin=0)
+    ports = shmport.PortSet([d])
+    threading.Timer(0.2, d.close).start()
+    with pytest.raises(shmport.Closed) as e:
+        ports.recv(timeout=30)
+    assert e.value.port is d and len(ports) == 0
+
+
+SPINNING_PEER = """
+import time
+port.recv()
+time.sleep(0.05)
+port.post("while it spins")
+for _ in port:
+    pass
+"""
+
+
+def test_port_set_spins_before_it_sleeps(spawn_py):
+    # A message that comes within the ports' spin time is taken without a
+    # sleep in the kernel.
+    proc, port = spawn_py(SPINNING_PEER, spin=10.0)
+    ports = shmport.PortSet([port])
+    port.post("go")
+    before = voluntary_switches()
+    got, msg = ports.recv(timeout=30)
+    assert voluntary_switches() == before
+    assert got is port and msg.data == "while it spins"
+    port.close()
+    assert proc.wait(timeout=30) == 0
+
+
+def test_arecv_spins_before_it_awaits(spawn_py):
+    proc, port = spawn_py(SPINNING_PEER, spin=10.0)
+
+    async def main():
+        port.post("go")
+        before = voluntary_switches()
+        msg = await port.arecv()
+        return voluntary_switches() - before, msg.data
+
+    assert run(main()) == (0, "while it spins")
+    port.close()
+    assert proc.wait(timeout=30) == 0
+
+
+def test_closing_a_port_ends_a_port_sets_spin():
+    # However long the spin time, a close here ends it.
+    a, b = shmport.MessageChannel(spin=3600.0)
+    ports = shmport.PortSet([b])
+    out = []
+
+    def wait():
+        try:
+            ports.recv()
+        except shmport.Closed as e:
+            out.append(e.port)
+
+    t = threading.Thread(target=wait, daemon=True)
+    t.start()
+    time.sleep(0.2)  # spinning
+    b.close()
+    t.join(30)
+    assert not t.is_alive() and out == [b]

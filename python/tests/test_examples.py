@@ -1,5 +1,6 @@
 """The examples in python/examples run as real programs and exit 0."""
 
+import ast
 import os
 import shutil
 import signal
@@ -76,3 +77,20 @@ def test_python_and_c_raw_bytes(tmp_path):
         if server.poll() is None:
             server.send_signal(signal.SIGKILL)
             server.wait()
+
+
+def test_readme_python_example(tmp_path):
+    # The complete program of the README's Python section, as a user saves
+    # and runs it.
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("\n## Python\n"):]
+    code = section[section.index("```python\n") + len("```python\n"):]
+    code = code[:code.index("```")]
+    script = tmp_path / "offload.py"
+    script.write_text(code)
+    out = run([sys.executable, str(script)]).splitlines()
+    answers = [ast.literal_eval(line) for line in out[:3]]
+    assert [a["id"] for a in answers] == [0, 1, 2]
+    assert all(0 < a["max"] <= 1 and 0 < a["sum"] < 1_000_000 for a in answers)
+    assert out[3:] == ["worker gone: peer_died"]

@@ -1,6 +1,7 @@
 """One process: the API, its errors, and the lifetime of messages."""
 
 import ctypes
+import os
 import gc
 import pickle
 import threading
@@ -223,8 +224,18 @@ def test_bad_input_raises_and_loses_nothing():
         shmport.MessageChannel(capacity=1 << 31)  # over 1 GiB
     with pytest.raises(ValueError):
         shmport.MessageChannel(spin=-1)
+    with pytest.raises(TypeError):
+        shmport.PortSet([1])
+    with pytest.raises(ValueError):
+        a.reserve(1 << 40)  # larger than the ring can lend
+    r = a.reserve(8)
+    with pytest.raises(ValueError):
+        r.commit(9)  # more than reserved: refused, the loan stays open
+    r.buffer[:] = b"reserved"
+    r.commit()
     a.post("last")
     assert b.recv().data == "first"
+    assert bytes(b.recv()) == b"reserved"
     assert b.recv().data == "last"
     assert b.try_recv() is None
 
@@ -355,8 +366,11 @@ def test_no_fd_leak_in_process():
     gc.collect()
     before = open_fds()
     maps = len(shared_mappings())
-    for _ in range(200):
+    for i in range(200):
         a, b = shmport.MessageChannel(capacity=4096)
+        if i % 2:
+            # The descriptor event loops wait on, made on demand.
+            assert b.fileno() == b.fileno()
         a.post(np.arange(10))
         d = b.recv().data
         del a, b, d
@@ -416,3 +430,150 @@ def test_reserve_buffer_outlives_a_closed_port():
     assert bytes(buf[:4]) == b"safe"
     with pytest.raises(shmport.Closed):
         b.recv(timeout=5)
+
+
+def fill(port):
+    """Post small messages until the ring is full; how many went in."""
+    n = 0
+    while True:
+        try:
+            port.try_post_bytes(b"f" * 100)
+        except shmport.Full:
+            return n
+        n += 1
+
+
+def test_close_stops_a_post_on_another_thread_that_carries_the_port():
+    # A post carrying `a` waits for room; `a.close()` meanwhile stops it
+    # with Closed and closes `a`: nothing is delivered, `a`'s peer gets the
+    # close event after what was queued before it.
+    c, d = shmport.MessageChannel(capacity=4096, spin=0)
+    n = fill(c)
+    a, b = shmport.MessageChannel(spin=0)
+    a.post("queued before the close")
+    out = []
+
+    def carry():
+        try:
+            c.post("carrying a", ports=[a], timeout=20)
+            out.append("delivered")
+        except Exception as e:  # noqa: BLE001
+            out.append(e)
+
+    t = threading.Thread(target=carry)
+    t.start()
+    time.sleep(0.2)  # the post waits for room
+    a.close()
+    # close() returns once the post has stopped: its outcome is known.
+    assert len(out) == 1 and isinstance(out[0], shmport.Closed), out
+    assert "was closed before the post could deliver it" in str(out[0])
+    t.join(5)
+    assert a.closed and "closed" in repr(a)
+    assert b.recv(timeout=5).data == "queued before the close"
+    with pytest.raises(shmport.Closed):
+        b.recv(timeout=5)
+    for _ in range(n):
+        assert bytes(d.recv(timeout=5)) == b"f" * 100
+    assert d.try_recv() is None
+
+
+def test_close_racing_posts_on_other_threads_loses_nothing():
+    for i in range(60):
+        # The port being closed is carried by another thread's post, while
+        # the carrier's reader makes room: the post either delivers the
+        # port (then it works there) or fails with Closed (then its peer
+        # gets the close event); close() returns after either.
+        c, d = shmport.MessageChannel(capacity=4096, spin=0)
+        fill(c)
+        a, b = shmport.MessageChannel(spin=0)
+        out = []
+
+        def carry(c=c, a=a, out=out):
+            try:
+                c.post("carrying a", ports=[a], timeout=20)
+                out.append("delivered")
+            except shmport.Closed as e:
+                out.append(e)
+
+        t = threading.Thread(target=carry)
+        t.start()
+        time.sleep(0.001 * (i % 7))
+        threading.Thread(target=lambda d=d: [d.recv(timeout=5) for _ in range(3)]).start()
+        time.sleep(0.001 * (i % 5))
+        a.close()
+        assert len(out) == 1, out
+        t.join(5)
+        assert a.closed
+        if out[0] == "delivered":
+            while True:
+                m = d.recv(timeout=5)
+                if m.ports:
+                    break
+            (moved,) = m.ports
+            b.post("to the new owner")
+            assert moved.recv(timeout=5).data == "to the new owner"
+        else:
+            with pytest.raises(shmport.Closed):
+                b.recv(timeout=5)
+        # The same port posted on while another thread closes it: every
+        # post that returned is received, in order, then the close event.
+        x, y = shmport.MessageChannel(spin=0)
+        sent = []
+
+        def post_until_closed(x=x, sent=sent):
+            k = 0
+            while True:
+                try:
+                    x.post(k)
+                except shmport.Closed:
+                    return
+                sent.append(k)
+                k += 1
+
+        t = threading.Thread(target=post_until_closed)
+        t.start()
+        time.sleep(0.0005 * (i % 4))
+        x.close()
+        t.join(5)
+        assert not t.is_alive()
+        assert [m.data for m in y] == sent
+
+
+def test_memoryviews_travel_as_read_only_views_of_shared_memory():
+    a, b = shmport.MessageChannel()
+    grid = np.arange(12.0).reshape(3, 4)
+    a.post({"raw": memoryview(bytearray(b"abc")), "grid": memoryview(grid),
+            "rows": memoryview(grid)[::2]})  # not contiguous: sent as its copy
+    d = b.recv().data
+    assert d["raw"].tobytes() == b"abc" and d["raw"].readonly
+    assert d["grid"].format == "d" and d["grid"].shape == (3, 4)
+    assert d["grid"].tolist() == grid.tolist()
+    assert d["rows"].tolist() == grid[::2].tolist()
+    for v in d.values():
+        assert v.readonly
+        assert in_shared_memory(np.frombuffer(v, dtype=np.uint8).ctypes.data)
+    # A view whose format cannot be rebuilt is refused, and nothing is lost.
+    odd = np.zeros(2, dtype=[("x", "i4"), ("y", "f8")])
+    with pytest.raises(TypeError):
+        a.post(memoryview(odd))
+    a.post("after")
+    assert b.recv().data == "after"
+
+
+def test_a_large_bytes_object_is_not_copied_into_the_pickle():
+    import tracemalloc
+
+    a, b = shmport.MessageChannel()
+    big = os.urandom(16 << 20)
+    tracemalloc.start()
+    try:
+        a.post(big)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # pickle.dumps alone would have made a 16 MiB pickle.
+    assert peak < 1 << 20, peak
+    got = b.recv().data
+    assert type(got) is bytes and got == big
+    a.post(b"small" * 10)
+    assert b.recv().data == b"small" * 10

@@ -150,15 +150,47 @@ def test_kill_9_while_blocked_in_recv(spawn_py):
     assert 0.2 < time.monotonic() - t < 5
 
 
-def test_keyboard_interrupt_during_recv(tmp_path):
+def test_kill_9_while_awaited_or_in_a_port_set(spawn_py):
+    # The hang-up reaches a loop through port.fileno() (an epoll descriptor
+    # over the socket): arecv and a port set's wait end with PeerDied.
+    import asyncio
+
+    sleeper = "port.post('ready'); import time; time.sleep(60)"
+    proc, port = spawn_py(sleeper, spin=0)
+    assert port.recv(timeout=30).data == "ready"
+
+    async def main():
+        task = asyncio.ensure_future(port.arecv())
+        await asyncio.sleep(0.2)  # awaiting the descriptor
+        proc.kill()
+        with pytest.raises(shmport.PeerDied):
+            await task
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+
+    proc, port = spawn_py(sleeper, spin=0)
+    other, _keep = shmport.MessageChannel(spin=0)
+    assert port.recv(timeout=30).data == "ready"
+    ports = shmport.PortSet([other, port])
+    threading.Timer(0.2, proc.kill).start()
+    with pytest.raises(shmport.PeerDied) as e:
+        ports.recv(timeout=30)
+    assert e.value.port is port and list(ports) == [other]
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("wait", ["b.recv()", "shmport.PortSet([b]).recv()"])
+def test_keyboard_interrupt_during_recv(tmp_path, wait):
+    # With a spin time of an hour: Ctrl-C interrupts the spin too.
     script = tmp_path / "ki.py"
-    script.write_text("""
+    script.write_text(f"""
 import shmport, time
-a, b = shmport.MessageChannel()
+a, b = shmport.MessageChannel(spin=3600.0)
 print("ready", flush=True)
 t = time.monotonic()
 try:
-    b.recv()
+    {wait}
 except KeyboardInterrupt:
     print("interrupted %.3f" % (time.monotonic() - t), flush=True)
 a.post("the port still works")
@@ -166,11 +198,16 @@ print(b.recv(timeout=5).data, flush=True)
 """)
     p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    assert p.stdout.readline().strip() == "ready"
-    time.sleep(0.3)
-    p.send_signal(signal.SIGINT)
-    out = p.stdout.read()
-    assert p.wait(timeout=30) == 0
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=30) == 0
+        out = p.stdout.read()
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
     lines = out.split("\n")
     assert lines[0].startswith("interrupted") and float(lines[0].split()[1]) < 2
     assert lines[1] == "the port still works"
@@ -237,13 +274,14 @@ except ConnectionRefusedError:
         assert proc.wait(timeout=30) == 7
 
 
-SOAK = int(os.environ.get("SHMPORT_SOAK", "200"))
+SOAK = int(os.environ.get("SHMPORT_SOAK", "1000"))
 
 
 def test_no_leak_after_many_spawned_and_killed_workers(tmp_path):
-    """SHMPORT_SOAK workers (200 by default; the issue's 1,000 with
-    SHMPORT_SOAK=1000) are spawned, exchange a message, and are killed with
-    SIGKILL; then no descriptor, mapping or /dev/shm file is left."""
+    """SHMPORT_SOAK workers (1,000 by default, as issue 17 asks; fewer with
+    SHMPORT_SOAK=200 for a quick run) are spawned, exchange a message, and
+    are killed with SIGKILL; then no descriptor, mapping or /dev/shm file
+    is left."""
     worker = tmp_path / "w.py"
     worker.write_text("""
 import shmport
@@ -257,6 +295,8 @@ port.recv()
     live = []
     for i in range(SOAK):
         proc, port = shmport.spawn([sys.executable, str(worker)], capacity=4096)
+        if i % 2:
+            port.fileno()  # the descriptor loops wait on goes with the port too
         live.append((proc, port))
         if len(live) == 8 or i == SOAK - 1:
             for proc, port in live:

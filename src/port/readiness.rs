@@ -3,6 +3,7 @@
 //! library's `prepare_poll` share.
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use super::{Half, MessagePort, PortReceiver};
 use crate::error::PostError;
@@ -207,8 +208,13 @@ impl MessagePort {
 impl PortReceiver {
     /// [`MessagePort::prepare_poll`], from the receiving half: announce a
     /// wait on the port's descriptor; `false` when a message or the close
-    /// is already there.
+    /// is already there. It also clears [`wake_fd`](Self::wake_fd): what
+    /// set it is seen by the re-check here, and a later wake-up sets it
+    /// again.
     pub fn prepare_poll(&self) -> bool {
+        if let Some(kicks) = self.shared.kicks.get() {
+            kicks[Half::Receiver as usize].clear();
+        }
         if self.has_event() {
             return false;
         }
@@ -221,8 +227,49 @@ impl PortReceiver {
         true
     }
 
-    /// Would `try_recv` return a message or the close event now?
-    pub(crate) fn has_event(&self) -> bool {
+    /// The second descriptor a foreign event loop waits on for this half,
+    /// beside the port's own ([`AsFd`](std::os::fd::AsFd)). Once a port is
+    /// split, its sending half reads the port's descriptor too: a post
+    /// waiting for room sleeps on it and takes in whatever arrives, the
+    /// wake-up meant for this half included, then sets this eventfd (the
+    /// half's own blocking receives wait on it). A loop that waits for
+    /// this half's messages while the sending half may post on another
+    /// thread waits on both descriptors for `POLLIN`, with
+    /// [`prepare_poll`](Self::prepare_poll) before each wait (which
+    /// clears this one); then no wake-up is lost. It is readable at times
+    /// with nothing for this half (the sending half took in something of
+    /// its own): prepare again and wait again.
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use rustix::event::{PollFd, PollFlags, poll};
+    /// use shmport::MessageChannel;
+    ///
+    /// let (a, b) = MessageChannel::new()?.into_ports();
+    /// let (_tx, rx) = b.split()?;
+    /// assert!(rx.prepare_poll());
+    /// a.post_bytes(b"wake up")?;
+    /// let wake = rx.wake_fd();
+    /// let mut fds = [PollFd::new(&rx, PollFlags::IN), PollFd::new(&wake, PollFlags::IN)];
+    /// poll(&mut fds, None)?;
+    /// assert_eq!(rx.try_recv()?.bytes(), b"wake up");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        match self.shared.kicks.get() {
+            Some(kicks) => kicks[Half::Receiver as usize].as_fd(),
+            // Only the half inside a whole port has no kicks (`split`
+            // makes them): nothing else reads its socket.
+            None => self.shared.sock.as_fd(),
+        }
+    }
+
+    /// Would [`try_recv`](Self::try_recv) return a message or the close
+    /// event now? Memory loads only, no system call (for spinning over
+    /// several halves): a peer that died without closing is seen once its
+    /// hang-up was read from the socket (by a receive, or a poll after
+    /// [`prepare_poll`](Self::prepare_poll)).
+    pub fn has_event(&self) -> bool {
         let sh = &self.shared;
         if sh.broken() || sh.hung_up() {
             return true;
