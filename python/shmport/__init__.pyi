@@ -146,6 +146,7 @@ class Port:
     @property
     def spin(self) -> float: ...
     inline_limit: int
+    pool_limit: Optional[int]
     max_message_size: int
     trust: Trust
     def fileno(self) -> int:

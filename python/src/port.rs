@@ -1093,6 +1093,18 @@ impl Port {
         let Some(tx) = guard.slot().sender() else {
             return Err(errors::closed_here("the port is closed"));
         };
+        // Ring memory only: its buffer stays mapped while a view of it lives
+        // (the receiving half pins the segment), whatever happens to the
+        // port. A pool block is mapped by the sending half, which `close()`
+        // frees; larger messages go through `post_bytes` (one copy into the
+        // pool).
+        let max = tx.max_inline_payload();
+        if nbytes > max {
+            return Err(PyValueError::new_err(format!(
+                "a reservation of {nbytes} bytes is larger than the ring holds ({max}); \
+                 post_bytes takes any size"
+            )));
+        }
         let r = loop {
             let Some(slice) = wait.slice() else {
                 return Err(PyTimeoutError::new_err("timed out waiting for room"));
@@ -1204,6 +1216,28 @@ impl Port {
         g.slot()
             .sender()
             .map(|t| t.set_inline_limit(n))
+            .ok_or_else(|| errors::closed_here("the port is closed"))
+    }
+
+    /// The cap (bytes) of this port's pool of blocks for messages larger
+    /// than its inline limit; `None`: the default (the larger of 64 MiB and
+    /// four blocks of the largest size in use). At the cap a post waits
+    /// for the receiver to let go of messages, as at a full ring.
+    #[getter]
+    fn pool_limit(&self) -> PyResult<Option<usize>> {
+        let mut g = self.tx_enter()?;
+        g.slot()
+            .sender()
+            .map(|t| t.pool_limit())
+            .ok_or_else(|| errors::closed_here("the port is closed"))
+    }
+
+    #[setter]
+    fn set_pool_limit(&self, n: Option<usize>) -> PyResult<()> {
+        let mut g = self.tx_enter()?;
+        g.slot()
+            .sender()
+            .map(|t| t.set_pool_limit(n))
             .ok_or_else(|| errors::closed_here("the port is closed"))
     }
 

@@ -577,3 +577,18 @@ def test_a_large_bytes_object_is_not_copied_into_the_pickle():
     assert type(got) is bytes and got == big
     a.post(b"small" * 10)
     assert b.recv().data == b"small" * 10
+
+
+def test_held_messages_keep_their_pool_blocks_and_the_sender_waits_at_the_cap():
+    a, b = shmport.MessageChannel()
+    assert a.pool_limit is None
+    a.pool_limit = 1 << 20
+    assert a.pool_limit == 1 << 20
+    big = b"x" * (600 * 1024)  # over the inline limit: a block of the pool
+    a.post_bytes(big)
+    held = b.recv()
+    with pytest.raises(shmport.Full):
+        a.try_post_bytes(big)
+    del held  # the block goes back
+    a.try_post_bytes(big)
+    assert bytes(b.recv()) == big

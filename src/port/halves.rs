@@ -153,6 +153,12 @@ impl PortSender {
         self.pool.borrow_mut().set_limit(bytes);
     }
 
+    /// The cap set by [`set_pool_limit`](Self::set_pool_limit) (`None`:
+    /// the default).
+    pub fn pool_limit(&self) -> Option<usize> {
+        self.pool.borrow().limit()
+    }
+
     /// Bytes of pool memory this side holds now.
     pub fn pool_bytes(&self) -> usize {
         self.pool.borrow().bytes()

@@ -107,6 +107,11 @@ impl PoolWriter {
         self.limit = bytes;
     }
 
+    /// The cap set by [`set_limit`](Self::set_limit).
+    pub fn limit(&self) -> Option<usize> {
+        self.limit
+    }
+
     /// The cap in force for a message of class `log2`.
     pub fn limit_for(&self, log2: u8) -> usize {
         self.limit
