@@ -394,3 +394,21 @@ fn shared_bytes_outlive_their_port_and_its_move() {
         Err(PostError::Closed(CloseReason::Closed))
     ));
 }
+
+#[test]
+fn typed_values_after_a_large_one_go_where_they_fit() {
+    let _g = serial();
+    let (a, b) = shmport::MessageChannel::new().unwrap().into_ports();
+    let big = vec![7u8; MIB];
+    for _ in 0..3 {
+        // Large (the pool), small (the ring), large again.
+        a.post(&big).unwrap();
+        a.post(&(5u64, "small".to_string())).unwrap();
+        let m = b.recv().unwrap();
+        assert!(m.is_pooled() && m.get::<Vec<u8>>().unwrap().as_slice() == &big[..]);
+        drop(m);
+        let m = b.recv().unwrap();
+        assert!(!m.is_pooled() && !m.is_out_of_line());
+        assert_eq!(m.get::<(u64, String)>().unwrap().1.as_str(), "small");
+    }
+}

@@ -34,6 +34,10 @@ pub struct PortSender {
     /// Posts larger than this go out of line even when the ring could
     /// hold them ([`PortSender::set_inline_limit`]).
     pub(super) inline_limit: Cell<usize>,
+    /// The size of the last typed message that went outside the ring (0:
+    /// the last one fit): where the next typed value of unknown size is
+    /// serialized first.
+    pub(super) large_hint: Cell<usize>,
     /// Scratch space for rkyv serializers (kept here, not in a thread local:
     /// no lookup per post).
     pub(super) arena: RefCell<Arena>,

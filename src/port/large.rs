@@ -18,16 +18,19 @@ use crate::wire::attachment::{Attachment, PortParts};
 use crate::wire::writer::{MAX_MESSAGE_SIZE, RecordWriter, WriteFailure};
 
 impl PortSender {
-    /// A message too large for the ring (or over the inline limit), up to
-    /// the largest pool block: serialize it into a block of this side's
-    /// pool, then commit a small record naming the block. The block's
-    /// buffer travels as the record's attachment the first time it is
-    /// used. A value that outgrows the block moves to the next class (or,
-    /// past the largest, out of line).
+    /// A message too large for the ring (or over the inline limit, `max`),
+    /// up to the largest pool block: serialize it into a block of this
+    /// side's pool, then commit a small record naming the block. The
+    /// block's buffer travels as the record's attachment the first time it
+    /// is used. A value that outgrows the block moves to the next class
+    /// (or, past the largest, out of line); one that turns out to be `max`
+    /// bytes or less (`size_hint` was a guess) is posted inside the ring.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn send_pooled(
         &self,
         meta: RecordMeta,
         size_hint: usize,
+        max: usize,
         wait: Wait,
         mut fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
         ports: Vec<PortParts>,
@@ -41,7 +44,7 @@ impl PortSender {
             Kind::Typed => size_hint.saturating_add(size_hint / 256 + 256),
             Kind::Raw => size_hint,
         };
-        let (block, len) = loop {
+        let (block_ptr, block, len) = loop {
             // Past the largest block, or a block larger than the cap allows
             // (a cap of 0 turns the pool off): in a memfd of its own.
             let log2 = self.pool.borrow().class_for(need);
@@ -58,7 +61,7 @@ impl PortSender {
             // writes it, and the receiver reads it only after the commit.
             let mut w = unsafe { RecordWriter::slot(block.ptr, block.room) };
             match fill(&mut w) {
-                Ok(()) => break (block, w.len()),
+                Ok(()) => break (block.ptr, block, w.len()),
                 Err(e) => {
                     self.pool.borrow_mut().give_back(block);
                     match w.wanted() {
@@ -68,6 +71,21 @@ impl PortSender {
                 }
             }
         };
+        if len <= max {
+            // Small after all: a copy into the ring, where it belongs.
+            // SAFETY: the block's first `len` bytes were written just above,
+            // and the block stays lent to this post (nothing else writes
+            // it) until it is given back below, after the copy.
+            let bytes = unsafe { core::slice::from_raw_parts(block_ptr.as_ptr(), len) };
+            self.large_hint.set(0);
+            // (Through `dyn`: one more instance of `send_record`, not one
+            // per nesting.)
+            let mut copy = |w: &mut RecordWriter| w.put(bytes);
+            let copy: &mut dyn FnMut(&mut RecordWriter) -> Result<(), rancor::Error> = &mut copy;
+            let sent = self.send_record(meta, len, wait, copy, ports, rx);
+            self.pool.borrow_mut().give_back(block);
+            return sent;
+        }
         let slot = match self.reserve(POOL_REF, wait, rx) {
             Ok(s) => s,
             Err(e) => {
@@ -75,6 +93,9 @@ impl PortSender {
                 return Err((e, ports));
             }
         };
+        if meta.kind == Kind::Typed {
+            self.large_hint.set(len);
+        }
         self.publish_pooled(slot, block, len, meta, ports, wait, rx)
     }
 

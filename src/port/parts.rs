@@ -153,6 +153,7 @@ impl MessagePort {
                 reserving: Cell::new(false),
                 wanted_room: Cell::new(0),
                 inline_limit: Cell::new(usize::MAX),
+                large_hint: Cell::new(0),
                 arena: RefCell::new(Arena::new()),
                 pool: RefCell::new(pool_writer),
             },

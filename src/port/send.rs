@@ -369,14 +369,23 @@ impl PortSender {
         }
         let max = self.max_inline_payload().min(self.inline_limit.get());
         let mut need = size_hint;
+        // A typed value of unknown size after one that went outside the
+        // ring is likely as large again: serialize it there at once, rather
+        // than into the ring first (a message that turns out small is still
+        // posted inside the ring).
+        let hint = self.large_hint.get();
+        if size_hint == 0 && hint > max {
+            need = hint;
+        }
         while need <= max {
             let slot = match self.reserve(need, wait, rx) {
                 Ok(s) => s,
                 Err(e) => return Err((e, ports)),
             };
             // SAFETY: the slot's payload area is `room` bytes of ring memory
-            // that only this producer writes until it commits.
-            let mut w = unsafe { RecordWriter::slot(slot.payload, slot.room) };
+            // that only this producer writes until it commits. (No more
+            // than `max` of them: a larger message goes elsewhere anyway.)
+            let mut w = unsafe { RecordWriter::slot(slot.payload, slot.room.min(max)) };
             match fill(&mut w) {
                 // It fit in the slot but is over the inline limit: out of
                 // line (the slot is left uncommitted, as when it is too small).
@@ -395,6 +404,9 @@ impl PortSender {
                         }
                     }
                     self.commit(slot, len, meta);
+                    if meta.kind == Kind::Typed {
+                        self.large_hint.set(0);
+                    }
                     return Ok(());
                 }
                 Err(e) => match w.wanted() {
@@ -405,7 +417,7 @@ impl PortSender {
             }
         }
         if need <= MAX_POOLED {
-            return self.send_pooled(meta, need, wait, fill, ports, rx);
+            return self.send_pooled(meta, need, max, wait, fill, ports, rx);
         }
         self.send_out_of_line(meta, need, wait, fill, ports, rx)
     }
