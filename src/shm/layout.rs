@@ -77,7 +77,7 @@
 //! reads the block in place and, when done, gives it back through the
 //! direction's **release queue**: a single-producer single-consumer queue
 //! of `u64` block keys (`buffer << 32 | block`) in this header area, with
-//! no system call ([`crate::shm::release`]):
+//! no system call (`src/shm/release/`):
 //!
 //! ```text
 //! PoolRef (the payload of a pooled record, 16 bytes):
