@@ -64,12 +64,19 @@ fn announce(peer: &RawPeer, id: u32, blocks: u32, fd: &OwnedFd) {
     attach(peer, &body, &[fd.as_fd()]);
 }
 
-/// A proper pool buffer of `blocks` blocks, block `i` filled with `i + 1`.
+/// A proper pool buffer of `blocks` blocks, block `i` filled with `i + 1`
+/// (every byte written: allocated in full).
 fn buffer(blocks: u32) -> OwnedFd {
     let content: Vec<u8> = (0..blocks as usize * BLOCK)
         .map(|i| (i / BLOCK) as u8 + 1)
         .collect();
     memfd(&content, content.len(), POOL_SEALS)
+}
+
+/// A buffer that is sealed and sized right but sparse: its holes would be
+/// allocated by whoever reads them.
+fn sparse_buffer() -> OwnedFd {
+    memfd(&[1], 2 * BLOCK, POOL_SEALS)
 }
 
 /// A good pooled message first (buffer 0 announced, block 1), then what
@@ -121,7 +128,8 @@ fn references_outside_the_announced_buffers_close_the_port() {
 fn bad_announcements_close_the_port() {
     let _g = serial();
     type Case = (&'static str, fn() -> OwnedFd, u32, u32);
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
+        ("a buffer its sender did not allocate", sparse_buffer, 1, 2),
         (
             "a buffer without the write seal",
             || memfd(&[1], 2 * BLOCK, SealFlags::SHRINK | SealFlags::GROW),

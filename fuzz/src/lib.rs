@@ -233,7 +233,16 @@ pub fn make_fd(kind: u8, r: &mut Reader<'_>) -> (OwnedFd, Option<OwnedFd>) {
             } else {
                 SealFlags::SHRINK | SealFlags::GROW | SealFlags::FUTURE_WRITE | SealFlags::SEAL
             };
-            (memfd(r.blob(256), size, seals), None)
+            // Allocated in full, as a sender must, most of the time.
+            let allocate = !r.u8().is_multiple_of(8);
+            let content = r.blob(256);
+            let fd = memfd(content, size, SealFlags::empty());
+            if allocate {
+                let _ =
+                    rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, size as u64);
+            }
+            rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+            (fd, None)
         }
         9 => (
             rustix::fs::open(

@@ -66,6 +66,8 @@ pub fn checked_size(fd: impl AsFd, required: SealFlags) -> io::Result<usize> {
 pub struct CheckedFile {
     /// Its size in bytes.
     pub size: usize,
+    /// Bytes of memory allocated to it (written, or `fallocate`d).
+    pub allocated: u64,
     /// (device, inode): the same in every process that has the file.
     pub id: (u64, u64),
 }
@@ -92,6 +94,7 @@ pub fn checked_file(fd: impl AsFd, required: SealFlags) -> io::Result<CheckedFil
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "memfd size out of range"))?;
     Ok(CheckedFile {
         size,
+        allocated: u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512),
         id: (st.st_dev, st.st_ino),
     })
 }

@@ -78,8 +78,12 @@ impl PoolReader {
         if self.buffers.len() >= MAX_BUFFERS || self.mapped + size > MAX_MAPPED {
             return bad("more pool buffers than a receiver maps");
         }
-        match sys::memfd::checked_size(&fd, sys::memfd::POOL_SEALS) {
-            Ok(s) if s == size => {}
+        match sys::memfd::checked_file(&fd, sys::memfd::POOL_SEALS) {
+            // Allocated in full by its sender, as the protocol asks: else
+            // reading it would allocate its holes here, charged to this
+            // process (the seals keep holes from being punched later).
+            Ok(f) if f.size == size && f.allocated >= size as u64 => {}
+            Ok(f) if f.size == size => return bad("pool buffer not allocated by its sender"),
             Ok(_) => return bad("pool buffer of the wrong size"),
             Err(_) => return bad("pool buffer not sealed against writes"),
         }
