@@ -29,7 +29,7 @@ impl PortSender {
                     max: self.max_reservation(),
                 });
             };
-            self.check_postable()?;
+            // `lend_block` checks first that the peer can still read.
             match self.lend_block(log2, len, wait, rx)? {
                 Some(b) => Some(b),
                 // A post would go out of line; a reservation needs the
