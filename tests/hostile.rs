@@ -238,6 +238,7 @@ fn hostile() {
         out_of_line: false,
         pool: false,
         announce: false,
+        kits: false,
         nports: 0,
         fingerprint: 0,
     };
@@ -399,6 +400,7 @@ fn garbage_record(rng: &mut Rng, samples: &[(u64, Vec<u8>)]) -> (RecordMeta, Vec
         out_of_line: false,
         pool: false,
         announce: false,
+        kits: false,
         nports: 0,
         fingerprint,
     };
@@ -798,6 +800,7 @@ fn padding_cannot_run_the_head_ahead_of_held_messages() {
             out_of_line: false,
             pool: false,
             announce: false,
+            kits: false,
             nports: 0,
             fingerprint: 0,
         },

@@ -40,6 +40,7 @@ fn pooled(announce: bool) -> RecordMeta {
         out_of_line: false,
         pool: true,
         announce,
+        kits: false,
         nports: 0,
         fingerprint: 0,
     }

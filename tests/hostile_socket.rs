@@ -41,6 +41,7 @@ fn meta(out_of_line: bool, nports: u16) -> RecordMeta {
         out_of_line,
         pool: false,
         announce: false,
+        kits: false,
         nports,
         fingerprint: 0,
     }

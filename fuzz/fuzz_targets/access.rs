@@ -42,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
         out_of_line: false,
         pool: false,
         announce: false,
+        kits: false,
         nports: 0,
         fingerprint: match claim {
             0 => fingerprint_of(which),

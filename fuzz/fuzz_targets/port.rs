@@ -84,6 +84,8 @@ fn run(data: &[u8]) {
                     out_of_line: r.u8().is_multiple_of(8),
                     pool,
                     announce: pool && r.u8().is_multiple_of(2),
+                    // Kit references the receiver does not hold (or forged).
+                    kits: r.u8().is_multiple_of(16),
                     nports: if r.u8().is_multiple_of(8) {
                         r.u8() as u16 % 4
                     } else {

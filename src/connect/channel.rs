@@ -3,7 +3,7 @@
 use std::io;
 use std::time::Duration;
 
-use crate::port::{DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SPIN, MessagePort, Trust};
+use crate::port::{DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SPIN, Fresh, MessagePort, Settings, Trust};
 use crate::shm::layout::{MAX_CAPACITY, MIN_CAPACITY};
 
 /// Default bytes per ring (each direction has its own ring).
@@ -164,17 +164,21 @@ impl ChannelBuilder {
     }
 
     /// Make the channel.
+    ///
+    /// Its ports are built when first used. A port posted over another
+    /// port before either was used travels as a *kit* of that port's
+    /// channel: a segment and socket pair the two processes keep from an
+    /// earlier channel between them, so that a channel per request costs
+    /// no system call once one has closed (ARCHITECTURE.md, "Kits").
     pub fn build(&self) -> io::Result<MessageChannel> {
-        let (port1, port2) = self.pair()?;
+        let (port1, port2) = Fresh::pair(Settings {
+            capacity: self.ring_capacity()?,
+            spin: self.spin,
+            trust: self.trust,
+            max_message: self.max_message,
+            pool_limit: self.pool_limit,
+        })?;
         Ok(MessageChannel { port1, port2 })
-    }
-
-    pub(crate) fn pair(&self) -> io::Result<(MessagePort, MessagePort)> {
-        let (a, b) = MessagePort::pair(self.ring_capacity()?, self.spin)?;
-        for port in [&a, &b] {
-            self.configure(port);
-        }
-        Ok((a, b))
     }
 
     /// Apply this builder's per-process settings (trust mode, largest

@@ -49,7 +49,7 @@ impl PortSender {
         size_hint: usize,
         wait: Wait,
         ports: Vec<MessagePort>,
-        fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
+        mut fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
         rx: Option<&PortReceiver>,
     ) -> Result<(), TransferError> {
         let refuse = |error, ports| Err(TransferError { error, ports });
@@ -59,6 +59,14 @@ impl PortSender {
         if ports.len() > MAX_PORTS {
             return refuse(PostError::TooManyPorts, ports);
         }
+        // Ports of channels made here and not used yet travel as kits of
+        // this channel: named in the record when idle kits wait, else as
+        // new ones (`bind.rs`).
+        let ports = match self.post_as_kits(meta, size_hint, wait, ports, &mut fill, rx) {
+            Ok(None) => return Ok(()),
+            Ok(Some(ports)) => ports,
+            Err((error, ports)) => return refuse(error, ports),
+        };
         // Each port first takes in what its socket holds (as a receive
         // would): its whole queue is then in its inbox, where this sender
         // sees it. The receiver must accept the nesting, and this port's
@@ -68,6 +76,10 @@ impl PortSender {
         // unreachable descriptors would close both ends of this channel
         // (ARCHITECTURE.md, failure model).
         let checked = ports.iter().try_for_each(|p| {
+            if p.is_unused() {
+                // Nothing was ever queued on it.
+                return Ok(());
+            }
             p.take_in().map_err(PostError::Io)?;
             let scan = p.scan_inbox(&self.shared);
             if scan.holds_peer {
@@ -82,7 +94,7 @@ impl PortSender {
             return refuse(e, ports);
         }
         meta.nports = ports.len() as u16;
-        let parts = ports.into_iter().map(MessagePort::into_parts).collect();
+        let parts = ports.into_iter().map(|p| self.travel_parts(p)).collect();
         self.send_record(meta, size_hint, wait, fill, parts, rx)
             .map_err(|(error, parts)| TransferError {
                 error,
@@ -120,6 +132,8 @@ impl PortSender {
         wait: Wait,
         rx: Option<&PortReceiver>,
     ) -> Result<(), PostError> {
+        // Descriptors on the socket: this port's kit, if any, is not reused.
+        self.shared.descriptors_seen.store(true, Ordering::Relaxed);
         let mut body = Vec::new();
         let mut fds = Vec::new();
         att.encode(&mut body, &mut fds);
@@ -156,7 +170,7 @@ impl PortSender {
         rx: Option<&PortReceiver>,
     ) -> Result<(), PostError> {
         loop {
-            match sys::socket::send_attachment(&self.shared.sock, body, fds, last, false) {
+            match sys::socket::send_attachment(&*self.shared.sock, body, fds, last, false) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The peer has not taken earlier attachments in yet.

@@ -97,15 +97,15 @@ impl MessagePort {
     // The port comes back by value: a rare path, not worth a box.
     #[allow(clippy::result_large_err)]
     pub fn split(self) -> Result<(PortSender, PortReceiver), SplitError> {
-        if self.tx.shared.kicks.get().is_none() {
+        if self.tx().shared.kicks.get().is_none() {
             let kicks = match Kick::new().and_then(|k| Ok([k, Kick::new()?])) {
                 Ok(kicks) => kicks,
                 Err(error) => return Err(SplitError { error, port: self }),
             };
-            let _ = self.tx.shared.kicks.set(kicks);
+            let _ = self.tx().shared.kicks.set(kicks);
         }
-        let MessagePort { tx, rx } = self;
-        Ok((tx, rx))
+        let h = self.into_halves();
+        Ok((h.tx, h.rx))
     }
 }
 
@@ -116,7 +116,7 @@ impl PortSender {
     #[allow(clippy::result_large_err)]
     pub fn rejoin(self, rx: PortReceiver) -> Result<MessagePort, (PortSender, PortReceiver)> {
         if Arc::ptr_eq(&self.shared, &rx.shared) {
-            Ok(MessagePort { tx: self, rx })
+            Ok(MessagePort::from_halves(self, rx))
         } else {
             Err((self, rx))
         }

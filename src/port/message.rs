@@ -178,8 +178,17 @@ impl<'p> Message<'p> {
         let mut ports = Vec::with_capacity(self.ports.len());
         let mut error = None;
         for parts in self.ports.drain(..) {
+            let (kit, arrived) = (
+                parts.kit,
+                matches!(parts.seg, crate::wire::attachment::SegmentRef::Unopened(_)),
+            );
             match parts.assemble() {
-                Ok(p) => ports.push(p),
+                Ok(p) => {
+                    if kit {
+                        self.port.keep_kit_of(&p, arrived);
+                    }
+                    ports.push(p)
+                }
                 Err(e) => {
                     error.get_or_insert(e);
                 }

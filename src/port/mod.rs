@@ -14,7 +14,10 @@
 //! [`readiness`].
 
 mod attach;
+mod bind;
+mod fresh;
 mod halves;
+pub(crate) mod kit;
 mod large;
 pub(crate) mod message;
 pub(crate) mod parts;
@@ -27,12 +30,15 @@ mod shared;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use fresh::{Fresh, Settings};
 pub use halves::{PortReceiver, PortSender, SplitError};
 pub use parts::TransferError;
 pub use reserve::Reservation;
 pub(crate) use shared::Shared;
 
+use core::cell::OnceCell;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -138,24 +144,88 @@ impl Wait {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct MessagePort {
+    /// Set when the port is made, or (a port of a channel made in this
+    /// process) when it is first used: see [`fresh`].
+    halves: OnceCell<Halves>,
+    /// The channel this port was made with, while it may still travel as a
+    /// kit; which of its two ports this is.
+    fresh: Option<(Arc<fresh::Fresh>, usize)>,
+}
+
+/// A port's two halves.
+pub(crate) struct Halves {
     // Dropped in this order: the sending half publishes its closed flag,
     // then the receiving half; the socket closes with the last `Shared`.
-    tx: PortSender,
-    rx: PortReceiver,
+    pub(super) tx: PortSender,
+    pub(super) rx: PortReceiver,
 }
 
 impl MessagePort {
+    pub(super) fn from_halves(tx: PortSender, rx: PortReceiver) -> MessagePort {
+        MessagePort {
+            halves: OnceCell::from(Halves { tx, rx }),
+            fresh: None,
+        }
+    }
+
+    /// A port of a channel made here that has not been used yet.
+    pub(super) fn unused(fresh: Arc<fresh::Fresh>, index: usize) -> MessagePort {
+        MessagePort {
+            halves: OnceCell::new(),
+            fresh: Some((fresh, index)),
+        }
+    }
+
+    #[inline]
+    fn halves(&self) -> &Halves {
+        match self.halves.get() {
+            Some(h) => h,
+            None => self.first_use(),
+        }
+    }
+
+    /// A port of a channel made here, used for the first time: its halves
+    /// are built now, over the channel's own segment or the kit one of
+    /// its ports took when it travelled ([`fresh`]).
+    #[cold]
+    fn first_use(&self) -> &Halves {
+        self.halves.get_or_init(|| match &self.fresh {
+            Some((fresh, index)) => fresh.claim(*index),
+            // Every other port is made with its halves.
+            None => unreachable!("a port without halves"),
+        })
+    }
+
+    #[inline]
+    pub(super) fn tx(&self) -> &PortSender {
+        &self.halves().tx
+    }
+
+    #[inline]
+    pub(super) fn rx(&self) -> &PortReceiver {
+        &self.halves().rx
+    }
+
+    /// The halves, built if need be.
+    pub(super) fn into_halves(mut self) -> Halves {
+        self.halves();
+        match std::mem::take(&mut self.halves).into_inner() {
+            Some(h) => h,
+            None => unreachable!("halves built just above"),
+        }
+    }
+
     /// How long blocking calls spin (checking the ring, no system call)
     /// before they sleep on the port's socket. Zero sleeps at once; a long
     /// spin gives the lowest latency and burns a core while waiting.
     pub fn set_spin(&self, spin: Duration) {
         let ns = spin.as_nanos().min(u64::MAX as u128) as u64;
-        self.tx.shared.spin_ns.store(ns, Ordering::Relaxed);
+        self.tx().shared.spin_ns.store(ns, Ordering::Relaxed);
     }
 
     /// The current spin time (see [`MessagePort::set_spin`]).
     pub fn spin(&self) -> Duration {
-        self.tx.shared.spin()
+        self.tx().shared.spin()
     }
 
     /// Largest payload that travels inside the ring; larger messages go
@@ -163,56 +233,56 @@ impl MessagePort {
     /// line, each in its own sealed memfd.
     #[inline]
     pub fn max_inline_payload(&self) -> usize {
-        self.tx.max_inline_payload()
+        self.tx().max_inline_payload()
     }
 
     /// Posts larger than `bytes` travel outside the ring (in the pool, or
     /// out of line) even when the ring could hold them (see
     /// [`PortSender::set_inline_limit`]).
     pub fn set_inline_limit(&self, bytes: usize) {
-        self.tx.set_inline_limit(bytes);
+        self.tx().set_inline_limit(bytes);
     }
 
     /// The limit set by [`set_inline_limit`](Self::set_inline_limit).
     pub fn inline_limit(&self) -> usize {
-        self.tx.inline_limit()
+        self.tx().inline_limit()
     }
 
     /// Cap the memory of this port's large-message pool (see
     /// [`PortSender::set_pool_limit`]). Kept only in this process: a port
     /// that travels starts a pool of its own, with the default cap.
     pub fn set_pool_limit(&self, bytes: Option<usize>) {
-        self.tx.set_pool_limit(bytes);
+        self.tx().set_pool_limit(bytes);
     }
 
     /// Bytes of pool memory this port holds now (its buffers for messages
     /// too large for the ring).
     pub fn pool_bytes(&self) -> usize {
-        self.tx.pool_bytes()
+        self.tx().pool_bytes()
     }
 
     /// The largest message [`reserve_bytes`](Self::reserve_bytes) takes
     /// (see [`PortSender::max_reservation`]).
     pub fn max_reservation(&self) -> usize {
-        self.tx.max_reservation()
+        self.tx().max_reservation()
     }
 
     /// Bytes in each direction's ring: the size the channel was made with,
     /// after [`ChannelBuilder::capacity`](crate::ChannelBuilder::capacity)'s
     /// rounding (the same at both ends, wherever the port travels).
     pub fn capacity(&self) -> usize {
-        self.tx.shared.seg.capacity()
+        self.tx().shared.seg.capacity()
     }
 
     /// How this port treats what its peer writes (see [`Trust`]). A port
     /// that arrives in a message starts [`Trust::Validated`].
     pub fn set_trust(&self, trust: Trust) {
-        self.rx.set_trust(trust);
+        self.rx().set_trust(trust);
     }
 
     /// The port's trust mode.
     pub fn trust(&self) -> Trust {
-        self.rx.trust()
+        self.rx().trust()
     }
 
     /// The largest message this port accepts, in bytes (default
@@ -237,13 +307,13 @@ impl MessagePort {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn set_max_message_size(&self, bytes: usize) {
-        self.rx.set_max_message_size(bytes);
+        self.rx().set_max_message_size(bytes);
     }
 
     /// The largest message this port accepts (see
     /// [`set_max_message_size`](Self::set_max_message_size)).
     pub fn max_message_size(&self) -> usize {
-        self.rx.max_message_size()
+        self.rx().max_message_size()
     }
 
     /// Close the port. The peer receives every message posted before, then
@@ -254,16 +324,28 @@ impl MessagePort {
     }
 }
 
+impl Drop for MessagePort {
+    /// A port of a channel made here, dropped before it was used: closed
+    /// as if it had been built (its peer sees `Closed`).
+    fn drop(&mut self) {
+        if self.halves.get().is_none()
+            && let Some((fresh, index)) = &self.fresh
+        {
+            fresh.release(*index);
+        }
+    }
+}
+
 impl AsFd for MessagePort {
     /// The port's socket: readable when the peer wakes this port (after this
     /// port announced it sleeps) or hung up when the peer is gone.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.tx.shared.sock.as_fd()
+        self.tx().shared.sock.as_fd()
     }
 }
 
 impl std::fmt::Debug for MessagePort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.tx.shared.fmt(f)
+        self.tx().shared.fmt(f)
     }
 }

@@ -6,6 +6,7 @@ use core::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use rkyv::ser::allocator::Arena;
 
+use super::kit::{Kit, KitHome};
 use super::{DEFAULT_MAX_MESSAGE_SIZE, MessagePort, PortReceiver, PortSender, Shared, Trust};
 use crate::error::PostError;
 use crate::shm::pool::BufferInfo;
@@ -22,7 +24,7 @@ use crate::shm::ring::{Barriers, Consumer, Corrupt, Producer, REWIND_MIN, RingMe
 use crate::shm::segment::OpenError;
 use crate::shm::segment::{Segment, SegmentRelease, SegmentRing, Side};
 use crate::sys::{self};
-use crate::wire::attachment::{Attachment, Partial, PortParts, SegmentRef};
+use crate::wire::attachment::{Attachment, KitParts, Partial, PortParts, SegmentRef};
 
 /// The barriers this process uses. As a sleeper: the heavy barrier
 /// whenever the kernel lets this process issue it, registered or not. As a
@@ -80,7 +82,8 @@ pub(super) fn rewind_min(cap: usize) -> usize {
 
 impl MessagePort {
     /// Two entangled ports over a new segment with rings of `capacity`
-    /// bytes (already checked) and a new socket pair.
+    /// bytes (already checked) and a new socket pair, built at once.
+    #[cfg(test)]
     pub(crate) fn pair(capacity: usize, spin: Duration) -> io::Result<(MessagePort, MessagePort)> {
         let seg = Segment::create(capacity)?;
         let (sa, sb) = sys::socket::pair()?;
@@ -135,8 +138,12 @@ impl MessagePort {
         let pool_reader = PoolReader::new(SegmentRelease::new(seg.clone(), rx_ring), barriers);
         let shared = Arc::new(Shared {
             seg,
-            sock,
+            sock: ManuallyDrop::new(sock),
+            sock_moved: false,
             side,
+            kit: OnceLock::new(),
+            link: OnceLock::new(),
+            descriptors_seen: AtomicBool::new(false),
             inbox: Mutex::new(VecDeque::new()),
             taking_in: Mutex::new(Partial::default()),
             hung_up: AtomicBool::new(false),
@@ -146,8 +153,8 @@ impl MessagePort {
             transferred: AtomicBool::new(false),
             kicks: OnceLock::new(),
         });
-        MessagePort {
-            tx: PortSender {
+        MessagePort::from_halves(
+            PortSender {
                 shared: shared.clone(),
                 tx: RefCell::new(tx),
                 reserving: Cell::new(false),
@@ -157,21 +164,26 @@ impl MessagePort {
                 arena: RefCell::new(Arena::new()),
                 pool: RefCell::new(pool_writer),
             },
-            rx: PortReceiver {
+            PortReceiver {
                 shared,
                 rx: RefCell::new(rx),
                 trust: Cell::new(Trust::default()),
                 max_message: Cell::new(DEFAULT_MAX_MESSAGE_SIZE),
                 pool: Arc::new(Mutex::new(pool_reader)),
             },
-        }
+        )
+    }
+
+    /// The port is on a kit: keep its end at `home` if it closes cleanly.
+    pub(crate) fn keep_kit(&self, home: KitHome) {
+        let _ = self.tx().shared.kit.set(home);
     }
 
     /// A rebuilt port gets back the attachments it had already received,
     /// and the parts of one still arriving.
     pub(crate) fn with_inbox(self, inbox: VecDeque<Attachment>, partial: Partial) -> Self {
-        *self.rx.shared.inbox() = inbox;
-        *self.rx.shared.partial() = partial;
+        *self.rx().shared.inbox() = inbox;
+        *self.rx().shared.partial() = partial;
         self
     }
 
@@ -179,14 +191,14 @@ impl MessagePort {
     /// came with may name (a received port, or one whose transfer failed).
     /// A buffer that is not valid closes the port with `ProtocolError`.
     pub(crate) fn with_pool(self, buffers: Vec<(BufferInfo, OwnedFd)>) -> Self {
-        let mut pool = self.rx.pool_reader();
+        let mut pool = self.rx().pool_reader();
         for (info, fd) in buffers {
             if let Err(e) = pool.add(info, fd) {
                 let c = match e {
                     AddError::Corrupt(c) => c,
                     AddError::Io(_) => Corrupt("a pool buffer could not be mapped"),
                 };
-                let _ = self.rx.shared.broken.set(c);
+                let _ = self.rx().shared.broken.set(c);
             }
         }
         drop(pool);
@@ -197,26 +209,46 @@ impl MessagePort {
     /// the socket, the inbox and the peer's pool buffers (its own pool
     /// stays: see [`PoolWriter`]). The peer notices nothing.
     pub(crate) fn into_parts(self) -> PortParts {
-        self.tx.tx.borrow().publish_tail();
-        self.rx.flush_releases();
+        self.tx().tx.borrow().publish_tail();
+        self.rx().flush_releases();
         // Blocks still shared here (`SharedBytes`) keep the reader: its
         // buffers travel as copies of their descriptors.
-        let pool = self.rx.pool_reader().export();
-        let shared = self.tx.shared.clone();
+        let pool = self.rx().pool_reader().export();
+        let shared = self.tx().shared.clone();
         shared.transferred.store(true, Ordering::Relaxed);
         // The halves' drops see `transferred` and close nothing.
         drop(self);
         let spin = shared.spin();
         match Arc::try_unwrap(shared) {
-            Ok(s) => PortParts {
-                seg: SegmentRef::Mapped(s.seg),
-                sock: s.sock,
-                side: s.side,
-                spin,
-                inbox: s.inbox.into_inner().unwrap_or_else(|e| e.into_inner()),
-                partial: s.taking_in.into_inner().unwrap_or_else(|e| e.into_inner()),
-                pool,
-            },
+            Ok(mut s) => {
+                let held = match s.link.take() {
+                    Some(link) => link
+                        .export_held()
+                        .into_iter()
+                        .map(|k| KitParts {
+                            id: k.id,
+                            seg: SegmentRef::Mapped(k.seg),
+                            sock: k.sock,
+                            side: k.side,
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                };
+                let inbox = std::mem::take(s.inbox.get_mut().unwrap_or_else(|e| e.into_inner()));
+                let partial =
+                    std::mem::take(s.taking_in.get_mut().unwrap_or_else(|e| e.into_inner()));
+                PortParts {
+                    seg: SegmentRef::Mapped(s.seg.clone()),
+                    sock: s.take_sock(),
+                    side: s.side,
+                    spin,
+                    inbox,
+                    partial,
+                    pool,
+                    kit: false,
+                    held,
+                }
+            }
             // Nothing else holds the core of a whole port (messages and
             // reservations borrow the port, which is consumed here).
             Err(_) => unreachable!("a port's core outlived its halves"),
@@ -227,7 +259,7 @@ impl MessagePort {
     /// descriptor if this port is a child's end (side B) that holds no
     /// received attachments; `None` otherwise.
     pub(crate) fn child_end_segment(&self) -> Option<io::Result<OwnedFd>> {
-        let sh = &self.tx.shared;
+        let sh = &self.tx().shared;
         if sh.side != Side::B || !sh.inbox().is_empty() || !sh.partial().is_empty() {
             return None;
         }
@@ -236,7 +268,11 @@ impl MessagePort {
 
     /// Is this port the entangled peer of the port whose core is `other`?
     pub(super) fn is_peer_of(&self, other: &Shared) -> bool {
-        let me = &self.tx.shared;
+        if self.is_unused() {
+            // Neither port of its channel was built: `other` is not one.
+            return false;
+        }
+        let me = &self.tx().shared;
         other.side != me.side && me.seg.same(&other.seg)
     }
 
@@ -244,7 +280,7 @@ impl MessagePort {
     /// whose core is `sender`: nesting depth, and whether `sender`'s peer
     /// is in it.
     pub(super) fn scan_inbox(&self, sender: &Shared) -> crate::wire::attachment::Scan {
-        crate::wire::attachment::scan(&self.rx.shared.inbox(), &sender.seg, sender.side)
+        crate::wire::attachment::scan(&self.rx().shared.inbox(), &sender.seg, sender.side)
     }
 }
 
@@ -275,19 +311,11 @@ impl PortParts {
     pub fn assemble(self) -> Result<MessagePort, OpenError> {
         let seg = match self.seg {
             SegmentRef::Mapped(s) => s,
-            SegmentRef::Unopened(fd) => {
-                // A received descriptor claimed to be a port's socket.
-                if !crate::sys::socket::is_seqpacket(&self.sock) {
-                    return Err(OpenError::BadDescriptor(
-                        "a received port's socket is not a SOCK_SEQPACKET socket".into(),
-                    ));
-                }
-                Segment::open(fd)?
-            }
+            SegmentRef::Unopened(fd) => open_received(fd, &self.sock)?,
         };
-        let (inbox, partial, pool) = (self.inbox, self.partial, self.pool);
+        let (inbox, partial, pool, held) = (self.inbox, self.partial, self.pool, self.held);
         MessagePort::from_parts(seg, self.side, self.sock, self.spin)
-            .map(|p| p.with_inbox(inbox, partial).with_pool(pool))
+            .map(|p| p.with_inbox(inbox, partial).with_pool(pool).with_held(held))
             .map_err(|c| OpenError::Corrupt(c.0))
     }
 
@@ -300,10 +328,48 @@ impl PortParts {
             SegmentRef::Mapped(seg) => Some(
                 MessagePort::rebuild(seg, self.side, self.sock, self.spin)
                     .with_inbox(self.inbox, self.partial)
-                    .with_pool(self.pool),
+                    .with_pool(self.pool)
+                    .with_held(self.held),
             ),
             SegmentRef::Unopened(_) => None,
         }
+    }
+}
+
+/// Check and map a received segment, after checking the socket that came
+/// with it is a port's.
+fn open_received(fd: OwnedFd, sock: &OwnedFd) -> Result<Arc<Segment>, OpenError> {
+    // A received descriptor claimed to be a port's socket.
+    if !crate::sys::socket::is_seqpacket(sock) {
+        return Err(OpenError::BadDescriptor(
+            "a received port's socket is not a SOCK_SEQPACKET socket".into(),
+        ));
+    }
+    Segment::open(fd)
+}
+
+impl MessagePort {
+    /// The idle kits the port held for the channels it carries, come with
+    /// it: this end keeps them for its peer to name. One that does not
+    /// open is closed (a record naming it later is a protocol error).
+    fn with_held(self, held: Vec<KitParts>) -> Self {
+        if held.is_empty() {
+            return self;
+        }
+        let kits = held.into_iter().filter_map(|k| {
+            let seg = match k.seg {
+                SegmentRef::Mapped(s) => s,
+                SegmentRef::Unopened(fd) => open_received(fd, &k.sock).ok()?,
+            };
+            Some(Kit {
+                id: k.id,
+                seg,
+                sock: k.sock,
+                side: k.side,
+            })
+        });
+        self.tx().shared.link().import_held(kits.collect());
+        self
     }
 }
 

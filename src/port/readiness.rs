@@ -12,27 +12,27 @@ use crate::shm::layout::{OOL_DESCRIPTOR, POOL_REF};
 impl MessagePort {
     /// Announce a sleep (without the barrier: the set issues one for all).
     pub(crate) fn arm(&self) {
-        self.rx.arm();
+        self.rx().arm();
     }
 
     /// The barrier between arming and re-checking.
     pub(crate) fn sleep_barrier(&self) {
-        self.rx.rx.borrow().sleep_barrier();
+        self.rx().rx.borrow().sleep_barrier();
     }
 
     /// Withdraw the announcement.
     pub(crate) fn disarm(&self) {
-        self.rx.rx.borrow().end_sleep();
+        self.rx().rx.borrow().end_sleep();
     }
 
     /// Would `try_recv` return a message or the close event now?
     pub(crate) fn has_event(&self) -> bool {
-        self.rx.has_event()
+        self.rx().has_event()
     }
 
     /// Take in what the socket holds (tokens, attachments, hang-up).
     pub(crate) fn take_in(&self) -> io::Result<()> {
-        self.rx.shared.drain_socket(Half::Receiver, false)
+        self.rx().shared.drain_socket(Half::Receiver, false)
     }
 
     /// Before waiting on the port's descriptor in a foreign event loop
@@ -56,7 +56,7 @@ impl MessagePort {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn prepare_poll(&self) -> bool {
-        self.rx.prepare_poll()
+        self.rx().prepare_poll()
     }
 
     /// Spin for up to the port's spin time ([`set_spin`](Self::set_spin))
@@ -83,7 +83,7 @@ impl MessagePort {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn spin_for_event(&self) -> io::Result<bool> {
-        self.rx.spin_for_event()
+        self.rx().spin_for_event()
     }
 
     /// Before waiting on the port's descriptor for room to post a message
@@ -130,7 +130,7 @@ impl MessagePort {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn prepare_post_poll(&self, len: usize) -> bool {
-        if self.tx.check_not_reserved().is_err() {
+        if self.tx().check_not_reserved().is_err() {
             return false;
         }
         // A corrupt ring is reported by the post that follows.
@@ -158,13 +158,13 @@ impl MessagePort {
     /// once (then with its error, if it is the close).
     pub(crate) fn prepare_room_wait(&self, len: usize) -> Result<bool, PostError> {
         // Our peer may itself be waiting for room we released.
-        self.rx.flush_releases();
-        self.tx.check_postable()?;
-        let sh = &self.tx.shared;
+        self.rx().flush_releases();
+        self.tx().check_postable()?;
+        let sh = &self.tx().shared;
         let mut need = len;
         if len > self.max_inline_payload().min(self.inline_limit()) {
             need = OOL_DESCRIPTOR;
-            let mut pool = self.tx.pool.borrow_mut();
+            let mut pool = self.tx().pool.borrow_mut();
             if let Some(log2) = pool.class_for(len) {
                 need = POOL_REF;
                 let room = pool
@@ -176,7 +176,7 @@ impl MessagePort {
                     }
                     // A close before the announcement is seen here; one
                     // after it sends the wake-up.
-                    if let Err(e) = self.tx.check_postable() {
+                    if let Err(e) = self.tx().check_postable() {
                         pool.end_wait();
                         return Err(e);
                     }
@@ -184,7 +184,7 @@ impl MessagePort {
                 }
             }
         }
-        self.tx
+        self.tx()
             .tx
             .borrow_mut()
             .prepare_wait(need)
@@ -194,14 +194,14 @@ impl MessagePort {
     /// Payload room the last post that found the ring full needed.
     #[cfg(feature = "tokio")]
     pub(crate) fn wanted_room(&self) -> usize {
-        self.tx.wanted_room.get()
+        self.tx().wanted_room.get()
     }
 
     /// Withdraw the producer's wait announcements (for ring room and for a
     /// pool block).
     pub(crate) fn end_room_wait(&self) {
-        self.tx.tx.borrow().end_wait();
-        self.tx.pool.borrow().end_wait();
+        self.tx().tx.borrow().end_wait();
+        self.tx().pool.borrow().end_wait();
     }
 }
 

@@ -3,14 +3,16 @@
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use super::{Half, MessagePort, PortReceiver, Trust, Wait};
+use super::{Half, MAX_PORTS, MessagePort, PortReceiver, Trust, Wait};
 use crate::error::{CloseReason, RecvError};
 use crate::port::message::{Body, Holder, Message};
-use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor, POOL_REF, PoolRef};
+use crate::shm::layout::{
+    KitRef, KitRefs, OOL_DESCRIPTOR, OolDescriptor, POOL_REF, PoolRef, kit_refs_size,
+};
 use crate::shm::pool::reader::AddError;
 use crate::shm::ring::{Corrupt, Record};
 use crate::sys::{self, Mapping};
-use crate::wire::attachment::PortParts;
+use crate::wire::attachment::{MAX_RECEIVED_SPIN, Partial, PortParts, SegmentRef};
 use std::sync::atomic::Ordering;
 
 /// How long a spinning wait goes without a look at the socket. A peer
@@ -35,19 +37,19 @@ impl MessagePort {
     /// peer posted, returns [`RecvError::Closed`] with the reason: this is
     /// the close event.
     pub fn recv(&self) -> Result<Message<'_>, RecvError> {
-        self.rx.recv_wait(Wait::Forever)
+        self.rx().recv_wait(Wait::Forever)
     }
 
     /// Receive a message if one is waiting; [`RecvError::Empty`] otherwise.
     /// When the ring is empty this makes one non-blocking system call to
     /// learn whether the peer is gone.
     pub fn try_recv(&self) -> Result<Message<'_>, RecvError> {
-        self.rx.recv_wait(Wait::No)
+        self.rx().recv_wait(Wait::No)
     }
 
     /// Receive a message, waiting at most `timeout` ([`RecvError::Timeout`]).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Message<'_>, RecvError> {
-        self.rx.recv_wait(Wait::after(timeout))
+        self.rx().recv_wait(Wait::after(timeout))
     }
 }
 
@@ -75,7 +77,7 @@ impl MessagePort {
     #[doc(hidden)]
     #[inline]
     pub fn recv_inlined(&self) -> Result<Message<'_>, RecvError> {
-        self.rx.recv_wait(Wait::Forever)
+        self.rx().recv_wait(Wait::Forever)
     }
 }
 
@@ -278,8 +280,11 @@ impl PortReceiver {
                 Vec::new(),
             ))));
         }
-        // A pooled record needs its attachment only to announce a buffer.
-        let found = if rec.meta.pool && !rec.meta.announce && rec.meta.nports == 0 {
+        // A pooled record needs its attachment only to announce a buffer;
+        // ports travelling as kits need none.
+        let found = if rec.meta.kits {
+            self.with_kits(&rec)
+        } else if rec.meta.pool && !rec.meta.announce && rec.meta.nports == 0 {
             self.pooled(&rec).map(|b| (b, Vec::new()))
         } else {
             self.with_attachment(&rec)
@@ -358,6 +363,82 @@ impl PortReceiver {
             None => Body::in_ring(rec.payload, rec.len),
         };
         Ok((body, att.ports))
+    }
+
+    /// A record whose ports travel as kits this port holds: take each kit
+    /// up (its number and generation checked against what this port
+    /// holds), the message follows the references.
+    fn with_kits(&self, rec: &Record) -> Result<(Body, Vec<PortParts>), RecvError> {
+        let n = rec.meta.nports as usize;
+        let prefix = kit_refs_size(n);
+        if n == 0 || n > MAX_PORTS || prefix > rec.len {
+            return Err(RecvError::Closed(
+                self.corrupt(Corrupt("kit references do not fit their record")),
+            ));
+        }
+        // SAFETY: the record's payload holds `rec.len >= prefix` bytes
+        // inside the ring, 32-byte aligned; the references are only
+        // atomics, so a peer writing them races with atomics only.
+        let head = unsafe { rec.payload.cast::<KitRefs>().as_ref() };
+        // Relaxed: ordered after the Acquire load of the commit word. Each
+        // field is read once; only the copies are checked and used.
+        if head.count.load(Ordering::Relaxed) as usize != n {
+            return Err(RecvError::Closed(
+                self.corrupt(Corrupt("kit references disagree with their record")),
+            ));
+        }
+        let link = self.shared.link();
+        let mut ports = Vec::with_capacity(n);
+        for i in 0..n {
+            // SAFETY: entry `i` lies inside the prefix, inside the payload.
+            let r = unsafe {
+                rec.payload
+                    .add(size_of::<KitRefs>() + i * size_of::<KitRef>())
+                    .cast::<KitRef>()
+                    .as_ref()
+            };
+            let (id, generation) = (
+                r.id.load(Ordering::Relaxed),
+                r.generation.load(Ordering::Relaxed),
+            );
+            let spin =
+                Duration::from_nanos(r.spin_ns.load(Ordering::Relaxed)).min(MAX_RECEIVED_SPIN);
+            // The kits taken so far close with `ports` (their peer's ports
+            // see them hung up): this port is broken anyway.
+            let kit = link
+                .take_held(id, generation)
+                .map_err(|c| RecvError::Closed(self.corrupt(c)))?;
+            ports.push(PortParts {
+                seg: SegmentRef::Mapped(kit.seg),
+                sock: kit.sock,
+                side: kit.side,
+                spin,
+                inbox: Default::default(),
+                partial: Partial::default(),
+                pool: Vec::new(),
+                kit: true,
+                held: Vec::new(),
+            });
+        }
+        // SAFETY: `prefix <= rec.len`: the message lies inside the payload.
+        let body = Body::in_ring(unsafe { rec.payload.add(prefix) }, rec.len - prefix);
+        Ok((body, ports))
+    }
+
+    /// A port that came on a kit of this port's channel (`arrived`: as a
+    /// new kit's far end, with its descriptors) is kept by this port's
+    /// link when it closes cleanly. Its number and generation are read
+    /// from its segment: a peer that lies there harms only kits between
+    /// the two of them.
+    pub(crate) fn keep_kit_of(&self, port: &MessagePort, arrived: bool) {
+        let seg = &port.tx().shared.seg;
+        let (id, generation) = (seg.kit_id(), seg.kit_gen());
+        let link = self.shared.link();
+        if arrived {
+            // One held under the same number is stale: it is never named again.
+            link.forget_held(id);
+        }
+        port.keep_kit(link.home(id, generation, false));
     }
 
     /// The body of a pooled record: the block its reference names, in the

@@ -68,12 +68,13 @@ impl MessagePort {
             out_of_line: false,
             pool: false,
             announce: false,
+            kits: false,
             nports: 0,
             fingerprint,
         };
         let fill = |w: &mut RecordWriter| w.put(bytes);
-        self.tx
-            .transfer(meta, bytes.len(), wait, ports, fill, Some(&self.rx))
+        self.tx()
+            .transfer(meta, bytes.len(), wait, ports, fill, Some(self.rx()))
     }
 
     /// Close the port so that its peer's close event (after every message
@@ -100,11 +101,11 @@ impl MessagePort {
             CloseReason::Closed => CLOSED,
         };
         // The halves' drops publish again and keep these codes.
-        if self.tx.tx.borrow().close_with(code) {
-            let _ = self.tx.shared.wake_peer();
+        if self.tx().tx.borrow().close_with(code) {
+            let _ = self.tx().shared.wake_peer();
         }
-        if self.rx.rx.borrow_mut().close_with(code) {
-            let _ = self.tx.shared.wake_peer();
+        if self.rx().rx.borrow_mut().close_with(code) {
+            let _ = self.tx().shared.wake_peer();
         }
     }
 }

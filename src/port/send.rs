@@ -29,35 +29,35 @@ impl MessagePort {
     /// Fails with [`PostError::Closed`] when the peer is gone (the value was
     /// only borrowed: the caller still has it).
     pub fn post<T: Postable>(&self, value: &T) -> Result<(), PostError> {
-        self.tx.post_typed(value, Wait::Forever, Some(&self.rx))
+        self.tx().post_typed(value, Wait::Forever, Some(self.rx()))
     }
 
     /// Post `value` if there is room now; [`PostError::Full`] otherwise.
     pub fn try_post<T: Postable>(&self, value: &T) -> Result<(), PostError> {
-        self.tx.post_typed(value, Wait::No, Some(&self.rx))
+        self.tx().post_typed(value, Wait::No, Some(self.rx()))
     }
 
     /// Post `value`, waiting at most `timeout` for room
     /// ([`PostError::Timeout`]).
     pub fn post_timeout<T: Postable>(&self, value: &T, timeout: Duration) -> Result<(), PostError> {
-        self.tx
-            .post_typed(value, Wait::after(timeout), Some(&self.rx))
+        self.tx()
+            .post_typed(value, Wait::after(timeout), Some(self.rx()))
     }
 
     /// Post opaque bytes, waiting for room if the ring is full.
     pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
-        self.tx.post_raw(bytes, Wait::Forever, Some(&self.rx))
+        self.tx().post_raw(bytes, Wait::Forever, Some(self.rx()))
     }
 
     /// Post opaque bytes if there is room now; [`PostError::Full`] otherwise.
     pub fn try_post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
-        self.tx.post_raw(bytes, Wait::No, Some(&self.rx))
+        self.tx().post_raw(bytes, Wait::No, Some(self.rx()))
     }
 
     /// Post opaque bytes, waiting at most `timeout` for room.
     pub fn post_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<(), PostError> {
-        self.tx
-            .post_raw(bytes, Wait::after(timeout), Some(&self.rx))
+        self.tx()
+            .post_raw(bytes, Wait::after(timeout), Some(self.rx()))
     }
 
     /// Post `value` with `ports` attached (like `postMessage(message,
@@ -98,8 +98,8 @@ impl MessagePort {
         value: &T,
         ports: Vec<MessagePort>,
     ) -> Result<(), TransferError> {
-        self.tx
-            .transfer_typed(value, ports, Wait::Forever, Some(&self.rx))
+        self.tx()
+            .transfer_typed(value, ports, Wait::Forever, Some(self.rx()))
     }
 
     /// `post_with_ports` for raw bytes.
@@ -108,8 +108,8 @@ impl MessagePort {
         bytes: &[u8],
         ports: Vec<MessagePort>,
     ) -> Result<(), TransferError> {
-        self.tx
-            .transfer_raw(bytes, ports, Wait::Forever, Some(&self.rx))
+        self.tx()
+            .transfer_raw(bytes, ports, Wait::Forever, Some(self.rx()))
     }
 
     /// `post_with_ports` without waiting for room ([`PostError::Full`]).
@@ -118,8 +118,8 @@ impl MessagePort {
         value: &T,
         ports: Vec<MessagePort>,
     ) -> Result<(), TransferError> {
-        self.tx
-            .transfer_typed(value, ports, Wait::No, Some(&self.rx))
+        self.tx()
+            .transfer_typed(value, ports, Wait::No, Some(self.rx()))
     }
 
     /// `post_bytes_with_ports` without waiting for room
@@ -129,7 +129,8 @@ impl MessagePort {
         bytes: &[u8],
         ports: Vec<MessagePort>,
     ) -> Result<(), TransferError> {
-        self.tx.transfer_raw(bytes, ports, Wait::No, Some(&self.rx))
+        self.tx()
+            .transfer_raw(bytes, ports, Wait::No, Some(self.rx()))
     }
 
     /// `post_with_ports`, waiting at most `timeout` for room
@@ -140,8 +141,8 @@ impl MessagePort {
         ports: Vec<MessagePort>,
         timeout: Duration,
     ) -> Result<(), TransferError> {
-        self.tx
-            .transfer_typed(value, ports, Wait::after(timeout), Some(&self.rx))
+        self.tx()
+            .transfer_typed(value, ports, Wait::after(timeout), Some(self.rx()))
     }
 
     /// `post_bytes_with_ports`, waiting at most `timeout` for room
@@ -152,8 +153,8 @@ impl MessagePort {
         ports: Vec<MessagePort>,
         timeout: Duration,
     ) -> Result<(), TransferError> {
-        self.tx
-            .transfer_raw(bytes, ports, Wait::after(timeout), Some(&self.rx))
+        self.tx()
+            .transfer_raw(bytes, ports, Wait::after(timeout), Some(self.rx()))
     }
 
     /// Reserve `len` bytes for a raw message, waiting for room if the ring
@@ -180,12 +181,12 @@ impl MessagePort {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn reserve_bytes(&self, len: usize) -> Result<Reservation<'_>, PostError> {
-        self.tx.reserve_raw(len, Wait::Forever, Some(&self.rx))
+        self.tx().reserve_raw(len, Wait::Forever, Some(self.rx()))
     }
 
     /// `reserve_bytes` if there is room now; [`PostError::Full`] otherwise.
     pub fn try_reserve_bytes(&self, len: usize) -> Result<Reservation<'_>, PostError> {
-        self.tx.reserve_raw(len, Wait::No, Some(&self.rx))
+        self.tx().reserve_raw(len, Wait::No, Some(self.rx()))
     }
 
     /// `reserve_bytes`, waiting at most `timeout` for room
@@ -195,8 +196,8 @@ impl MessagePort {
         len: usize,
         timeout: Duration,
     ) -> Result<Reservation<'_>, PostError> {
-        self.tx
-            .reserve_raw(len, Wait::after(timeout), Some(&self.rx))
+        self.tx()
+            .reserve_raw(len, Wait::after(timeout), Some(self.rx()))
     }
 }
 
@@ -520,6 +521,7 @@ pub(super) const RAW_META: RecordMeta = RecordMeta {
     out_of_line: false,
     pool: false,
     announce: false,
+    kits: false,
     nports: 0,
     fingerprint: 0,
 };
@@ -530,6 +532,7 @@ pub(super) fn typed_meta<T: Postable>() -> RecordMeta {
         out_of_line: false,
         pool: false,
         announce: false,
+        kits: false,
         nports: 0,
         fingerprint: fingerprint::<T>(),
     }

@@ -4,11 +4,13 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use super::kit::{KitHome, Link};
 use super::{Half, Wait};
 use crate::error::CloseReason;
 use crate::fault;
@@ -22,8 +24,19 @@ use crate::wire::attachment::{Attachment, Partial};
 /// drops, after both published their closed flags.
 pub(crate) struct Shared {
     pub(super) seg: Arc<Segment>,
-    pub(super) sock: OwnedFd,
+    /// Closed, or kept with the kit, when the core drops (see `Drop`);
+    /// taken out when the port travels (`sock_moved`).
+    pub(super) sock: ManuallyDrop<OwnedFd>,
+    pub(super) sock_moved: bool,
     pub(super) side: Side,
+    /// The port is on a kit (`super::kit`): where its end goes if it
+    /// closes cleanly.
+    pub(super) kit: OnceLock<KitHome>,
+    /// The kits of the channels this port carries (made lazily).
+    pub(super) link: OnceLock<Arc<Link>>,
+    /// A descriptor travelled on the socket (either way): the socket may
+    /// hold some still, so its kit, if any, is not reused.
+    pub(super) descriptors_seen: AtomicBool,
     /// Attachments received on the socket, waiting for the records that
     /// refer to them (in order). Either half may take them in; only the
     /// receiving half takes them out.
@@ -90,6 +103,30 @@ impl Shared {
         CloseReason::ProtocolError
     }
 
+    /// The kits of the channels this port carries.
+    pub(super) fn link(&self) -> &Arc<Link> {
+        self.link.get_or_init(Link::new)
+    }
+
+    /// Can this port's kit end be kept: nothing travelled on its socket,
+    /// nothing broke, the peer did not hang up, the port did not travel.
+    fn kit_clean(&self) -> bool {
+        !self.descriptors_seen.load(Ordering::Relaxed)
+            && !self.broken()
+            && !self.hung_up()
+            && !self.eof()
+            && !self.transferred.load(Ordering::Relaxed)
+    }
+
+    /// Take the socket out to travel with the port's parts.
+    pub(super) fn take_sock(&mut self) -> OwnedFd {
+        assert!(!self.sock_moved, "a port's socket taken twice");
+        self.sock_moved = true;
+        // SAFETY: `sock_moved` was false, so the socket was never taken
+        // (here or in `drop`), and it is set now, so it never is again.
+        unsafe { ManuallyDrop::take(&mut self.sock) }
+    }
+
     pub(super) fn spin(&self) -> Duration {
         Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed))
     }
@@ -106,7 +143,7 @@ impl Shared {
 
     /// Send a wake token; a hung-up peer is reported as `Err`.
     pub(super) fn wake_peer(&self) -> Result<(), ()> {
-        match sys::socket::send_wake(&self.sock) {
+        match sys::socket::send_wake(&*self.sock) {
             Ok(()) => Ok(()),
             Err(_) => {
                 self.hung_up.store(true, Ordering::Release);
@@ -126,17 +163,17 @@ impl Shared {
                 // taken in later, when it is needed.
                 // Unsplit: nobody else takes the lock.
                 let mut partial = self.partial();
-                let got = sys::socket::recv(&self.sock, true)?;
+                let got = sys::socket::recv(&*self.sock, true)?;
                 self.note(got, &mut partial);
                 Ok(())
             }
             None => {
-                sys::socket::wait(&self.sock, writable, wait.remaining())?;
+                sys::socket::wait(&*self.sock, writable, wait.remaining())?;
                 self.drain_socket(me, false)
             }
             Some(kicks) => {
                 let mine = &kicks[me as usize];
-                sys::socket::wait_or(&self.sock, Some(mine.as_fd()), writable, wait.remaining())?;
+                sys::socket::wait_or(&*self.sock, Some(mine.as_fd()), writable, wait.remaining())?;
                 mine.clear();
                 self.drain_socket(me, false)
             }
@@ -158,9 +195,13 @@ impl Shared {
                 let _ = self.broken.set(Corrupt("garbage on the port's socket"));
             }
             Incoming::Attachment(body, fds) => {
+                self.descriptors_seen.store(true, Ordering::Relaxed);
                 return self.queue(partial.take(&body, Some(fds), true));
             }
-            Incoming::Part(body, fds) => return self.queue(partial.take(&body, Some(fds), false)),
+            Incoming::Part(body, fds) => {
+                self.descriptors_seen.store(true, Ordering::Relaxed);
+                return self.queue(partial.take(&body, Some(fds), false));
+            }
             Incoming::Lost => return self.queue(partial.take(&[], None, true)),
             Incoming::LostPart => return self.queue(partial.take(&[], None, false)),
             Incoming::Empty | Incoming::Wake => {}
@@ -200,7 +241,7 @@ impl Shared {
             if until_attachment && !self.inbox().is_empty() {
                 break Ok(());
             }
-            let got = match sys::socket::recv(&self.sock, false) {
+            let got = match sys::socket::recv(&*self.sock, false) {
                 Ok(g) => g,
                 Err(e) => break Err(e),
             };
@@ -224,6 +265,24 @@ impl Shared {
             }
         }
         r
+    }
+}
+
+impl Drop for Shared {
+    /// The last half is gone. A clean port on a kit keeps its end for the
+    /// next channel; otherwise the socket closes (the peer's hang-up).
+    fn drop(&mut self) {
+        if self.sock_moved {
+            return;
+        }
+        self.sock_moved = true;
+        // SAFETY: `sock_moved` was false: the socket is still here, and this
+        // is its only taking (drop runs once; `take_sock` checks the flag).
+        let sock = unsafe { ManuallyDrop::take(&mut self.sock) };
+        match self.kit.take() {
+            Some(home) if self.kit_clean() => home.keep(self.seg.clone(), sock, self.side),
+            _ => drop(sock),
+        }
     }
 }
 

@@ -14,7 +14,7 @@ fn post_out_of_line_with(a: &MessagePort, payload: &[u8], seals: rustix::fs::Sea
     let fd = sys::memfd::create("test-ool", payload.len()).unwrap();
     sys::memfd::write_all_at(&fd, payload, 0).unwrap();
     sys::memfd::seal(&fd, seals).unwrap();
-    let tx = &a.tx;
+    let tx = a.tx();
     let slot = tx.reserve(OOL_DESCRIPTOR, Wait::No, None).unwrap();
     let att = Attachment {
         ool: Some(fd),
@@ -36,6 +36,7 @@ fn post_out_of_line_with(a: &MessagePort, payload: &[u8], seals: rustix::fs::Sea
         out_of_line: true,
         pool: false,
         announce: false,
+        kits: false,
         nports: 0,
         fingerprint: 0,
     };
@@ -66,20 +67,21 @@ fn a_published_record_is_a_successful_post_even_if_the_peer_left_since() {
     // The receiver announces that it sleeps, so the commit owes a wake-up;
     // then it goes before the record is published.
     assert!(b.prepare_poll());
-    let slot = a.tx.reserve(8, Wait::No, None).unwrap();
+    let slot = a.tx().reserve(8, Wait::No, None).unwrap();
     drop(b);
     let meta = RecordMeta {
         kind: Kind::Raw,
         out_of_line: false,
         pool: false,
         announce: false,
+        kits: false,
         nports: 0,
         fingerprint: 0,
     };
     // The wake-up finds the socket closed: the post still succeeded (the
     // record was published, `commit` cannot fail); the next one reports the
     // close.
-    a.tx.commit(slot, 8, meta);
+    a.tx().commit(slot, 8, meta);
     assert!(matches!(
         a.post_bytes(b"x"),
         Err(crate::error::PostError::Closed(_))
@@ -94,7 +96,8 @@ fn a_port_its_peer_corrupted_during_a_failed_transfer_comes_back_broken() {
     drop(y);
     // Meanwhile p's peer writes a misaligned head into p's sending ring
     // (what the other process of `_q` could do at any time).
-    p.tx.tx
+    p.tx()
+        .tx
         .borrow()
         .memory()
         .header()

@@ -9,6 +9,7 @@
 //!                     | SegmentHeader (128 B)                        |
 //!                     |   magic u64 | version u32 | header_area u32  |
 //!                     |   ring_capacity u64 | total_size u64         |
+//!                     |   kit_id u64 | kit_gen u32 | kit_idle [u32; 2] |
 //! RING_HEADER[0] 128  +---------------------------------------------+
 //!                     | RingHeader, ring 0: side A -> side B (512 B) |
 //!                     |   ProducerLine      tail u64, closed u32     |  128 B, written by producer
@@ -54,6 +55,8 @@
 //!                                            bytes are in a block of the sender's pool)
 //!                                            bit 2: announces (the record's attachment
 //!                                            carries the pool buffer its PoolRef names)
+//!                                            bit 3: kits (the payload starts with KitRefs:
+//!                                            ports that travel as kits the receiver holds)
 //!                         bits 48..64 nports ports carried with the message (0 for now)
 //!  16  fingerprint u64  type fingerprint of a typed message, 0 otherwise
 //!  24  reserved    u64  0 (never written)
@@ -103,7 +106,7 @@ use crate::shm::sync::{AtomicU32 as RingU32, AtomicU64 as RingU64};
 /// First word of every segment: `"SHMPORT\x01"` little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
 /// Version of this layout. A segment with another version is refused.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Bytes before the first ring's data area.
 pub const HEADER_AREA: usize = 20480;
 /// Records start on this boundary: a cache line, so that consecutive
@@ -143,6 +146,10 @@ pub const FLAG_POOL: u8 = 2;
 /// Flag: the record's attachment carries the pool buffer its [`PoolRef`]
 /// names (the buffer's first use). Only with [`FLAG_POOL`].
 pub const FLAG_ANNOUNCE: u8 = 4;
+/// Flag: the payload starts with the references of ports that travel as
+/// kits the receiver already holds ([`KitRefs`]), then the message; never
+/// with another flag.
+pub const FLAG_KITS: u8 = 8;
 
 /// Offset of each ring's header in the segment.
 pub const RING_HEADER: [usize; 2] = [128, 128 + size_of::<RingHeader>()];
@@ -173,6 +180,17 @@ pub struct SegmentHeader {
     pub ring_capacity: AtomicU64,
     /// `HEADER_AREA + 2 * ring_capacity`; must equal the memfd's size.
     pub total_size: AtomicU64,
+    /// The number of the kit this segment is, chosen by its creator (0:
+    /// not a kit). A kit is a channel's memfd and socket pair reused
+    /// between two processes (`src/port/kit.rs`).
+    pub kit_id: AtomicU64,
+    /// The kit's generation: written by its creator each time it starts a
+    /// new channel on it.
+    pub kit_gen: AtomicU32,
+    /// Per side: the generation at which that side's end of the kit is
+    /// idle (its port closed cleanly and its end kept for reuse); 0 while
+    /// in use. Written by that side; cleared by the creator on reuse.
+    pub kit_idle: [AtomicU32; 2],
 }
 
 /// Written only by the ring's producer.
@@ -394,6 +412,38 @@ pub struct OolDescriptor {
 /// Size in bytes of the out-of-line descriptor stored in the ring.
 pub const OOL_DESCRIPTOR: usize = size_of::<OolDescriptor>();
 
+/// The start of a [`FLAG_KITS`] record's payload: how many ports travel as
+/// kits, then a [`KitRef`] each; the message follows at the next multiple
+/// of 32 bytes ([`kit_refs_size`]), so its alignment is the ring's.
+#[repr(C)]
+pub struct KitRefs {
+    /// Number of [`KitRef`]s that follow (the record's port count).
+    pub count: AtomicU32,
+    /// 0.
+    pub reserved: AtomicU32,
+}
+
+/// One port that travels as a kit: the receiver holds the kit's idle end
+/// (given to it earlier with a port over the same channel) and takes it up
+/// at this generation.
+#[repr(C)]
+pub struct KitRef {
+    /// The kit's number, chosen by its creator (the sender).
+    pub id: AtomicU64,
+    /// The generation the kit's header must show.
+    pub generation: AtomicU32,
+    /// 0.
+    pub reserved: AtomicU32,
+    /// The port's spin time, in nanoseconds.
+    pub spin_ns: AtomicU64,
+}
+
+/// Bytes the kit references of `count` ports take at the start of a
+/// [`FLAG_KITS`] record's payload.
+pub const fn kit_refs_size(count: usize) -> usize {
+    (size_of::<KitRefs>() + count * size_of::<KitRef>()).next_multiple_of(32)
+}
+
 /// Bytes a segment with rings of `capacity` bytes occupies.
 pub const fn segment_size(capacity: usize) -> usize {
     HEADER_AREA + 2 * capacity
@@ -422,6 +472,13 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, header_area) == 12);
     assert!(offset_of!(SegmentHeader, ring_capacity) == 16);
     assert!(offset_of!(SegmentHeader, total_size) == 24);
+    assert!(offset_of!(SegmentHeader, kit_id) == 32);
+    assert!(offset_of!(SegmentHeader, kit_gen) == 40);
+    assert!(offset_of!(SegmentHeader, kit_idle) == 44);
+    assert!(size_of::<KitRefs>() == 8);
+    assert!(size_of::<KitRef>() == 24);
+    assert!(kit_refs_size(1) == 32);
+    assert!(kit_refs_size(2) == 64);
 
     assert!(size_of::<ProducerLine>() == 128);
     assert!(offset_of!(ProducerLine, tail) == 0);

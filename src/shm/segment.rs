@@ -110,6 +110,11 @@ impl Segment {
         Ok(Arc::new(seg))
     }
 
+    /// The start of the mapping (at least `HEADER_AREA` bytes, page aligned).
+    pub(super) fn base(&self) -> core::ptr::NonNull<u8> {
+        self.map.ptr()
+    }
+
     fn header(&self) -> &SegmentHeader {
         // SAFETY: the mapping is at least HEADER_AREA bytes (checked or
         // created so), page aligned, and SegmentHeader holds only atomics.

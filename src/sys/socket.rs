@@ -253,6 +253,29 @@ pub fn wait_or(
     })
 }
 
+/// Which of these sockets' other ends are gone (hang-up or error), in one
+/// `poll` that does not wait. An error of `poll` itself reports none gone.
+pub fn hung_up(fds: &[BorrowedFd<'_>]) -> Vec<bool> {
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::empty()))
+        .collect();
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    loop {
+        match poll(&mut pfds, Some(&zero)) {
+            Ok(_) => break,
+            Err(Errno::INTR) => continue,
+            Err(_) => return vec![false; fds.len()],
+        }
+    }
+    pfds.iter()
+        .map(|p| p.revents().intersects(PollFlags::HUP | PollFlags::ERR))
+        .collect()
+}
+
 // ------------------------------------------------------------- rendezvous
 //
 // A listening `SOCK_SEQPACKET` socket at a filesystem path or an abstract

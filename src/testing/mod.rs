@@ -11,3 +11,9 @@ pub mod fuzzing;
 pub mod fault {
     pub use crate::fault::*;
 }
+
+/// The kits a port keeps for the channels it carries: (made by this end
+/// and idle, held for the peer).
+pub fn kits(port: &crate::MessagePort) -> (usize, usize) {
+    port.kits_kept()
+}

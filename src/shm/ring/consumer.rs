@@ -5,15 +5,18 @@ use super::{
     Barriers, Corrupt, Kind, Record, RecordMeta, RingMemory, header_at, max_payload, ring_offset,
 };
 use crate::shm::layout::{
-    CLOSED, FLAG_ANNOUNCE, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW, KIND_TYPED,
-    RECORD_ALIGN, RECORD_HEADER, RecordInfo, align_record, unpack_info,
+    CLOSED, FLAG_ANNOUNCE, FLAG_KITS, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW,
+    KIND_TYPED, RECORD_ALIGN, RECORD_HEADER, RecordInfo, align_record, unpack_info,
 };
 use crate::shm::sync::Ordering;
 
 /// The valid combinations of a record's flags, as a set of bits: none, out
-/// of line, pooled, pooled and announcing.
-const VALID_FLAGS: u8 =
-    1 << 0 | 1 << FLAG_OUT_OF_LINE | 1 << FLAG_POOL | 1 << (FLAG_POOL | FLAG_ANNOUNCE);
+/// of line, pooled, pooled and announcing, kits (alone).
+const VALID_FLAGS: u16 = 1 << 0
+    | 1 << FLAG_OUT_OF_LINE
+    | 1 << FLAG_POOL
+    | 1 << (FLAG_POOL | FLAG_ANNOUNCE)
+    | 1 << FLAG_KITS;
 
 /// The reading end of a ring.
 pub struct Consumer<M: RingMemory> {
@@ -181,7 +184,7 @@ impl<M: RingMemory> Consumer<M> {
             // One place for the payload (the ring, a memfd or a pool
             // block), an announcement only with a pool reference: bit `f`
             // of VALID_FLAGS says whether flags `f` are valid.
-            if flags >= 8 || VALID_FLAGS >> flags & 1 == 0 {
+            if flags >= 16 || VALID_FLAGS >> flags & 1 == 0 {
                 return Err(Corrupt("unknown or contradictory record flags"));
             }
             if len > max_payload(self.cap as usize) || RECORD_HEADER + len > to_end {
@@ -204,6 +207,7 @@ impl<M: RingMemory> Consumer<M> {
                     out_of_line: flags & FLAG_OUT_OF_LINE != 0,
                     pool: flags & FLAG_POOL != 0,
                     announce: flags & FLAG_ANNOUNCE != 0,
+                    kits: flags & FLAG_KITS != 0,
                     nports,
                     fingerprint,
                 },

@@ -132,6 +132,8 @@ pub struct RecordMeta {
     pub pool: bool,
     /// The record's attachment announces the pool buffer it names.
     pub announce: bool,
+    /// The payload starts with the references of ports travelling as kits.
+    pub kits: bool,
     /// Ports carried.
     pub nports: u16,
     /// Type fingerprint (0 for raw).

@@ -196,6 +196,7 @@ const RAW: RecordMeta = RecordMeta {
     out_of_line: false,
     pool: false,
     announce: false,
+    kits: false,
     nports: 0,
     fingerprint: 0,
 };

@@ -6,8 +6,8 @@ use super::{
     max_payload, ring_offset,
 };
 use crate::shm::layout::{
-    CLOSED, FLAG_ANNOUNCE, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW, KIND_TYPED,
-    RECORD_HEADER, RecordInfo, align_record, pack_info,
+    CLOSED, FLAG_ANNOUNCE, FLAG_KITS, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW,
+    KIND_TYPED, RECORD_HEADER, RecordInfo, align_record, pack_info,
 };
 use crate::shm::sync::Ordering;
 
@@ -221,7 +221,8 @@ impl<M: RingMemory> Producer<M> {
                 },
                 flags: flag(meta.out_of_line, FLAG_OUT_OF_LINE)
                     | flag(meta.pool, FLAG_POOL)
-                    | flag(meta.announce, FLAG_ANNOUNCE),
+                    | flag(meta.announce, FLAG_ANNOUNCE)
+                    | flag(meta.kits, FLAG_KITS),
                 nports: meta.nports,
             }),
             Ordering::Relaxed,

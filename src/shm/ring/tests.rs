@@ -9,6 +9,7 @@ const RAW: RecordMeta = RecordMeta {
     out_of_line: false,
     pool: false,
     announce: false,
+    kits: false,
     nports: 0,
     fingerprint: 0,
 };
@@ -234,7 +235,7 @@ fn corrupt_first(f: impl FnOnce(&mut RecordInfo)) -> Corrupt {
 #[test]
 fn corrupt_records_are_errors() {
     assert_eq!(corrupt_first(|i| i.kind = 9).0, "unknown record kind");
-    for flags in [0x80, 0x08, 1 | 2, 4, 1 | 4, 7] {
+    for flags in [0x80, 0x10, 1 | 2, 4, 1 | 4, 7, 8 | 1, 8 | 2, 8 | 2 | 4] {
         assert_eq!(
             corrupt_first(|i| i.flags = flags).0,
             "unknown or contradictory record flags",

@@ -97,6 +97,16 @@ const SIDE_B: u8 = 1;
 const HAS_PARTIAL: u8 = 2;
 /// Flag bit of a port's first byte: pool buffers follow.
 const HAS_POOL: u8 = 4;
+/// Flag bit of a port's first byte: the port is the far end of a new kit
+/// of the channel it travels on (its number and generation are in its
+/// segment's header).
+const KIT_TAG: u8 = 8;
+/// Flag bit of a port's first byte: idle kits it holds for the channels it
+/// carries travel with it.
+const HAS_KITS: u8 = 16;
+/// Most held kits one port carries (the peer made at most this many idle
+/// kits, plus those whose ports it still holds).
+pub(crate) const MAX_HELD_KITS: usize = 4096;
 
 /// The descriptors that travel with one record.
 #[derive(Default)]
@@ -126,6 +136,20 @@ pub(crate) struct PortParts {
     pub partial: Partial,
     /// The buffers of its peer's pool it had mapped.
     pub pool: Vec<(BufferInfo, OwnedFd)>,
+    /// The far end of a kit of the channel it travels on (its number and
+    /// generation are in its segment's header; `src/port/kit.rs`).
+    pub kit: bool,
+    /// The idle kit ends it held for the channels it carries.
+    pub held: Vec<KitParts>,
+}
+
+/// One idle end of a kit, travelling with the port whose channel carries
+/// its channels.
+pub(crate) struct KitParts {
+    pub id: u64,
+    pub seg: SegmentRef,
+    pub sock: OwnedFd,
+    pub side: Side,
 }
 
 pub(crate) enum SegmentRef {
@@ -341,7 +365,9 @@ impl Attachment {
             };
             body.push(
                 side | if partial { HAS_PARTIAL } else { 0 }
-                    | if p.pool.is_empty() { 0 } else { HAS_POOL },
+                    | if p.pool.is_empty() { 0 } else { HAS_POOL }
+                    | if p.kit { KIT_TAG } else { 0 }
+                    | if p.held.is_empty() { 0 } else { HAS_KITS },
             );
             body.extend_from_slice(&(p.spin.as_nanos().min(u64::MAX as u128) as u64).to_le_bytes());
             body.extend_from_slice(&(p.inbox.len() as u32).to_le_bytes());
@@ -358,6 +384,18 @@ impl Attachment {
                 for (info, fd) in &p.pool {
                     encode_buffer(info, body);
                     fds.push(fd.as_fd());
+                }
+            }
+            if !p.held.is_empty() {
+                body.extend_from_slice(&(p.held.len() as u16).to_le_bytes());
+                for k in &p.held {
+                    body.extend_from_slice(&k.id.to_le_bytes());
+                    body.push(match k.side {
+                        Side::A => 0,
+                        Side::B => SIDE_B,
+                    });
+                    fds.push(k.sock.as_fd());
+                    fds.push(k.seg.as_fd());
                 }
             }
         }
@@ -404,7 +442,7 @@ impl Attachment {
         let mut ports = Vec::with_capacity(nports.min(64) as usize);
         for _ in 0..nports {
             let flags = take::<1>(body)?[0];
-            if flags & !(SIDE_B | HAS_PARTIAL | HAS_POOL) != 0 {
+            if flags & !(SIDE_B | HAS_PARTIAL | HAS_POOL | KIT_TAG | HAS_KITS) != 0 {
                 return Err(Corrupt("bad side in attachment"));
             }
             let side = if flags & SIDE_B != 0 {
@@ -441,6 +479,30 @@ impl Attachment {
                     buffers.push((info, fds.next().ok_or(short)?));
                 }
             }
+            let kit = flags & KIT_TAG != 0;
+            let mut held = Vec::new();
+            if flags & HAS_KITS != 0 {
+                let n = u16::from_le_bytes(take::<2>(body)?) as usize;
+                if n > MAX_HELD_KITS {
+                    return Err(Corrupt("a port carries more kits than a receiver holds"));
+                }
+                for _ in 0..n {
+                    let id = u64::from_le_bytes(take::<8>(body)?);
+                    let side = match take::<1>(body)?[0] {
+                        0 => Side::A,
+                        SIDE_B => Side::B,
+                        _ => return Err(Corrupt("bad side of a held kit")),
+                    };
+                    let sock = fds.next().ok_or(short)?;
+                    let seg = SegmentRef::Unopened(fds.next().ok_or(short)?);
+                    held.push(KitParts {
+                        id,
+                        seg,
+                        sock,
+                        side,
+                    });
+                }
+            }
             ports.push(PortParts {
                 seg: SegmentRef::Unopened(mem),
                 sock,
@@ -449,6 +511,8 @@ impl Attachment {
                 inbox,
                 partial,
                 pool: buffers,
+                kit,
+                held,
             });
         }
         Ok(Attachment {

@@ -27,6 +27,8 @@ fn nested_attachments_round_trip() {
             inbox: VecDeque::from([inner]),
             partial: Partial::default(),
             pool: Vec::new(),
+            kit: false,
+            held: Vec::new(),
         }],
     };
     let mut body = Vec::new();
@@ -78,7 +80,7 @@ fn malformed_attachments_are_refused() {
             fd(),
             "attachment has bytes or descriptors left over",
         ),
-        (vec![0, 1, 0, 9], vec![], "bad side in attachment"),
+        (vec![0, 1, 0, 0x40], vec![], "bad side in attachment"),
         (
             vec![0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             fd(),
@@ -123,6 +125,8 @@ fn port_holding(n: usize) -> PortParts {
             .collect(),
         partial: Partial::default(),
         pool: Vec::new(),
+        kit: false,
+        held: Vec::new(),
     }
 }
 

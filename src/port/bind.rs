@@ -1,0 +1,234 @@
+//! Posting ports of channels made here and not used yet as kits of the
+//! channel they travel on (`kit.rs`): named inside the record when this
+//! end of the channel has idle kits for all of them, else each as the far
+//! end of a new kit, sent as an ordinary port.
+
+use core::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use rkyv::rancor;
+
+use super::fresh::{self, Fresh};
+use super::kit::Kit;
+use super::send::check_size;
+use super::{MAX_PORTS, MessagePort, PortReceiver, PortSender, Wait};
+use crate::error::PostError;
+use crate::shm::layout::{KitRef, KitRefs, kit_refs_size};
+use crate::shm::ring::{Kind, RecordMeta};
+use crate::shm::segment::Side;
+use crate::wire::attachment::{Partial, PortParts, SegmentRef};
+use crate::wire::writer::RecordWriter;
+
+/// What [`PortSender::post_as_kits`] did: `Ok(None)` the message was
+/// posted; `Ok(Some(ports))` it was not, and the ports come back to go the
+/// ordinary way; `Err` the post failed, the ports come back.
+type KitPost = Result<Option<Vec<MessagePort>>, (PostError, Vec<MessagePort>)>;
+
+impl MessagePort {
+    /// A port of a channel made here that neither port has used yet (a
+    /// hint; the post decides under the channel's lock).
+    pub(super) fn is_unused(&self) -> bool {
+        self.halves.get().is_none() && self.fresh.as_ref().is_some_and(|(f, _)| f.is_unused())
+    }
+
+    /// The kits this port keeps for the channels it carries: (made here
+    /// and idle, held for the peer).
+    pub(crate) fn kits_kept(&self) -> (usize, usize) {
+        match self.tx().shared.link.get() {
+            Some(link) => link.counts(),
+            None => (0, 0),
+        }
+    }
+}
+
+impl PortSender {
+    /// Post a message whose ports are all unused ports of channels made
+    /// here, each as an idle kit of this channel named in the record: no
+    /// descriptor travels. Only when there is such a kit for every one and
+    /// the message fits in the ring after their references.
+    pub(super) fn post_as_kits(
+        &self,
+        mut meta: RecordMeta,
+        size_hint: usize,
+        wait: Wait,
+        ports: Vec<MessagePort>,
+        fill: &mut dyn FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
+        rx: Option<&PortReceiver>,
+    ) -> KitPost {
+        let n = ports.len();
+        let prefix = kit_refs_size(n);
+        let max = self.max_inline_payload().min(self.inline_limit.get());
+        if n == 0 || n > MAX_PORTS || size_hint.saturating_add(prefix) > max {
+            return Ok(Some(ports));
+        }
+        if !ports.iter().all(MessagePort::is_unused) || shares_a_channel(&ports) {
+            return Ok(Some(ports));
+        }
+        // Lock every channel (its other port cannot be built meanwhile),
+        // and take an idle kit for each.
+        let fresh: Vec<(Arc<Fresh>, usize)> =
+            ports.iter().filter_map(|p| p.fresh.clone()).collect();
+        let mut states = Vec::with_capacity(n);
+        for (f, _) in &fresh {
+            match f.unused_lock() {
+                Some(s) => states.push(s),
+                None => return Ok(Some(ports)),
+            }
+        }
+        let link = self.shared.link().clone();
+        let mut kits: Vec<(Kit, u32)> = Vec::with_capacity(n);
+        for (f, _) in &fresh {
+            match link.reuse(f.settings().capacity) {
+                Some(k) => kits.push(k),
+                None => {
+                    link.put_back(kits.into_iter().map(|(k, _)| k));
+                    return Ok(Some(ports));
+                }
+            }
+        }
+        let posted =
+            self.write_with_kits(&mut meta, size_hint, n, max, wait, fill, rx, |payload| {
+                write_refs(payload, &kits, &fresh)
+            });
+        match posted {
+            Ok(true) => {}
+            Ok(false) => {
+                link.put_back(kits.into_iter().map(|(k, _)| k));
+                return Ok(Some(ports));
+            }
+            Err(e) => {
+                link.put_back(kits.into_iter().map(|(k, _)| k));
+                drop(states);
+                return Err((e, ports));
+            }
+        }
+        for ((state, (kit, generation)), (_, index)) in states.iter_mut().zip(kits).zip(&fresh) {
+            let home = link.home(kit.id, generation, true);
+            fresh::bind(state, 1 - index, kit, home);
+        }
+        drop(states);
+        Ok(None)
+    }
+
+    /// Reserve a slot for the references and the message, serialize the
+    /// message after the references' room, and if it fit inside the ring:
+    /// `refs` writes the references (and renews their kits), then the
+    /// record commits. `Ok(false)`: too large for the ring, nothing done.
+    #[allow(clippy::too_many_arguments)]
+    fn write_with_kits(
+        &self,
+        meta: &mut RecordMeta,
+        size_hint: usize,
+        nports: usize,
+        max: usize,
+        wait: Wait,
+        fill: &mut dyn FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
+        rx: Option<&PortReceiver>,
+        refs: impl FnOnce(NonNull<u8>),
+    ) -> Result<bool, PostError> {
+        let prefix = kit_refs_size(nports);
+        check_size(size_hint)?;
+        self.check_not_reserved()?;
+        self.check_postable()?;
+        let mut need = size_hint + prefix;
+        while need <= max {
+            let slot = self.reserve(need, wait, rx)?;
+            let room = slot.room.min(max) - prefix;
+            // SAFETY: the slot's payload area is at least `need >= prefix`
+            // bytes of ring memory only this producer writes until it
+            // commits; the message goes after the references' `prefix`
+            // bytes (a multiple of 32: the ring's alignment holds).
+            let mut w = unsafe { RecordWriter::slot(slot.payload.add(prefix), room) };
+            match fill(&mut w) {
+                Ok(()) if w.len() + prefix > max => return Ok(false),
+                Ok(()) => {
+                    let len = prefix + w.len();
+                    refs(slot.payload);
+                    meta.kits = true;
+                    meta.nports = nports as u16;
+                    self.commit(slot, len, *meta);
+                    if meta.kind == Kind::Typed {
+                        self.large_hint.set(0);
+                    }
+                    return Ok(true);
+                }
+                Err(e) => match w.wanted() {
+                    Some(wanted) => need = (wanted + prefix).max(need + 1),
+                    None => return Err(PostError::Serialize(e)),
+                },
+            }
+        }
+        Ok(false)
+    }
+
+    /// A port to travel: an unused port of a channel made here goes as the
+    /// far end of a new kit of this channel (the port that stays uses its
+    /// near end); any other port is taken apart as it is.
+    pub(super) fn travel_parts(&self, port: MessagePort) -> PortParts {
+        let Some((f, index)) = port.fresh.as_ref().filter(|_| port.halves.get().is_none()) else {
+            return port.into_parts();
+        };
+        let Some(mut state) = f.unused_lock() else {
+            return port.into_parts();
+        };
+        let link = self.shared.link().clone();
+        let Ok((near, far, generation)) = link.make(f.settings().capacity) else {
+            // Out of descriptors or memory: the channel's own segment goes.
+            drop(state);
+            return port.into_parts();
+        };
+        let parts = PortParts {
+            seg: SegmentRef::Mapped(near.seg.clone()),
+            sock: far,
+            side: Side::B,
+            spin: f.settings().spin,
+            inbox: Default::default(),
+            partial: Partial::default(),
+            pool: Vec::new(),
+            kit: true,
+            held: Vec::new(),
+        };
+        let home = link.home(near.id, generation, true);
+        fresh::bind(&mut state, 1 - index, near, home);
+        parts
+    }
+}
+
+/// Are two of these ports the two ends of one channel?
+fn shares_a_channel(ports: &[MessagePort]) -> bool {
+    ports.iter().enumerate().any(|(i, p)| {
+        ports[i + 1..].iter().any(|q| match (&p.fresh, &q.fresh) {
+            (Some((a, _)), Some((b, _))) => Arc::ptr_eq(a, b),
+            _ => false,
+        })
+    })
+}
+
+/// Renew each kit at its next generation, then write the references at
+/// the start of the record's payload.
+fn write_refs(payload: NonNull<u8>, kits: &[(Kit, u32)], fresh: &[(Arc<Fresh>, usize)]) {
+    // SAFETY: the payload area holds `kit_refs_size(kits.len())` bytes at
+    // least, 32-byte aligned, written only by this producer until commit;
+    // KitRefs and KitRef hold only atomics.
+    let head = unsafe { payload.cast::<KitRefs>().as_ref() };
+    // Relaxed: published by the commit's Release store, like the kits'
+    // renewed words.
+    head.count.store(kits.len() as u32, Ordering::Relaxed);
+    head.reserved.store(0, Ordering::Relaxed);
+    for (i, ((kit, generation), (f, _))) in kits.iter().zip(fresh).enumerate() {
+        kit.seg.renew_kit(*generation);
+        // SAFETY: entry `i` lies inside the prefix (see above).
+        let r = unsafe {
+            payload
+                .add(size_of::<KitRefs>() + i * size_of::<KitRef>())
+                .cast::<KitRef>()
+                .as_ref()
+        };
+        r.id.store(kit.id, Ordering::Relaxed);
+        r.generation.store(*generation, Ordering::Relaxed);
+        r.reserved.store(0, Ordering::Relaxed);
+        let spin = f.settings().spin.as_nanos().min(u64::MAX as u128) as u64;
+        r.spin_ns.store(spin, Ordering::Relaxed);
+    }
+}
