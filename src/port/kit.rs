@@ -95,6 +95,8 @@ pub(crate) struct Link {
 }
 
 struct Made {
+    /// Prune kits whose peer hung up when there are more than this.
+    prune_at: usize,
     /// Kit numbers: a random high half per link end, so that numbers of
     /// this end and of an earlier holder of it never meet in the peer's
     /// held kits; a counter below.
@@ -115,6 +117,7 @@ impl Link {
         let random = RandomState::new().hash_one(std::process::id());
         Arc::new(Link {
             made: Mutex::new(Made {
+                prune_at: 16,
                 next_id: (random << 32) | 1,
                 idle: Vec::new(),
             }),

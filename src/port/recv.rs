@@ -271,7 +271,7 @@ impl PortReceiver {
             Ok(None) => return Ok(None),
             Err(c) => return Err(RecvError::Closed(self.corrupt(c))),
         };
-        if !rec.meta.out_of_line && !rec.meta.pool && rec.meta.nports == 0 {
+        if !rec.meta.out_of_line && !rec.meta.pool && !rec.meta.kits && rec.meta.nports == 0 {
             let body = Body::in_ring(rec.payload, rec.len);
             return Ok(Some(self.trusted(Message::new(
                 self,
