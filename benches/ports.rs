@@ -19,6 +19,12 @@
 //!   closed flag in the shared pages, and every close and unmap. Measured
 //!   right after `channel_per_request`, in the same run, to split it into
 //!   the kernel's floor and shmport's own overhead.
+//! - `socketpair_and_close`: one `socketpair()` and the two `close()`s,
+//!   right after `channel_per_request`: the cheapest kernel object a
+//!   channel could be, against which a channel per request is compared.
+//! - `parked/{channel_per_request,rtt_64B}`: the same request, and a
+//!   64-byte round trip, with both sides sleeping on their sockets at
+//!   once (spin 0): each hop a wake-up.
 //! - `transferred_rtt/{original,transferred}`: 64-byte round trip, busy
 //!   spin, on the port `spawn` made, and on a port that travelled to the
 //!   child inside a message.
@@ -62,7 +68,9 @@ fn main() {
     }
     let mut c = common::criterion();
     channel_per_request(&mut c);
+    socketpair_and_close(&mut c);
     channel_per_request_floor(&mut c);
+    parked(&mut c);
     transferred_rtt(&mut c);
     worker_4_clients(&mut c);
     c.final_summary();
@@ -97,6 +105,14 @@ fn run_role(role: &str) {
             port.set_spin(BUSY);
             echo(&port)
         }
+        "acceptor-parked" => {
+            port.set_spin(Duration::ZERO);
+            acceptor(port)
+        }
+        "echo-parked" => {
+            port.set_spin(Duration::ZERO);
+            echo(&port)
+        }
         "adopt-echo" => {
             // The first message brings the port to echo on.
             let mut m = port.recv().expect("the port to echo on");
@@ -119,6 +135,7 @@ fn acceptor(port: MessagePort) {
             Err(e) => panic!("acceptor: {e}"),
         };
         for p in m.take_ports().expect("ports") {
+            p.set_spin(port.spin());
             p.post(&1u64).expect("reply");
         }
     }
@@ -172,25 +189,63 @@ fn worker(port: MessagePort) {
 fn channel_per_request(c: &mut Criterion) {
     let (child, port) = shmport::spawn(peer("acceptor")).expect("spawn");
     c.bench_function("channel_per_request", |b| {
-        b.iter(|| {
-            let (mine, theirs) = MessageChannel::builder()
-                .spin(BUSY)
-                .build()
-                .expect("channel")
-                .into_ports();
-            port.post_with_ports(&(), vec![theirs])
-                .expect("send a port");
-            let v = mine
-                .recv()
-                .expect("reply")
-                .get::<u64>()
-                .expect("u64")
-                .to_native();
-            assert_eq!(v, 1);
-            assert!(matches!(mine.recv(), Err(RecvError::Closed(_))));
-        })
+        b.iter(|| one_request(&port, BUSY))
     });
     finish(child, port);
+}
+
+/// A channel per request: make it, post one end over `port`, receive the
+/// reply and the close event.
+fn one_request(port: &MessagePort, spin: Duration) {
+    let (mine, theirs) = MessageChannel::builder()
+        .spin(spin)
+        .build()
+        .expect("channel")
+        .into_ports();
+    port.post_with_ports(&(), vec![theirs])
+        .expect("send a port");
+    let v = mine
+        .recv()
+        .expect("reply")
+        .get::<u64>()
+        .expect("u64")
+        .to_native();
+    assert_eq!(v, 1);
+    assert!(matches!(mine.recv(), Err(RecvError::Closed(_))));
+}
+
+fn socketpair_and_close(c: &mut Criterion) {
+    c.bench_function("socketpair_and_close", |b| {
+        b.iter(|| {
+            let pair = rustix::net::socketpair(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC,
+                None,
+            )
+            .expect("socketpair");
+            drop(black_box(pair));
+        })
+    });
+}
+
+fn parked(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parked");
+    let (child, port) = MessageChannel::builder()
+        .spin(Duration::ZERO)
+        .spawn(peer("acceptor-parked"))
+        .expect("spawn");
+    group.bench_function("channel_per_request", |b| {
+        b.iter(|| one_request(&port, Duration::ZERO))
+    });
+    finish(child, port);
+    let (child, port) = MessageChannel::builder()
+        .spin(Duration::ZERO)
+        .spawn(peer("echo-parked"))
+        .expect("spawn");
+    group.bench_function("rtt_64B", |b| b.iter_custom(|n| rtt(&port, n)));
+    finish(child, port);
+    group.finish();
 }
 
 // ------------------------------------------------- channel_per_request_floor

@@ -17,6 +17,16 @@
 //! flight before the requester reads the first stream: each stream waits in
 //! its own port. The responder exits when the requester's port closes; the
 //! requester waits for it.
+//!
+//! ```text
+//! cargo run --release --example reply_stream -- --time 10000
+//! ```
+//!
+//! then also makes 10,000 more requests of one message each, one after the
+//! other, and prints what one took (the channel, the request, the message
+//! and the close event): channels made per request come back as kits of
+//! the channel that carried them, with no system call (ARCHITECTURE.md,
+//! "Kits").
 
 use std::error::Error;
 use std::process::Command;
@@ -60,15 +70,18 @@ fn main() -> Result<()> {
             other => Err(format!("{ROLE_ENV}={other:?}: unknown role").into()),
         };
     }
-    if let Some(arg) = std::env::args().nth(1) {
-        return Err(format!("unknown argument {arg:?} (this example takes none)").into());
-    }
-    requester()
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let timed = match args.as_slice() {
+        [] => None,
+        [flag, n] if flag == "--time" => Some(n.parse::<u32>()?),
+        _ => return Err(format!("unknown arguments {args:?} (only --time N)").into()),
+    };
+    requester(timed)
 }
 
 // ------------------------------------------------------------- requester
 
-fn requester() -> Result<()> {
+fn requester(timed: Option<u32>) -> Result<()> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.env(ROLE_ENV, "responder");
     let (child, port) = shmport::spawn(cmd)?;
@@ -87,6 +100,10 @@ fn requester() -> Result<()> {
     let mut total = 0;
     for (element, count, stream) in &streams {
         total += read_stream(*element, *count, stream)?;
+    }
+
+    if let Some(n) = timed {
+        time_requests(&port, n)?;
     }
 
     // Closing our port ends the responder.
@@ -126,6 +143,43 @@ fn read_stream(element: u64, count: u32, stream: &MessagePort) -> Result<u32> {
         return Err(format!("stream for {element}: {got} messages, asked for {count}").into());
     }
     Ok(got)
+}
+
+/// `n` requests of one message each, one after the other: print the
+/// median time of one, over batches of 1,000.
+fn time_requests(port: &MessagePort, n: u32) -> Result<()> {
+    let mut batches = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(1000);
+        let start = std::time::Instant::now();
+        for i in 0..k {
+            let (mine, theirs) = MessageChannel::new()?.into_ports();
+            let element = u64::from(i);
+            port.post_with_ports(&StreamRequest { element, count: 1 }, vec![theirs])?;
+            if read_quietly(&mine)? != element {
+                return Err("a reply to another request".into());
+            }
+        }
+        batches.push(start.elapsed() / k);
+        left -= k;
+    }
+    batches.sort();
+    println!(
+        "requester: {n} requests of one message each, one at a time: {:?} per request (median of {} batches)",
+        batches[batches.len() / 2],
+        batches.len()
+    );
+    Ok(())
+}
+
+/// The one message of a stream, then its close event.
+fn read_quietly(stream: &MessagePort) -> Result<u64> {
+    let element = stream.recv()?.get::<StreamItem>()?.element.to_native();
+    match stream.recv() {
+        Err(RecvError::Closed(CloseReason::Closed)) => Ok(element),
+        other => Err(format!("after the one message: {:?}", other.map(|_| ())).into()),
+    }
 }
 
 /// "1 message", "3 messages".

@@ -137,7 +137,7 @@ fn a_process_answers_ten_thousand_requests_on_a_handful_of_descriptors() {
     let _serial = serial();
     let before = open_fds();
     let (child, x) = shmport::spawn(peer("responder")).unwrap();
-    let mut victim = Victim::new(child);
+    let victim = Victim::new(child);
     for n in 0..10_000u32 {
         request(&x, n);
     }
@@ -335,7 +335,7 @@ fn a_port_forwarded_to_a_third_process_works_from_there() {
 fn held_kits_travel_with_their_carrier() {
     let _serial = serial();
     let (hand, h) = shmport::spawn(peer("hand-over")).unwrap();
-    let mut hand = Victim::new(hand);
+    let hand = Victim::new(hand);
     let (resp, r) = shmport::spawn(peer("adopt-responder")).unwrap();
     let _resp = Victim::new(resp);
     let (onward, via) = MessageChannel::new().unwrap().into_ports();

@@ -107,7 +107,7 @@ pub(crate) enum State {
     /// Neither port used: the local kit waits.
     Unused(LocalKit),
     /// Built over the local kit: the halves not claimed yet, by index.
-    Built([Option<Halves>; 2]),
+    Built(Box<[Option<Halves>; 2]>),
     /// The other port travelled as a kit; port `staying` is built over the
     /// kit's near end when first used.
     Bound {
@@ -173,10 +173,10 @@ impl Fresh {
         match std::mem::replace(&mut *state, State::Done) {
             State::Unused(local) => {
                 let LocalKit { seg, socks: [a, b] } = local;
-                let mut built = [
+                let mut built = Box::new([
                     Some(self.build(seg.clone(), Side::A, a, None)),
                     Some(self.build(seg, Side::B, b, None)),
-                ];
+                ]);
                 let mine = built[index].take();
                 *state = State::Built(built);
                 mine

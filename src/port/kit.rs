@@ -195,14 +195,15 @@ impl Link {
     fn keep_made(&self, kit: Kit) {
         let mut made = self.made();
         made.idle.push(kit);
-        if made.idle.len() > MAX_IDLE {
-            // Drop the kits whose peer end is gone, then the oldest.
-            let gone =
-                sys::socket::hung_up(&made.idle.iter().map(|k| k.sock.as_fd()).collect::<Vec<_>>());
+        if made.idle.len() > made.prune_at {
+            // Drop the kits whose peer end is gone (their port went on to a
+            // third process, or closed uncleanly), then the oldest.
+            let gone = hung_up(made.idle.iter().map(|k| &k.sock));
             let mut gone = gone.into_iter();
             made.idle.retain(|_| !gone.next().unwrap_or(false));
             let excess = made.idle.len().saturating_sub(MAX_IDLE);
             made.idle.drain(..excess);
+            made.prune_at = (made.idle.len() * 2).clamp(16, MAX_IDLE);
         }
     }
 
@@ -298,6 +299,11 @@ fn reusable(kit: &Kit) -> bool {
         }
         std::hint::spin_loop();
     }
+}
+
+/// Which of these sockets' peers hung up (one `poll`).
+fn hung_up<'a>(socks: impl Iterator<Item = &'a OwnedFd>) -> Vec<bool> {
+    sys::socket::hung_up(&socks.map(|s| s.as_fd()).collect::<Vec<_>>())
 }
 
 /// The generation after `g` (never 0, which marks an end in use).

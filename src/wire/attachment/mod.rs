@@ -17,18 +17,26 @@
 //!               | nports u16 | port{nports}
 //! buffer     := id u32 | log2 u8 | blocks u32
 //! port       := flags u8 (bit 0: side B; bit 1: a partial follows;
-//!               bit 2: pool buffers follow)
+//!               bit 2: pool buffers follow; bit 3: the far end of a kit of
+//!               the channel it travels on; bit 4: held kits follow)
 //!               | spin_ns u64 | inbox_len u32 | attachment{inbox_len} | [partial]
-//!               | [nbuffers u16 | buffer{nbuffers}]
+//!               | [nbuffers u16 | buffer{nbuffers}] | [nkits u16 | kit{nkits}]
+//! kit        := id u64 | side u8 (0: A, 1: B)
 //! partial    := lost u8 (0, 1) | len u32 | bytes{len} | nfds u32
 //! descriptors, in the same depth-first order:
 //!   [ool or buffer memfd] then per port: socket, segment memfd, its inbox's
-//!   descriptors, its partial's nfds descriptors, its buffers' memfds
+//!   descriptors, its partial's nfds descriptors, its buffers' memfds,
+//!   then per held kit: socket, segment memfd
 //! ```
 //!
 //! A port carries the buffers of its peer's pool that it has mapped (the
 //! records queued on it may name them); the pool it owned for sending
-//! stays behind (its new owner makes its own).
+//! stays behind (its new owner makes its own). It also carries the idle
+//! kit ends it held for the channels it carries (their creator may name
+//! them in records still queued or yet to come), and a port that is a
+//! kit's far end says so (bit 3: its number and generation are in its
+//! segment's header), so its receiver keeps the kit when the port closes
+//! (`src/port/kit.rs`).
 //!
 //! **On the socket**, an attachment that fits one `SOCK_SEQPACKET` message
 //! (body up to 4095 bytes, up to 253 descriptors) is one message tagged
