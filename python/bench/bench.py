@@ -14,16 +14,18 @@ for the others.
   the parent waiting in a set, raw and pickled (shmport.PortSet against
   multiprocessing.connection.wait) and on asyncio (`await port.arecv()`
   against a Pipe read from `loop.add_reader`).
-- One-way throughput of numpy float64 arrays of 1, 16 and 64 MiB, for
-  shmport with the default ring (1 MiB: every array travels out of line, in
-  a new memfd) and with a ring of four arrays (4, 64 and 256 MiB) whose
-  inline limit is half the ring (every array written into the ring, whose
-  memory is reused): the
-  sender posts a batch, the receiver gets each as a usable numpy array
-  (reads its first and last element), and answers once at the end of the
-  batch. shmport: `post(arr)` / `recv().data` (the receiver's array is a
-  view of the shared memory); Pipe: `send(arr)` / `recv()`; Queue:
-  `put` / `get`; shared_memory + Pipe: the array copied into one
+- One-way throughput of numpy float64 arrays of 1, 16 and 64 MiB: the
+  sender posts a batch (256 MiB, at least 8 arrays), the receiver gets
+  each as a usable numpy array (reads its first and last element, then
+  lets it go), and answers once at the end of the batch. shmport:
+  `post(arr)` / `recv().data` (the receiver's array is a read-only view of
+  the shared memory) with the default ring (1 MiB: arrays travel in the
+  port's pool, up to its largest block, 64 MiB) and with a ring of four
+  arrays (4, 64 and 256 MiB) whose inline limit is half the ring (every
+  array written into the ring); and `post_bytes(arr)` /
+  `np.frombuffer(msg, dtype)` (the raw bytes, no frame: an array of
+  64 MiB fits the largest pool block). Pipe: `send(arr)` / `recv()`;
+  Queue: `put` / `get`; shared_memory + Pipe: the array copied into one
   SharedMemory block, its shape sent over the pipe, the receiver's array a
   view of the block, and an acknowledgment back before the block is
   reused (the usual recipe).
@@ -31,7 +33,7 @@ for the others.
 Each measurement is repeated `--runs` times, the transports taking turns
 in every run, and the median is reported: round trips with their ratio to
 shmport's of the same kind (raw or pickled), throughputs with their ratio
-to Pipe's.
+to Pipe's and to the shared_memory recipe's.
 """
 
 import argparse
@@ -72,14 +74,21 @@ def shmport_child():
     else:  # sink: arrays, one answer per batch
         n = 0
         for msg in port:
-            d = msg.data
-            if isinstance(d, str):  # end of a batch
-                port.post(n)
-                n = 0
-                continue
-            n += 1
-            d[0], d[-1]
-            del d
+            # Each array is let go once used (as the shared_memory
+            # recipe's receiver does before its acknowledgment): the block
+            # goes back to the sender while the next array is on its way.
+            with msg:
+                if msg.kind == "bytes":  # an array's raw bytes (post_bytes)
+                    d = np.frombuffer(msg, dtype=np.float64)
+                else:
+                    d = msg.data
+                    if isinstance(d, str):  # end of a batch
+                        port.post(n)
+                        n = 0
+                        continue
+                n += 1
+                d[0], d[-1]
+                del d
 
 
 def mp_pipe_child(conn, mode):
@@ -161,7 +170,8 @@ def shm_child(conn, name, mode):
 class Shmport:
     name = "shmport"
 
-    def __init__(self, mode, **opts):
+    def __init__(self, mode, raw=False, **opts):
+        self.raw = raw
         self.proc, self.port = shmport.spawn([sys.executable, os.path.abspath(__file__), "child"], **opts)
         self.port.post(mode)
 
@@ -209,9 +219,11 @@ class Shmport:
 
     def one_way(self, arr, n):
         port = self.port
+        # Raw: the array's bytes, no frame (the receiver knows the dtype).
+        post = port.post_bytes if self.raw else port.post
         t = time.perf_counter()
         for _ in range(n):
-            port.post(arr)
+            post(arr)
         port.post("end")
         assert port.recv().data == n
         return time.perf_counter() - t
@@ -417,6 +429,7 @@ def throughputs(runs, sizes, batch):
         peers = [
             ("shmport post/recv().data", Shmport("sink")),
             ("shmport, ring of 4 arrays", big),
+            ("shmport post_bytes/np.frombuffer", Shmport("sink", raw=True)),
             ("Pipe send/recv", PipePickle("sink")),
             ("Queue put/get", Queue("sink")),
             ("shared_memory + Pipe", SharedMemory("sink", size)),
@@ -443,9 +456,7 @@ def main():
     n_rtt = 500 if args.quick else 20000
 
     def batch(size):
-        if size >= 64 * MiB:
-            return 2 if args.quick else 8
-        return max(2, (64 if args.quick else 512) * MiB // size // 4)
+        return max(2 if args.quick else 8, (16 if args.quick else 256) * MiB // size)
 
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} CPUs; "
           f"medians of {runs} runs, transports taking turns in each run\n")
@@ -469,8 +480,9 @@ def main():
     for name in names:
         cells = []
         for size, row in tp.items():
-            ratio = row[name] / row["Pipe send/recv"]
-            cells.append(f"{row[name] / 2**30:.2f} GiB/s ({ratio:.1f}× Pipe)")
+            pipe = row[name] / row["Pipe send/recv"]
+            recipe = row[name] / row["shared_memory + Pipe"]
+            cells.append(f"{row[name] / 2**30:.2f} GiB/s ({pipe:.1f}× Pipe, {recipe:.2f}× recipe)")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
