@@ -1,6 +1,6 @@
 """shmport against what Python offers for worker processes, same run.
 
-    python python/bench/bench.py [--runs 5] [--quick] [--rtt]
+    python python/bench/bench.py [--runs 5] [--quick] [--rtt] [--sum]
 
 Two processes (this one and a child): the child is started with
 shmport.spawn for shmport, with multiprocessing (the "spawn" start method)
@@ -28,7 +28,8 @@ for the others.
   Queue: `put` / `get`; shared_memory + Pipe: the array copied into one
   SharedMemory block, its shape sent over the pipe, the receiver's array a
   view of the block, and an acknowledgment back before the block is
-  reused (the usual recipe).
+  reused (the usual recipe). With `--sum`, every receiver sums each whole
+  array instead (it reads all of it).
 
 Each measurement is repeated `--runs` times, the transports taking turns
 in every run, and the median is reported: round trips with their ratio to
@@ -62,6 +63,15 @@ RING_ARRAYS = 4
 # ------------------------------------------------------------------ children
 
 
+def use(arr, mode):
+    """What a receiver does with an array: reads its first and last
+    element ("sink"), or every element ("sum")."""
+    if mode == "sum":
+        arr.sum()
+    else:
+        arr[0], arr[-1]
+
+
 def shmport_child():
     port = shmport.from_parent()
     mode = port.recv().data
@@ -87,7 +97,7 @@ def shmport_child():
                         n = 0
                         continue
                 n += 1
-                d[0], d[-1]
+                use(d, mode)
                 del d
 
 
@@ -115,7 +125,7 @@ def mp_pipe_child(conn, mode):
                 n = 0
                 continue
             n += 1
-            o[0], o[-1]
+            use(o, mode)
 
 
 def mp_queue_child(inq, outq, mode):
@@ -131,7 +141,7 @@ def mp_queue_child(inq, outq, mode):
             n = 0
         else:
             n += 1
-            o[0], o[-1]
+            use(o, mode)
 
 
 def shm_child(conn, name, mode):
@@ -156,7 +166,7 @@ def shm_child(conn, name, mode):
                     n = 0
                     continue
                 arr = np.ndarray(msg, dtype=np.float64, buffer=shm.buf)
-                arr[0], arr[-1]
+                use(arr, mode)
                 del arr
                 n += 1
                 conn.send_bytes(b"k")  # the block may be reused
@@ -419,20 +429,20 @@ def round_trips(runs, n):
     return median_rows(samples)
 
 
-def throughputs(runs, sizes, batch):
+def throughputs(runs, sizes, batch, mode):
     rows = {}
     for size in sizes:
         arr = np.random.default_rng(0).random(size // 8)
         n = batch(size)
-        big = Shmport("sink", capacity=RING_ARRAYS * size)
+        big = Shmport(mode, capacity=RING_ARRAYS * size)
         big.port.inline_limit = big.port.capacity // 2
         peers = [
-            ("shmport post/recv().data", Shmport("sink")),
+            ("shmport post/recv().data", Shmport(mode)),
             ("shmport, ring of 4 arrays", big),
-            ("shmport post_bytes/np.frombuffer", Shmport("sink", raw=True)),
-            ("Pipe send/recv", PipePickle("sink")),
-            ("Queue put/get", Queue("sink")),
-            ("shared_memory + Pipe", SharedMemory("sink", size)),
+            ("shmport post_bytes/np.frombuffer", Shmport(mode, raw=True)),
+            ("Pipe send/recv", PipePickle(mode)),
+            ("Queue put/get", Queue(mode)),
+            ("shared_memory + Pipe", SharedMemory(mode, size)),
         ]
         for _, peer in peers:  # warm up: a lap of the big ring
             peer.one_way(arr, RING_ARRAYS + 1)
@@ -451,6 +461,8 @@ def main():
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="few iterations (a smoke test)")
     p.add_argument("--rtt", action="store_true", help="the round trips only")
+    p.add_argument("--sum", action="store_true",
+                   help="throughput receivers sum every array (read all of it) instead of two elements")
     args = p.parse_args()
     runs = 2 if args.quick else args.runs
     n_rtt = 500 if args.quick else 20000
@@ -472,8 +484,9 @@ def main():
     print()
     if args.rtt:
         return
-    tp = throughputs(runs, [1 * MiB, 16 * MiB, 64 * MiB], batch)
-    print("One-way throughput of numpy float64 arrays, received as usable arrays")
+    tp = throughputs(runs, [1 * MiB, 16 * MiB, 64 * MiB], batch, "sum" if args.sum else "sink")
+    what = "summed" if args.sum else "first and last element read"
+    print(f"One-way throughput of numpy float64 arrays, received as usable arrays ({what})")
     print("| transport | 1 MiB | 16 MiB | 64 MiB |")
     print("|---|---:|---:|---:|")
     names = list(next(iter(tp.values())))
