@@ -1,6 +1,7 @@
 """shmport against what Python offers for worker processes, same run.
 
-    python python/bench/bench.py [--runs 5] [--quick] [--rtt] [--sum]
+    python python/bench/bench.py [--runs 5] [--quick] [--rtt | --throughput] [--sum]
+        [--sizes 1 16 64] [--steady SECONDS]
 
 Two processes (this one and a child): the child is started with
 shmport.spawn for shmport, with multiprocessing (the "spawn" start method)
@@ -29,7 +30,9 @@ for the others.
   SharedMemory block, its shape sent over the pipe, the receiver's array a
   view of the block, and an acknowledgment back before the block is
   reused (the usual recipe). With `--sum`, every receiver sums each whole
-  array instead (it reads all of it).
+  array instead (it reads all of it). With `--steady S`, each figure is
+  the median of batches sent back to back for S seconds: the transport's
+  own pace rather than its first batch after the others ran.
 
 Each measurement is repeated `--runs` times, the transports taking turns
 in every run, and the median is reported: round trips with their ratio to
@@ -429,7 +432,19 @@ def round_trips(runs, n):
     return median_rows(samples)
 
 
-def throughputs(runs, sizes, batch, mode):
+def rate(peer, arr, n, steady):
+    """Bytes per second of one batch of `n` arrays; with `steady`, batches
+    back to back for that many seconds, the median of them (the
+    transport's own pace, not its first batch after the others ran)."""
+    if not steady:
+        return arr.nbytes * n / peer.one_way(arr, n)
+    rates, end = [], time.perf_counter() + steady
+    while not rates or time.perf_counter() < end:
+        rates.append(arr.nbytes * n / peer.one_way(arr, n))
+    return statistics.median(rates)
+
+
+def throughputs(runs, sizes, batch, mode, steady):
     rows = {}
     for size in sizes:
         arr = np.random.default_rng(0).random(size // 8)
@@ -449,7 +464,7 @@ def throughputs(runs, sizes, batch, mode):
         samples = {name: [] for name, _ in peers}
         for _ in range(runs):
             for name, peer in peers:
-                samples[name].append(size * n / peer.one_way(arr, n))
+                samples[name].append(rate(peer, arr, n, steady))
         for _, peer in peers:
             peer.close()
         rows[size] = median_rows(samples)
@@ -460,7 +475,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="few iterations (a smoke test)")
-    p.add_argument("--rtt", action="store_true", help="the round trips only")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--rtt", action="store_true", help="the round trips only")
+    only.add_argument("--throughput", action="store_true", help="the throughputs only")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 64], metavar="MIB",
+                   help="array sizes for the throughput, in MiB")
+    p.add_argument("--steady", type=float, default=0, metavar="SECONDS",
+                   help="each throughput figure: batches back to back for SECONDS, their median")
     p.add_argument("--sum", action="store_true",
                    help="throughput receivers sum every array (read all of it) instead of two elements")
     args = p.parse_args()
@@ -472,23 +493,25 @@ def main():
 
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} CPUs; "
           f"medians of {runs} runs, transports taking turns in each run\n")
-    rtt = round_trips(runs, n_rtt)
-    base = rtt["shmport post_bytes"]
-    base_p = rtt["shmport post (pickle)"]
-    print(f"64 B round trip ({n_rtt} per run)")
-    print("| transport | median round trip | / shmport (same kind) |")
-    print("|---|---:|---:|")
-    for name, v in rtt.items():
-        ref = base_p if "pickle" in name else base
-        print(f"| {name} | {v * 1e6:.1f} µs | {v / ref:.2f}× |")
-    print()
+    if not args.throughput:
+        rtt = round_trips(runs, n_rtt)
+        base = rtt["shmport post_bytes"]
+        base_p = rtt["shmport post (pickle)"]
+        print(f"64 B round trip ({n_rtt} per run)")
+        print("| transport | median round trip | / shmport (same kind) |")
+        print("|---|---:|---:|")
+        for name, v in rtt.items():
+            ref = base_p if "pickle" in name else base
+            print(f"| {name} | {v * 1e6:.1f} µs | {v / ref:.2f}× |")
+        print()
     if args.rtt:
         return
-    tp = throughputs(runs, [1 * MiB, 16 * MiB, 64 * MiB], batch, "sum" if args.sum else "sink")
+    sizes = [s * MiB for s in args.sizes]
+    tp = throughputs(runs, sizes, batch, "sum" if args.sum else "sink", args.steady)
     what = "summed" if args.sum else "first and last element read"
     print(f"One-way throughput of numpy float64 arrays, received as usable arrays ({what})")
-    print("| transport | 1 MiB | 16 MiB | 64 MiB |")
-    print("|---|---:|---:|---:|")
+    print("| transport | " + " | ".join(f"{s} MiB" for s in args.sizes) + " |")
+    print("|---|" + "---:|" * len(sizes))
     names = list(next(iter(tp.values())))
     for name in names:
         cells = []
