@@ -84,7 +84,7 @@ def shmport_child():
     elif mode == "echo-pickle":
         for msg in port:
             port.post(msg.data)
-    else:  # sink: arrays, one answer per batch
+    else:  # "sink" or "sum": arrays, one answer per batch
         n = 0
         for msg in port:
             # Each array is let go once used (as the shared_memory
