@@ -159,11 +159,13 @@ fn large_messages_go_to_the_pool_and_read_zero_copy() {
 #[test]
 fn messages_larger_than_the_largest_pool_block_go_out_of_line() {
     let (a, b) = small();
-    let big = vec![5u8; (64 << 20) + 1];
+    // Not uniform, so that a byte copied to the wrong place shows (a
+    // write this large takes the streaming copy).
+    let big: Vec<u8> = (0..(64usize << 20) + 1).map(|i| (i % 251) as u8).collect();
     a.post_bytes(&big[..64 << 20]).unwrap();
     a.post_bytes(&big).unwrap();
     let m = b.recv().unwrap();
-    assert!(m.is_pooled() && m.bytes().len() == 64 << 20);
+    assert!(m.is_pooled() && m.bytes() == &big[..64 << 20]);
     let m = b.recv().unwrap();
     assert!(m.is_out_of_line() && !m.is_pooled() && m.bytes() == &big[..]);
 }

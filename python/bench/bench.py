@@ -1,6 +1,7 @@
 """shmport against what Python offers for worker processes, same run.
 
-    python python/bench/bench.py [--runs 5] [--quick] [--rtt]
+    python python/bench/bench.py [--runs 5] [--quick] [--rtt | --throughput] [--sum]
+        [--sizes 1 16 64] [--steady SECONDS]
 
 Two processes (this one and a child): the child is started with
 shmport.spawn for shmport, with multiprocessing (the "spawn" start method)
@@ -14,24 +15,29 @@ for the others.
   the parent waiting in a set, raw and pickled (shmport.PortSet against
   multiprocessing.connection.wait) and on asyncio (`await port.arecv()`
   against a Pipe read from `loop.add_reader`).
-- One-way throughput of numpy float64 arrays of 1, 16 and 64 MiB, for
-  shmport with the default ring (1 MiB: every array travels out of line, in
-  a new memfd) and with a ring of four arrays (4, 64 and 256 MiB) whose
-  inline limit is half the ring (every array written into the ring, whose
-  memory is reused): the
-  sender posts a batch, the receiver gets each as a usable numpy array
-  (reads its first and last element), and answers once at the end of the
-  batch. shmport: `post(arr)` / `recv().data` (the receiver's array is a
-  view of the shared memory); Pipe: `send(arr)` / `recv()`; Queue:
-  `put` / `get`; shared_memory + Pipe: the array copied into one
+- One-way throughput of numpy float64 arrays of 1, 16 and 64 MiB: the
+  sender posts a batch (256 MiB, at least 8 arrays), the receiver gets
+  each as a usable numpy array (reads its first and last element, then
+  lets it go), and answers once at the end of the batch. shmport:
+  `post(arr)` / `recv().data` (the receiver's array is a read-only view of
+  the shared memory) with the default ring (1 MiB: arrays travel in the
+  port's pool, up to its largest block, 64 MiB) and with a ring of four
+  arrays (4, 64 and 256 MiB) whose inline limit is half the ring (every
+  array written into the ring); and `post_bytes(arr)` /
+  `np.frombuffer(msg, dtype)` (the raw bytes, no frame: an array of
+  64 MiB fits the largest pool block). Pipe: `send(arr)` / `recv()`;
+  Queue: `put` / `get`; shared_memory + Pipe: the array copied into one
   SharedMemory block, its shape sent over the pipe, the receiver's array a
   view of the block, and an acknowledgment back before the block is
-  reused (the usual recipe).
+  reused (the usual recipe). With `--sum`, every receiver sums each whole
+  array instead (it reads all of it). With `--steady S`, each figure is
+  the median of batches sent back to back for S seconds: the transport's
+  own pace rather than its first batch after the others ran.
 
 Each measurement is repeated `--runs` times, the transports taking turns
 in every run, and the median is reported: round trips with their ratio to
 shmport's of the same kind (raw or pickled), throughputs with their ratio
-to Pipe's.
+to Pipe's and to the shared_memory recipe's.
 """
 
 import argparse
@@ -60,6 +66,15 @@ RING_ARRAYS = 4
 # ------------------------------------------------------------------ children
 
 
+def use(arr, mode):
+    """What a receiver does with an array: reads its first and last
+    element ("sink"), or every element ("sum")."""
+    if mode == "sum":
+        arr.sum()
+    else:
+        arr[0], arr[-1]
+
+
 def shmport_child():
     port = shmport.from_parent()
     mode = port.recv().data
@@ -69,17 +84,24 @@ def shmport_child():
     elif mode == "echo-pickle":
         for msg in port:
             port.post(msg.data)
-    else:  # sink: arrays, one answer per batch
+    else:  # "sink" or "sum": arrays, one answer per batch
         n = 0
         for msg in port:
-            d = msg.data
-            if isinstance(d, str):  # end of a batch
-                port.post(n)
-                n = 0
-                continue
-            n += 1
-            d[0], d[-1]
-            del d
+            # Each array is let go once used (as the shared_memory
+            # recipe's receiver does before its acknowledgment): the block
+            # goes back to the sender while the next array is on its way.
+            with msg:
+                if msg.kind == "bytes":  # an array's raw bytes (post_bytes)
+                    d = np.frombuffer(msg, dtype=np.float64)
+                else:
+                    d = msg.data
+                    if isinstance(d, str):  # end of a batch
+                        port.post(n)
+                        n = 0
+                        continue
+                n += 1
+                use(d, mode)
+                del d
 
 
 def mp_pipe_child(conn, mode):
@@ -106,7 +128,7 @@ def mp_pipe_child(conn, mode):
                 n = 0
                 continue
             n += 1
-            o[0], o[-1]
+            use(o, mode)
 
 
 def mp_queue_child(inq, outq, mode):
@@ -122,7 +144,7 @@ def mp_queue_child(inq, outq, mode):
             n = 0
         else:
             n += 1
-            o[0], o[-1]
+            use(o, mode)
 
 
 def shm_child(conn, name, mode):
@@ -147,7 +169,7 @@ def shm_child(conn, name, mode):
                     n = 0
                     continue
                 arr = np.ndarray(msg, dtype=np.float64, buffer=shm.buf)
-                arr[0], arr[-1]
+                use(arr, mode)
                 del arr
                 n += 1
                 conn.send_bytes(b"k")  # the block may be reused
@@ -161,7 +183,8 @@ def shm_child(conn, name, mode):
 class Shmport:
     name = "shmport"
 
-    def __init__(self, mode, **opts):
+    def __init__(self, mode, raw=False, **opts):
+        self.raw = raw
         self.proc, self.port = shmport.spawn([sys.executable, os.path.abspath(__file__), "child"], **opts)
         self.port.post(mode)
 
@@ -209,9 +232,11 @@ class Shmport:
 
     def one_way(self, arr, n):
         port = self.port
+        # Raw: the array's bytes, no frame (the receiver knows the dtype).
+        post = port.post_bytes if self.raw else port.post
         t = time.perf_counter()
         for _ in range(n):
-            port.post(arr)
+            post(arr)
         port.post("end")
         assert port.recv().data == n
         return time.perf_counter() - t
@@ -407,26 +432,39 @@ def round_trips(runs, n):
     return median_rows(samples)
 
 
-def throughputs(runs, sizes, batch):
+def rate(peer, arr, n, steady):
+    """Bytes per second of one batch of `n` arrays; with `steady`, batches
+    back to back for that many seconds, the median of them (the
+    transport's own pace, not its first batch after the others ran)."""
+    if not steady:
+        return arr.nbytes * n / peer.one_way(arr, n)
+    rates, end = [], time.perf_counter() + steady
+    while not rates or time.perf_counter() < end:
+        rates.append(arr.nbytes * n / peer.one_way(arr, n))
+    return statistics.median(rates)
+
+
+def throughputs(runs, sizes, batch, mode, steady):
     rows = {}
     for size in sizes:
         arr = np.random.default_rng(0).random(size // 8)
         n = batch(size)
-        big = Shmport("sink", capacity=RING_ARRAYS * size)
+        big = Shmport(mode, capacity=RING_ARRAYS * size)
         big.port.inline_limit = big.port.capacity // 2
         peers = [
-            ("shmport post/recv().data", Shmport("sink")),
+            ("shmport post/recv().data", Shmport(mode)),
             ("shmport, ring of 4 arrays", big),
-            ("Pipe send/recv", PipePickle("sink")),
-            ("Queue put/get", Queue("sink")),
-            ("shared_memory + Pipe", SharedMemory("sink", size)),
+            ("shmport post_bytes/np.frombuffer", Shmport(mode, raw=True)),
+            ("Pipe send/recv", PipePickle(mode)),
+            ("Queue put/get", Queue(mode)),
+            ("shared_memory + Pipe", SharedMemory(mode, size)),
         ]
         for _, peer in peers:  # warm up: a lap of the big ring
             peer.one_way(arr, RING_ARRAYS + 1)
         samples = {name: [] for name, _ in peers}
         for _ in range(runs):
             for name, peer in peers:
-                samples[name].append(size * n / peer.one_way(arr, n))
+                samples[name].append(rate(peer, arr, n, steady))
         for _, peer in peers:
             peer.close()
         rows[size] = median_rows(samples)
@@ -437,40 +475,50 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="few iterations (a smoke test)")
-    p.add_argument("--rtt", action="store_true", help="the round trips only")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--rtt", action="store_true", help="the round trips only")
+    only.add_argument("--throughput", action="store_true", help="the throughputs only")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 64], metavar="MIB",
+                   help="array sizes for the throughput, in MiB")
+    p.add_argument("--steady", type=float, default=0, metavar="SECONDS",
+                   help="each throughput figure: batches back to back for SECONDS, their median")
+    p.add_argument("--sum", action="store_true",
+                   help="throughput receivers sum every array (read all of it) instead of two elements")
     args = p.parse_args()
     runs = 2 if args.quick else args.runs
     n_rtt = 500 if args.quick else 20000
 
     def batch(size):
-        if size >= 64 * MiB:
-            return 2 if args.quick else 8
-        return max(2, (64 if args.quick else 512) * MiB // size // 4)
+        return max(2 if args.quick else 8, (16 if args.quick else 256) * MiB // size)
 
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} CPUs; "
           f"medians of {runs} runs, transports taking turns in each run\n")
-    rtt = round_trips(runs, n_rtt)
-    base = rtt["shmport post_bytes"]
-    base_p = rtt["shmport post (pickle)"]
-    print(f"64 B round trip ({n_rtt} per run)")
-    print("| transport | median round trip | / shmport (same kind) |")
-    print("|---|---:|---:|")
-    for name, v in rtt.items():
-        ref = base_p if "pickle" in name else base
-        print(f"| {name} | {v * 1e6:.1f} µs | {v / ref:.2f}× |")
-    print()
+    if not args.throughput:
+        rtt = round_trips(runs, n_rtt)
+        base = rtt["shmport post_bytes"]
+        base_p = rtt["shmport post (pickle)"]
+        print(f"64 B round trip ({n_rtt} per run)")
+        print("| transport | median round trip | / shmport (same kind) |")
+        print("|---|---:|---:|")
+        for name, v in rtt.items():
+            ref = base_p if "pickle" in name else base
+            print(f"| {name} | {v * 1e6:.1f} µs | {v / ref:.2f}× |")
+        print()
     if args.rtt:
         return
-    tp = throughputs(runs, [1 * MiB, 16 * MiB, 64 * MiB], batch)
-    print("One-way throughput of numpy float64 arrays, received as usable arrays")
-    print("| transport | 1 MiB | 16 MiB | 64 MiB |")
-    print("|---|---:|---:|---:|")
+    sizes = [s * MiB for s in args.sizes]
+    tp = throughputs(runs, sizes, batch, "sum" if args.sum else "sink", args.steady)
+    what = "summed" if args.sum else "first and last element read"
+    print(f"One-way throughput of numpy float64 arrays, received as usable arrays ({what})")
+    print("| transport | " + " | ".join(f"{s} MiB" for s in args.sizes) + " |")
+    print("|---|" + "---:|" * len(sizes))
     names = list(next(iter(tp.values())))
     for name in names:
         cells = []
         for size, row in tp.items():
-            ratio = row[name] / row["Pipe send/recv"]
-            cells.append(f"{row[name] / 2**30:.2f} GiB/s ({ratio:.1f}× Pipe)")
+            pipe = row[name] / row["Pipe send/recv"]
+            recipe = row[name] / row["shared_memory + Pipe"]
+            cells.append(f"{row[name] / 2**30:.2f} GiB/s ({pipe:.1f}× Pipe, {recipe:.2f}× recipe)")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 

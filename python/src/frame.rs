@@ -1,6 +1,12 @@
 //! The frame of a pickled message: the pickle (protocol 5) and its
 //! out-of-band buffers, written straight into the ring (or, for a message
-//! larger than half the ring, into its out-of-line memfd) in one pass.
+//! over the port's inline limit, into a block of its pool, or past the
+//! largest block into a memfd of its own) in one pass.
+//!
+//! The pickle and the table take a few hundred bytes beside the buffers:
+//! a pickled array of exactly 64 MiB does not fit the largest pool block
+//! and travels in a memfd of its own (`post_bytes` sends the bytes alone,
+//! which fit).
 //!
 //! It is posted as a typed message (an rkyv "archive" whose root is the
 //! 32-byte trailer below), so its fingerprint tells a receiver that it is

@@ -40,7 +40,7 @@ use crate::waiting::{LoopFd, spin_until};
 /// messages released on other threads.
 pub(crate) const SLICE: Duration = Duration::from_millis(50);
 
-/// Posts larger than the ring's capacity divided by this go out of line.
+/// Posts larger than the ring's capacity divided by this go to the pool.
 const INLINE_FRACTION: usize = 8;
 
 /// A posted `bytes` object this large goes out of band (`_pickle.py`;
@@ -404,8 +404,8 @@ impl Port {
         let capacity = port.capacity();
         // A Python receiver typically holds its last message (the loop
         // variable, arrays from `.data`) while it waits for the next one:
-        // large posts go out of line so that held messages pin little ring
-        // space (see `MessagePort::set_inline_limit`).
+        // large posts go to the pool (or out of line) so that held messages
+        // pin little ring space (see `MessagePort::set_inline_limit`).
         port.set_inline_limit(capacity / INLINE_FRACTION);
         let spin = port.spin();
         let (tx, rx) = port.split().map_err(|e| errors::io(e.error))?;
@@ -1197,10 +1197,11 @@ impl Port {
         self.spin.as_secs_f64()
     }
 
-    /// Posts larger than this many bytes travel out of line (their own
-    /// shared memory, mapped by the receiver) even when the ring could hold
-    /// them; default: an eighth of the ring. A receiver that holds messages
-    /// pins ring space only for the inline ones.
+    /// Posts larger than this many bytes travel outside the ring (in a
+    /// block of the sender's pool, or past the largest block, 64 MiB, in
+    /// shared memory of their own) even when the ring could hold them;
+    /// default: an eighth of the ring. A receiver that holds messages pins
+    /// ring space only for the inline ones.
     #[getter]
     fn inline_limit(&self) -> PyResult<usize> {
         let mut g = self.tx_enter()?;

@@ -11,6 +11,7 @@ use rkyv::ser::sharing::Share;
 use rkyv::ser::{Positional, Serializer, Writer};
 
 use crate::sys;
+use crate::wire::stream_copy;
 
 /// The largest message a port posts, in bytes: 64 TiB.
 ///
@@ -226,13 +227,15 @@ impl<E: Source> Writer<E> for RecordWriter {
                     return Err(E::new(NO_ROOM));
                 }
                 // SAFETY: pos..end lies within the `room` bytes the slot owns
-                // (checked above; `slot`'s contract).
+                // (checked above; `slot`'s contract), which no Rust reference
+                // covers, so `bytes` cannot overlap them.
                 unsafe {
-                    core::ptr::copy_nonoverlapping(
-                        bytes.as_ptr(),
-                        ptr.as_ptr().add(self.pos),
-                        bytes.len(),
-                    )
+                    let to = ptr.as_ptr().add(self.pos);
+                    if stream_copy::streams(bytes.len()) {
+                        stream_copy::copy(bytes, to);
+                    } else {
+                        core::ptr::copy_nonoverlapping(bytes.as_ptr(), to, bytes.len());
+                    }
                 };
             }
             Target::Memfd(buf) => {
