@@ -14,6 +14,7 @@ use super::kit::Kit;
 use super::send::check_size;
 use super::{MAX_PORTS, MessagePort, PortReceiver, PortSender, Wait};
 use crate::error::PostError;
+use crate::shm::kit::KitWords;
 use crate::shm::layout::{KitRef, KitRefs, kit_refs_size};
 use crate::shm::ring::{Kind, RecordMeta};
 use crate::shm::segment::Side;

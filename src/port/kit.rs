@@ -38,6 +38,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use crate::shm::kit::KitWords;
 use crate::shm::ring::Corrupt;
 use crate::shm::segment::{Segment, Side};
 use crate::sys;

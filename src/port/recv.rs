@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use super::{Half, MAX_PORTS, MessagePort, PortReceiver, Trust, Wait};
 use crate::error::{CloseReason, RecvError};
 use crate::port::message::{Body, Holder, Message};
+use crate::shm::kit::KitWords;
 use crate::shm::layout::{
     KitRef, KitRefs, OOL_DESCRIPTOR, OolDescriptor, POOL_REF, PoolRef, kit_refs_size,
 };

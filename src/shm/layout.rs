@@ -9,7 +9,7 @@
 //!                     | SegmentHeader (128 B)                        |
 //!                     |   magic u64 | version u32 | header_area u32  |
 //!                     |   ring_capacity u64 | total_size u64         |
-//!                     |   kit_id u64 | kit_gen u32 | kit_idle [u32; 2] |
+//!                     |   KitLine: id u64 | generation u32 | idle [u32; 2] |
 //! RING_HEADER[0] 128  +---------------------------------------------+
 //!                     | RingHeader, ring 0: side A -> side B (512 B) |
 //!                     |   ProducerLine      tail u64, closed u32     |  128 B, written by producer
@@ -180,17 +180,24 @@ pub struct SegmentHeader {
     pub ring_capacity: AtomicU64,
     /// `HEADER_AREA + 2 * ring_capacity`; must equal the memfd's size.
     pub total_size: AtomicU64,
-    /// The number of the kit this segment is, chosen by its creator (0:
-    /// not a kit). A kit is a channel's memfd and socket pair reused
-    /// between two processes (`src/port/kit.rs`).
-    pub kit_id: AtomicU64,
+    /// The words of a segment reused as a kit (`src/shm/kit/`).
+    pub kit: KitLine,
+}
+
+/// A kit is a channel's memfd and socket pair reused between two processes
+/// (`src/port/kit.rs`); these words say which channel it carries now.
+#[repr(C)]
+pub struct KitLine {
+    /// The kit's number, chosen by its creator (0: not a kit); written
+    /// once, before the memfd travels.
+    pub id: AtomicU64,
     /// The kit's generation: written by its creator each time it starts a
     /// new channel on it.
-    pub kit_gen: AtomicU32,
+    pub generation: RingU32,
     /// Per side: the generation at which that side's end of the kit is
     /// idle (its port closed cleanly and its end kept for reuse); 0 while
     /// in use. Written by that side; cleared by the creator on reuse.
-    pub kit_idle: [AtomicU32; 2],
+    pub idle: [RingU32; 2],
 }
 
 /// Written only by the ring's producer.
@@ -472,9 +479,10 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, header_area) == 12);
     assert!(offset_of!(SegmentHeader, ring_capacity) == 16);
     assert!(offset_of!(SegmentHeader, total_size) == 24);
-    assert!(offset_of!(SegmentHeader, kit_id) == 32);
-    assert!(offset_of!(SegmentHeader, kit_gen) == 40);
-    assert!(offset_of!(SegmentHeader, kit_idle) == 44);
+    assert!(offset_of!(SegmentHeader, kit) == 32);
+    assert!(offset_of!(KitLine, id) == 0);
+    assert!(offset_of!(KitLine, generation) == 8);
+    assert!(offset_of!(KitLine, idle) == 12);
     assert!(size_of::<KitRefs>() == 8);
     assert!(size_of::<KitRef>() == 24);
     assert!(kit_refs_size(1) == 32);

@@ -28,16 +28,31 @@
 //! two processes (the peer owns its end of those anyway), or make a kit
 //! never reusable (then a new one is made).
 
+use crate::shm::layout::{KitLine, RING_HEADER, RingHeader, SegmentHeader};
+use crate::shm::segment::{Segment, Side};
 use crate::shm::sync::Ordering;
 
-use super::layout::{RING_HEADER, RingHeader, SegmentHeader};
-use super::segment::{Segment, Side};
+#[cfg(all(test, shmport_loom))]
+mod model;
 
-impl Segment {
-    fn ring_header(&self, index: usize) -> &RingHeader {
+/// Where a kit's words are: a segment, or the loom model's memory.
+pub(crate) trait KitMemory {
+    /// The kit's line of the segment header.
+    fn kit_line(&self) -> &KitLine;
+    /// Ring `index`'s header (index < 2).
+    fn ring_header(&self, index: usize) -> &RingHeader;
+}
+
+impl KitMemory for Segment {
+    fn kit_line(&self) -> &KitLine {
         // SAFETY: the mapping covers HEADER_AREA bytes (`create`/`open`);
-        // RING_HEADER[index] (index < 2) is 128-aligned inside it, and a
-        // RingHeader holds only atomics.
+        // the header is at offset 0, page aligned, and holds only atomics.
+        unsafe { &self.base().cast::<SegmentHeader>().as_ref().kit }
+    }
+
+    fn ring_header(&self, index: usize) -> &RingHeader {
+        // SAFETY: as above; RING_HEADER[index] (index < 2) is 128-aligned
+        // inside HEADER_AREA, and a RingHeader holds only atomics.
         unsafe {
             self.base()
                 .add(RING_HEADER[index])
@@ -45,51 +60,54 @@ impl Segment {
                 .as_ref()
         }
     }
+}
 
-    fn kit_header(&self) -> &SegmentHeader {
-        // SAFETY: as `ring_header`: offset 0, only atomics.
-        unsafe { self.base().cast::<SegmentHeader>().as_ref() }
-    }
-
+/// The kit protocol over a kit's words.
+pub(crate) trait KitWords: KitMemory {
     /// The kit's number (0: not a kit).
-    pub(crate) fn kit_id(&self) -> u64 {
+    fn kit_id(&self) -> u64 {
         // Relaxed: written once by the creator before the memfd travels
         // (a system call orders it), never after.
-        self.kit_header().kit_id.load(Ordering::Relaxed)
+        self.kit_line()
+            .id
+            .load(core::sync::atomic::Ordering::Relaxed)
     }
 
     /// Make this new segment kit number `id`, at generation 1; before its
     /// descriptor travels (sending it orders these stores first).
-    pub(crate) fn make_kit(&self, id: u64) {
-        self.kit_header().kit_id.store(id, Ordering::Relaxed);
-        self.kit_header().kit_gen.store(1, Ordering::Relaxed);
+    fn make_kit(&self, id: u64) {
+        let k = self.kit_line();
+        k.id.store(id, core::sync::atomic::Ordering::Relaxed);
+        k.generation.store(1, Ordering::Relaxed);
     }
 
     /// The generation of the channel the kit carries now.
-    pub(crate) fn kit_gen(&self) -> u32 {
+    fn kit_gen(&self) -> u32 {
         // Acquire: a receiver reads it after the Acquire of the record that
-        // named the kit; this one orders nothing more, but costs nothing.
-        self.kit_header().kit_gen.load(Ordering::Acquire)
+        // named the kit (which orders the creator's renewal before); the
+        // creator reads its own.
+        self.kit_line().generation.load(Ordering::Acquire)
     }
 
     /// The generation at which `side`'s end went idle (0: in use).
-    pub(crate) fn kit_idle(&self, side: Side) -> u32 {
+    fn kit_idle(&self, side: Side) -> u32 {
         // Acquire: pairs with the Release in `set_kit_idle`; what that side
         // published before (positions, closed flags) is visible after.
-        self.kit_header().kit_idle[side as usize].load(Ordering::Acquire)
+        self.kit_line().idle[side as usize].load(Ordering::Acquire)
     }
 
-    /// `side`'s end is idle at generation `gen`: its port closed, its
-    /// positions and closed flags are published.
-    pub(crate) fn set_kit_idle(&self, side: Side, generation: u32) {
-        // Release: pairs with the Acquire in `kit_idle` (the creator's check
-        // before reuse).
-        self.kit_header().kit_idle[side as usize].store(generation, Ordering::Release);
+    /// `side`'s end is idle at generation `generation`: its port closed,
+    /// its positions and closed flags are published.
+    fn set_kit_idle(&self, side: Side, generation: u32) {
+        // Release: pairs with the Acquire in `kit_idle` (the creator's
+        // check before reuse): the closed flags and positions stored
+        // before come before the creator's renewal, which clears them.
+        self.kit_line().idle[side as usize].store(generation, Ordering::Release);
     }
 
     /// Has every record been read, in both rings? (Positions as the two
     /// ends published them when they closed.)
-    pub(crate) fn kit_drained(&self) -> bool {
+    fn kit_drained(&self) -> bool {
         (0..2).all(|i| {
             let h = self.ring_header(i);
             // Acquire: ordered after the Acquire of `kit_idle`, which
@@ -100,7 +118,7 @@ impl Segment {
 
     /// Have both ends closed the channel of this generation (each end's
     /// closed flags set)? A kit whose peer closed is about to go idle.
-    pub(crate) fn kit_closed(&self) -> bool {
+    fn kit_closed(&self) -> bool {
         (0..2).all(|i| {
             let h = self.ring_header(i);
             h.producer.closed.load(Ordering::Acquire) != 0
@@ -108,13 +126,13 @@ impl Segment {
         })
     }
 
-    /// Start generation `gen` on an idle kit: clear both ends' closed and
-    /// wait words and idle marks, then store the generation. Call only
-    /// when both ends are idle (`kit_idle` of both sides is the current
-    /// generation) and the rings drained: nobody reads or writes them.
-    /// Published by the record that names the kit (its commit is a
-    /// Release store after these).
-    pub(crate) fn renew_kit(&self, generation: u32) {
+    /// Start generation `generation` on an idle kit: clear both ends'
+    /// closed and wait words and idle marks, then store the generation.
+    /// Call only when the peer's end is idle at the current generation
+    /// (`kit_idle`, Acquire) and the rings drained: nobody reads or writes
+    /// them. Published by the record that names the kit (its commit is a
+    /// Release store after these, taken with Acquire by the receiver).
+    fn renew_kit(&self, generation: u32) {
         for i in 0..2 {
             let h = self.ring_header(i);
             // Relaxed: see the doc comment (published by the commit).
@@ -123,9 +141,11 @@ impl Segment {
             h.consumer_wait.sleeping.store(0, Ordering::Relaxed);
             h.producer_wait.waiting.store(0, Ordering::Relaxed);
         }
-        let k = self.kit_header();
-        k.kit_idle[0].store(0, Ordering::Relaxed);
-        k.kit_idle[1].store(0, Ordering::Relaxed);
-        k.kit_gen.store(generation, Ordering::Relaxed);
+        let k = self.kit_line();
+        k.idle[0].store(0, Ordering::Relaxed);
+        k.idle[1].store(0, Ordering::Relaxed);
+        k.generation.store(generation, Ordering::Relaxed);
     }
 }
+
+impl<M: KitMemory + ?Sized> KitWords for M {}

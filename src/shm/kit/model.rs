@@ -1,0 +1,164 @@
+//! A loom model of a kit changing hands between two channels: the peer's
+//! port closes (positions, closed flags, then its idle mark), the
+//! creator takes the kit up again once it sees the mark (and renews it),
+//! and names it in a record; the peer takes the record and builds its
+//! port. Run with the other models (docs/TESTING.md):
+//!
+//! ```text
+//! RUSTFLAGS="--cfg shmport_loom" cargo test --release --lib kit::model
+//! ```
+//!
+//! What must hold in every interleaving: the peer's port of the new
+//! channel finds it clean (no closed flag, no idle mark, the new
+//! generation) — a closed flag of the old channel landing after the
+//! renewal would close the new one — and the creator never takes up a kit
+//! whose peer has not finished closing. The carrier's record is modelled
+//! by one word published with Release.
+
+use loom::sync::atomic::{AtomicU32, AtomicU64};
+use loom::thread;
+use std::sync::Arc;
+
+use super::{KitMemory, KitWords};
+use crate::shm::layout::{
+    ConsumerLine, ConsumerWaitLine, KitLine, ProducerLine, ProducerWaitLine, RingHeader,
+};
+use crate::shm::ring::model::model;
+use crate::shm::segment::Side;
+use crate::shm::sync::Ordering;
+
+struct Memory {
+    kit: KitLine,
+    rings: [RingHeader; 2],
+    /// The carrier's record naming the kit (0: not yet).
+    record: AtomicU32,
+}
+
+impl KitMemory for Arc<Memory> {
+    fn kit_line(&self) -> &KitLine {
+        &self.kit
+    }
+    fn ring_header(&self, index: usize) -> &RingHeader {
+        &self.rings[index]
+    }
+}
+
+fn ring(tail: u64, head: u64) -> RingHeader {
+    RingHeader {
+        producer: ProducerLine {
+            tail: AtomicU64::new(tail),
+            closed: AtomicU32::new(0),
+        },
+        consumer: ConsumerLine {
+            head: AtomicU64::new(head),
+        },
+        consumer_wait: ConsumerWaitLine {
+            sleeping: AtomicU32::new(0),
+            closed: AtomicU32::new(0),
+            barrier: AtomicU32::new(0),
+        },
+        producer_wait: ProducerWaitLine {
+            waiting: AtomicU32::new(0),
+            barrier: AtomicU32::new(0),
+        },
+    }
+}
+
+/// Generation 1 in use; ring 0 (A to B) has one record B has not read
+/// yet, ring 1 (B to A) is read to the end. A (the creator) has closed:
+/// its closed flags are set.
+fn memory() -> Arc<Memory> {
+    let mem = Arc::new(Memory {
+        kit: KitLine {
+            id: core::sync::atomic::AtomicU64::new(7),
+            generation: AtomicU32::new(1),
+            idle: [AtomicU32::new(0), AtomicU32::new(0)],
+        },
+        rings: [ring(64, 0), ring(128, 128)],
+        record: AtomicU32::new(0),
+    });
+    mem.rings[0].producer.closed.store(1, Ordering::Relaxed);
+    mem.rings[1]
+        .consumer_wait
+        .closed
+        .store(1, Ordering::Relaxed);
+    mem
+}
+
+/// B's port closes: it reads the last record, publishes its head and its
+/// closed flags, then marks its end idle.
+fn peer_closes(mem: &Arc<Memory>) {
+    mem.rings[0].consumer.head.store(64, Ordering::Release);
+    mem.rings[1].producer.closed.store(1, Ordering::Release);
+    mem.rings[0]
+        .consumer_wait
+        .closed
+        .store(1, Ordering::Release);
+    mem.set_kit_idle(Side::B, 1);
+}
+
+/// The creator's post of a new channel: take the kit up if its peer is
+/// idle and the rings read to the end (as `Link::reuse` decides), renew
+/// it, publish the record. `false`: not reusable yet.
+fn creator_reuses(mem: &Arc<Memory>) -> bool {
+    let generation = mem.kit_gen();
+    if mem.kit_idle(Side::B) != generation || !mem.kit_drained() {
+        return false;
+    }
+    mem.renew_kit(generation + 1);
+    mem.record.store(1, Ordering::Release);
+    true
+}
+
+#[test]
+fn a_kit_is_taken_up_only_once_its_peer_closed_and_then_clean() {
+    model(|| {
+        let mem = memory();
+        let peer = {
+            let mem = mem.clone();
+            thread::spawn(move || {
+                peer_closes(&mem);
+                // The peer takes the record naming the kit, and builds its
+                // port of the new channel from the kit's words.
+                while mem.record.load(Ordering::Acquire) == 0 {
+                    thread::yield_now();
+                }
+                assert_eq!(mem.kit_gen(), 2);
+                assert_eq!(mem.kit_idle(Side::A), 0);
+                assert_eq!(mem.kit_idle(Side::B), 0);
+                for r in &mem.rings {
+                    assert_eq!(r.producer.closed.load(Ordering::Acquire), 0);
+                    assert_eq!(r.consumer_wait.closed.load(Ordering::Acquire), 0);
+                }
+            })
+        };
+        // The creator tries until the kit is reusable (a real post makes a
+        // new kit instead, after a short wait).
+        while !creator_reuses(&mem) {
+            thread::yield_now();
+        }
+        peer.join().unwrap();
+    });
+}
+
+#[test]
+fn a_kit_with_an_unread_record_is_never_taken_up() {
+    model(|| {
+        let mem = memory();
+        let peer = {
+            let mem = mem.clone();
+            thread::spawn(move || {
+                // Closes without reading A's last record.
+                mem.rings[1].producer.closed.store(1, Ordering::Release);
+                mem.rings[0]
+                    .consumer_wait
+                    .closed
+                    .store(1, Ordering::Release);
+                mem.set_kit_idle(Side::B, 1);
+            })
+        };
+        let taken = creator_reuses(&mem);
+        peer.join().unwrap();
+        assert!(!taken && !creator_reuses(&mem));
+    });
+}
