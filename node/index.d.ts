@@ -35,6 +35,9 @@ export declare class MessagePortMain extends EventEmitter {
   setSpin(microseconds: number): void;
   /** The spin time in microseconds; null once the port is closed or transferred. */
   readonly spin: number | null;
+  /** Blocks of the sender's pool that Buffers received here view (no copy) until they are garbage
+   *  collected; at most half of the blocks of one size at a time, then copies. Null once closed. */
+  readonly viewedBlocks: number | null;
   on(event: 'message', listener: (e: MessageEvent) => void): this;
   on(event: 'close', listener: (e: CloseEvent) => void): this;
   on(event: 'messageerror', listener: (e: { error: Error; ports: MessagePortMain[] }) => void): this;

@@ -229,6 +229,14 @@ class MessagePortMain extends EventEmitter {
   /** The spin time set by setSpin(), in microseconds (null once closed). */
   get spin() { return this._id === null ? null : native.spin(this._id); }
 
+  /**
+   * How many blocks of the sender's pool the Buffers received on this port
+   * view (shared memory, no copy) until the garbage collector frees them;
+   * null once the port is closed or transferred. At most half of the
+   * blocks of one size are viewed at a time; past that, messages are copied.
+   */
+  get viewedBlocks() { return this._id === null ? null : native.viewedBlocks(this._id); }
+
   // Deliver what the ring holds; true once it is empty (or the port is
   // not started), false when delivery stopped: the port ended, or after
   // 1000 messages (the rest in setImmediate, so the loop runs its other work).
