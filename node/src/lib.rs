@@ -360,6 +360,30 @@ pub fn set_spin(id: u32, micros: f64) -> Result<()> {
     })
 }
 
+/// Cap the port's large-message pool (the shared memory of its posts too
+/// large for the ring) at `bytes`; `None`: the core's default (the larger
+/// of 64 MiB and four blocks of the largest size posted).
+#[napi]
+pub fn set_pool_limit(id: u32, bytes: Option<f64>) -> Result<()> {
+    let bytes = match bytes {
+        None => None,
+        Some(b) if b >= 0.0 && b.fract() == 0.0 && b <= 2f64.powi(53) => Some(b as usize),
+        Some(_) => {
+            return Err(Error::new(
+                Status::InvalidArg,
+                "the pool limit must be a whole number of bytes, 0 or more, or null",
+            ));
+        }
+    };
+    with_port(id, |p| p.set_pool_limit(bytes))
+}
+
+/// Bytes of the port's pool now.
+#[napi]
+pub fn pool_bytes(id: u32) -> Result<f64> {
+    with_port(id, |p| p.pool_bytes() as f64)
+}
+
 /// The port's spin time, in microseconds.
 #[napi]
 pub fn spin(id: u32) -> Result<f64> {
