@@ -267,9 +267,13 @@ fn received<'env>(
     };
     // Out of the ring: a view of the sender's memory, unless a copy is
     // forced, or the port views as many of the pool's blocks as it may
-    // (views.rs).
+    // (views.rs), or the payload is a cloned value (`v8.deserialize` reads
+    // it once: a view would hold the block until a collection for
+    // nothing, and the bytes would stay writable by the sender while they
+    // are decoded).
     let block = msg.pool_class();
-    let view = !copy && (msg.is_out_of_line() || block.is_some_and(|b| views::may_view(id, b)));
+    let view = !copy
+        && (msg.is_out_of_line() || block.is_some_and(|b| tag != 1 && views::may_view(id, b)));
     let data = if view {
         let block = block.map(|(size, _)| (id, size));
         match msg.into_shared_bytes() {

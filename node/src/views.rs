@@ -11,12 +11,13 @@
 //!
 //! A sender at its pool's cap waits for a block of the size it needs (or
 //! larger) to come back, and no collection may ever come. So a port views
-//! at most half (rounded down) of the blocks of one size that the sender has shown it
-//! (`Message::pool_class`) and copies the rest, giving their blocks back at
-//! once: of the blocks the sender could wait for, at least as many as are
-//! viewed are free or in messages this port is about to receive, and those
-//! come back without a collection. A listener that keeps its Buffers keeps
-//! at most those views, as a Rust receiver holding messages would.
+//! at most half (rounded down) of the blocks of one size that the sender
+//! has shown it (`Message::pool_class`) and copies the rest, giving their
+//! blocks back at once: of the blocks the sender could wait for, at least
+//! as many as are viewed are free or in messages this port is about to
+//! receive, and those come back without a collection. A listener that
+//! keeps its Buffers keeps at most those views, as a Rust receiver
+//! holding messages would.
 //!
 //! The cost of a view: up to half a pool (by default 32 MiB of a 64 MiB
 //! pool) of the sender's memory stays in flight until collections return
@@ -24,7 +25,11 @@
 //! out, further messages of that size are copied (one copy, as in
 //! Electron). A port that moves to another process while Buffers view
 //! its blocks leaves those blocks with this process: the core does not
-//! give them back from here, and the sender has that many fewer.
+//! give them back from here, and the sender has that many fewer. And a
+//! view shows the sender's block as it is: a sender that keeps to the
+//! protocol does not write a block before it comes back, a hostile one
+//! could change the bytes under the Buffer (only bytes: nothing this
+//! binding decodes is read from a view; cloned values are copied first).
 
 use std::cell::RefCell;
 use std::collections::HashMap;

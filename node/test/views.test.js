@@ -26,17 +26,23 @@ async function keepEverything(copy) {
   port.start();
   const exited = new Promise((r) => child.on('exit', (code) => r(code)));
   const rounds = [];
-  for (let round = 0; round < 2; round++) {
-    for (let i = 0; i < COUNT; i++) port.postMessage(Buffer.alloc(MIB, i % 256));
-    port.postMessage('report');
-    const report = await next(port);
-    port.postMessage('drop');
-    const dropped = await next(port);
-    rounds.push({ ...report, after: dropped.viewed });
+  // A hung child would keep this process alive: the test's timeout kills it.
+  const timer = setTimeout(() => child.kill('SIGKILL'), 100000);
+  try {
+    for (let round = 0; round < 2; round++) {
+      for (let i = 0; i < COUNT; i++) port.postMessage(Buffer.alloc(MIB, i % 256));
+      port.postMessage('report');
+      const report = await Promise.race([next(port), exited]);
+      port.postMessage('drop');
+      const dropped = await Promise.race([next(port), exited]);
+      rounds.push({ ...report, after: dropped.viewed });
+    }
+    port.postMessage('exit');
+    assert.strictEqual(await exited, 0);
+  } finally {
+    clearTimeout(timer);
+    port.close();
   }
-  port.postMessage('exit');
-  assert.strictEqual(await exited, 0);
-  port.close();
   return rounds;
 }
 
@@ -55,5 +61,36 @@ test('with the copy path forced on, nothing is viewed and everything arrives', {
     assert.strictEqual(r.count, COUNT);
     assert.ok(r.ok);
     assert.strictEqual(r.viewed, 0);
+  }
+});
+
+test('cloned values are copied out of pool blocks; raw bytes are viewed', async () => {
+  const { MessageChannelMain } = require('..');
+  const { port1, port2 } = new MessageChannelMain();
+  const kept = [];
+  let want = 0;
+  let arrived;
+  port2.on('message', (e) => {
+    kept.push(e.data);
+    if (kept.length === want) arrived();
+  });
+  port2.start();
+  const post = (values) => new Promise((resolve) => {
+    want += values.length;
+    arrived = resolve;
+    for (const v of values) port1.postMessage(v);
+  });
+  try {
+    // Three at once: the pool grows to several blocks of their size (4 MiB).
+    const text = 'x'.repeat(2.5 * MIB);
+    await post([{ text }, { text }, { text }]);
+    assert.ok(kept.every((v) => v.text === text));
+    assert.strictEqual(port2.viewedBlocks, 0, 'decoded values hold no block');
+    await post([Buffer.alloc(2.5 * MIB, 1), Buffer.alloc(2.5 * MIB, 2)]);
+    assert.ok(kept[3][0] === 1 && kept[4][0] === 2);
+    assert.ok(port2.viewedBlocks >= 1, `raw bytes are views (${port2.viewedBlocks})`);
+  } finally {
+    port1.close();
+    port2.close();
   }
 });
