@@ -93,4 +93,6 @@ test('cloned values are copied out of pool blocks; raw bytes are viewed', async 
     port1.close();
     port2.close();
   }
+  // A view outlives its port: the block stays mapped until it is collected.
+  assert.ok(kept[3][0] === 1 && kept[4][kept[4].length - 1] === 2);
 });
