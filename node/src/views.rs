@@ -25,7 +25,10 @@
 //! out, further messages of that size are copied (one copy, as in
 //! Electron). A port that moves to another process while Buffers view
 //! its blocks leaves those blocks with this process: the core does not
-//! give them back from here, and the sender has that many fewer. And a
+//! give them back from here, and the sender has that many fewer. After
+//! the sending port moved, the count of blocks also holds its earlier
+//! owner's buffers, which the new owner never lends: the limit is then
+//! looser than half of what the sender can wait for. And a
 //! view shows the sender's block as it is: a sender that keeps to the
 //! protocol does not write a block before it comes back, a hostile one
 //! could change the bytes under the Buffer (only bytes: nothing this
