@@ -33,8 +33,17 @@ export declare class MessagePortMain extends EventEmitter {
   /** After delivering, look for the next message this long (µs, default 20; 0: never) before the
    *  event loop sleeps: no wake-up when the peer answers within it, that much CPU when it does not. */
   setSpin(microseconds: number): void;
+  /** Cap the shared memory of this port's posts too large for its ring (its pool; null: the default,
+   *  the larger of 64 MiB and four blocks of the largest size posted). Posts the pool cannot take wait
+   *  in the port as copies. Throws RangeError unless a whole number of bytes, 0 or more. */
+  setPoolLimit(bytes: number | null): void;
+  /** Bytes of shared memory in this port's pool now; null once closed. */
+  readonly poolBytes: number | null;
   /** The spin time in microseconds; null once the port is closed or transferred. */
   readonly spin: number | null;
+  /** Blocks of the sender's pool that Buffers received here view (no copy) until they are garbage
+   *  collected; at most half of the blocks of one size at a time, then copies. Null once closed. */
+  readonly viewedBlocks: number | null;
   on(event: 'message', listener: (e: MessageEvent) => void): this;
   on(event: 'close', listener: (e: CloseEvent) => void): this;
   on(event: 'messageerror', listener: (e: { error: Error; ports: MessagePortMain[] }) => void): this;

@@ -217,17 +217,46 @@ class MessagePortMain extends EventEmitter {
    */
   setSpin(microseconds) {
     if (typeof microseconds !== 'number') throw new TypeError('The spin time must be a number of microseconds');
+    this._set(native.setSpin, microseconds);
+  }
+
+  // Apply a native setting to the open port; a value out of range is a RangeError.
+  _set(setting, value) {
     if (this._id === null) return;
     try {
-      native.setSpin(this._id, microseconds);
+      setting(this._id, value);
     } catch (e) {
       if (e.code === 'InvalidArg') throw new RangeError(e.message);
       throw e;
     }
   }
 
+  /**
+   * Cap the shared memory this port's posts too large for its ring use
+   * (its pool of blocks, reused once the receiver is done with them), in
+   * bytes; null restores the default, the larger of 64 MiB and four blocks
+   * of the largest size posted. Posts beyond what the pool holds wait in
+   * the port as copies until blocks come back; a larger pool lets bursts
+   * go straight into shared memory. Kept in this process only.
+   */
+  setPoolLimit(bytes) {
+    if (bytes !== null && typeof bytes !== 'number') throw new TypeError('The pool limit must be a number of bytes or null');
+    this._set(native.setPoolLimit, bytes);
+  }
+
+  /** Bytes of shared memory in this port's pool now (null once closed). */
+  get poolBytes() { return this._id === null ? null : native.poolBytes(this._id); }
+
   /** The spin time set by setSpin(), in microseconds (null once closed). */
   get spin() { return this._id === null ? null : native.spin(this._id); }
+
+  /**
+   * How many blocks of the sender's pool the Buffers received on this port
+   * view (shared memory, no copy) until the garbage collector frees them;
+   * null once the port is closed or transferred. At most half of the
+   * blocks of one size are viewed at a time; past that, messages are copied.
+   */
+  get viewedBlocks() { return this._id === null ? null : native.viewedBlocks(this._id); }
 
   // Deliver what the ring holds; true once it is empty (or the port is
   // not started), false when delivery stopped: the port ended, or after

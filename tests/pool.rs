@@ -412,3 +412,23 @@ fn typed_values_after_a_large_one_go_where_they_fit() {
         assert_eq!(m.get::<(u64, String)>().unwrap().1.as_str(), "small");
     }
 }
+
+#[test]
+fn a_pooled_message_names_its_block_size_and_the_blocks_of_that_size_announced() {
+    let _g = serial();
+    let (a, b) = ChannelBuilder::new().build().unwrap().into_ports();
+    // The 1 MiB class's first buffer holds one block; a second message
+    // while the first is held makes the pool grow a buffer of two more.
+    a.post_bytes(&vec![1; MIB]).unwrap();
+    let first = b.recv().unwrap();
+    assert_eq!(first.pool_class(), Some((MIB, 1)));
+    a.post_bytes(&vec![2; MIB - 7]).unwrap();
+    let second = b.recv().unwrap();
+    assert_eq!(second.pool_class(), Some((MIB, 3)));
+    // The first buffer's message now counts the second buffer too.
+    assert_eq!(first.pool_class(), Some((MIB, 3)));
+    drop((first, second));
+    // Other payloads name no block.
+    a.post_bytes(&[3; 100]).unwrap();
+    assert_eq!(b.recv().unwrap().pool_class(), None);
+}

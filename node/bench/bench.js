@@ -1,9 +1,11 @@
 'use strict';
 // shmport against Node's own transports, in the same run:
 //   - shmport: fork() + port, a second process; with the default 1 MiB ring
-//     (1 MiB and 16 MiB messages go out of line: a memfd each, received as a
-//     view of it) and with a 64 MiB ring (both travel inside the ring, and
-//     are copied once into a new Buffer on receipt);
+//     (1 MiB and 16 MiB messages go into blocks of the sender's pool, received
+//     as views of them, or as copies past the views the receiver may hold),
+//     the same with a 256 MiB pool (setPoolLimit: a batch fits, so that no
+//     post waits as a copy), and with a 64 MiB ring (both travel inside the
+//     ring, and are copied once into a new Buffer on receipt);
 //   - process.send: child_process.fork() IPC (serialization 'advanced', the
 //     one that carries Buffers as bytes; 'json' turns them into arrays of numbers);
 //   - MessageChannel: worker_threads, a worker thread in this process;
@@ -55,8 +57,9 @@ function queueOf(subscribe) {
   return () => (ready.length ? Promise.resolve(ready.shift()) : new Promise((r) => waiting.push(r)));
 }
 
-function openShmport(capacity) {
+function openShmport(capacity, poolLimit) {
   const { child, port } = shmport.fork(peer, ['shmport'], { capacity });
+  if (poolLimit !== undefined) port.setPoolLimit(poolLimit);
   const next = queueOf((f) => port.on('message', (e) => f(e.data)));
   port.start();
   const exited = new Promise((r) => child.on('exit', r));
@@ -101,6 +104,7 @@ function openRust(exe, capacity) {
 
 const TRANSPORTS = [
   ['shmport', () => openShmport()],
+  ['shmport, 256 MiB pool', () => openShmport(undefined, 256 << 20)],
   ['shmport, 64 MiB ring', () => openShmport(64 << 20)],
   ['process.send', openIpc],
   ['MessageChannel', openWorker],

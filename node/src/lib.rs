@@ -10,6 +10,8 @@
 // napi-derive's generated registration code has no docs.
 #![allow(missing_docs)]
 
+pub mod copies;
+pub mod views;
 pub mod watch;
 
 use std::cell::RefCell;
@@ -27,7 +29,7 @@ use shmport::{CloseReason, Message, MessageChannel, MessagePort, PostError, Recv
 /// JavaScript). `Buffer`/`Uint8Array` travel as raw messages, so Rust, C
 /// and Python peers exchange plain bytes with Node.
 #[derive(rkyv::Archive, rkyv::Serialize)]
-struct JsPayload<'a> {
+pub(crate) struct JsPayload<'a> {
     tag: u8,
     #[rkyv(with = rkyv::with::InlineAsBox)]
     bytes: &'a [u8],
@@ -98,7 +100,7 @@ pub fn channel(capacity: Option<u32>) -> Result<Vec<u32>> {
 /// What a post did.
 const SENT: u32 = 0;
 /// Nothing sent: the ring is full; the ports stay under their numbers.
-const FULL: u32 = 1;
+pub(crate) const FULL: u32 = 1;
 /// Nothing sent: the peer is gone.
 const GONE: u32 = 2;
 
@@ -112,7 +114,7 @@ pub fn post(id: u32, tag: u32, data: Uint8Array, ports: Vec<u32>) -> Result<u32>
 }
 
 /// `post` of bytes from anywhere.
-fn post_slice(id: u32, tag: u32, data: &[u8], ports: Vec<u32>) -> Result<u32> {
+pub(crate) fn post_slice(id: u32, tag: u32, data: &[u8], ports: Vec<u32>) -> Result<u32> {
     let tag = u8::try_from(tag).map_err(|_| Error::new(Status::InvalidArg, "bad tag"))?;
     PORTS.with(|table| {
         let mut table = table.borrow_mut();
@@ -190,8 +192,10 @@ fn post_slice(id: u32, tag: u32, data: &[u8], ports: Vec<u32>) -> Result<u32> {
 /// event, after every message), the payload itself for raw bytes without
 /// ports (a Buffer: the common case, with no object around it), or
 /// `{ tag, data, ports }`. `copy` forces one copy of the payload
-/// (Electron's memory cage); otherwise an out-of-line payload is a view
-/// of its shared memory, kept mapped until the buffer is collected.
+/// (Electron's memory cage); otherwise a payload outside the ring (a
+/// block of the sender's pool, or an out-of-line memfd) is a view of its
+/// shared memory, kept until the Buffer is collected, within the limit
+/// `views.rs` explains (past it, a copy).
 #[napi]
 pub fn try_recv<'env>(
     env: &'env Env,
@@ -202,7 +206,7 @@ pub fn try_recv<'env>(
         let table = table.borrow();
         let port = table.get(&id).ok_or_else(closed_port)?;
         match port.try_recv() {
-            Ok(msg) => received(env, msg, copy).map(Some),
+            Ok(msg) => received(env, id, msg, copy).map(Some),
             Err(RecvError::Empty) => Ok(None),
             Err(RecvError::Closed(reason)) => {
                 let mut o = Object::new(env)?;
@@ -237,7 +241,12 @@ enum Received<'env> {
 }
 
 /// The message's tag, payload and ports.
-fn received<'env>(env: &'env Env, mut msg: Message<'_>, copy: bool) -> Result<Received<'env>> {
+fn received<'env>(
+    env: &'env Env,
+    id: u32,
+    mut msg: Message<'_>,
+    copy: bool,
+) -> Result<Received<'env>> {
     let ports = match msg.take_ports() {
         Ok(p) => p,
         Err(e) => {
@@ -256,149 +265,25 @@ fn received<'env>(env: &'env Env, mut msg: Message<'_>, copy: bool) -> Result<Re
     } else {
         0
     };
-    let data = if !copy && msg.is_out_of_line() {
+    // Out of the ring: a view of the sender's memory, unless a copy is
+    // forced, or the port views as many of the pool's blocks as it may
+    // (views.rs), or the payload is a cloned value (`v8.deserialize` reads
+    // it once: a view would hold the block until a collection for
+    // nothing, and the bytes would stay writable by the sender while they
+    // are decoded).
+    let block = msg.pool_class();
+    let view = !copy
+        && (msg.is_out_of_line() || block.is_some_and(|b| tag != 1 && views::may_view(id, b)));
+    let data = if view {
+        let block = block.map(|(size, _)| (id, size));
         match msg.into_shared_bytes() {
-            Ok(shared) => shared_buffer(env, shared, typed)?,
-            Err(msg) => copied_buffer(env, payload(&msg, typed)?)?,
+            Ok(shared) => views::shared_buffer(env, shared, typed, block)?,
+            Err(msg) => copies::copied_buffer(env, payload(&msg, typed)?)?,
         }
     } else {
-        copied_buffer(env, payload(&msg, typed)?)?
+        copies::copied_buffer(env, payload(&msg, typed)?)?
     };
     Ok(Received::Message(tag, data, ports))
-}
-
-/// From this size on, a received copy goes into a mapping of its own
-/// (of `mapped_len`), and the mapping is kept for the next copy when its
-/// Buffer is collected: the allocator would hand back fresh pages, each
-/// faulted in on its first write, which costs more than the copy itself
-/// (about 2 µs a 4 KiB page here: 550 µs a MiB).
-const MAPPED_COPY: usize = 256 * 1024;
-
-/// A transparent huge page. From half of one on, a copy's mapping is made
-/// of them (where the kernel allows it, `madvise`): one fault and a 2 MiB
-/// clear instead of 512 faults, 60 to 80 µs a MiB here instead of 550.
-const HUGE_PAGE: usize = 2 * 1024 * 1024;
-
-/// The size of the mapping that holds a copy of `len` bytes.
-fn mapped_len(len: usize) -> usize {
-    if len >= HUGE_PAGE / 2 {
-        len.next_multiple_of(HUGE_PAGE)
-    } else {
-        len.next_multiple_of(MAPPED_COPY)
-    }
-}
-
-/// The most bytes of collected copies kept mapped for reuse, per thread.
-const KEPT_BYTES: usize = 64 * 1024 * 1024;
-
-/// Anonymous memory, unmapped when dropped.
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr..ptr+len` is a mapping this value made and owns.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-thread_local! {
-    /// Mappings of collected copies, and their total size.
-    static KEPT: RefCell<(Vec<Mapping>, usize)> = const { RefCell::new((Vec::new(), 0)) };
-}
-
-/// A mapping of `len` bytes (a `mapped_len`): a kept one, or a new one,
-/// populated up front.
-fn mapping(len: usize) -> Option<Mapping> {
-    let kept = KEPT.with(|k| {
-        let mut k = k.borrow_mut();
-        let i = k.0.iter().position(|m| m.len == len)?;
-        k.1 -= len;
-        Some(k.0.swap_remove(i))
-    });
-    if kept.is_some() {
-        return kept;
-    }
-    let huge = len.is_multiple_of(HUGE_PAGE);
-    // Room to start at a huge page's boundary.
-    let extra = if huge { HUGE_PAGE } else { 0 };
-    let populate = if huge { 0 } else { libc::MAP_POPULATE };
-    // SAFETY: a new private anonymous mapping; no memory is passed in.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len + extra,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | populate,
-            -1,
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return None;
-    }
-    let head = if huge {
-        (ptr as usize).next_multiple_of(HUGE_PAGE) - ptr as usize
-    } else {
-        0
-    };
-    let start = ptr.cast::<u8>().wrapping_add(head);
-    if huge {
-        // SAFETY: the two ends cut off lie inside the mapping just made, and
-        // nothing uses them; then advice on the part kept, which is ours.
-        // Advice that fails (no huge pages here) leaves small pages, faulted
-        // in by the copy.
-        unsafe {
-            if head > 0 {
-                libc::munmap(ptr, head);
-            }
-            if extra > head {
-                libc::munmap(start.add(len).cast(), extra - head);
-            }
-            libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE);
-            libc::madvise(start.cast(), len, libc::MADV_POPULATE_WRITE);
-        }
-    }
-    Some(Mapping { ptr: start, len })
-}
-
-/// Keep a collected copy's mapping for reuse, up to `KEPT_BYTES`; the
-/// oldest go first.
-fn keep(m: Mapping) {
-    KEPT.with(|k| {
-        let mut k = k.borrow_mut();
-        k.1 += m.len;
-        k.0.push(m);
-        while k.1 > KEPT_BYTES {
-            let old = k.0.remove(0);
-            k.1 -= old.len;
-        }
-    });
-}
-
-/// A Buffer holding a copy of `bytes`.
-fn copied_buffer<'env>(env: &'env Env, bytes: &[u8]) -> Result<BufferSlice<'env>> {
-    if bytes.len() < MAPPED_COPY {
-        return BufferSlice::copy_from(env, bytes);
-    }
-    let Some(map) = mapping(mapped_len(bytes.len())) else {
-        return BufferSlice::from_data(env, bytes.to_vec());
-    };
-    // SAFETY: the mapping has at least `bytes.len()` writable bytes, and no
-    // Buffer uses it (a kept one's Buffer was collected).
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.ptr, bytes.len()) };
-    let p = map.ptr;
-    let held = external_memory(env, map.len);
-    // SAFETY: `p..p+bytes.len()` lies in the mapping `map` owns; `map` is
-    // the finalize hint, kept or unmapped only when the Buffer is collected.
-    unsafe {
-        BufferSlice::from_external(env, p, bytes.len(), map, move |env, m| {
-            external_memory(&env, -held);
-            keep(m);
-        })
-    }
 }
 
 /// The payload bytes of a message: the raw bytes, or the bytes inside a
@@ -414,47 +299,22 @@ fn payload<'m>(msg: &'m Message<'_>, typed: bool) -> Result<&'m [u8]> {
     }
 }
 
-/// An external Buffer over an out-of-line payload: no copy; the mapping
-/// lives until the Buffer is collected (or is copied by a runtime that
-/// refuses external memory).
-fn shared_buffer(env: &Env, shared: shmport::SharedBytes, typed: bool) -> Result<BufferSlice<'_>> {
-    let all = shared.bytes();
-    let (start, len) = if typed {
-        let archived = rkyv::access::<ArchivedJsPayload<'static>, rkyv::rancor::Error>(all)
-            .map_err(|e| Error::from_reason(format!("not a message of the Node binding: {e}")))?;
-        let inner = archived.bytes.get();
-        (inner.as_ptr() as usize - all.as_ptr() as usize, inner.len())
-    } else {
-        (0, all.len())
-    };
-    if len == 0 {
-        return BufferSlice::from_data(env, Vec::new());
-    }
-    // A pointer into the copy-on-write mapping, which `shared` owns.
-    let ptr = shared.as_mut_ptr().wrapping_add(start);
-    let held = external_memory(env, len);
-    // SAFETY: `ptr..ptr+len` lies inside `shared`'s mapping (the archive was
-    // validated above; raw payloads are the whole of it), which is private
-    // and writable (copy-on-write), so JavaScript may read and write it.
-    // `shared` is the finalize hint: it is dropped, unmapping the memory,
-    // only when the Buffer is collected.
-    unsafe {
-        BufferSlice::from_external(env, ptr, len, shared, move |env, s| {
-            external_memory(&env, -held);
-            drop(s);
-        })
-    }
-}
-
 /// Tell V8 that `bytes` of memory outside its heap are held (or, negative,
 /// released) by Buffers, so that it collects them, and their shared memory
 /// or kept mappings come back, as often as the memory they hold calls for
 /// (it counts such memory towards its next collection); returns `bytes`.
-fn external_memory(env: &Env, bytes: impl TryInto<i64>) -> i64 {
+pub(crate) fn external_memory(env: &Env, bytes: impl TryInto<i64>) -> i64 {
     let bytes = bytes.try_into().unwrap_or(0);
     // Only a hint: a failure changes when V8 collects, nothing else.
     let _ = env.adjust_external_memory(bytes);
     bytes
+}
+
+/// How many blocks of the sender's pool the Buffers received on port `id`
+/// view (until the garbage collector frees them).
+#[napi]
+pub fn viewed_blocks(id: u32) -> u32 {
+    views::viewed_blocks(id)
 }
 
 /// Announce that the caller is about to wait for the port's descriptor:
@@ -502,6 +362,30 @@ pub fn set_spin(id: u32, micros: f64) -> Result<()> {
     with_port(id, |p| {
         p.set_spin(std::time::Duration::from_secs_f64(micros / 1e6))
     })
+}
+
+/// Cap the port's large-message pool (the shared memory of its posts too
+/// large for the ring) at `bytes`; `None`: the core's default (the larger
+/// of 64 MiB and four blocks of the largest size posted).
+#[napi]
+pub fn set_pool_limit(id: u32, bytes: Option<f64>) -> Result<()> {
+    let bytes = match bytes {
+        None => None,
+        Some(b) if b >= 0.0 && b.fract() == 0.0 && b <= 2f64.powi(53) => Some(b as usize),
+        Some(_) => {
+            return Err(Error::new(
+                Status::InvalidArg,
+                "the pool limit must be a whole number of bytes, 0 or more, or null",
+            ));
+        }
+    };
+    with_port(id, |p| p.set_pool_limit(bytes))
+}
+
+/// Bytes of the port's pool now.
+#[napi]
+pub fn pool_bytes(id: u32) -> Result<f64> {
+    with_port(id, |p| p.pool_bytes() as f64)
 }
 
 /// The port's spin time, in microseconds.
@@ -648,84 +532,6 @@ pub fn child_exit(pid: u32) -> Result<Option<Vec<Option<i32>>>> {
 #[napi]
 pub fn close_fd(fd: i32) {
     watch::close_fd(fd);
-}
-
-/// A copy of bytes that wait for room, held here rather than in a Buffer:
-/// its mapping goes back for reuse as soon as the message is sent.
-enum Held {
-    Mapped(Mapping, usize),
-    Heap(Vec<u8>),
-}
-
-impl Held {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            // SAFETY: the first `len` bytes of the mapping were written by `hold`.
-            Held::Mapped(m, len) => unsafe { std::slice::from_raw_parts(m.ptr, *len) },
-            Held::Heap(v) => v,
-        }
-    }
-
-    fn release(self) {
-        if let Held::Mapped(m, _) = self {
-            keep(m);
-        }
-    }
-}
-
-thread_local! {
-    static HELD: RefCell<HashMap<u32, Held>> = RefCell::new(HashMap::new());
-    static NEXT_HELD: RefCell<u32> = const { RefCell::new(1) };
-}
-
-/// Copy `data` (a message that must wait for room: the caller may change
-/// its Buffer once postMessage returns); the number of the copy, for
-/// `post_held` and `release_held`.
-#[napi]
-pub fn hold(data: Uint8Array) -> u32 {
-    let held = if data.len() >= MAPPED_COPY {
-        match mapping(mapped_len(data.len())) {
-            Some(m) => {
-                // SAFETY: the mapping has room for `data` and nothing else uses it.
-                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), m.ptr, data.len()) };
-                Held::Mapped(m, data.len())
-            }
-            None => Held::Heap(data.to_vec()),
-        }
-    } else {
-        Held::Heap(data.to_vec())
-    };
-    let n = NEXT_HELD.with(|n| {
-        let mut n = n.borrow_mut();
-        let id = *n;
-        *n = n.wrapping_add(1).max(1);
-        id
-    });
-    HELD.with(|h| h.borrow_mut().insert(n, held));
-    n
-}
-
-/// `post` of a held copy; the copy is released unless the ring is full.
-#[napi]
-pub fn post_held(id: u32, tag: u32, held: u32, ports: Vec<u32>) -> Result<u32> {
-    let Some(copy) = HELD.with(|h| h.borrow_mut().remove(&held)) else {
-        return Err(Error::from_reason(format!("no held message {held}")));
-    };
-    let result = post_slice(id, tag, copy.bytes(), ports);
-    if matches!(result, Ok(FULL)) {
-        HELD.with(|h| h.borrow_mut().insert(held, copy));
-    } else {
-        copy.release();
-    }
-    result
-}
-
-/// Release a held copy that will not be sent.
-#[napi]
-pub fn release_held(held: u32) {
-    if let Some(copy) = HELD.with(|h| h.borrow_mut().remove(&held)) {
-        copy.release();
-    }
 }
 
 #[cfg(test)]

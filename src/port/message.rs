@@ -161,6 +161,22 @@ impl<'p> Message<'p> {
         matches!(self.body.holder, Holder::Block(_))
     }
 
+    /// For a payload read in a block of the sender's pool
+    /// ([`is_pooled`](Self::is_pooled)): the block's size, and how many
+    /// blocks of that size the sender's pool has shown this receiver so
+    /// far. A sender whose pool is at its cap waits for a block to come
+    /// back; a receiver that keeps payloads past their messages for a time
+    /// it does not control ([`into_shared_bytes`](Self::into_shared_bytes)
+    /// handed to a garbage collector) keeps fewer than that many blocks of
+    /// one size, and copies the rest, so that one always comes back.
+    /// `None` for other payloads.
+    pub fn pool_class(&self) -> Option<(usize, usize)> {
+        match self.body.holder {
+            Holder::Block(key) => self.port.pool_reader().class_of(key),
+            _ => None,
+        }
+    }
+
     /// Number of ports that came with this message and have not been taken.
     pub fn port_count(&self) -> usize {
         self.ports.len()

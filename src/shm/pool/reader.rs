@@ -143,6 +143,19 @@ impl PoolReader {
         (block < b.info.blocks).then_some((b, block as usize * room, room))
     }
 
+    /// The size of the block of `key` (resolved before) and the number of
+    /// blocks of that size in the buffers announced so far.
+    pub fn class_of(&self, key: u64) -> Option<(usize, usize)> {
+        let (b, _, room) = self.block(key)?;
+        let blocks = self
+            .buffers
+            .iter()
+            .filter(|o| o.info.log2 == b.info.log2)
+            .map(|o| o.info.blocks as usize)
+            .sum();
+        Some((room, blocks))
+    }
+
     /// Make the block of `key` (resolved before) writable for this process
     /// only: a write copies its page, never reaching the sender's file.
     /// For memory handed to a runtime that may write it (a binding's

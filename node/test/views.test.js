@@ -1,0 +1,98 @@
+'use strict';
+// Received Buffers that view the sender's pool blocks: a receiver that
+// keeps every Buffer holds at most half of the blocks, the rest come as
+// copies, and the sender, whose pool reaches its cap, is never left
+// waiting for a garbage collection; collected views give their blocks
+// back. With the copy path forced (Electron), nothing is viewed.
+const test = require('node:test');
+const assert = require('node:assert');
+const path = require('node:path');
+const { fork } = require('..');
+
+const MIB = 1 << 20;
+// More 1 MiB messages than the sender's pool holds: its default cap is
+// 64 MiB, 64 blocks of 1 MiB at most.
+const COUNT = 100;
+
+function next(port) {
+  return new Promise((resolve) => port.once('message', (e) => resolve(e.data)));
+}
+
+async function keepEverything(copy) {
+  const { child, port } = fork(path.join(__dirname, 'fixtures', 'keeper.js'), [], {
+    execArgv: ['--expose-gc'],
+    env: { SHMPORT_COPY: copy ? '1' : '0' },
+  });
+  port.start();
+  const exited = new Promise((r) => child.on('exit', (code) => r(code)));
+  const rounds = [];
+  // A hung child would keep this process alive: the test's timeout kills it.
+  const timer = setTimeout(() => child.kill('SIGKILL'), 100000);
+  try {
+    for (let round = 0; round < 2; round++) {
+      for (let i = 0; i < COUNT; i++) port.postMessage(Buffer.alloc(MIB, i % 256));
+      port.postMessage('report');
+      const report = await Promise.race([next(port), exited]);
+      port.postMessage('drop');
+      const dropped = await Promise.race([next(port), exited]);
+      rounds.push({ ...report, after: dropped.viewed });
+    }
+    port.postMessage('exit');
+    assert.strictEqual(await exited, 0);
+  } finally {
+    clearTimeout(timer);
+    port.close();
+  }
+  return rounds;
+}
+
+test('a receiver that keeps every Buffer views at most half the pool and its sender never waits for a collection', { timeout: 120000 }, async () => {
+  for (const r of await keepEverything(false)) {
+    assert.strictEqual(r.count, COUNT, 'every message arrived');
+    assert.ok(r.ok, 'every Buffer holds its bytes');
+    assert.ok(r.viewed > 0, `some Buffers view pool blocks (${r.viewed})`);
+    assert.ok(r.viewed <= 32, `at most half of at most 64 blocks viewed (${r.viewed})`);
+    assert.strictEqual(r.after, 0, 'collected views gave their blocks back');
+  }
+});
+
+test('with the copy path forced on, nothing is viewed and everything arrives', { timeout: 120000 }, async () => {
+  for (const r of await keepEverything(true)) {
+    assert.strictEqual(r.count, COUNT);
+    assert.ok(r.ok);
+    assert.strictEqual(r.viewed, 0);
+  }
+});
+
+test('cloned values are copied out of pool blocks; raw bytes are viewed', async () => {
+  const { MessageChannelMain } = require('..');
+  const { port1, port2 } = new MessageChannelMain();
+  const kept = [];
+  let want = 0;
+  let arrived;
+  port2.on('message', (e) => {
+    kept.push(e.data);
+    if (kept.length === want) arrived();
+  });
+  port2.start();
+  const post = (values) => new Promise((resolve) => {
+    want += values.length;
+    arrived = resolve;
+    for (const v of values) port1.postMessage(v);
+  });
+  try {
+    // Three at once: the pool grows to several blocks of their size (4 MiB).
+    const text = 'x'.repeat(2.5 * MIB);
+    await post([{ text }, { text }, { text }]);
+    assert.ok(kept.every((v) => v.text === text));
+    assert.strictEqual(port2.viewedBlocks, 0, 'decoded values hold no block');
+    await post([Buffer.alloc(2.5 * MIB, 1), Buffer.alloc(2.5 * MIB, 2)]);
+    assert.ok(kept[3][0] === 1 && kept[4][0] === 2);
+    assert.ok(port2.viewedBlocks >= 1, `raw bytes are views (${port2.viewedBlocks})`);
+  } finally {
+    port1.close();
+    port2.close();
+  }
+  // A view outlives its port: the block stays mapped until it is collected.
+  assert.ok(kept[3][0] === 1 && kept[4][kept[4].length - 1] === 2);
+});
