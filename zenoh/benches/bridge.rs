@@ -15,9 +15,14 @@
 //!
 //! The bridge: a `shmport_zenoh::connect` port here, a served port in the
 //! peer, each host with its own zenoh session (peer mode, TCP on
-//! 127.0.0.1). TCP: one connection, `TCP_NODELAY`, each message a 4-byte
-//! length then its bytes. For scale, the round trip of zenoh alone (a put
-//! answered by a put from the peer's subscriber). The peer is this program
+//! 127.0.0.1, [`shmport_zenoh::peer_config`]: zenoh's low-latency
+//! transport). TCP: one connection, `TCP_NODELAY`, each message a 4-byte
+//! length then its bytes. For scale, zenoh alone, without the bridge: the
+//! round trip of a put answered by a put from the peer's subscriber, on
+//! the same sessions and on a second pair of sessions with zenoh's default
+//! transport; and the throughput of puts of each size on that second pair
+//! (the low-latency transport does not fragment: a put larger than a
+//! batch, 64 KiB at most, breaks its session). The peer is this program
 //! re-executed.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -32,14 +37,14 @@ const ROLE_ENV: &str = "SHMPORT_ZENOH_BENCH_PEER";
 fn main() {
     if let Ok(spec) = std::env::var(ROLE_ENV) {
         let mut w = spec.split_whitespace();
-        let zenoh_port = w.next().and_then(|p| p.parse().ok()).expect("zenoh port");
-        let tcp_port = w.next().and_then(|p| p.parse().ok()).expect("tcp port");
-        return peer(zenoh_port, tcp_port);
+        let mut port = || w.next().and_then(|p| p.parse().ok()).expect("a port");
+        let (zenoh_port, default_port, tcp_port) = (port(), port(), port());
+        return peer(zenoh_port, default_port, tcp_port);
     }
     let quick = std::env::args().any(|a| a == "--quick");
-    let (zenoh_port, tcp_port) = (free_port(), free_port());
+    let (zenoh_port, default_port, tcp_port) = (free_port(), free_port(), free_port());
     let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .env(ROLE_ENV, format!("{zenoh_port} {tcp_port}"))
+        .env(ROLE_ENV, format!("{zenoh_port} {default_port} {tcp_port}"))
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the peer");
@@ -56,6 +61,12 @@ fn main() {
     )
     .expect("config");
     let session = zenoh::open(config).wait().expect("session");
+    let default_session = zenoh::open(default_transport(
+        &[],
+        &[&format!("tcp/127.0.0.1:{default_port}")],
+    ))
+    .wait()
+    .expect("session");
     let echo = shmport_zenoh::connect(&session, "bench/echo").expect("connect echo");
     let sink = shmport_zenoh::connect(&session, "bench/sink").expect("connect sink");
     let mut tcp_echo = tcp_connect(tcp_port, b'e');
@@ -72,21 +83,31 @@ fn main() {
         assert_eq!(tcp_recv(&mut tcp_echo).len(), 64);
     }));
     let raw = percentiles(raw_zenoh_round_trips(&session, rounds));
+    let raw_default = percentiles(raw_zenoh_round_trips(&default_session, rounds));
     println!("  bridge {:8.1} / {:8.1}", bridge.0, bridge.1);
     println!("  tcp    {:8.1} / {:8.1}", tcp.0, tcp.1);
     println!(
-        "  zenoh  {:8.1} / {:8.1}   (put and subscribe, no bridge)",
+        "  zenoh  {:8.1} / {:8.1}   (put and subscribe, no bridge; low-latency transport)",
         raw.0, raw.1
     );
-    println!("  bridge / tcp (median): {:.2}x", bridge.0 / tcp.0);
+    println!(
+        "  zenoh  {:8.1} / {:8.1}   (the same, zenoh's default transport)",
+        raw_default.0, raw_default.1
+    );
+    println!(
+        "  bridge / tcp (median): {:.2}x; zenoh alone / tcp: {:.2}x, {:.2}x",
+        bridge.0 / tcp.0,
+        raw.0 / tcp.0,
+        raw_default.0 / tcp.0
+    );
 
     let total: usize = if quick { 64 << 20 } else { 1 << 30 };
     println!("one-way throughput, {} MiB per size (MiB/s):", total >> 20);
     println!(
         "  {:>9} {:>10} {:>10} {:>10} {:>10}",
-        "size", "bridge", "tcp", "tcp/bridge", "zenoh"
+        "size", "bridge", "tcp", "tcp/bridge", "zenoh*"
     );
-    let raw = RawThroughput::new(&session);
+    let raw = RawThroughput::new(&default_session);
     for size in [64usize << 10, 1 << 20, 16 << 20] {
         let count = (total / size).max(4) as u64;
         let payload = pattern(size);
@@ -119,10 +140,26 @@ fn main() {
             zenoh
         );
     }
-    drop((echo, sink, tcp_echo, tcp_sink));
+    println!("  (zenoh*: puts of that size alone, zenoh's default transport)");
+    drop((echo, sink, tcp_echo, tcp_sink, raw));
     assert!(shmport_zenoh::wait_idle(Duration::from_secs(10)));
     session.close().wait().expect("close");
+    default_session.close().wait().expect("close");
     drop(peer);
+}
+
+/// [`shmport_zenoh::peer_config`] with zenoh's default transport (the
+/// one that fragments) instead of the low-latency one.
+fn default_transport(listen: &[&str], connect: &[&str]) -> zenoh::Config {
+    let mut config =
+        shmport_zenoh::peer_config(listen, connect, Duration::from_secs(10)).expect("config");
+    config
+        .insert_json5("transport/unicast/lowlatency", "false")
+        .expect("config");
+    config
+        .insert_json5("transport/unicast/qos/enabled", "true")
+        .expect("config");
+    config
 }
 
 /// A publisher that waits for room (never drops), `express`: unbatched.
@@ -282,42 +319,21 @@ fn tcp_recv(s: &mut TcpStream) -> Vec<u8> {
 }
 
 /// The peer: a zenoh session serving `bench/echo` and `bench/sink`, and a
-/// TCP listener doing the same per connection (first byte `e` or `s`).
-fn peer(zenoh_port: u16, tcp_port: u16) {
+/// TCP listener doing the same per connection (first byte `e` or `s`);
+/// zenoh alone on that session and on one with zenoh's default transport.
+fn peer(zenoh_port: u16, default_port: u16, tcp_port: u16) {
     let listen = format!("tcp/127.0.0.1:{zenoh_port}");
     let config =
         shmport_zenoh::peer_config(&[&listen], &[], Duration::from_secs(10)).expect("config");
     let session = zenoh::open(config).wait().expect("session");
+    let listen = format!("tcp/127.0.0.1:{default_port}");
+    let default_session = zenoh::open(default_transport(&[&listen], &[]))
+        .wait()
+        .expect("session");
     let echo = shmport_zenoh::serve(&session, "bench/echo").expect("serve");
     let sink = shmport_zenoh::serve(&session, "bench/sink").expect("serve");
-    let pong = publisher(&session, "bench/pong", true);
-    let _ping = session
-        .declare_subscriber("bench/ping")
-        .callback(move |sample| {
-            let _ = pong.put(sample.payload().clone()).wait();
-        })
-        .wait()
-        .expect("subscriber");
-    let sums = publisher(&session, "bench/raw_sum", false);
-    // (messages still due, running sum); a round starts with its count.
-    let round = std::sync::Mutex::new((0u64, 0u64));
-    let _raw = session
-        .declare_subscriber("bench/raw")
-        .callback(move |sample| {
-            let bytes = sample.payload().to_bytes();
-            let mut r = round.lock().expect("lock");
-            if r.0 == 0 {
-                *r = (read_u64(&bytes), 0);
-                return;
-            }
-            r.1 += checksum(&bytes);
-            r.0 -= 1;
-            if r.0 == 0 {
-                let _ = sums.put(r.1.to_le_bytes().to_vec()).wait();
-            }
-        })
-        .wait()
-        .expect("subscriber");
+    let _pongs = [&session, &default_session].map(pong_back);
+    let _sums = sum_back(&default_session);
     let tcp = TcpListener::bind(("127.0.0.1", tcp_port)).expect("tcp listen");
     println!("ready");
     std::thread::spawn(move || {
@@ -378,4 +394,41 @@ fn peer(zenoh_port: u16, tcp_port: u16) {
             }
         });
     }
+}
+
+/// In the peer: put every sample of `bench/ping` back on `bench/pong`.
+fn pong_back(session: &zenoh::Session) -> zenoh::pubsub::Subscriber<()> {
+    let pong = publisher(session, "bench/pong", true);
+    session
+        .declare_subscriber("bench/ping")
+        .callback(move |sample| {
+            let _ = pong.put(sample.payload().clone()).wait();
+        })
+        .wait()
+        .expect("subscriber")
+}
+
+/// In the peer: sum the samples of `bench/raw` (a round starts with its
+/// count) and put each round's sum on `bench/raw_sum`.
+fn sum_back(session: &zenoh::Session) -> zenoh::pubsub::Subscriber<()> {
+    let sums = publisher(session, "bench/raw_sum", false);
+    // (messages still due, running sum).
+    let round = std::sync::Mutex::new((0u64, 0u64));
+    session
+        .declare_subscriber("bench/raw")
+        .callback(move |sample| {
+            let bytes = sample.payload().to_bytes();
+            let mut r = round.lock().expect("lock");
+            if r.0 == 0 {
+                *r = (read_u64(&bytes), 0);
+                return;
+            }
+            r.1 += checksum(&bytes);
+            r.0 -= 1;
+            if r.0 == 0 {
+                let _ = sums.put(r.1.to_le_bytes().to_vec()).wait();
+            }
+        })
+        .wait()
+        .expect("subscriber")
 }
