@@ -20,7 +20,8 @@
 //! length then its bytes. For scale, zenoh alone, without the bridge: the
 //! round trip of a put answered by a put from the peer's subscriber, on
 //! the same sessions and on a second pair of sessions with zenoh's default
-//! transport; and the throughput of puts of each size on that second pair
+//! transport; the floor, the same ping-pong answered on both sides in
+//! zenoh's callbacks (no thread of ours in the loop); and the throughput of puts of each size on that second pair
 //! (the low-latency transport does not fragment: a put larger than a
 //! batch, 64 KiB at most, breaks its session). The peer is this program
 //! re-executed.
