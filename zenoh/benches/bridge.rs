@@ -15,14 +15,21 @@
 //!
 //! The bridge: a `shmport_zenoh::connect` port here, a served port in the
 //! peer, each host with its own zenoh session (peer mode, TCP on
-//! 127.0.0.1). TCP: one connection, `TCP_NODELAY`, each message a 4-byte
-//! length then its bytes. For scale, the round trip of zenoh alone (a put
-//! answered by a put from the peer's subscriber). The peer is this program
+//! 127.0.0.1, [`shmport_zenoh::peer_config`]: zenoh's low-latency
+//! transport). TCP: one connection, `TCP_NODELAY`, each message a 4-byte
+//! length then its bytes. For scale, zenoh alone, without the bridge: the
+//! round trip of a put answered by a put from the peer's subscriber, on
+//! the same sessions and on a second pair of sessions with zenoh's default
+//! transport; the floor, the same ping-pong answered on both sides in
+//! zenoh's callbacks (no thread of ours in the loop); and the throughput of puts of each size on that second pair
+//! (the low-latency transport does not fragment: a put larger than a
+//! batch, 64 KiB at most, breaks its session). The peer is this program
 //! re-executed.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use zenoh::Wait;
@@ -32,14 +39,14 @@ const ROLE_ENV: &str = "SHMPORT_ZENOH_BENCH_PEER";
 fn main() {
     if let Ok(spec) = std::env::var(ROLE_ENV) {
         let mut w = spec.split_whitespace();
-        let zenoh_port = w.next().and_then(|p| p.parse().ok()).expect("zenoh port");
-        let tcp_port = w.next().and_then(|p| p.parse().ok()).expect("tcp port");
-        return peer(zenoh_port, tcp_port);
+        let mut port = || w.next().and_then(|p| p.parse().ok()).expect("a port");
+        let (zenoh_port, default_port, tcp_port) = (port(), port(), port());
+        return peer(zenoh_port, default_port, tcp_port);
     }
     let quick = std::env::args().any(|a| a == "--quick");
-    let (zenoh_port, tcp_port) = (free_port(), free_port());
+    let (zenoh_port, default_port, tcp_port) = (free_port(), free_port(), free_port());
     let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .env(ROLE_ENV, format!("{zenoh_port} {tcp_port}"))
+        .env(ROLE_ENV, format!("{zenoh_port} {default_port} {tcp_port}"))
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the peer");
@@ -56,6 +63,12 @@ fn main() {
     )
     .expect("config");
     let session = zenoh::open(config).wait().expect("session");
+    let default_session = zenoh::open(default_transport(
+        &[],
+        &[&format!("tcp/127.0.0.1:{default_port}")],
+    ))
+    .wait()
+    .expect("session");
     let echo = shmport_zenoh::connect(&session, "bench/echo").expect("connect echo");
     let sink = shmport_zenoh::connect(&session, "bench/sink").expect("connect sink");
     let mut tcp_echo = tcp_connect(tcp_port, b'e');
@@ -72,21 +85,37 @@ fn main() {
         assert_eq!(tcp_recv(&mut tcp_echo).len(), 64);
     }));
     let raw = percentiles(raw_zenoh_round_trips(&session, rounds));
+    let raw_default = percentiles(raw_zenoh_round_trips(&default_session, rounds));
+    let floor = percentiles(raw_zenoh_callback_round_trips(&session, rounds));
     println!("  bridge {:8.1} / {:8.1}", bridge.0, bridge.1);
     println!("  tcp    {:8.1} / {:8.1}", tcp.0, tcp.1);
     println!(
-        "  zenoh  {:8.1} / {:8.1}   (put and subscribe, no bridge)",
+        "  zenoh  {:8.1} / {:8.1}   (put and subscribe, no bridge; low-latency transport)",
         raw.0, raw.1
     );
-    println!("  bridge / tcp (median): {:.2}x", bridge.0 / tcp.0);
+    println!(
+        "  zenoh  {:8.1} / {:8.1}   (the same, zenoh's default transport)",
+        raw_default.0, raw_default.1
+    );
+    println!(
+        "  zenoh  {:8.1} / {:8.1}   (low-latency, answered in zenoh's callback: the floor)",
+        floor.0, floor.1
+    );
+    println!(
+        "  bridge / tcp (median): {:.2}x; zenoh alone / tcp: {:.2}x, {:.2}x, floor {:.2}x",
+        bridge.0 / tcp.0,
+        raw.0 / tcp.0,
+        raw_default.0 / tcp.0,
+        floor.0 / tcp.0
+    );
 
     let total: usize = if quick { 64 << 20 } else { 1 << 30 };
     println!("one-way throughput, {} MiB per size (MiB/s):", total >> 20);
     println!(
         "  {:>9} {:>10} {:>10} {:>10} {:>10}",
-        "size", "bridge", "tcp", "tcp/bridge", "zenoh"
+        "size", "bridge", "tcp", "tcp/bridge", "zenoh*"
     );
-    let raw = RawThroughput::new(&session);
+    let raw = RawThroughput::new(&default_session);
     for size in [64usize << 10, 1 << 20, 16 << 20] {
         let count = (total / size).max(4) as u64;
         let payload = pattern(size);
@@ -119,10 +148,26 @@ fn main() {
             zenoh
         );
     }
-    drop((echo, sink, tcp_echo, tcp_sink));
+    println!("  (zenoh*: puts of that size alone, zenoh's default transport)");
+    drop((echo, sink, tcp_echo, tcp_sink, raw));
     assert!(shmport_zenoh::wait_idle(Duration::from_secs(10)));
     session.close().wait().expect("close");
+    default_session.close().wait().expect("close");
     drop(peer);
+}
+
+/// [`shmport_zenoh::peer_config`] with zenoh's default transport (the
+/// one that fragments) instead of the low-latency one.
+fn default_transport(listen: &[&str], connect: &[&str]) -> zenoh::Config {
+    let mut config =
+        shmport_zenoh::peer_config(listen, connect, Duration::from_secs(10)).expect("config");
+    config
+        .insert_json5("transport/unicast/lowlatency", "false")
+        .expect("config");
+    config
+        .insert_json5("transport/unicast/qos/enabled", "true")
+        .expect("config");
+    config
 }
 
 /// A publisher that waits for room (never drops), `express`: unbatched.
@@ -171,6 +216,65 @@ fn raw_zenoh_round_trips(session: &zenoh::Session, rounds: usize) -> Vec<f64> {
         ping.put(vec![7u8; 64]).wait().expect("put");
         assert_eq!(pong.recv().expect("pong").payload().len(), 64);
     })
+}
+
+/// zenoh alone with no thread of ours in the loop: the subscriber's
+/// callback (on zenoh's receiving thread) times each round and puts the
+/// next ping itself, as TCP's reader answers from its own thread. Each
+/// ping carries its round's number; a pong of another round (a late one
+/// of the warm-up) is ignored.
+fn raw_zenoh_callback_round_trips(session: &zenoh::Session, rounds: usize) -> Vec<f64> {
+    let ping = Arc::new(publisher(session, "bench/ping", true));
+    let total = rounds + rounds / 10;
+    let (done, times) = std::sync::mpsc::channel::<Vec<f64>>();
+    // (the round awaited, when its ping left, the times so far)
+    let state = Arc::new(Mutex::new((
+        0u64,
+        Instant::now(),
+        Vec::with_capacity(total),
+    )));
+    let (next, s) = (Arc::clone(&ping), Arc::clone(&state));
+    let _pong = session
+        .declare_subscriber("bench/pong")
+        .callback(move |sample| {
+            let mut s = s.lock().expect("lock");
+            if read_u64(&sample.payload().to_bytes()) != s.0 {
+                return;
+            }
+            let elapsed = s.1.elapsed().as_secs_f64() * 1e6;
+            s.2.push(elapsed);
+            s.0 += 1;
+            if s.2.len() == total {
+                let _ = done.send(std::mem::take(&mut s.2));
+                return;
+            }
+            s.1 = Instant::now();
+            let _ = next.put(round_ping(s.0)).wait();
+        })
+        .wait()
+        .expect("subscriber");
+    // The peer's publisher may not know this subscriber yet: ping round 0
+    // until it is answered.
+    loop {
+        state.lock().expect("lock").1 = Instant::now();
+        ping.put(round_ping(0)).wait().expect("put");
+        std::thread::sleep(Duration::from_millis(100));
+        if state.lock().expect("lock").0 > 0 {
+            break;
+        }
+    }
+    let mut times = times
+        .recv_timeout(Duration::from_secs(600))
+        .expect("the rounds");
+    times.drain(..rounds / 10);
+    times
+}
+
+/// 64 bytes: the round's number, then padding.
+fn round_ping(round: u64) -> Vec<u8> {
+    let mut v = vec![7u8; 64];
+    v[..8].copy_from_slice(&round.to_le_bytes());
+    v
 }
 
 /// zenoh alone, for scale: puts on `bench/raw` (a count, then that many
@@ -282,42 +386,21 @@ fn tcp_recv(s: &mut TcpStream) -> Vec<u8> {
 }
 
 /// The peer: a zenoh session serving `bench/echo` and `bench/sink`, and a
-/// TCP listener doing the same per connection (first byte `e` or `s`).
-fn peer(zenoh_port: u16, tcp_port: u16) {
+/// TCP listener doing the same per connection (first byte `e` or `s`);
+/// zenoh alone on that session and on one with zenoh's default transport.
+fn peer(zenoh_port: u16, default_port: u16, tcp_port: u16) {
     let listen = format!("tcp/127.0.0.1:{zenoh_port}");
     let config =
         shmport_zenoh::peer_config(&[&listen], &[], Duration::from_secs(10)).expect("config");
     let session = zenoh::open(config).wait().expect("session");
+    let listen = format!("tcp/127.0.0.1:{default_port}");
+    let default_session = zenoh::open(default_transport(&[&listen], &[]))
+        .wait()
+        .expect("session");
     let echo = shmport_zenoh::serve(&session, "bench/echo").expect("serve");
     let sink = shmport_zenoh::serve(&session, "bench/sink").expect("serve");
-    let pong = publisher(&session, "bench/pong", true);
-    let _ping = session
-        .declare_subscriber("bench/ping")
-        .callback(move |sample| {
-            let _ = pong.put(sample.payload().clone()).wait();
-        })
-        .wait()
-        .expect("subscriber");
-    let sums = publisher(&session, "bench/raw_sum", false);
-    // (messages still due, running sum); a round starts with its count.
-    let round = std::sync::Mutex::new((0u64, 0u64));
-    let _raw = session
-        .declare_subscriber("bench/raw")
-        .callback(move |sample| {
-            let bytes = sample.payload().to_bytes();
-            let mut r = round.lock().expect("lock");
-            if r.0 == 0 {
-                *r = (read_u64(&bytes), 0);
-                return;
-            }
-            r.1 += checksum(&bytes);
-            r.0 -= 1;
-            if r.0 == 0 {
-                let _ = sums.put(r.1.to_le_bytes().to_vec()).wait();
-            }
-        })
-        .wait()
-        .expect("subscriber");
+    let _pongs = [&session, &default_session].map(pong_back);
+    let _sums = sum_back(&default_session);
     let tcp = TcpListener::bind(("127.0.0.1", tcp_port)).expect("tcp listen");
     println!("ready");
     std::thread::spawn(move || {
@@ -378,4 +461,41 @@ fn peer(zenoh_port: u16, tcp_port: u16) {
             }
         });
     }
+}
+
+/// In the peer: put every sample of `bench/ping` back on `bench/pong`.
+fn pong_back(session: &zenoh::Session) -> zenoh::pubsub::Subscriber<()> {
+    let pong = publisher(session, "bench/pong", true);
+    session
+        .declare_subscriber("bench/ping")
+        .callback(move |sample| {
+            let _ = pong.put(sample.payload().clone()).wait();
+        })
+        .wait()
+        .expect("subscriber")
+}
+
+/// In the peer: sum the samples of `bench/raw` (a round starts with its
+/// count) and put each round's sum on `bench/raw_sum`.
+fn sum_back(session: &zenoh::Session) -> zenoh::pubsub::Subscriber<()> {
+    let sums = publisher(session, "bench/raw_sum", false);
+    // (messages still due, running sum).
+    let round = std::sync::Mutex::new((0u64, 0u64));
+    session
+        .declare_subscriber("bench/raw")
+        .callback(move |sample| {
+            let bytes = sample.payload().to_bytes();
+            let mut r = round.lock().expect("lock");
+            if r.0 == 0 {
+                *r = (read_u64(&bytes), 0);
+                return;
+            }
+            r.1 += checksum(&bytes);
+            r.0 -= 1;
+            if r.0 == 0 {
+                let _ = sums.put(r.1.to_le_bytes().to_vec()).wait();
+            }
+        })
+        .wait()
+        .expect("subscriber")
 }

@@ -10,6 +10,15 @@ use std::time::Duration;
 /// peers see `PeerDied`. A killed process is seen at once, when its TCP
 /// connection closes. zenoh's default lease is 10 s.
 ///
+/// It also turns on zenoh's low-latency transport (and so turns its QoS
+/// priorities off, which that transport lacks): a publication is written
+/// to the socket by the publishing thread, instead of being queued for
+/// zenoh's transmit thread (one thread hop less per frame, measured in
+/// BENCHMARKS.md). That transport does not fragment; the bridge's frames
+/// are cut to fit (30 KiB chunks). Both hosts must use it: zenoh
+/// negotiates it only when both ask for it, and a session with another
+/// configuration still works, with zenoh's default transport.
+///
 /// ```
 /// use std::time::Duration;
 ///
@@ -32,6 +41,8 @@ pub fn peer_config(
     config.insert_json5("scouting/multicast/enabled", "false")?;
     let ms = lease.as_millis().clamp(1, u64::MAX as u128) as u64;
     config.insert_json5("transport/link/tx/lease", &ms.to_string())?;
+    config.insert_json5("transport/unicast/lowlatency", "true")?;
+    config.insert_json5("transport/unicast/qos/enabled", "false")?;
     Ok(config)
 }
 

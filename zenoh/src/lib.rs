@@ -15,7 +15,9 @@
 //! - **raw and typed messages**: the archive's bytes travel as they are,
 //!   with their type fingerprint, and land aligned in the receiver's ring,
 //!   validated there as any message;
-//! - **any size**: large messages travel in chunks of at most 1 MiB;
+//! - **any size**: messages travel in chunks of at most 30 KiB (what one
+//!   unfragmented batch of zenoh's low-latency transport holds), sent
+//!   straight from the ring as far as the window allows;
 //! - **back-pressure**: a port has at most its window ([`Options::window`])
 //!   of data in flight per direction; the sender's bridge stops reading
 //!   its ring until the receiver's application reads, so posts wait;

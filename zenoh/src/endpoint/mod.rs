@@ -410,8 +410,11 @@ impl Endpoint {
         if let (Some(port), true) = (&self.port, port_armed || post_armed) {
             fds.push(PollFd::new(port, PollFlags::IN));
         }
-        // EINTR and the like: the loop looks again.
-        let _ = poll(&mut fds, Some(&ts));
+        if self.inbox.prepare_sleep() {
+            // EINTR and the like: the loop looks again.
+            let _ = poll(&mut fds, Some(&ts));
+        }
+        self.inbox.end_sleep();
         drop(fds);
         if post_armed {
             if let Some(port) = &self.port {

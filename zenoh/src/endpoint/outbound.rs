@@ -2,27 +2,60 @@
 //! fit the window the peer granted, numbered, published; ports they carry
 //! bridged by endpoints of their own; the close sent after the last.
 
-use shmport::{CloseReason, MessagePort, RecvError};
+use shmport::{CloseReason, MessagePort, RecvError, SharedBytes};
+use zenoh::Wait;
 
 use super::Endpoint;
 use crate::frame::{self, EndpointId, MessageHead};
 use crate::keys;
 
-/// The largest chunk one DATA frame carries.
-pub(crate) const CHUNK: u64 = 1 << 20;
+/// The largest chunk one DATA frame carries: 30 KiB. The sessions of
+/// [`peer_config`](crate::peer_config) use zenoh's low-latency transport,
+/// which does not fragment: a message must fit in one batch of the link,
+/// whose size zenoh derives from the TCP segment size, at least about
+/// 32,700 bytes on any TCP link (49,152 on this machine's loopback, for
+/// the accepting side). A chunk, the frame's header with up to
+/// [`MAX_PORTS`](frame::MAX_PORTS) port ids (1,645 bytes), and zenoh's own
+/// header stay under that.
+pub(crate) const CHUNK: u64 = 30 << 10;
 
-/// What the port gave: a whole message already made into its one frame,
-/// or one to send in chunks (its bytes, fingerprint and ports).
+/// A message's remainder at least this large, held outside the ring (a
+/// pool block, an out-of-line memfd), is kept there while it waits for
+/// the window instead of being copied (keeping it costs two `mprotect`s).
+const KEEP_IN_PLACE: usize = 1 << 20;
+
+/// What the port gave, when it cannot all go out at once: a message with
+/// ports (its bytes, fingerprint and ports), or what is left of one whose
+/// first chunks went out while the window allowed.
 enum Taken {
-    Frame(Vec<u8>, usize),
-    Message(Vec<u8>, u64, Vec<MessagePort>),
+    /// All of it went out.
+    Sent,
+    WithPorts(Vec<u8>, u64, Vec<MessagePort>),
+    Rest(Outgoing),
+}
+
+/// The bytes of a message being sent.
+enum Payload {
+    /// Copied out of the port.
+    Copied(Vec<u8>),
+    /// Kept where the port received it (zero copy).
+    InPlace(SharedBytes),
+}
+
+impl Payload {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Copied(v) => v,
+            Payload::InPlace(s) => s.bytes(),
+        }
+    }
 }
 
 /// A message being sent, chunk by chunk.
 struct Outgoing {
     /// Sent with the first chunk.
     head: Option<MessageHead>,
-    bytes: Vec<u8>,
+    bytes: Payload,
     offset: usize,
 }
 
@@ -79,14 +112,17 @@ impl Endpoint {
     }
 
     /// Take the next message (or the close) from the port; `false` when
-    /// there is none yet.
+    /// there is none yet. A message without ports goes out straight from
+    /// the port, as many chunks as the window allows; only what is left
+    /// waits (copied, unless it is large and held outside the ring).
     fn take_from_port(&mut self) -> bool {
         let Some(port) = &self.port else {
             self.tx.local_closed = Some(CloseReason::Closed);
             return true;
         };
         let chunk_max = self.chunk_max();
-        let room = self.tx.credit.saturating_sub(self.tx.sent);
+        let window = self.peer.as_ref().and_then(|p| p.window).unwrap_or(0);
+        let mut put_failed = false;
         let taken = match port.try_recv() {
             Ok(mut msg) => {
                 let ports = match msg.take_ports() {
@@ -95,22 +131,65 @@ impl Endpoint {
                     // travel.
                     Err(e) => e.ports,
                 };
-                let len = msg.bytes().len();
-                if ports.is_empty() && len <= chunk_max && frame::data_cost(len, 0, 0) <= room {
-                    // The common case, without a copy: one frame made
-                    // straight from the ring.
-                    let head = MessageHead {
+                if !ports.is_empty() {
+                    Taken::WithPorts(msg.bytes().to_vec(), msg.fingerprint(), ports)
+                } else {
+                    let len = msg.bytes().len();
+                    let mut head = Some(MessageHead {
                         total: len as u64,
                         fingerprint: msg.fingerprint(),
                         ports: Vec::new(),
-                    };
-                    let seq = self.tx.next_seq;
-                    Taken::Frame(
-                        frame::data(self.me, seq, Some(&head), true, msg.bytes()),
-                        len,
-                    )
-                } else {
-                    Taken::Message(msg.bytes().to_vec(), msg.fingerprint(), ports)
+                    });
+                    let mut offset = 0;
+                    while let Some(peer) = self.peer.as_ref().filter(|_| chunk_max > 0) {
+                        let n = (len - offset).min(chunk_max);
+                        let cost = frame::data_cost(n, 0, window);
+                        if self.tx.sent + cost > self.tx.credit {
+                            break;
+                        }
+                        let last = offset + n == len;
+                        let data = frame::data(
+                            self.me,
+                            self.tx.next_seq,
+                            head.take().as_ref(),
+                            last,
+                            &msg.bytes()[offset..offset + n],
+                        );
+                        self.tx.next_seq += 1;
+                        self.tx.sent += cost;
+                        offset += n;
+                        if peer.publisher.put(data).wait().is_err() {
+                            put_failed = true;
+                            break;
+                        }
+                        if last {
+                            break;
+                        }
+                    }
+                    if offset == len && head.is_none() {
+                        Taken::Sent
+                    } else {
+                        let rest = len - offset;
+                        let bytes =
+                            if rest >= KEEP_IN_PLACE && (msg.is_pooled() || msg.is_out_of_line()) {
+                                match msg.into_shared_bytes() {
+                                    Ok(shared) => Payload::InPlace(shared),
+                                    Err(msg) => Payload::Copied(msg.bytes()[offset..].to_vec()),
+                                }
+                            } else {
+                                Payload::Copied(msg.bytes()[offset..].to_vec())
+                            };
+                        // A kept payload starts where the message did.
+                        let offset = match bytes {
+                            Payload::InPlace(_) => offset,
+                            Payload::Copied(_) => 0,
+                        };
+                        Taken::Rest(Outgoing {
+                            head,
+                            bytes,
+                            offset,
+                        })
+                    }
                 }
             }
             Err(RecvError::Empty) => return false,
@@ -129,26 +208,23 @@ impl Endpoint {
                 return true;
             }
         };
-        let (bytes, fingerprint, ports) = match taken {
-            Taken::Frame(data, len) => {
-                self.tx.next_seq += 1;
-                self.tx.sent += frame::data_cost(len, 0, 0);
-                self.send(data);
-                return true;
+        match taken {
+            Taken::Sent => {}
+            Taken::Rest(out) => self.tx.current = Some(out),
+            Taken::WithPorts(bytes, fingerprint, ports) => {
+                let ports = self.export_ports(ports);
+                self.tx.current = Some(Outgoing {
+                    head: Some(MessageHead {
+                        total: bytes.len() as u64,
+                        fingerprint,
+                        ports,
+                    }),
+                    bytes: Payload::Copied(bytes),
+                    offset: 0,
+                });
             }
-            Taken::Message(bytes, fingerprint, ports) => (bytes, fingerprint, ports),
-        };
-        let ports = self.export_ports(ports);
-        self.tx.current = Some(Outgoing {
-            head: Some(MessageHead {
-                total: bytes.len() as u64,
-                fingerprint,
-                ports,
-            }),
-            bytes,
-            offset: 0,
-        });
-        true
+        }
+        finish_take(self, put_failed)
     }
 
     /// Each port a message carries gets an endpoint of its own, which the
@@ -191,20 +267,21 @@ impl Endpoint {
         } else {
             chunk_max
         };
-        let n = (out.bytes.len() - out.offset).min(chunk_max);
+        let total = out.bytes.bytes().len();
+        let n = (total - out.offset).min(chunk_max);
         let cost = frame::data_cost(n, nports, window);
         if self.tx.sent + cost > self.tx.credit {
             return false;
         }
         let end = out.offset + n;
-        let last = end == out.bytes.len();
+        let last = end == total;
         let head = out.head.take();
         let data = frame::data(
             self.me,
             self.tx.next_seq,
             head.as_ref(),
             last,
-            &out.bytes[out.offset..end],
+            &out.bytes.bytes()[out.offset..end],
         );
         out.offset = end;
         self.tx.next_seq += 1;
@@ -215,4 +292,13 @@ impl Endpoint {
         self.send(data);
         true
     }
+}
+
+/// After a take: a publication that failed means the session cannot
+/// reach the peer any more.
+fn finish_take(endpoint: &mut Endpoint, put_failed: bool) -> bool {
+    if put_failed {
+        endpoint.peer_gone(CloseReason::PeerDied);
+    }
+    true
 }

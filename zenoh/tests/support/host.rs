@@ -34,6 +34,19 @@ pub fn session(listen: &[String], connect: &[String]) -> Session {
     zenoh::open(config).wait().expect("open a zenoh session")
 }
 
+/// [`session`] with zenoh's default transport instead of the low-latency
+/// one `peer_config` asks for (a session that asks for it meets this one
+/// on the default transport): frames of any size travel, fragmented.
+pub fn default_transport_session(listen: &[String], connect: &[String]) -> Session {
+    let listen: Vec<&str> = listen.iter().map(String::as_str).collect();
+    let connect: Vec<&str> = connect.iter().map(String::as_str).collect();
+    let mut config = shmport_zenoh::peer_config(&listen, &connect, LEASE).expect("config");
+    config
+        .insert_json5("transport/unicast/lowlatency", "false")
+        .expect("config");
+    zenoh::open(config).wait().expect("open a zenoh session")
+}
+
 /// A host process; killed (SIGKILL) and reaped when dropped, so no test
 /// leaves one behind.
 pub struct Host {

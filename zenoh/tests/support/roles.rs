@@ -6,7 +6,7 @@ use std::time::Duration;
 use shmport::{MessagePort, RecvError};
 use zenoh::Wait;
 
-use super::host::{LEASE, number, session};
+use super::host::{LEASE, default_transport_session, number, session};
 use shmport_zenoh::testing as wire;
 
 /// Run the role named in `spec` ("name arg arg…"); the process then exits.
@@ -134,7 +134,9 @@ fn drop_session_host(args: &[String]) {
 /// that breaks the protocol in the way `mode` names, after one good
 /// message. Keeps its liveliness token (so the port's end is not a death).
 fn hostile_host(args: &[String]) {
-    let s = session(&args[..1], &[]);
+    // The default transport: it carries a frame larger than any batch
+    // (over_window), which the low-latency one cannot.
+    let s = default_transport_session(&args[..1], &[]);
     let mode = args[1].clone();
     let queryable = s.declare_queryable("t/hostile").wait().expect("queryable");
     ready();
