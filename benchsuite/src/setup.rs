@@ -83,7 +83,9 @@ impl Setup {
     pub fn how(self) -> &'static str {
         match self {
             Setup::ShmListener => "Listener::bind_abstract + connect_abstract",
-            Setup::ShmTransfer => "MessageChannel::new, port posted over a port (a kit: kept from the last channel)",
+            Setup::ShmTransfer => {
+                "MessageChannel::new, port posted over a port (a kit: kept from the last channel)"
+            }
             Setup::Uds => "bind + listen + accept / connect (abstract name)",
             Setup::Fifo => "mkfifo x2 + open / open (named pipes)",
             Setup::IpcChannel => "bytes_channel x2, sent over an ipc channel",
