@@ -132,35 +132,19 @@ impl PortSender {
         check_size(size_hint)?;
         self.check_not_reserved()?;
         self.check_postable()?;
-        let mut need = size_hint + prefix;
-        while need <= max {
-            let slot = self.reserve(need, wait, rx)?;
-            let room = slot.room.min(max) - prefix;
-            // SAFETY: the slot's payload area is at least `need >= prefix`
-            // bytes of ring memory only this producer writes until it
-            // commits; the message goes after the references' `prefix`
-            // bytes (a multiple of 32: the ring's alignment holds).
-            let mut w = unsafe { RecordWriter::slot(slot.payload.add(prefix), room) };
-            match fill(&mut w) {
-                Ok(()) if w.len() + prefix > max => return Ok(false),
-                Ok(()) => {
-                    let len = prefix + w.len();
-                    refs(slot.payload);
-                    meta.kits = true;
-                    meta.nports = nports as u16;
-                    self.commit(slot, len, *meta);
-                    if meta.kind == Kind::Typed {
-                        self.large_hint.set(0);
-                    }
-                    return Ok(true);
+        match self.fill_slot(size_hint + prefix, prefix, max, wait, rx, fill)? {
+            Ok((slot, len)) => {
+                refs(slot.payload);
+                meta.kits = true;
+                meta.nports = nports as u16;
+                self.commit(slot, len, *meta);
+                if meta.kind == Kind::Typed {
+                    self.large_hint.set(0);
                 }
-                Err(e) => match w.wanted() {
-                    Some(wanted) => need = (wanted + prefix).max(need + 1),
-                    None => return Err(PostError::Serialize(e)),
-                },
+                Ok(true)
             }
+            Err(_) => Ok(false),
         }
-        Ok(false)
     }
 
     /// A port to travel: an unused port of a channel made here goes as the

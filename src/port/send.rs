@@ -378,49 +378,77 @@ impl PortSender {
         if size_hint == 0 && hint > max {
             need = hint;
         }
-        while need <= max {
-            let slot = match self.reserve(need, wait, rx) {
-                Ok(s) => s,
-                Err(e) => return Err((e, ports)),
-            };
-            // SAFETY: the slot's payload area is `room` bytes of ring memory
-            // that only this producer writes until it commits. (No more
-            // than `max` of them: a larger message goes elsewhere anyway.)
-            let mut w = unsafe { RecordWriter::slot(slot.payload, slot.room.min(max)) };
-            match fill(&mut w) {
-                // It fit in the slot but is over the inline limit: out of
-                // line (the slot is left uncommitted, as when it is too small).
-                Ok(()) if w.len() > max => need = w.len(),
-                Ok(()) => {
-                    let len = w.len();
-                    if !ports.is_empty() {
-                        let att = Attachment {
-                            ool: None,
-                            pool: None,
-                            ports,
-                            lost: false,
-                        };
-                        if let Err(e) = self.attach(&att, wait, rx) {
-                            return Err((e, att.ports));
-                        }
+        match self.fill_slot(need, 0, max, wait, rx, &mut fill) {
+            Ok(Ok((slot, len))) => {
+                if !ports.is_empty() {
+                    let att = Attachment {
+                        ool: None,
+                        pool: None,
+                        ports,
+                        lost: false,
+                    };
+                    if let Err(e) = self.attach(&att, wait, rx) {
+                        return Err((e, att.ports));
                     }
-                    self.commit(slot, len, meta);
-                    if meta.kind == Kind::Typed {
-                        self.large_hint.set(0);
-                    }
-                    return Ok(());
                 }
-                Err(e) => match w.wanted() {
-                    // It did not fit: ask for at least what it wanted.
-                    Some(wanted) => need = wanted.max(need + 1),
-                    None => return Err((PostError::Serialize(e), ports)),
-                },
+                self.commit(slot, len, meta);
+                if meta.kind == Kind::Typed {
+                    self.large_hint.set(0);
+                }
+                return Ok(());
             }
+            // Larger than the ring takes: in the pool, or out of line.
+            Ok(Err(larger)) => need = larger,
+            Err(e) => return Err((e, ports)),
         }
         if need <= MAX_POOLED {
             return self.send_pooled(meta, need, max, wait, fill, ports, rx);
         }
         self.send_out_of_line(meta, need, wait, fill, ports, rx)
+    }
+
+    /// Serialize a message into a ring slot, after `prefix` bytes (a
+    /// multiple of 32, left for the caller to write), asking for a larger
+    /// slot until it fits. `Ok(Ok((slot, len)))`: written, `len` bytes with
+    /// the prefix, not committed; `Ok(Err(need))`: it takes more than
+    /// `max` bytes with the prefix (`need`, a lower bound): it does not
+    /// belong in the ring, and nothing was written that counts.
+    #[inline]
+    pub(super) fn fill_slot<F>(
+        &self,
+        mut need: usize,
+        prefix: usize,
+        max: usize,
+        wait: Wait,
+        rx: Option<&PortReceiver>,
+        fill: &mut F,
+    ) -> Result<Result<(Slot, usize), usize>, PostError>
+    where
+        F: FnMut(&mut RecordWriter) -> Result<(), rancor::Error> + ?Sized,
+    {
+        while need <= max {
+            let slot = self.reserve(need, wait, rx)?;
+            // SAFETY: the slot's payload area is `room >= need >= prefix`
+            // bytes of ring memory that only this producer writes until it
+            // commits (no more than `max` of them: a larger message goes
+            // elsewhere anyway); the message goes after the prefix, a
+            // multiple of 32, so the ring's alignment holds.
+            let mut w = unsafe {
+                RecordWriter::slot(slot.payload.add(prefix), slot.room.min(max) - prefix)
+            };
+            match fill(&mut w) {
+                // It fit in the slot but is over the inline limit: out of
+                // line (the slot is left uncommitted, as when it is too small).
+                Ok(()) if w.len() + prefix > max => return Ok(Err(w.len() + prefix)),
+                Ok(()) => return Ok(Ok((slot, prefix + w.len()))),
+                Err(e) => match w.wanted() {
+                    // It did not fit: ask for at least what it wanted.
+                    Some(wanted) => need = (wanted + prefix).max(need + 1),
+                    None => return Err(PostError::Serialize(e)),
+                },
+            }
+        }
+        Ok(Err(need))
     }
 
     /// Publish a reserved record and wake the peer if it sleeps. This

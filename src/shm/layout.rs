@@ -369,6 +369,32 @@ pub struct ReleaseHeader {
     pub wait: ReclaimWaitLine,
 }
 
+impl RingHeader {
+    /// A ring header of zeros, in private memory (the loom models; a
+    /// segment's is zero as the memfd is).
+    #[cfg(test)]
+    pub fn zeroed() -> RingHeader {
+        RingHeader {
+            producer: ProducerLine {
+                tail: RingU64::new(0),
+                closed: RingU32::new(0),
+            },
+            consumer: ConsumerLine {
+                head: RingU64::new(0),
+            },
+            consumer_wait: ConsumerWaitLine {
+                sleeping: RingU32::new(0),
+                closed: RingU32::new(0),
+                barrier: RingU32::new(0),
+            },
+            producer_wait: ProducerWaitLine {
+                waiting: RingU32::new(0),
+                barrier: RingU32::new(0),
+            },
+        }
+    }
+}
+
 impl ReleaseHeader {
     /// A release header of zeros, for a queue in private memory (the
     /// tests and the loom model; a segment's is zero as the memfd is).

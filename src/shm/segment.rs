@@ -110,15 +110,25 @@ impl Segment {
         Ok(Arc::new(seg))
     }
 
-    /// The start of the mapping (at least `HEADER_AREA` bytes, page aligned).
-    pub(super) fn base(&self) -> core::ptr::NonNull<u8> {
-        self.map.ptr()
-    }
-
-    fn header(&self) -> &SegmentHeader {
+    pub(super) fn header(&self) -> &SegmentHeader {
         // SAFETY: the mapping is at least HEADER_AREA bytes (checked or
         // created so), page aligned, and SegmentHeader holds only atomics.
         unsafe { self.map.ptr().cast::<SegmentHeader>().as_ref() }
+    }
+
+    /// Ring `index`'s header (index < 2).
+    pub(super) fn ring_header(&self, index: usize) -> &RingHeader {
+        // SAFETY: the mapping is at least HEADER_AREA bytes (checked or
+        // created so); RING_HEADER[index] is 128-aligned inside it (layout.rs
+        // asserts it, and indexing panics past 2); RingHeader holds only
+        // atomics.
+        unsafe {
+            self.map
+                .ptr()
+                .add(RING_HEADER[index])
+                .cast::<RingHeader>()
+                .as_ref()
+        }
     }
 
     /// The memfd.
@@ -183,15 +193,7 @@ impl SegmentRing {
 // mapping alive as long as this value.
 unsafe impl RingMemory for SegmentRing {
     fn header(&self) -> &RingHeader {
-        // SAFETY: see the impl's comment; RingHeader holds only atomics.
-        unsafe {
-            self.seg
-                .map
-                .ptr()
-                .add(RING_HEADER[self.index])
-                .cast::<RingHeader>()
-                .as_ref()
-        }
+        self.seg.ring_header(self.index)
     }
     fn data(&self) -> NonNull<u8> {
         // SAFETY: inside the mapping, see the impl's comment.

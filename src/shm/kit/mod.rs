@@ -28,7 +28,7 @@
 //! two processes (the peer owns its end of those anyway), or make a kit
 //! never reusable (then a new one is made).
 
-use crate::shm::layout::{KitLine, RING_HEADER, RingHeader, SegmentHeader};
+use crate::shm::layout::{KitLine, RingHeader};
 use crate::shm::segment::{Segment, Side};
 use crate::shm::sync::Ordering;
 
@@ -45,20 +45,11 @@ pub(crate) trait KitMemory {
 
 impl KitMemory for Segment {
     fn kit_line(&self) -> &KitLine {
-        // SAFETY: the mapping covers HEADER_AREA bytes (`create`/`open`);
-        // the header is at offset 0, page aligned, and holds only atomics.
-        unsafe { &self.base().cast::<SegmentHeader>().as_ref().kit }
+        &self.header().kit
     }
 
     fn ring_header(&self, index: usize) -> &RingHeader {
-        // SAFETY: as above; RING_HEADER[index] (index < 2) is 128-aligned
-        // inside HEADER_AREA, and a RingHeader holds only atomics.
-        unsafe {
-            self.base()
-                .add(RING_HEADER[index])
-                .cast::<RingHeader>()
-                .as_ref()
-        }
+        Segment::ring_header(self, index)
     }
 }
 

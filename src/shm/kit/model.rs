@@ -15,14 +15,12 @@
 //! whose peer has not finished closing. The carrier's record is modelled
 //! by one word published with Release.
 
-use loom::sync::atomic::{AtomicU32, AtomicU64};
+use loom::sync::atomic::AtomicU32;
 use loom::thread;
 use std::sync::Arc;
 
 use super::{KitMemory, KitWords};
-use crate::shm::layout::{
-    ConsumerLine, ConsumerWaitLine, KitLine, ProducerLine, ProducerWaitLine, RingHeader,
-};
+use crate::shm::layout::{KitLine, RingHeader};
 use crate::shm::ring::model::model;
 use crate::shm::segment::Side;
 use crate::shm::sync::Ordering;
@@ -44,24 +42,10 @@ impl KitMemory for Arc<Memory> {
 }
 
 fn ring(tail: u64, head: u64) -> RingHeader {
-    RingHeader {
-        producer: ProducerLine {
-            tail: AtomicU64::new(tail),
-            closed: AtomicU32::new(0),
-        },
-        consumer: ConsumerLine {
-            head: AtomicU64::new(head),
-        },
-        consumer_wait: ConsumerWaitLine {
-            sleeping: AtomicU32::new(0),
-            closed: AtomicU32::new(0),
-            barrier: AtomicU32::new(0),
-        },
-        producer_wait: ProducerWaitLine {
-            waiting: AtomicU32::new(0),
-            barrier: AtomicU32::new(0),
-        },
-    }
+    let r = RingHeader::zeroed();
+    r.producer.tail.store(tail, Ordering::Relaxed);
+    r.consumer.head.store(head, Ordering::Relaxed);
+    r
 }
 
 /// Generation 1 in use; ring 0 (A to B) has one record B has not read
@@ -85,10 +69,12 @@ fn memory() -> Arc<Memory> {
     mem
 }
 
-/// B's port closes: it reads the last record, publishes its head and its
-/// closed flags, then marks its end idle.
-fn peer_closes(mem: &Arc<Memory>) {
-    mem.rings[0].consumer.head.store(64, Ordering::Release);
+/// B's port closes: it reads the last record (if `read_last`), publishes
+/// its head and its closed flags, then marks its end idle.
+fn peer_closes(mem: &Arc<Memory>, read_last: bool) {
+    if read_last {
+        mem.rings[0].consumer.head.store(64, Ordering::Release);
+    }
     mem.rings[1].producer.closed.store(1, Ordering::Release);
     mem.rings[0]
         .consumer_wait
@@ -117,7 +103,7 @@ fn a_kit_is_taken_up_only_once_its_peer_closed_and_then_clean() {
         let peer = {
             let mem = mem.clone();
             thread::spawn(move || {
-                peer_closes(&mem);
+                peer_closes(&mem, true);
                 // The peer takes the record naming the kit, and builds its
                 // port of the new channel from the kit's words.
                 while mem.record.load(Ordering::Acquire) == 0 {

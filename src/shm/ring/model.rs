@@ -37,7 +37,7 @@ use core::cell::UnsafeCell as StdUnsafeCell;
 use core::ptr::NonNull;
 
 use loom::cell::UnsafeCell;
-use loom::sync::atomic::{AtomicU32, AtomicU64};
+use loom::sync::atomic::AtomicU64;
 use loom::sync::{Condvar, Mutex};
 // std's Arc, not loom's: loom's cannot be dropped while a failed model unwinds,
 // which would abort the `should_panic` test instead of failing it.
@@ -45,10 +45,7 @@ use loom::thread;
 use std::sync::Arc;
 
 use super::{Barriers, Consumer, Kind, Producer, RecordMeta, RingMemory};
-use crate::shm::layout::{
-    ConsumerLine, ConsumerWaitLine, ProducerLine, ProducerWaitLine, RECORD_ALIGN, RecordHeader,
-    RingHeader,
-};
+use crate::shm::layout::{RECORD_ALIGN, RecordHeader, RingHeader};
 
 /// Four slots of [`RECORD_ALIGN`] bytes: small enough to explore, big
 /// enough to wrap, pad and fill.
@@ -79,24 +76,7 @@ impl ModelMemory {
     fn new() -> Arc<Self> {
         let chunks = CAP / RECORD_ALIGN;
         Arc::new(ModelMemory {
-            header: RingHeader {
-                producer: ProducerLine {
-                    tail: AtomicU64::new(0),
-                    closed: AtomicU32::new(0),
-                },
-                consumer: ConsumerLine {
-                    head: AtomicU64::new(0),
-                },
-                consumer_wait: ConsumerWaitLine {
-                    sleeping: AtomicU32::new(0),
-                    closed: AtomicU32::new(0),
-                    barrier: AtomicU32::new(0),
-                },
-                producer_wait: ProducerWaitLine {
-                    waiting: AtomicU32::new(0),
-                    barrier: AtomicU32::new(0),
-                },
-            },
+            header: RingHeader::zeroed(),
             records: (0..chunks)
                 .map(|_| RecordHeader {
                     commit: AtomicU64::new(0),
