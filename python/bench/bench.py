@@ -29,6 +29,7 @@ for the others.
   offers); the reply, then `EOFError`. Beside them, shmport's 64 B round
   trip on the existing port (no new channel) and a bare
   `socket.socketpair()` and two `close()`s in this process (no peer).
+  Each run's figure is the median of chunks of 100 requests.
 - One-way throughput of numpy float64 arrays of 1, 16 and 64 MiB: the
   sender posts a batch (256 MiB, at least 8 arrays), the receiver gets
   each as a usable numpy array (reads its first and last element, then
@@ -77,6 +78,9 @@ PAYLOAD = b"x" * 64
 # and faulted in after the first lap, and reused) instead of out of line (a
 # new memfd per message: fresh pages).
 RING_ARRAYS = 4
+# A channel per request: each run's figure is the median of chunks of this
+# many requests.
+REQUEST_CHUNK = 100
 
 
 # ------------------------------------------------------------------ children
@@ -508,16 +512,22 @@ def median_rows(samples):
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def take_turns(makers, runs, n):
+def take_turns(makers, runs, n, chunk=None):
     """Each (name, make, method): its peer made, warmed up, then `method`
-    of every peer in turn, `runs` times; the median of each."""
+    of every peer in turn, `runs` times; the median of each. With `chunk`,
+    a run's figure is the median of its `n / chunk` chunks (a moment when
+    another process takes a peer's processor moves it less)."""
     peers = [(name, make(), how) for name, make, how in makers]
     for _, peer, how in peers:  # warm up
         getattr(peer, how)(min(n, 1000))
     samples = {name: [] for name, _, _ in peers}
     for _ in range(runs):
         for name, peer, how in peers:
-            samples[name].append(getattr(peer, how)(n))
+            if chunk:
+                chunks = [getattr(peer, how)(chunk) for _ in range(n // chunk)]
+                samples[name].append(statistics.median(chunks))
+            else:
+                samples[name].append(getattr(peer, how)(n))
     for _, peer, _ in peers:
         peer.close()
     return median_rows(samples)
@@ -549,7 +559,7 @@ def per_requests(runs, n):
         ("Pipe per request, send_handle", lambda: PipeBytes("reply-handle"), "per_request"),
         ("socket.socketpair() + 2 close(), no peer", SocketPair, "per_request"),
     ]
-    return take_turns(makers, runs, n)
+    return take_turns(makers, runs, n, chunk=REQUEST_CHUNK)
 
 
 def rate(peer, arr, n, steady):
@@ -631,7 +641,8 @@ def main():
         req = per_requests(runs, n_req)
         base = req["shmport MessageChannel per request"]
         print(f"A channel per request: make it, post one end with a 64 B request, "
-              f"one reply, the close event ({n_req} per run)")
+              f"one reply, the close event ({n_req} per run, the median of chunks of "
+              f"{REQUEST_CHUNK})")
         print("| | median per request | / shmport's |")
         print("|---|---:|---:|")
         for name, v in req.items():
