@@ -1,7 +1,7 @@
 """shmport against what Python offers for worker processes, same run.
 
     python python/bench/bench.py [--runs 5] [--quick] [--rtt | --per-request | --throughput]
-        [--sum] [--sizes 1 16 64] [--steady SECONDS]
+        [--sum] [--sizes 1 16 64] [--steady SECONDS] [--cpus P,C]
 
 Two processes (this one and a child): the child is started with
 shmport.spawn for shmport, with multiprocessing (the "spawn" start method)
@@ -48,6 +48,10 @@ for the others.
   array instead (it reads all of it). With `--steady S`, each figure is
   the median of batches sent back to back for S seconds: the transport's
   own pace rather than its first batch after the others ran.
+
+With `--cpus P,C` the parent runs on processor P and every child on C
+(the scheduler otherwise may put a parent and its child on one processor
+for a whole run, where neither can spin while the other works).
 
 Each measurement is repeated `--runs` times, the transports taking turns
 in every run, and the median is reported: round trips with their ratio to
@@ -222,6 +226,15 @@ def shm_child(conn, name, mode):
 
 # ------------------------------------------------------------------- parents
 
+# `--cpus P,C`: the processor every child runs on (the parent's is set in
+# main); None: where the scheduler puts them.
+CHILD_CPU = None
+
+
+def pin_child(pid):
+    if CHILD_CPU is not None:
+        os.sched_setaffinity(pid, {CHILD_CPU})
+
 
 class Shmport:
     name = "shmport"
@@ -229,6 +242,7 @@ class Shmport:
     def __init__(self, mode, raw=False, **opts):
         self.raw = raw
         self.proc, self.port = shmport.spawn([sys.executable, os.path.abspath(__file__), "child"], **opts)
+        pin_child(self.proc.pid)
         self.port.post(mode)
 
     def rtt(self, n):
@@ -311,6 +325,7 @@ class Pipe:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=mp_pipe_child, args=(child, mode))
         self.proc.start()
+        pin_child(self.proc.pid)
         child.close()
 
     def rtt(self, n):
@@ -436,6 +451,7 @@ class Queue:
         self.inq, self.outq = ctx.Queue(), ctx.Queue()
         self.proc = ctx.Process(target=mp_queue_child, args=(self.inq, self.outq, mode))
         self.proc.start()
+        pin_child(self.proc.pid)
 
     def rtt(self, n):
         t = time.perf_counter()
@@ -467,6 +483,7 @@ class SharedMemory:
         self.mode = mode
         self.proc = ctx.Process(target=shm_child, args=(child, self.shm.name, mode))
         self.proc.start()
+        pin_child(self.proc.pid)
         child.close()
 
     def rtt(self, n):
@@ -614,9 +631,16 @@ def main():
                    help="array sizes for the throughput, in MiB")
     p.add_argument("--steady", type=float, default=0, metavar="SECONDS",
                    help="each throughput figure: batches back to back for SECONDS, their median")
+    p.add_argument("--cpus", metavar="P,C",
+                   help="run this process on processor P and every child on C (the same "
+                        "number twice: parent and child share one processor)")
     p.add_argument("--sum", action="store_true",
                    help="throughput receivers sum every array (read all of it) instead of two elements")
     args = p.parse_args()
+    if args.cpus:
+        global CHILD_CPU
+        parent_cpu, CHILD_CPU = (int(c) for c in args.cpus.split(","))
+        os.sched_setaffinity(0, {parent_cpu})
     runs = 2 if args.quick else args.runs
     n_rtt = 500 if args.quick else 20000
     n_req = 200 if args.quick else 2000
@@ -624,8 +648,9 @@ def main():
     def batch(size):
         return max(2 if args.quick else 8, (16 if args.quick else 256) * MiB // size)
 
+    pinned = f"; parent on CPU {parent_cpu}, children on CPU {CHILD_CPU}" if args.cpus else ""
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} CPUs; "
-          f"medians of {runs} runs, transports taking turns in each run\n")
+          f"medians of {runs} runs, transports taking turns in each run{pinned}\n")
     if not (args.throughput or args.per_request):
         rtt = round_trips(runs, n_rtt)
         base = rtt["shmport post_bytes"]
