@@ -92,6 +92,23 @@ def test_a_new_port_received_on_one_thread_while_another_posts_it_away(switch_of
     assert moved > 0
 
 
+def test_a_new_port_whose_post_failed_comes_back_unused_and_travels_later():
+    a, b = shmport.MessageChannel()
+    dead, gone = shmport.MessageChannel()
+    gone.close()
+    with pytest.raises(shmport.Closed):
+        dead.post("b", ports=[b])
+    assert not b.closed
+    carrier, far = shmport.MessageChannel()
+    a.post("queued while b was here")
+    carrier.post("b", ports=[b])
+    assert b.closed
+    (moved,) = far.recv(timeout=10).ports
+    assert moved.recv(timeout=10).data == "queued while b was here"
+    moved.post("back")
+    assert a.recv(timeout=10).data == "back"
+
+
 OUT_OF_DESCRIPTORS = """
 import errno, os, resource, shmport
 
