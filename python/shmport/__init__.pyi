@@ -111,7 +111,7 @@ class Port:
     use (two eventfds) at its first use: a post on it, a receive,
     ``fileno()``, a setting read (``capacity`` and ``spin`` too); posted
     away before that (``ports=[p]``), a new channel's port travels
-    as a kit of the carrying channel, with no new kernel object. A first
+    as a kit of the carrying channel, with no new memfd or socket. A first
     use with no descriptor free raises OSError and leaves the port as it
     was."""
 
