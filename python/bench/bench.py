@@ -1,7 +1,7 @@
 """shmport against what Python offers for worker processes, same run.
 
     python python/bench/bench.py [--runs 5] [--quick] [--rtt | --per-request | --throughput]
-        [--sum] [--sizes 1 16 64] [--steady SECONDS] [--cpus P,C]
+        [--sum] [--sizes 1 16 64] [--steady SECONDS] [--cpus P,C] [--spin SECONDS]
 
 Two processes (this one and a child): the child is started with
 shmport.spawn for shmport, with multiprocessing (the "spawn" start method)
@@ -229,6 +229,8 @@ def shm_child(conn, name, mode):
 # `--cpus P,C`: the processor every child runs on (the parent's is set in
 # main); None: where the scheduler puts them.
 CHILD_CPU = None
+# `--spin S`: every shmport port's spin time (seconds); None: the default.
+SPIN = None
 
 
 def pin_child(pid):
@@ -241,6 +243,8 @@ class Shmport:
 
     def __init__(self, mode, raw=False, **opts):
         self.raw = raw
+        if SPIN is not None:
+            opts.setdefault("spin", SPIN)
         self.proc, self.port = shmport.spawn([sys.executable, os.path.abspath(__file__), "child"], **opts)
         pin_child(self.proc.pid)
         self.port.post(mode)
@@ -291,7 +295,7 @@ class Shmport:
         port = self.port
         t = time.perf_counter()
         for _ in range(n):
-            mine, theirs = shmport.MessageChannel()
+            mine, theirs = shmport.MessageChannel(spin=SPIN)
             port.post_bytes(PAYLOAD, ports=[theirs])
             mine.recv().release()
             try:
@@ -634,11 +638,14 @@ def main():
     p.add_argument("--cpus", metavar="P,C",
                    help="run this process on processor P and every child on C (the same "
                         "number twice: parent and child share one processor)")
+    p.add_argument("--spin", type=float, metavar="SECONDS",
+                   help="the spin time of every shmport port (default: shmport's, 20e-6)")
     p.add_argument("--sum", action="store_true",
                    help="throughput receivers sum every array (read all of it) instead of two elements")
     args = p.parse_args()
+    global SPIN, CHILD_CPU
+    SPIN = args.spin
     if args.cpus:
-        global CHILD_CPU
         parent_cpu, CHILD_CPU = (int(c) for c in args.cpus.split(","))
         os.sched_setaffinity(0, {parent_cpu})
     runs = 2 if args.quick else args.runs
@@ -649,6 +656,8 @@ def main():
         return max(2 if args.quick else 8, (16 if args.quick else 256) * MiB // size)
 
     pinned = f"; parent on CPU {parent_cpu}, children on CPU {CHILD_CPU}" if args.cpus else ""
+    if SPIN is not None:
+        pinned += f"; shmport ports spin {SPIN} s"
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} CPUs; "
           f"medians of {runs} runs, transports taking turns in each run{pinned}\n")
     if not (args.throughput or args.per_request):
