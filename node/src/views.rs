@@ -109,8 +109,8 @@ pub(crate) fn may_view(id: u32, (size, blocks): (usize, usize)) -> bool {
 /// the collector holds the rest. Views cost the receiver nothing, copies
 /// a copy into memory that itself comes back only at a collection: a
 /// larger share of views was faster here (1 MiB messages through a
-/// 256 MiB pool: 16–19 GB/s with an eighth or one block left, 9 GB/s with
-/// half).
+/// 256 MiB pool: 13–19 GB/s with an eighth or one block left, 8–9 GB/s
+/// with half; BENCHMARKS.md).
 fn cycling(blocks: usize) -> usize {
     (blocks / 8).max(1)
 }
