@@ -46,8 +46,8 @@ thread_local! {
 /// The cap of a port's pool unless `set_pool_limit` says otherwise: four
 /// times the core's default floor (64 MiB). A Node receiver gives a block
 /// back only when the garbage collector frees the `Buffer` that views it,
-/// a median of about 10 ms after receipt here (p90 30 ms, in a stream of
-/// 1 MiB messages): a sender that streams faster than the pool per that
+/// 10 to 14 ms after receipt here (median; p90 30 to 40 ms, in a stream
+/// of 1 MiB messages): a sender that streams faster than the pool per that
 /// time runs out of blocks and its posts wait as copies. 256 MiB covers
 /// 10 ms of a 25 GB/s stream; the pool grows to it only under such a
 /// stream (buffers are added on demand). Not less than the core's own
