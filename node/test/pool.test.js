@@ -49,10 +49,12 @@ test('a limit of 0 turns the pool off; null restores the default', async () => {
 
 test('by default a pool grows past 64 MiB, up to 256 MiB, for a burst the receiver has not taken yet', async () => {
   // Both ports on this thread: the 100 posts go out before the first
-  // delivery, so every block is in flight at once.
+  // delivery, so every block is in flight at once. One Buffer, refilled
+  // after each post: each message is what the Buffer held when posted.
   const { port1, port2 } = new MessageChannelMain();
   const got = collect(port2, 100);
-  for (let i = 0; i < 100; i++) port1.postMessage(Buffer.alloc(MIB, i));
+  const buf = Buffer.alloc(MIB);
+  for (let i = 0; i < 100; i++) port1.postMessage(buf.fill(i));
   const bytes = port1.poolBytes;
   const data = await got;
   assert.ok(data.every((b, i) => b.length === MIB && b[0] === i && b[MIB - 1] === i));
