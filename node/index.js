@@ -26,8 +26,12 @@ let copyMode = process.env.SHMPORT_COPY === '1' || !!process.versions.electron;
 // then it lets the loop turn, which runs the finalizers that give the
 // blocks back. Buffers a listener keeps are promoted, as by any scavenge.
 const COLLECT_EVERY = 16 << 20;
-// Payloads from this size on count (the pool's smallest block).
+// Payloads from this size on count towards `collectEvery` (the pool's
+// smallest block).
 const COLLECTED_FROM = 64 << 10;
+// From this size on a payload may be a view of a pool block (a port with
+// a small ring pools messages of a few KiB): ask whether a scavenge is due.
+const VIEWED_FROM = 1 << 10;
 let collectEvery = COLLECT_EVERY;
 let deliveredSince = 0;
 let scavenge;
@@ -62,8 +66,8 @@ function scavenger() {
 // Count a delivered payload; scavenge when one is due. True: it scavenged
 // (let the loop turn before the next message).
 function collectAfter(data) {
-  if (!collectEvery || !(data instanceof Uint8Array) || data.byteLength < COLLECTED_FROM) return false;
-  deliveredSince += data.byteLength;
+  if (!collectEvery || !(data instanceof Uint8Array) || data.byteLength < VIEWED_FROM) return false;
+  if (data.byteLength >= COLLECTED_FROM) deliveredSince += data.byteLength;
   if (!native.collectionDue() && deliveredSince < collectEvery) return false;
   deliveredSince = 0;
   if (scavenge === undefined) {
