@@ -108,3 +108,15 @@ export declare const parentPort: MessagePortMain | null;
 /** Force (true) the one-copy receive path Electron needs, or return to views of shared memory. */
 export declare function setCopyMode(on: boolean): void;
 export declare const copyMode: boolean;
+
+/**
+ * Received payloads of 64 KiB and up hold the sender's shared memory until
+ * V8 collects their Buffers: a port asks V8 for a scavenge (a minor
+ * collection) once views hold half of the blocks of one size of its
+ * sender's pool, or after every `bytes` bytes of such payloads received on
+ * this thread's ports (default 16 MiB). 0: never (blocks come back at the
+ * collections V8 makes on its own); null: the default. A RangeError for
+ * anything but a whole number of bytes, 0 or more, or null.
+ */
+export declare function setCollectEvery(bytes: number | null): void;
+export declare const collectEvery: number;

@@ -13,6 +13,80 @@ const native = require('./shmport.node');
 // memory cage refuses external buffers), instead of viewing shared memory.
 let copyMode = process.env.SHMPORT_COPY === '1' || !!process.versions.electron;
 
+// Large received payloads (views of the sender's pool blocks, or copies in
+// mappings kept for reuse) go back only when V8 collects their Buffers. A
+// listener's Buffers die young, but a process that allocates little makes
+// few scavenges, and the external memory they hold brings only mark-compacts
+// (every 32 to 64 MiB here, 10 to 14 ms late): a fast sender then runs
+// through its whole pool of cold blocks, or waits. So the port asks V8 for a
+// scavenge (a minor collection, about 35 µs here with little alive) once
+// views hold half of the blocks of one size of the sender's pool (the
+// native `collectionDue`), or after `collectEvery` bytes of such payloads
+// (on all ports of this thread), before the listener sees the next one;
+// then it lets the loop turn, which runs the finalizers that give the
+// blocks back. Buffers a listener keeps are promoted, as by any scavenge.
+const COLLECT_EVERY = 16 << 20;
+// Payloads from this size on count towards `collectEvery` (the pool's
+// smallest block).
+const COLLECTED_FROM = 64 << 10;
+// From this size on a payload may be a view of a pool block (a port with
+// a small ring pools messages of a few KiB): ask whether a scavenge is due.
+const VIEWED_FROM = 1 << 10;
+let collectEvery = COLLECT_EVERY;
+let deliveredSince = 0;
+let scavenge;
+
+// Was this V8 flag given on the command line or in NODE_OPTIONS?
+function flagGiven(...names) {
+  return [...process.execArgv, ...(process.env.NODE_OPTIONS || '').split(/\s+/)]
+    .some((a) => names.includes(a));
+}
+
+// V8 sweeps the ArrayBuffers a scavenge frees on a background thread, which
+// competes with both processes for the CPUs: blocks came back milliseconds
+// late. Around the port's own scavenge the sweep is made part of it (the
+// flag is read when a collection starts), unless the command line chose.
+const SWEEP_INLINE = !flagGiven('--concurrent-array-buffer-sweeping', '--concurrent_array_buffer_sweeping',
+  '--no-concurrent-array-buffer-sweeping', '--no-concurrent_array_buffer_sweeping');
+
+// V8's gc(), which takes { type: 'minor' }: the one given by --expose-gc,
+// or one from a context made while the flag is set for that moment (the
+// flag is then cleared again, so the process's own contexts stay as they
+// were).
+function scavenger() {
+  if (typeof globalThis.gc === 'function') return globalThis.gc;
+  v8.setFlagsFromString('--expose-gc');
+  try {
+    return require('node:vm').runInNewContext('gc');
+  } finally {
+    if (!flagGiven('--expose-gc', '--expose_gc')) v8.setFlagsFromString('--no-expose-gc');
+  }
+}
+
+// Count a delivered payload; scavenge when one is due. True: it scavenged
+// (let the loop turn before the next message).
+function collectAfter(data) {
+  if (!collectEvery || !(data instanceof Uint8Array) || data.byteLength < VIEWED_FROM) return false;
+  if (data.byteLength >= COLLECTED_FROM) deliveredSince += data.byteLength;
+  if (!native.collectionDue() && deliveredSince < collectEvery) return false;
+  deliveredSince = 0;
+  if (scavenge === undefined) {
+    try {
+      scavenge = scavenger();
+    } catch {
+      scavenge = null; // no gc() to be had: collections come as V8 decides
+    }
+  }
+  if (!scavenge) return false;
+  if (SWEEP_INLINE) v8.setFlagsFromString('--no-concurrent-array-buffer-sweeping');
+  try {
+    scavenge({ type: 'minor' });
+  } finally {
+    if (SWEEP_INLINE) v8.setFlagsFromString('--concurrent-array-buffer-sweeping');
+  }
+  return true;
+}
+
 // Payload tags: 0 raw bytes (Buffer / Uint8Array), 1 v8.serialize, 2.. views.
 const VIEWS = [ArrayBuffer, Int8Array, Uint8ClampedArray, Int16Array, Uint16Array,
   Int32Array, Uint32Array, Float32Array, Float64Array, BigInt64Array, BigUint64Array, DataView];
@@ -263,12 +337,16 @@ class MessagePortMain extends EventEmitter {
 
   // Deliver what the ring holds; true once it is empty (or the port is
   // not started), false when delivery stopped: the port ended, or after
-  // 1000 messages (the rest in setImmediate, so the loop runs its other work).
+  // 1000 messages or a scavenge (the rest in setImmediate, so the loop runs
+  // its other work).
   _deliver() {
     let n = 0;
     while (this._id !== null && this._started) {
       const ev = native.tryRecv(this._id, copyMode);
       if (ev === null) return true;
+      // Before the listener sees it, so that the scavenge finds the Buffers
+      // of the messages before it unreachable (and this one alive).
+      const collected = collectAfter(ev instanceof Uint8Array ? ev : ev.data);
       let data = ev;
       let ports = [];
       if (!(ev instanceof Uint8Array)) { // raw bytes without ports come as they are
@@ -290,7 +368,9 @@ class MessagePortMain extends EventEmitter {
         setImmediate(() => this._ready(false));
         throw e;
       }
-      if (++n === 1000) {
+      // After a scavenge, the loop turns (the finalizers that give blocks
+      // back run there), then delivery goes on.
+      if (collected || ++n === 1000) {
         setImmediate(() => this._ready(false));
         return false;
       }
@@ -424,4 +504,19 @@ module.exports = {
   /** Force (true) or stop forcing the one-copy receive path. */
   setCopyMode(on) { copyMode = !!on; },
   get copyMode() { return copyMode; },
+  /**
+   * Large payloads received (64 KiB and up) hold the sender's shared
+   * memory until V8 collects their Buffers, so a port asks V8 for a
+   * scavenge once views hold half of the blocks of one size of its
+   * sender's pool, or after every `bytes` bytes of them received on this
+   * thread's ports (default 16 MiB); 0: never (blocks then come back at
+   * the collections V8 makes on its own); null restores the default.
+   */
+  setCollectEvery(bytes) {
+    if (bytes === null) bytes = COLLECT_EVERY;
+    if (!Number.isSafeInteger(bytes) || bytes < 0) throw new RangeError('setCollectEvery takes a whole number of bytes, 0 or more, or null');
+    collectEvery = bytes;
+    deliveredSince = 0;
+  },
+  get collectEvery() { return collectEvery; },
 };

@@ -432,3 +432,33 @@ fn a_pooled_message_names_its_block_size_and_the_blocks_of_that_size_announced()
     a.post_bytes(&[3; 100]).unwrap();
     assert_eq!(b.recv().unwrap().pool_class(), None);
 }
+
+#[test]
+fn a_burst_grows_its_class_by_at_most_a_quarter_of_the_cap_and_leaves_room_for_larger_blocks() {
+    let _g = serial();
+    let (a, b) = ChannelBuilder::new()
+        .pool_limit(64 * MIB)
+        .build()
+        .unwrap()
+        .into_ports();
+    // Forty 1 MiB messages held at once: the class grows buffers of 1, 2,
+    // 4, 8 and 16 blocks (31), then one of 16 (a quarter of the cap), not
+    // of 32, which would have taken the whole cap.
+    let held: Vec<_> = (0..40u8)
+        .map(|i| {
+            a.post_bytes(&vec![i; MIB]).unwrap();
+            b.recv().unwrap()
+        })
+        .collect();
+    assert!(held.iter().all(|m| m.is_pooled()));
+    assert_eq!(held[39].pool_class(), Some((MIB, 47)));
+    assert_eq!(a.pool_bytes(), 47 * MIB);
+    drop(held);
+    // The 17 MiB left hold a 16 MiB block: a 16 MiB message is pooled, not
+    // sent out of line in a memfd of its own.
+    a.post_bytes(&vec![9; 16 * MIB]).unwrap();
+    let m = b.recv().unwrap();
+    assert!(m.is_pooled() && m.bytes().len() == 16 * MIB && m.bytes()[16 * MIB - 1] == 9);
+    assert_eq!(m.pool_class(), Some((16 * MIB, 1)));
+    assert_eq!(a.pool_bytes(), 63 * MIB);
+}

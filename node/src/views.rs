@@ -35,11 +35,12 @@
 //! could change the bytes under the Buffer (only bytes: nothing this
 //! binding decodes is read from a view; cloned values are copied first).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use napi::bindgen_prelude::BufferSlice;
 use napi::{Env, Error, Result};
+use napi_derive::napi;
 
 use crate::{ArchivedJsPayload, external_memory};
 
@@ -99,7 +100,35 @@ thread_local! {
 /// at its pool's cap while the garbage collector keeps the others.
 pub(crate) fn may_view(id: u32, (size, blocks): (usize, usize)) -> bool {
     let viewed = VIEWED.with(|v| v.borrow().get(&(id, size)).copied().unwrap_or(0));
+    // Half of these blocks held by views, and a quarter of them viewed
+    // since the last collection asked for: ask for one (`collection_due`).
+    if 2 * (viewed + 1) >= blocks && VIEWS_SINCE.get() >= (blocks / 4).max(1) {
+        COLLECTION_DUE.set(true);
+    }
     viewed + cycling(blocks) < blocks
+}
+
+thread_local! {
+    /// Pool blocks viewed on this thread since a collection was last asked
+    /// for.
+    static VIEWS_SINCE: Cell<usize> = const { Cell::new(0) };
+    /// A receipt found views holding half of the blocks of its size.
+    static COLLECTION_DUE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Should JavaScript ask V8 for a scavenge now (and the count start
+/// again)? Yes once views hold half of the blocks of one size of a
+/// sender's pool (and a quarter of them were viewed since the last time):
+/// a block comes back only when the collector frees the Buffer that views
+/// it, and a process that allocates little collects seldom, so without a
+/// scavenge the sender runs through its whole pool, then waits.
+#[napi]
+pub fn collection_due() -> bool {
+    let due = COLLECTION_DUE.replace(false);
+    if due {
+        VIEWS_SINCE.set(0);
+    }
+    due
 }
 
 /// Of `blocks` blocks of one size, how many a port never views: an eighth
@@ -122,6 +151,7 @@ fn count_view(key: (u32, usize), came: bool) {
         let n = v.entry(key).or_insert(0);
         if came {
             *n += 1;
+            VIEWS_SINCE.set(VIEWS_SINCE.get() + 1);
         } else {
             *n -= 1;
             if *n == 0 {

@@ -5,7 +5,8 @@
 //!
 //! - **Owned by the sender** ([`writer::PoolWriter`]): blocks come in
 //!   power-of-two size classes from 64 KiB to 64 MiB; each class grows by
-//!   buffers (memfds) of 1, 2, 4 … blocks, created when the class runs dry
+//!   buffers (memfds) of 1, 2, 4 … blocks (none over a quarter of the
+//!   cap, so that a burst leaves room for other classes), created when the class runs dry
 //!   and nothing came back within the port's spin time. A buffer is
 //!   allocated in full when it is made (`fallocate`: no `SIGBUS` later),
 //!   mapped read-write by the sender, then sealed with `F_SEAL_FUTURE_WRITE`

@@ -20,7 +20,8 @@ const CLASSES: usize = (MAX_BLOCK_LOG2 - MIN_BLOCK_LOG2 + 1) as usize;
 pub const DEFAULT_LIMIT_FLOOR: usize = 64 << 20;
 
 /// The first buffer of a class holds this many bytes of blocks (at least
-/// one block); each later one twice the blocks of the one before.
+/// one block); each later one twice the blocks of the one before, at most
+/// a quarter of the cap (or this much).
 const FIRST_BUFFER: usize = 1 << 20;
 
 /// One buffer this process created.
@@ -226,7 +227,8 @@ impl PoolWriter {
     /// Add a buffer of class `log2` if the cap allows one of at least one
     /// block; `false` if it does not. The buffer holds twice the blocks of
     /// the class's last one (the first: [`FIRST_BUFFER`] bytes' worth, at
-    /// least one), fewer if the cap says so.
+    /// least one), at most a quarter of the cap (or [`FIRST_BUFFER`]), fewer
+    /// if the cap says so.
     pub fn grow(&mut self, log2: u8) -> Result<bool, io::Error> {
         let c = class(log2);
         let block = 1usize << log2;
@@ -286,6 +288,12 @@ impl PoolWriter {
         }
         // Never more than a receiver maps, whatever the cap says.
         let limit = self.limit_for(log2).min(MAX_MAPPED);
+        // No buffer larger than a quarter of the cap (or the first buffer's
+        // size): a burst that outruns the receiver's releases adds at most
+        // that much to its class, rather than doubling it into the whole
+        // cap and leaving no room for another class's blocks.
+        let step = (limit / 4).max(FIRST_BUFFER) >> log2;
+        blocks = blocks.min(step.max(1));
         while blocks > 0
             && (self.bytes + blocks * block > limit || self.blocks + blocks > RELEASE_SLOTS)
         {
