@@ -6,7 +6,7 @@ use super::{
 };
 use crate::shm::layout::{
     CLOSED, FLAG_ANNOUNCE, FLAG_KITS, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW,
-    KIND_TYPED, RECORD_ALIGN, RECORD_HEADER, RecordInfo, align_record, unpack_info,
+    KIND_TYPED, RECORD_ALIGN, RECORD_HEADER, RecordInfo, SLEEP_MOVED, align_record, unpack_info,
 };
 use crate::shm::sync::Ordering;
 
@@ -36,6 +36,9 @@ pub struct Consumer<M: RingMemory> {
     /// Records taken and not yet released.
     held: usize,
     barriers: Barriers,
+    /// Once sealed ([`Consumer::seal`]): nothing at or after this position
+    /// is taken here.
+    limit: u64,
 }
 
 impl<M: RingMemory> Consumer<M> {
@@ -75,6 +78,7 @@ impl<M: RingMemory> Consumer<M> {
             ahead: Vec::new(),
             held: 0,
             barriers,
+            limit: u64::MAX,
         }
     }
 
@@ -109,6 +113,9 @@ impl<M: RingMemory> Consumer<M> {
     /// Is a committed record waiting at the head? One Acquire load.
     #[inline]
     pub fn ready(&self) -> bool {
+        if self.head >= self.limit {
+            return false;
+        }
         // Acquire: pairs with the Release store of the commit word in
         // `Producer::commit` / `write_padding`.
         header_at(&self.mem, self.head)
@@ -122,6 +129,9 @@ impl<M: RingMemory> Consumer<M> {
     pub fn has_message(&self) -> bool {
         let mut pos = self.head;
         for _ in 0..2 {
+            if pos >= self.limit {
+                return false;
+            }
             let h = header_at(&self.mem, pos);
             // Acquire: pairs with the Release store of the commit word.
             if h.commit.load(Ordering::Acquire) != pos + 1 {
@@ -142,6 +152,9 @@ impl<M: RingMemory> Consumer<M> {
     pub fn take(&mut self) -> Result<Option<Record>, Corrupt> {
         loop {
             let pos = self.head;
+            if pos >= self.limit {
+                return Ok(None);
+            }
             let h = header_at(&self.mem, pos);
             // Acquire: pairs with the Release store of the commit word in
             // `Producer::commit` / `write_padding`; the fields read below were
@@ -375,5 +388,66 @@ impl<M: RingMemory> Consumer<M> {
             hdr.consumer_wait.closed.store(code, Ordering::Release);
         }
         self.producer_needs_wake()
+    }
+
+    /// Moving this consumer to a new segment: mark the ring moved (the
+    /// producer's look after each commit sees it), issue the sleep
+    /// barrier, and find where the records committed so far end. Every
+    /// record before the returned position is this side's to take (and
+    /// carry to the new segment); every one at or after it is the
+    /// producer's to re-post there, once it sees the mark and the position
+    /// ([`Consumer::publish_moved_at`], [`Producer::moved_at`]). The same
+    /// Dekker pair as a sleep: either this look sees a commit, or that
+    /// commit's look sees the mark. Nothing at or after the position is
+    /// taken here from now on.
+    ///
+    /// [`Producer::moved_at`]: super::Producer::moved_at
+    pub fn seal(&mut self) -> Result<u64, Corrupt> {
+        let w = &self.mem.header().consumer_wait.sleeping;
+        // Relaxed: ordered by the barrier below. A swap, as a sleep's
+        // announcement (see `prepare_sleep`).
+        w.swap(SLEEP_MOVED, Ordering::Relaxed);
+        // Full barrier: pairs with the one after each commit.
+        self.barriers.sleeper();
+        let mut pos = self.head;
+        // Every committed record, padding included, up to the first gap;
+        // at most a ring's worth of them.
+        for _ in 0..self.cap / RECORD_ALIGN as u64 + 1 {
+            let h = header_at(&self.mem, pos);
+            // Acquire: pairs with the Release store of the commit word.
+            if h.commit.load(Ordering::Acquire) != pos + 1 {
+                self.limit = pos;
+                return Ok(pos);
+            }
+            let info = unpack_info(h.info.load(Ordering::Relaxed));
+            let offset = ring_offset(&self.mem, pos);
+            let to_end = self.cap as usize - offset;
+            let step = if info.kind == KIND_PADDING {
+                to_end
+            } else if (info.len as usize) <= max_payload(self.cap as usize)
+                && RECORD_HEADER + info.len as usize <= to_end
+            {
+                align_record(RECORD_HEADER + info.len as usize)
+            } else {
+                return Err(Corrupt("record length outside the ring"));
+            };
+            if pos + step as u64 - self.released > self.cap {
+                return Err(Corrupt("record overruns unreleased space"));
+            }
+            pos += step as u64;
+        }
+        Err(Corrupt("more records than the ring holds"))
+    }
+
+    /// Publish where the mover stopped ([`Consumer::seal`]'s position),
+    /// once every record before it has been taken to the new segment.
+    pub fn publish_moved_at(&self, pos: u64) {
+        // Release: pairs with the Acquire load in `Producer::moved_at`; the
+        // new segment's records written before are visible with it.
+        self.mem
+            .header()
+            .consumer_wait
+            .moved_at
+            .store(pos + 1, Ordering::Release);
     }
 }

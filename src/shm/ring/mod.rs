@@ -30,6 +30,8 @@ mod consumer;
 pub mod heap;
 #[cfg(all(test, shmport_loom))]
 pub(crate) mod model;
+#[cfg(all(test, shmport_loom))]
+mod move_model;
 mod producer;
 
 pub use barriers::Barriers;
