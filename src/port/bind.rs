@@ -200,7 +200,8 @@ fn write_refs(payload: NonNull<u8>, kits: &[(Kit, u32)], fresh: &[(Arc<Fresh>, u
     // Relaxed: published by the commit's Release store, like the kits'
     // renewed words.
     head.count.store(kits.len() as u32, Ordering::Relaxed);
-    head.reserved.store(0, Ordering::Relaxed);
+    head.flags.store(0, Ordering::Relaxed);
+    head.link.store(0, Ordering::Relaxed);
     for (i, ((kit, generation), (f, _))) in kits.iter().zip(fresh).enumerate() {
         kit.seg.renew_kit(*generation);
         // SAFETY: entry `i` lies inside the prefix (see above).

@@ -263,7 +263,7 @@ impl MessagePort {
         if sh.side != Side::B || !sh.inbox().is_empty() || !sh.partial().is_empty() {
             return None;
         }
-        Some(sh.seg.fd().try_clone())
+        Some(sh.seg.fd()?.try_clone())
     }
 
     /// Is this port the entangled peer of the port whose core is `other`?

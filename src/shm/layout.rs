@@ -470,20 +470,32 @@ pub const OOL_DESCRIPTOR: usize = size_of::<OolDescriptor>();
 pub struct KitRefs {
     /// Number of [`KitRef`]s that follow (the record's port count).
     pub count: AtomicU32,
-    /// 0.
-    pub reserved: AtomicU32,
+    /// [`KITS_IN_ARENAS`], or 0.
+    pub flags: AtomicU32,
+    /// With [`KITS_IN_ARENAS`]: the link whose arenas hold the kits (its
+    /// number, chosen by its creator); 0 otherwise.
+    pub link: AtomicU64,
 }
+
+/// [`KitRefs::flags`]: the kits are segments in the arenas of link
+/// [`KitRefs::link`] (`crate::link`), not memfds of their own.
+pub const KITS_IN_ARENAS: u32 = 1;
+
+/// [`KitRef::reserved`] of a kit in an arena that the receiver does not
+/// hold yet: it opens the kit's segment in the arena the number names.
+pub const KIT_NEW: u32 = 1;
 
 /// One port that travels as a kit: the receiver holds the kit's idle end
 /// (given to it earlier with a port over the same channel) and takes it up
 /// at this generation.
 #[repr(C)]
 pub struct KitRef {
-    /// The kit's number, chosen by its creator (the sender).
+    /// The kit's number, chosen by its creator (the sender). A kit in an
+    /// arena: the arena's number << 32 | the segment's offset / 4096.
     pub id: AtomicU64,
     /// The generation the kit's header must show.
     pub generation: AtomicU32,
-    /// 0.
+    /// [`KIT_NEW`], or 0.
     pub reserved: AtomicU32,
     /// The port's spin time, in nanoseconds.
     pub spin_ns: AtomicU64,
@@ -527,9 +539,9 @@ const _: () = {
     assert!(offset_of!(KitLine, id) == 0);
     assert!(offset_of!(KitLine, generation) == 8);
     assert!(offset_of!(KitLine, idle) == 12);
-    assert!(size_of::<KitRefs>() == 8);
+    assert!(size_of::<KitRefs>() == 16);
     assert!(size_of::<KitRef>() == 24);
-    assert!(kit_refs_size(1) == 32);
+    assert!(kit_refs_size(1) == 64);
     assert!(kit_refs_size(2) == 64);
 
     assert!(size_of::<ProducerLine>() == 128);

@@ -131,6 +131,7 @@ pub(crate) trait KitWords: KitMemory {
             h.consumer_wait.closed.store(0, Ordering::Relaxed);
             h.consumer_wait.sleeping.store(0, Ordering::Relaxed);
             h.producer_wait.waiting.store(0, Ordering::Relaxed);
+            h.consumer_wait.moved_at.store(0, Ordering::Relaxed);
         }
         let k = self.kit_line();
         k.idle[0].store(0, Ordering::Relaxed);

@@ -312,7 +312,7 @@ fn a_scan_finds_the_depth_and_the_peer() {
     // An inbox holding a port (side B of `seg`) inside a port inside a
     // port.
     let peer = PortParts {
-        seg: SegmentRef::Unopened(seg.fd().try_clone().unwrap()),
+        seg: SegmentRef::Unopened(seg.fd().unwrap().try_clone().unwrap()),
         ..port_holding(0)
     };
     let wrap = |p: PortParts| PortParts {
