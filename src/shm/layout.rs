@@ -207,6 +207,10 @@ pub struct KitLine {
     /// idle (its port closed cleanly and its end kept for reuse); 0 while
     /// in use. Written by that side; cleared by the creator on reuse.
     pub idle: [RingU32; 2],
+    /// A kit in a link's arena: `side + 1` of the side that moves the
+    /// channel to a segment of its own (0: neither), taken by a
+    /// compare-and-swap, so that only one side moves it.
+    pub mover: RingU32,
 }
 
 /// Written only by the ring's producer.
@@ -539,6 +543,7 @@ const _: () = {
     assert!(offset_of!(KitLine, id) == 0);
     assert!(offset_of!(KitLine, generation) == 8);
     assert!(offset_of!(KitLine, idle) == 12);
+    assert!(offset_of!(KitLine, mover) == 20);
     assert!(size_of::<KitRefs>() == 16);
     assert!(size_of::<KitRef>() == 24);
     assert!(kit_refs_size(1) == 64);

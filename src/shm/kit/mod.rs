@@ -136,7 +136,25 @@ pub(crate) trait KitWords: KitMemory {
         let k = self.kit_line();
         k.idle[0].store(0, Ordering::Relaxed);
         k.idle[1].store(0, Ordering::Relaxed);
+        k.mover.store(0, Ordering::Relaxed);
         k.generation.store(generation, Ordering::Relaxed);
+    }
+
+    /// Claim the move of the channel for `side`: `Ok` if this side moves
+    /// it (or already did), `Err` if the other side claimed it first.
+    fn claim_move(&self, side: Side) -> Result<(), ()> {
+        let me = side as u32 + 1;
+        // AcqRel: the winner's later stores (the move) and the loser's
+        // later loads are ordered by this word; nothing else rides on it.
+        match self
+            .kit_line()
+            .mover
+            .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok(()),
+            Err(v) if v == me => Ok(()),
+            Err(_) => Err(()),
+        }
     }
 }
 

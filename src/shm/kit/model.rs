@@ -57,6 +57,7 @@ fn memory() -> Arc<Memory> {
             id: core::sync::atomic::AtomicU64::new(7),
             generation: AtomicU32::new(1),
             idle: [AtomicU32::new(0), AtomicU32::new(0)],
+            mover: AtomicU32::new(0),
         },
         rings: [ring(64, 0), ring(128, 128)],
         record: AtomicU32::new(0),

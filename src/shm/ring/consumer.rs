@@ -39,6 +39,11 @@ pub struct Consumer<M: RingMemory> {
     /// Once sealed ([`Consumer::seal`]): nothing at or after this position
     /// is taken here.
     limit: u64,
+    /// What a sleep announcement stores: 1 (woken on the port's socket) or
+    /// a doorbell's number + 1.
+    bell: core::cell::Cell<u32>,
+    /// The wait word the last wake-up this consumer owes swapped out.
+    woke: core::cell::Cell<u32>,
 }
 
 impl<M: RingMemory> Consumer<M> {
@@ -79,6 +84,8 @@ impl<M: RingMemory> Consumer<M> {
             held: 0,
             barriers,
             limit: u64::MAX,
+            bell: core::cell::Cell::new(1),
+            woke: core::cell::Cell::new(0),
         }
     }
 
@@ -292,7 +299,67 @@ impl<M: RingMemory> Consumer<M> {
         self.barriers
             .publisher(wait.barrier.load(Ordering::Relaxed));
         // Relaxed: ordered by the barrier; the swap only picks one waker.
-        wait.waiting.load(Ordering::Relaxed) != 0 && wait.waiting.swap(0, Ordering::Relaxed) != 0
+        if wait.waiting.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let v = wait.waiting.swap(0, Ordering::Relaxed);
+        self.woke.set(v);
+        v != 0
+    }
+
+    /// The wait word the last wake-up this consumer owes swapped out: how
+    /// the producer asked to be woken (1, or a doorbell's number + 1).
+    pub fn woke(&self) -> u32 {
+        self.woke.get()
+    }
+
+    /// Sleep announcements from now on store `word` (1: woken on the
+    /// port's socket; a doorbell's number + 1).
+    pub fn set_bell(&self, word: u32) {
+        self.bell.set(word.max(1));
+    }
+
+    /// After a move ([`Consumer::seal`]): wake a producer that waits for
+    /// room in this ring, so that it sees the move.
+    pub fn wake_waiting_producer(&self) -> bool {
+        self.producer_needs_wake()
+    }
+
+    /// Go on reading in the ring of `mem`, a new segment's, where positions
+    /// continue from this one's: everything taken here stays held (and is
+    /// released) as before; the next record is taken there.
+    pub fn switch_memory(&mut self, mem: M) -> Result<(), Corrupt> {
+        if mem.capacity() as u64 != self.cap {
+            return Err(Corrupt("a moved ring of another size"));
+        }
+        self.mem = mem;
+        self.limit = u64::MAX;
+        // Relaxed: read by the producer only to choose its fence.
+        self.mem
+            .header()
+            .consumer_wait
+            .barrier
+            .store(self.barriers.code(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Where the next record is taken.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// Everything below is released.
+    pub fn released(&self) -> u64 {
+        self.released
+    }
+
+    /// A consumer of the ring in `mem` that takes from `head` up to (not
+    /// including) `limit`, for carrying a moved ring's records on: it
+    /// publishes nothing.
+    pub fn reading_between(mem: M, head: u64, limit: u64, barriers: Barriers) -> Self {
+        let mut c = Self::starting_at(mem, head, barriers);
+        c.limit = limit;
+        c
     }
 
     /// Announce that the consumer is about to sleep. Returns `false` (and
@@ -306,7 +373,7 @@ impl<M: RingMemory> Consumer<M> {
         // stores by causality alone (loom) does not, and finds a lost
         // wake-up that cannot happen. On the sleep path the RMW costs
         // nothing next to the sleep.
-        w.swap(1, Ordering::Relaxed);
+        w.swap(self.bell.get(), Ordering::Relaxed);
         // Full barrier: pairs with the one in `Producer::commit`.
         self.barriers.sleeper();
         if self.ready() {
@@ -326,7 +393,7 @@ impl<M: RingMemory> Consumer<M> {
             .header()
             .consumer_wait
             .sleeping
-            .swap(1, Ordering::Relaxed);
+            .swap(self.bell.get(), Ordering::Relaxed);
     }
 
     /// The barrier between [`Consumer::announce_sleep`] and the re-check;

@@ -37,6 +37,8 @@ pub struct Producer<M: RingMemory> {
     /// The sleep word the last wake-up swapped out (the sleeper's choice of
     /// how to be woken: 1, or a doorbell's number + 1).
     woke: Cell<u32>,
+    /// What a wait announcement stores (as `Consumer`'s).
+    bell: Cell<u32>,
 }
 
 impl<M: RingMemory> Producer<M> {
@@ -78,6 +80,7 @@ impl<M: RingMemory> Producer<M> {
             moved: Cell::new(false),
             moved_record: None,
             woke: Cell::new(0),
+            bell: Cell::new(1),
         }
     }
 
@@ -307,6 +310,17 @@ impl<M: RingMemory> Producer<M> {
         self.woke.get()
     }
 
+    /// Wait announcements from now on store `word` (1: woken on the port's
+    /// socket; a doorbell's number + 1).
+    pub fn set_bell(&self, word: u32) {
+        self.bell.set(word.max(1));
+    }
+
+    /// The next position to write.
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
     /// Has the consumer moved to a new segment? Seen by a commit or a
     /// close, or here with one load (before a post, to go there at once).
     pub fn consumer_moved(&self) -> bool {
@@ -368,7 +382,7 @@ impl<M: RingMemory> Producer<M> {
             .header()
             .producer_wait
             .waiting
-            .swap(1, Ordering::Relaxed);
+            .swap(self.bell.get(), Ordering::Relaxed);
         // Full barrier: pairs with the one in `Consumer::publish_head`
         // and in `Consumer::close`.
         self.barriers.sleeper();
