@@ -84,7 +84,11 @@ pub(crate) fn recv_port(
         Incoming::Lost => Err(RecvPortError::Io(std::io::Error::from_raw_os_error(
             libc::EMFILE,
         ))),
-        Incoming::Wake | Incoming::Garbage | Incoming::Part(..) | Incoming::LostPart => {
+        Incoming::Wake
+        | Incoming::Garbage
+        | Incoming::Part(..)
+        | Incoming::LostPart
+        | Incoming::Link(..) => {
             Err(RecvPortError::Garbage("not a port"))
         }
     }

@@ -170,7 +170,7 @@ impl PortSender {
         rx: Option<&PortReceiver>,
     ) -> Result<(), PostError> {
         loop {
-            match sys::socket::send_attachment(&*self.shared.sock, body, fds, last, false) {
+            match sys::socket::send_attachment(self.shared.sock(), body, fds, last, false) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The peer has not taken earlier attachments in yet.

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::kit::{Kit, KitHome};
+use crate::link::{ArenaKit, ArenaLink};
 use super::{Halves, MessagePort, Trust};
 use crate::shm::segment::{Segment, Side};
 use crate::sys;
@@ -115,6 +116,14 @@ pub(crate) enum State {
         kit: Kit,
         home: KitHome,
     },
+    /// The other port travelled as a kit in a link's arena; port
+    /// `staying` is built over the kit's near end when first used.
+    OnLink {
+        staying: usize,
+        kit: ArenaKit,
+        link: Arc<ArenaLink>,
+        generation: u32,
+    },
     /// Both claimed.
     Done,
 }
@@ -191,11 +200,23 @@ impl Fresh {
             State::Bound { staying, kit, home } if staying == index => {
                 Some(self.build(kit.seg, kit.side, kit.sock, Some(home)))
             }
+            State::OnLink {
+                staying,
+                kit,
+                link,
+                generation,
+            } if staying == index => Some(self.build_on_link(kit, link, generation)),
             other => {
                 *state = other;
                 None
             }
         }
+    }
+
+    fn build_on_link(&self, kit: ArenaKit, link: Arc<ArenaLink>, generation: u32) -> Halves {
+        let port = MessagePort::on_kit(kit, link, generation, self.settings.spin);
+        self.settings.configure(&port);
+        port.into_halves()
     }
 
     fn build(&self, seg: Arc<Segment>, side: Side, sock: OwnedFd, home: Option<KitHome>) -> Halves {
@@ -207,6 +228,26 @@ impl Fresh {
         }
         self.settings.configure(&port);
         port.into_halves()
+    }
+}
+
+/// Port `staying` stays; the other travelled as the far end of `kit` in
+/// `link`'s arenas. The local kit, never used, is kept for the next channel.
+pub(crate) fn bind_on_link(
+    state: &mut State,
+    staying: usize,
+    kit: ArenaKit,
+    link: Arc<ArenaLink>,
+    generation: u32,
+) {
+    let bound = State::OnLink {
+        staying,
+        kit,
+        link,
+        generation,
+    };
+    if let State::Unused(local) = std::mem::replace(state, bound) {
+        local.keep();
     }
 }
 
@@ -227,6 +268,12 @@ impl Drop for Fresh {
             State::Bound { kit, home, .. } => {
                 drop(self.build(kit.seg, kit.side, kit.sock, Some(home)));
             }
+            State::OnLink {
+                kit,
+                link,
+                generation,
+                ..
+            } => drop(self.build_on_link(kit, link, generation)),
             State::Built(_) | State::Done => {}
         }
     }

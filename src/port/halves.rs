@@ -97,6 +97,12 @@ impl MessagePort {
     // The port comes back by value: a rare path, not worth a box.
     #[allow(clippy::result_large_err)]
     pub fn split(self) -> Result<(PortSender, PortReceiver), SplitError> {
+        // Halves wake each other through the port's socket: a port on a
+        // link gets one of its own first.
+        if let Err(reason) = self.leave_link() {
+            let error = io::Error::other(format!("the port's channel is gone: {reason}"));
+            return Err(SplitError { error, port: self });
+        }
         if self.tx().shared.kicks.get().is_none() {
             let kicks = match Kick::new().and_then(|k| Ok([k, Kick::new()?])) {
                 Ok(kicks) => kicks,
@@ -215,8 +221,9 @@ impl PortSender {
 
     /// Send a wake token; a hung-up peer is reported as its close reason.
     pub(super) fn wake_peer(&self) -> Result<(), CloseReason> {
+        let word = self.tx.borrow().woke();
         self.shared
-            .wake_peer()
+            .wake_peer(word)
             .map_err(|()| self.peer_gone_reason())
     }
 
@@ -257,13 +264,19 @@ impl PortReceiver {
     /// before it saw the close.
     pub fn close_receiving(&self) {
         if self.close_consumer() {
-            let _ = self.shared.wake_peer();
+            let _ = self.shared.wake_peer(self.wake_word());
         }
     }
 
     /// Publish the consumer's last head, then its closed flag; `true` if
     /// the peer waits (for ring room or for a pool block) and must be woken
     /// to see the close.
+    /// The word of the producer's last wait this half woke (1 if it was a
+    /// wait for a pool block: pools are on sockets only).
+    pub(super) fn wake_word(&self) -> u32 {
+        self.rx.borrow().woke().max(1)
+    }
+
     fn close_consumer(&self) -> bool {
         let mut wake = self.rx.borrow_mut().close();
         let mut pool = self.pool_reader();
@@ -304,7 +317,7 @@ impl Drop for PortSender {
         // wake the peer if it sleeps. The socket stays open while the other
         // half lives: only this wake-up tells a sleeping peer.
         if self.tx.get_mut().close() {
-            let _ = self.shared.wake_peer();
+            let _ = self.shared.wake_peer(self.tx.get_mut().woke());
         }
     }
 }
@@ -318,7 +331,7 @@ impl Drop for PortReceiver {
         // wake the peer if it waits for room or a block (see `PortSender`'s
         // drop).
         if self.close_consumer() {
-            let _ = self.shared.wake_peer();
+            let _ = self.shared.wake_peer(self.wake_word());
         }
         // Ports in messages never read: close them properly (their peers
         // see Closed, not PeerDied).
@@ -336,7 +349,7 @@ impl Drop for PortReceiver {
 impl AsFd for PortReceiver {
     /// The port's socket (see [`MessagePort`]'s `AsFd`).
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.shared.sock.as_fd()
+        self.shared.sock()
     }
 }
 

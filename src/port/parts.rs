@@ -6,7 +6,6 @@ use core::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::mem::ManuallyDrop;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,6 +14,8 @@ use std::time::Duration;
 use rkyv::ser::allocator::Arena;
 
 use super::kit::{Kit, KitHome};
+use super::shared::OnLink;
+use crate::link::{ArenaKit, ArenaLink};
 use super::{DEFAULT_MAX_MESSAGE_SIZE, MessagePort, PortReceiver, PortSender, Shared, Trust};
 use crate::error::PostError;
 use crate::shm::pool::BufferInfo;
@@ -38,7 +39,7 @@ use crate::wire::attachment::{Attachment, KitParts, Partial, PortParts, SegmentR
 /// acts on can be the old holder's. Since every sleeper that can issue the
 /// heavy barrier does, a stale "heavy" is still true (ARCHITECTURE.md,
 /// failure model, "Barrier kinds across a move").
-fn process_barriers() -> Barriers {
+pub(super) fn process_barriers() -> Barriers {
     let registered = sys::membarrier::registered();
     Barriers {
         registered,
@@ -50,8 +51,14 @@ fn process_barriers() -> Barriers {
     }
 }
 
+/// Where a port being built lives: its own socket, or a link.
+pub(crate) enum Home {
+    Socket(OwnedFd),
+    Link(OnLink),
+}
+
 /// A port's two rings in `seg`, resuming at the published positions.
-fn open_rings(
+pub(super) fn open_rings(
     seg: &Arc<Segment>,
     side: Side,
 ) -> Result<(Producer<SegmentRing>, Consumer<SegmentRing>), Corrupt> {
@@ -101,7 +108,7 @@ impl MessagePort {
         spin: Duration,
     ) -> Result<MessagePort, Corrupt> {
         let (tx, rx) = open_rings(&seg, side)?;
-        Ok(Self::from_rings(seg, side, sock, spin, tx, rx, None))
+        Ok(Self::from_rings(seg, side, Home::Socket(sock), spin, tx, rx, None))
     }
 
     /// Rebuild a port of this process that was taken apart for a transfer
@@ -110,13 +117,40 @@ impl MessagePort {
     /// [`CloseReason::ProtocolError`]) rather than not at all.
     pub(crate) fn rebuild(seg: Arc<Segment>, side: Side, sock: OwnedFd, spin: Duration) -> Self {
         match open_rings(&seg, side) {
-            Ok((tx, rx)) => Self::from_rings(seg, side, sock, spin, tx, rx, None),
+            Ok((tx, rx)) => Self::from_rings(seg, side, Home::Socket(sock), spin, tx, rx, None),
             Err(c) => {
                 let (tx, rx) = side.rings();
                 let barriers = process_barriers();
                 let tx = Producer::broken(SegmentRing::new(seg.clone(), tx), barriers);
                 let rx = Consumer::broken(SegmentRing::new(seg.clone(), rx), barriers);
-                Self::from_rings(seg, side, sock, spin, tx, rx, Some(c))
+                Self::from_rings(seg, side, Home::Socket(sock), spin, tx, rx, Some(c))
+            }
+        }
+    }
+
+    /// A port on kit `kit` of `link` (at `generation`): a channel made for
+    /// the link, whose wake-ups go through its doorbells. If the peer
+    /// corrupted the kit's positions, the port comes back broken.
+    pub(crate) fn on_kit(
+        kit: ArenaKit,
+        link: Arc<ArenaLink>,
+        generation: u32,
+        spin: Duration,
+    ) -> MessagePort {
+        let on = OnLink {
+            link,
+            kit: kit.id,
+            generation,
+        };
+        let (seg, side) = (kit.seg, kit.side);
+        match open_rings(&seg, side) {
+            Ok((tx, rx)) => Self::from_rings(seg, side, Home::Link(on), spin, tx, rx, None),
+            Err(c) => {
+                let (tx, rx) = side.rings();
+                let barriers = process_barriers();
+                let tx = Producer::broken(SegmentRing::new(seg.clone(), tx), barriers);
+                let rx = Consumer::broken(SegmentRing::new(seg.clone(), rx), barriers);
+                Self::from_rings(seg, side, Home::Link(on), spin, tx, rx, Some(c))
             }
         }
     }
@@ -124,7 +158,7 @@ impl MessagePort {
     pub(super) fn from_rings(
         seg: Arc<Segment>,
         side: Side,
-        sock: OwnedFd,
+        home: Home,
         spin: Duration,
         tx: Producer<SegmentRing>,
         rx: Consumer<SegmentRing>,
@@ -136,13 +170,20 @@ impl MessagePort {
         let (tx_ring, rx_ring) = side.rings();
         let pool_writer = PoolWriter::new(SegmentRelease::new(seg.clone(), tx_ring), barriers);
         let pool_reader = PoolReader::new(SegmentRelease::new(seg.clone(), rx_ring), barriers);
+        let (sock, on_link) = match home {
+            Home::Socket(s) => (OnceLock::from(s), None),
+            Home::Link(l) => (OnceLock::new(), Some(l)),
+        };
         let shared = Arc::new(Shared {
             seg,
-            sock: ManuallyDrop::new(sock),
-            sock_moved: false,
+            moved: OnceLock::new(),
+            sock,
+            on_link,
             side,
             kit: OnceLock::new(),
             link: OnceLock::new(),
+            arena_links: Mutex::new(Vec::new()),
+            made_link: OnceLock::new(),
             descriptors_seen: AtomicBool::new(false),
             inbox: Mutex::new(VecDeque::new()),
             taking_in: Mutex::new(Partial::default()),
@@ -209,6 +250,11 @@ impl MessagePort {
     /// the socket, the inbox and the peer's pool buffers (its own pool
     /// stays: see [`PoolWriter`]). The peer notices nothing.
     pub(crate) fn into_parts(self) -> PortParts {
+        if self.tx().shared.link_only().is_some() && self.leave_link().is_err() {
+            // Its peer is gone (or broke the link): what travels is a port
+            // whose peer is gone.
+            return gone_parts(&self);
+        }
         self.tx().tx.borrow().publish_tail();
         self.rx().flush_releases();
         // Blocks still shared here (`SharedBytes`) keep the reader: its
@@ -238,7 +284,7 @@ impl MessagePort {
                 let partial =
                     std::mem::take(s.taking_in.get_mut().unwrap_or_else(|e| e.into_inner()));
                 PortParts {
-                    seg: SegmentRef::Mapped(s.seg.clone()),
+                    seg: SegmentRef::Mapped(s.seg().clone()),
                     sock: s.take_sock(),
                     side: s.side,
                     spin,
@@ -263,7 +309,7 @@ impl MessagePort {
         if sh.side != Side::B || !sh.inbox().is_empty() || !sh.partial().is_empty() {
             return None;
         }
-        Some(sh.seg.fd()?.try_clone())
+        Some(sh.seg().fd()?.try_clone())
     }
 
     /// Is this port the entangled peer of the port whose core is `other`?
@@ -273,7 +319,7 @@ impl MessagePort {
             return false;
         }
         let me = &self.tx().shared;
-        other.side != me.side && me.seg.same(&other.seg)
+        other.side != me.side && (me.seg.same(&other.seg) || me.seg().same(other.seg()))
     }
 
     /// What this port's inbox holds, for a transfer of it over the port
@@ -370,6 +416,29 @@ impl MessagePort {
         });
         self.tx().shared.link().import_held(kits.collect());
         self
+    }
+}
+
+/// The parts of a port whose peer is gone, for a port on a link that could
+/// not move off it: an empty segment of the same size, and a socket whose
+/// other end is closed (the receiver sees the peer gone at once). If even
+/// those cannot be made, the socket alone says it.
+// WIP (links branch): out of descriptors here is not handled yet; the
+// transfer should fail and hand the port back instead.
+fn gone_parts(port: &MessagePort) -> PortParts {
+    let sh = &port.tx().shared;
+    let (mine, _theirs) = sys::socket::pair().expect("a socket pair for a dead port");
+    let seg = Segment::create(sh.seg.capacity()).expect("a segment for a dead port");
+    PortParts {
+        seg: SegmentRef::Mapped(seg),
+        sock: mine,
+        side: sh.side,
+        spin: sh.spin(),
+        inbox: Default::default(),
+        partial: Partial::default(),
+        pool: Vec::new(),
+        kit: false,
+        held: Vec::new(),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::shm::layout::{
 };
 use crate::shm::arena::Arena;
 use crate::shm::release::ReleaseMemory;
-use crate::shm::ring::RingMemory;
+use crate::shm::ring::{Corrupt, RingMemory};
 use crate::shm::sync::AtomicU64;
 use crate::sys::{self, Mapping};
 
@@ -215,6 +215,32 @@ impl Segment {
         }
     }
 
+    /// Set ring `index`'s positions in a segment made here and not yet
+    /// shared: a ring taken over from another segment starts where that
+    /// one stopped (released up to `head`, written up to `tail`).
+    pub fn start_ring(&self, index: usize, head: u64, tail: u64) -> Result<(), Corrupt> {
+        crate::shm::ring::check_start(head, tail, self.capacity as u64)?;
+        let h = self.ring_header(index);
+        // Relaxed: nobody else sees this segment before its descriptor is
+        // sent (a system call orders these stores first) or, for the side
+        // that stays, before this thread's own loads.
+        h.producer.tail.store(tail, Ordering::Relaxed);
+        h.consumer.head.store(head, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Ring `index`'s producer position as last published.
+    pub fn published_tail(&self, index: usize) -> u64 {
+        // Acquire: pairs with the producer's Release store of its tail.
+        self.ring_header(index).producer.tail.load(Ordering::Acquire)
+    }
+
+    /// Ring `index`'s consumer position as last published.
+    pub fn published_head(&self, index: usize) -> u64 {
+        // Acquire: pairs with the consumer's Release store of its head.
+        self.ring_header(index).consumer.head.load(Ordering::Acquire)
+    }
+
     /// The memfd; `None` for a segment inside an arena.
     pub fn fd(&self) -> Option<&OwnedFd> {
         self.fd.as_ref()
@@ -277,6 +303,11 @@ impl SegmentRing {
     pub fn new(seg: Arc<Segment>, index: usize) -> Self {
         assert!(index < 2);
         SegmentRing { seg, index }
+    }
+
+    /// The segment the ring is in.
+    pub fn segment(&self) -> &Arc<Segment> {
+        &self.seg
     }
 }
 

@@ -28,6 +28,10 @@ pub const TAG_ATTACH: u8 = b'A';
 /// Tag byte of every part but the last of an attachment sent in several
 /// messages.
 pub const TAG_MORE: u8 = b'M';
+/// Tag byte of a link's invitation: the link's number and the far end of
+/// its socket (`crate::link`), sent on a port's socket before the first
+/// record that names kits in the link's arenas.
+pub const TAG_LINK: u8 = b'L';
 /// Most descriptors one socket message carries (the kernel's SCM_MAX_FD).
 pub const MAX_FDS: usize = 253;
 /// Largest attachment body, tag included.
@@ -132,10 +136,32 @@ pub enum Incoming {
     Lost,
     /// [`Incoming::Lost`] for a part that is not the last.
     LostPart,
+    /// A link's invitation: its number and the far end of its socket.
+    Link(u64, OwnedFd),
     /// Something the protocol does not send (unknown tag, truncated
     /// message or descriptors). Any descriptors that came with it were
     /// closed.
     Garbage,
+}
+
+/// Send a link's invitation (see [`TAG_LINK`]).
+pub fn send_link(fd: impl AsFd, id: u64, link: BorrowedFd<'_>) -> io::Result<()> {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [link];
+    let pushed = control.push(SendAncillaryMessage::ScmRights(&fds));
+    debug_assert!(pushed);
+    let mut body = [0u8; 9];
+    body[0] = TAG_LINK;
+    body[1..].copy_from_slice(&id.to_le_bytes());
+    let iov = [io::IoSlice::new(&body)];
+    loop {
+        match sendmsg(&fd, &iov, &mut control, SendFlags::NOSIGNAL) {
+            Ok(_) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(hangup_as_broken_pipe(e)),
+        }
+    }
 }
 
 /// Receive one message.
@@ -192,6 +218,10 @@ pub fn recv(fd: impl AsFd, block: bool) -> io::Result<Incoming> {
         _ if fds_lost => Ok(Incoming::Garbage),
         TAG_WAKE if received.is_empty() && got.bytes == 1 => Ok(Incoming::Wake),
         TAG_ATTACH => Ok(Incoming::Attachment(buf[1..got.bytes].to_vec(), received)),
+        TAG_LINK if got.bytes == 9 && received.len() == 1 => {
+            let id = u64::from_le_bytes(buf[1..9].try_into().expect("eight bytes"));
+            Ok(Incoming::Link(id, received.pop().expect("one descriptor")))
+        }
         TAG_MORE => Ok(Incoming::Part(buf[1..got.bytes].to_vec(), received)),
         _ => Ok(Incoming::Garbage),
     }

@@ -343,6 +343,39 @@ impl<M: RingMemory> Consumer<M> {
         Ok(())
     }
 
+    /// After the producer moved the ring to a new segment (it closed this
+    /// one at `tail` and writes on there from `tail`): copy the records not
+    /// taken yet, `head..tail`, to the same places in `mem`'s ring and read
+    /// on there. The bytes are copied as they are (the records' commit
+    /// words with them); what they say is checked when they are taken.
+    pub fn carry_over(&mut self, mem: M, tail: u64) -> Result<(), Corrupt> {
+        if mem.capacity() as u64 != self.cap {
+            return Err(Corrupt("a moved ring of another size"));
+        }
+        if tail < self.head || tail - self.released > self.cap || tail % RECORD_ALIGN as u64 != 0 {
+            return Err(Corrupt("a moved ring's end outside its records"));
+        }
+        let mut pos = self.head;
+        while pos < tail {
+            let offset = ring_offset(&self.mem, pos);
+            let n = ((tail - pos) as usize).min(self.cap as usize - offset);
+            // SAFETY: `offset + n <= cap` in both rings (same capacity,
+            // checked); the old ring's bytes `head..tail` are committed and
+            // no longer written by anyone (its producer closed it), the new
+            // ring's are free space its producer does not touch until this
+            // side releases them (they lie below `tail`, where it writes on).
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    self.mem.data().as_ptr().add(offset),
+                    mem.data().as_ptr().add(offset),
+                    n,
+                );
+            }
+            pos += n as u64;
+        }
+        self.switch_memory(mem)
+    }
+
     /// Where the next record is taken.
     pub fn head(&self) -> u64 {
         self.head

@@ -193,6 +193,11 @@ pub const fn max_payload(capacity: usize) -> usize {
     capacity / 2 - RECORD_HEADER
 }
 
+/// Check the positions a ring taken over from another segment starts at.
+pub fn check_start(head: u64, tail: u64, cap: u64) -> Result<(), Corrupt> {
+    check_positions(head, tail, cap)
+}
+
 pub(super) fn check_positions(head: u64, tail: u64, cap: u64) -> Result<(), Corrupt> {
     if tail > u64::MAX / 2 {
         return Err(Corrupt("position out of range"));

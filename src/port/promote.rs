@@ -1,0 +1,402 @@
+//! Moving a channel off its link to a segment and socket pair of its own
+//! (`crate::link`): before one of its ports travels, sends descriptors, is
+//! split, or is waited on by a foreign event loop. The port that moves it
+//! (the *mover*) does it all inside its own call; its peer follows the
+//! next time it looks, whatever it was doing.
+//!
+//! The mover, holding the channel's kit claim (`KitWords::claim_move`):
+//! 1. makes the new segment `S` and socket pair;
+//! 2. closes the ring it writes with [`CLOSED_MOVED`] (the peer reads the
+//!    rest there, then goes on in `S` at the same position) and writes on
+//!    in `S` from there;
+//! 3. seals the ring it reads ([`Consumer::seal`]): the records committed
+//!    before the seal are its residue, the peer re-posts in `S` a record
+//!    it committed after;
+//! 4. posts the residue into `S`'s ring through a port of `S`'s other side
+//!    (ports inside go as ports of their own: they move off the link in
+//!    turn), publishes where the seal was, and reads on in `S` from where
+//!    it was;
+//! 5. announces `S` and the peer's socket on the link.
+//!
+//! Every record reaches its reader once and in order: the seal is the
+//! sleep handshake's Dekker pair (`shm::ring::move_model` checks it); the
+//! peer's record after the seal is re-posted after the residue.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::parts::{process_barriers, rewind_min};
+use super::{MessagePort, PortReceiver, PortSender};
+use crate::error::CloseReason;
+use crate::link::ArenaLink;
+use crate::shm::kit::KitWords;
+use crate::shm::layout::{CLOSED_MOVED, KITS_IN_ARENAS, KIT_NEW, KitRef, KitRefs, kit_refs_size};
+use crate::shm::pool::reader::PoolReader;
+use crate::shm::pool::writer::PoolWriter;
+use crate::shm::ring::{Consumer, Corrupt, Kind, Producer, Record};
+use crate::shm::segment::{Segment, SegmentRelease, SegmentRing, Side};
+use crate::sys;
+use crate::wire::attachment::MAX_RECEIVED_SPIN;
+
+/// How long a follower waits on the link's socket between two looks for
+/// its mover's announcement (the mover sends it within its own call).
+const LOOK_FOR_MOVE: Duration = Duration::from_millis(1);
+
+impl MessagePort {
+    /// Give the port a socket of its own if it is on a link (its
+    /// descriptor is asked for). If that fails (out of descriptors), the
+    /// port is broken: its calls report [`CloseReason::ProtocolError`].
+    pub(crate) fn own_socket(&self) {
+        if let Err(reason) = self.leave_link() {
+            if reason == CloseReason::ProtocolError {
+                let _ = self
+                    .tx()
+                    .shared
+                    .broken
+                    .set(Corrupt("the port could not move off its link"));
+            }
+        }
+    }
+
+    /// Move this port's channel off its link, or follow its peer's move
+    /// of it. Nothing to do for a port of its own. `Err`: the peer is gone
+    /// or broke the link (the port reports it at its next call).
+    pub(crate) fn leave_link(&self) -> Result<(), CloseReason> {
+        leave_link(self.tx(), self.rx())
+    }
+
+    /// The peer moved the channel: take up its new segment and socket,
+    /// then each half goes there (the sending half at once, the receiving
+    /// half once it has read the old ring to its end).
+    pub(crate) fn follow_move(&self) -> Result<(), CloseReason> {
+        follow_move(self.tx(), self.rx())
+    }
+}
+
+/// [`MessagePort::leave_link`], over a whole port's two halves.
+pub(super) fn leave_link(tx: &PortSender, rx: &PortReceiver) -> Result<(), CloseReason> {
+    let sh = &tx.shared;
+    let Some(on) = sh.link_only() else {
+        return Ok(());
+    };
+    if sh.broken() {
+        return Err(CloseReason::ProtocolError);
+    }
+    if sh.seg.claim_move(sh.side).is_err() {
+        return follow_move(tx, rx);
+    }
+    let link = on.link.clone();
+    let (kit, generation) = (on.kit, on.generation);
+    move_off(tx, rx, &link, kit, generation).map_err(|e| match e {
+        Moving::Corrupt(c) => tx.corrupt(c),
+        Moving::Io(_) => CloseReason::ProtocolError,
+    })
+}
+
+/// [`MessagePort::follow_move`], over a whole port's two halves.
+pub(super) fn follow_move(tx: &PortSender, rx: &PortReceiver) -> Result<(), CloseReason> {
+    tx.shared.take_up_move()?;
+    tx.follow()?;
+    rx.follow()
+}
+
+fn move_off(
+    tx: &PortSender,
+    rx: &PortReceiver,
+    link: &Arc<ArenaLink>,
+    kit: u64,
+    generation: u32,
+) -> Result<(), Moving> {
+    {
+        let sh = &tx.shared;
+        let side = sh.side;
+        let (out, inn) = side.rings();
+        let barriers = process_barriers();
+        let s = Segment::create(sh.seg.capacity())?;
+        let (mine, theirs) = sys::socket::pair()?;
+
+        // The ring this side writes: closed here, continued in S.
+        {
+            let mut p = tx.tx.borrow_mut();
+            let tail = p.tail();
+            if p.close_with(CLOSED_MOVED) {
+                link.ring(p.woke());
+            }
+            s.start_ring(out, sh.seg.published_head(out), tail)?;
+            let mut fresh = Producer::new(SegmentRing::new(s.clone(), out), barriers)?;
+            fresh.rewind_from(rewind_min(s.capacity()));
+            *p = fresh;
+        }
+        *tx.pool.borrow_mut() = PoolWriter::new(SegmentRelease::new(s.clone(), out), barriers);
+
+        // The ring this side reads: sealed, its residue posted into S.
+        let (sealed_at, head, residue) = {
+            let mut c = rx.rx.borrow_mut();
+            let sealed_at = c.seal()?;
+            let (head, released) = (c.head(), c.released());
+            s.start_ring(inn, released, head)?;
+            let reader = Consumer::reading_between(
+                SegmentRing::new(sh.seg.clone(), inn),
+                head,
+                sealed_at,
+                barriers,
+            );
+            (sealed_at, head, read_residue(link, reader)?)
+        };
+        let other = match side {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        };
+        let stand_in = MessagePort::from_parts(s.clone(), other, theirs, sh.spin())?;
+        for (fingerprint, bytes, ports) in residue {
+            stand_in
+                .try_post_forwarded(&bytes, fingerprint, ports)
+                .map_err(|e| io::Error::other(e.error.to_string()))?;
+        }
+        debug_assert!(head <= sealed_at);
+        let theirs = stand_in.into_parts().sock;
+
+        {
+            let mut c = rx.rx.borrow_mut();
+            c.publish_moved_at(sealed_at);
+            if c.wake_waiting_producer() {
+                link.ring(c.woke());
+            }
+            c.switch_memory(SegmentRing::new(s.clone(), inn))?;
+        }
+        *rx.pool_reader() = PoolReader::new(SegmentRelease::new(s.clone(), inn), barriers);
+
+        let fd = s
+            .fd()
+            .expect("a segment made with its own memfd")
+            .try_clone()?;
+        link.announce_moved(kit, generation, fd, theirs)?;
+        let _ = sh.sock.set(mine);
+        let _ = sh.moved.set(s);
+        Ok(())
+    }
+}
+
+
+/// Why a move failed.
+enum Moving {
+    Corrupt(Corrupt),
+    Io(io::Error),
+}
+
+impl From<Corrupt> for Moving {
+    fn from(c: Corrupt) -> Self {
+        Moving::Corrupt(c)
+    }
+}
+
+impl From<io::Error> for Moving {
+    fn from(e: io::Error) -> Self {
+        Moving::Io(e)
+    }
+}
+
+impl super::Shared {
+    /// The new segment and socket the peer announced for this port's
+    /// channel, waiting for the announcement if need be (the peer sends it
+    /// within the call that moves the channel).
+    pub(super) fn take_up_move(&self) -> Result<(), CloseReason> {
+        if self.moved.get().is_some() {
+            return Ok(());
+        }
+        let Some(on) = self.on_link.as_ref() else {
+            return Ok(());
+        };
+        let (seg, sock) = loop {
+            if let Some(m) = on.link.take_moved(on.kit, on.generation) {
+                break m;
+            }
+            if let Some(c) = on.link.broken() {
+                return Err(self.corrupt(c));
+            }
+            if on.link.hung_up() {
+                self.hung_up.store(true, Ordering::Release);
+                return Err(CloseReason::PeerDied);
+            }
+            let _ = sys::socket::wait(on.link.sock(), false, Some(LOOK_FOR_MOVE));
+        };
+        let s = Segment::open(seg).map_err(|_| self.corrupt(Corrupt("a moved channel's segment")))?;
+        if s.capacity() != self.seg.capacity() || !sys::socket::is_seqpacket(&sock) {
+            return Err(self.corrupt(Corrupt("a moved channel of another size")));
+        }
+        let _ = self.sock.set(sock);
+        let _ = self.moved.set(s);
+        Ok(())
+    }
+}
+
+impl PortSender {
+    /// Go on writing in the moved channel's segment: re-post there the
+    /// record whose commit saw the move, if the mover did not take it.
+    pub(super) fn follow(&self) -> Result<(), CloseReason> {
+        let sh = &self.shared;
+        let Some(s) = sh.moved.get() else {
+            return Ok(());
+        };
+        let mut p = self.tx.borrow_mut();
+        if Arc::ptr_eq(p.memory().segment(), s) {
+            return Ok(());
+        }
+        let (out, _) = sh.side.rings();
+        let barriers = process_barriers();
+        let mut late = None;
+        if let Some(pos) = p.moved_record() {
+            let at = loop {
+                match p.moved_at() {
+                    Ok(Some(at)) => break at,
+                    Ok(None) => std::hint::spin_loop(),
+                    Err(c) => return Err(sh.corrupt(c)),
+                }
+            };
+            if pos >= at {
+                let old = p.memory().clone();
+                let mut reader = Consumer::reading_between(old, pos, u64::MAX, barriers);
+                let rec = reader
+                    .take()
+                    .map_err(|c| sh.corrupt(c))?
+                    .ok_or_else(|| sh.corrupt(Corrupt("the record to re-post is gone")))?;
+                // SAFETY: a taken record's payload is `len` bytes inside
+                // the old ring, which this process maps as long as the
+                // link lives; only this side wrote it.
+                let bytes = unsafe { core::slice::from_raw_parts(rec.payload.as_ptr(), rec.len) };
+                late = Some((rec.meta, bytes.to_vec()));
+            }
+        }
+        let mut fresh =
+            Producer::new(SegmentRing::new(s.clone(), out), barriers).map_err(|c| sh.corrupt(c))?;
+        fresh.rewind_from(rewind_min(s.capacity()));
+        *p = fresh;
+        drop(p);
+        *self.pool.borrow_mut() = PoolWriter::new(SegmentRelease::new(s.clone(), out), barriers);
+        if let Some((meta, bytes)) = late {
+            if meta.kits || meta.nports != 0 || meta.pool || meta.out_of_line {
+                // Ports never go on a channel whose move has begun (the
+                // mover's claim keeps them out), nor descriptors on a link.
+                return Err(sh.corrupt(Corrupt("a late record that cannot move")));
+            }
+            let fill = |w: &mut crate::wire::writer::RecordWriter| w.put(&bytes);
+            self.send_record(meta, bytes.len(), super::Wait::Forever, fill, Vec::new(), None)
+                .map_err(|(e, _)| match e {
+                    crate::error::PostError::Closed(r) => r,
+                    _ => CloseReason::ProtocolError,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+impl PortReceiver {
+    /// Go on reading in the moved channel's segment: the records not taken
+    /// yet are carried over to the same places there (the mover closed the
+    /// old ring with [`CLOSED_MOVED`] and writes on after them).
+    pub(super) fn follow(&self) -> Result<(), CloseReason> {
+        let sh = &self.shared;
+        let Some(s) = sh.moved.get() else {
+            return Ok(());
+        };
+        let mut c = self.rx.borrow_mut();
+        if Arc::ptr_eq(c.memory().segment(), s) {
+            return Ok(());
+        }
+        if c.producer_close_code() != CLOSED_MOVED {
+            // The mover closes its ring before it announces the move.
+            return Err(sh.corrupt(Corrupt("a move announced before its ring closed")));
+        }
+        let (_, inn) = sh.side.rings();
+        let tail = c.memory().segment().published_tail(inn);
+        c.carry_over(SegmentRing::new(s.clone(), inn), tail)
+            .map_err(|e| sh.corrupt(e))?;
+        drop(c);
+        let barriers = process_barriers();
+        *self.pool_reader() = PoolReader::new(SegmentRelease::new(s.clone(), inn), barriers);
+        Ok(())
+    }
+
+    /// The ring is read to a close: a move to follow rather than a close
+    /// event? Follows it (`true`: read on).
+    pub(super) fn moved_on(&self) -> Result<bool, CloseReason> {
+        if self.rx.borrow().producer_close_code() != CLOSED_MOVED {
+            return Ok(false);
+        }
+        self.shared.take_up_move()?;
+        self.follow()?;
+        Ok(true)
+    }
+}
+
+/// The residue's records: fingerprint (0 for raw bytes), bytes, ports.
+type Residue = Vec<(u64, Vec<u8>, Vec<MessagePort>)>;
+
+/// Read the records `reader` holds (a sealed ring's residue): inline
+/// records only, their ports kits of `link`.
+fn read_residue(link: &Arc<ArenaLink>, mut reader: Consumer<SegmentRing>) -> Result<Residue, Moving> {
+    let mut out = Vec::new();
+    while let Some(rec) = reader.take()? {
+        if rec.meta.pool || rec.meta.out_of_line || (rec.meta.nports != 0 && !rec.meta.kits) {
+            return Err(Corrupt("a record with descriptors on a link's channel").into());
+        }
+        let (ports, prefix) = if rec.meta.kits {
+            arena_ports(link, &rec)?
+        } else {
+            (Vec::new(), 0)
+        };
+        // SAFETY: the record's payload is `len >= prefix` bytes inside the
+        // ring, which stays mapped (the link's arena) while we copy it.
+        let bytes =
+            unsafe { core::slice::from_raw_parts(rec.payload.as_ptr().add(prefix), rec.len - prefix) };
+        let fingerprint = match rec.meta.kind {
+            Kind::Typed => rec.meta.fingerprint,
+            Kind::Raw => 0,
+        };
+        out.push((fingerprint, bytes.to_vec(), ports));
+    }
+    Ok(out)
+}
+
+/// The ports a record names as kits in `link`'s arenas, built here, and
+/// the length of the references before the message.
+pub(super) fn arena_ports(
+    link: &Arc<ArenaLink>,
+    rec: &Record,
+) -> Result<(Vec<MessagePort>, usize), Corrupt> {
+    let n = rec.meta.nports as usize;
+    let prefix = kit_refs_size(n);
+    if n == 0 || n > super::MAX_PORTS || prefix > rec.len {
+        return Err(Corrupt("kit references do not fit their record"));
+    }
+    // SAFETY: the payload holds `rec.len >= prefix` bytes inside the ring,
+    // 32-byte aligned; the references are atomics only.
+    let head = unsafe { rec.payload.cast::<KitRefs>().as_ref() };
+    // Relaxed: ordered after the Acquire load of the commit word; each
+    // field is read once, only the copies are used.
+    if head.count.load(Ordering::Relaxed) as usize != n
+        || head.flags.load(Ordering::Relaxed) != KITS_IN_ARENAS
+        || head.link.load(Ordering::Relaxed) != link.id()
+    {
+        return Err(Corrupt("kit references disagree with their record"));
+    }
+    let mut ports = Vec::with_capacity(n);
+    for i in 0..n {
+        // SAFETY: entry `i` lies inside the prefix.
+        let r = unsafe {
+            rec.payload
+                .add(size_of::<KitRefs>() + i * size_of::<KitRef>())
+                .cast::<KitRef>()
+                .as_ref()
+        };
+        let id = r.id.load(Ordering::Relaxed);
+        let generation = r.generation.load(Ordering::Relaxed);
+        let new = r.reserved.load(Ordering::Relaxed) == KIT_NEW;
+        let spin = Duration::from_nanos(r.spin_ns.load(Ordering::Relaxed)).min(MAX_RECEIVED_SPIN);
+        let kit = link.take_up(id, generation, new)?;
+        ports.push(MessagePort::on_kit(kit, link.clone(), generation, spin));
+    }
+    Ok((ports, prefix))
+}
