@@ -133,11 +133,15 @@ fn peer_entry() {
             for _ in 0..2 {
                 let (k, sent): (Vec<_>, Vec<_>) = (0..100)
                     .map(|_| {
-                        MessageChannel::builder()
+                        let (k, s) = MessageChannel::builder()
                             .capacity(4096)
                             .build()
                             .unwrap()
-                            .into_ports()
+                            .into_ports();
+                        // Built before it travels: it goes with its
+                        // descriptors, in the attachment this test cuts.
+                        let _ = s.max_inline_payload();
+                        (k, s)
                     })
                     .unzip();
                 kept.extend(k);

@@ -86,7 +86,8 @@ fn peer_entry() {
             let mut second = via.recv().unwrap();
             let x = second.take_ports().unwrap().pop().unwrap();
             drop(second);
-            while let Ok(mut m) = x.recv() {
+            loop {
+                let mut m = match x.recv() { Ok(m) => m, Err(e) => { eprintln!("responder: {e:?}"); break } };
                 let n = m.get::<u32>().unwrap().to_native();
                 let reply = m.take_ports().unwrap().pop().unwrap();
                 drop(m);
@@ -102,7 +103,9 @@ fn peer_entry() {
 fn request(x: &MessagePort, n: u32) {
     let (mine, theirs) = MessageChannel::new().unwrap().into_ports();
     x.post_with_ports(&n, vec![theirs]).unwrap();
-    assert_eq!(*mine.recv().unwrap().get::<u32>().unwrap(), n * 2);
+    let reply = mine.recv().unwrap_or_else(|e| panic!("request {n}: {e:?}"));
+    assert_eq!(*reply.get::<u32>().unwrap(), n * 2);
+    drop(reply);
     assert!(matches!(
         mine.recv(),
         Err(RecvError::Closed(CloseReason::Closed))
@@ -394,5 +397,22 @@ fn forged_kit_references_are_a_protocol_error() {
             "{what}: {:?}",
             got.map(|m| m.bytes().to_vec())
         );
+    }
+}
+
+/// A port that arrived as a kit of a link carries requests itself: its
+/// channel moves off the link at the first port it carries, and the
+/// requests go on over the moved channel.
+#[test]
+fn requests_over_a_port_that_came_on_a_link() {
+    let _serial = serial();
+    let (resp, r) = shmport::spawn(peer("adopt-responder")).unwrap();
+    let _resp = Victim::new(resp);
+    let (v1, via) = MessageChannel::new().unwrap().into_ports();
+    r.post_bytes_with_ports(b"via", vec![via]).unwrap();
+    let (x1, x2) = MessageChannel::new().unwrap().into_ports();
+    v1.post_bytes_with_ports(b"x", vec![x2]).unwrap();
+    for n in 0..20u32 {
+        request(&x1, n);
     }
 }

@@ -88,7 +88,9 @@ pub(crate) fn recv_port(
         | Incoming::Garbage
         | Incoming::Part(..)
         | Incoming::LostPart
-        | Incoming::Link(..) => {
+        | Incoming::Link(..)
+        | Incoming::LinkLost(_)
+        | Incoming::Moved(..) => {
             Err(RecvPortError::Garbage("not a port"))
         }
     }

@@ -43,7 +43,7 @@ impl MessagePort {
             None => (0, 0),
         };
         let links = sh.links().clone();
-        for l in sh.made_link.get().into_iter().chain(links.iter()) {
+        for l in sh.made_link_now().iter().chain(links.iter()) {
             let (m, h) = l.counts();
             made += m;
             held += h;
@@ -86,7 +86,7 @@ impl PortSender {
                 None => return Ok(Some(ports)),
             }
         }
-        if let Some(link) = self.shared.made_link().cloned() {
+        if let Some(link) = self.shared.made_link() {
             return self.post_on_link(&link, meta, size_hint, wait, ports, fill, rx, states, &fresh);
         }
         let link = self.shared.link().clone();
@@ -102,7 +102,8 @@ impl PortSender {
         }
         let posted =
             self.write_with_kits(&mut meta, size_hint, n, max, wait, fill, rx, |payload| {
-                write_refs(payload, &kits, &fresh)
+                write_refs(payload, &kits, &fresh);
+                true
             });
         match posted {
             Ok(true) => {}
@@ -158,7 +159,13 @@ impl PortSender {
         }
         let posted =
             self.write_with_kits(&mut meta, size_hint, n, max, wait, fill, rx, |payload| {
-                write_arena_refs(payload, link.id(), &kits, fresh)
+                // The peer's end may be moving away (re-homing the carrier):
+                // then these go the ordinary way, after the move.
+                if self.claim_posting().is_err() {
+                    return false;
+                }
+                write_arena_refs(payload, link.id(), &kits, fresh);
+                true
             });
         match posted {
             Ok(true) => {}
@@ -193,7 +200,7 @@ impl PortSender {
         wait: Wait,
         fill: &mut dyn FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
         rx: Option<&PortReceiver>,
-        refs: impl FnOnce(NonNull<u8>),
+        refs: impl FnOnce(NonNull<u8>) -> bool,
     ) -> Result<bool, PostError> {
         let prefix = kit_refs_size(nports);
         check_size(size_hint)?;
@@ -201,7 +208,10 @@ impl PortSender {
         self.check_postable()?;
         match self.fill_slot(size_hint + prefix, prefix, max, wait, rx, fill)? {
             Ok((slot, len)) => {
-                refs(slot.payload);
+                if !refs(slot.payload) {
+                    // Not to commit after all: the slot stays free.
+                    return Ok(false);
+                }
                 meta.kits = true;
                 meta.nports = nports as u16;
                 self.commit(slot, len, *meta);

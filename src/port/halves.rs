@@ -29,6 +29,10 @@ pub struct PortSender {
     pub(super) tx: RefCell<Producer<SegmentRing>>,
     /// A [`Reservation`] is live: other posts must wait for it.
     pub(super) reserving: Cell<bool>,
+    /// This half holds the posting claim of its channel's segment (a post
+    /// whose descriptors or kit references must reach the peer where it is
+    /// now: `KitWords::claim_posting`) until its record commits.
+    pub(super) posting: Cell<bool>,
     /// Payload room the last post that found the ring full needed.
     pub(super) wanted_room: Cell<usize>,
     /// Posts larger than this go out of line even when the ring could
@@ -342,6 +346,7 @@ impl Drop for PortReceiver {
                 super::parts::discard(p);
             }
         }
+        self.close_unread_kits();
         // The socket closes (the peer's hang-up) when the last half drops.
     }
 }

@@ -176,14 +176,16 @@ impl MessagePort {
         };
         let shared = Arc::new(Shared {
             seg,
-            moved: OnceLock::new(),
+            moves: OnceLock::new(),
             sock,
+            moved_offer: Mutex::new(None),
+            lost_links: Mutex::new(Vec::new()),
             on_link,
             side,
             kit: OnceLock::new(),
             link: OnceLock::new(),
             arena_links: Mutex::new(Vec::new()),
-            made_link: OnceLock::new(),
+            made_link: Mutex::new(None),
             descriptors_seen: AtomicBool::new(false),
             inbox: Mutex::new(VecDeque::new()),
             taking_in: Mutex::new(Partial::default()),
@@ -199,6 +201,7 @@ impl MessagePort {
                 shared: shared.clone(),
                 tx: RefCell::new(tx),
                 reserving: Cell::new(false),
+                posting: Cell::new(false),
                 wanted_room: Cell::new(0),
                 inline_limit: Cell::new(usize::MAX),
                 large_hint: Cell::new(0),
@@ -254,6 +257,12 @@ impl MessagePort {
             // Its peer is gone (or broke the link): what travels is a port
             // whose peer is gone.
             return gone_parts(&self);
+        }
+        if !self.tx().shared.links().is_empty() {
+            // Records here may name kits of links the peer made with this
+            // end: the channel moves so that they travel as ordinary ones.
+            // A peer gone meanwhile: the port travels as it is.
+            let _ = super::promote::rehome(self.tx(), self.rx());
         }
         self.tx().tx.borrow().publish_tail();
         self.rx().flush_releases();

@@ -23,6 +23,7 @@
 //! peer's record after the seal is re-posted after the residue.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -31,7 +32,7 @@ use super::parts::{process_barriers, rewind_min};
 use super::{MessagePort, PortReceiver, PortSender};
 use crate::error::CloseReason;
 use crate::link::ArenaLink;
-use crate::shm::kit::KitWords;
+use crate::shm::kit::{Claim, KitWords};
 use crate::shm::layout::{CLOSED_MOVED, KITS_IN_ARENAS, KIT_NEW, KitRef, KitRefs, kit_refs_size};
 use crate::shm::pool::reader::PoolReader;
 use crate::shm::pool::writer::PoolWriter;
@@ -84,8 +85,13 @@ pub(super) fn leave_link(tx: &PortSender, rx: &PortReceiver) -> Result<(), Close
     if sh.broken() {
         return Err(CloseReason::ProtocolError);
     }
-    if sh.seg.claim_move(sh.side).is_err() {
-        return follow_move(tx, rx);
+    loop {
+        match sh.seg.claim_move(sh.side) {
+            Claim::Mine => break,
+            Claim::Theirs => return follow_move(tx, rx),
+            // Only a carrier's peer posts under a claim; never on a link.
+            Claim::Busy => std::hint::spin_loop(),
+        }
     }
     let link = on.link.clone();
     let (kit, generation) = (on.kit, on.generation);
@@ -95,9 +101,106 @@ pub(super) fn leave_link(tx: &PortSender, rx: &PortReceiver) -> Result<(), Close
     })
 }
 
+/// Before a port travels whose end holds links the peer made (records on
+/// it, queued or to come, name kits in them, which the port's next holder
+/// cannot reach): move its channel to a new segment and socket first, so
+/// that the peer knows its end moved (it makes a new link for the next
+/// holder) and the records queued here travel as ordinary ones.
+pub(super) fn rehome(tx: &PortSender, rx: &PortReceiver) -> Result<(), CloseReason> {
+    let sh = &tx.shared;
+    loop {
+        match sh.seg().claim_move(sh.side) {
+            Claim::Mine => break,
+            Claim::Theirs => return follow_move(tx, rx),
+            Claim::Busy => {
+                // The peer posts with descriptors: take them in, so that it
+                // is not held up, and let it commit.
+                let _ = sh.drain_socket(super::Half::Receiver, false);
+                if sh.hung_up() {
+                    return Err(CloseReason::PeerDied);
+                }
+                std::thread::yield_now();
+            }
+        }
+    }
+    rehome_claimed(tx, rx).map_err(|e| match e {
+        Moving::Corrupt(c) => tx.corrupt(c),
+        Moving::Io(_) => CloseReason::ProtocolError,
+    })
+}
+
+fn rehome_claimed(tx: &PortSender, rx: &PortReceiver) -> Result<(), Moving> {
+    let sh = &tx.shared;
+    let seg = sh.seg().clone();
+    let (out, inn) = sh.side.rings();
+    let barriers = process_barriers();
+    let s = Segment::create(seg.capacity())?;
+    let (mine, theirs) = sys::socket::pair()?;
+    {
+        let mut p = tx.tx.borrow_mut();
+        let tail = p.tail();
+        if p.close_with(CLOSED_MOVED) {
+            let _ = sys::socket::send_wake(sh.sock());
+        }
+        s.start_ring(out, seg.published_head(out), tail)?;
+        let mut fresh = Producer::new(SegmentRing::new(s.clone(), out), barriers)?;
+        fresh.rewind_from(rewind_min(s.capacity()));
+        *p = fresh;
+    }
+    *tx.pool.borrow_mut() = PoolWriter::new(SegmentRelease::new(s.clone(), out), barriers);
+    let sealed_at = rx.rx.borrow_mut().seal()?;
+    // The residue, received the ordinary way (attachments, pool blocks,
+    // kits of links) and posted into S the ordinary way.
+    let mut residue = Vec::new();
+    loop {
+        match rx.take() {
+            Ok(Some(mut m)) => {
+                let ports = m
+                    .take_ports()
+                    .map_err(|_| Corrupt("a queued port that cannot be opened"))?;
+                residue.push((m.fingerprint(), m.bytes().to_vec(), ports));
+            }
+            Ok(None) => break,
+            Err(_) => return Err(Corrupt("a queued record that cannot be read").into()),
+        }
+    }
+    rx.flush_releases();
+    let (head, released) = {
+        let c = rx.rx.borrow();
+        (c.head(), c.released())
+    };
+    s.start_ring(inn, released, head)?;
+    let other = match sh.side {
+        Side::A => Side::B,
+        Side::B => Side::A,
+    };
+    let stand_in = MessagePort::from_parts(s.clone(), other, theirs, sh.spin())?;
+    for (fingerprint, bytes, ports) in residue {
+        stand_in
+            .try_post_forwarded(&bytes, fingerprint, ports)
+            .map_err(|e| io::Error::other(e.error.to_string()))?;
+    }
+    let theirs = stand_in.into_parts().sock;
+    {
+        let mut c = rx.rx.borrow_mut();
+        c.publish_moved_at(sealed_at);
+        if c.wake_waiting_producer() {
+            let _ = sys::socket::send_wake(sh.sock());
+        }
+        c.switch_memory(SegmentRing::new(s.clone(), inn))?;
+    }
+    *rx.pool_reader() = PoolReader::new(SegmentRelease::new(s.clone(), inn), barriers);
+    let fd = s.fd().expect("a segment made with its own memfd");
+    sys::socket::send_moved(sh.sock(), fd.as_fd(), theirs.as_fd())?;
+    sh.push_move(s, mine);
+    sh.links().clear();
+    Ok(())
+}
+
 /// [`MessagePort::follow_move`], over a whole port's two halves.
 pub(super) fn follow_move(tx: &PortSender, rx: &PortReceiver) -> Result<(), CloseReason> {
-    tx.shared.take_up_move()?;
+    let from = tx.tx.borrow().memory().segment().clone();
+    tx.shared.take_up_move(&from)?;
     tx.follow()?;
     rx.follow()
 }
@@ -173,8 +276,7 @@ fn move_off(
             .expect("a segment made with its own memfd")
             .try_clone()?;
         link.announce_moved(kit, generation, fd, theirs)?;
-        let _ = sh.sock.set(mine);
-        let _ = sh.moved.set(s);
+        sh.push_move(s, mine);
         Ok(())
     }
 }
@@ -202,12 +304,14 @@ impl super::Shared {
     /// The new segment and socket the peer announced for this port's
     /// channel, waiting for the announcement if need be (the peer sends it
     /// within the call that moves the channel).
-    pub(super) fn take_up_move(&self) -> Result<(), CloseReason> {
-        if self.moved.get().is_some() {
+    /// `from`: the segment of the ring that showed the move; if the port
+    /// is past it already (its other half took the move up), nothing to do.
+    pub(super) fn take_up_move(&self, from: &Arc<Segment>) -> Result<(), CloseReason> {
+        if !Arc::ptr_eq(self.seg(), from) {
             return Ok(());
         }
-        let Some(on) = self.on_link.as_ref() else {
-            return Ok(());
+        let Some(on) = self.link_only() else {
+            return self.take_up_rehome();
         };
         let (seg, sock) = loop {
             if let Some(m) = on.link.take_moved(on.kit, on.generation) {
@@ -226,8 +330,44 @@ impl super::Shared {
         if s.capacity() != self.seg.capacity() || !sys::socket::is_seqpacket(&sock) {
             return Err(self.corrupt(Corrupt("a moved channel of another size")));
         }
-        let _ = self.sock.set(sock);
-        let _ = self.moved.set(s);
+        self.push_move(s, sock);
+        Ok(())
+    }
+}
+
+impl super::Shared {
+    /// The peer re-homed this port's channel (its end travels on): the
+    /// new segment and socket came on this port's socket, before anything
+    /// there that follows.
+    fn take_up_rehome(&self) -> Result<(), CloseReason> {
+        let offer = || self.moved_offer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (seg, sock) = loop {
+            if let Some(m) = offer() {
+                break m;
+            }
+            let _ = self.drain_socket(super::Half::Receiver, false);
+            if let Some(m) = offer() {
+                break m;
+            }
+            if self.broken() {
+                return Err(CloseReason::ProtocolError);
+            }
+            if self.eof() {
+                return Err(CloseReason::PeerDied);
+            }
+            let _ = sys::socket::wait(self.sock(), false, Some(LOOK_FOR_MOVE));
+        };
+        let s = Segment::open(seg).map_err(|_| self.corrupt(Corrupt("a moved channel's segment")))?;
+        if s.capacity() != self.seg().capacity() || !sys::socket::is_seqpacket(&sock) {
+            return Err(self.corrupt(Corrupt("a moved channel of another size")));
+        }
+        self.push_move(s, sock);
+        // The old socket's hang-up was the old end's going, not the peer's.
+        self.hung_up.store(false, Ordering::Release);
+        self.eof.store(false, Ordering::Release);
+        // The peer's end is with another process now: the next channel
+        // carried makes a link with it.
+        *self.made_link.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
     }
 }
@@ -237,9 +377,7 @@ impl PortSender {
     /// record whose commit saw the move, if the mover did not take it.
     pub(super) fn follow(&self) -> Result<(), CloseReason> {
         let sh = &self.shared;
-        let Some(s) = sh.moved.get() else {
-            return Ok(());
-        };
+        let s = sh.seg();
         let mut p = self.tx.borrow_mut();
         if Arc::ptr_eq(p.memory().segment(), s) {
             return Ok(());
@@ -298,9 +436,7 @@ impl PortReceiver {
     /// old ring with [`CLOSED_MOVED`] and writes on after them).
     pub(super) fn follow(&self) -> Result<(), CloseReason> {
         let sh = &self.shared;
-        let Some(s) = sh.moved.get() else {
-            return Ok(());
-        };
+        let s = sh.seg();
         let mut c = self.rx.borrow_mut();
         if Arc::ptr_eq(c.memory().segment(), s) {
             return Ok(());
@@ -325,9 +461,41 @@ impl PortReceiver {
         if self.rx.borrow().producer_close_code() != CLOSED_MOVED {
             return Ok(false);
         }
-        self.shared.take_up_move()?;
+        let from = self.rx.borrow().memory().segment().clone();
+        self.shared.take_up_move(&from)?;
         self.follow()?;
         Ok(true)
+    }
+}
+
+impl PortReceiver {
+    /// This half closes with records unread: the ports they name as kits
+    /// in a link's arenas are taken up and closed, so that their peers see
+    /// `Closed` (as ports in unread attachments are).
+    pub(super) fn close_unread_kits(&self) {
+        let (mem, head) = {
+            let c = self.rx.borrow();
+            (c.memory().clone(), c.head())
+        };
+        let mut reader = Consumer::reading_between(mem, head, u64::MAX, process_barriers());
+        while let Ok(Some(rec)) = reader.take() {
+            if !rec.meta.kits {
+                continue;
+            }
+            // SAFETY: a kits record's payload starts with the references'
+            // header when it holds one (checked by `arena_ports`, which
+            // reads nothing before checking the length).
+            let link_id = if rec.len >= size_of::<KitRefs>() {
+                unsafe { rec.payload.cast::<KitRefs>().as_ref() }
+                    .link
+                    .load(Ordering::Relaxed)
+            } else {
+                continue;
+            };
+            if let Ok(link) = self.link_of_kits(link_id) {
+                drop(arena_ports(&link, &rec));
+            }
+        }
     }
 }
 

@@ -273,7 +273,7 @@ impl PortReceiver {
 
     /// Take the next record and make it a message.
     #[inline]
-    fn take(&self) -> Result<Option<Message<'_>>, RecvError> {
+    pub(super) fn take(&self) -> Result<Option<Message<'_>>, RecvError> {
         if self.shared.broken() {
             return Err(RecvError::Closed(CloseReason::ProtocolError));
         }
@@ -394,9 +394,19 @@ impl PortReceiver {
         let head = unsafe { rec.payload.cast::<KitRefs>().as_ref() };
         // Relaxed: ordered after the Acquire load of the commit word.
         if head.flags.load(Ordering::Relaxed) == KITS_IN_ARENAS {
-            let link = self
-                .link_of_kits(head.link.load(Ordering::Relaxed))
-                .map_err(|c| RecvError::Closed(self.corrupt(c)))?;
+            let id = head.link.load(Ordering::Relaxed);
+            let link = match self.link_of_kits(id) {
+                Ok(link) => link,
+                // The link's invitation came when this process was out of
+                // descriptors: this message fails alone (its ports' peers
+                // see the link hung up).
+                Err(_) if self.shared.link_lost(id) => {
+                    return Err(RecvError::Io(std::io::Error::from_raw_os_error(
+                        rustix::io::Errno::MFILE.raw_os_error(),
+                    )));
+                }
+                Err(c) => return Err(RecvError::Closed(self.corrupt(c))),
+            };
             let (ports, prefix) =
                 super::promote::arena_ports(&link, rec).map_err(|c| RecvError::Closed(self.corrupt(c)))?;
             // SAFETY: `prefix <= rec.len`: the message lies inside the payload.
@@ -451,7 +461,7 @@ impl PortReceiver {
     /// The link named `id` that kits of a record on this port live in: the
     /// one this port's channel lives on, or one the peer's end sent over
     /// its socket (before the record: it is queued there if not taken in).
-    fn link_of_kits(&self, id: u64) -> Result<std::sync::Arc<crate::link::ArenaLink>, Corrupt> {
+    pub(super) fn link_of_kits(&self, id: u64) -> Result<std::sync::Arc<crate::link::ArenaLink>, Corrupt> {
         if let Some(on) = self.shared.link_only() {
             if on.link.id() == id {
                 return Ok(on.link.clone());

@@ -362,6 +362,34 @@ impl PortSender {
         ports: Vec<PortParts>,
         rx: Option<&PortReceiver>,
     ) -> Result<(), (PostError, Vec<PortParts>)> {
+        let mut r = self.send_record_once(meta, size_hint, wait, &mut fill, ports, rx);
+        // The channel moved under a post with descriptors: follow the
+        // move, then post there (once is enough; a second move cannot
+        // begin before this end takes up the first).
+        for _ in 0..2 {
+            match r {
+                Err((e, ports)) if super::attach::is_moving(&e) => {
+                    if let Err(reason) = self.follow_now() {
+                        return Err((PostError::Closed(reason), ports));
+                    }
+                    r = self.send_record_once(meta, size_hint, wait, &mut fill, ports, rx);
+                }
+                r => return r,
+            }
+        }
+        r
+    }
+
+    #[inline]
+    fn send_record_once(
+        &self,
+        meta: RecordMeta,
+        size_hint: usize,
+        wait: Wait,
+        fill: &mut impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
+        ports: Vec<PortParts>,
+        rx: Option<&PortReceiver>,
+    ) -> Result<(), (PostError, Vec<PortParts>)> {
         if let Err(e) = check_size(size_hint)
             .and_then(|()| self.check_not_reserved())
             .and_then(|()| self.check_postable())
@@ -382,7 +410,7 @@ impl PortSender {
         if size_hint == 0 && hint > max {
             need = hint;
         }
-        match self.fill_slot(need, 0, max, wait, rx, &mut fill) {
+        match self.fill_slot(need, 0, max, wait, rx, fill) {
             Ok(Ok((slot, len))) => {
                 if !ports.is_empty() {
                     let att = Attachment {
@@ -468,6 +496,7 @@ impl PortSender {
     #[inline]
     pub(super) fn commit(&self, slot: Slot, len: usize, meta: RecordMeta) {
         let wake = self.tx.borrow_mut().commit(slot, len, meta);
+        self.end_posting();
         if wake {
             let _ = self.wake_peer();
         }
@@ -481,7 +510,8 @@ impl PortSender {
 
     /// Follow the consumer's move of the channel (to its new segment).
     pub(super) fn follow_now(&self) -> Result<(), CloseReason> {
-        self.shared.take_up_move()?;
+        let from = self.tx.borrow().memory().segment().clone();
+        self.shared.take_up_move(&from)?;
         self.follow()
     }
 

@@ -27,11 +27,19 @@ pub(crate) struct Shared {
     /// link's arena (then, once the port moved off the link, `moved` is
     /// its segment now).
     pub(super) seg: Arc<Segment>,
-    pub(super) moved: OnceLock<Arc<Segment>>,
+    /// The moves of the channel, oldest first: each to a new segment and
+    /// socket pair (`promote.rs`). The last is where the port is now.
+    pub(super) moves: OnceLock<Box<Move>>,
     /// The port's socket: from the start for a port of its own, from its
     /// move for a port that was on a link. Closed, or kept with the kit,
     /// when the core drops (see `Drop`); taken out when the port travels.
     pub(super) sock: OnceLock<OwnedFd>,
+    /// A move of the channel the peer announced on the socket, not yet
+    /// followed: the new segment and this side's new socket.
+    pub(super) moved_offer: Mutex<Option<(OwnedFd, OwnedFd)>>,
+    /// Links whose invitation arrived without its descriptor (this process
+    /// was out of descriptors): records naming them fail alone.
+    pub(super) lost_links: Mutex<Vec<u64>>,
     /// The link the port's channel was made on, if any: its kit's number
     /// and generation. Until the port moves off it, wake-ups go through
     /// the link's doorbells and its death is the link's.
@@ -47,7 +55,7 @@ pub(crate) struct Shared {
     pub(super) arena_links: Mutex<Vec<Arc<ArenaLink>>>,
     /// The link this end made for the channels it carries (its far end
     /// sent over this port's socket).
-    pub(super) made_link: OnceLock<Arc<ArenaLink>>,
+    pub(super) made_link: Mutex<Option<Arc<ArenaLink>>>,
     /// A descriptor travelled on the socket (either way): the socket may
     /// hold some still, so its kit, if any, is not reused.
     pub(super) descriptors_seen: AtomicBool,
@@ -81,6 +89,14 @@ pub(crate) struct Shared {
     pub(super) kicks: OnceLock<[Kick; 2]>,
 }
 
+/// One move of a port's channel: the segment and socket it moved to.
+pub(crate) struct Move {
+    pub(super) seg: Arc<Segment>,
+    /// Taken when the port travels (`take_sock`).
+    pub(super) sock: Option<OwnedFd>,
+    pub(super) next: OnceLock<Box<Move>>,
+}
+
 /// Where a port on a link lives.
 pub(crate) struct OnLink {
     pub(crate) link: Arc<ArenaLink>,
@@ -112,21 +128,53 @@ impl Shared {
 
     /// The segment the port uses now.
     pub(super) fn seg(&self) -> &Arc<Segment> {
-        self.moved.get().unwrap_or(&self.seg)
+        self.last_move().map_or(&self.seg, |m| &m.seg)
+    }
+
+    /// The last move of the channel, if it moved.
+    pub(super) fn last_move(&self) -> Option<&Move> {
+        let mut m = self.moves.get()?;
+        while let Some(next) = m.next.get() {
+            m = next;
+        }
+        Some(m)
+    }
+
+    /// The channel moved to `seg`, with `sock` this side's socket there.
+    /// Only the port's own calls move it (one at a time).
+    pub(super) fn push_move(&self, seg: Arc<Segment>, sock: OwnedFd) {
+        let m = Box::new(Move {
+            seg,
+            sock: Some(sock),
+            next: OnceLock::new(),
+        });
+        let slot = match self.last_move() {
+            Some(last) => &last.next,
+            None => &self.moves,
+        };
+        let _ = slot.set(m);
+    }
+
+    /// Has the channel moved (off its link, or re-homed)?
+    pub(super) fn has_moved(&self) -> bool {
+        self.moves.get().is_some()
     }
 
     /// The link, while the port is on it (it has no socket of its own).
     pub(super) fn link_only(&self) -> Option<&OnLink> {
-        match self.sock.get() {
-            None => self.on_link.as_ref(),
-            Some(_) => None,
+        if self.sock.get().is_some() || self.has_moved() {
+            return None;
         }
+        self.on_link.as_ref()
     }
 
     /// The port's socket. A port on a link has none: its callers move it
     /// off the link first.
     pub(super) fn sock(&self) -> BorrowedFd<'_> {
-        match self.sock.get() {
+        match self
+            .last_move()
+            .map_or(self.sock.get(), |m| m.sock.as_ref())
+        {
             Some(s) => s.as_fd(),
             None => self
                 .on_link
@@ -173,15 +221,34 @@ impl Shared {
     /// The link this end makes the channels it carries in: made, and its
     /// far end sent over the socket, the first time. `None` for a port
     /// with no socket of its own, or if the link cannot be made.
-    pub(super) fn made_link(&self) -> Option<&Arc<ArenaLink>> {
-        if let Some(l) = self.made_link.get() {
-            return Some(l);
+    pub(super) fn made_link(&self) -> Option<Arc<ArenaLink>> {
+        if self.link_only().is_some() {
+            return None;
         }
-        self.sock.get()?;
+        let mut made = self.made_link.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = made.as_ref().filter(|l| !l.look_for_hang_up()) {
+            return Some(l.clone());
+        }
+        // None yet, or its far end is gone (never installed, or closed):
+        // a new one.
         let (link, far) = ArenaLink::create().ok()?;
         sys::socket::send_link(self.sock(), link.id(), far.as_fd()).ok()?;
         self.descriptors_seen.store(true, Ordering::Relaxed);
-        Some(self.made_link.get_or_init(|| link))
+        *made = Some(link.clone());
+        Some(link)
+    }
+
+    /// Did link `id`'s invitation arrive without its descriptor?
+    pub(super) fn link_lost(&self, id: u64) -> bool {
+        self.lost_links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+    }
+
+    /// The link this end made, if any.
+    pub(super) fn made_link_now(&self) -> Option<Arc<ArenaLink>> {
+        self.made_link.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The links of the channels this port carries.
@@ -207,8 +274,16 @@ impl Shared {
     /// Take the socket out to travel with the port's parts (a port on a
     /// link moves off it before it travels).
     pub(super) fn take_sock(&mut self) -> OwnedFd {
-        self.sock
-            .take()
+        fn last_sock(m: &mut Move) -> Option<OwnedFd> {
+            match m.next.get_mut() {
+                Some(next) => last_sock(next),
+                None => m.sock.take(),
+            }
+        }
+        self.moves
+            .get_mut()
+            .and_then(|m| last_sock(m))
+            .or_else(|| self.sock.take())
             .expect("a travelling port has a socket of its own")
     }
 
@@ -307,6 +382,16 @@ impl Shared {
                     }
                 }
             }
+            Incoming::LinkLost(id) => {
+                self.lost_links
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(id);
+            }
+            Incoming::Moved(seg, sock) => {
+                self.descriptors_seen.store(true, Ordering::Relaxed);
+                *self.moved_offer.lock().unwrap_or_else(|e| e.into_inner()) = Some((seg, sock));
+            }
             Incoming::Empty | Incoming::Wake => {}
         }
         false
@@ -383,13 +468,24 @@ impl Drop for Shared {
     /// next channel; otherwise the socket closes (the peer's hang-up).
     fn drop(&mut self) {
         let clean = self.kit_clean();
+        if self.has_moved() {
+            // Moved: the sockets close with the moves (the last one is the
+            // port's; the old ones' peers moved on).
+            drop(self.sock.take());
+            if let Some(l) = self.on_link.take() {
+                if self.side == Side::B {
+                    l.link.forget(l.kit);
+                }
+            }
+            return;
+        }
         let Some(sock) = self.sock.take() else {
             // On a link (or travelled): a clean end of the kit is kept.
             if let Some(l) = self.on_link.take() {
                 if self.transferred.load(Ordering::Relaxed) {
                     return;
                 }
-                if clean && !l.link.hung_up() && self.moved.get().is_none() {
+                if clean && !l.link.hung_up() && !self.has_moved() {
                     let kit = ArenaKit {
                         id: l.kit,
                         seg: self.seg.clone(),
@@ -409,7 +505,7 @@ impl Drop for Shared {
             }
         }
         match self.kit.take() {
-            Some(home) if clean && self.moved.get().is_none() => {
+            Some(home) if clean && !self.has_moved() => {
                 home.keep(self.seg.clone(), sock, self.side)
             }
             _ => drop(sock),

@@ -140,22 +140,87 @@ pub(crate) trait KitWords: KitMemory {
         k.generation.store(generation, Ordering::Relaxed);
     }
 
-    /// Claim the move of the channel for `side`: `Ok` if this side moves
-    /// it (or already did), `Err` if the other side claimed it first.
-    fn claim_move(&self, side: Side) -> Result<(), ()> {
+    /// Claim the move of the channel for `side`: [`Claim::Mine`] if this
+    /// side moves it (or already did), [`Claim::Theirs`] if the other side
+    /// claimed it first, [`Claim::Busy`] while the other side posts with
+    /// descriptors or kit references ([`KitWords::claim_posting`]): try
+    /// again (taking in what it sends meanwhile).
+    fn claim_move(&self, side: Side) -> Claim {
         let me = side as u32 + 1;
-        // AcqRel: the winner's later stores (the move) and the loser's
-        // later loads are ordered by this word; nothing else rides on it.
-        match self
-            .kit_line()
-            .mover
-            .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => Ok(()),
-            Err(v) if v == me => Ok(()),
-            Err(_) => Err(()),
+        let word = &self.kit_line().mover;
+        loop {
+            // Acquire / AcqRel: the winner's later stores (the move) and
+            // the loser's later loads are ordered by this word.
+            let v = word.load(Ordering::Acquire);
+            if v & MOVER == me {
+                return Claim::Mine;
+            }
+            if v & MOVER != 0 {
+                return Claim::Theirs;
+            }
+            if v & posting_bit(other(side)) != 0 {
+                return Claim::Busy;
+            }
+            if word
+                .compare_exchange(v, v | me, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Claim::Mine;
+            }
         }
+    }
+
+    /// `side` is about to post a record whose descriptors or kit
+    /// references must reach the peer where it is now: `false` if a move
+    /// has begun (follow it first). Ended by [`KitWords::end_posting`].
+    fn claim_posting(&self, side: Side) -> bool {
+        let word = &self.kit_line().mover;
+        loop {
+            // Acquire: see `claim_move`.
+            let v = word.load(Ordering::Acquire);
+            if v & MOVER != 0 {
+                return false;
+            }
+            if word
+                .compare_exchange(v, v | posting_bit(side), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return true;
+            }
+        }
+    }
+
+    /// The post [`claim_posting`](KitWords::claim_posting) covered is
+    /// committed (or given up).
+    fn end_posting(&self, side: Side) {
+        // Release: the commit before comes before a mover's claim.
+        self.kit_line()
+            .mover
+            .fetch_and(!posting_bit(side), Ordering::Release);
     }
 }
 
 impl<M: KitMemory + ?Sized> KitWords for M {}
+
+/// The mover word's bits that name the mover (`side + 1`).
+const MOVER: u32 = 3;
+
+/// The mover word's bit of `side` posting ([`KitWords::claim_posting`]).
+fn posting_bit(side: Side) -> u32 {
+    4 << side as u32
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::A => Side::B,
+        Side::B => Side::A,
+    }
+}
+
+/// What [`KitWords::claim_move`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    Mine,
+    Theirs,
+    Busy,
+}
