@@ -416,3 +416,41 @@ fn requests_over_a_port_that_came_on_a_link() {
         request(&x1, n);
     }
 }
+
+/// Ten thousand live channels to one peer, made here and posted before
+/// use: each is a kit in the link's arenas, so both processes hold a
+/// handful of descriptors, not two per channel. Then the peer is killed:
+/// every channel reports it.
+#[test]
+fn ten_thousand_live_channels_to_one_peer_hold_a_handful_of_descriptors() {
+    let _serial = serial();
+    let before = open_fds().len();
+    let (child, x) = shmport::spawn(peer("hoarder")).unwrap();
+    let pid = child.id();
+    let victim = Victim::new(child);
+    let mut mine = Vec::new();
+    for _ in 0..10_000 {
+        let (m, theirs) = shmport::ChannelBuilder::new()
+            .capacity(16 * 1024)
+            .build()
+            .unwrap()
+            .into_ports();
+        x.post_bytes_with_ports(b"p", vec![theirs]).unwrap();
+        mine.push(m);
+    }
+    for m in &mine {
+        assert_eq!(m.recv().unwrap().bytes(), b"kept");
+    }
+    let here = open_fds().len() - before;
+    let there = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    println!("descriptors for 10,000 live channels: {here} here, {there} in the peer");
+    assert!(here <= 16, "{here} descriptors here");
+    assert!(there <= 24, "{there} descriptors in the peer");
+    drop(victim);
+    for m in &mine {
+        assert!(matches!(
+            m.recv_timeout(Duration::from_secs(10)),
+            Err(RecvError::Closed(CloseReason::PeerDied))
+        ));
+    }
+}
