@@ -175,6 +175,9 @@ fn rehome_claimed(tx: &PortSender, rx: &PortReceiver) -> Result<(), Moving> {
         Side::B => Side::A,
     };
     let stand_in = MessagePort::from_parts(s.clone(), other, theirs, sh.spin())?;
+    // Its pool would be unknown to the peer that takes its side over:
+    // messages too large for the ring go out of line, each in its memfd.
+    stand_in.set_pool_limit(Some(0));
     for (fingerprint, bytes, ports) in residue {
         stand_in
             .try_post_forwarded(&bytes, fingerprint, ports)
@@ -253,6 +256,9 @@ fn move_off(
             Side::B => Side::A,
         };
         let stand_in = MessagePort::from_parts(s.clone(), other, theirs, sh.spin())?;
+    // Its pool would be unknown to the peer that takes its side over:
+    // messages too large for the ring go out of line, each in its memfd.
+    stand_in.set_pool_limit(Some(0));
         for (fingerprint, bytes, ports) in residue {
             stand_in
                 .try_post_forwarded(&bytes, fingerprint, ports)
