@@ -43,6 +43,38 @@ use crate::shm::ring::Corrupt;
 use crate::shm::segment::{Segment, Side};
 use crate::sys::{self, socket::Incoming};
 
+/// Ends of links and kit carriers alive in this process (`crate::port`
+/// keeps a few unused channel kits only while some are).
+static CARRIERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// What to do when the last carrier goes (set by `crate::port`).
+static ON_LAST: OnceLock<fn()> = OnceLock::new();
+
+/// A link end, or a kit carrier, was made.
+pub(crate) fn carrier_made() {
+    // Relaxed: a count; what it guards has its own lock.
+    CARRIERS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One is gone; the last one runs the hook set by [`on_last_carrier`].
+pub(crate) fn carrier_gone() {
+    if CARRIERS.fetch_sub(1, Ordering::Relaxed) == 1 {
+        if let Some(f) = ON_LAST.get() {
+            f();
+        }
+    }
+}
+
+/// Are any alive?
+pub(crate) fn carriers_alive() -> bool {
+    CARRIERS.load(Ordering::Relaxed) > 0
+}
+
+/// Run `f` when the last carrier goes.
+pub(crate) fn on_last_carrier(f: fn()) {
+    let _ = ON_LAST.set(f);
+}
+
 /// The most arena bytes a peer may announce on one link.
 pub(crate) const PEER_ARENA_QUOTA: usize = 64 << 30;
 /// The most arenas a peer may announce on one link.
@@ -60,6 +92,8 @@ pub(crate) struct ArenaLink {
     broken: OnceLock<Corrupt>,
     state: Mutex<State>,
     bells: Mutex<Bells>,
+    /// When [`ArenaLink::gone`] last looked at the socket.
+    looked: Mutex<Option<std::time::Instant>>,
 }
 
 /// A channel's segment in an arena of the link, at one side.
@@ -108,6 +142,7 @@ impl ArenaLink {
     }
 
     fn new(id: u64, side: Side, sock: OwnedFd) -> Arc<ArenaLink> {
+        carrier_made();
         Arc::new(ArenaLink {
             id,
             side,
@@ -116,6 +151,7 @@ impl ArenaLink {
             broken: OnceLock::new(),
             state: Mutex::new(State::default()),
             bells: Mutex::new(Bells::default()),
+            looked: Mutex::new(None),
         })
     }
 
@@ -409,6 +445,23 @@ impl ArenaLink {
         Ok(())
     }
 
+    /// Is the peer's end gone? Looks at the socket (one `poll`) at most
+    /// once a millisecond: a far end never installed (its receiver was out
+    /// of descriptors) is seen within that.
+    pub(crate) fn gone(&self) -> bool {
+        if self.hung_up() {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        let mut last = self.looked.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_millis(1)) {
+            return false;
+        }
+        *last = Some(now);
+        drop(last);
+        self.look_for_hang_up()
+    }
+
     /// Has the peer hung up? One look at the socket, without waiting.
     pub(crate) fn look_for_hang_up(&self) -> bool {
         if !self.hung_up() && sys::socket::hung_up(&[self.sock.as_fd()])[0] {
@@ -455,6 +508,12 @@ impl ArenaLink {
     /// The link's socket (for waits that also watch the link).
     pub(crate) fn sock(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
+    }
+}
+
+impl Drop for ArenaLink {
+    fn drop(&mut self) {
+        carrier_gone();
     }
 }
 

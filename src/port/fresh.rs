@@ -12,7 +12,6 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -30,21 +29,11 @@ const KEEP_UNUSED: usize = 8;
 /// a process that closed all its ports holds no descriptor of shmport's.
 static UNUSED: Mutex<Vec<LocalKit>> = Mutex::new(Vec::new());
 
-/// Links alive in this process.
-static LINKS: AtomicUsize = AtomicUsize::new(0);
-
-/// A link was made (see [`UNUSED`]).
-pub(crate) fn link_made() {
-    // Relaxed: a count; the pool's mutex orders what it guards.
-    LINKS.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A link is gone; the last one takes the unused local kits with it.
-pub(crate) fn link_gone() {
-    if LINKS.fetch_sub(1, Ordering::Relaxed) == 1 {
-        let kept = std::mem::take(&mut *unused());
-        drop(kept);
-    }
+/// The last link (or kit carrier) is gone: the unused local kits go with
+/// it.
+fn drop_unused() {
+    let kept = std::mem::take(&mut *unused());
+    drop(kept);
 }
 
 fn unused() -> MutexGuard<'static, Vec<LocalKit>> {
@@ -92,7 +81,8 @@ impl LocalKit {
 
     fn keep(self) {
         let mut kept = unused();
-        if kept.len() < KEEP_UNUSED && LINKS.load(Ordering::Relaxed) > 0 {
+        crate::link::on_last_carrier(drop_unused);
+        if kept.len() < KEEP_UNUSED && crate::link::carriers_alive() {
             kept.push(self);
         }
     }

@@ -199,7 +199,8 @@ impl PortReceiver {
             drop(rx);
             // Take in what is still queued on the socket (a reset peer
             // leaves it there), so that orphans are dropped below.
-            if !self.shared.eof() {
+            // (A port on a link has no socket of its own: nothing queued.)
+            if !self.shared.eof() && self.shared.link_only().is_none() {
                 let _ = self.drain_socket(false);
             }
             // No record will come for attachments still in the inbox: the

@@ -226,7 +226,7 @@ impl Shared {
             return None;
         }
         let mut made = self.made_link.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(l) = made.as_ref().filter(|l| !l.look_for_hang_up()) {
+        if let Some(l) = made.as_ref().filter(|l| !l.gone()) {
             return Some(l.clone());
         }
         // None yet, or its far end is gone (never installed, or closed):
