@@ -335,8 +335,77 @@ impl MessagePort {
     /// whose core is `sender`: nesting depth, and whether `sender`'s peer
     /// is in it.
     pub(super) fn scan_inbox(&self, sender: &Shared) -> crate::wire::attachment::Scan {
-        crate::wire::attachment::scan(&self.rx().shared.inbox(), &sender.seg, sender.side)
+        let inbox = self.rx().shared.inbox();
+        let mut scan = crate::wire::attachment::scan(&inbox, &sender.seg, sender.side);
+        // The sender's peer may also be queued as a kit reference in a
+        // record (a port of a channel made for a link): in this port's
+        // ring, or in the ring of a port in its inbox.
+        if let Some(on) = sender.on_link.as_ref().filter(|_| !scan.holds_peer) {
+            let kit = (on.link.id(), on.kit);
+            let c = self.rx().rx.borrow();
+            scan.holds_peer = queued_kits_name(c.memory().clone(), c.head(), kit)
+                || inbox_kits_name(&inbox, kit, crate::wire::attachment::MAX_DEPTH);
+        }
+        scan
     }
+}
+
+/// Does a record committed in the ring of `mem` from `head` on name kit
+/// `kit` (link number, kit number)? Reads what the peer wrote: every
+/// length is checked, and no more than a ring of records is looked at.
+fn queued_kits_name(mem: SegmentRing, head: u64, kit: (u64, u64)) -> bool {
+    let mut reader = Consumer::reading_between(mem, head, u64::MAX, process_barriers());
+    while let Ok(Some(rec)) = reader.take() {
+        if rec.meta.kits && record_names_kit(&rec, kit) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Does a kits record name kit `kit` in link `kit.0`'s arenas?
+fn record_names_kit(rec: &crate::shm::ring::Record, (link, id): (u64, u64)) -> bool {
+    use crate::shm::layout::{KITS_IN_ARENAS, KitRef, KitRefs, kit_refs_size};
+    let n = rec.meta.nports as usize;
+    if n == 0 || n > super::MAX_PORTS || kit_refs_size(n) > rec.len {
+        return false;
+    }
+    // SAFETY: the payload holds `rec.len >= kit_refs_size(n)` bytes inside
+    // the ring, 32-byte aligned; the references are atomics only.
+    let head = unsafe { rec.payload.cast::<KitRefs>().as_ref() };
+    // Relaxed: ordered after the Acquire load of the commit word.
+    if head.flags.load(Ordering::Relaxed) != KITS_IN_ARENAS
+        || head.link.load(Ordering::Relaxed) != link
+    {
+        return false;
+    }
+    (0..n).any(|i| {
+        // SAFETY: entry `i` lies inside the references (checked above).
+        let r = unsafe {
+            rec.payload
+                .add(size_of::<KitRefs>() + i * size_of::<KitRef>())
+                .cast::<KitRef>()
+                .as_ref()
+        };
+        r.id.load(Ordering::Relaxed) == id
+    })
+}
+
+/// Does a port in `inbox` (at any depth up to `depth`) hold a record that
+/// names kit `kit` in its ring?
+fn inbox_kits_name(inbox: &VecDeque<Attachment>, kit: (u64, u64), depth: usize) -> bool {
+    inbox.iter().flat_map(|a| &a.ports).any(|p| {
+        let seg = match &p.seg {
+            SegmentRef::Mapped(s) => Some(s.clone()),
+            SegmentRef::Unopened(fd) => fd.try_clone().ok().and_then(|fd| Segment::open(fd).ok()),
+        };
+        let queued = seg.is_some_and(|seg| {
+            let (_, rx) = p.side.rings();
+            let head = seg.published_head(rx);
+            queued_kits_name(SegmentRing::new(seg, rx), head, kit)
+        });
+        queued || (depth > 0 && inbox_kits_name(&p.inbox, kit, depth - 1))
+    })
 }
 
 /// Posting with ports failed: nothing was sent, and every port is handed
