@@ -87,7 +87,13 @@ fn peer_entry() {
             let x = second.take_ports().unwrap().pop().unwrap();
             drop(second);
             loop {
-                let mut m = match x.recv() { Ok(m) => m, Err(e) => { eprintln!("responder: {e:?}"); break } };
+                let mut m = match x.recv() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        eprintln!("responder: {e:?}");
+                        break;
+                    }
+                };
                 let n = m.get::<u32>().unwrap().to_native();
                 let reply = m.take_ports().unwrap().pop().unwrap();
                 drop(m);
@@ -442,7 +448,9 @@ fn ten_thousand_live_channels_to_one_peer_hold_a_handful_of_descriptors() {
         assert_eq!(m.recv().unwrap().bytes(), b"kept");
     }
     let here = open_fds().len() - before;
-    let there = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let there = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     println!("descriptors for 10,000 live channels: {here} here, {there} in the peer");
     assert!(here <= 16, "{here} descriptors here");
     assert!(there <= 24, "{there} descriptors in the peer");

@@ -90,8 +90,6 @@ pub(crate) fn recv_port(
         | Incoming::LostPart
         | Incoming::Link(..)
         | Incoming::LinkLost(_)
-        | Incoming::Moved(..) => {
-            Err(RecvPortError::Garbage("not a port"))
-        }
+        | Incoming::Moved(..) => Err(RecvPortError::Garbage("not a port")),
     }
 }

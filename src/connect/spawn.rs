@@ -48,7 +48,10 @@ impl ChannelBuilder {
         let port = MessagePort::from_parts(seg.clone(), Side::A, mine, self.spin_time())
             .map_err(std::io::Error::other)?;
         self.configure(&port);
-        let keep: [RawFd; 2] = [theirs.as_raw_fd(), std::os::fd::AsFd::as_fd(&*seg).as_raw_fd()];
+        let keep: [RawFd; 2] = [
+            theirs.as_raw_fd(),
+            std::os::fd::AsFd::as_fd(&*seg).as_raw_fd(),
+        ];
         cmd.env(
             PORT_ENV,
             format!("{},{},{}", keep[0], keep[1], self.spin_time().as_nanos()),

@@ -54,6 +54,15 @@ impl PortSender {
         rx: Option<&PortReceiver>,
     ) -> Result<(), TransferError> {
         let refuse = |error, ports| Err(TransferError { error, ports });
+        // The peer moved this channel off its link: ports queued for the
+        // peer name the segment it moved to. Follow first, so that the
+        // checks below know it (a peer gone shows at the post itself).
+        if self.shared.link_only().is_some() && self.shared.seg.moved_by_other(self.shared.side) {
+            let from = self.tx.borrow().memory().segment().clone();
+            if self.shared.take_up_move(&from).is_ok() {
+                let _ = self.follow();
+            }
+        }
         if ports.iter().any(|p| p.is_peer_of(&self.shared)) {
             return refuse(PostError::PeerInTransfer, ports);
         }
@@ -81,6 +90,10 @@ impl PortSender {
                 // Nothing was ever queued on it.
                 return Ok(());
             }
+            // A port on a link moves off it to travel anyway; moved, or
+            // following its peer's move, its queue is on its own socket.
+            // A peer gone meanwhile shows at the port's next call.
+            let _ = p.leave_link();
             p.take_in().map_err(PostError::Io)?;
             let scan = p.scan_inbox(&self.shared);
             if scan.holds_peer {

@@ -14,8 +14,8 @@ use super::kit::Kit;
 use super::send::check_size;
 use super::{MAX_PORTS, MessagePort, PortReceiver, PortSender, Wait};
 use crate::error::PostError;
-use crate::shm::kit::KitWords;
 use crate::link::{ArenaKit, ArenaLink};
+use crate::shm::kit::KitWords;
 use crate::shm::layout::{KIT_NEW, KITS_IN_ARENAS, KitRef, KitRefs, kit_refs_size};
 use crate::shm::ring::{Kind, RecordMeta};
 use crate::shm::segment::Side;
@@ -87,7 +87,9 @@ impl PortSender {
             }
         }
         if let Some(link) = self.shared.made_link() {
-            return self.post_on_link(&link, meta, size_hint, wait, ports, fill, rx, states, &fresh);
+            return self.post_on_link(
+                &link, meta, size_hint, wait, ports, fill, rx, states, &fresh,
+            );
         }
         let link = self.shared.link().clone();
         let mut kits: Vec<(Kit, u32)> = Vec::with_capacity(n);
@@ -250,6 +252,7 @@ impl PortSender {
             pool: Vec::new(),
             kit: true,
             held: Vec::new(),
+            links: Vec::new(),
         };
         let home = link.home(near.id, generation, true);
         fresh::bind(&mut state, 1 - index, near, home);
@@ -323,7 +326,8 @@ fn write_arena_refs(
         };
         r.id.store(kit.id, Ordering::Relaxed);
         r.generation.store(*generation, Ordering::Relaxed);
-        r.reserved.store(if *new { KIT_NEW } else { 0 }, Ordering::Relaxed);
+        r.reserved
+            .store(if *new { KIT_NEW } else { 0 }, Ordering::Relaxed);
         let spin = f.settings().spin.as_nanos().min(u64::MAX as u128) as u64;
         r.spin_ns.store(spin, Ordering::Relaxed);
     }

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::kit::{Kit, KitHome};
-use crate::link::{ArenaKit, ArenaLink};
 use super::{Halves, MessagePort, Trust};
+use crate::link::{ArenaKit, ArenaLink};
 use crate::shm::segment::{Segment, Side};
 use crate::sys;
 

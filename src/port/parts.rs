@@ -15,9 +15,9 @@ use rkyv::ser::allocator::Arena;
 
 use super::kit::{Kit, KitHome};
 use super::shared::OnLink;
-use crate::link::{ArenaKit, ArenaLink};
 use super::{DEFAULT_MAX_MESSAGE_SIZE, MessagePort, PortReceiver, PortSender, Shared, Trust};
 use crate::error::PostError;
+use crate::link::{ArenaKit, ArenaLink};
 use crate::shm::pool::BufferInfo;
 use crate::shm::pool::reader::{AddError, PoolReader};
 use crate::shm::pool::writer::PoolWriter;
@@ -108,7 +108,15 @@ impl MessagePort {
         spin: Duration,
     ) -> Result<MessagePort, Corrupt> {
         let (tx, rx) = open_rings(&seg, side)?;
-        Ok(Self::from_rings(seg, side, Home::Socket(sock), spin, tx, rx, None))
+        Ok(Self::from_rings(
+            seg,
+            side,
+            Home::Socket(sock),
+            spin,
+            tx,
+            rx,
+            None,
+        ))
     }
 
     /// Rebuild a port of this process that was taken apart for a transfer
@@ -180,6 +188,7 @@ impl MessagePort {
             sock,
             moved_offer: Mutex::new(None),
             lost_links: Mutex::new(Vec::new()),
+            invitations: Mutex::new(Vec::new()),
             on_link,
             side,
             kit: OnceLock::new(),
@@ -292,6 +301,8 @@ impl MessagePort {
                 let inbox = std::mem::take(s.inbox.get_mut().unwrap_or_else(|e| e.into_inner()));
                 let partial =
                     std::mem::take(s.taking_in.get_mut().unwrap_or_else(|e| e.into_inner()));
+                let links =
+                    std::mem::take(s.invitations.get_mut().unwrap_or_else(|e| e.into_inner()));
                 PortParts {
                     seg: SegmentRef::Mapped(s.seg().clone()),
                     sock: s.take_sock(),
@@ -302,6 +313,7 @@ impl MessagePort {
                     pool,
                     kit: false,
                     held,
+                    links,
                 }
             }
             // Nothing else holds the core of a whole port (messages and
@@ -336,31 +348,55 @@ impl MessagePort {
     /// is in it.
     pub(super) fn scan_inbox(&self, sender: &Shared) -> crate::wire::attachment::Scan {
         let inbox = self.rx().shared.inbox();
-        let mut scan = crate::wire::attachment::scan(&inbox, &sender.seg, sender.side);
-        // The sender's peer may also be queued as a kit reference in a
-        // record (a port of a channel made for a link): in this port's
-        // ring, or in the ring of a port in its inbox.
-        if let Some(on) = sender.on_link.as_ref().filter(|_| !scan.holds_peer) {
-            let kit = (on.link.id(), on.kit);
+        let segs = [&sender.seg, sender.seg()];
+        let mut scan = crate::wire::attachment::scan(&inbox, &segs, sender.side);
+        // Ports also travel as kit references in records: the sender's
+        // peer may be one (a port of a channel made for a link), in this
+        // port's ring or in the ring of a port in its inbox; and a record
+        // of kits is one more level of ports for the receiver, like an
+        // attachment (their ports are unused: nothing below them).
+        let kit = sender.on_link.as_ref().map(|on| (on.link.id(), on.kit));
+        let queued = {
             let c = self.rx().rx.borrow();
-            scan.holds_peer = queued_kits_name(c.memory().clone(), c.head(), kit)
-                || inbox_kits_name(&inbox, kit, crate::wire::attachment::MAX_DEPTH);
+            queued_kits(c.memory().clone(), c.head(), kit)
+        };
+        if queued.any {
+            scan.depth = scan.depth.max(1);
         }
+        scan.holds_peer |= queued.names_kit;
+        inbox_rings(&inbox, kit, 1, &mut scan);
         scan
     }
 }
 
-/// Does a record committed in the ring of `mem` from `head` on name kit
-/// `kit` (link number, kit number)? Reads what the peer wrote: every
-/// length is checked, and no more than a ring of records is looked at.
-fn queued_kits_name(mem: SegmentRing, head: u64, kit: (u64, u64)) -> bool {
+/// What the records queued in a ring say of kits.
+struct QueuedKits {
+    /// Some record holds kit references.
+    any: bool,
+    /// Some record names the kit looked for.
+    names_kit: bool,
+}
+
+/// Look at the records committed in the ring of `mem` from `head` on: do
+/// any hold kit references, and does one name kit `kit` (link number, kit
+/// number)? Reads what the peer wrote: every length is checked, and no
+/// more than a ring of records is looked at.
+fn queued_kits(mem: SegmentRing, head: u64, kit: Option<(u64, u64)>) -> QueuedKits {
+    let mut out = QueuedKits {
+        any: false,
+        names_kit: false,
+    };
     let mut reader = Consumer::reading_between(mem, head, u64::MAX, process_barriers());
     while let Ok(Some(rec)) = reader.take() {
-        if rec.meta.kits && record_names_kit(&rec, kit) {
-            return true;
+        if rec.meta.kits {
+            out.any = true;
+            out.names_kit |= kit.is_some_and(|k| record_names_kit(&rec, k));
+            if out.names_kit || kit.is_none() {
+                break;
+            }
         }
     }
-    false
+    out
 }
 
 /// Does a kits record name kit `kit` in link `kit.0`'s arenas?
@@ -391,21 +427,34 @@ fn record_names_kit(rec: &crate::shm::ring::Record, (link, id): (u64, u64)) -> b
     })
 }
 
-/// Does a port in `inbox` (at any depth up to `depth`) hold a record that
-/// names kit `kit` in its ring?
-fn inbox_kits_name(inbox: &VecDeque<Attachment>, kit: (u64, u64), depth: usize) -> bool {
-    inbox.iter().flat_map(|a| &a.ports).any(|p| {
+/// The rings of the ports in `inbox` (at `level`: 1 for the inbox of the
+/// port that travels), and of ports in their inboxes: a record of kits in
+/// one is a level below it; one naming `kit` holds the sender's peer.
+fn inbox_rings(
+    inbox: &VecDeque<Attachment>,
+    kit: Option<(u64, u64)>,
+    level: usize,
+    scan: &mut crate::wire::attachment::Scan,
+) {
+    if level > crate::wire::attachment::MAX_DEPTH {
+        return;
+    }
+    for p in inbox.iter().flat_map(|a| &a.ports) {
         let seg = match &p.seg {
             SegmentRef::Mapped(s) => Some(s.clone()),
             SegmentRef::Unopened(fd) => fd.try_clone().ok().and_then(|fd| Segment::open(fd).ok()),
         };
-        let queued = seg.is_some_and(|seg| {
+        if let Some(seg) = seg {
             let (_, rx) = p.side.rings();
             let head = seg.published_head(rx);
-            queued_kits_name(SegmentRing::new(seg, rx), head, kit)
-        });
-        queued || (depth > 0 && inbox_kits_name(&p.inbox, kit, depth - 1))
-    })
+            let queued = queued_kits(SegmentRing::new(seg, rx), head, kit);
+            if queued.any {
+                scan.depth = scan.depth.max(level + 1);
+            }
+            scan.holds_peer |= queued.names_kit;
+        }
+        inbox_rings(&p.inbox, kit, level + 1, scan);
+    }
 }
 
 /// Posting with ports failed: nothing was sent, and every port is handed
@@ -437,9 +486,15 @@ impl PortParts {
             SegmentRef::Mapped(s) => s,
             SegmentRef::Unopened(fd) => open_received(fd, &self.sock)?,
         };
-        let (inbox, partial, pool, held) = (self.inbox, self.partial, self.pool, self.held);
+        let (inbox, partial, pool, held, links) =
+            (self.inbox, self.partial, self.pool, self.held, self.links);
         MessagePort::from_parts(seg, self.side, self.sock, self.spin)
-            .map(|p| p.with_inbox(inbox, partial).with_pool(pool).with_held(held))
+            .map(|p| {
+                p.with_inbox(inbox, partial)
+                    .with_pool(pool)
+                    .with_held(held)
+                    .with_invitations(links)
+            })
             .map_err(|c| OpenError::Corrupt(c.0))
     }
 
@@ -453,7 +508,8 @@ impl PortParts {
                 MessagePort::rebuild(seg, self.side, self.sock, self.spin)
                     .with_inbox(self.inbox, self.partial)
                     .with_pool(self.pool)
-                    .with_held(self.held),
+                    .with_held(self.held)
+                    .with_invitations(self.links),
             ),
             SegmentRef::Unopened(_) => None,
         }
@@ -495,6 +551,17 @@ impl MessagePort {
         self.tx().shared.link().import_held(kits.collect());
         self
     }
+
+    /// The link invitations the port had not used come with it; a record
+    /// naming one adopts it here.
+    fn with_invitations(self, links: Vec<(u64, OwnedFd)>) -> Self {
+        for (id, sock) in links {
+            if let Err(c) = self.tx().shared.invited(id, sock) {
+                let _ = self.tx().shared.broken.set(c);
+            }
+        }
+        self
+    }
 }
 
 /// The parts of a port whose peer is gone, for a port on a link that could
@@ -517,6 +584,7 @@ fn gone_parts(port: &MessagePort) -> PortParts {
         pool: Vec::new(),
         kit: false,
         held: Vec::new(),
+        links: Vec::new(),
     }
 }
 

@@ -33,7 +33,7 @@ use super::{MessagePort, PortReceiver, PortSender};
 use crate::error::CloseReason;
 use crate::link::ArenaLink;
 use crate::shm::kit::{Claim, KitWords};
-use crate::shm::layout::{CLOSED_MOVED, KITS_IN_ARENAS, KIT_NEW, KitRef, KitRefs, kit_refs_size};
+use crate::shm::layout::{CLOSED_MOVED, KIT_NEW, KITS_IN_ARENAS, KitRef, KitRefs, kit_refs_size};
 use crate::shm::pool::reader::PoolReader;
 use crate::shm::pool::writer::PoolWriter;
 use crate::shm::ring::{Consumer, Corrupt, Kind, Producer, Record};
@@ -196,7 +196,10 @@ fn rehome_claimed(tx: &PortSender, rx: &PortReceiver) -> Result<(), Moving> {
     let fd = s.fd().expect("a segment made with its own memfd");
     sys::socket::send_moved(sh.sock(), fd.as_fd(), theirs.as_fd())?;
     sh.push_move(s, mine);
+    // The peer makes a new link for the end's next holder; the residue's
+    // records named (and adopted) what they needed of these.
     sh.links().clear();
+    sh.invitations().clear();
     Ok(())
 }
 
@@ -256,9 +259,9 @@ fn move_off(
             Side::B => Side::A,
         };
         let stand_in = MessagePort::from_parts(s.clone(), other, theirs, sh.spin())?;
-    // Its pool would be unknown to the peer that takes its side over:
-    // messages too large for the ring go out of line, each in its memfd.
-    stand_in.set_pool_limit(Some(0));
+        // Its pool would be unknown to the peer that takes its side over:
+        // messages too large for the ring go out of line, each in its memfd.
+        stand_in.set_pool_limit(Some(0));
         for (fingerprint, bytes, ports) in residue {
             stand_in
                 .try_post_forwarded(&bytes, fingerprint, ports)
@@ -286,7 +289,6 @@ fn move_off(
         Ok(())
     }
 }
-
 
 /// Why a move failed.
 enum Moving {
@@ -332,7 +334,8 @@ impl super::Shared {
             }
             let _ = sys::socket::wait(on.link.sock(), false, Some(LOOK_FOR_MOVE));
         };
-        let s = Segment::open(seg).map_err(|_| self.corrupt(Corrupt("a moved channel's segment")))?;
+        let s =
+            Segment::open(seg).map_err(|_| self.corrupt(Corrupt("a moved channel's segment")))?;
         if s.capacity() != self.seg.capacity() || !sys::socket::is_seqpacket(&sock) {
             return Err(self.corrupt(Corrupt("a moved channel of another size")));
         }
@@ -346,7 +349,12 @@ impl super::Shared {
     /// new segment and socket came on this port's socket, before anything
     /// there that follows.
     fn take_up_rehome(&self) -> Result<(), CloseReason> {
-        let offer = || self.moved_offer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let offer = || {
+            self.moved_offer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+        };
         let (seg, sock) = loop {
             if let Some(m) = offer() {
                 break m;
@@ -363,7 +371,8 @@ impl super::Shared {
             }
             let _ = sys::socket::wait(self.sock(), false, Some(LOOK_FOR_MOVE));
         };
-        let s = Segment::open(seg).map_err(|_| self.corrupt(Corrupt("a moved channel's segment")))?;
+        let s =
+            Segment::open(seg).map_err(|_| self.corrupt(Corrupt("a moved channel's segment")))?;
         if s.capacity() != self.seg().capacity() || !sys::socket::is_seqpacket(&sock) {
             return Err(self.corrupt(Corrupt("a moved channel of another size")));
         }
@@ -426,11 +435,18 @@ impl PortSender {
                 return Err(sh.corrupt(Corrupt("a late record that cannot move")));
             }
             let fill = |w: &mut crate::wire::writer::RecordWriter| w.put(&bytes);
-            self.send_record(meta, bytes.len(), super::Wait::Forever, fill, Vec::new(), None)
-                .map_err(|(e, _)| match e {
-                    crate::error::PostError::Closed(r) => r,
-                    _ => CloseReason::ProtocolError,
-                })?;
+            self.send_record(
+                meta,
+                bytes.len(),
+                super::Wait::Forever,
+                fill,
+                Vec::new(),
+                None,
+            )
+            .map_err(|(e, _)| match e {
+                crate::error::PostError::Closed(r) => r,
+                _ => CloseReason::ProtocolError,
+            })?;
         }
         Ok(())
     }
@@ -510,7 +526,10 @@ type Residue = Vec<(u64, Vec<u8>, Vec<MessagePort>)>;
 
 /// Read the records `reader` holds (a sealed ring's residue): inline
 /// records only, their ports kits of `link`.
-fn read_residue(link: &Arc<ArenaLink>, mut reader: Consumer<SegmentRing>) -> Result<Residue, Moving> {
+fn read_residue(
+    link: &Arc<ArenaLink>,
+    mut reader: Consumer<SegmentRing>,
+) -> Result<Residue, Moving> {
     let mut out = Vec::new();
     while let Some(rec) = reader.take()? {
         if rec.meta.pool || rec.meta.out_of_line || (rec.meta.nports != 0 && !rec.meta.kits) {
@@ -523,8 +542,9 @@ fn read_residue(link: &Arc<ArenaLink>, mut reader: Consumer<SegmentRing>) -> Res
         };
         // SAFETY: the record's payload is `len >= prefix` bytes inside the
         // ring, which stays mapped (the link's arena) while we copy it.
-        let bytes =
-            unsafe { core::slice::from_raw_parts(rec.payload.as_ptr().add(prefix), rec.len - prefix) };
+        let bytes = unsafe {
+            core::slice::from_raw_parts(rec.payload.as_ptr().add(prefix), rec.len - prefix)
+        };
         let fingerprint = match rec.meta.kind {
             Kind::Typed => rec.meta.fingerprint,
             Kind::Raw => 0,

@@ -8,7 +8,8 @@ use crate::error::{CloseReason, RecvError};
 use crate::port::message::{Arrived, Body, Holder, Message};
 use crate::shm::kit::KitWords;
 use crate::shm::layout::{
-    CLOSED_MOVED, KITS_IN_ARENAS, KitRef, KitRefs, OOL_DESCRIPTOR, OolDescriptor, POOL_REF, PoolRef, kit_refs_size,
+    CLOSED_MOVED, KITS_IN_ARENAS, KitRef, KitRefs, OOL_DESCRIPTOR, OolDescriptor, POOL_REF,
+    PoolRef, kit_refs_size,
 };
 use crate::shm::pool::reader::AddError;
 use crate::shm::ring::{Corrupt, Record};
@@ -408,8 +409,8 @@ impl PortReceiver {
                 }
                 Err(c) => return Err(RecvError::Closed(self.corrupt(c))),
             };
-            let (ports, prefix) =
-                super::promote::arena_ports(&link, rec).map_err(|c| RecvError::Closed(self.corrupt(c)))?;
+            let (ports, prefix) = super::promote::arena_ports(&link, rec)
+                .map_err(|c| RecvError::Closed(self.corrupt(c)))?;
             // SAFETY: `prefix <= rec.len`: the message lies inside the payload.
             let body = Body::in_ring(unsafe { rec.payload.add(prefix) }, rec.len - prefix);
             return Ok((body, ports.into_iter().map(Arrived::Built).collect()));
@@ -452,6 +453,7 @@ impl PortReceiver {
                 pool: Vec::new(),
                 kit: true,
                 held: Vec::new(),
+                links: Vec::new(),
             }));
         }
         // SAFETY: `prefix <= rec.len`: the message lies inside the payload.
@@ -462,7 +464,10 @@ impl PortReceiver {
     /// The link named `id` that kits of a record on this port live in: the
     /// one this port's channel lives on, or one the peer's end sent over
     /// its socket (before the record: it is queued there if not taken in).
-    pub(super) fn link_of_kits(&self, id: u64) -> Result<std::sync::Arc<crate::link::ArenaLink>, Corrupt> {
+    pub(super) fn link_of_kits(
+        &self,
+        id: u64,
+    ) -> Result<std::sync::Arc<crate::link::ArenaLink>, Corrupt> {
         if let Some(on) = self.shared.link_only() {
             if on.link.id() == id {
                 return Ok(on.link.clone());
@@ -470,8 +475,8 @@ impl PortReceiver {
             return Err(Corrupt("a record names another link's kits"));
         }
         for round in 0..2 {
-            if let Some(l) = self.shared.links().iter().find(|l| l.id() == id) {
-                return Ok(l.clone());
+            if let Some(l) = self.shared.adopt_link(id) {
+                return l;
             }
             if round == 0 {
                 let _ = self.drain_socket(false);

@@ -18,7 +18,7 @@ use crate::shm::layout::{CLOSED_PEER_DIED, CLOSED_PROTOCOL_ERROR};
 use crate::shm::ring::Corrupt;
 use crate::shm::segment::{Segment, Side};
 use crate::sys::{self, kick::Kick, socket::Incoming};
-use crate::wire::attachment::{Attachment, Partial};
+use crate::wire::attachment::{Attachment, MAX_INVITATIONS, Partial};
 
 /// What both halves of a port use. The socket closes when the last half
 /// drops, after both published their closed flags.
@@ -40,6 +40,11 @@ pub(crate) struct Shared {
     /// Links whose invitation arrived without its descriptor (this process
     /// was out of descriptors): records naming them fail alone.
     pub(super) lost_links: Mutex<Vec<u64>>,
+    /// Invitations to links the peer's end made (number, socket), taken in
+    /// from the socket and not yet named by a record this port read. One
+    /// is adopted (moved to `arena_links`) when a record names it; until
+    /// then the port travels with it, unchanged ([`Shared::adopt_link`]).
+    pub(super) invitations: Mutex<Vec<(u64, OwnedFd)>>,
     /// The link the port's channel was made on, if any: its kit's number
     /// and generation. Until the port moves off it, wake-ups go through
     /// the link's doorbells and its death is the link's.
@@ -122,8 +127,7 @@ impl Shared {
     }
 
     pub(super) fn hung_up(&self) -> bool {
-        self.hung_up.load(Ordering::Acquire)
-            || self.link_only().is_some_and(|l| l.link.hung_up())
+        self.hung_up.load(Ordering::Acquire) || self.link_only().is_some_and(|l| l.link.hung_up())
     }
 
     /// The segment the port uses now.
@@ -246,9 +250,44 @@ impl Shared {
             .contains(&id)
     }
 
+    /// Keep an invitation to link `id` for the records that will name it.
+    pub(super) fn invited(&self, id: u64, sock: OwnedFd) -> Result<(), Corrupt> {
+        if id == 0 || !sys::socket::is_seqpacket(&sock) {
+            return Err(Corrupt("a link that is not one"));
+        }
+        let mut inv = self.invitations();
+        if inv.len() >= MAX_INVITATIONS {
+            return Err(Corrupt("more link invitations than a port holds"));
+        }
+        inv.push((id, sock));
+        Ok(())
+    }
+
+    /// Link invitations not yet adopted.
+    pub(super) fn invitations(&self) -> MutexGuard<'_, Vec<(u64, OwnedFd)>> {
+        self.invitations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The link named `id` among those adopted, or adopted now from its
+    /// invitation (a record names it: kits in it are to be taken up).
+    pub(super) fn adopt_link(&self, id: u64) -> Option<Result<Arc<ArenaLink>, Corrupt>> {
+        if let Some(l) = self.links().iter().find(|l| l.id() == id) {
+            return Some(Ok(l.clone()));
+        }
+        let sock = {
+            let mut inv = self.invitations();
+            let i = inv.iter().position(|(i, _)| *i == id)?;
+            inv.swap_remove(i).1
+        };
+        Some(ArenaLink::adopt(id, sock).inspect(|l| self.links().push(l.clone())))
+    }
+
     /// The link this end made, if any.
     pub(super) fn made_link_now(&self) -> Option<Arc<ArenaLink>> {
-        self.made_link.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.made_link
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The links of the channels this port carries.
@@ -375,11 +414,8 @@ impl Shared {
             Incoming::LostPart => return self.queue(partial.take(&[], None, false)),
             Incoming::Link(id, sock) => {
                 self.descriptors_seen.store(true, Ordering::Relaxed);
-                match ArenaLink::adopt(id, sock) {
-                    Ok(link) => self.links().push(link),
-                    Err(c) => {
-                        let _ = self.broken.set(c);
-                    }
+                if let Err(c) = self.invited(id, sock) {
+                    let _ = self.broken.set(c);
                 }
             }
             Incoming::LinkLost(id) => {

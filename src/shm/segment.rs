@@ -7,12 +7,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::{fmt, io};
 
+use crate::shm::arena::Arena;
 use crate::shm::layout::{
     HEADER_AREA, LAYOUT_VERSION, MAGIC, MAX_CAPACITY, MIN_CAPACITY, RELEASE_HEADER, RELEASE_SLOTS,
     RELEASE_SLOTS_AT, RING_HEADER, ReleaseHeader, RingHeader, SegmentHeader, ring_data,
     segment_size,
 };
-use crate::shm::arena::Arena;
 use crate::shm::release::ReleaseMemory;
 use crate::shm::ring::{Corrupt, RingMemory};
 use crate::shm::sync::AtomicU64;
@@ -232,13 +232,19 @@ impl Segment {
     /// Ring `index`'s producer position as last published.
     pub fn published_tail(&self, index: usize) -> u64 {
         // Acquire: pairs with the producer's Release store of its tail.
-        self.ring_header(index).producer.tail.load(Ordering::Acquire)
+        self.ring_header(index)
+            .producer
+            .tail
+            .load(Ordering::Acquire)
     }
 
     /// Ring `index`'s consumer position as last published.
     pub fn published_head(&self, index: usize) -> u64 {
         // Acquire: pairs with the consumer's Release store of its head.
-        self.ring_header(index).consumer.head.load(Ordering::Acquire)
+        self.ring_header(index)
+            .consumer
+            .head
+            .load(Ordering::Acquire)
     }
 
     /// The memfd; `None` for a segment inside an arena.

@@ -170,6 +170,13 @@ pub(crate) trait KitWords: KitMemory {
         }
     }
 
+    /// Has the other side than `side` claimed the channel's move (it moves
+    /// the channel, or did)? Acquire: pairs with the claim's AcqRel
+    /// exchange, as in [`KitWords::claim_move`].
+    fn moved_by_other(&self, side: Side) -> bool {
+        self.kit_line().mover.load(Ordering::Acquire) & MOVER == other(side) as u32 + 1
+    }
+
     /// `side` is about to post a record whose descriptors or kit
     /// references must reach the peer where it is now: `false` if a move
     /// has begun (follow it first). Ended by [`KitWords::end_posting`].
@@ -182,7 +189,12 @@ pub(crate) trait KitWords: KitMemory {
                 return false;
             }
             if word
-                .compare_exchange(v, v | posting_bit(side), Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(
+                    v,
+                    v | posting_bit(side),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
                 .is_ok()
             {
                 return true;
