@@ -15,6 +15,7 @@ use crate::wire::attachment::Attachment;
 /// one message. (Were it ever too large, the send would fail with
 /// `InvalidInput`, and the port be closed.)
 pub(crate) fn send_port(sock: BorrowedFd<'_>, port: MessagePort) -> std::io::Result<()> {
+    port.ready_to_travel()?;
     let parts = port.into_parts();
     let att = Attachment {
         ool: None,

@@ -165,6 +165,9 @@ impl MessagePort {
     /// closed: while it is open, the child's exit does not hang up the
     /// parent's port.
     pub fn into_fds(self) -> Result<(OwnedFd, OwnedFd), Box<MessagePort>> {
+        if self.ready_to_travel().is_err() {
+            return Err(Box::new(self));
+        }
         match self.child_end_segment() {
             Some(Ok(mem)) => Ok((self.into_parts().sock, mem)),
             None | Some(Err(_)) => Err(Box::new(self)),

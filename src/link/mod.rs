@@ -398,8 +398,7 @@ impl ArenaLink {
         Ok(bell)
     }
 
-    /// A doorbell of its own for a port (that a foreign event loop waits
-    /// on); its number goes back with [`ArenaLink::bell_closed`].
+    /// A new doorbell, announced to the peer.
     pub(crate) fn new_bell(&self) -> io::Result<Bell> {
         let (bell, theirs) = self.bells().make()?;
         if let Err(e) = self.announce(&Control::Doorbell {
@@ -410,13 +409,6 @@ impl ArenaLink {
             return Err(e);
         }
         Ok(bell)
-    }
-
-    /// A port's own doorbell is closed.
-    pub(crate) fn bell_closed(&self, bell: Bell) {
-        let index = bell.index;
-        drop(bell);
-        self.bells().give_back(index);
     }
 
     /// Wake the peer's sleeper that the sleep word `word` names.

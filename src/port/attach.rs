@@ -90,10 +90,11 @@ impl PortSender {
                 // Nothing was ever queued on it.
                 return Ok(());
             }
-            // A port on a link moves off it to travel anyway; moved, or
-            // following its peer's move, its queue is on its own socket.
-            // A peer gone meanwhile shows at the port's next call.
-            let _ = p.leave_link();
+            // A port on a link moves off it to travel (and a port holding
+            // links its peer made re-homes): moved, or following its
+            // peer's move, its queue is on its own socket. Out of
+            // descriptors for that, the transfer fails.
+            p.ready_to_travel().map_err(PostError::Io)?;
             p.take_in().map_err(PostError::Io)?;
             let scan = p.scan_inbox(&self.shared);
             if scan.holds_peer {

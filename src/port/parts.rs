@@ -261,18 +261,13 @@ impl MessagePort {
     /// Take the port apart to send it: publish both positions, hand over
     /// the socket, the inbox and the peer's pool buffers (its own pool
     /// stays: see [`PoolWriter`]). The peer notices nothing.
+    /// A port on a link must have left it, and a port holding links its
+    /// peer made re-homed, first ([`MessagePort::ready_to_travel`]).
     pub(crate) fn into_parts(self) -> PortParts {
-        if self.tx().shared.link_only().is_some() && self.leave_link().is_err() {
-            // Its peer is gone (or broke the link): what travels is a port
-            // whose peer is gone.
-            return gone_parts(&self);
-        }
-        if !self.tx().shared.links().is_empty() {
-            // Records here may name kits of links the peer made with this
-            // end: the channel moves so that they travel as ordinary ones.
-            // A peer gone meanwhile: the port travels as it is.
-            let _ = super::promote::rehome(self.tx(), self.rx());
-        }
+        debug_assert!(
+            self.tx().shared.link_only().is_none(),
+            "a port travels from its link"
+        );
         self.tx().tx.borrow().publish_tail();
         self.rx().flush_releases();
         // Blocks still shared here (`SharedBytes`) keep the reader: its
@@ -561,30 +556,6 @@ impl MessagePort {
             }
         }
         self
-    }
-}
-
-/// The parts of a port whose peer is gone, for a port on a link that could
-/// not move off it: an empty segment of the same size, and a socket whose
-/// other end is closed (the receiver sees the peer gone at once). If even
-/// those cannot be made, the socket alone says it.
-// WIP (links branch): out of descriptors here is not handled yet; the
-// transfer should fail and hand the port back instead.
-fn gone_parts(port: &MessagePort) -> PortParts {
-    let sh = &port.tx().shared;
-    let (mine, _theirs) = sys::socket::pair().expect("a socket pair for a dead port");
-    let seg = Segment::create(sh.seg.capacity()).expect("a segment for a dead port");
-    PortParts {
-        seg: SegmentRef::Mapped(seg),
-        sock: mine,
-        side: sh.side,
-        spin: sh.spin(),
-        inbox: Default::default(),
-        partial: Partial::default(),
-        pool: Vec::new(),
-        kit: false,
-        held: Vec::new(),
-        links: Vec::new(),
     }
 }
 

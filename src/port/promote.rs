@@ -24,6 +24,7 @@
 
 use std::io;
 use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -67,38 +68,115 @@ impl MessagePort {
     pub(crate) fn leave_link(&self) -> Result<(), CloseReason> {
         leave_link(self.tx(), self.rx())
     }
-
-    /// The peer moved the channel: take up its new segment and socket,
-    /// then each half goes there (the sending half at once, the receiving
-    /// half once it has read the old ring to its end).
-    pub(crate) fn follow_move(&self) -> Result<(), CloseReason> {
-        follow_move(self.tx(), self.rx())
-    }
 }
 
 /// [`MessagePort::leave_link`], over a whole port's two halves.
 pub(super) fn leave_link(tx: &PortSender, rx: &PortReceiver) -> Result<(), CloseReason> {
+    leave_link_or_io(tx, rx).map_err(|e| match e {
+        Leave::Closed(reason) => reason,
+        // Out of descriptors or memory: nothing was claimed, the port
+        // stays on its link.
+        Leave::Io(_) => CloseReason::ProtocolError,
+    })
+}
+
+/// Why a port did not leave its link.
+pub(super) enum Leave {
+    /// Its peer is gone or broke the link.
+    Closed(CloseReason),
+    /// The new segment or socket could not be made; the port is unchanged.
+    Io(io::Error),
+}
+
+/// [`leave_link`], telling a move that could not be made (the port stays
+/// on its link, whole) from a peer that is gone.
+pub(super) fn leave_link_or_io(tx: &PortSender, rx: &PortReceiver) -> Result<(), Leave> {
     let sh = &tx.shared;
     let Some(on) = sh.link_only() else {
         return Ok(());
     };
     if sh.broken() {
-        return Err(CloseReason::ProtocolError);
+        return Err(Leave::Closed(CloseReason::ProtocolError));
     }
+    // Made before the claim: once claimed, the peer waits for the
+    // announcement, so nothing may fail for want of a descriptor.
+    let home = NewHome::make(sh.seg.capacity()).map_err(Leave::Io)?;
     loop {
         match sh.seg.claim_move(sh.side) {
             Claim::Mine => break,
-            Claim::Theirs => return follow_move(tx, rx),
+            Claim::Theirs => return follow_move(tx, rx).map_err(Leave::Closed),
             // Only a carrier's peer posts under a claim; never on a link.
             Claim::Busy => std::hint::spin_loop(),
         }
     }
     let link = on.link.clone();
     let (kit, generation) = (on.kit, on.generation);
-    move_off(tx, rx, &link, kit, generation).map_err(|e| match e {
-        Moving::Corrupt(c) => tx.corrupt(c),
-        Moving::Io(_) => CloseReason::ProtocolError,
+    move_off(tx, rx, &link, kit, generation, home).map_err(|e| {
+        Leave::Closed(match e {
+            Moving::Corrupt(c) => tx.corrupt(c),
+            Moving::Io => tx.corrupt(Corrupt("a move of the channel could not be finished")),
+        })
     })
+}
+
+/// What a channel moves to: a new segment (and a second descriptor of
+/// its memfd, for the announcement) and a socket pair.
+struct NewHome {
+    seg: Arc<Segment>,
+    fd: OwnedFd,
+    mine: OwnedFd,
+    theirs: OwnedFd,
+}
+
+impl NewHome {
+    fn make(capacity: usize) -> io::Result<NewHome> {
+        let seg = Segment::create(capacity)?;
+        let fd = seg
+            .fd()
+            .expect("a segment made with its own memfd")
+            .try_clone()?;
+        let (mine, theirs) = sys::socket::pair()?;
+        Ok(NewHome {
+            seg,
+            fd,
+            mine,
+            theirs,
+        })
+    }
+}
+
+impl MessagePort {
+    /// Before the port travels: a port on a link moves off it (or follows
+    /// its peer's move). `Err` only when the move could not be made (out
+    /// of descriptors): the port is unchanged, on its link. If its peer is
+    /// gone, the port gets a home whose peer is gone (a new segment, and a
+    /// socket whose other end is closed): it travels as a port whose peer
+    /// died.
+    ///
+    /// A port whose end holds links its peer made re-homes its channel
+    /// ([`rehome`]); that too fails only for want of descriptors.
+    pub(crate) fn ready_to_travel(&self) -> io::Result<()> {
+        match leave_link_or_io(self.tx(), self.rx()) {
+            Ok(()) if self.tx().shared.links().is_empty() => Ok(()),
+            // Records here may name kits of links the peer made with this
+            // end: the channel moves so that they travel as ordinary ones.
+            // A peer gone meanwhile: the port travels as it is.
+            Ok(()) => match rehome(self.tx(), self.rx()) {
+                Err(Leave::Io(e)) => Err(e),
+                Ok(()) | Err(Leave::Closed(_)) => Ok(()),
+            },
+            Err(Leave::Io(e)) => Err(e),
+            Err(Leave::Closed(_)) => {
+                let sh = &self.tx().shared;
+                if sh.link_only().is_some() {
+                    let home = NewHome::make(sh.seg.capacity())?;
+                    drop(home.theirs);
+                    sh.push_move(home.seg, home.mine);
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Before a port travels whose end holds links the peer made (records on
@@ -106,36 +184,44 @@ pub(super) fn leave_link(tx: &PortSender, rx: &PortReceiver) -> Result<(), Close
 /// cannot reach): move its channel to a new segment and socket first, so
 /// that the peer knows its end moved (it makes a new link for the next
 /// holder) and the records queued here travel as ordinary ones.
-pub(super) fn rehome(tx: &PortSender, rx: &PortReceiver) -> Result<(), CloseReason> {
+pub(super) fn rehome(tx: &PortSender, rx: &PortReceiver) -> Result<(), Leave> {
     let sh = &tx.shared;
+    // Made before the claim, as for a move off a link.
+    let home = NewHome::make(sh.seg().capacity()).map_err(Leave::Io)?;
     loop {
         match sh.seg().claim_move(sh.side) {
             Claim::Mine => break,
-            Claim::Theirs => return follow_move(tx, rx),
+            Claim::Theirs => return follow_move(tx, rx).map_err(Leave::Closed),
             Claim::Busy => {
                 // The peer posts with descriptors: take them in, so that it
                 // is not held up, and let it commit.
                 let _ = sh.drain_socket(super::Half::Receiver, false);
                 if sh.hung_up() {
-                    return Err(CloseReason::PeerDied);
+                    return Err(Leave::Closed(CloseReason::PeerDied));
                 }
                 std::thread::yield_now();
             }
         }
     }
-    rehome_claimed(tx, rx).map_err(|e| match e {
-        Moving::Corrupt(c) => tx.corrupt(c),
-        Moving::Io(_) => CloseReason::ProtocolError,
+    rehome_claimed(tx, rx, home).map_err(|e| {
+        Leave::Closed(match e {
+            Moving::Corrupt(c) => tx.corrupt(c),
+            Moving::Io => tx.corrupt(Corrupt("a move of the channel could not be finished")),
+        })
     })
 }
 
-fn rehome_claimed(tx: &PortSender, rx: &PortReceiver) -> Result<(), Moving> {
+fn rehome_claimed(tx: &PortSender, rx: &PortReceiver, home: NewHome) -> Result<(), Moving> {
     let sh = &tx.shared;
     let seg = sh.seg().clone();
     let (out, inn) = sh.side.rings();
     let barriers = process_barriers();
-    let s = Segment::create(seg.capacity())?;
-    let (mine, theirs) = sys::socket::pair()?;
+    let NewHome {
+        seg: s,
+        fd,
+        mine,
+        theirs,
+    } = home;
     {
         let mut p = tx.tx.borrow_mut();
         let tail = p.tail();
@@ -193,7 +279,6 @@ fn rehome_claimed(tx: &PortSender, rx: &PortReceiver) -> Result<(), Moving> {
         c.switch_memory(SegmentRing::new(s.clone(), inn))?;
     }
     *rx.pool_reader() = PoolReader::new(SegmentRelease::new(s.clone(), inn), barriers);
-    let fd = s.fd().expect("a segment made with its own memfd");
     sys::socket::send_moved(sh.sock(), fd.as_fd(), theirs.as_fd())?;
     sh.push_move(s, mine);
     // The peer makes a new link for the end's next holder; the residue's
@@ -217,14 +302,19 @@ fn move_off(
     link: &Arc<ArenaLink>,
     kit: u64,
     generation: u32,
+    home: NewHome,
 ) -> Result<(), Moving> {
     {
         let sh = &tx.shared;
         let side = sh.side;
         let (out, inn) = side.rings();
         let barriers = process_barriers();
-        let s = Segment::create(sh.seg.capacity())?;
-        let (mine, theirs) = sys::socket::pair()?;
+        let NewHome {
+            seg: s,
+            fd,
+            mine,
+            theirs,
+        } = home;
 
         // The ring this side writes: closed here, continued in S.
         {
@@ -280,10 +370,6 @@ fn move_off(
         }
         *rx.pool_reader() = PoolReader::new(SegmentRelease::new(s.clone(), inn), barriers);
 
-        let fd = s
-            .fd()
-            .expect("a segment made with its own memfd")
-            .try_clone()?;
         link.announce_moved(kit, generation, fd, theirs)?;
         sh.push_move(s, mine);
         Ok(())
@@ -293,7 +379,8 @@ fn move_off(
 /// Why a move failed.
 enum Moving {
     Corrupt(Corrupt),
-    Io(io::Error),
+    /// A system call failed after the claim (the port is then broken).
+    Io,
 }
 
 impl From<Corrupt> for Moving {
@@ -303,8 +390,8 @@ impl From<Corrupt> for Moving {
 }
 
 impl From<io::Error> for Moving {
-    fn from(e: io::Error) -> Self {
-        Moving::Io(e)
+    fn from(_: io::Error) -> Self {
+        Moving::Io
     }
 }
 

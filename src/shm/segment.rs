@@ -252,11 +252,6 @@ impl Segment {
         self.fd.as_ref()
     }
 
-    /// Is this a segment inside a link's arena?
-    pub fn in_an_arena(&self) -> bool {
-        self.fd.is_none()
-    }
-
     /// Do `self` and `other` map the same shared memory? Two segments
     /// created here are the same only as the same `Arc` (no system call);
     /// otherwise their file identities are compared.
