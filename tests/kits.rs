@@ -90,7 +90,7 @@ fn peer_entry() {
                 let mut m = match x.recv() {
                     Ok(m) => m,
                     Err(e) => {
-                        eprintln!("responder: {e:?}");
+                        eprintln!("responder: {e:?} {x:?}");
                         break;
                     }
                 };
@@ -274,7 +274,13 @@ fn a_hundred_thousand_channels_leave_nothing_behind() {
             }
         }
     }
-    assert!(shmport::testing::kits(&x1).0 <= 2);
+    // Kits are reused, not made per request: at most a few are idle (a
+    // request posted while the carrier's end moved took a kit of its own
+    // descriptors, and the creator may see a channel closed just before
+    // the peer marks its end idle, and make another); reuse looks at the
+    // last 8 made.
+    let kept = shmport::testing::kits(&x1);
+    assert!(kept.0 <= 8, "{kept:?}");
     drop((x1, x2));
     assert_eq!(open_fds(), before, "descriptors left behind");
 }
@@ -359,7 +365,13 @@ fn held_kits_travel_with_their_carrier() {
     for n in 50..100u32 {
         request(&x1, n);
     }
-    assert!(shmport::testing::kits(&x1).0 <= 2);
+    // Kits are reused, not made per request: at most a few are idle (a
+    // request posted while the carrier's end moved took a kit of its own
+    // descriptors, and the creator may see a channel closed just before
+    // the peer marks its end idle, and make another); reuse looks at the
+    // last 8 made.
+    let kept = shmport::testing::kits(&x1);
+    assert!(kept.0 <= 8, "{kept:?}");
     hand.wait_success();
 }
 

@@ -162,8 +162,14 @@ impl PortSender {
         let posted =
             self.write_with_kits(&mut meta, size_hint, n, max, wait, fill, rx, |payload| {
                 // The peer's end may be moving away (re-homing the carrier):
-                // then these go the ordinary way, after the move.
-                if self.claim_posting().is_err() {
+                // then these go the ordinary way, after the move. Waiting
+                // for room may have followed such a move already: the link
+                // is then no longer this end's, and nothing is claimed.
+                let still = self
+                    .shared
+                    .made_link_now()
+                    .is_some_and(|l| Arc::ptr_eq(&l, link));
+                if !still || self.claim_posting().is_err() {
                     return false;
                 }
                 write_arena_refs(payload, link.id(), &kits, fresh);
