@@ -34,7 +34,7 @@ export declare class MessagePortMain extends EventEmitter {
    *  event loop sleeps: no wake-up when the peer answers within it, that much CPU when it does not. */
   setSpin(microseconds: number): void;
   /** Cap the shared memory of this port's posts too large for its ring (its pool; null: the default,
-   *  the larger of 64 MiB and four blocks of the largest size posted). Posts the pool cannot take wait
+   *  256 MiB, reached only under a stream of large messages). Posts the pool cannot take wait
    *  in the port as copies. Throws RangeError unless a whole number of bytes, 0 or more. */
   setPoolLimit(bytes: number | null): void;
   /** Bytes of shared memory in this port's pool now; null once closed. */
@@ -42,7 +42,8 @@ export declare class MessagePortMain extends EventEmitter {
   /** The spin time in microseconds; null once the port is closed or transferred. */
   readonly spin: number | null;
   /** Blocks of the sender's pool that Buffers received here view (no copy) until they are garbage
-   *  collected; at most half of the blocks of one size at a time, then copies. Null once closed. */
+   *  collected; all but an eighth (at least one) of the blocks of one size at a time, then copies.
+   *  Null once closed. */
   readonly viewedBlocks: number | null;
   on(event: 'message', listener: (e: MessageEvent) => void): this;
   on(event: 'close', listener: (e: CloseEvent) => void): this;

@@ -234,10 +234,12 @@ class MessagePortMain extends EventEmitter {
   /**
    * Cap the shared memory this port's posts too large for its ring use
    * (its pool of blocks, reused once the receiver is done with them), in
-   * bytes; null restores the default, the larger of 64 MiB and four blocks
-   * of the largest size posted. Posts beyond what the pool holds wait in
-   * the port as copies until blocks come back; a larger pool lets bursts
-   * go straight into shared memory. Kept in this process only.
+   * bytes; null restores the default, 256 MiB (the pool grows to it only
+   * under a stream of large messages: a Node receiver gives blocks back
+   * when its garbage collector frees their Buffers). Posts beyond what the
+   * pool holds wait in the port as copies until blocks come back; a larger
+   * pool lets bursts go straight into shared memory, a smaller one holds
+   * less memory. Kept in this process only.
    */
   setPoolLimit(bytes) {
     if (bytes !== null && typeof bytes !== 'number') throw new TypeError('The pool limit must be a number of bytes or null');
@@ -253,8 +255,9 @@ class MessagePortMain extends EventEmitter {
   /**
    * How many blocks of the sender's pool the Buffers received on this port
    * view (shared memory, no copy) until the garbage collector frees them;
-   * null once the port is closed or transferred. At most half of the
-   * blocks of one size are viewed at a time; past that, messages are copied.
+   * null once the port is closed or transferred. All but an eighth (at
+   * least one) of the blocks of one size may be viewed at a time; past
+   * that, messages are copied.
    */
   get viewedBlocks() { return this._id === null ? null : native.viewedBlocks(this._id); }
 

@@ -1,11 +1,12 @@
 'use strict';
 // shmport against Node's own transports, in the same run:
 //   - shmport: fork() + port, a second process; with the default 1 MiB ring
-//     (1 MiB and 16 MiB messages go into blocks of the sender's pool, received
-//     as views of them, or as copies past the views the receiver may hold),
-//     the same with a 256 MiB pool (setPoolLimit: a batch fits, so that no
-//     post waits as a copy), and with a 64 MiB ring (both travel inside the
-//     ring, and are copied once into a new Buffer on receipt);
+//     (1 MiB and 16 MiB messages go into blocks of the sender's pool, 256 MiB
+//     at most, received as views of them, or as copies past the views the
+//     receiver may hold), the same with a 64 MiB pool (setPoolLimit: the
+//     core's default floor; posts wait as copies while the receiver's views
+//     hold blocks until a collection), and with a 64 MiB ring (both travel
+//     inside the ring, and are copied once into a new Buffer on receipt);
 //   - process.send: child_process.fork() IPC (serialization 'advanced', the
 //     one that carries Buffers as bytes; 'json' turns them into arrays of numbers);
 //   - MessageChannel: worker_threads, a worker thread in this process;
@@ -104,7 +105,7 @@ function openRust(exe, capacity) {
 
 const TRANSPORTS = [
   ['shmport', () => openShmport()],
-  ['shmport, 256 MiB pool', () => openShmport(undefined, 256 << 20)],
+  ['shmport, 64 MiB pool', () => openShmport(undefined, 64 << 20)],
   ['shmport, 64 MiB ring', () => openShmport(64 << 20)],
   ['process.send', openIpc],
   ['MessageChannel', openWorker],

@@ -11,24 +11,25 @@
 //!
 //! A sender at its pool's cap waits for a block of the size it needs (or
 //! larger) to come back, and no collection may ever come. So a port views
-//! at most half (rounded down) of the blocks of one size that the sender
-//! has shown it (`Message::pool_class`) and copies the rest, giving their
-//! blocks back at once: of the blocks the sender could wait for, at least
-//! as many as are viewed are free or in messages this port is about to
-//! receive, and those come back without a collection. A listener that
-//! keeps its Buffers keeps at most those views, as a Rust receiver
+//! all but an eighth (at least one) of the blocks of one size that the
+//! sender has shown it (`Message::pool_class`, `cycling`) and copies the
+//! rest, giving their blocks back at once: of the blocks the sender could
+//! wait for, at least that eighth are free or in messages this port is
+//! about to receive, and those come back without a collection. A listener
+//! that keeps its Buffers keeps at most those views, as a Rust receiver
 //! holding messages would.
 //!
-//! The cost of a view: up to half a pool (by default 32 MiB of a 64 MiB
-//! pool) of the sender's memory stays in flight until collections return
-//! it, and the sender's pool grows to its cap sooner; while the views are
-//! out, further messages of that size are copied (one copy, as in
-//! Electron). A port that moves to another process while Buffers view
-//! its blocks leaves those blocks with this process: the core does not
-//! give them back from here, and the sender has that many fewer. After
-//! the sending port moved, the count of blocks also holds its earlier
-//! owner's buffers, which the new owner never lends: the limit is then
-//! looser than half of what the sender can wait for. And a
+//! The cost of a view: up to seven eighths of a pool of the sender's
+//! memory stays in flight until collections return it, and the sender's
+//! pool grows to its cap sooner (hence the binding's larger default cap,
+//! `POOL_LIMIT`); while the views are out, further messages of that size
+//! are copied (one copy, as in Electron). A port that moves to another
+//! process while Buffers view its blocks leaves those blocks with this
+//! process: the core does not give them back from here, and the sender
+//! has that many fewer. After the sending port moved, the count of blocks
+//! also holds its earlier owner's buffers, which the new owner never
+//! lends: the limit is then looser than the share of what the sender can
+//! wait for. And a
 //! view shows the sender's block as it is: a sender that keeps to the
 //! protocol does not write a block before it comes back, a hostile one
 //! could change the bytes under the Buffer (only bytes: nothing this
@@ -93,13 +94,25 @@ thread_local! {
 }
 
 /// May port `id` hand out one more view of a block of `size` bytes, of
-/// which the sender has shown `blocks`? At most half of them (rounded
-/// down: none of a single block) are viewed at a time, so that blocks
-/// always come back to a sender at its pool's cap while the garbage
-/// collector keeps the others.
+/// which the sender has shown `blocks`? All but `cycling(blocks)` of them
+/// may be viewed at a time, so that blocks always come back to a sender
+/// at its pool's cap while the garbage collector keeps the others.
 pub(crate) fn may_view(id: u32, (size, blocks): (usize, usize)) -> bool {
     let viewed = VIEWED.with(|v| v.borrow().get(&(id, size)).copied().unwrap_or(0));
-    viewed < blocks / 2
+    viewed + cycling(blocks) < blocks
+}
+
+/// Of `blocks` blocks of one size, how many a port never views: an eighth
+/// (rounded down), at least one. They are copied on receipt and go back
+/// at once, so a sender at its pool's cap always gets blocks back (one
+/// would do for that), and keeps an eighth of its pool streaming while
+/// the collector holds the rest. Views cost the receiver nothing, copies
+/// a copy into memory that itself comes back only at a collection: a
+/// larger share of views was faster here (1 MiB messages through a
+/// 256 MiB pool: 13–19 GB/s with an eighth or one block left, 8–9 GB/s
+/// with half; BENCHMARKS.md).
+fn cycling(blocks: usize) -> usize {
+    (blocks / 8).max(1)
 }
 
 /// A view of a block came (`true`) or was collected.

@@ -1,7 +1,7 @@
 """shmport against what Python offers for worker processes, same run.
 
-    python python/bench/bench.py [--runs 5] [--quick] [--rtt | --throughput] [--sum]
-        [--sizes 1 16 64] [--steady SECONDS]
+    python python/bench/bench.py [--runs 5] [--quick] [--rtt | --per-request | --throughput]
+        [--sum] [--sizes 1 16 64] [--steady SECONDS] [--cpus P,C] [--spin SECONDS]
 
 Two processes (this one and a child): the child is started with
 shmport.spawn for shmport, with multiprocessing (the "spawn" start method)
@@ -15,6 +15,21 @@ for the others.
   the parent waiting in a set, raw and pickled (shmport.PortSet against
   multiprocessing.connection.wait) and on asyncio (`await port.arecv()`
   against a Pipe read from `loop.add_reader`).
+- A channel per request: make a channel, post one end to the running
+  child with a 64-byte request, get the child's one reply (the request's
+  bytes) on the other end, then the close event (the child closes its end
+  after replying). shmport: `MessageChannel()`, `post_bytes(req,
+  ports=[theirs])`, `recv()` then `Closed`. multiprocessing: a new duplex
+  `Pipe()` (a socket pair, two-way as a channel is) per request, its end
+  sent in two ways: pickled with the request (`conn.send((req, theirs))`:
+  what a user writes; multiprocessing passes the descriptor through its
+  resource-sharer thread, one connection to it per descriptor), and with
+  `multiprocessing.reduction.send_handle` on the existing connection after
+  the request (SCM_RIGHTS on its socket: the cheapest multiprocessing
+  offers); the reply, then `EOFError`. Beside them, shmport's 64 B round
+  trip on the existing port (no new channel) and a bare
+  `socket.socketpair()` and two `close()`s in this process (no peer).
+  Each run's figure is the median of chunks of 100 requests.
 - One-way throughput of numpy float64 arrays of 1, 16 and 64 MiB: the
   sender posts a batch (256 MiB, at least 8 arrays), the receiver gets
   each as a usable numpy array (reads its first and last element, then
@@ -34,6 +49,10 @@ for the others.
   the median of batches sent back to back for S seconds: the transport's
   own pace rather than its first batch after the others ran.
 
+With `--cpus P,C` the parent runs on processor P and every child on C
+(the scheduler otherwise may put a parent and its child on one processor
+for a whole run, where neither can spin while the other works).
+
 Each measurement is repeated `--runs` times, the transports taking turns
 in every run, and the median is reported: round trips with their ratio to
 shmport's of the same kind (raw or pickled), throughputs with their ratio
@@ -44,10 +63,12 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import socket
 import statistics
 import sys
 import time
-from multiprocessing import shared_memory
+from multiprocessing import reduction, shared_memory
+from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as mp_wait
 
 import numpy as np
@@ -61,6 +82,9 @@ PAYLOAD = b"x" * 64
 # and faulted in after the first lap, and reused) instead of out of line (a
 # new memfd per message: fresh pages).
 RING_ARRAYS = 4
+# A channel per request: each run's figure is the median of chunks of this
+# many requests.
+REQUEST_CHUNK = 100
 
 
 # ------------------------------------------------------------------ children
@@ -84,6 +108,13 @@ def shmport_child():
     elif mode == "echo-pickle":
         for msg in port:
             port.post(msg.data)
+    elif mode == "reply":
+        # Each request brings the port to answer on: one reply, then close.
+        for msg in port:
+            (reply,) = msg.ports
+            reply.post_bytes(msg)
+            msg.release()
+            reply.close()
     else:  # "sink" or "sum": arrays, one answer per batch
         n = 0
         for msg in port:
@@ -117,6 +148,22 @@ def mp_pipe_child(conn, mode):
             if o is None:
                 return
             conn.send(o)
+    elif mode == "reply-pickled":
+        while True:
+            o = conn.recv()
+            if o is None:
+                return
+            req, reply = o
+            reply.send_bytes(req)
+            reply.close()
+    elif mode == "reply-handle":
+        while True:
+            req = conn.recv_bytes()
+            if not req:
+                return
+            reply = Connection(reduction.recv_handle(conn))
+            reply.send_bytes(req)
+            reply.close()
     else:
         n = 0
         while True:
@@ -179,13 +226,27 @@ def shm_child(conn, name, mode):
 
 # ------------------------------------------------------------------- parents
 
+# `--cpus P,C`: the processor every child runs on (the parent's is set in
+# main); None: where the scheduler puts them.
+CHILD_CPU = None
+# `--spin S`: every shmport port's spin time (seconds); None: the default.
+SPIN = None
+
+
+def pin_child(pid):
+    if CHILD_CPU is not None:
+        os.sched_setaffinity(pid, {CHILD_CPU})
+
 
 class Shmport:
     name = "shmport"
 
     def __init__(self, mode, raw=False, **opts):
         self.raw = raw
+        if SPIN is not None:
+            opts.setdefault("spin", SPIN)
         self.proc, self.port = shmport.spawn([sys.executable, os.path.abspath(__file__), "child"], **opts)
+        pin_child(self.proc.pid)
         self.port.post(mode)
 
     def rtt(self, n):
@@ -230,6 +291,20 @@ class Shmport:
 
         return asyncio.run(run())
 
+    def per_request(self, n):
+        port = self.port
+        t = time.perf_counter()
+        for _ in range(n):
+            mine, theirs = shmport.MessageChannel(spin=SPIN)
+            port.post_bytes(PAYLOAD, ports=[theirs])
+            mine.recv().release()
+            try:
+                mine.recv()
+            except shmport.Closed:
+                pass
+            mine.close()
+        return (time.perf_counter() - t) / n
+
     def one_way(self, arr, n):
         port = self.port
         # Raw: the array's bytes, no frame (the receiver knows the dtype).
@@ -254,6 +329,7 @@ class Pipe:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=mp_pipe_child, args=(child, mode))
         self.proc.start()
+        pin_child(self.proc.pid)
         child.close()
 
     def rtt(self, n):
@@ -310,16 +386,65 @@ class Pipe:
         return time.perf_counter() - t
 
 
+def reply_and_close_event(conn):
+    """The reply on a request's own Pipe, then its close event."""
+    conn.recv_bytes()
+    try:
+        conn.recv_bytes()
+    except EOFError:
+        pass
+    conn.close()
+
+
 class PipeBytes(Pipe):
+    def per_request(self, n):
+        """A new Pipe per request, its end passed after the request with
+        `send_handle` (SCM_RIGHTS on the connection's socket)."""
+        c, pid = self.conn, self.proc.pid
+        t = time.perf_counter()
+        for _ in range(n):
+            mine, theirs = mp.Pipe()
+            c.send_bytes(PAYLOAD)
+            reduction.send_handle(c, theirs.fileno(), pid)
+            theirs.close()
+            reply_and_close_event(mine)
+        return (time.perf_counter() - t) / n
+
     def close(self):
         self.conn.send_bytes(b"")
         self.proc.join()
 
 
 class PipePickle(Pipe):
+    def per_request(self, n):
+        """A new Pipe per request, its end pickled with the request."""
+        c = self.conn
+        t = time.perf_counter()
+        for _ in range(n):
+            mine, theirs = mp.Pipe()
+            c.send((PAYLOAD, theirs))
+            theirs.close()
+            reply_and_close_event(mine)
+        return (time.perf_counter() - t) / n
+
     def close(self):
         self.conn.send(None)
         self.proc.join()
+
+
+class SocketPair:
+    """What a socket pair costs in Python with no peer: made and closed."""
+
+    def per_request(self, n):
+        t = time.perf_counter()
+        for _ in range(n):
+            a, b = socket.socketpair()
+            a.close()
+            b.close()
+        return (time.perf_counter() - t) / n
+
+    def close(self):
+        pass
 
 
 class Queue:
@@ -330,6 +455,7 @@ class Queue:
         self.inq, self.outq = ctx.Queue(), ctx.Queue()
         self.proc = ctx.Process(target=mp_queue_child, args=(self.inq, self.outq, mode))
         self.proc.start()
+        pin_child(self.proc.pid)
 
     def rtt(self, n):
         t = time.perf_counter()
@@ -361,6 +487,7 @@ class SharedMemory:
         self.mode = mode
         self.proc = ctx.Process(target=shm_child, args=(child, self.shm.name, mode))
         self.proc.start()
+        pin_child(self.proc.pid)
         child.close()
 
     def rtt(self, n):
@@ -406,6 +533,27 @@ def median_rows(samples):
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def take_turns(makers, runs, n, chunk=None):
+    """Each (name, make, method): its peer made, warmed up, then `method`
+    of every peer in turn, `runs` times; the median of each. With `chunk`,
+    a run's figure is the median of its `n / chunk` chunks (a moment when
+    another process takes a peer's processor moves it less)."""
+    peers = [(name, make(), how) for name, make, how in makers]
+    for _, peer, how in peers:  # warm up
+        getattr(peer, how)(min(n, 1000))
+    samples = {name: [] for name, _, _ in peers}
+    for _ in range(runs):
+        for name, peer, how in peers:
+            if chunk:
+                chunks = [getattr(peer, how)(chunk) for _ in range(n // chunk)]
+                samples[name].append(statistics.median(chunks))
+            else:
+                samples[name].append(getattr(peer, how)(n))
+    for _, peer, _ in peers:
+        peer.close()
+    return median_rows(samples)
+
+
 def round_trips(runs, n):
     makers = [
         ("shmport post_bytes", lambda: Shmport("echo"), "rtt"),
@@ -420,16 +568,19 @@ def round_trips(runs, n):
         ("Queue put/get", lambda: Queue("echo"), "rtt"),
         ("shared_memory + Pipe", lambda: SharedMemory("echo"), "rtt"),
     ]
-    peers = [(name, make(), how) for name, make, how in makers]
-    for _, peer, how in peers:  # warm up
-        getattr(peer, how)(min(n, 1000))
-    samples = {name: [] for name, _, _ in peers}
-    for _ in range(runs):
-        for name, peer, how in peers:
-            samples[name].append(getattr(peer, how)(n))
-    for _, peer, _ in peers:
-        peer.close()
-    return median_rows(samples)
+    return take_turns(makers, runs, n)
+
+
+def per_requests(runs, n):
+    makers = [
+        ("shmport MessageChannel per request", lambda: Shmport("reply"), "per_request"),
+        ("shmport post_bytes round trip, no new channel", lambda: Shmport("echo"), "rtt"),
+        ("Pipe per request, pickled with the request", lambda: PipePickle("reply-pickled"),
+         "per_request"),
+        ("Pipe per request, send_handle", lambda: PipeBytes("reply-handle"), "per_request"),
+        ("socket.socketpair() + 2 close(), no peer", SocketPair, "per_request"),
+    ]
+    return take_turns(makers, runs, n, chunk=REQUEST_CHUNK)
 
 
 def rate(peer, arr, n, steady):
@@ -477,23 +628,39 @@ def main():
     p.add_argument("--quick", action="store_true", help="few iterations (a smoke test)")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--rtt", action="store_true", help="the round trips only")
+    only.add_argument("--per-request", action="store_true",
+                      help="the channel per request only")
     only.add_argument("--throughput", action="store_true", help="the throughputs only")
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 64], metavar="MIB",
                    help="array sizes for the throughput, in MiB")
     p.add_argument("--steady", type=float, default=0, metavar="SECONDS",
                    help="each throughput figure: batches back to back for SECONDS, their median")
+    p.add_argument("--cpus", metavar="P,C",
+                   help="run this process on processor P and every child on C (the same "
+                        "number twice: parent and child share one processor)")
+    p.add_argument("--spin", type=float, metavar="SECONDS",
+                   help="the spin time of every shmport port (default: shmport's, 20e-6)")
     p.add_argument("--sum", action="store_true",
                    help="throughput receivers sum every array (read all of it) instead of two elements")
     args = p.parse_args()
+    global SPIN, CHILD_CPU
+    SPIN = args.spin
+    if args.cpus:
+        parent_cpu, CHILD_CPU = (int(c) for c in args.cpus.split(","))
+        os.sched_setaffinity(0, {parent_cpu})
     runs = 2 if args.quick else args.runs
     n_rtt = 500 if args.quick else 20000
+    n_req = 200 if args.quick else 2000
 
     def batch(size):
         return max(2 if args.quick else 8, (16 if args.quick else 256) * MiB // size)
 
+    pinned = f"; parent on CPU {parent_cpu}, children on CPU {CHILD_CPU}" if args.cpus else ""
+    if SPIN is not None:
+        pinned += f"; shmport ports spin {SPIN} s"
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} CPUs; "
-          f"medians of {runs} runs, transports taking turns in each run\n")
-    if not args.throughput:
+          f"medians of {runs} runs, transports taking turns in each run{pinned}\n")
+    if not (args.throughput or args.per_request):
         rtt = round_trips(runs, n_rtt)
         base = rtt["shmport post_bytes"]
         base_p = rtt["shmport post (pickle)"]
@@ -504,7 +671,18 @@ def main():
             ref = base_p if "pickle" in name else base
             print(f"| {name} | {v * 1e6:.1f} µs | {v / ref:.2f}× |")
         print()
-    if args.rtt:
+    if not (args.throughput or args.rtt):
+        req = per_requests(runs, n_req)
+        base = req["shmport MessageChannel per request"]
+        print(f"A channel per request: make it, post one end with a 64 B request, "
+              f"one reply, the close event ({n_req} per run, the median of chunks of "
+              f"{REQUEST_CHUNK})")
+        print("| | median per request | / shmport's |")
+        print("|---|---:|---:|")
+        for name, v in req.items():
+            print(f"| {name} | {v * 1e6:.1f} µs | {v / base:.2f}× |")
+        print()
+    if args.rtt or args.per_request:
         return
     sizes = [s * MiB for s in args.sizes]
     tp = throughputs(runs, sizes, batch, "sum" if args.sum else "sink", args.steady)

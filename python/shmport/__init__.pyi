@@ -107,7 +107,13 @@ class Message:
 
 class Port:
     """One end of a channel. One thread receives and one posts at a time
-    (another thread using the same half gets BusyError)."""
+    (another thread using the same half gets BusyError). Made ready for
+    use (two eventfds) at its first use: a post on it, a receive,
+    ``fileno()``, a setting read (``capacity`` and ``spin`` too); posted
+    away before that (``ports=[p]``), a new channel's port travels
+    as a kit of the carrying channel, with no new memfd or socket. A first
+    use with no descriptor free raises OSError and leaves the port as it
+    was."""
 
     def post(
         self, obj: Any, *, ports: Optional[Sequence["Port"]] = None, timeout: Optional[float] = None

@@ -108,6 +108,19 @@ pub(crate) fn io(e: std::io::Error) -> PyErr {
     PyErr::from(e)
 }
 
+/// A port could not be split at its first use (out of descriptors): the
+/// errno, and what became of the port.
+pub(crate) fn split(e: std::io::Error) -> PyErr {
+    let what = format!(
+        "the port could not be made ready for use ({e}: it needs two eventfds); \
+         it is unchanged: use it again once descriptors are free, or close it"
+    );
+    match e.raw_os_error() {
+        Some(errno) => PyOSError::new_err((errno, what)),
+        None => PyOSError::new_err(what),
+    }
+}
+
 /// A failed post.
 pub(crate) fn post(e: PostError) -> PyErr {
     match e {

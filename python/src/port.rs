@@ -1,10 +1,20 @@
 //! `shmport.Port`: one end of a channel, used from Python threads.
 //!
-//! The Rust port is split into its sending and receiving halves at once, so
+//! The Rust port is split into its sending and receiving halves at its
+//! first use (a post on it, a receive, `fileno()`, a setting read...), so
 //! that one Python thread may receive (blocked, the GIL released) while
 //! another posts. Each half sits behind its own lock, taken with `try_lock`
 //! only: a second thread that uses a half already in use gets `BusyError`,
 //! never a wait and never a data race.
+//!
+//! Until then the port stays whole and untouched (`Port::whole`): a port
+//! of a channel made here and posted, unused, over another port travels as
+//! a kit of that port's channel (`src/port/fresh.rs`), with no system call
+//! once kits are reused. The split happens once, under `whole`'s lock (two
+//! threads using a new port at once: one splits, the other finds it
+//! split); if it fails (it needs two eventfds), the port stays whole, the
+//! use raises `OSError`, and the next use tries again. A port whose
+//! transfer failed comes back whole too.
 //!
 //! Messages borrow the receiving half (`shmport::Message<'p>`). Here the
 //! half lives in an [`RxCore`] shared (`Arc`) by the port and every message
@@ -20,8 +30,8 @@
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyTimeoutError, PyTypeError, PyValueError};
@@ -92,7 +102,8 @@ pub(crate) struct RxCore {
 }
 
 struct RxSlot {
-    /// `Box::into_raw` of the half; `None` once closed or transferred.
+    /// The half (`RxCore::install`); `None` before the port is split, and
+    /// once closed or transferred.
     rx: Option<NonNull<PortReceiver>>,
     /// Messages that borrow the half (alive or pending).
     live: usize,
@@ -117,7 +128,7 @@ impl RxSlot {
     fn free_if_idle(&mut self, pins: usize) {
         if self.close_when_idle && self.live == 0 && pins == 0 {
             if let Some(rx) = self.rx.take() {
-                // SAFETY: made by Box::into_raw in `RxCore::new`; no message
+                // SAFETY: made by Box::leak in `RxCore::install`; no message
                 // borrows it any more (`live` is 0) and the caller holds the
                 // lock, so nothing else uses it.
                 drop(unsafe { Box::from_raw(rx.as_ptr()) });
@@ -144,10 +155,11 @@ impl RxSlot {
 }
 
 impl RxCore {
-    fn new(rx: PortReceiver) -> Arc<RxCore> {
+    /// A core with no half yet (`install` puts it in).
+    fn empty() -> Arc<RxCore> {
         Arc::new(RxCore {
             slot: Mutex::new(RxSlot {
-                rx: Some(NonNull::from(Box::leak(Box::new(rx)))),
+                rx: None,
                 live: 0,
                 close_when_idle: false,
             }),
@@ -155,6 +167,11 @@ impl RxCore {
             close_requested: AtomicBool::new(false),
             pins: AtomicUsize::new(0),
         })
+    }
+
+    /// The port was split: its receiving half goes in the slot.
+    fn install(&self, rx: PortReceiver) {
+        lock(&self.slot).rx = Some(NonNull::from(Box::leak(Box::new(rx))));
     }
 
     /// Take the lock, or `BusyError`.
@@ -285,7 +302,8 @@ impl Drop for RxGuard<'_> {
 // ------------------------------------------------------------------ sending
 
 struct TxSlot {
-    /// `Box::into_raw` of the half; `None` once closed or transferred.
+    /// The half (`TxSlot::install`); `None` before the port is split, and
+    /// once closed or transferred.
     tx: Option<NonNull<PortSender>>,
     /// A loan (`port.reserve(n)`): it borrows the half.
     reservation: Option<shmport::Reservation<'static>>,
@@ -296,6 +314,11 @@ struct TxSlot {
 unsafe impl Send for TxSlot {}
 
 impl TxSlot {
+    /// The port was split: its sending half goes in the slot.
+    fn install(&mut self, tx: PortSender) {
+        self.tx = Some(NonNull::from(Box::leak(Box::new(tx))));
+    }
+
     fn sender(&self) -> Option<&'static PortSender> {
         // SAFETY: freed only under the lock (`close`, `take`), and callers
         // use the reference only while they hold it.
@@ -304,7 +327,7 @@ impl TxSlot {
 
     fn take(&mut self) -> Option<PortSender> {
         debug_assert!(self.reservation.is_none());
-        // SAFETY: made by Box::into_raw; the caller holds the lock and no
+        // SAFETY: made by Box::leak in `install`; the caller holds the lock and no
         // reference to it is in use.
         self.tx
             .take()
@@ -333,9 +356,20 @@ fn thread_token() -> usize {
     TOKEN.with(|t| t as *const u8 as usize)
 }
 
+/// What a port tells of itself, read at its first split.
+#[derive(Clone, Copy)]
+struct Facts {
+    capacity: usize,
+    spin: Duration,
+}
+
 /// One end of a channel.
 #[pyclass(frozen, module = "shmport", name = "Port")]
 pub(crate) struct Port {
+    /// The port before its first use (and after a failed transfer), whole
+    /// and untouched; `None` once split, transferred or closed. Whenever it
+    /// holds the port, both half slots are empty.
+    whole: Mutex<Option<MessagePort>>,
     tx: Mutex<TxSlot>,
     tx_close_requested: AtomicBool,
     rx: Arc<RxCore>,
@@ -344,9 +378,9 @@ pub(crate) struct Port {
     poster: AtomicUsize,
     /// What `fileno()` gives event loops (made at its first call).
     loop_fd: Mutex<Option<LoopFd>>,
-    fd: RawFd,
-    capacity: usize,
-    spin: Duration,
+    /// The port's socket, for `repr` (-1 before the first split).
+    fd: AtomicI32,
+    facts: OnceLock<Facts>,
     /// The close event seen (`"closed"`, `"peer_died"`, ...).
     close_reason: Mutex<Option<&'static str>>,
 }
@@ -394,36 +428,90 @@ enum Payload<'a> {
 }
 
 impl Port {
-    /// A Python port for `port` (split into its halves).
+    /// A Python port for `port`, kept whole until its first use.
     pub(crate) fn wrap(py: Python<'_>, port: MessagePort) -> PyResult<Bound<'_, Port>> {
-        Bound::new(py, Port::new(port)?)
+        Bound::new(py, Port::new(port))
     }
 
-    pub(crate) fn new(port: MessagePort) -> PyResult<Port> {
-        let fd = port.as_fd().as_raw_fd();
-        let capacity = port.capacity();
-        // A Python receiver typically holds its last message (the loop
-        // variable, arrays from `.data`) while it waits for the next one:
-        // large posts go to the pool (or out of line) so that held messages
-        // pin little ring space (see `MessagePort::set_inline_limit`).
-        port.set_inline_limit(capacity / INLINE_FRACTION);
-        let spin = port.spin();
-        let (tx, rx) = port.split().map_err(|e| errors::io(e.error))?;
-        Ok(Port {
+    fn new(port: MessagePort) -> Port {
+        Port {
+            whole: Mutex::new(Some(port)),
             tx: Mutex::new(TxSlot {
-                tx: Some(NonNull::from(Box::leak(Box::new(tx)))),
+                tx: None,
                 reservation: None,
             }),
             tx_close_requested: AtomicBool::new(false),
-            rx: RxCore::new(rx),
+            rx: RxCore::empty(),
             state: AtomicU8::new(OPEN),
             poster: AtomicUsize::new(0),
             loop_fd: Mutex::new(None),
-            fd,
-            capacity,
-            spin,
+            fd: AtomicI32::new(-1),
+            facts: OnceLock::new(),
             close_reason: Mutex::new(None),
-        })
+        }
+    }
+
+    /// Split the port into its halves if it is whole: at its first use, or
+    /// the first after a failed transfer gave it back. Called before any
+    /// half's lock is taken (the lock order is `whole`, then a half's, then
+    /// `loop_fd`); while the port is whole the half slots are empty, so
+    /// their locks are only ever held briefly, with the GIL.
+    fn split_if_whole(&self) -> PyResult<()> {
+        let mut whole = lock(&self.whole);
+        let Some(port) = whole.take() else {
+            return Ok(());
+        };
+        self.facts.get_or_init(|| {
+            let capacity = port.capacity();
+            // A Python receiver typically holds its last message (the loop
+            // variable, arrays from `.data`) while it waits for the next
+            // one: large posts go to the pool (or out of line) so that held
+            // messages pin little ring space (`MessagePort::set_inline_limit`).
+            port.set_inline_limit(capacity / INLINE_FRACTION);
+            Facts {
+                capacity,
+                spin: port.spin(),
+            }
+        });
+        self.fd.store(port.as_fd().as_raw_fd(), Ordering::Relaxed);
+        let (tx, rx) = match port.split() {
+            Ok(halves) => halves,
+            Err(e) => {
+                // The port comes back untouched: kept whole, usable.
+                *whole = Some(e.port);
+                return Err(errors::split(e.error));
+            }
+        };
+        // A loop waiting on `fileno()` (after a failed transfer) watches the
+        // halves again.
+        let watched = lock(&self.loop_fd)
+            .as_ref()
+            .map_or(Ok(()), |l| l.watch(&rx));
+        lock(&self.tx).install(tx);
+        self.rx.install(rx);
+        drop(whole);
+        match watched {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // A loop that cannot watch the port would wait for ever:
+                // closed instead (by its post if it is in transit).
+                self.close_impl();
+                Err(errors::io(e))
+            }
+        }
+    }
+
+    /// The port's capacity and spin: known from its first split on.
+    fn facts(&self) -> PyResult<Facts> {
+        if let Some(f) = self.facts.get() {
+            return Ok(*f);
+        }
+        self.check_open()?;
+        self.split_if_whole()?;
+        self.facts
+            .get()
+            .copied()
+            .ok_or_else(|| errors::closed_here("the port is closed"))
     }
 
     fn check_open(&self) -> PyResult<()> {
@@ -436,7 +524,10 @@ impl Port {
         }
     }
 
+    /// Take the sending half's lock (splitting the port first if it is
+    /// whole), or `BusyError`.
     fn tx_enter(&self) -> PyResult<TxGuard<'_>> {
+        self.split_if_whole()?;
         match relock(self.tx.try_lock()) {
             Some(g) => Ok(TxGuard {
                 port: self,
@@ -446,6 +537,13 @@ impl Port {
                 "another thread is posting on this port (one poster at a time)",
             )),
         }
+    }
+
+    /// Take the receiving half's lock (splitting the port first if it is
+    /// whole), or `BusyError`.
+    fn rx_enter(&self) -> PyResult<RxGuard<'_>> {
+        self.split_if_whole()?;
+        self.rx.enter()
     }
 
     fn tx_settle(&self) {
@@ -477,7 +575,12 @@ impl Port {
             self.check_open()?;
         }
         self.poster.store(thread_token(), Ordering::Release);
-        self.take_halves().inspect_err(|_| self.end_transit())
+        // Not used yet: it travels as it is (a new channel's port, as a kit).
+        let whole = lock(&self.whole).take();
+        match whole {
+            Some(port) => Ok(port),
+            None => self.take_halves().inspect_err(|_| self.end_transit()),
+        }
     }
 
     fn take_halves(&self) -> PyResult<MessagePort> {
@@ -496,7 +599,7 @@ impl Port {
         let (Some(t), Some(r)) = (tx.slot().take(), rx.slot().rx.take()) else {
             return Err(errors::closed_here("the port is closed"));
         };
-        // SAFETY: made by Box::into_raw in RxCore::new; no message borrows
+        // SAFETY: made by Box::leak in RxCore::install; no message borrows
         // it (`live` is 0) and the lock is held.
         let r = *unsafe { Box::from_raw(r.as_ptr()) };
         match t.rejoin(r) {
@@ -510,27 +613,19 @@ impl Port {
         }
     }
 
-    /// Put a port back after a failed transfer (closed if `close()` came
-    /// meanwhile).
+    /// Put a port back, whole, after a failed transfer (closed if
+    /// `close()` came meanwhile). It is split again at its next use; at
+    /// once if an event loop waits on it (`fileno()`), which must watch
+    /// its halves.
     fn restore(&self, port: MessagePort) {
-        match port.split() {
-            Ok((t, r)) => {
-                if let Some(l) = &*lock(&self.loop_fd) {
-                    // Failing, the loop's next wait ends at the port's close.
-                    if l.watch(&r).is_err() {
-                        self.state.store(CLOSING, Ordering::Release);
-                    }
-                }
-                lock(&self.tx).tx = Some(NonNull::from(Box::leak(Box::new(t))));
-                lock(&self.rx.slot).rx = Some(NonNull::from(Box::leak(Box::new(r))));
-                self.end_transit();
-            }
-            Err(_) => {
-                self.state.store(CLOSED, Ordering::Release);
-                self.poster.store(0, Ordering::Release);
-                self.wake_loops();
-            }
+        *lock(&self.whole) = Some(port);
+        let awaited = lock(&self.loop_fd).is_some();
+        if awaited && self.split_if_whole().is_err() {
+            // The loop's next wait ends at the port's close: closed, as a
+            // port closed while in transit is (`end_transit`).
+            self.close_impl();
         }
+        self.end_transit();
     }
 
     /// The transfer did not happen and the halves are in place: open
@@ -650,7 +745,7 @@ impl Port {
 
     fn recv_impl<'py>(&self, py: Python<'py>, wait: Wait) -> PyResult<Option<Bound<'py, PyAny>>> {
         self.check_open()?;
-        let mut guard = self.rx.enter()?;
+        let mut guard = self.rx_enter()?;
         let Some(rx) = guard.receiver() else {
             return Err(errors::closed_here("the port is closed"));
         };
@@ -727,6 +822,10 @@ impl Port {
     }
 
     fn close_halves(&self) {
+        // A port still whole closes here (its peer sees `Closed`). Taken
+        // first: a split under way finishes, and its halves close below.
+        let whole = lock(&self.whole).take();
+        drop(whole);
         self.tx_close_requested.store(true, Ordering::Release);
         self.tx_settle();
         self.rx.request_close();
@@ -1187,14 +1286,14 @@ impl Port {
 
     /// Ring bytes per direction.
     #[getter]
-    fn capacity(&self) -> usize {
-        self.capacity
+    fn capacity(&self) -> PyResult<usize> {
+        Ok(self.facts()?.capacity)
     }
 
     /// Seconds a blocking call spins before it sleeps.
     #[getter]
-    fn spin(&self) -> f64 {
-        self.spin.as_secs_f64()
+    fn spin(&self) -> PyResult<f64> {
+        Ok(self.facts()?.spin.as_secs_f64())
     }
 
     /// Posts larger than this many bytes travel outside the ring (in a
@@ -1245,7 +1344,7 @@ impl Port {
     /// The largest message (bytes) this port accepts.
     #[getter]
     fn max_message_size(&self) -> PyResult<usize> {
-        let mut g = self.rx.enter()?;
+        let mut g = self.rx_enter()?;
         g.receiver()
             .map(|r| r.max_message_size())
             .ok_or_else(|| errors::closed_here("the port is closed"))
@@ -1253,7 +1352,7 @@ impl Port {
 
     #[setter]
     fn set_max_message_size(&self, n: usize) -> PyResult<()> {
-        let mut g = self.rx.enter()?;
+        let mut g = self.rx_enter()?;
         g.receiver()
             .map(|r| r.set_max_message_size(n))
             .ok_or_else(|| errors::closed_here("the port is closed"))
@@ -1262,7 +1361,7 @@ impl Port {
     /// `"validated"` or `"untrusted"` (see the README).
     #[getter]
     fn trust(&self) -> PyResult<&'static str> {
-        let mut g = self.rx.enter()?;
+        let mut g = self.rx_enter()?;
         let r = g
             .receiver()
             .ok_or_else(|| errors::closed_here("the port is closed"))?;
@@ -1275,7 +1374,7 @@ impl Port {
     #[setter]
     fn set_trust(&self, trust: &str) -> PyResult<()> {
         let t = crate::parse_trust(trust)?;
-        let mut g = self.rx.enter()?;
+        let mut g = self.rx_enter()?;
         let r = g
             .receiver()
             .ok_or_else(|| errors::closed_here("the port is closed"))?;
@@ -1291,6 +1390,8 @@ impl Port {
     /// port then); it stays open as long as this object.
     fn fileno(&self) -> PyResult<RawFd> {
         self.check_open()?;
+        // Before `loop_fd`'s lock (the lock order).
+        self.split_if_whole()?;
         let mut l = lock(&self.loop_fd);
         if let Some(l) = &*l {
             return Ok(l.ep.as_raw_fd());
@@ -1309,7 +1410,7 @@ impl Port {
     /// event is already there (receive instead of waiting).
     fn prepare_poll(&self) -> PyResult<bool> {
         self.check_open()?;
-        let mut g = self.rx.enter()?;
+        let mut g = self.rx_enter()?;
         let r = g
             .receiver()
             .ok_or_else(|| errors::closed_here("the port is closed"))?;
@@ -1367,7 +1468,10 @@ impl Port {
             CLOSING => "closing",
             _ => "closed",
         };
-        format!("<shmport.Port fd={} {state}>", self.fd)
+        match self.fd.load(Ordering::Relaxed) {
+            -1 => format!("<shmport.Port not used yet, {state}>"),
+            fd => format!("<shmport.Port fd={fd} {state}>"),
+        }
     }
 }
 
@@ -1415,11 +1519,12 @@ pub(crate) fn _spin(
         if p.check_open().is_err() {
             return Ok(Some(i));
         }
+        p.split_if_whole()?;
         let Ok(mut g) = p.rx.enter() else { continue };
         let Some(r) = g.receiver() else {
             return Ok(Some(i));
         };
-        spin = spin.max(p.spin);
+        spin = spin.max(p.facts.get().map_or(Duration::ZERO, |f| f.spin));
         halves.push((i, r, &p.state));
         guards.push(g);
     }
