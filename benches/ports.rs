@@ -22,6 +22,11 @@
 //! - `socketpair_and_close`: one `socketpair()` and the two `close()`s,
 //!   right after `channel_per_request`: the cheapest kernel object a
 //!   channel could be, against which a channel per request is compared.
+//! - `third_party_hop`: a channel per request whose far end goes through
+//!   a middle process: posted to one child, which posts it on to a
+//!   second child that replies and drops it. The port leaves the pair of
+//!   processes its channel was made for (with links, the channel moves
+//!   off its link to a segment and socket of its own).
 //! - `parked/{channel_per_request,rtt_64B}`: the same request, and a
 //!   64-byte round trip, with both sides sleeping on their sockets at
 //!   once (spin 0): each hop a wake-up.
@@ -70,6 +75,7 @@ fn main() {
     channel_per_request(&mut c);
     socketpair_and_close(&mut c);
     channel_per_request_floor(&mut c);
+    third_party_hop(&mut c);
     parked(&mut c);
     transferred_rtt(&mut c);
     worker_4_clients(&mut c);
@@ -122,6 +128,23 @@ fn run_role(role: &str) {
             echo(&p)
         }
         "worker" => worker(port),
+        "forwarder" => {
+            // The first message brings the port to forward on.
+            let mut m = port.recv().expect("the onward port");
+            let onward = m.take_ports().expect("a port").pop().expect("one port");
+            drop(m);
+            port.set_spin(BUSY);
+            onward.set_spin(BUSY);
+            forwarder(&port, &onward)
+        }
+        "adopt-acceptor" => {
+            // The first message brings the port whose ports to accept.
+            let mut m = port.recv().expect("the port to accept on");
+            let p = m.take_ports().expect("a port").pop().expect("one port");
+            drop(m);
+            p.set_spin(BUSY);
+            acceptor(p)
+        }
         other => panic!("{ROLE_ENV}={other:?}: unknown role"),
     }
 }
@@ -138,6 +161,20 @@ fn acceptor(port: MessagePort) {
             p.set_spin(port.spin());
             p.post(&1u64).expect("reply");
         }
+    }
+}
+
+/// Post every port that comes on `port` on over `onward`.
+fn forwarder(port: &MessagePort, onward: &MessagePort) {
+    loop {
+        let mut m = match port.recv() {
+            Ok(m) => m,
+            Err(RecvError::Closed(_)) => return,
+            Err(e) => panic!("forwarder: {e}"),
+        };
+        let ports = m.take_ports().expect("ports");
+        drop(m);
+        onward.post_with_ports(&(), ports).expect("forward");
     }
 }
 
@@ -212,6 +249,22 @@ fn one_request(port: &MessagePort, spin: Duration) {
         .to_native();
     assert_eq!(v, 1);
     assert!(matches!(mine.recv(), Err(RecvError::Closed(_))));
+}
+
+fn third_party_hop(c: &mut Criterion) {
+    let (fwd, to_fwd) = shmport::spawn(peer("forwarder")).expect("spawn");
+    let (acc, to_acc) = shmport::spawn(peer("adopt-acceptor")).expect("spawn");
+    to_fwd.set_spin(BUSY);
+    let (onward, accept_on) = MessageChannel::new().expect("channel").into_ports();
+    to_acc
+        .post_with_ports(&(), vec![accept_on])
+        .expect("the acceptor's port");
+    to_fwd
+        .post_with_ports(&(), vec![onward])
+        .expect("the forwarder's onward port");
+    c.bench_function("third_party_hop", |b| b.iter(|| one_request(&to_fwd, BUSY)));
+    finish(fwd, to_fwd);
+    finish(acc, to_acc);
 }
 
 fn socketpair_and_close(c: &mut Criterion) {

@@ -100,6 +100,22 @@ fn peer_entry() {
                 reply.post(&(n * 2)).unwrap();
             }
         }
+        // Each message brings a port: split it, stream three answers on
+        // its sending half, then drop both halves (as the Python binding
+        // uses every port: split at first use, a descriptor asked for).
+        "split-streamer" => {
+            while let Ok(mut m) = port.recv() {
+                let n = m.get::<u32>().unwrap().to_native();
+                let reply = m.take_ports().unwrap().pop().unwrap();
+                drop(m);
+                let _ = std::os::fd::AsFd::as_fd(&reply);
+                let (tx, rx) = reply.split().unwrap();
+                for i in 0..3 {
+                    tx.post(&(n + i)).unwrap();
+                }
+                drop((tx, rx));
+            }
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -473,4 +489,71 @@ fn ten_thousand_live_channels_to_one_peer_hold_a_handful_of_descriptors() {
             Err(RecvError::Closed(CloseReason::PeerDied))
         ));
     }
+}
+
+/// Both ends of a channel made per request are split at once (their
+/// channel moves off its link from both sides): every answer arrives, then
+/// the close.
+#[test]
+fn a_request_channel_split_at_both_ends_streams_and_closes() {
+    let _serial = serial();
+    let (child, x) = shmport::spawn(peer("split-streamer")).unwrap();
+    let victim = Victim::new(child);
+    for n in 0..200u32 {
+        let (mine, theirs) = MessageChannel::new().unwrap().into_ports();
+        x.post_with_ports(&(n * 10), vec![theirs]).unwrap();
+        let _ = std::os::fd::AsFd::as_fd(&mine);
+        let (_tx, rx) = mine.split().unwrap();
+        for i in 0..3 {
+            let m = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("request {n}, answer {i}: {e:?}"));
+            assert_eq!(*m.get::<u32>().unwrap(), n * 10 + i);
+        }
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Err(RecvError::Closed(CloseReason::Closed))
+        ));
+    }
+    drop(x);
+    victim.wait_success();
+}
+
+/// A port whose peer closed while both were on a link still sees the close
+/// after its channel moves off the link (here: split, which gives it a
+/// socket of its own), in one process and across two.
+#[test]
+fn a_port_whose_peer_closed_on_the_link_sees_the_close_after_moving() {
+    let _serial = serial();
+    let (a, b) = MessageChannel::new().unwrap().into_ports();
+    let (c, d) = MessageChannel::new().unwrap().into_ports();
+    a.post_bytes_with_ports(b"d inside", vec![d]).unwrap();
+    // The message is dropped with its port not taken: d closes.
+    drop(b.recv().unwrap());
+    let (_tx, rx) = c.split().unwrap();
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(10)),
+        Err(RecvError::Closed(CloseReason::Closed))
+    ));
+
+    let (child, x) = shmport::spawn(peer("split-streamer")).unwrap();
+    let victim = Victim::new(child);
+    let (mine, theirs) = MessageChannel::new().unwrap().into_ports();
+    x.post_with_ports(&7u32, vec![theirs]).unwrap();
+    // The child streams three answers and drops its end; then this end
+    // leaves the link.
+    let first = mine.recv().unwrap();
+    assert_eq!(*first.get::<u32>().unwrap(), 7);
+    drop(first);
+    std::thread::sleep(Duration::from_millis(50));
+    let (_tx, rx) = mine.split().unwrap();
+    for i in 1..3 {
+        assert_eq!(*rx.recv().unwrap().get::<u32>().unwrap(), 7 + i);
+    }
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(10)),
+        Err(RecvError::Closed(CloseReason::Closed))
+    ));
+    drop(x);
+    victim.wait_success();
 }

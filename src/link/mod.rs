@@ -245,6 +245,23 @@ impl ArenaLink {
                 seg,
                 sock,
             } => {
+                // A channel whose port here closed (and kept its kit) at
+                // that generation will not follow its move: nothing to keep
+                // (the mover saw the close). A kit not taken up yet may
+                // still be: its record may be unread.
+                let closed_here = match self.side {
+                    Side::B => st
+                        .held
+                        .get(&id)
+                        .is_some_and(|k| k.seg.kit_gen() == generation),
+                    Side::A => st
+                        .made
+                        .iter()
+                        .any(|k| k.id == id && k.seg.kit_gen() == generation),
+                };
+                if closed_here {
+                    return Ok(());
+                }
                 if st.moved.len() > st.live.len() + st.made.len() + 64 {
                     return Err(Corrupt("more moved channels than the link holds"));
                 }

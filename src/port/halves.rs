@@ -13,6 +13,7 @@ use rkyv::ser::allocator::Arena;
 
 use super::{Half, MessagePort, Shared, Trust};
 use crate::error::{CloseReason, PostError};
+use crate::shm::layout::CLOSED_MOVED;
 use crate::shm::pool::reader::PoolReader;
 use crate::shm::pool::writer::PoolWriter;
 use crate::shm::ring::{Consumer, Corrupt, Producer};
@@ -270,6 +271,16 @@ impl PortReceiver {
         if self.close_consumer() {
             let _ = self.shared.wake_peer(self.wake_word());
         }
+        // SeqCst: the Dekker pair with a mover's close of the ring with
+        // CLOSED_MOVED (`promote::move_off`): either it sees our flag, or
+        // we see its move here, follow it, and close there too.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.rx.borrow().producer_close_code() == CLOSED_MOVED
+            && self.follow_to_close().is_ok()
+            && self.close_consumer()
+        {
+            let _ = self.shared.wake_peer(self.wake_word());
+        }
     }
 
     /// Publish the consumer's last head, then its closed flag; `true` if
@@ -323,6 +334,15 @@ impl Drop for PortSender {
         if self.tx.get_mut().close() {
             let _ = self.shared.wake_peer(self.tx.get_mut().woke());
         }
+        // The peer was moving the channel off its link: it may not have
+        // seen the close (`promote::move_off`). Follow the move, and close
+        // there too.
+        if self.tx.get_mut().consumer_moved()
+            && self.follow_to_close().is_ok()
+            && self.tx.get_mut().close()
+        {
+            let _ = self.shared.wake_peer(self.tx.get_mut().woke());
+        }
     }
 }
 
@@ -335,6 +355,16 @@ impl Drop for PortReceiver {
         // wake the peer if it waits for room or a block (see `PortSender`'s
         // drop).
         if self.close_consumer() {
+            let _ = self.shared.wake_peer(self.wake_word());
+        }
+        // SeqCst: the Dekker pair with a mover's close of the ring with
+        // CLOSED_MOVED (`promote::move_off`): either it sees our flag, or
+        // we see its move here, follow it, and close there too.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.rx.get_mut().producer_close_code() == CLOSED_MOVED
+            && self.follow_to_close().is_ok()
+            && self.close_consumer()
+        {
             let _ = self.shared.wake_peer(self.wake_word());
         }
         // Ports in messages never read: close them properly (their peers

@@ -316,24 +316,39 @@ fn move_off(
             theirs,
         } = home;
 
-        // The ring this side writes: closed here, continued in S.
-        {
+        // The ring this side writes: closed here, continued in S. If the
+        // peer's receiving half closed already, it will not follow: S's
+        // ring says so too (this side's posts see the close).
+        let peer_stopped_reading = {
             let mut p = tx.tx.borrow_mut();
             let tail = p.tail();
             if p.close_with(CLOSED_MOVED) {
                 link.ring(p.woke());
             }
+            // SeqCst: a Dekker pair with the peer receiver's close
+            // (`PortReceiver::drop`: its flag, a fence, then our code):
+            // either we see its flag here, or it sees CLOSED_MOVED and
+            // follows the move before it closes.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            let stopped = p.consumer_close_code();
             s.start_ring(out, sh.seg.published_head(out), tail)?;
             let mut fresh = Producer::new(SegmentRing::new(s.clone(), out), barriers)?;
             fresh.rewind_from(rewind_min(s.capacity()));
             *p = fresh;
-        }
+            stopped
+        };
         *tx.pool.borrow_mut() = PoolWriter::new(SegmentRelease::new(s.clone(), out), barriers);
 
-        // The ring this side reads: sealed, its residue posted into S.
-        let (sealed_at, head, residue) = {
+        // The ring this side reads: sealed, its residue posted into S. If
+        // the peer's sending half closed already, it will not follow: its
+        // close goes into S after the residue. (The seal's barrier and the
+        // producer's look after its close are a Dekker pair: either the
+        // close is seen here, or the producer sees the move and follows it
+        // before it closes.)
+        let (sealed_at, head, residue, peer_stopped_writing) = {
             let mut c = rx.rx.borrow_mut();
             let sealed_at = c.seal()?;
+            let stopped = c.producer_close_code();
             let (head, released) = (c.head(), c.released());
             s.start_ring(inn, released, head)?;
             let reader = Consumer::reading_between(
@@ -342,7 +357,7 @@ fn move_off(
                 sealed_at,
                 barriers,
             );
-            (sealed_at, head, read_residue(link, reader)?)
+            (sealed_at, head, read_residue(link, reader)?, stopped)
         };
         let other = match side {
             Side::A => Side::B,
@@ -358,6 +373,17 @@ fn move_off(
                 .map_err(|e| io::Error::other(e.error.to_string()))?;
         }
         debug_assert!(head <= sealed_at);
+        // The stand-in wakes nobody: this side reads S only after the move.
+        if peer_stopped_writing != 0 {
+            let _ = stand_in.tx().tx.borrow().close_with(peer_stopped_writing);
+        }
+        if peer_stopped_reading != 0 {
+            let _ = stand_in
+                .rx()
+                .rx
+                .borrow_mut()
+                .close_with(peer_stopped_reading);
+        }
         let theirs = stand_in.into_parts().sock;
 
         {
@@ -475,6 +501,14 @@ impl super::Shared {
 }
 
 impl PortSender {
+    /// Closing, this half found its peer moving the channel: take up the
+    /// move and go to the new segment, to close there.
+    pub(super) fn follow_to_close(&self) -> Result<(), CloseReason> {
+        let from = self.tx.borrow().memory().segment().clone();
+        self.shared.take_up_move(&from)?;
+        self.follow()
+    }
+
     /// Go on writing in the moved channel's segment: re-post there the
     /// record whose commit saw the move, if the mover did not take it.
     pub(super) fn follow(&self) -> Result<(), CloseReason> {
@@ -562,6 +596,14 @@ impl PortReceiver {
         let barriers = process_barriers();
         *self.pool_reader() = PoolReader::new(SegmentRelease::new(s.clone(), inn), barriers);
         Ok(())
+    }
+
+    /// Closing, this half found its peer moving the channel: take up the
+    /// move and go to the new segment, to close there.
+    pub(super) fn follow_to_close(&self) -> Result<(), CloseReason> {
+        let from = self.rx.borrow().memory().segment().clone();
+        self.shared.take_up_move(&from)?;
+        self.follow()
     }
 
     /// The ring is read to a close: a move to follow rather than a close
