@@ -86,7 +86,9 @@ impl PortSender {
                 None => return Ok(Some(ports)),
             }
         }
-        if let Some(link) = self.shared.made_link() {
+        // Channels whose ports keep a socket of their own go as memfd kits.
+        let own = fresh.iter().any(|(f, _)| f.settings().own_sockets);
+        if let Some(link) = (!own).then(|| self.shared.made_link()).flatten() {
             return self.post_on_link(
                 &link, meta, size_hint, wait, ports, fill, rx, states, &fresh,
             );

@@ -50,6 +50,8 @@ pub(crate) struct Settings {
     pub trust: Trust,
     pub max_message: usize,
     pub pool_limit: Option<usize>,
+    /// Its ports never go on a link ([`crate::ChannelBuilder::own_sockets`]).
+    pub own_sockets: bool,
 }
 
 impl Settings {

@@ -104,8 +104,7 @@ impl MessagePort {
     pub fn split(self) -> Result<(PortSender, PortReceiver), SplitError> {
         // Halves wake each other through the port's socket: a port on a
         // link gets one of its own first.
-        if let Err(reason) = self.leave_link() {
-            let error = io::Error::other(format!("the port's channel is gone: {reason}"));
+        if let Err(error) = self.leave_link_or_gone() {
             return Err(SplitError { error, port: self });
         }
         if self.tx().shared.kicks.get().is_none() {

@@ -51,33 +51,14 @@ impl MessagePort {
     /// descriptor is asked for). If that fails (out of descriptors), the
     /// port is broken: its calls report [`CloseReason::ProtocolError`].
     pub(crate) fn own_socket(&self) {
-        if let Err(reason) = self.leave_link() {
-            if reason == CloseReason::ProtocolError {
-                let _ = self
-                    .tx()
-                    .shared
-                    .broken
-                    .set(Corrupt("the port could not move off its link"));
-            }
+        if self.leave_link_or_gone().is_err() {
+            let _ = self
+                .tx()
+                .shared
+                .broken
+                .set(Corrupt("the port could not move off its link"));
         }
     }
-
-    /// Move this port's channel off its link, or follow its peer's move
-    /// of it. Nothing to do for a port of its own. `Err`: the peer is gone
-    /// or broke the link (the port reports it at its next call).
-    pub(crate) fn leave_link(&self) -> Result<(), CloseReason> {
-        leave_link(self.tx(), self.rx())
-    }
-}
-
-/// [`MessagePort::leave_link`], over a whole port's two halves.
-pub(super) fn leave_link(tx: &PortSender, rx: &PortReceiver) -> Result<(), CloseReason> {
-    leave_link_or_io(tx, rx).map_err(|e| match e {
-        Leave::Closed(reason) => reason,
-        // Out of descriptors or memory: nothing was claimed, the port
-        // stays on its link.
-        Leave::Io(_) => CloseReason::ProtocolError,
-    })
 }
 
 /// Why a port did not leave its link.
@@ -88,8 +69,9 @@ pub(super) enum Leave {
     Io(io::Error),
 }
 
-/// [`leave_link`], telling a move that could not be made (the port stays
-/// on its link, whole) from a peer that is gone.
+/// Move a whole port's channel off its link (or follow its peer's move),
+/// telling a move that could not be made (the port stays on its link,
+/// whole) from a peer that is gone.
 pub(super) fn leave_link_or_io(tx: &PortSender, rx: &PortReceiver) -> Result<(), Leave> {
     let sh = &tx.shared;
     let Some(on) = sh.link_only() else {
@@ -146,25 +128,15 @@ impl NewHome {
 }
 
 impl MessagePort {
-    /// Before the port travels: a port on a link moves off it (or follows
-    /// its peer's move). `Err` only when the move could not be made (out
-    /// of descriptors): the port is unchanged, on its link. If its peer is
-    /// gone, the port gets a home whose peer is gone (a new segment, and a
-    /// socket whose other end is closed): it travels as a port whose peer
-    /// died.
-    ///
-    /// A port whose end holds links its peer made re-homes its channel
-    /// ([`rehome`]); that too fails only for want of descriptors.
-    pub(crate) fn ready_to_travel(&self) -> io::Result<()> {
+    /// Give the port a home of its own if it is on a link: its channel
+    /// moves off the link (or follows its peer's move). `Err` only when
+    /// the move could not be made (out of descriptors): the port is
+    /// unchanged, on its link. If its peer is gone (or broke the link),
+    /// the port gets a home whose peer is gone (a new segment, and a
+    /// socket whose other end is closed): it reports its peer gone.
+    pub(crate) fn leave_link_or_gone(&self) -> io::Result<()> {
         match leave_link_or_io(self.tx(), self.rx()) {
-            Ok(()) if self.tx().shared.links().is_empty() => Ok(()),
-            // Records here may name kits of links the peer made with this
-            // end: the channel moves so that they travel as ordinary ones.
-            // A peer gone meanwhile: the port travels as it is.
-            Ok(()) => match rehome(self.tx(), self.rx()) {
-                Err(Leave::Io(e)) => Err(e),
-                Ok(()) | Err(Leave::Closed(_)) => Ok(()),
-            },
+            Ok(()) => Ok(()),
             Err(Leave::Io(e)) => Err(e),
             Err(Leave::Closed(_)) => {
                 let sh = &self.tx().shared;
@@ -175,6 +147,24 @@ impl MessagePort {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Before the port travels: a port on a link leaves it
+    /// ([`leave_link_or_gone`](Self::leave_link_or_gone)), and a port whose
+    /// end holds links its peer made re-homes its channel ([`rehome`]).
+    /// `Err` only for want of descriptors: the port is unchanged.
+    pub(crate) fn ready_to_travel(&self) -> io::Result<()> {
+        self.leave_link_or_gone()?;
+        if self.tx().shared.links().is_empty() {
+            return Ok(());
+        }
+        // Records here may name kits of links the peer made with this end:
+        // the channel moves so that they travel as ordinary ones. A peer
+        // gone meanwhile: the port travels as it is.
+        match rehome(self.tx(), self.rx()) {
+            Err(Leave::Io(e)) => Err(e),
+            Ok(()) | Err(Leave::Closed(_)) => Ok(()),
         }
     }
 }

@@ -578,7 +578,11 @@ impl PortSender {
             return Ok(());
         }
         match rx {
-            Some(rx) => super::promote::leave_link(self, rx).map_err(PostError::Closed),
+            Some(rx) => super::promote::leave_link_or_io(self, rx).map_err(|e| match e {
+                super::promote::Leave::Closed(reason) => PostError::Closed(reason),
+                // Out of descriptors: nothing happened, the port is whole.
+                super::promote::Leave::Io(e) => PostError::Io(e),
+            }),
             None => Err(PostError::Closed(CloseReason::ProtocolError)),
         }
     }
