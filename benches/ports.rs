@@ -22,14 +22,16 @@
 //! - `socketpair_and_close`: one `socketpair()` and the two `close()`s,
 //!   right after `channel_per_request`: the cheapest kernel object a
 //!   channel could be, against which a channel per request is compared.
-//! - `third_party_hop`: a channel per request whose far end goes through
-//!   a middle process: posted to one child, which posts it on to a
-//!   second child that replies and drops it. The port leaves the pair of
-//!   processes its channel was made for (with links, the channel moves
-//!   off its link to a segment and socket of its own).
 //! - `parked/{channel_per_request,rtt_64B}`: the same request, and a
 //!   64-byte round trip, with both sides sleeping on their sockets at
 //!   once (spin 0): each hop a wake-up.
+//! - `parked/third_party_hop`: a channel per request whose far end goes
+//!   through a middle process: posted to one child, which posts it on to
+//!   a second child that replies and drops it. The port leaves the pair
+//!   of processes its channel was made for (on a link, its channel moves
+//!   off the link to a segment and socket of its own). Three processes on
+//!   two vCPUs: every side sleeps (spin 0), as three busy spinners would
+//!   share the vCPUs by the scheduler's time slices.
 //! - `transferred_rtt/{original,transferred}`: 64-byte round trip, busy
 //!   spin, on the port `spawn` made, and on a port that travelled to the
 //!   child inside a message.
@@ -75,7 +77,6 @@ fn main() {
     channel_per_request(&mut c);
     socketpair_and_close(&mut c);
     channel_per_request_floor(&mut c);
-    third_party_hop(&mut c);
     parked(&mut c);
     transferred_rtt(&mut c);
     worker_4_clients(&mut c);
@@ -133,8 +134,8 @@ fn run_role(role: &str) {
             let mut m = port.recv().expect("the onward port");
             let onward = m.take_ports().expect("a port").pop().expect("one port");
             drop(m);
-            port.set_spin(BUSY);
-            onward.set_spin(BUSY);
+            port.set_spin(Duration::ZERO);
+            onward.set_spin(Duration::ZERO);
             forwarder(&port, &onward)
         }
         "adopt-acceptor" => {
@@ -142,7 +143,7 @@ fn run_role(role: &str) {
             let mut m = port.recv().expect("the port to accept on");
             let p = m.take_ports().expect("a port").pop().expect("one port");
             drop(m);
-            p.set_spin(BUSY);
+            p.set_spin(Duration::ZERO);
             acceptor(p)
         }
         other => panic!("{ROLE_ENV}={other:?}: unknown role"),
@@ -251,10 +252,16 @@ fn one_request(port: &MessagePort, spin: Duration) {
     assert!(matches!(mine.recv(), Err(RecvError::Closed(_))));
 }
 
-fn third_party_hop(c: &mut Criterion) {
-    let (fwd, to_fwd) = shmport::spawn(peer("forwarder")).expect("spawn");
-    let (acc, to_acc) = shmport::spawn(peer("adopt-acceptor")).expect("spawn");
-    to_fwd.set_spin(BUSY);
+/// `parked/third_party_hop`, in the `parked` group.
+fn third_party_hop(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    let spawn = |role| {
+        MessageChannel::builder()
+            .spin(Duration::ZERO)
+            .spawn(peer(role))
+            .expect("spawn")
+    };
+    let (fwd, to_fwd) = spawn("forwarder");
+    let (acc, to_acc) = spawn("adopt-acceptor");
     let (onward, accept_on) = MessageChannel::new().expect("channel").into_ports();
     to_acc
         .post_with_ports(&(), vec![accept_on])
@@ -262,7 +269,9 @@ fn third_party_hop(c: &mut Criterion) {
     to_fwd
         .post_with_ports(&(), vec![onward])
         .expect("the forwarder's onward port");
-    c.bench_function("third_party_hop", |b| b.iter(|| one_request(&to_fwd, BUSY)));
+    group.bench_function("third_party_hop", |b| {
+        b.iter(|| one_request(&to_fwd, Duration::ZERO))
+    });
     finish(fwd, to_fwd);
     finish(acc, to_acc);
 }
@@ -298,6 +307,7 @@ fn parked(c: &mut Criterion) {
         .expect("spawn");
     group.bench_function("rtt_64B", |b| b.iter_custom(|n| rtt(&port, n)));
     finish(child, port);
+    third_party_hop(&mut group);
     group.finish();
 }
 

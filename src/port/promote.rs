@@ -386,7 +386,9 @@ fn move_off(
         }
         *rx.pool_reader() = PoolReader::new(SegmentRelease::new(s.clone(), inn), barriers);
 
+        crate::fault::reach(crate::fault::Point::MoveSealed);
         link.announce_moved(kit, generation, fd, theirs)?;
+        crate::fault::reach(crate::fault::Point::MoveAnnounced);
         sh.push_move(s, mine);
         Ok(())
     }
