@@ -533,7 +533,7 @@ fn idle_at_both_ends(kit: &ArenaKit) -> bool {
         Side::A => Side::B,
         Side::B => Side::A,
     };
-    kit.seg.kit_idle(peer) == kit.seg.kit_gen() && kit.seg.kit_drained()
+    kit.seg.kit_idle(peer) == kit.seg.kit_gen() && (kit.seg.kit_drained() || kit.seg.kit_moved())
 }
 
 /// The links this thread has a doorbell on: when it ends, their numbers

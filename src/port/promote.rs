@@ -538,6 +538,9 @@ impl PortSender {
         let mut fresh =
             Producer::new(SegmentRing::new(s.clone(), out), barriers).map_err(|c| sh.corrupt(c))?;
         fresh.rewind_from(rewind_min(s.capacity()));
+        // The old ring's last position, for the kit's next channel: it
+        // starts there (`KitWords::renew_kit`), past every record.
+        p.publish_tail();
         *p = fresh;
         drop(p);
         *self.pool.borrow_mut() = PoolWriter::new(SegmentRelease::new(s.clone(), out), barriers);

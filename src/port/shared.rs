@@ -506,10 +506,20 @@ impl Drop for Shared {
         let clean = self.kit_clean();
         if self.has_moved() {
             // Moved: the sockets close with the moves (the last one is the
-            // port's; the old ones' peers moved on).
+            // port's; the old ones' peers moved on). The kit the channel
+            // left is this side's no more (whatever this port became, it
+            // is done with it): kept for a next channel, which starts past
+            // the old records once both sides left (`renew_kit`).
             drop(self.sock.take());
             if let Some(l) = self.on_link.take() {
-                if self.side == Side::B {
+                if !l.link.hung_up() && l.link.broken().is_none() {
+                    let kit = ArenaKit {
+                        id: l.kit,
+                        seg: self.seg.clone(),
+                        side: self.side,
+                    };
+                    l.link.keep(kit, l.generation);
+                } else if self.side == Side::B {
                     l.link.forget(l.kit);
                 }
             }

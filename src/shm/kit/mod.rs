@@ -107,6 +107,15 @@ pub(crate) trait KitWords: KitMemory {
         })
     }
 
+    /// Did the channel of this generation move off the kit (one side
+    /// claimed the move)? Its rings then end anywhere: the next
+    /// generation starts each where its producer stopped.
+    fn kit_moved(&self) -> bool {
+        // Acquire: ordered after the Acquire of `kit_idle`, as in
+        // `kit_drained`.
+        self.kit_line().mover.load(Ordering::Acquire) & MOVER != 0
+    }
+
     /// Have both ends closed the channel of this generation (each end's
     /// closed flags set)? A kit whose peer closed is about to go idle.
     fn kit_closed(&self) -> bool {
@@ -120,12 +129,20 @@ pub(crate) trait KitWords: KitMemory {
     /// Start generation `generation` on an idle kit: clear both ends'
     /// closed and wait words and idle marks, then store the generation.
     /// Call only when the peer's end is idle at the current generation
-    /// (`kit_idle`, Acquire) and the rings drained: nobody reads or writes
-    /// them. Published by the record that names the kit (its commit is a
+    /// (`kit_idle`, Acquire) and the rings drained, or the channel moved
+    /// off the kit ([`KitWords::kit_moved`]; each ring then starts empty at
+    /// its producer's last position): nobody reads or writes them. Published by the record that names the kit (its commit is a
     /// Release store after these, taken with Acquire by the receiver).
     fn renew_kit(&self, generation: u32) {
+        let moved = self.kit_moved();
         for i in 0..2 {
             let h = self.ring_header(i);
+            if moved {
+                // Each ring starts empty where its producer stopped (it
+                // published its last position before it left).
+                let tail = h.producer.tail.load(Ordering::Relaxed);
+                h.consumer.head.store(tail, Ordering::Relaxed);
+            }
             // Relaxed: see the doc comment (published by the commit).
             h.producer.closed.store(0, Ordering::Relaxed);
             h.consumer_wait.closed.store(0, Ordering::Relaxed);
