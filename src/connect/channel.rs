@@ -193,7 +193,7 @@ impl ChannelBuilder {
     ///     .own_sockets(true)
     ///     .build()?
     ///     .into_ports();
-    /// x.post_with_ports(&"reply here", vec![theirs])?;
+    /// x.post_bytes_with_ports(b"reply here", vec![theirs])?;
     /// let theirs = y.recv()?.take_ports()?.pop().unwrap();
     /// let (tx, _rx) = theirs.split()?; // no move: it has its socket
     /// tx.post(&42u32)?;
