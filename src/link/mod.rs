@@ -442,8 +442,19 @@ impl ArenaLink {
     }
 
     /// Sleep on `bell` until a token, the peer's death, or `timeout`; then
-    /// take in the tokens.
+    /// take in the tokens (with a timeout: all of them, and what the link's
+    /// socket holds).
     pub(crate) fn sleep(&self, bell: &Bell, timeout: Option<Duration>) -> io::Result<()> {
+        if timeout.is_none() {
+            // One blocking receive on the doorbell: a token, or its
+            // hang-up (the peer's death closes its end, announced or still
+            // in flight). Tokens left over wake a later sleep for nothing;
+            // announcements on the link's socket are taken in when needed.
+            if let Incoming::HungUp | Incoming::Reset = sys::socket::recv(bell.as_fd(), true)? {
+                self.note_hung_up();
+            }
+            return Ok(());
+        }
         let r = sys::socket::wait_or(&self.sock, Some(bell.as_fd()), false, timeout)?;
         if r.hung_up || bell.clear() {
             self.note_hung_up();
