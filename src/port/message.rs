@@ -196,7 +196,7 @@ impl<'p> Message<'p> {
         for arrived in self.ports.drain(..) {
             let parts = match arrived {
                 Arrived::Built(p) => {
-                    ports.push(p);
+                    ports.push(*p);
                     continue;
                 }
                 Arrived::Parts(parts) => parts,
@@ -575,5 +575,5 @@ impl std::error::Error for TakePortsError {
 /// together), or built already (a kit in a link's arena).
 pub(crate) enum Arrived {
     Parts(PortParts),
-    Built(MessagePort),
+    Built(Box<MessagePort>),
 }

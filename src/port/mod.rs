@@ -15,6 +15,7 @@
 
 mod attach;
 mod bind;
+mod follow;
 mod fresh;
 mod halves;
 pub(crate) mod kit;

@@ -188,10 +188,7 @@ impl PortReceiver {
         if rx.producer_close_code() == CLOSED_MOVED && !rx.ready() {
             // Not a close: the peer moved the channel off its link.
             drop(rx);
-            return match self.moved_on() {
-                Ok(_) => None,
-                Err(reason) => Some(reason),
-            };
+            return self.moved_on().err();
         }
         // The closed flag (Acquire) or the hang-up comes after the peer's
         // last commit: re-check the ring after seeing either.
@@ -413,7 +410,13 @@ impl PortReceiver {
                 .map_err(|c| RecvError::Closed(self.corrupt(c)))?;
             // SAFETY: `prefix <= rec.len`: the message lies inside the payload.
             let body = Body::in_ring(unsafe { rec.payload.add(prefix) }, rec.len - prefix);
-            return Ok((body, ports.into_iter().map(Arrived::Built).collect()));
+            return Ok((
+                body,
+                ports
+                    .into_iter()
+                    .map(|p| Arrived::Built(Box::new(p)))
+                    .collect(),
+            ));
         }
         // Relaxed: ordered after the Acquire load of the commit word. Each
         // field is read once; only the copies are checked and used.
