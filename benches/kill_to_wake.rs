@@ -7,6 +7,16 @@
 //!   at the socket notices;
 //! - `port_set`: asleep in `PortSet::wait`.
 //!
+//! And `link_1000`: the survivor holds 1,000 channels made per request
+//! (their far ends posted to the victim, slots of the two processes'
+//! link), one thread parked in `recv` on one of them; after the kill that
+//! thread wakes, then every channel is asked in turn: `first` is the
+//! parked thread's wake-up, `all` the time until each of the 1,000
+//! reported `Closed(PeerDied)` (over all channels of all kills), `rest`
+//! that time after the first wake-up. (The kernel closes a killed
+//! process's descriptors after it has torn down its memory: the victim's
+//! 1,000 channels' mappings are part of `first`.)
+//!
 //! Each kill uses a fresh child (this binary, re-executed with
 //! `SHMPORT_BENCH_ROLE=victim`). `cargo bench --bench kill_to_wake` runs
 //! 1,000 kills per mode; `-- --kills N` changes that; `-- --test` (CI) runs
@@ -29,9 +39,10 @@ enum Mode {
 }
 
 fn main() {
-    if std::env::var(ROLE_ENV).as_deref() == Ok("victim") {
-        victim();
-        return;
+    match std::env::var(ROLE_ENV).as_deref() {
+        Ok("victim") => return victim(),
+        Ok("holder") => return holder(),
+        _ => {}
     }
     let args: Vec<String> = std::env::args().collect();
     let test = args.iter().any(|a| a == "--test");
@@ -41,18 +52,106 @@ fn main() {
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(if test { 10 } else { 1000 });
     for mode in [Mode::Blocked, Mode::Spinning, Mode::PortSet] {
-        let mut times: Vec<Duration> = (0..kills).map(|_| one_kill(mode)).collect();
-        times.sort();
-        let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-        println!(
-            "kill_to_wake/{:<9} kills {kills:>5}  median {:>8.1?}  p90 {:>8.1?}  p99 {:>8.1?}  max {:>8.1?}",
-            format!("{mode:?}").to_lowercase(),
-            at(0.5),
-            at(0.9),
-            at(0.99),
-            at(1.0),
-        );
+        let times: Vec<Duration> = (0..kills).map(|_| one_kill(mode)).collect();
+        report(&format!("{mode:?}").to_lowercase(), kills, times);
     }
+    // Each kill here makes 1,000 channels: a tenth of the kills.
+    let kills = (kills / 10).max(3);
+    let runs: Vec<Vec<Duration>> = (0..kills).map(|_| kill_with_link_channels(1000)).collect();
+    report(
+        "link_1000/first",
+        kills,
+        runs.iter().map(|r| r[0]).collect(),
+    );
+    // After the first wake-up: what asking each channel in turn adds.
+    report(
+        "link_1000/rest",
+        kills,
+        runs.iter()
+            .flat_map(|r| r[1..].iter().map(|t| *t - r[0]))
+            .collect(),
+    );
+    report("link_1000/all", kills, runs.into_iter().flatten().collect());
+}
+
+fn report(name: &str, kills: usize, mut times: Vec<Duration>) {
+    times.sort();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "kill_to_wake/{name:<15} kills {kills:>5}  median {:>8.1?}  p90 {:>8.1?}  p99 {:>8.1?}  max {:>8.1?}",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0),
+    );
+}
+
+/// The child for `link_1000`: keep every port that comes until "held",
+/// say ready, then wait to be killed.
+fn holder() {
+    let port = MessagePort::from_parent().expect("holder: adopting the port");
+    let mut kept = Vec::new();
+    while let Ok(mut m) = port.recv() {
+        if m.bytes() == b"held" {
+            break;
+        }
+        kept.extend(m.take_ports().expect("ports"));
+    }
+    if port.post_bytes(b"ready").is_err() {
+        return;
+    }
+    while port.recv().is_ok() {}
+}
+
+/// One kill of a process holding the far ends of `n` channels made per
+/// request: per channel, the time from the kill to its `PeerDied`.
+fn kill_with_link_channels(n: usize) -> Vec<Duration> {
+    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+    cmd.env(ROLE_ENV, "holder");
+    let (mut child, port) = MessageChannel::builder()
+        .spin(Duration::ZERO)
+        .spawn(cmd)
+        .expect("spawning a holder");
+    let mut mine = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (m, theirs) = MessageChannel::builder()
+            .spin(Duration::ZERO)
+            .build()
+            .expect("channel")
+            .into_ports();
+        port.post_bytes_with_ports(b"keep", vec![theirs])
+            .expect("post a port");
+        mine.push(m);
+    }
+    port.post_bytes(b"held").expect("post");
+    assert_eq!(port.recv().expect("ready").bytes(), b"ready");
+    // Each channel in use (built, looked at) before the kill, as a
+    // survivor waiting on them would have them.
+    for m in &mine {
+        assert!(matches!(m.try_recv(), Err(RecvError::Empty)));
+    }
+    let first = mine.remove(0);
+    let waiter = thread::spawn(move || {
+        let r = first.recv().map(|m| m.bytes().len());
+        (Instant::now(), r)
+    });
+    thread::sleep(Duration::from_millis(2));
+    let t0 = Instant::now();
+    child.kill().expect("kill the holder");
+    let (woke, r) = waiter.join().expect("waiter thread");
+    assert!(
+        matches!(r, Err(RecvError::Closed(CloseReason::PeerDied))),
+        "link_1000: woke with {r:?}"
+    );
+    let mut times = vec![woke - t0];
+    for m in &mine {
+        match m.recv() {
+            Err(RecvError::Closed(CloseReason::PeerDied)) => times.push(t0.elapsed()),
+            other => panic!("link_1000: a channel got {other:?}, not Closed(PeerDied)"),
+        }
+    }
+    child.wait().expect("reap the holder");
+    times
 }
 
 /// The child: say ready, then wait to be killed.

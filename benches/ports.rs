@@ -25,6 +25,13 @@
 //! - `parked/{channel_per_request,rtt_64B}`: the same request, and a
 //!   64-byte round trip, with both sides sleeping on their sockets at
 //!   once (spin 0): each hop a wake-up.
+//! - `parked/third_party_hop`: a channel per request whose far end goes
+//!   through a middle process: posted to one child, which posts it on to
+//!   a second child that replies and drops it. The port leaves the pair
+//!   of processes its channel was made for (on a link, its channel moves
+//!   off the link to a segment and socket of its own). Three processes on
+//!   two vCPUs: every side sleeps (spin 0), as three busy spinners would
+//!   share the vCPUs by the scheduler's time slices.
 //! - `transferred_rtt/{original,transferred}`: 64-byte round trip, busy
 //!   spin, on the port `spawn` made, and on a port that travelled to the
 //!   child inside a message.
@@ -122,6 +129,23 @@ fn run_role(role: &str) {
             echo(&p)
         }
         "worker" => worker(port),
+        "forwarder" => {
+            // The first message brings the port to forward on.
+            let mut m = port.recv().expect("the onward port");
+            let onward = m.take_ports().expect("a port").pop().expect("one port");
+            drop(m);
+            port.set_spin(Duration::ZERO);
+            onward.set_spin(Duration::ZERO);
+            forwarder(&port, &onward)
+        }
+        "adopt-acceptor" => {
+            // The first message brings the port whose ports to accept.
+            let mut m = port.recv().expect("the port to accept on");
+            let p = m.take_ports().expect("a port").pop().expect("one port");
+            drop(m);
+            p.set_spin(Duration::ZERO);
+            acceptor(p)
+        }
         other => panic!("{ROLE_ENV}={other:?}: unknown role"),
     }
 }
@@ -138,6 +162,20 @@ fn acceptor(port: MessagePort) {
             p.set_spin(port.spin());
             p.post(&1u64).expect("reply");
         }
+    }
+}
+
+/// Post every port that comes on `port` on over `onward`.
+fn forwarder(port: &MessagePort, onward: &MessagePort) {
+    loop {
+        let mut m = match port.recv() {
+            Ok(m) => m,
+            Err(RecvError::Closed(_)) => return,
+            Err(e) => panic!("forwarder: {e}"),
+        };
+        let ports = m.take_ports().expect("ports");
+        drop(m);
+        onward.post_with_ports(&(), ports).expect("forward");
     }
 }
 
@@ -214,6 +252,30 @@ fn one_request(port: &MessagePort, spin: Duration) {
     assert!(matches!(mine.recv(), Err(RecvError::Closed(_))));
 }
 
+/// `parked/third_party_hop`, in the `parked` group.
+fn third_party_hop(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    let spawn = |role| {
+        MessageChannel::builder()
+            .spin(Duration::ZERO)
+            .spawn(peer(role))
+            .expect("spawn")
+    };
+    let (fwd, to_fwd) = spawn("forwarder");
+    let (acc, to_acc) = spawn("adopt-acceptor");
+    let (onward, accept_on) = MessageChannel::new().expect("channel").into_ports();
+    to_acc
+        .post_with_ports(&(), vec![accept_on])
+        .expect("the acceptor's port");
+    to_fwd
+        .post_with_ports(&(), vec![onward])
+        .expect("the forwarder's onward port");
+    group.bench_function("third_party_hop", |b| {
+        b.iter(|| one_request(&to_fwd, Duration::ZERO))
+    });
+    finish(fwd, to_fwd);
+    finish(acc, to_acc);
+}
+
 fn socketpair_and_close(c: &mut Criterion) {
     c.bench_function("socketpair_and_close", |b| {
         b.iter(|| {
@@ -245,6 +307,7 @@ fn parked(c: &mut Criterion) {
         .expect("spawn");
     group.bench_function("rtt_64B", |b| b.iter_custom(|n| rtt(&port, n)));
     finish(child, port);
+    third_party_hop(&mut group);
     group.finish();
 }
 

@@ -3,8 +3,8 @@
 //!
 //! A process installs one hook; the library calls it when a post that
 //! carries descriptors (ports or an out-of-line payload) reaches a
-//! [`Point`], and when a receiving port has taken such descriptors off its
-//! socket. The hook may do anything, typically tell the test it is
+//! [`Point`], when a receiving port has taken such descriptors off its
+//! socket, and when a port's channel moving off its link reaches one. The hook may do anything, typically tell the test it is
 //! there and then wait to be killed. Without a hook the cost is one atomic
 //! load per such post.
 //!
@@ -27,6 +27,12 @@ pub enum Point {
     /// Receiving side: an attachment was just taken off the port's socket
     /// and is not queued for its record yet.
     TakenIn,
+    /// A port's channel moving off its link: both rings closed to the old
+    /// segment (the one it writes, and the one it reads sealed), what was
+    /// queued for it posted into the new segment; the peer not told yet.
+    MoveSealed,
+    /// The same move, announced to the peer on the link: it may follow.
+    MoveAnnounced,
 }
 
 static HOOK: OnceLock<fn(Point)> = OnceLock::new();

@@ -58,6 +58,7 @@
 mod connect;
 mod error;
 mod fault;
+mod link;
 mod many;
 mod port;
 mod shm;

@@ -133,11 +133,15 @@ fn peer_entry() {
             for _ in 0..2 {
                 let (k, sent): (Vec<_>, Vec<_>) = (0..100)
                     .map(|_| {
-                        MessageChannel::builder()
+                        let (k, s) = MessageChannel::builder()
                             .capacity(4096)
                             .build()
                             .unwrap()
-                            .into_ports()
+                            .into_ports();
+                        // Built before it travels: it goes with its
+                        // descriptors, in the attachment this test cuts.
+                        let _ = s.max_inline_payload();
+                        (k, s)
                     })
                     .unzip();
                 kept.extend(k);
@@ -625,6 +629,7 @@ fn short_of_descriptors(port: MessagePort) {
     // The next message is fine, and so is a port once descriptors are free.
     assert_eq!(port.recv().unwrap().bytes(), b"after");
     drop(hold);
+    port.post(&"freed".to_string()).unwrap();
     let mut m = port.recv().unwrap();
     let got = m.take_ports().unwrap().pop().unwrap();
     drop(m);
@@ -653,6 +658,13 @@ fn out_of_descriptors_is_a_clear_error_and_breaks_nothing() {
         lost_far.recv_timeout(Duration::from_secs(10)),
         Err(RecvError::Closed(_))
     ));
+    // A port posted once the child has descriptors again arrives. (Posted
+    // while it is still short, its descriptors, or the invitation to the
+    // link its channel is made in, could be lost as the first port's.)
+    assert_eq!(
+        port.recv().unwrap().get::<String>().unwrap().as_str(),
+        "freed"
+    );
     let (far, second) = MessageChannel::new().unwrap().into_ports();
     port.post_bytes_with_ports(b"second", vec![second]).unwrap();
     assert_eq!(far.recv().unwrap().bytes(), b"through the second port");

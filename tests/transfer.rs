@@ -305,6 +305,18 @@ fn post_port_batches(x: &MessagePort, n: usize) -> Vec<MessagePort> {
 
 /// [`post_port_batches`], numbering batches from `first`.
 fn post_port_batches_from(x: &MessagePort, first: usize, n: usize) -> Vec<MessagePort> {
+    post_batches(x, first, n, true)
+}
+
+/// [`post_port_batches`] with ports of channels made for the messages.
+fn post_batches_new(x: &MessagePort, n: usize) -> Vec<MessagePort> {
+    post_batches(x, 0, n, false)
+}
+
+/// Batches of [`shmport::MAX_PORTS`] ports: `used` ones (built before
+/// they travel: each goes with its descriptors), or ports of channels made
+/// for the message (they travel as kits of a link, with no descriptor).
+fn post_batches(x: &MessagePort, first: usize, n: usize, used: bool) -> Vec<MessagePort> {
     let mut kept = Vec::new();
     for batch in first..first + n {
         let mut sent = Vec::new();
@@ -314,6 +326,9 @@ fn post_port_batches_from(x: &MessagePort, first: usize, n: usize) -> Vec<Messag
                 .build()
                 .unwrap()
                 .into_ports();
+            if used {
+                let _ = s.max_inline_payload();
+            }
             kept.push(k);
             sent.push(s);
         }
@@ -330,6 +345,40 @@ fn a_port_holding_four_hundred_ports_moves_whole() {
     // when t travels, past both limits of one socket message.
     let (x, t) = MessageChannel::new().unwrap().into_ports();
     let kept = post_port_batches(&x, 4);
+    let (a, b) = MessageChannel::new().unwrap().into_ports();
+    a.post_bytes_with_ports(b"t", vec![t]).unwrap();
+    let t = b.recv().unwrap().take_ports().unwrap().pop().unwrap();
+    let (c, d) = MessageChannel::new().unwrap().into_ports();
+    c.post_bytes_with_ports(b"t again", vec![t]).unwrap();
+    let t = d.recv().unwrap().take_ports().unwrap().pop().unwrap();
+    let mut got = Vec::new();
+    for batch in 0..4 {
+        let mut m = t.recv().unwrap();
+        assert_eq!(m.bytes(), format!("batch {batch}").as_bytes());
+        got.extend(m.take_ports().unwrap());
+    }
+    assert_eq!(got.len(), kept.len());
+    for (i, (k, g)) in kept.iter().zip(&got).enumerate() {
+        k.post(&(i as u32)).unwrap();
+        assert_eq!(
+            g.recv().unwrap().get::<u32>().unwrap().to_native(),
+            i as u32
+        );
+    }
+    t.post_bytes(b"back").unwrap();
+    assert_eq!(x.recv().unwrap().bytes(), b"back");
+}
+
+/// The same with ports of channels made for the messages: they are kits
+/// of a link the holder's peer made; the link's invitation travels with
+/// the holder, whose next owner takes it up.
+#[test]
+fn a_port_holding_four_hundred_ports_of_new_channels_moves_whole() {
+    allow_fds(3000);
+    // Four messages of 100 ports each: 802 descriptors and 5 KiB of body
+    // when t travels, past both limits of one socket message.
+    let (x, t) = MessageChannel::new().unwrap().into_ports();
+    let kept = post_batches_new(&x, 4);
     let (a, b) = MessageChannel::new().unwrap().into_ports();
     a.post_bytes_with_ports(b"t", vec![t]).unwrap();
     let t = b.recv().unwrap().take_ports().unwrap().pop().unwrap();

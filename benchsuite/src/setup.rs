@@ -84,7 +84,7 @@ impl Setup {
         match self {
             Setup::ShmListener => "Listener::bind_abstract + connect_abstract",
             Setup::ShmTransfer => {
-                "MessageChannel::new, port posted over a port (a kit: kept from the last channel)"
+                "MessageChannel::new, port posted over a port (a slot of the link, kept from the last channel)"
             }
             Setup::Uds => "bind + listen + accept / connect (abstract name)",
             Setup::Fifo => "mkfifo x2 + open / open (named pipes)",

@@ -85,7 +85,9 @@ fn reason_text(reason: CloseReason) -> &'static str {
 /// The channel settings for a ring of `capacity` bytes each way (the
 /// core's default, 1 MiB, when `None`).
 fn builder(capacity: Option<u32>) -> shmport::ChannelBuilder {
-    let b = MessageChannel::builder();
+    // Every Node port is watched through its descriptor (libuv): a socket
+    // of its own from the start (kits, not links: no move per channel).
+    let b = MessageChannel::builder().own_sockets(true);
     match capacity {
         Some(c) => b.capacity(c as usize),
         None => b,

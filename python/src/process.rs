@@ -22,7 +22,10 @@ pub(crate) fn builder(
     trust: Option<&str>,
     max_message_size: Option<usize>,
 ) -> PyResult<ChannelBuilder> {
-    let mut b = ChannelBuilder::new();
+    // Every Python port is split at its first use and may be waited on
+    // through its descriptor (asyncio): a socket of its own from the start
+    // (kits, not links: no move per channel).
+    let mut b = ChannelBuilder::new().own_sockets(true);
     if let Some(c) = capacity {
         b = b.capacity(c);
     }

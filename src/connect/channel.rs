@@ -68,6 +68,7 @@ pub struct ChannelBuilder {
     trust: Trust,
     max_message: usize,
     pool_limit: Option<usize>,
+    own_sockets: bool,
 }
 
 impl Default for ChannelBuilder {
@@ -86,6 +87,7 @@ impl ChannelBuilder {
             trust: Trust::Validated,
             max_message: DEFAULT_MAX_MESSAGE_SIZE,
             pool_limit: None,
+            own_sockets: false,
         }
     }
 
@@ -163,6 +165,46 @@ impl ChannelBuilder {
         self
     }
 
+    /// Give each port of the channel a socket of its own wherever it
+    /// goes (default `false`).
+    ///
+    /// By default a port posted to another process before either port of
+    /// its channel was used (a channel per request) goes into the *link*
+    /// between the two processes: no descriptor per channel
+    /// (ARCHITECTURE.md, "Links"). Such a port gets a socket of its own,
+    /// its channel moving off the link, the first time something needs
+    /// one: [`AsFd::as_fd`](std::os::fd::AsFd::as_fd),
+    /// [`MessagePort::prepare_poll`], [`MessagePort::split`], a
+    /// [`PortSet`](crate::PortSet), async receiving, posting a port or a
+    /// large message over it, or posting it to a third process. That
+    /// move costs what making a channel of its own costs (a memfd and a
+    /// socket pair, tens of microseconds). Ports that will be waited on
+    /// through their descriptor or split anyway, one channel per request,
+    /// save it with `own_sockets(true)`: they travel as kits of the
+    /// carrying channel instead (reused segments and socket pairs, no
+    /// system call per request once warm, two descriptors per live
+    /// channel). The Python and Node bindings make their channels so.
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    ///
+    /// let (x, y) = MessageChannel::new()?.into_ports();
+    /// let (mine, theirs) = MessageChannel::builder()
+    ///     .own_sockets(true)
+    ///     .build()?
+    ///     .into_ports();
+    /// x.post_bytes_with_ports(b"reply here", vec![theirs])?;
+    /// let theirs = y.recv()?.take_ports()?.pop().unwrap();
+    /// let (tx, _rx) = theirs.split()?; // no move: it has its socket
+    /// tx.post(&42u32)?;
+    /// assert_eq!(*mine.recv()?.get::<u32>()?, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn own_sockets(mut self, yes: bool) -> Self {
+        self.own_sockets = yes;
+        self
+    }
+
     /// Make the channel.
     ///
     /// Its ports are built when first used. A port posted over another
@@ -177,6 +219,7 @@ impl ChannelBuilder {
             trust: self.trust,
             max_message: self.max_message,
             pool_limit: self.pool_limit,
+            own_sockets: self.own_sockets,
         })?;
         Ok(MessageChannel { port1, port2 })
     }

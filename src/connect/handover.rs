@@ -15,6 +15,7 @@ use crate::wire::attachment::Attachment;
 /// one message. (Were it ever too large, the send would fail with
 /// `InvalidInput`, and the port be closed.)
 pub(crate) fn send_port(sock: BorrowedFd<'_>, port: MessagePort) -> std::io::Result<()> {
+    port.ready_to_travel()?;
     let parts = port.into_parts();
     let att = Attachment {
         ool: None,
@@ -84,8 +85,12 @@ pub(crate) fn recv_port(
         Incoming::Lost => Err(RecvPortError::Io(std::io::Error::from_raw_os_error(
             libc::EMFILE,
         ))),
-        Incoming::Wake | Incoming::Garbage | Incoming::Part(..) | Incoming::LostPart => {
-            Err(RecvPortError::Garbage("not a port"))
-        }
+        Incoming::Wake
+        | Incoming::Garbage
+        | Incoming::Part(..)
+        | Incoming::LostPart
+        | Incoming::Link(..)
+        | Incoming::LinkLost(_)
+        | Incoming::Moved(..) => Err(RecvPortError::Garbage("not a port")),
     }
 }

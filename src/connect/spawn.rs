@@ -48,7 +48,10 @@ impl ChannelBuilder {
         let port = MessagePort::from_parts(seg.clone(), Side::A, mine, self.spin_time())
             .map_err(std::io::Error::other)?;
         self.configure(&port);
-        let keep: [RawFd; 2] = [theirs.as_raw_fd(), seg.fd().as_raw_fd()];
+        let keep: [RawFd; 2] = [
+            theirs.as_raw_fd(),
+            std::os::fd::AsFd::as_fd(&*seg).as_raw_fd(),
+        ];
         cmd.env(
             PORT_ENV,
             format!("{},{},{}", keep[0], keep[1], self.spin_time().as_nanos()),
@@ -162,6 +165,9 @@ impl MessagePort {
     /// closed: while it is open, the child's exit does not hang up the
     /// parent's port.
     pub fn into_fds(self) -> Result<(OwnedFd, OwnedFd), Box<MessagePort>> {
+        if self.ready_to_travel().is_err() {
+            return Err(Box::new(self));
+        }
         match self.child_end_segment() {
             Some(Ok(mem)) => Ok((self.into_parts().sock, mem)),
             None | Some(Err(_)) => Err(Box::new(self)),

@@ -12,6 +12,7 @@ use super::send::{RAW_META, typed_meta};
 use super::{Half, MAX_PORTS, MessagePort, PortReceiver, PortSender, TransferError, Wait};
 use crate::error::PostError;
 use crate::fault;
+use crate::shm::kit::KitWords;
 use crate::shm::ring::{Corrupt, RecordMeta};
 use crate::sys;
 use crate::wire::attachment::{
@@ -53,6 +54,15 @@ impl PortSender {
         rx: Option<&PortReceiver>,
     ) -> Result<(), TransferError> {
         let refuse = |error, ports| Err(TransferError { error, ports });
+        // The peer moved this channel off its link: ports queued for the
+        // peer name the segment it moved to. Follow first, so that the
+        // checks below know it (a peer gone shows at the post itself).
+        if self.shared.link_only().is_some() && self.shared.seg.moved_by_other(self.shared.side) {
+            let from = self.tx.borrow().memory().segment().clone();
+            if self.shared.take_up_move(&from).is_ok() {
+                let _ = self.follow();
+            }
+        }
         if ports.iter().any(|p| p.is_peer_of(&self.shared)) {
             return refuse(PostError::PeerInTransfer, ports);
         }
@@ -80,6 +90,11 @@ impl PortSender {
                 // Nothing was ever queued on it.
                 return Ok(());
             }
+            // A port on a link moves off it to travel (and a port holding
+            // links its peer made re-homes): moved, or following its
+            // peer's move, its queue is on its own socket. Out of
+            // descriptors for that, the transfer fails.
+            p.ready_to_travel().map_err(PostError::Io)?;
             p.take_in().map_err(PostError::Io)?;
             let scan = p.scan_inbox(&self.shared);
             if scan.holds_peer {
@@ -111,9 +126,36 @@ impl PortSender {
         rx: Option<&PortReceiver>,
     ) -> Result<(), PostError> {
         fault::reach(fault::Point::BeforeAttachment);
-        self.send_attachment(att, wait, rx)?;
+        self.claim_posting()?;
+        if let Err(e) = self.send_attachment(att, wait, rx) {
+            self.end_posting();
+            return Err(e);
+        }
         fault::reach(fault::Point::AfterAttachment);
         Ok(())
+    }
+
+    /// Before descriptors or kit references go to a peer that holds a link
+    /// this end made (its end may move away, re-homing the channel): take
+    /// the posting claim, held until the record commits. A move already
+    /// begun is [`moving`]: follow it, then post again.
+    pub(super) fn claim_posting(&self) -> Result<(), PostError> {
+        let sh = &self.shared;
+        if self.posting.get() || sh.made_link_now().is_none() || sh.link_only().is_some() {
+            return Ok(());
+        }
+        if !sh.seg().claim_posting(sh.side) {
+            return Err(moving());
+        }
+        self.posting.set(true);
+        Ok(())
+    }
+
+    /// The record the posting claim covered committed (or was given up).
+    pub(super) fn end_posting(&self) {
+        if self.posting.replace(false) {
+            self.shared.seg().end_posting(self.shared.side);
+        }
     }
 
     /// Send an attachment: one socket message, or its parts back to back
@@ -170,7 +212,7 @@ impl PortSender {
         rx: Option<&PortReceiver>,
     ) -> Result<(), PostError> {
         loop {
-            match sys::socket::send_attachment(&*self.shared.sock, body, fds, last, false) {
+            match sys::socket::send_attachment(self.shared.sock(), body, fds, last, false) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The peer has not taken earlier attachments in yet.
@@ -212,3 +254,26 @@ impl PortSender {
 fn reassemble(parts: Vec<PortParts>) -> Vec<MessagePort> {
     parts.into_iter().filter_map(PortParts::rebuild).collect()
 }
+
+/// The error a post gets when its channel's move began under it: the post
+/// follows the move and tries again (`PortSender::send_record`); it never
+/// reaches the caller.
+pub(super) fn moving() -> PostError {
+    PostError::Io(std::io::Error::other(Moving))
+}
+
+/// Is `e` [`moving`]?
+pub(super) fn is_moving(e: &PostError) -> bool {
+    matches!(e, PostError::Io(io) if io.get_ref().is_some_and(|r| r.is::<Moving>()))
+}
+
+#[derive(Debug)]
+struct Moving;
+
+impl std::fmt::Display for Moving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the channel moved under the post")
+    }
+}
+
+impl std::error::Error for Moving {}

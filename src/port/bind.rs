@@ -14,8 +14,9 @@ use super::kit::Kit;
 use super::send::check_size;
 use super::{MAX_PORTS, MessagePort, PortReceiver, PortSender, Wait};
 use crate::error::PostError;
+use crate::link::{ArenaKit, ArenaLink};
 use crate::shm::kit::KitWords;
-use crate::shm::layout::{KitRef, KitRefs, kit_refs_size};
+use crate::shm::layout::{KIT_NEW, KITS_IN_ARENAS, KitRef, KitRefs, kit_refs_size};
 use crate::shm::ring::{Kind, RecordMeta};
 use crate::shm::segment::Side;
 use crate::wire::attachment::{Partial, PortParts, SegmentRef};
@@ -36,10 +37,18 @@ impl MessagePort {
     /// The kits this port keeps for the channels it carries: (made here
     /// and idle, held for the peer).
     pub(crate) fn kits_kept(&self) -> (usize, usize) {
-        match self.tx().shared.link.get() {
+        let sh = &self.tx().shared;
+        let (mut made, mut held) = match sh.link.get() {
             Some(link) => link.counts(),
             None => (0, 0),
+        };
+        let links = sh.links().clone();
+        for l in sh.made_link_now().iter().chain(links.iter()) {
+            let (m, h) = l.counts();
+            made += m;
+            held += h;
         }
+        (made, held)
     }
 }
 
@@ -77,6 +86,13 @@ impl PortSender {
                 None => return Ok(Some(ports)),
             }
         }
+        // Channels whose ports keep a socket of their own go as memfd kits.
+        let own = fresh.iter().any(|(f, _)| f.settings().own_sockets);
+        if let Some(link) = (!own).then(|| self.shared.made_link()).flatten() {
+            return self.post_on_link(
+                &link, meta, size_hint, wait, ports, fill, rx, states, &fresh,
+            );
+        }
         let link = self.shared.link().clone();
         let mut kits: Vec<(Kit, u32)> = Vec::with_capacity(n);
         for (f, _) in &fresh {
@@ -90,7 +106,8 @@ impl PortSender {
         }
         let posted =
             self.write_with_kits(&mut meta, size_hint, n, max, wait, fill, rx, |payload| {
-                write_refs(payload, &kits, &fresh)
+                write_refs(payload, &kits, &fresh);
+                true
             });
         match posted {
             Ok(true) => {}
@@ -112,6 +129,73 @@ impl PortSender {
         Ok(None)
     }
 
+    /// [`post_as_kits`](Self::post_as_kits) in `link`'s arenas: a kit made
+    /// or reused for each port, named in the record.
+    #[allow(clippy::too_many_arguments)]
+    fn post_on_link(
+        &self,
+        link: &Arc<ArenaLink>,
+        mut meta: RecordMeta,
+        size_hint: usize,
+        wait: Wait,
+        ports: Vec<MessagePort>,
+        fill: &mut dyn FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
+        rx: Option<&PortReceiver>,
+        mut states: Vec<std::sync::MutexGuard<'_, fresh::State>>,
+        fresh: &[(Arc<Fresh>, usize)],
+    ) -> KitPost {
+        let n = ports.len();
+        let max = self.max_inline_payload().min(self.inline_limit.get());
+        let mut kits: Vec<(ArenaKit, u32, bool)> = Vec::with_capacity(n);
+        for (f, _) in fresh {
+            let cap = f.settings().capacity;
+            let kit = match link.reuse_kit(cap) {
+                Some((k, g)) => (k, g, false),
+                None => match link.make_kit(cap) {
+                    Ok(k) => (k, 1, true),
+                    Err(_) => {
+                        link.put_back(kits.into_iter().map(|(k, _, _)| k));
+                        return Ok(Some(ports));
+                    }
+                },
+            };
+            kits.push(kit);
+        }
+        let posted =
+            self.write_with_kits(&mut meta, size_hint, n, max, wait, fill, rx, |payload| {
+                // The peer's end may be moving away (re-homing the carrier):
+                // then these go the ordinary way, after the move. Waiting
+                // for room may have followed such a move already: the link
+                // is then no longer this end's, and nothing is claimed.
+                let still = self
+                    .shared
+                    .made_link_now()
+                    .is_some_and(|l| Arc::ptr_eq(&l, link));
+                if !still || self.claim_posting().is_err() {
+                    return false;
+                }
+                write_arena_refs(payload, link.id(), &kits, fresh);
+                true
+            });
+        match posted {
+            Ok(true) => {}
+            Ok(false) => {
+                link.put_back(kits.into_iter().map(|(k, _, _)| k));
+                return Ok(Some(ports));
+            }
+            Err(e) => {
+                link.put_back(kits.into_iter().map(|(k, _, _)| k));
+                drop(states);
+                return Err((e, ports));
+            }
+        }
+        for ((state, (kit, generation, _)), (_, index)) in states.iter_mut().zip(kits).zip(fresh) {
+            fresh::bind_on_link(state, 1 - index, kit, link.clone(), generation);
+        }
+        drop(states);
+        Ok(None)
+    }
+
     /// Reserve a slot for the references and the message, serialize the
     /// message after the references' room, and if it fit inside the ring:
     /// `refs` writes the references (and renews their kits), then the
@@ -126,7 +210,7 @@ impl PortSender {
         wait: Wait,
         fill: &mut dyn FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
         rx: Option<&PortReceiver>,
-        refs: impl FnOnce(NonNull<u8>),
+        refs: impl FnOnce(NonNull<u8>) -> bool,
     ) -> Result<bool, PostError> {
         let prefix = kit_refs_size(nports);
         check_size(size_hint)?;
@@ -134,7 +218,10 @@ impl PortSender {
         self.check_postable()?;
         match self.fill_slot(size_hint + prefix, prefix, max, wait, rx, fill)? {
             Ok((slot, len)) => {
-                refs(slot.payload);
+                if !refs(slot.payload) {
+                    // Not to commit after all: the slot stays free.
+                    return Ok(false);
+                }
                 meta.kits = true;
                 meta.nports = nports as u16;
                 self.commit(slot, len, *meta);
@@ -173,6 +260,7 @@ impl PortSender {
             pool: Vec::new(),
             kit: true,
             held: Vec::new(),
+            links: Vec::new(),
         };
         let home = link.home(near.id, generation, true);
         fresh::bind(&mut state, 1 - index, near, home);
@@ -200,7 +288,8 @@ fn write_refs(payload: NonNull<u8>, kits: &[(Kit, u32)], fresh: &[(Arc<Fresh>, u
     // Relaxed: published by the commit's Release store, like the kits'
     // renewed words.
     head.count.store(kits.len() as u32, Ordering::Relaxed);
-    head.reserved.store(0, Ordering::Relaxed);
+    head.flags.store(0, Ordering::Relaxed);
+    head.link.store(0, Ordering::Relaxed);
     for (i, ((kit, generation), (f, _))) in kits.iter().zip(fresh).enumerate() {
         kit.seg.renew_kit(*generation);
         // SAFETY: entry `i` lies inside the prefix (see above).
@@ -213,6 +302,40 @@ fn write_refs(payload: NonNull<u8>, kits: &[(Kit, u32)], fresh: &[(Arc<Fresh>, u
         r.id.store(kit.id, Ordering::Relaxed);
         r.generation.store(*generation, Ordering::Relaxed);
         r.reserved.store(0, Ordering::Relaxed);
+        let spin = f.settings().spin.as_nanos().min(u64::MAX as u128) as u64;
+        r.spin_ns.store(spin, Ordering::Relaxed);
+    }
+}
+
+/// Renew each reused kit at its next generation, then write references to
+/// kits in `link`'s arenas at the start of the record's payload.
+fn write_arena_refs(
+    payload: NonNull<u8>,
+    link: u64,
+    kits: &[(ArenaKit, u32, bool)],
+    fresh: &[(Arc<Fresh>, usize)],
+) {
+    // SAFETY: as in `write_refs`: the prefix is ours until the commit.
+    let head = unsafe { payload.cast::<KitRefs>().as_ref() };
+    // Relaxed: published by the commit's Release store.
+    head.count.store(kits.len() as u32, Ordering::Relaxed);
+    head.flags.store(KITS_IN_ARENAS, Ordering::Relaxed);
+    head.link.store(link, Ordering::Relaxed);
+    for (i, ((kit, generation, new), (f, _))) in kits.iter().zip(fresh).enumerate() {
+        if !new {
+            kit.seg.renew_kit(*generation);
+        }
+        // SAFETY: entry `i` lies inside the prefix.
+        let r = unsafe {
+            payload
+                .add(size_of::<KitRefs>() + i * size_of::<KitRef>())
+                .cast::<KitRef>()
+                .as_ref()
+        };
+        r.id.store(kit.id, Ordering::Relaxed);
+        r.generation.store(*generation, Ordering::Relaxed);
+        r.reserved
+            .store(if *new { KIT_NEW } else { 0 }, Ordering::Relaxed);
         let spin = f.settings().spin.as_nanos().min(u64::MAX as u128) as u64;
         r.spin_ns.store(spin, Ordering::Relaxed);
     }

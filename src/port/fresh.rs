@@ -12,12 +12,12 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::kit::{Kit, KitHome};
 use super::{Halves, MessagePort, Trust};
+use crate::link::{ArenaKit, ArenaLink};
 use crate::shm::segment::{Segment, Side};
 use crate::sys;
 
@@ -29,21 +29,11 @@ const KEEP_UNUSED: usize = 8;
 /// a process that closed all its ports holds no descriptor of shmport's.
 static UNUSED: Mutex<Vec<LocalKit>> = Mutex::new(Vec::new());
 
-/// Links alive in this process.
-static LINKS: AtomicUsize = AtomicUsize::new(0);
-
-/// A link was made (see [`UNUSED`]).
-pub(crate) fn link_made() {
-    // Relaxed: a count; the pool's mutex orders what it guards.
-    LINKS.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A link is gone; the last one takes the unused local kits with it.
-pub(crate) fn link_gone() {
-    if LINKS.fetch_sub(1, Ordering::Relaxed) == 1 {
-        let kept = std::mem::take(&mut *unused());
-        drop(kept);
-    }
+/// The last link (or kit carrier) is gone: the unused local kits go with
+/// it.
+fn drop_unused() {
+    let kept = std::mem::take(&mut *unused());
+    drop(kept);
 }
 
 fn unused() -> MutexGuard<'static, Vec<LocalKit>> {
@@ -60,6 +50,8 @@ pub(crate) struct Settings {
     pub trust: Trust,
     pub max_message: usize,
     pub pool_limit: Option<usize>,
+    /// Its ports never go on a link ([`crate::ChannelBuilder::own_sockets`]).
+    pub own_sockets: bool,
 }
 
 impl Settings {
@@ -91,7 +83,8 @@ impl LocalKit {
 
     fn keep(self) {
         let mut kept = unused();
-        if kept.len() < KEEP_UNUSED && LINKS.load(Ordering::Relaxed) > 0 {
+        crate::link::on_last_carrier(drop_unused);
+        if kept.len() < KEEP_UNUSED && crate::link::carriers_alive() {
             kept.push(self);
         }
     }
@@ -114,6 +107,14 @@ pub(crate) enum State {
         staying: usize,
         kit: Kit,
         home: KitHome,
+    },
+    /// The other port travelled as a kit in a link's arena; port
+    /// `staying` is built over the kit's near end when first used.
+    OnLink {
+        staying: usize,
+        kit: ArenaKit,
+        link: Arc<ArenaLink>,
+        generation: u32,
     },
     /// Both claimed.
     Done,
@@ -191,11 +192,23 @@ impl Fresh {
             State::Bound { staying, kit, home } if staying == index => {
                 Some(self.build(kit.seg, kit.side, kit.sock, Some(home)))
             }
+            State::OnLink {
+                staying,
+                kit,
+                link,
+                generation,
+            } if staying == index => Some(self.build_on_link(kit, link, generation)),
             other => {
                 *state = other;
                 None
             }
         }
+    }
+
+    fn build_on_link(&self, kit: ArenaKit, link: Arc<ArenaLink>, generation: u32) -> Halves {
+        let port = MessagePort::on_kit(kit, link, generation, self.settings.spin);
+        self.settings.configure(&port);
+        port.into_halves()
     }
 
     fn build(&self, seg: Arc<Segment>, side: Side, sock: OwnedFd, home: Option<KitHome>) -> Halves {
@@ -207,6 +220,26 @@ impl Fresh {
         }
         self.settings.configure(&port);
         port.into_halves()
+    }
+}
+
+/// Port `staying` stays; the other travelled as the far end of `kit` in
+/// `link`'s arenas. The local kit, never used, is kept for the next channel.
+pub(crate) fn bind_on_link(
+    state: &mut State,
+    staying: usize,
+    kit: ArenaKit,
+    link: Arc<ArenaLink>,
+    generation: u32,
+) {
+    let bound = State::OnLink {
+        staying,
+        kit,
+        link,
+        generation,
+    };
+    if let State::Unused(local) = std::mem::replace(state, bound) {
+        local.keep();
     }
 }
 
@@ -227,6 +260,12 @@ impl Drop for Fresh {
             State::Bound { kit, home, .. } => {
                 drop(self.build(kit.seg, kit.side, kit.sock, Some(home)));
             }
+            State::OnLink {
+                kit,
+                link,
+                generation,
+                ..
+            } => drop(self.build_on_link(kit, link, generation)),
             State::Built(_) | State::Done => {}
         }
     }

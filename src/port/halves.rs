@@ -13,6 +13,7 @@ use rkyv::ser::allocator::Arena;
 
 use super::{Half, MessagePort, Shared, Trust};
 use crate::error::{CloseReason, PostError};
+use crate::shm::layout::CLOSED_MOVED;
 use crate::shm::pool::reader::PoolReader;
 use crate::shm::pool::writer::PoolWriter;
 use crate::shm::ring::{Consumer, Corrupt, Producer};
@@ -29,6 +30,10 @@ pub struct PortSender {
     pub(super) tx: RefCell<Producer<SegmentRing>>,
     /// A [`Reservation`] is live: other posts must wait for it.
     pub(super) reserving: Cell<bool>,
+    /// This half holds the posting claim of its channel's segment (a post
+    /// whose descriptors or kit references must reach the peer where it is
+    /// now: `KitWords::claim_posting`) until its record commits.
+    pub(super) posting: Cell<bool>,
     /// Payload room the last post that found the ring full needed.
     pub(super) wanted_room: Cell<usize>,
     /// Posts larger than this go out of line even when the ring could
@@ -97,6 +102,11 @@ impl MessagePort {
     // The port comes back by value: a rare path, not worth a box.
     #[allow(clippy::result_large_err)]
     pub fn split(self) -> Result<(PortSender, PortReceiver), SplitError> {
+        // Halves wake each other through the port's socket: a port on a
+        // link gets one of its own first.
+        if let Err(error) = self.leave_link_or_gone() {
+            return Err(SplitError { error, port: self });
+        }
         if self.tx().shared.kicks.get().is_none() {
             let kicks = match Kick::new().and_then(|k| Ok([k, Kick::new()?])) {
                 Ok(kicks) => kicks,
@@ -215,8 +225,9 @@ impl PortSender {
 
     /// Send a wake token; a hung-up peer is reported as its close reason.
     pub(super) fn wake_peer(&self) -> Result<(), CloseReason> {
+        let word = self.tx.borrow().woke();
         self.shared
-            .wake_peer()
+            .wake_peer(word)
             .map_err(|()| self.peer_gone_reason())
     }
 
@@ -257,13 +268,29 @@ impl PortReceiver {
     /// before it saw the close.
     pub fn close_receiving(&self) {
         if self.close_consumer() {
-            let _ = self.shared.wake_peer();
+            let _ = self.shared.wake_peer(self.wake_word());
+        }
+        // SeqCst: the Dekker pair with a mover's close of the ring with
+        // CLOSED_MOVED (`promote::move_off`): either it sees our flag, or
+        // we see its move here, follow it, and close there too.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.rx.borrow().producer_close_code() == CLOSED_MOVED
+            && self.follow_to_close().is_ok()
+            && self.close_consumer()
+        {
+            let _ = self.shared.wake_peer(self.wake_word());
         }
     }
 
     /// Publish the consumer's last head, then its closed flag; `true` if
     /// the peer waits (for ring room or for a pool block) and must be woken
     /// to see the close.
+    /// The word of the producer's last wait this half woke (1 if it was a
+    /// wait for a pool block: pools are on sockets only).
+    pub(super) fn wake_word(&self) -> u32 {
+        self.rx.borrow().woke().max(1)
+    }
+
     fn close_consumer(&self) -> bool {
         let mut wake = self.rx.borrow_mut().close();
         let mut pool = self.pool_reader();
@@ -304,7 +331,16 @@ impl Drop for PortSender {
         // wake the peer if it sleeps. The socket stays open while the other
         // half lives: only this wake-up tells a sleeping peer.
         if self.tx.get_mut().close() {
-            let _ = self.shared.wake_peer();
+            let _ = self.shared.wake_peer(self.tx.get_mut().woke());
+        }
+        // The peer was moving the channel off its link: it may not have
+        // seen the close (`promote::move_off`). Follow the move, and close
+        // there too.
+        if self.tx.get_mut().consumer_moved()
+            && self.follow_to_close().is_ok()
+            && self.tx.get_mut().close()
+        {
+            let _ = self.shared.wake_peer(self.tx.get_mut().woke());
         }
     }
 }
@@ -318,7 +354,17 @@ impl Drop for PortReceiver {
         // wake the peer if it waits for room or a block (see `PortSender`'s
         // drop).
         if self.close_consumer() {
-            let _ = self.shared.wake_peer();
+            let _ = self.shared.wake_peer(self.wake_word());
+        }
+        // SeqCst: the Dekker pair with a mover's close of the ring with
+        // CLOSED_MOVED (`promote::move_off`): either it sees our flag, or
+        // we see its move here, follow it, and close there too.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.rx.get_mut().producer_close_code() == CLOSED_MOVED
+            && self.follow_to_close().is_ok()
+            && self.close_consumer()
+        {
+            let _ = self.shared.wake_peer(self.wake_word());
         }
         // Ports in messages never read: close them properly (their peers
         // see Closed, not PeerDied).
@@ -329,6 +375,7 @@ impl Drop for PortReceiver {
                 super::parts::discard(p);
             }
         }
+        self.close_unread_kits();
         // The socket closes (the peer's hang-up) when the last half drops.
     }
 }
@@ -336,7 +383,7 @@ impl Drop for PortReceiver {
 impl AsFd for PortReceiver {
     /// The port's socket (see [`MessagePort`]'s `AsFd`).
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.shared.sock.as_fd()
+        self.shared.sock()
     }
 }
 

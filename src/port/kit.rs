@@ -114,7 +114,7 @@ struct Held {
 
 impl Link {
     pub(crate) fn new() -> Arc<Link> {
-        super::fresh::link_made();
+        crate::link::carrier_made();
         let random = RandomState::new().hash_one(std::process::id());
         Arc::new(Link {
             made: Mutex::new(Made {
@@ -273,7 +273,7 @@ impl Link {
 
 impl Drop for Link {
     fn drop(&mut self) {
-        super::fresh::link_gone();
+        crate::link::carrier_gone();
     }
 }
 

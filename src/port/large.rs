@@ -115,6 +115,12 @@ impl PortSender {
         rx: Option<&PortReceiver>,
     ) -> Result<(), (PostError, Vec<PortParts>)> {
         let key = block.key;
+        // A pooled record names a block only the peer where it is now can
+        // read: it must not commit after a move began (see `claim_posting`).
+        if let Err(e) = self.claim_posting() {
+            self.pool.borrow_mut().give_back(block);
+            return Err((e, ports));
+        }
         let announce = self.pool.borrow_mut().take_announcement(key);
         meta.pool = true;
         meta.announce = announce.is_some();
@@ -126,6 +132,7 @@ impl PortSender {
                 lost: false,
             };
             if let Err(e) = self.attach(&att, wait, rx) {
+                self.end_posting();
                 let mut pool = self.pool.borrow_mut();
                 if let Some((_, fd)) = att.pool {
                     pool.restore_announcement(key, fd);

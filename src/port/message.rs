@@ -83,7 +83,7 @@ pub struct Message<'p> {
     end: u64,
     meta: RecordMeta,
     body: Body,
-    ports: Vec<PortParts>,
+    ports: Vec<Arrived>,
     /// The record's ring space is still held (released on drop).
     holds_ring: bool,
 }
@@ -94,7 +94,7 @@ impl<'p> Message<'p> {
         port: &'p PortReceiver,
         rec: &Record,
         body: Body,
-        ports: Vec<PortParts>,
+        ports: Vec<Arrived>,
     ) -> Self {
         Message {
             port,
@@ -193,7 +193,14 @@ impl<'p> Message<'p> {
     pub fn take_ports(&mut self) -> Result<Vec<MessagePort>, TakePortsError> {
         let mut ports = Vec::with_capacity(self.ports.len());
         let mut error = None;
-        for parts in self.ports.drain(..) {
+        for arrived in self.ports.drain(..) {
+            let parts = match arrived {
+                Arrived::Built(p) => {
+                    ports.push(*p);
+                    continue;
+                }
+                Arrived::Parts(parts) => parts,
+            };
             let (kit, arrived) = (
                 parts.kit,
                 matches!(parts.seg, crate::wire::attachment::SegmentRef::Unopened(_)),
@@ -390,7 +397,7 @@ impl Drop for SharedBytes {
                 .close_block(*key);
             match (back, core.upgrade()) {
                 (Ok(true), Some(core)) => {
-                    let _ = core.wake_peer();
+                    let _ = core.wake_peer(1);
                 }
                 (Err(c), Some(core)) => {
                     core.corrupt(c);
@@ -512,7 +519,9 @@ impl Drop for Message<'_> {
         // Most messages carry no ports: skip building a drain for nothing.
         if !self.ports.is_empty() {
             for p in std::mem::take(&mut self.ports) {
-                super::parts::discard(p);
+                if let Arrived::Parts(p) = p {
+                    super::parts::discard(p);
+                }
             }
         }
         if self.holds_ring {
@@ -560,4 +569,11 @@ impl std::error::Error for TakePortsError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.error)
     }
+}
+
+/// A port that came with a message: its parts (descriptors, to put
+/// together), or built already (a kit in a link's arena).
+pub(crate) enum Arrived {
+    Parts(PortParts),
+    Built(Box<MessagePort>),
 }

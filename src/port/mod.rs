@@ -15,12 +15,14 @@
 
 mod attach;
 mod bind;
+mod follow;
 mod fresh;
 mod halves;
 pub(crate) mod kit;
 mod large;
 pub(crate) mod message;
 pub(crate) mod parts;
+mod promote;
 mod readiness;
 pub(crate) mod recv;
 mod relay;
@@ -271,7 +273,7 @@ impl MessagePort {
     /// after [`ChannelBuilder::capacity`](crate::ChannelBuilder::capacity)'s
     /// rounding (the same at both ends, wherever the port travels).
     pub fn capacity(&self) -> usize {
-        self.tx().shared.seg.capacity()
+        self.tx().shared.seg().capacity()
     }
 
     /// How this port treats what its peer writes (see [`Trust`]). A port
@@ -339,8 +341,13 @@ impl Drop for MessagePort {
 impl AsFd for MessagePort {
     /// The port's socket: readable when the peer wakes this port (after this
     /// port announced it sleeps) or hung up when the peer is gone.
+    ///
+    /// A port of a channel made for a link (a channel per request) has no
+    /// socket of its own until asked for it here: it then moves to a
+    /// segment and socket pair of its own (its peer follows), once.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.tx().shared.sock.as_fd()
+        self.own_socket();
+        self.tx().shared.sock()
     }
 }
 

@@ -6,7 +6,6 @@ use core::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::mem::ManuallyDrop;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,8 +14,10 @@ use std::time::Duration;
 use rkyv::ser::allocator::Arena;
 
 use super::kit::{Kit, KitHome};
+use super::shared::OnLink;
 use super::{DEFAULT_MAX_MESSAGE_SIZE, MessagePort, PortReceiver, PortSender, Shared, Trust};
 use crate::error::PostError;
+use crate::link::{ArenaKit, ArenaLink};
 use crate::shm::pool::BufferInfo;
 use crate::shm::pool::reader::{AddError, PoolReader};
 use crate::shm::pool::writer::PoolWriter;
@@ -38,7 +39,7 @@ use crate::wire::attachment::{Attachment, KitParts, Partial, PortParts, SegmentR
 /// acts on can be the old holder's. Since every sleeper that can issue the
 /// heavy barrier does, a stale "heavy" is still true (ARCHITECTURE.md,
 /// failure model, "Barrier kinds across a move").
-fn process_barriers() -> Barriers {
+pub(super) fn process_barriers() -> Barriers {
     let registered = sys::membarrier::registered();
     Barriers {
         registered,
@@ -50,8 +51,14 @@ fn process_barriers() -> Barriers {
     }
 }
 
+/// Where a port being built lives: its own socket, or a link.
+pub(crate) enum Home {
+    Socket(OwnedFd),
+    Link(OnLink),
+}
+
 /// A port's two rings in `seg`, resuming at the published positions.
-fn open_rings(
+pub(super) fn open_rings(
     seg: &Arc<Segment>,
     side: Side,
 ) -> Result<(Producer<SegmentRing>, Consumer<SegmentRing>), Corrupt> {
@@ -101,7 +108,15 @@ impl MessagePort {
         spin: Duration,
     ) -> Result<MessagePort, Corrupt> {
         let (tx, rx) = open_rings(&seg, side)?;
-        Ok(Self::from_rings(seg, side, sock, spin, tx, rx, None))
+        Ok(Self::from_rings(
+            seg,
+            side,
+            Home::Socket(sock),
+            spin,
+            tx,
+            rx,
+            None,
+        ))
     }
 
     /// Rebuild a port of this process that was taken apart for a transfer
@@ -110,13 +125,40 @@ impl MessagePort {
     /// [`CloseReason::ProtocolError`]) rather than not at all.
     pub(crate) fn rebuild(seg: Arc<Segment>, side: Side, sock: OwnedFd, spin: Duration) -> Self {
         match open_rings(&seg, side) {
-            Ok((tx, rx)) => Self::from_rings(seg, side, sock, spin, tx, rx, None),
+            Ok((tx, rx)) => Self::from_rings(seg, side, Home::Socket(sock), spin, tx, rx, None),
             Err(c) => {
                 let (tx, rx) = side.rings();
                 let barriers = process_barriers();
                 let tx = Producer::broken(SegmentRing::new(seg.clone(), tx), barriers);
                 let rx = Consumer::broken(SegmentRing::new(seg.clone(), rx), barriers);
-                Self::from_rings(seg, side, sock, spin, tx, rx, Some(c))
+                Self::from_rings(seg, side, Home::Socket(sock), spin, tx, rx, Some(c))
+            }
+        }
+    }
+
+    /// A port on kit `kit` of `link` (at `generation`): a channel made for
+    /// the link, whose wake-ups go through its doorbells. If the peer
+    /// corrupted the kit's positions, the port comes back broken.
+    pub(crate) fn on_kit(
+        kit: ArenaKit,
+        link: Arc<ArenaLink>,
+        generation: u32,
+        spin: Duration,
+    ) -> MessagePort {
+        let on = OnLink {
+            link,
+            kit: kit.id,
+            generation,
+        };
+        let (seg, side) = (kit.seg, kit.side);
+        match open_rings(&seg, side) {
+            Ok((tx, rx)) => Self::from_rings(seg, side, Home::Link(on), spin, tx, rx, None),
+            Err(c) => {
+                let (tx, rx) = side.rings();
+                let barriers = process_barriers();
+                let tx = Producer::broken(SegmentRing::new(seg.clone(), tx), barriers);
+                let rx = Consumer::broken(SegmentRing::new(seg.clone(), rx), barriers);
+                Self::from_rings(seg, side, Home::Link(on), spin, tx, rx, Some(c))
             }
         }
     }
@@ -124,7 +166,7 @@ impl MessagePort {
     pub(super) fn from_rings(
         seg: Arc<Segment>,
         side: Side,
-        sock: OwnedFd,
+        home: Home,
         spin: Duration,
         tx: Producer<SegmentRing>,
         rx: Consumer<SegmentRing>,
@@ -136,13 +178,23 @@ impl MessagePort {
         let (tx_ring, rx_ring) = side.rings();
         let pool_writer = PoolWriter::new(SegmentRelease::new(seg.clone(), tx_ring), barriers);
         let pool_reader = PoolReader::new(SegmentRelease::new(seg.clone(), rx_ring), barriers);
+        let (sock, on_link) = match home {
+            Home::Socket(s) => (OnceLock::from(s), None),
+            Home::Link(l) => (OnceLock::new(), Some(l)),
+        };
         let shared = Arc::new(Shared {
             seg,
-            sock: ManuallyDrop::new(sock),
-            sock_moved: false,
+            moves: OnceLock::new(),
+            sock,
+            moved_offer: Mutex::new(None),
+            lost_links: Mutex::new(Vec::new()),
+            invitations: Mutex::new(Vec::new()),
+            on_link,
             side,
             kit: OnceLock::new(),
             link: OnceLock::new(),
+            arena_links: Mutex::new(Vec::new()),
+            made_link: Mutex::new(None),
             descriptors_seen: AtomicBool::new(false),
             inbox: Mutex::new(VecDeque::new()),
             taking_in: Mutex::new(Partial::default()),
@@ -158,6 +210,7 @@ impl MessagePort {
                 shared: shared.clone(),
                 tx: RefCell::new(tx),
                 reserving: Cell::new(false),
+                posting: Cell::new(false),
                 wanted_room: Cell::new(0),
                 inline_limit: Cell::new(usize::MAX),
                 large_hint: Cell::new(0),
@@ -208,7 +261,13 @@ impl MessagePort {
     /// Take the port apart to send it: publish both positions, hand over
     /// the socket, the inbox and the peer's pool buffers (its own pool
     /// stays: see [`PoolWriter`]). The peer notices nothing.
+    /// A port on a link must have left it, and a port holding links its
+    /// peer made re-homed, first ([`MessagePort::ready_to_travel`]).
     pub(crate) fn into_parts(self) -> PortParts {
+        debug_assert!(
+            self.tx().shared.link_only().is_none(),
+            "a port travels from its link"
+        );
         self.tx().tx.borrow().publish_tail();
         self.rx().flush_releases();
         // Blocks still shared here (`SharedBytes`) keep the reader: its
@@ -237,8 +296,10 @@ impl MessagePort {
                 let inbox = std::mem::take(s.inbox.get_mut().unwrap_or_else(|e| e.into_inner()));
                 let partial =
                     std::mem::take(s.taking_in.get_mut().unwrap_or_else(|e| e.into_inner()));
+                let links =
+                    std::mem::take(s.invitations.get_mut().unwrap_or_else(|e| e.into_inner()));
                 PortParts {
-                    seg: SegmentRef::Mapped(s.seg.clone()),
+                    seg: SegmentRef::Mapped(s.seg().clone()),
                     sock: s.take_sock(),
                     side: s.side,
                     spin,
@@ -247,6 +308,7 @@ impl MessagePort {
                     pool,
                     kit: false,
                     held,
+                    links,
                 }
             }
             // Nothing else holds the core of a whole port (messages and
@@ -263,7 +325,7 @@ impl MessagePort {
         if sh.side != Side::B || !sh.inbox().is_empty() || !sh.partial().is_empty() {
             return None;
         }
-        Some(sh.seg.fd().try_clone())
+        Some(sh.seg().fd()?.try_clone())
     }
 
     /// Is this port the entangled peer of the port whose core is `other`?
@@ -273,14 +335,120 @@ impl MessagePort {
             return false;
         }
         let me = &self.tx().shared;
-        other.side != me.side && me.seg.same(&other.seg)
+        other.side != me.side && (me.seg.same(&other.seg) || me.seg().same(other.seg()))
     }
 
     /// What this port's inbox holds, for a transfer of it over the port
     /// whose core is `sender`: nesting depth, and whether `sender`'s peer
     /// is in it.
     pub(super) fn scan_inbox(&self, sender: &Shared) -> crate::wire::attachment::Scan {
-        crate::wire::attachment::scan(&self.rx().shared.inbox(), &sender.seg, sender.side)
+        let inbox = self.rx().shared.inbox();
+        let segs = [&sender.seg, sender.seg()];
+        let mut scan = crate::wire::attachment::scan(&inbox, &segs, sender.side);
+        // Ports also travel as kit references in records: the sender's
+        // peer may be one (a port of a channel made for a link), in this
+        // port's ring or in the ring of a port in its inbox; and a record
+        // of kits is one more level of ports for the receiver, like an
+        // attachment (their ports are unused: nothing below them).
+        let kit = sender.on_link.as_ref().map(|on| (on.link.id(), on.kit));
+        let queued = {
+            let c = self.rx().rx.borrow();
+            queued_kits(c.memory().clone(), c.head(), kit)
+        };
+        if queued.any {
+            scan.depth = scan.depth.max(1);
+        }
+        scan.holds_peer |= queued.names_kit;
+        inbox_rings(&inbox, kit, 1, &mut scan);
+        scan
+    }
+}
+
+/// What the records queued in a ring say of kits.
+struct QueuedKits {
+    /// Some record holds kit references.
+    any: bool,
+    /// Some record names the kit looked for.
+    names_kit: bool,
+}
+
+/// Look at the records committed in the ring of `mem` from `head` on: do
+/// any hold kit references, and does one name kit `kit` (link number, kit
+/// number)? Reads what the peer wrote: every length is checked, and no
+/// more than a ring of records is looked at.
+fn queued_kits(mem: SegmentRing, head: u64, kit: Option<(u64, u64)>) -> QueuedKits {
+    let mut out = QueuedKits {
+        any: false,
+        names_kit: false,
+    };
+    let mut reader = Consumer::reading_between(mem, head, u64::MAX, process_barriers());
+    while let Ok(Some(rec)) = reader.take() {
+        if rec.meta.kits {
+            out.any = true;
+            out.names_kit |= kit.is_some_and(|k| record_names_kit(&rec, k));
+            if out.names_kit || kit.is_none() {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Does a kits record name kit `kit` in link `kit.0`'s arenas?
+fn record_names_kit(rec: &crate::shm::ring::Record, (link, id): (u64, u64)) -> bool {
+    use crate::shm::layout::{KITS_IN_ARENAS, KitRef, KitRefs, kit_refs_size};
+    let n = rec.meta.nports as usize;
+    if n == 0 || n > super::MAX_PORTS || kit_refs_size(n) > rec.len {
+        return false;
+    }
+    // SAFETY: the payload holds `rec.len >= kit_refs_size(n)` bytes inside
+    // the ring, 32-byte aligned; the references are atomics only.
+    let head = unsafe { rec.payload.cast::<KitRefs>().as_ref() };
+    // Relaxed: ordered after the Acquire load of the commit word.
+    if head.flags.load(Ordering::Relaxed) != KITS_IN_ARENAS
+        || head.link.load(Ordering::Relaxed) != link
+    {
+        return false;
+    }
+    (0..n).any(|i| {
+        // SAFETY: entry `i` lies inside the references (checked above).
+        let r = unsafe {
+            rec.payload
+                .add(size_of::<KitRefs>() + i * size_of::<KitRef>())
+                .cast::<KitRef>()
+                .as_ref()
+        };
+        r.id.load(Ordering::Relaxed) == id
+    })
+}
+
+/// The rings of the ports in `inbox` (at `level`: 1 for the inbox of the
+/// port that travels), and of ports in their inboxes: a record of kits in
+/// one is a level below it; one naming `kit` holds the sender's peer.
+fn inbox_rings(
+    inbox: &VecDeque<Attachment>,
+    kit: Option<(u64, u64)>,
+    level: usize,
+    scan: &mut crate::wire::attachment::Scan,
+) {
+    if level > crate::wire::attachment::MAX_DEPTH {
+        return;
+    }
+    for p in inbox.iter().flat_map(|a| &a.ports) {
+        let seg = match &p.seg {
+            SegmentRef::Mapped(s) => Some(s.clone()),
+            SegmentRef::Unopened(fd) => fd.try_clone().ok().and_then(|fd| Segment::open(fd).ok()),
+        };
+        if let Some(seg) = seg {
+            let (_, rx) = p.side.rings();
+            let head = seg.published_head(rx);
+            let queued = queued_kits(SegmentRing::new(seg, rx), head, kit);
+            if queued.any {
+                scan.depth = scan.depth.max(level + 1);
+            }
+            scan.holds_peer |= queued.names_kit;
+        }
+        inbox_rings(&p.inbox, kit, level + 1, scan);
     }
 }
 
@@ -313,9 +481,15 @@ impl PortParts {
             SegmentRef::Mapped(s) => s,
             SegmentRef::Unopened(fd) => open_received(fd, &self.sock)?,
         };
-        let (inbox, partial, pool, held) = (self.inbox, self.partial, self.pool, self.held);
+        let (inbox, partial, pool, held, links) =
+            (self.inbox, self.partial, self.pool, self.held, self.links);
         MessagePort::from_parts(seg, self.side, self.sock, self.spin)
-            .map(|p| p.with_inbox(inbox, partial).with_pool(pool).with_held(held))
+            .map(|p| {
+                p.with_inbox(inbox, partial)
+                    .with_pool(pool)
+                    .with_held(held)
+                    .with_invitations(links)
+            })
             .map_err(|c| OpenError::Corrupt(c.0))
     }
 
@@ -329,7 +503,8 @@ impl PortParts {
                 MessagePort::rebuild(seg, self.side, self.sock, self.spin)
                     .with_inbox(self.inbox, self.partial)
                     .with_pool(self.pool)
-                    .with_held(self.held),
+                    .with_held(self.held)
+                    .with_invitations(self.links),
             ),
             SegmentRef::Unopened(_) => None,
         }
@@ -369,6 +544,17 @@ impl MessagePort {
             })
         });
         self.tx().shared.link().import_held(kits.collect());
+        self
+    }
+
+    /// The link invitations the port had not used come with it; a record
+    /// naming one adopts it here.
+    fn with_invitations(self, links: Vec<(u64, OwnedFd)>) -> Self {
+        for (id, sock) in links {
+            if let Err(c) = self.tx().shared.invited(id, sock) {
+                let _ = self.tx().shared.broken.set(c);
+            }
+        }
         self
     }
 }

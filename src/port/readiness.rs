@@ -56,6 +56,8 @@ impl MessagePort {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn prepare_poll(&self) -> bool {
+        // The descriptor polled is the port's own socket.
+        self.own_socket();
         self.rx().prepare_poll()
     }
 
@@ -260,7 +262,7 @@ impl PortReceiver {
             Some(kicks) => kicks[Half::Receiver as usize].as_fd(),
             // Only the half inside a whole port has no kicks (`split`
             // makes them): nothing else reads its socket.
-            None => self.shared.sock.as_fd(),
+            None => self.shared.sock(),
         }
     }
 

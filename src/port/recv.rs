@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use super::{Half, MAX_PORTS, MessagePort, PortReceiver, Trust, Wait};
 use crate::error::{CloseReason, RecvError};
-use crate::port::message::{Body, Holder, Message};
+use crate::port::message::{Arrived, Body, Holder, Message};
 use crate::shm::kit::KitWords;
 use crate::shm::layout::{
-    KitRef, KitRefs, OOL_DESCRIPTOR, OolDescriptor, POOL_REF, PoolRef, kit_refs_size,
+    CLOSED_MOVED, KITS_IN_ARENAS, KitRef, KitRefs, OOL_DESCRIPTOR, OolDescriptor, POOL_REF,
+    PoolRef, kit_refs_size,
 };
 use crate::shm::pool::reader::AddError;
 use crate::shm::ring::{Corrupt, Record};
@@ -117,7 +118,9 @@ impl PortReceiver {
                 }
                 Spun::TimeUp => {}
             }
+            let word = self.shared.bell_word().map_err(RecvError::Io)?;
             let rx = self.rx.borrow();
+            rx.set_bell(word);
             if rx.prepare_sleep() {
                 if rx.producer_closed() {
                     rx.end_sleep();
@@ -182,6 +185,11 @@ impl PortReceiver {
             return Some(CloseReason::ProtocolError);
         }
         let rx = self.rx.borrow();
+        if rx.producer_close_code() == CLOSED_MOVED && !rx.ready() {
+            // Not a close: the peer moved the channel off its link.
+            drop(rx);
+            return self.moved_on().err();
+        }
         // The closed flag (Acquire) or the hang-up comes after the peer's
         // last commit: re-check the ring after seeing either.
         let gone = rx.producer_closed() || self.shared.hung_up();
@@ -189,7 +197,8 @@ impl PortReceiver {
             drop(rx);
             // Take in what is still queued on the socket (a reset peer
             // leaves it there), so that orphans are dropped below.
-            if !self.shared.eof() {
+            // (A port on a link has no socket of its own: nothing queued.)
+            if !self.shared.eof() && self.shared.link_only().is_none() {
                 let _ = self.drain_socket(false);
             }
             // No record will come for attachments still in the inbox: the
@@ -218,7 +227,7 @@ impl PortReceiver {
         // the sending port moved, with its old pool's blocks in flight).
         wake |= self.flush_pool();
         if wake {
-            let _ = self.shared.wake_peer();
+            let _ = self.shared.wake_peer(self.wake_word());
         }
     }
 
@@ -239,7 +248,7 @@ impl PortReceiver {
         let r = self.pool_reader().release(key);
         match r {
             Ok(true) => {
-                let _ = self.shared.wake_peer();
+                let _ = self.shared.wake_peer(1);
             }
             Ok(false) => {}
             // The peer broke its release queue: the port closes with
@@ -255,14 +264,15 @@ impl PortReceiver {
     pub(crate) fn release(&self, pos: u64, end: u64) {
         let mut rx = self.rx.borrow_mut();
         if rx.release(pos, end) && rx.publish_head() {
+            let word = rx.woke();
             drop(rx);
-            let _ = self.shared.wake_peer();
+            let _ = self.shared.wake_peer(word);
         }
     }
 
     /// Take the next record and make it a message.
     #[inline]
-    fn take(&self) -> Result<Option<Message<'_>>, RecvError> {
+    pub(super) fn take(&self) -> Result<Option<Message<'_>>, RecvError> {
         if self.shared.broken() {
             return Err(RecvError::Closed(CloseReason::ProtocolError));
         }
@@ -310,7 +320,7 @@ impl PortReceiver {
 
     /// The record needs its attachment: take it from the inbox (or the
     /// socket), check it matches the record, map an out-of-line payload.
-    fn with_attachment(&self, rec: &Record) -> Result<(Body, Vec<PortParts>), RecvError> {
+    fn with_attachment(&self, rec: &Record) -> Result<(Body, Vec<Arrived>), RecvError> {
         if self.shared.inbox().is_empty() {
             // If the socket fails now, this record's attachment may still be
             // queued and would pair with the next record: stop reading.
@@ -363,13 +373,13 @@ impl PortReceiver {
             None if rec.meta.pool => self.pooled(rec)?,
             None => Body::in_ring(rec.payload, rec.len),
         };
-        Ok((body, att.ports))
+        Ok((body, att.ports.into_iter().map(Arrived::Parts).collect()))
     }
 
     /// A record whose ports travel as kits this port holds: take each kit
     /// up (its number and generation checked against what this port
     /// holds), the message follows the references.
-    fn with_kits(&self, rec: &Record) -> Result<(Body, Vec<PortParts>), RecvError> {
+    fn with_kits(&self, rec: &Record) -> Result<(Body, Vec<Arrived>), RecvError> {
         let n = rec.meta.nports as usize;
         let prefix = kit_refs_size(n);
         if n == 0 || n > MAX_PORTS || prefix > rec.len {
@@ -381,6 +391,33 @@ impl PortReceiver {
         // inside the ring, 32-byte aligned; the references are only
         // atomics, so a peer writing them races with atomics only.
         let head = unsafe { rec.payload.cast::<KitRefs>().as_ref() };
+        // Relaxed: ordered after the Acquire load of the commit word.
+        if head.flags.load(Ordering::Relaxed) == KITS_IN_ARENAS {
+            let id = head.link.load(Ordering::Relaxed);
+            let link = match self.link_of_kits(id) {
+                Ok(link) => link,
+                // The link's invitation came when this process was out of
+                // descriptors: this message fails alone (its ports' peers
+                // see the link hung up).
+                Err(_) if self.shared.link_lost(id) => {
+                    return Err(RecvError::Io(std::io::Error::from_raw_os_error(
+                        rustix::io::Errno::MFILE.raw_os_error(),
+                    )));
+                }
+                Err(c) => return Err(RecvError::Closed(self.corrupt(c))),
+            };
+            let (ports, prefix) = super::promote::arena_ports(&link, rec)
+                .map_err(|c| RecvError::Closed(self.corrupt(c)))?;
+            // SAFETY: `prefix <= rec.len`: the message lies inside the payload.
+            let body = Body::in_ring(unsafe { rec.payload.add(prefix) }, rec.len - prefix);
+            return Ok((
+                body,
+                ports
+                    .into_iter()
+                    .map(|p| Arrived::Built(Box::new(p)))
+                    .collect(),
+            ));
+        }
         // Relaxed: ordered after the Acquire load of the commit word. Each
         // field is read once; only the copies are checked and used.
         if head.count.load(Ordering::Relaxed) as usize != n {
@@ -409,7 +446,7 @@ impl PortReceiver {
             let kit = link
                 .take_held(id, generation)
                 .map_err(|c| RecvError::Closed(self.corrupt(c)))?;
-            ports.push(PortParts {
+            ports.push(Arrived::Parts(PortParts {
                 seg: SegmentRef::Mapped(kit.seg),
                 sock: kit.sock,
                 side: kit.side,
@@ -419,11 +456,36 @@ impl PortReceiver {
                 pool: Vec::new(),
                 kit: true,
                 held: Vec::new(),
-            });
+                links: Vec::new(),
+            }));
         }
         // SAFETY: `prefix <= rec.len`: the message lies inside the payload.
         let body = Body::in_ring(unsafe { rec.payload.add(prefix) }, rec.len - prefix);
         Ok((body, ports))
+    }
+
+    /// The link named `id` that kits of a record on this port live in: the
+    /// one this port's channel lives on, or one the peer's end sent over
+    /// its socket (before the record: it is queued there if not taken in).
+    pub(super) fn link_of_kits(
+        &self,
+        id: u64,
+    ) -> Result<std::sync::Arc<crate::link::ArenaLink>, Corrupt> {
+        if let Some(on) = self.shared.link_only() {
+            if on.link.id() == id {
+                return Ok(on.link.clone());
+            }
+            return Err(Corrupt("a record names another link's kits"));
+        }
+        for round in 0..2 {
+            if let Some(l) = self.shared.adopt_link(id) {
+                return l;
+            }
+            if round == 0 {
+                let _ = self.drain_socket(false);
+            }
+        }
+        Err(Corrupt("a record names a link never sent"))
     }
 
     /// A port that came on a kit of this port's channel (`arrived`: as a

@@ -102,10 +102,10 @@ impl MessagePort {
         };
         // The halves' drops publish again and keep these codes.
         if self.tx().tx.borrow().close_with(code) {
-            let _ = self.tx().shared.wake_peer();
+            let _ = self.tx().shared.wake_peer(self.tx().tx.borrow().woke());
         }
         if self.rx().rx.borrow_mut().close_with(code) {
-            let _ = self.tx().shared.wake_peer();
+            let _ = self.tx().shared.wake_peer(self.rx().wake_word());
         }
     }
 }

@@ -12,7 +12,7 @@ use rkyv::rancor;
 use super::TransferError;
 use super::recv::LOOK_EVERY;
 use super::{Half, MessagePort, PortReceiver, PortSender, Reservation, Wait};
-use crate::error::PostError;
+use crate::error::{CloseReason, PostError};
 use crate::shm::pool::MAX_POOLED;
 use crate::shm::ring::{Kind, RecordMeta, Slot};
 use crate::wire::attachment::{Attachment, PortParts};
@@ -362,9 +362,41 @@ impl PortSender {
         ports: Vec<PortParts>,
         rx: Option<&PortReceiver>,
     ) -> Result<(), (PostError, Vec<PortParts>)> {
+        let mut r = self.send_record_once(meta, size_hint, wait, &mut fill, ports, rx);
+        // The channel moved under a post with descriptors: follow the
+        // move, then post there (once is enough; a second move cannot
+        // begin before this end takes up the first).
+        for _ in 0..2 {
+            match r {
+                Err((e, ports)) if super::attach::is_moving(&e) => {
+                    if let Err(reason) = self.follow_now() {
+                        return Err((PostError::Closed(reason), ports));
+                    }
+                    r = self.send_record_once(meta, size_hint, wait, &mut fill, ports, rx);
+                }
+                r => return r,
+            }
+        }
+        r
+    }
+
+    #[inline]
+    fn send_record_once(
+        &self,
+        meta: RecordMeta,
+        size_hint: usize,
+        wait: Wait,
+        fill: &mut impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
+        ports: Vec<PortParts>,
+        rx: Option<&PortReceiver>,
+    ) -> Result<(), (PostError, Vec<PortParts>)> {
         if let Err(e) = check_size(size_hint)
             .and_then(|()| self.check_not_reserved())
             .and_then(|()| self.check_postable())
+            .and_then(|()| match ports.is_empty() {
+                true => Ok(()),
+                false => self.off_link(rx),
+            })
         {
             return Err((e, ports));
         }
@@ -378,7 +410,7 @@ impl PortSender {
         if size_hint == 0 && hint > max {
             need = hint;
         }
-        match self.fill_slot(need, 0, max, wait, rx, &mut fill) {
+        match self.fill_slot(need, 0, max, wait, rx, fill) {
             Ok(Ok((slot, len))) => {
                 if !ports.is_empty() {
                     let att = Attachment {
@@ -398,7 +430,12 @@ impl PortSender {
                 return Ok(());
             }
             // Larger than the ring takes: in the pool, or out of line.
-            Ok(Err(larger)) => need = larger,
+            Ok(Err(larger)) => {
+                if let Err(e) = self.off_link(rx) {
+                    return Err((e, ports));
+                }
+                need = larger
+            }
             Err(e) => return Err((e, ports)),
         }
         if need <= MAX_POOLED {
@@ -459,9 +496,23 @@ impl PortSender {
     #[inline]
     pub(super) fn commit(&self, slot: Slot, len: usize, meta: RecordMeta) {
         let wake = self.tx.borrow_mut().commit(slot, len, meta);
+        self.end_posting();
         if wake {
             let _ = self.wake_peer();
         }
+        if self.tx.borrow().moved_record().is_some() {
+            // The consumer moved the channel off its link as we posted:
+            // go there, with this record if it did not take it. A peer
+            // gone meanwhile is seen by the next call.
+            let _ = self.follow_now();
+        }
+    }
+
+    /// Follow the consumer's move of the channel (to its new segment).
+    pub(super) fn follow_now(&self) -> Result<(), CloseReason> {
+        let from = self.tx.borrow().memory().segment().clone();
+        self.shared.take_up_move(&from)?;
+        self.follow()
     }
 
     /// A slot with room for at least `need` payload bytes, waiting as `wait`
@@ -476,6 +527,9 @@ impl PortSender {
         let mut spin_until: Option<Instant> = None;
         let mut look_at: Option<Instant> = None;
         loop {
+            if self.tx.borrow().consumer_moved() {
+                self.follow_now().map_err(PostError::Closed)?;
+            }
             let r = self.tx.borrow_mut().reserve(need);
             match r {
                 Ok(Some(slot)) => return Ok(slot),
@@ -500,6 +554,8 @@ impl PortSender {
             if let Some(rx) = rx {
                 rx.flush_releases();
             }
+            let word = self.shared.bell_word().map_err(PostError::Io)?;
+            self.tx.borrow().set_bell(word);
             let sleep = self
                 .tx
                 .borrow_mut()
@@ -515,6 +571,22 @@ impl PortSender {
 }
 
 impl PortSender {
+    /// Before descriptors travel from a port on a link: move its channel
+    /// off the link (a whole port's halves; split halves are never on one).
+    pub(super) fn off_link(&self, rx: Option<&PortReceiver>) -> Result<(), PostError> {
+        if self.shared.link_only().is_none() {
+            return Ok(());
+        }
+        match rx {
+            Some(rx) => super::promote::leave_link_or_io(self, rx).map_err(|e| match e {
+                super::promote::Leave::Closed(reason) => PostError::Closed(reason),
+                // Out of descriptors: nothing happened, the port is whole.
+                super::promote::Leave::Io(e) => PostError::Io(e),
+            }),
+            None => Err(PostError::Closed(CloseReason::ProtocolError)),
+        }
+    }
+
     /// One turn of a spinning wait for room or a block. Every
     /// [`LOOK_EVERY`] it looks at the socket: only the socket learns of a
     /// peer killed while we spin.

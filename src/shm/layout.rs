@@ -14,7 +14,8 @@
 //!                     | RingHeader, ring 0: side A -> side B (512 B) |
 //!                     |   ProducerLine      tail u64, closed u32     |  128 B, written by producer
 //!                     |   ConsumerLine      head u64                 |  128 B, written by consumer
-//!                     |   ConsumerWaitLine  sleeping, closed, barrier|  128 B, written by consumer
+//!                     |   ConsumerWaitLine  sleeping, closed, barrier, |  128 B, written by consumer
+//!                     |                     moved_at u64             |
 //!                     |   ProducerWaitLine  waiting, barrier (u32s)  |  128 B, written by producer
 //! RING_HEADER[1] 640  +---------------------------------------------+
 //!                     | RingHeader, ring 1: side B -> side A (512 B) |
@@ -106,7 +107,7 @@ use crate::shm::sync::{AtomicU32 as RingU32, AtomicU64 as RingU64};
 /// First word of every segment: `"SHMPORT\x01"` little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
 /// Version of this layout. A segment with another version is refused.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Bytes before the first ring's data area.
 pub const HEADER_AREA: usize = 20480;
 /// Records start on this boundary: a cache line, so that consecutive
@@ -130,6 +131,14 @@ pub const CLOSED_PEER_DIED: u32 = 2;
 /// [`ProducerLine::closed`]: the producer is a relay whose far peer broke
 /// its protocol; the consumer reports `ProtocolError`.
 pub const CLOSED_PROTOCOL_ERROR: u32 = 3;
+/// A ring's producer stopped because its port moved to a new segment
+/// (`crate::shm::ring`, "Moving a port"): the records before the close are
+/// read here, the rest on the new segment.
+pub const CLOSED_MOVED: u32 = 4;
+/// [`ConsumerWaitLine::sleeping`] of a ring whose consumer moved to a new
+/// segment: the producer's post-commit look sees it (the sleep handshake's
+/// Dekker pair) and re-posts there what the mover did not take.
+pub const SLEEP_MOVED: u32 = u32::MAX;
 
 /// Record kind: an rkyv archive with a type fingerprint.
 pub const KIND_TYPED: u8 = 1;
@@ -198,6 +207,10 @@ pub struct KitLine {
     /// idle (its port closed cleanly and its end kept for reuse); 0 while
     /// in use. Written by that side; cleared by the creator on reuse.
     pub idle: [RingU32; 2],
+    /// A kit in a link's arena: `side + 1` of the side that moves the
+    /// channel to a segment of its own (0: neither), taken by a
+    /// compare-and-swap, so that only one side moves it.
+    pub mover: RingU32,
 }
 
 /// Written only by the ring's producer.
@@ -231,8 +244,10 @@ pub struct ConsumerLine {
 /// changes only when the consumer goes to sleep.
 #[repr(C, align(128))]
 pub struct ConsumerWaitLine {
-    /// 1 while the consumer is about to sleep or sleeping on the socket.
-    /// The producer that swaps it from 1 to 0 sends the wake-up.
+    /// Nonzero while the consumer is about to sleep or sleeping: 1 on its
+    /// port's socket, or `n + 1` on doorbell `n` of its link. The producer
+    /// that swaps it to 0 sends the wake-up. [`SLEEP_MOVED`] once the
+    /// consumer moved to a new segment (then it stays).
     pub sleeping: RingU32,
     /// Nonzero once the consumer closed: posting to this ring fails. The
     /// value says why, as [`ProducerLine::closed`]'s; written once.
@@ -245,6 +260,12 @@ pub struct ConsumerWaitLine {
     /// each commit); [`BARRIER_FENCE`] otherwise. Written when a process
     /// takes the consumer role.
     pub barrier: RingU32,
+    /// `position + 1` of the end of what the consumer took with it when
+    /// it moved (0: not moved, or not yet published): the records from
+    /// there on are the producer's to re-post on the new segment. Stored
+    /// with Release by the mover after [`SLEEP_MOVED`]; loaded with Acquire
+    /// by the producer once it saw [`SLEEP_MOVED`].
+    pub moved_at: RingU64,
 }
 
 /// Written by the producer (set) and the consumer (swap to clear).
@@ -386,6 +407,7 @@ impl RingHeader {
                 sleeping: RingU32::new(0),
                 closed: RingU32::new(0),
                 barrier: RingU32::new(0),
+                moved_at: RingU64::new(0),
             },
             producer_wait: ProducerWaitLine {
                 waiting: RingU32::new(0),
@@ -452,20 +474,32 @@ pub const OOL_DESCRIPTOR: usize = size_of::<OolDescriptor>();
 pub struct KitRefs {
     /// Number of [`KitRef`]s that follow (the record's port count).
     pub count: AtomicU32,
-    /// 0.
-    pub reserved: AtomicU32,
+    /// [`KITS_IN_ARENAS`], or 0.
+    pub flags: AtomicU32,
+    /// With [`KITS_IN_ARENAS`]: the link whose arenas hold the kits (its
+    /// number, chosen by its creator); 0 otherwise.
+    pub link: AtomicU64,
 }
+
+/// [`KitRefs::flags`]: the kits are segments in the arenas of link
+/// [`KitRefs::link`] (`crate::link`), not memfds of their own.
+pub const KITS_IN_ARENAS: u32 = 1;
+
+/// [`KitRef::reserved`] of a kit in an arena that the receiver does not
+/// hold yet: it opens the kit's segment in the arena the number names.
+pub const KIT_NEW: u32 = 1;
 
 /// One port that travels as a kit: the receiver holds the kit's idle end
 /// (given to it earlier with a port over the same channel) and takes it up
 /// at this generation.
 #[repr(C)]
 pub struct KitRef {
-    /// The kit's number, chosen by its creator (the sender).
+    /// The kit's number, chosen by its creator (the sender). A kit in an
+    /// arena: the arena's number << 32 | the segment's offset / 4096.
     pub id: AtomicU64,
     /// The generation the kit's header must show.
     pub generation: AtomicU32,
-    /// 0.
+    /// [`KIT_NEW`], or 0.
     pub reserved: AtomicU32,
     /// The port's spin time, in nanoseconds.
     pub spin_ns: AtomicU64,
@@ -509,9 +543,10 @@ const _: () = {
     assert!(offset_of!(KitLine, id) == 0);
     assert!(offset_of!(KitLine, generation) == 8);
     assert!(offset_of!(KitLine, idle) == 12);
-    assert!(size_of::<KitRefs>() == 8);
+    assert!(offset_of!(KitLine, mover) == 20);
+    assert!(size_of::<KitRefs>() == 16);
     assert!(size_of::<KitRef>() == 24);
-    assert!(kit_refs_size(1) == 32);
+    assert!(kit_refs_size(1) == 64);
     assert!(kit_refs_size(2) == 64);
 
     assert!(size_of::<ProducerLine>() == 128);
@@ -522,6 +557,7 @@ const _: () = {
     assert!(offset_of!(ConsumerWaitLine, sleeping) == 0);
     assert!(offset_of!(ConsumerWaitLine, closed) == 4);
     assert!(offset_of!(ConsumerWaitLine, barrier) == 8);
+    assert!(offset_of!(ConsumerWaitLine, moved_at) == 16);
     assert!(offset_of!(ProducerWaitLine, waiting) == 0);
     assert!(offset_of!(ProducerWaitLine, barrier) == 4);
     assert!(size_of::<ProducerWaitLine>() == 128);

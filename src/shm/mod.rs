@@ -8,6 +8,7 @@
 //! them to the project's fuzzers and hostile-peer tests; this module is
 //! private, so they are not part of the API.
 
+pub(crate) mod arena;
 pub(crate) mod kit;
 pub mod layout;
 pub mod pool;

@@ -7,20 +7,22 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::{fmt, io};
 
+use crate::shm::arena::Arena;
 use crate::shm::layout::{
     HEADER_AREA, LAYOUT_VERSION, MAGIC, MAX_CAPACITY, MIN_CAPACITY, RELEASE_HEADER, RELEASE_SLOTS,
     RELEASE_SLOTS_AT, RING_HEADER, ReleaseHeader, RingHeader, SegmentHeader, ring_data,
     segment_size,
 };
 use crate::shm::release::ReleaseMemory;
-use crate::shm::ring::RingMemory;
+use crate::shm::ring::{Corrupt, RingMemory};
 use crate::shm::sync::AtomicU64;
 use crate::sys::{self, Mapping};
 
-/// One mapped segment and its memfd (kept to hand the segment on).
+/// One mapped segment and its memfd (kept to hand the segment on), or a
+/// segment inside a link's arena (no memfd of its own: it never travels).
 pub struct Segment {
-    map: Mapping,
-    fd: OwnedFd,
+    base: Base,
+    fd: Option<OwnedFd>,
     capacity: usize,
     /// (device, inode) of the memfd: the same in every process that maps it.
     /// Known at once for a received segment; looked up when first needed
@@ -29,6 +31,25 @@ pub struct Segment {
     /// Created by this process (not received): every port of it made here
     /// shares this one `Arc`.
     local: bool,
+}
+
+/// Where a segment's bytes are mapped.
+enum Base {
+    /// Its own memfd's mapping.
+    Own(Mapping),
+    /// At `offset` in an arena.
+    Arena(Arc<Arena>, usize),
+}
+
+impl Base {
+    fn ptr(&self) -> NonNull<u8> {
+        match self {
+            Base::Own(map) => map.ptr(),
+            // SAFETY: `offset + segment_size` lies inside the arena's
+            // mapping (checked when the segment was made or opened).
+            Base::Arena(arena, offset) => unsafe { arena.map().ptr().add(*offset) },
+        }
+    }
 }
 
 impl Segment {
@@ -44,13 +65,64 @@ impl Segment {
         sys::memfd::seal(&fd, sys::memfd::SIZE_SEALS)?;
         let map = Mapping::new(&fd, size, true, false)?;
         let seg = Segment {
-            map,
-            fd,
+            base: Base::Own(map),
+            fd: Some(fd),
             capacity,
             id: std::sync::OnceLock::new(),
             local: true,
         };
-        let h = seg.header();
+        seg.write_header(capacity);
+        Ok(Arc::new(seg))
+    }
+
+    /// A new segment with two rings of `capacity` bytes at `offset` in
+    /// `arena` (page aligned, inside it, over bytes this process zeroed or
+    /// that no port uses any more: the caller's promise).
+    pub fn in_arena(arena: Arc<Arena>, offset: usize, capacity: usize) -> Arc<Segment> {
+        assert!(
+            capacity.is_power_of_two()
+                && (MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity)
+                && offset % 4096 == 0
+                && offset
+                    .checked_add(segment_size(capacity))
+                    .is_some_and(|end| end <= arena.len()),
+            "a segment outside its arena"
+        );
+        let id = (arena.file().1 | 1 << 63, offset as u64);
+        let seg = Segment {
+            base: Base::Arena(arena, offset),
+            fd: None,
+            capacity,
+            id: std::sync::OnceLock::from(id),
+            local: false,
+        };
+        seg.write_header(capacity);
+        Arc::new(seg)
+    }
+
+    /// Open the segment the peer made at `offset` in `arena`, checking it as
+    /// [`Segment::open`] checks a memfd.
+    pub fn open_in_arena(arena: Arc<Arena>, offset: usize) -> Result<Arc<Segment>, OpenError> {
+        if offset % 4096 != 0 || offset.saturating_add(HEADER_AREA) > arena.len() {
+            return Err(OpenError::BadGeometry("a segment outside its arena"));
+        }
+        let id = (arena.file().1 | 1 << 63, offset as u64);
+        let room = arena.len() - offset;
+        let mut seg = Segment {
+            base: Base::Arena(arena, offset),
+            fd: None,
+            capacity: 0,
+            id: std::sync::OnceLock::from(id),
+            local: false,
+        };
+        seg.capacity = seg.check_header(room)?;
+        Ok(Arc::new(seg))
+    }
+
+    /// Write the header of a segment with rings of `capacity` bytes.
+    fn write_header(&self, capacity: usize) {
+        let size = segment_size(capacity);
+        let h = self.header();
         // Relaxed: nobody else can see the segment before its descriptor is
         // sent, and sending it (a system call) orders these stores first.
         h.version.store(LAYOUT_VERSION, Ordering::Relaxed);
@@ -58,7 +130,6 @@ impl Segment {
         h.ring_capacity.store(capacity as u64, Ordering::Relaxed);
         h.total_size.store(size as u64, Ordering::Relaxed);
         h.magic.store(MAGIC, Ordering::Release);
-        Ok(Arc::new(seg))
     }
 
     /// Map a segment received as a descriptor, and check it: sealed size,
@@ -73,14 +144,28 @@ impl Segment {
         let map = Mapping::new(&fd, size, true, false)?;
         // Capacity is set below once checked; 0 until then.
         let mut seg = Segment {
-            map,
-            fd,
+            base: Base::Own(map),
+            fd: Some(fd),
             capacity: 0,
             id: std::sync::OnceLock::from(file.id),
             local: false,
         };
-        let h = seg.header();
-        // Acquire: pairs with the Release store of the magic in `create`.
+        let cap = seg.check_header(size)?;
+        if segment_size(cap) != size {
+            return Err(OpenError::BadGeometry(
+                "segment size does not match its rings",
+            ));
+        }
+        seg.capacity = cap;
+        Ok(Arc::new(seg))
+    }
+
+    /// Check the header of a segment with `room` bytes mapped from its
+    /// start; its ring capacity if it is sound.
+    fn check_header(&self, room: usize) -> Result<usize, OpenError> {
+        let h = self.header();
+        // Acquire: pairs with the Release store of the magic in
+        // `write_header`.
         let magic = h.magic.load(Ordering::Acquire);
         if magic != MAGIC {
             return Err(OpenError::BadMagic(magic));
@@ -100,20 +185,19 @@ impl Segment {
         }
         let cap = cap as usize;
         if h.total_size.load(Ordering::Relaxed) != segment_size(cap) as u64
-            || size != segment_size(cap)
+            || segment_size(cap) > room
         {
             return Err(OpenError::BadGeometry(
                 "segment size does not match its rings",
             ));
         }
-        seg.capacity = cap;
-        Ok(Arc::new(seg))
+        Ok(cap)
     }
 
     pub(super) fn header(&self) -> &SegmentHeader {
         // SAFETY: the mapping is at least HEADER_AREA bytes (checked or
         // created so), page aligned, and SegmentHeader holds only atomics.
-        unsafe { self.map.ptr().cast::<SegmentHeader>().as_ref() }
+        unsafe { self.base.ptr().cast::<SegmentHeader>().as_ref() }
     }
 
     /// Ring `index`'s header (index < 2).
@@ -123,7 +207,7 @@ impl Segment {
         // asserts it, and indexing panics past 2); RingHeader holds only
         // atomics.
         unsafe {
-            self.map
+            self.base
                 .ptr()
                 .add(RING_HEADER[index])
                 .cast::<RingHeader>()
@@ -131,9 +215,41 @@ impl Segment {
         }
     }
 
-    /// The memfd.
-    pub fn fd(&self) -> &OwnedFd {
-        &self.fd
+    /// Set ring `index`'s positions in a segment made here and not yet
+    /// shared: a ring taken over from another segment starts where that
+    /// one stopped (released up to `head`, written up to `tail`).
+    pub fn start_ring(&self, index: usize, head: u64, tail: u64) -> Result<(), Corrupt> {
+        crate::shm::ring::check_start(head, tail, self.capacity as u64)?;
+        let h = self.ring_header(index);
+        // Relaxed: nobody else sees this segment before its descriptor is
+        // sent (a system call orders these stores first) or, for the side
+        // that stays, before this thread's own loads.
+        h.producer.tail.store(tail, Ordering::Relaxed);
+        h.consumer.head.store(head, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Ring `index`'s producer position as last published.
+    pub fn published_tail(&self, index: usize) -> u64 {
+        // Acquire: pairs with the producer's Release store of its tail.
+        self.ring_header(index)
+            .producer
+            .tail
+            .load(Ordering::Acquire)
+    }
+
+    /// Ring `index`'s consumer position as last published.
+    pub fn published_head(&self, index: usize) -> u64 {
+        // Acquire: pairs with the consumer's Release store of its head.
+        self.ring_header(index)
+            .consumer
+            .head
+            .load(Ordering::Acquire)
+    }
+
+    /// The memfd; `None` for a segment inside an arena.
+    pub fn fd(&self) -> Option<&OwnedFd> {
+        self.fd.as_ref()
     }
 
     /// Do `self` and `other` map the same shared memory? Two segments
@@ -155,7 +271,7 @@ impl Segment {
         if let Some(id) = self.id.get() {
             return Some(*id);
         }
-        let id = sys::memfd::file_id(&self.fd).ok()?;
+        let id = sys::memfd::file_id(self.fd.as_ref()?).ok()?;
         Some(*self.id.get_or_init(|| id))
     }
 
@@ -166,8 +282,13 @@ impl Segment {
 }
 
 impl AsFd for Segment {
+    /// The memfd. A segment inside an arena never travels (its port moves
+    /// to a segment of its own first), so it is never asked for one.
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.fd
+            .as_ref()
+            .expect("a segment inside an arena has no descriptor to send")
+            .as_fd()
     }
 }
 
@@ -184,6 +305,11 @@ impl SegmentRing {
         assert!(index < 2);
         SegmentRing { seg, index }
     }
+
+    /// The segment the ring is in.
+    pub fn segment(&self) -> &Arc<Segment> {
+        &self.seg
+    }
 }
 
 // SAFETY: `Segment::create`/`open` guarantee the mapping covers
@@ -199,7 +325,7 @@ unsafe impl RingMemory for SegmentRing {
         // SAFETY: inside the mapping, see the impl's comment.
         unsafe {
             self.seg
-                .map
+                .base
                 .ptr()
                 .add(ring_data(self.index, self.seg.capacity))
         }
@@ -234,7 +360,7 @@ unsafe impl ReleaseMemory for SegmentRelease {
         // SAFETY: see the impl's comment.
         unsafe {
             self.seg
-                .map
+                .base
                 .ptr()
                 .add(RELEASE_HEADER[self.index])
                 .cast::<ReleaseHeader>()
@@ -246,7 +372,7 @@ unsafe impl ReleaseMemory for SegmentRelease {
         // SAFETY: see the impl's comment; `i` is in range (checked).
         unsafe {
             self.seg
-                .map
+                .base
                 .ptr()
                 .add(RELEASE_SLOTS_AT[self.index] + i * 8)
                 .cast::<AtomicU64>()

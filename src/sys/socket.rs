@@ -28,6 +28,14 @@ pub const TAG_ATTACH: u8 = b'A';
 /// Tag byte of every part but the last of an attachment sent in several
 /// messages.
 pub const TAG_MORE: u8 = b'M';
+/// Tag byte of a link's invitation: the link's number and the far end of
+/// its socket (`crate::link`), sent on a port's socket before the first
+/// record that names kits in the link's arenas.
+pub const TAG_LINK: u8 = b'L';
+/// Tag byte of a channel's move to a new segment: the segment's memfd and
+/// the receiver's end of the new socket pair, sent on the old socket
+/// (`crate::port`, moving a channel).
+pub const TAG_MOVED: u8 = b'V';
 /// Most descriptors one socket message carries (the kernel's SCM_MAX_FD).
 pub const MAX_FDS: usize = 253;
 /// Largest attachment body, tag included.
@@ -132,10 +140,46 @@ pub enum Incoming {
     Lost,
     /// [`Incoming::Lost`] for a part that is not the last.
     LostPart,
+    /// A link's invitation: its number and the far end of its socket.
+    Link(u64, OwnedFd),
+    /// A link's invitation whose descriptor could not be received (this
+    /// process is out of descriptors): its number.
+    LinkLost(u64),
+    /// The channel moved: its new segment and this side's new socket.
+    Moved(OwnedFd, OwnedFd),
     /// Something the protocol does not send (unknown tag, truncated
     /// message or descriptors). Any descriptors that came with it were
     /// closed.
     Garbage,
+}
+
+/// Send a link's invitation (see [`TAG_LINK`]).
+pub fn send_link(fd: impl AsFd, id: u64, link: BorrowedFd<'_>) -> io::Result<()> {
+    let mut body = [0u8; 9];
+    body[0] = TAG_LINK;
+    body[1..].copy_from_slice(&id.to_le_bytes());
+    send_tagged(fd, &body, &[link])
+}
+
+/// Send a channel's move (see [`TAG_MOVED`]).
+pub fn send_moved(fd: impl AsFd, seg: BorrowedFd<'_>, sock: BorrowedFd<'_>) -> io::Result<()> {
+    send_tagged(fd, &[TAG_MOVED], &[seg, sock])
+}
+
+/// Send `body` (its tag first) with `fds`, blocking while the socket is full.
+fn send_tagged(fd: impl AsFd, body: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let pushed = control.push(SendAncillaryMessage::ScmRights(fds));
+    debug_assert!(pushed);
+    let iov = [io::IoSlice::new(body)];
+    loop {
+        match sendmsg(&fd, &iov, &mut control, SendFlags::NOSIGNAL) {
+            Ok(_) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(hangup_as_broken_pipe(e)),
+        }
+    }
 }
 
 /// Receive one message.
@@ -188,10 +232,22 @@ pub fn recv(fd: impl AsFd, block: bool) -> io::Result<Incoming> {
         // The kernel could not install every descriptor (this process is
         // out of descriptors): they are gone, closed by the kernel.
         TAG_ATTACH if fds_lost => Ok(Incoming::Lost),
+        TAG_LINK if fds_lost && got.bytes == 9 => Ok(Incoming::LinkLost(u64::from_le_bytes(
+            buf[1..9].try_into().expect("eight bytes"),
+        ))),
         TAG_MORE if fds_lost => Ok(Incoming::LostPart),
         _ if fds_lost => Ok(Incoming::Garbage),
         TAG_WAKE if received.is_empty() && got.bytes == 1 => Ok(Incoming::Wake),
         TAG_ATTACH => Ok(Incoming::Attachment(buf[1..got.bytes].to_vec(), received)),
+        TAG_MOVED if got.bytes == 1 && received.len() == 2 => {
+            let sock = received.pop().expect("two descriptors");
+            let seg = received.pop().expect("two descriptors");
+            Ok(Incoming::Moved(seg, sock))
+        }
+        TAG_LINK if got.bytes == 9 && received.len() == 1 => {
+            let id = u64::from_le_bytes(buf[1..9].try_into().expect("eight bytes"));
+            Ok(Incoming::Link(id, received.pop().expect("one descriptor")))
+        }
         TAG_MORE => Ok(Incoming::Part(buf[1..got.bytes].to_vec(), received)),
         _ => Ok(Incoming::Garbage),
     }

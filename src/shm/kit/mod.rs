@@ -107,6 +107,15 @@ pub(crate) trait KitWords: KitMemory {
         })
     }
 
+    /// Did the channel of this generation move off the kit (one side
+    /// claimed the move)? Its rings then end anywhere: the next
+    /// generation starts each where its producer stopped.
+    fn kit_moved(&self) -> bool {
+        // Acquire: ordered after the Acquire of `kit_idle`, as in
+        // `kit_drained`.
+        self.kit_line().mover.load(Ordering::Acquire) & MOVER != 0
+    }
+
     /// Have both ends closed the channel of this generation (each end's
     /// closed flags set)? A kit whose peer closed is about to go idle.
     fn kit_closed(&self) -> bool {
@@ -120,23 +129,127 @@ pub(crate) trait KitWords: KitMemory {
     /// Start generation `generation` on an idle kit: clear both ends'
     /// closed and wait words and idle marks, then store the generation.
     /// Call only when the peer's end is idle at the current generation
-    /// (`kit_idle`, Acquire) and the rings drained: nobody reads or writes
-    /// them. Published by the record that names the kit (its commit is a
+    /// (`kit_idle`, Acquire) and the rings drained, or the channel moved
+    /// off the kit ([`KitWords::kit_moved`]; each ring then starts empty at
+    /// its producer's last position): nobody reads or writes them. Published by the record that names the kit (its commit is a
     /// Release store after these, taken with Acquire by the receiver).
     fn renew_kit(&self, generation: u32) {
+        let moved = self.kit_moved();
         for i in 0..2 {
             let h = self.ring_header(i);
+            if moved {
+                // Each ring starts empty where its producer stopped (it
+                // published its last position before it left).
+                let tail = h.producer.tail.load(Ordering::Relaxed);
+                h.consumer.head.store(tail, Ordering::Relaxed);
+            }
             // Relaxed: see the doc comment (published by the commit).
             h.producer.closed.store(0, Ordering::Relaxed);
             h.consumer_wait.closed.store(0, Ordering::Relaxed);
             h.consumer_wait.sleeping.store(0, Ordering::Relaxed);
             h.producer_wait.waiting.store(0, Ordering::Relaxed);
+            h.consumer_wait.moved_at.store(0, Ordering::Relaxed);
         }
         let k = self.kit_line();
         k.idle[0].store(0, Ordering::Relaxed);
         k.idle[1].store(0, Ordering::Relaxed);
+        k.mover.store(0, Ordering::Relaxed);
         k.generation.store(generation, Ordering::Relaxed);
+    }
+
+    /// Claim the move of the channel for `side`: [`Claim::Mine`] if this
+    /// side moves it (or already did), [`Claim::Theirs`] if the other side
+    /// claimed it first, [`Claim::Busy`] while the other side posts with
+    /// descriptors or kit references ([`KitWords::claim_posting`]): try
+    /// again (taking in what it sends meanwhile).
+    fn claim_move(&self, side: Side) -> Claim {
+        let me = side as u32 + 1;
+        let word = &self.kit_line().mover;
+        loop {
+            // Acquire / AcqRel: the winner's later stores (the move) and
+            // the loser's later loads are ordered by this word.
+            let v = word.load(Ordering::Acquire);
+            if v & MOVER == me {
+                return Claim::Mine;
+            }
+            if v & MOVER != 0 {
+                return Claim::Theirs;
+            }
+            if v & posting_bit(other(side)) != 0 {
+                return Claim::Busy;
+            }
+            if word
+                .compare_exchange(v, v | me, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Claim::Mine;
+            }
+        }
+    }
+
+    /// Has the other side than `side` claimed the channel's move (it moves
+    /// the channel, or did)? Acquire: pairs with the claim's AcqRel
+    /// exchange, as in [`KitWords::claim_move`].
+    fn moved_by_other(&self, side: Side) -> bool {
+        self.kit_line().mover.load(Ordering::Acquire) & MOVER == other(side) as u32 + 1
+    }
+
+    /// `side` is about to post a record whose descriptors or kit
+    /// references must reach the peer where it is now: `false` if a move
+    /// has begun (follow it first). Ended by [`KitWords::end_posting`].
+    fn claim_posting(&self, side: Side) -> bool {
+        let word = &self.kit_line().mover;
+        loop {
+            // Acquire: see `claim_move`.
+            let v = word.load(Ordering::Acquire);
+            if v & MOVER != 0 {
+                return false;
+            }
+            if word
+                .compare_exchange(
+                    v,
+                    v | posting_bit(side),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                return true;
+            }
+        }
+    }
+
+    /// The post [`claim_posting`](KitWords::claim_posting) covered is
+    /// committed (or given up).
+    fn end_posting(&self, side: Side) {
+        // Release: the commit before comes before a mover's claim.
+        self.kit_line()
+            .mover
+            .fetch_and(!posting_bit(side), Ordering::Release);
     }
 }
 
 impl<M: KitMemory + ?Sized> KitWords for M {}
+
+/// The mover word's bits that name the mover (`side + 1`).
+const MOVER: u32 = 3;
+
+/// The mover word's bit of `side` posting ([`KitWords::claim_posting`]).
+fn posting_bit(side: Side) -> u32 {
+    4 << side as u32
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::A => Side::B,
+        Side::B => Side::A,
+    }
+}
+
+/// What [`KitWords::claim_move`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    Mine,
+    Theirs,
+    Busy,
+}

@@ -57,6 +57,7 @@ fn memory() -> Arc<Memory> {
             id: core::sync::atomic::AtomicU64::new(7),
             generation: AtomicU32::new(1),
             idle: [AtomicU32::new(0), AtomicU32::new(0)],
+            mover: AtomicU32::new(0),
         },
         rings: [ring(64, 0), ring(128, 128)],
         record: AtomicU32::new(0),
@@ -146,5 +147,53 @@ fn a_kit_with_an_unread_record_is_never_taken_up() {
         let taken = creator_reuses(&mem);
         peer.join().unwrap();
         assert!(!taken && !creator_reuses(&mem));
+    });
+}
+
+/// The channel of generation 1 moved off the kit (A claimed the move); B
+/// followed and wrote a late record past what A took (ring 1's tail 192,
+/// A's head 128), then its port closes: it publishes its last position
+/// and marks its end idle. The creator takes the kit up once it sees the
+/// mark, with both rings starting empty at their producers' last
+/// positions.
+#[test]
+fn a_moved_kit_is_taken_up_once_its_peer_left_and_starts_past_the_old_records() {
+    model(|| {
+        let mem = memory();
+        mem.kit.mover.store(1, Ordering::Relaxed);
+        let peer = {
+            let mem = mem.clone();
+            thread::spawn(move || {
+                // The late record's position, published as B leaves.
+                mem.rings[1].producer.tail.store(192, Ordering::Release);
+                mem.set_kit_idle(Side::B, 1);
+                while mem.record.load(Ordering::Acquire) == 0 {
+                    thread::yield_now();
+                }
+                assert_eq!(mem.kit_gen(), 2);
+                for r in &mem.rings {
+                    assert_eq!(
+                        r.producer.tail.load(Ordering::Acquire),
+                        r.consumer.head.load(Ordering::Acquire),
+                        "a ring of the new channel starts with an old record"
+                    );
+                }
+                assert_eq!(mem.rings[1].consumer.head.load(Ordering::Acquire), 192);
+                assert_eq!(mem.kit.mover.load(Ordering::Acquire), 0);
+            })
+        };
+        let reuse = || {
+            let generation = mem.kit_gen();
+            if mem.kit_idle(Side::B) != generation || !(mem.kit_drained() || mem.kit_moved()) {
+                return false;
+            }
+            mem.renew_kit(generation + 1);
+            mem.record.store(1, Ordering::Release);
+            true
+        };
+        while !reuse() {
+            thread::yield_now();
+        }
+        peer.join().unwrap();
     });
 }

@@ -6,7 +6,7 @@ use super::{
 };
 use crate::shm::layout::{
     CLOSED, FLAG_ANNOUNCE, FLAG_KITS, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW,
-    KIND_TYPED, RECORD_ALIGN, RECORD_HEADER, RecordInfo, align_record, unpack_info,
+    KIND_TYPED, RECORD_ALIGN, RECORD_HEADER, RecordInfo, SLEEP_MOVED, align_record, unpack_info,
 };
 use crate::shm::sync::Ordering;
 
@@ -36,6 +36,14 @@ pub struct Consumer<M: RingMemory> {
     /// Records taken and not yet released.
     held: usize,
     barriers: Barriers,
+    /// Once sealed ([`Consumer::seal`]): nothing at or after this position
+    /// is taken here.
+    limit: u64,
+    /// What a sleep announcement stores: 1 (woken on the port's socket) or
+    /// a doorbell's number + 1.
+    bell: core::cell::Cell<u32>,
+    /// The wait word the last wake-up this consumer owes swapped out.
+    woke: core::cell::Cell<u32>,
 }
 
 impl<M: RingMemory> Consumer<M> {
@@ -75,6 +83,9 @@ impl<M: RingMemory> Consumer<M> {
             ahead: Vec::new(),
             held: 0,
             barriers,
+            limit: u64::MAX,
+            bell: core::cell::Cell::new(1),
+            woke: core::cell::Cell::new(0),
         }
     }
 
@@ -109,6 +120,9 @@ impl<M: RingMemory> Consumer<M> {
     /// Is a committed record waiting at the head? One Acquire load.
     #[inline]
     pub fn ready(&self) -> bool {
+        if self.head >= self.limit {
+            return false;
+        }
         // Acquire: pairs with the Release store of the commit word in
         // `Producer::commit` / `write_padding`.
         header_at(&self.mem, self.head)
@@ -122,6 +136,9 @@ impl<M: RingMemory> Consumer<M> {
     pub fn has_message(&self) -> bool {
         let mut pos = self.head;
         for _ in 0..2 {
+            if pos >= self.limit {
+                return false;
+            }
             let h = header_at(&self.mem, pos);
             // Acquire: pairs with the Release store of the commit word.
             if h.commit.load(Ordering::Acquire) != pos + 1 {
@@ -142,6 +159,9 @@ impl<M: RingMemory> Consumer<M> {
     pub fn take(&mut self) -> Result<Option<Record>, Corrupt> {
         loop {
             let pos = self.head;
+            if pos >= self.limit {
+                return Ok(None);
+            }
             let h = header_at(&self.mem, pos);
             // Acquire: pairs with the Release store of the commit word in
             // `Producer::commit` / `write_padding`; the fields read below were
@@ -279,7 +299,100 @@ impl<M: RingMemory> Consumer<M> {
         self.barriers
             .publisher(wait.barrier.load(Ordering::Relaxed));
         // Relaxed: ordered by the barrier; the swap only picks one waker.
-        wait.waiting.load(Ordering::Relaxed) != 0 && wait.waiting.swap(0, Ordering::Relaxed) != 0
+        if wait.waiting.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let v = wait.waiting.swap(0, Ordering::Relaxed);
+        self.woke.set(v);
+        v != 0
+    }
+
+    /// The wait word the last wake-up this consumer owes swapped out: how
+    /// the producer asked to be woken (1, or a doorbell's number + 1).
+    pub fn woke(&self) -> u32 {
+        self.woke.get()
+    }
+
+    /// Sleep announcements from now on store `word` (1: woken on the
+    /// port's socket; a doorbell's number + 1).
+    pub fn set_bell(&self, word: u32) {
+        self.bell.set(word.max(1));
+    }
+
+    /// After a move ([`Consumer::seal`]): wake a producer that waits for
+    /// room in this ring, so that it sees the move.
+    pub fn wake_waiting_producer(&self) -> bool {
+        self.producer_needs_wake()
+    }
+
+    /// Go on reading in the ring of `mem`, a new segment's, where positions
+    /// continue from this one's: everything taken here stays held (and is
+    /// released) as before; the next record is taken there.
+    pub fn switch_memory(&mut self, mem: M) -> Result<(), Corrupt> {
+        if mem.capacity() as u64 != self.cap {
+            return Err(Corrupt("a moved ring of another size"));
+        }
+        self.mem = mem;
+        self.limit = u64::MAX;
+        // Relaxed: read by the producer only to choose its fence.
+        self.mem
+            .header()
+            .consumer_wait
+            .barrier
+            .store(self.barriers.code(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// After the producer moved the ring to a new segment (it closed this
+    /// one at `tail` and writes on there from `tail`): copy the records not
+    /// taken yet, `head..tail`, to the same places in `mem`'s ring and read
+    /// on there. The bytes are copied as they are (the records' commit
+    /// words with them); what they say is checked when they are taken.
+    pub fn carry_over(&mut self, mem: M, tail: u64) -> Result<(), Corrupt> {
+        if mem.capacity() as u64 != self.cap {
+            return Err(Corrupt("a moved ring of another size"));
+        }
+        if tail < self.head || tail - self.released > self.cap || tail % RECORD_ALIGN as u64 != 0 {
+            return Err(Corrupt("a moved ring's end outside its records"));
+        }
+        let mut pos = self.head;
+        while pos < tail {
+            let offset = ring_offset(&self.mem, pos);
+            let n = ((tail - pos) as usize).min(self.cap as usize - offset);
+            // SAFETY: `offset + n <= cap` in both rings (same capacity,
+            // checked); the old ring's bytes `head..tail` are committed and
+            // no longer written by anyone (its producer closed it), the new
+            // ring's are free space its producer does not touch until this
+            // side releases them (they lie below `tail`, where it writes on).
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    self.mem.data().as_ptr().add(offset),
+                    mem.data().as_ptr().add(offset),
+                    n,
+                );
+            }
+            pos += n as u64;
+        }
+        self.switch_memory(mem)
+    }
+
+    /// Where the next record is taken.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// Everything below is released.
+    pub fn released(&self) -> u64 {
+        self.released
+    }
+
+    /// A consumer of the ring in `mem` that takes from `head` up to (not
+    /// including) `limit`, for carrying a moved ring's records on: it
+    /// publishes nothing.
+    pub fn reading_between(mem: M, head: u64, limit: u64, barriers: Barriers) -> Self {
+        let mut c = Self::starting_at(mem, head, barriers);
+        c.limit = limit;
+        c
     }
 
     /// Announce that the consumer is about to sleep. Returns `false` (and
@@ -293,7 +406,7 @@ impl<M: RingMemory> Consumer<M> {
         // stores by causality alone (loom) does not, and finds a lost
         // wake-up that cannot happen. On the sleep path the RMW costs
         // nothing next to the sleep.
-        w.swap(1, Ordering::Relaxed);
+        w.swap(self.bell.get(), Ordering::Relaxed);
         // Full barrier: pairs with the one in `Producer::commit`.
         self.barriers.sleeper();
         if self.ready() {
@@ -313,7 +426,7 @@ impl<M: RingMemory> Consumer<M> {
             .header()
             .consumer_wait
             .sleeping
-            .swap(1, Ordering::Relaxed);
+            .swap(self.bell.get(), Ordering::Relaxed);
     }
 
     /// The barrier between [`Consumer::announce_sleep`] and the re-check;
@@ -375,5 +488,66 @@ impl<M: RingMemory> Consumer<M> {
             hdr.consumer_wait.closed.store(code, Ordering::Release);
         }
         self.producer_needs_wake()
+    }
+
+    /// Moving this consumer to a new segment: mark the ring moved (the
+    /// producer's look after each commit sees it), issue the sleep
+    /// barrier, and find where the records committed so far end. Every
+    /// record before the returned position is this side's to take (and
+    /// carry to the new segment); every one at or after it is the
+    /// producer's to re-post there, once it sees the mark and the position
+    /// ([`Consumer::publish_moved_at`], [`Producer::moved_at`]). The same
+    /// Dekker pair as a sleep: either this look sees a commit, or that
+    /// commit's look sees the mark. Nothing at or after the position is
+    /// taken here from now on.
+    ///
+    /// [`Producer::moved_at`]: super::Producer::moved_at
+    pub fn seal(&mut self) -> Result<u64, Corrupt> {
+        let w = &self.mem.header().consumer_wait.sleeping;
+        // Relaxed: ordered by the barrier below. A swap, as a sleep's
+        // announcement (see `prepare_sleep`).
+        w.swap(SLEEP_MOVED, Ordering::Relaxed);
+        // Full barrier: pairs with the one after each commit.
+        self.barriers.sleeper();
+        let mut pos = self.head;
+        // Every committed record, padding included, up to the first gap;
+        // at most a ring's worth of them.
+        for _ in 0..self.cap / RECORD_ALIGN as u64 + 1 {
+            let h = header_at(&self.mem, pos);
+            // Acquire: pairs with the Release store of the commit word.
+            if h.commit.load(Ordering::Acquire) != pos + 1 {
+                self.limit = pos;
+                return Ok(pos);
+            }
+            let info = unpack_info(h.info.load(Ordering::Relaxed));
+            let offset = ring_offset(&self.mem, pos);
+            let to_end = self.cap as usize - offset;
+            let step = if info.kind == KIND_PADDING {
+                to_end
+            } else if (info.len as usize) <= max_payload(self.cap as usize)
+                && RECORD_HEADER + info.len as usize <= to_end
+            {
+                align_record(RECORD_HEADER + info.len as usize)
+            } else {
+                return Err(Corrupt("record length outside the ring"));
+            };
+            if pos + step as u64 - self.released > self.cap {
+                return Err(Corrupt("record overruns unreleased space"));
+            }
+            pos += step as u64;
+        }
+        Err(Corrupt("more records than the ring holds"))
+    }
+
+    /// Publish where the mover stopped ([`Consumer::seal`]'s position),
+    /// once every record before it has been taken to the new segment.
+    pub fn publish_moved_at(&self, pos: u64) {
+        // Release: pairs with the Acquire load in `Producer::moved_at`; the
+        // new segment's records written before are visible with it.
+        self.mem
+            .header()
+            .consumer_wait
+            .moved_at
+            .store(pos + 1, Ordering::Release);
     }
 }

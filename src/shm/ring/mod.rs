@@ -30,6 +30,8 @@ mod consumer;
 pub mod heap;
 #[cfg(all(test, shmport_loom))]
 pub(crate) mod model;
+#[cfg(all(test, shmport_loom))]
+mod move_model;
 mod producer;
 
 pub use barriers::Barriers;
@@ -189,6 +191,11 @@ pub(super) fn ring_offset<M: RingMemory>(mem: &M, pos: u64) -> usize {
 /// padding in front of it.
 pub const fn max_payload(capacity: usize) -> usize {
     capacity / 2 - RECORD_HEADER
+}
+
+/// Check the positions a ring taken over from another segment starts at.
+pub fn check_start(head: u64, tail: u64, cap: u64) -> Result<(), Corrupt> {
+    check_positions(head, tail, cap)
 }
 
 pub(super) fn check_positions(head: u64, tail: u64, cap: u64) -> Result<(), Corrupt> {

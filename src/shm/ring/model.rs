@@ -49,7 +49,7 @@ use crate::shm::layout::{RECORD_ALIGN, RecordHeader, RingHeader};
 
 /// Four slots of [`RECORD_ALIGN`] bytes: small enough to explore, big
 /// enough to wrap, pad and fill.
-const CAP: usize = 4 * RECORD_ALIGN;
+pub(super) const CAP: usize = 4 * RECORD_ALIGN;
 
 /// One record slot's bytes, aligned as the ring requires.
 #[repr(C, align(64))]
@@ -58,7 +58,7 @@ struct Chunk(StdUnsafeCell<[u8; RECORD_ALIGN]>);
 /// Ring memory for the model: headers as loom atomics, payload bytes as
 /// plain memory, and one loom cell per chunk standing for the accesses to
 /// it.
-struct ModelMemory {
+pub(super) struct ModelMemory {
     header: RingHeader,
     records: Box<[RecordHeader]>,
     data: Box<[Chunk]>,
@@ -73,7 +73,7 @@ unsafe impl Sync for ModelMemory {}
 unsafe impl Send for ModelMemory {}
 
 impl ModelMemory {
-    fn new() -> Arc<Self> {
+    pub(super) fn new() -> Arc<Self> {
         let chunks = CAP / RECORD_ALIGN;
         Arc::new(ModelMemory {
             header: RingHeader::zeroed(),
@@ -171,7 +171,7 @@ impl Wake {
     }
 }
 
-const RAW: RecordMeta = RecordMeta {
+pub(super) const RAW: RecordMeta = RecordMeta {
     kind: Kind::Raw,
     out_of_line: false,
     pool: false,
@@ -181,10 +181,10 @@ const RAW: RecordMeta = RecordMeta {
     fingerprint: 0,
 };
 
-type Mem = Arc<ModelMemory>;
+pub(super) type Mem = Arc<ModelMemory>;
 
 /// The bytes of message `i` of length `len`.
-fn fill(i: usize) -> u8 {
+pub(super) fn fill(i: usize) -> u8 {
     i as u8 + 1
 }
 
@@ -198,14 +198,14 @@ fn post(p: &mut Producer<Mem>, i: usize, len: usize, wake_consumer: &Wake, room:
 }
 
 /// A record the model's consumer took: its span and payload.
-struct Taken {
-    pos: u64,
-    end: u64,
-    bytes: Vec<u8>,
+pub(super) struct Taken {
+    pub(super) pos: u64,
+    pub(super) end: u64,
+    pub(super) bytes: Vec<u8>,
 }
 
 /// Take the record at the head, if one is committed, and read its payload.
-fn take(c: &mut Consumer<Mem>) -> Option<Taken> {
+pub(super) fn take(c: &mut Consumer<Mem>) -> Option<Taken> {
     let r = c.take().unwrap()?;
     let offset = (r.pos as usize) & (CAP - 1);
     c.memory()
@@ -305,7 +305,7 @@ fn run(lens: &'static [usize], hold: usize, barriers: Barriers) {
 }
 
 /// Read record `t` as message `i` of `len` bytes, or fail the model.
-fn check(t: &Taken, i: usize, len: usize) {
+pub(super) fn check(t: &Taken, i: usize, len: usize) {
     assert_eq!(t.bytes.len(), len, "message {i} has the wrong length");
     assert!(
         t.bytes.iter().all(|&b| b == fill(i)),

@@ -5,9 +5,11 @@ use super::{
     Barriers, Corrupt, Kind, REWIND_MIN, RecordMeta, RingMemory, Slot, check_positions, header_at,
     max_payload, ring_offset,
 };
+use core::cell::Cell;
+
 use crate::shm::layout::{
     CLOSED, FLAG_ANNOUNCE, FLAG_KITS, FLAG_OUT_OF_LINE, FLAG_POOL, KIND_PADDING, KIND_RAW,
-    KIND_TYPED, RECORD_HEADER, RecordInfo, align_record, pack_info,
+    KIND_TYPED, RECORD_ALIGN, RECORD_HEADER, RecordInfo, SLEEP_MOVED, align_record, pack_info,
 };
 use crate::shm::sync::Ordering;
 
@@ -26,6 +28,17 @@ pub struct Producer<M: RingMemory> {
     /// Payload length of the last record committed.
     last_len: usize,
     barriers: Barriers,
+    /// The consumer moved away (its sleep word holds [`SLEEP_MOVED`]):
+    /// seen after a commit or a close, or by [`Producer::consumer_moved`].
+    moved: Cell<bool>,
+    /// The position of the record whose commit first saw the move: it is
+    /// the producer's to re-post if the mover's `moved_at` does not cover it.
+    moved_record: Option<u64>,
+    /// The sleep word the last wake-up swapped out (the sleeper's choice of
+    /// how to be woken: 1, or a doorbell's number + 1).
+    woke: Cell<u32>,
+    /// What a wait announcement stores (as `Consumer`'s).
+    bell: Cell<u32>,
 }
 
 impl<M: RingMemory> Producer<M> {
@@ -64,6 +77,10 @@ impl<M: RingMemory> Producer<M> {
             rewind_min: usize::MAX,
             last_len: 0,
             barriers,
+            moved: Cell::new(false),
+            moved_record: None,
+            woke: Cell::new(0),
+            bell: Cell::new(1),
         }
     }
 
@@ -243,21 +260,105 @@ impl<M: RingMemory> Producer<M> {
         h.commit.store(slot.pos + 1, Ordering::Release);
         self.tail = next;
         self.last_len = len;
-        self.consumer_needs_wake()
+        let wake = self.consumer_needs_wake();
+        if self.moved.get() && self.moved_record.is_none() {
+            self.moved_record = Some(slot.pos);
+        }
+        wake
     }
 
     /// After a commit: does the consumer sleep? Clears its flag if so, so
-    /// that exactly one producer action sends the wake-up.
+    /// that exactly one producer action sends the wake-up. A consumer that
+    /// moved away is noted instead ([`Producer::moved_record`]).
     #[inline]
     fn consumer_needs_wake(&self) -> bool {
         let w = &self.mem.header().consumer_wait;
         // Full barrier (or the consumer's membarrier): pairs with the barrier
-        // in `Consumer::prepare_sleep`. Either the consumer's re-check sees
-        // our commit, or we see its flag.
+        // in `Consumer::prepare_sleep` and `Consumer::seal`. Either the
+        // consumer's re-check (or the mover's look for records) sees our
+        // commit, or we see its flag.
         self.barriers.publisher(w.barrier.load(Ordering::Relaxed));
         // Relaxed: the barrier above orders this load; the swap only decides
         // which of several wakers sends the token.
-        w.sleeping.load(Ordering::Relaxed) != 0 && w.sleeping.swap(0, Ordering::Relaxed) != 0
+        match w.sleeping.load(Ordering::Relaxed) {
+            0 => false,
+            SLEEP_MOVED => {
+                self.moved.set(true);
+                false
+            }
+            _ => match w.sleeping.swap(0, Ordering::Relaxed) {
+                0 => false,
+                SLEEP_MOVED => {
+                    // The mover's mark replaced the sleeper's between our
+                    // load and swap; only this producer reads it from now
+                    // on, so it is put back as it was.
+                    w.sleeping.store(SLEEP_MOVED, Ordering::Relaxed);
+                    self.moved.set(true);
+                    false
+                }
+                v => {
+                    self.woke.set(v);
+                    true
+                }
+            },
+        }
+    }
+
+    /// The sleep word the last wake-up this producer owes swapped out: how
+    /// the consumer asked to be woken (1, or a doorbell's number + 1).
+    pub fn woke(&self) -> u32 {
+        self.woke.get()
+    }
+
+    /// Wait announcements from now on store `word` (1: woken on the port's
+    /// socket; a doorbell's number + 1).
+    pub fn set_bell(&self, word: u32) {
+        self.bell.set(word.max(1));
+    }
+
+    /// The next position to write.
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
+    /// Has the consumer moved to a new segment? Seen by a commit or a
+    /// close, or here with one load (before a post, to go there at once).
+    pub fn consumer_moved(&self) -> bool {
+        if !self.moved.get()
+            // Relaxed: a hint before posting; the commit's look after the
+            // barrier is what decides.
+            && self.mem.header().consumer_wait.sleeping.load(Ordering::Relaxed) == SLEEP_MOVED
+        {
+            self.moved.set(true);
+        }
+        self.moved.get()
+    }
+
+    /// The position of the record whose commit first saw the consumer
+    /// moved, if one did.
+    pub fn moved_record(&self) -> Option<u64> {
+        self.moved_record
+    }
+
+    /// Where the mover stopped taking records (`None` until it published
+    /// it): every record at or after it is the producer's to re-post on the
+    /// new segment. Only after [`Producer::consumer_moved`].
+    pub fn moved_at(&self) -> Result<Option<u64>, Corrupt> {
+        // Acquire: pairs with the Release store in `Consumer::publish_moved_at`.
+        let v = self
+            .mem
+            .header()
+            .consumer_wait
+            .moved_at
+            .load(Ordering::Acquire);
+        if v == 0 {
+            return Ok(None);
+        }
+        let at = v - 1;
+        if at > self.tail || at % RECORD_ALIGN as u64 != 0 {
+            return Err(Corrupt("the mover's position is outside what was posted"));
+        }
+        Ok(Some(at))
     }
 
     /// Store the local tail in the shared producer line, so that a later
@@ -281,7 +382,7 @@ impl<M: RingMemory> Producer<M> {
             .header()
             .producer_wait
             .waiting
-            .swap(1, Ordering::Relaxed);
+            .swap(self.bell.get(), Ordering::Relaxed);
         // Full barrier: pairs with the one in `Consumer::publish_head`
         // and in `Consumer::close`.
         self.barriers.sleeper();

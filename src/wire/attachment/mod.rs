@@ -18,15 +18,18 @@
 //! buffer     := id u32 | log2 u8 | blocks u32
 //! port       := flags u8 (bit 0: side B; bit 1: a partial follows;
 //!               bit 2: pool buffers follow; bit 3: the far end of a kit of
-//!               the channel it travels on; bit 4: held kits follow)
+//!               the channel it travels on; bit 4: held kits follow; bit 5:
+//!               link invitations follow)
 //!               | spin_ns u64 | inbox_len u32 | attachment{inbox_len} | [partial]
 //!               | [nbuffers u16 | buffer{nbuffers}] | [nkits u16 | kit{nkits}]
+//!               | [nlinks u16 | link id u64{nlinks}]
 //! kit        := id u64 | side u8 (0: A, 1: B)
 //! partial    := lost u8 (0, 1) | len u32 | bytes{len} | nfds u32
 //! descriptors, in the same depth-first order:
 //!   [ool or buffer memfd] then per port: socket, segment memfd, its inbox's
 //!   descriptors, its partial's nfds descriptors, its buffers' memfds,
-//!   then per held kit: socket, segment memfd
+//!   then per held kit: socket, segment memfd, then per link invitation:
+//!   its socket
 //! ```
 //!
 //! A port carries the buffers of its peer's pool that it has mapped (the
@@ -36,7 +39,9 @@
 //! them in records still queued or yet to come), and a port that is a
 //! kit's far end says so (bit 3: its number and generation are in its
 //! segment's header), so its receiver keeps the kit when the port closes
-//! (`src/port/kit.rs`).
+//! (`src/port/kit.rs`). Link invitations its end took in and has not yet
+//! needed (no record it read named the link: `src/port/shared.rs`) travel
+//! with it too, for records still queued or yet to come that name them.
 //!
 //! **On the socket**, an attachment that fits one `SOCK_SEQPACKET` message
 //! (body up to 4095 bytes, up to 253 descriptors) is one message tagged
@@ -112,6 +117,13 @@ const KIT_TAG: u8 = 8;
 /// Flag bit of a port's first byte: idle kits it holds for the channels it
 /// carries travel with it.
 const HAS_KITS: u8 = 16;
+/// Flag bit of a port's first byte: link invitations it took in and has
+/// not used travel with it.
+const HAS_LINKS: u8 = 32;
+/// Most link invitations one port holds unused (an honest peer sends one
+/// while the far end of the last is alive, and a new one only after the
+/// port's end moved).
+pub(crate) const MAX_INVITATIONS: usize = 16;
 /// Most held kits one port carries (the peer made at most this many idle
 /// kits, plus those whose ports it still holds).
 pub(crate) const MAX_HELD_KITS: usize = 4096;
@@ -149,6 +161,9 @@ pub(crate) struct PortParts {
     pub kit: bool,
     /// The idle kit ends it held for the channels it carries.
     pub held: Vec<KitParts>,
+    /// Invitations to links its peer made (number, socket) that no record
+    /// it read has named yet.
+    pub links: Vec<(u64, OwnedFd)>,
 }
 
 /// One idle end of a kit, travelling with the port whose channel carries
@@ -320,8 +335,9 @@ pub(crate) struct Scan {
 }
 
 /// Scan `inbox` for nesting depth and for the port entangled with the
-/// sending port (the one on the other side of `seg` than `side`).
-pub(crate) fn scan(inbox: &VecDeque<Attachment>, seg: &Arc<Segment>, side: Side) -> Scan {
+/// sending port (the one on the other side than `side` of one of `segs`:
+/// the segments the sending port's channel was on).
+pub(crate) fn scan(inbox: &VecDeque<Attachment>, segs: &[&Arc<Segment>], side: Side) -> Scan {
     let mut out = Scan {
         depth: 0,
         holds_peer: false,
@@ -329,10 +345,10 @@ pub(crate) fn scan(inbox: &VecDeque<Attachment>, seg: &Arc<Segment>, side: Side)
     for a in inbox {
         let mut deepest = 0;
         for p in &a.ports {
-            if p.side != side && p.seg.is(seg) {
+            if p.side != side && segs.iter().any(|s| p.seg.is(s)) {
                 out.holds_peer = true;
             }
-            let inner = scan(&p.inbox, seg, side);
+            let inner = scan(&p.inbox, segs, side);
             out.holds_peer |= inner.holds_peer;
             deepest = deepest.max(inner.depth);
         }
@@ -375,7 +391,8 @@ impl Attachment {
                 side | if partial { HAS_PARTIAL } else { 0 }
                     | if p.pool.is_empty() { 0 } else { HAS_POOL }
                     | if p.kit { KIT_TAG } else { 0 }
-                    | if p.held.is_empty() { 0 } else { HAS_KITS },
+                    | if p.held.is_empty() { 0 } else { HAS_KITS }
+                    | if p.links.is_empty() { 0 } else { HAS_LINKS },
             );
             body.extend_from_slice(&(p.spin.as_nanos().min(u64::MAX as u128) as u64).to_le_bytes());
             body.extend_from_slice(&(p.inbox.len() as u32).to_le_bytes());
@@ -404,6 +421,13 @@ impl Attachment {
                     });
                     fds.push(k.sock.as_fd());
                     fds.push(k.seg.as_fd());
+                }
+            }
+            if !p.links.is_empty() {
+                body.extend_from_slice(&(p.links.len() as u16).to_le_bytes());
+                for (id, sock) in &p.links {
+                    body.extend_from_slice(&id.to_le_bytes());
+                    fds.push(sock.as_fd());
                 }
             }
         }
@@ -450,7 +474,7 @@ impl Attachment {
         let mut ports = Vec::with_capacity(nports.min(64) as usize);
         for _ in 0..nports {
             let flags = take::<1>(body)?[0];
-            if flags & !(SIDE_B | HAS_PARTIAL | HAS_POOL | KIT_TAG | HAS_KITS) != 0 {
+            if flags & !(SIDE_B | HAS_PARTIAL | HAS_POOL | KIT_TAG | HAS_KITS | HAS_LINKS) != 0 {
                 return Err(Corrupt("bad side in attachment"));
             }
             let side = if flags & SIDE_B != 0 {
@@ -511,6 +535,19 @@ impl Attachment {
                     });
                 }
             }
+            let mut links = Vec::new();
+            if flags & HAS_LINKS != 0 {
+                let n = u16::from_le_bytes(take::<2>(body)?) as usize;
+                if n > MAX_INVITATIONS {
+                    return Err(Corrupt(
+                        "a port carries more link invitations than it may hold",
+                    ));
+                }
+                for _ in 0..n {
+                    let id = u64::from_le_bytes(take::<8>(body)?);
+                    links.push((id, fds.next().ok_or(short)?));
+                }
+            }
             ports.push(PortParts {
                 seg: SegmentRef::Unopened(mem),
                 sock,
@@ -521,6 +558,7 @@ impl Attachment {
                 pool: buffers,
                 kit,
                 held,
+                links,
             });
         }
         Ok(Attachment {

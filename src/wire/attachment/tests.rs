@@ -29,6 +29,7 @@ fn nested_attachments_round_trip() {
             pool: Vec::new(),
             kit: false,
             held: Vec::new(),
+            links: Vec::new(),
         }],
     };
     let mut body = Vec::new();
@@ -127,6 +128,7 @@ fn port_holding(n: usize) -> PortParts {
         pool: Vec::new(),
         kit: false,
         held: Vec::new(),
+        links: Vec::new(),
     }
 }
 
@@ -312,7 +314,7 @@ fn a_scan_finds_the_depth_and_the_peer() {
     // An inbox holding a port (side B of `seg`) inside a port inside a
     // port.
     let peer = PortParts {
-        seg: SegmentRef::Unopened(seg.fd().try_clone().unwrap()),
+        seg: SegmentRef::Unopened(seg.fd().unwrap().try_clone().unwrap()),
         ..port_holding(0)
     };
     let wrap = |p: PortParts| PortParts {
@@ -327,13 +329,13 @@ fn a_scan_finds_the_depth_and_the_peer() {
         ..peer
     }))
     .inbox;
-    let s = scan(&inbox, &seg, Side::A);
+    let s = scan(&inbox, &[&seg], Side::A);
     assert_eq!(s.depth, 2);
     assert!(s.holds_peer);
     // The same side is not the peer; another segment neither.
-    assert!(!scan(&inbox, &seg, Side::B).holds_peer);
+    assert!(!scan(&inbox, &[&seg], Side::B).holds_peer);
     let other = Segment::create(4096).unwrap();
-    assert!(!scan(&inbox, &other, Side::A).holds_peer);
+    assert!(!scan(&inbox, &[&other], Side::A).holds_peer);
     // A mapped segment is recognised too.
     let mapped = wrap(PortParts {
         seg: SegmentRef::Mapped(seg.clone()),
@@ -341,10 +343,10 @@ fn a_scan_finds_the_depth_and_the_peer() {
         ..port_holding(0)
     })
     .inbox;
-    let s = scan(&mapped, &seg, Side::A);
+    let s = scan(&mapped, &[&seg], Side::A);
     assert!(s.holds_peer);
     assert_eq!(s.depth, 1);
-    assert_eq!(scan(&VecDeque::new(), &seg, Side::A).depth, 0);
+    assert_eq!(scan(&VecDeque::new(), &[&seg], Side::A).depth, 0);
 }
 
 #[test]

@@ -1,0 +1,221 @@
+//! Following a move of a channel the peer made (`promote.rs`): taking up
+//! its new segment and socket (from the link's announcement, or from the
+//! old socket for a re-homed carrier), then each half going there at its
+//! own pace — the sending half re-posting the record whose commit saw the
+//! move if the mover did not take it, the receiving half once it read the
+//! old ring to its end, carrying over what it had not read.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::parts::{process_barriers, rewind_min};
+use super::promote::LOOK_FOR_MOVE;
+use super::{PortReceiver, PortSender};
+use crate::error::CloseReason;
+use crate::shm::layout::CLOSED_MOVED;
+use crate::shm::pool::reader::PoolReader;
+use crate::shm::pool::writer::PoolWriter;
+use crate::shm::ring::{Consumer, Corrupt, Producer};
+use crate::shm::segment::{Segment, SegmentRelease, SegmentRing};
+use crate::sys;
+
+impl super::Shared {
+    /// The new segment and socket the peer announced for this port's
+    /// channel, waiting for the announcement if need be (the peer sends it
+    /// within the call that moves the channel).
+    /// `from`: the segment of the ring that showed the move; if the port
+    /// is past it already (its other half took the move up), nothing to do.
+    pub(super) fn take_up_move(&self, from: &Arc<Segment>) -> Result<(), CloseReason> {
+        if !Arc::ptr_eq(self.seg(), from) {
+            return Ok(());
+        }
+        let Some(on) = self.link_only() else {
+            return self.take_up_rehome();
+        };
+        let (seg, sock) = loop {
+            if let Some(m) = on.link.take_moved(on.kit, on.generation) {
+                break m;
+            }
+            if let Some(c) = on.link.broken() {
+                return Err(self.corrupt(c));
+            }
+            if on.link.hung_up() {
+                self.hung_up.store(true, Ordering::Release);
+                return Err(CloseReason::PeerDied);
+            }
+            let _ = sys::socket::wait(on.link.sock(), false, Some(LOOK_FOR_MOVE));
+        };
+        let s =
+            Segment::open(seg).map_err(|_| self.corrupt(Corrupt("a moved channel's segment")))?;
+        if s.capacity() != self.seg.capacity() || !sys::socket::is_seqpacket(&sock) {
+            return Err(self.corrupt(Corrupt("a moved channel of another size")));
+        }
+        self.push_move(s, sock);
+        Ok(())
+    }
+}
+
+impl super::Shared {
+    /// The peer re-homed this port's channel (its end travels on): the
+    /// new segment and socket came on this port's socket, before anything
+    /// there that follows.
+    fn take_up_rehome(&self) -> Result<(), CloseReason> {
+        let offer = || {
+            self.moved_offer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+        };
+        let (seg, sock) = loop {
+            if let Some(m) = offer() {
+                break m;
+            }
+            let _ = self.drain_socket(super::Half::Receiver, false);
+            if let Some(m) = offer() {
+                break m;
+            }
+            if self.broken() {
+                return Err(CloseReason::ProtocolError);
+            }
+            if self.eof() {
+                return Err(CloseReason::PeerDied);
+            }
+            let _ = sys::socket::wait(self.sock(), false, Some(LOOK_FOR_MOVE));
+        };
+        let s =
+            Segment::open(seg).map_err(|_| self.corrupt(Corrupt("a moved channel's segment")))?;
+        if s.capacity() != self.seg().capacity() || !sys::socket::is_seqpacket(&sock) {
+            return Err(self.corrupt(Corrupt("a moved channel of another size")));
+        }
+        self.push_move(s, sock);
+        // The old socket's hang-up was the old end's going, not the peer's.
+        self.hung_up.store(false, Ordering::Release);
+        self.eof.store(false, Ordering::Release);
+        // The peer's end is with another process now: the next channel
+        // carried makes a link with it.
+        *self.made_link.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
+    }
+}
+
+impl PortSender {
+    /// Closing, this half found its peer moving the channel: take up the
+    /// move and go to the new segment, to close there.
+    pub(super) fn follow_to_close(&self) -> Result<(), CloseReason> {
+        let from = self.tx.borrow().memory().segment().clone();
+        self.shared.take_up_move(&from)?;
+        self.follow()
+    }
+
+    /// Go on writing in the moved channel's segment: re-post there the
+    /// record whose commit saw the move, if the mover did not take it.
+    pub(super) fn follow(&self) -> Result<(), CloseReason> {
+        let sh = &self.shared;
+        let s = sh.seg();
+        let mut p = self.tx.borrow_mut();
+        if Arc::ptr_eq(p.memory().segment(), s) {
+            return Ok(());
+        }
+        let (out, _) = sh.side.rings();
+        let barriers = process_barriers();
+        let mut late = None;
+        if let Some(pos) = p.moved_record() {
+            let at = loop {
+                match p.moved_at() {
+                    Ok(Some(at)) => break at,
+                    Ok(None) => std::hint::spin_loop(),
+                    Err(c) => return Err(sh.corrupt(c)),
+                }
+            };
+            if pos >= at {
+                let old = p.memory().clone();
+                let mut reader = Consumer::reading_between(old, pos, u64::MAX, barriers);
+                let rec = reader
+                    .take()
+                    .map_err(|c| sh.corrupt(c))?
+                    .ok_or_else(|| sh.corrupt(Corrupt("the record to re-post is gone")))?;
+                // SAFETY: a taken record's payload is `len` bytes inside
+                // the old ring, which this process maps as long as the
+                // link lives; only this side wrote it.
+                let bytes = unsafe { core::slice::from_raw_parts(rec.payload.as_ptr(), rec.len) };
+                late = Some((rec.meta, bytes.to_vec()));
+            }
+        }
+        let mut fresh =
+            Producer::new(SegmentRing::new(s.clone(), out), barriers).map_err(|c| sh.corrupt(c))?;
+        fresh.rewind_from(rewind_min(s.capacity()));
+        // The old ring's last position, for the kit's next channel: it
+        // starts there (`KitWords::renew_kit`), past every record.
+        p.publish_tail();
+        *p = fresh;
+        drop(p);
+        *self.pool.borrow_mut() = PoolWriter::new(SegmentRelease::new(s.clone(), out), barriers);
+        if let Some((meta, bytes)) = late {
+            if meta.kits || meta.nports != 0 || meta.pool || meta.out_of_line {
+                // Ports never go on a channel whose move has begun (the
+                // mover's claim keeps them out), nor descriptors on a link.
+                return Err(sh.corrupt(Corrupt("a late record that cannot move")));
+            }
+            let fill = |w: &mut crate::wire::writer::RecordWriter| w.put(&bytes);
+            self.send_record(
+                meta,
+                bytes.len(),
+                super::Wait::Forever,
+                fill,
+                Vec::new(),
+                None,
+            )
+            .map_err(|(e, _)| match e {
+                crate::error::PostError::Closed(r) => r,
+                _ => CloseReason::ProtocolError,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl PortReceiver {
+    /// Go on reading in the moved channel's segment: the records not taken
+    /// yet are carried over to the same places there (the mover closed the
+    /// old ring with [`CLOSED_MOVED`] and writes on after them).
+    pub(super) fn follow(&self) -> Result<(), CloseReason> {
+        let sh = &self.shared;
+        let s = sh.seg();
+        let mut c = self.rx.borrow_mut();
+        if Arc::ptr_eq(c.memory().segment(), s) {
+            return Ok(());
+        }
+        if c.producer_close_code() != CLOSED_MOVED {
+            // The mover closes its ring before it announces the move.
+            return Err(sh.corrupt(Corrupt("a move announced before its ring closed")));
+        }
+        let (_, inn) = sh.side.rings();
+        let tail = c.memory().segment().published_tail(inn);
+        c.carry_over(SegmentRing::new(s.clone(), inn), tail)
+            .map_err(|e| sh.corrupt(e))?;
+        drop(c);
+        let barriers = process_barriers();
+        *self.pool_reader() = PoolReader::new(SegmentRelease::new(s.clone(), inn), barriers);
+        Ok(())
+    }
+
+    /// Closing, this half found its peer moving the channel: take up the
+    /// move and go to the new segment, to close there.
+    pub(super) fn follow_to_close(&self) -> Result<(), CloseReason> {
+        let from = self.rx.borrow().memory().segment().clone();
+        self.shared.take_up_move(&from)?;
+        self.follow()
+    }
+
+    /// The ring is read to a close: a move to follow rather than a close
+    /// event? Follows it (`true`: read on).
+    pub(super) fn moved_on(&self) -> Result<bool, CloseReason> {
+        if self.rx.borrow().producer_close_code() != CLOSED_MOVED {
+            return Ok(false);
+        }
+        let from = self.rx.borrow().memory().segment().clone();
+        self.shared.take_up_move(&from)?;
+        self.follow()?;
+        Ok(true)
+    }
+}
