@@ -105,6 +105,18 @@ fn peer_entry() {
                 onward.post_with_ports(&(), ports).unwrap();
             }
         }
+        // The first message brings the port to forward on, the second a
+        // port to forward: post it on, and exit at once.
+        "forward-once" => {
+            let mut m = port.recv().unwrap();
+            let onward = m.take_ports().unwrap().pop().unwrap();
+            drop(m);
+            let mut m = port.recv().unwrap();
+            let ports = m.take_ports().unwrap();
+            drop(m);
+            onward.post_with_ports(&(), ports).unwrap();
+            std::process::exit(0);
+        }
         // The first message brings the port whose ports to answer: post
         // one number on each, and drop it.
         "answerer" => {
@@ -321,4 +333,39 @@ fn channels_that_moved_off_a_link_give_their_slots_back() {
     drop((to_fwd, to_ans));
     fwd.wait_success();
     ans.wait_success();
+}
+
+/// The process a port of a link channel came from may exit as soon as
+/// its post returns: the port, posted on to a third process (its channel
+/// moving off the link inside that post), works from there.
+#[test]
+fn the_middle_process_may_exit_once_it_posted_a_link_port_on() {
+    let _serial = serial();
+    for round in 0..10 {
+        let (ans, to_ans) = shmport::spawn(peer("answerer")).unwrap();
+        let ans = Victim::new(ans);
+        let (mid, to_mid) = shmport::spawn(peer("forward-once")).unwrap();
+        let mid = Victim::new(mid);
+        let (onward, answer_on) = MessageChannel::new().unwrap().into_ports();
+        to_ans
+            .post_bytes_with_ports(b"on", vec![answer_on])
+            .unwrap();
+        to_mid
+            .post_bytes_with_ports(b"onward", vec![onward])
+            .unwrap();
+        // A slot of the link between this process and the middle one.
+        let mine = request_channel(&to_mid);
+        mid.wait_success();
+        let m = mine
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        assert_eq!(*m.get::<u32>().unwrap(), 1);
+        drop(m);
+        assert!(matches!(
+            mine.recv_timeout(PATIENCE),
+            Err(RecvError::Closed(CloseReason::Closed))
+        ));
+        drop((to_ans, to_mid));
+        ans.wait_success();
+    }
 }
