@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use super::parts::{process_barriers, rewind_min};
 use super::promote::LOOK_FOR_MOVE;
@@ -19,6 +20,12 @@ use crate::shm::ring::{Consumer, Corrupt, Producer};
 use crate::shm::segment::{Segment, SegmentRelease, SegmentRing};
 use crate::sys;
 
+/// How long a closing half waits for the announcement of a move its peer
+/// marked (an honest mover sends it within its own call): a peer that
+/// never sends it does not hold up the close for longer, and gets no
+/// close in a segment it never named.
+const FOLLOW_TO_CLOSE: Duration = Duration::from_secs(1);
+
 impl super::Shared {
     /// The new segment and socket the peer announced for this port's
     /// channel, waiting for the announcement if need be (the peer sends it
@@ -26,15 +33,30 @@ impl super::Shared {
     /// `from`: the segment of the ring that showed the move; if the port
     /// is past it already (its other half took the move up), nothing to do.
     pub(super) fn take_up_move(&self, from: &Arc<Segment>) -> Result<(), CloseReason> {
+        self.take_up_move_by(from, None)
+    }
+
+    /// [`take_up_move`](Self::take_up_move), waiting for the announcement
+    /// until `deadline` at most (a closing half: a peer that marks a move
+    /// and never announces it must not hold up a drop for ever).
+    pub(super) fn take_up_move_by(
+        &self,
+        from: &Arc<Segment>,
+        deadline: Option<Instant>,
+    ) -> Result<(), CloseReason> {
         if !Arc::ptr_eq(self.seg(), from) {
             return Ok(());
         }
+        let late = || deadline.is_some_and(|d| Instant::now() >= d);
         let Some(on) = self.link_only() else {
-            return self.take_up_rehome();
+            return self.take_up_rehome(deadline);
         };
         let (seg, sock) = loop {
             if let Some(m) = on.link.take_moved(on.kit, on.generation) {
                 break m;
+            }
+            if late() {
+                return Err(CloseReason::ProtocolError);
             }
             if let Some(c) = on.link.broken() {
                 return Err(self.corrupt(c));
@@ -59,7 +81,7 @@ impl super::Shared {
     /// The peer re-homed this port's channel (its end travels on): the
     /// new segment and socket came on this port's socket, before anything
     /// there that follows.
-    fn take_up_rehome(&self) -> Result<(), CloseReason> {
+    fn take_up_rehome(&self, deadline: Option<Instant>) -> Result<(), CloseReason> {
         let offer = || {
             self.moved_offer
                 .lock()
@@ -79,6 +101,9 @@ impl super::Shared {
             }
             if self.eof() {
                 return Err(CloseReason::PeerDied);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(CloseReason::ProtocolError);
             }
             let _ = sys::socket::wait(self.sock(), false, Some(LOOK_FOR_MOVE));
         };
@@ -103,7 +128,8 @@ impl PortSender {
     /// move and go to the new segment, to close there.
     pub(super) fn follow_to_close(&self) -> Result<(), CloseReason> {
         let from = self.tx.borrow().memory().segment().clone();
-        self.shared.take_up_move(&from)?;
+        self.shared
+            .take_up_move_by(&from, Some(Instant::now() + FOLLOW_TO_CLOSE))?;
         self.follow()
     }
 
@@ -203,7 +229,8 @@ impl PortReceiver {
     /// move and go to the new segment, to close there.
     pub(super) fn follow_to_close(&self) -> Result<(), CloseReason> {
         let from = self.rx.borrow().memory().segment().clone();
-        self.shared.take_up_move(&from)?;
+        self.shared
+            .take_up_move_by(&from, Some(Instant::now() + FOLLOW_TO_CLOSE))?;
         self.follow()
     }
 
