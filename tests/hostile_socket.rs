@@ -696,3 +696,26 @@ fn a_part_whose_descriptors_are_lost_loses_that_message_only() {
     peer.commit(meta(true, 0), &5u64.to_le_bytes()).unwrap();
     assert_eq!(victim.try_recv().unwrap().bytes(), b"found");
 }
+
+/// A peer that marks a move of a channel that no move could concern (the
+/// sleep word `SLEEP_MOVED` on a channel of its own, no link made over it):
+/// the victim's posts, non-blocking or not, and its drop end at once with
+/// `ProtocolError` rather than waiting for an announcement that never
+/// comes.
+#[test]
+fn a_move_marked_where_none_can_be_is_a_protocol_error_not_a_hang() {
+    use shmport::testing::layout::{RING_HEADER, RingHeader, SLEEP_MOVED};
+    let (victim, raw) = victim_and_raw_peer(1 << 16).unwrap();
+    // The victim is side B: it writes ring 1, whose consumer is the peer.
+    let at = RING_HEADER[1] + std::mem::offset_of!(RingHeader, consumer_wait);
+    raw.store(at, u64::from(SLEEP_MOVED));
+    let start = std::time::Instant::now();
+    let first = victim.try_post_bytes(b"one");
+    let second = victim.try_post_bytes(b"two");
+    assert!(
+        matches!(second, Err(PostError::Closed(CloseReason::ProtocolError))),
+        "{first:?} then {second:?}"
+    );
+    drop(victim);
+    assert!(start.elapsed() < std::time::Duration::from_millis(500));
+}

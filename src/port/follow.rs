@@ -49,6 +49,12 @@ impl super::Shared {
         }
         let late = || deadline.is_some_and(|d| Instant::now() >= d);
         let Some(on) = self.link_only() else {
+            // Off a link, only a carrier's peer re-homes, and only after
+            // adopting a link this end made over it: elsewhere a move mark
+            // is a lie (it would hold this port up waiting for ever).
+            if self.made_link_now().is_none() {
+                return Err(self.corrupt(Corrupt("a move the peer could not make")));
+            }
             return self.take_up_rehome(deadline);
         };
         let (seg, sock) = loop {
