@@ -540,11 +540,8 @@ impl Drop for ArenaLink {
 /// Is the kit's far end idle at the current generation, with both rings
 /// read to the end?
 fn idle_at_both_ends(kit: &ArenaKit) -> bool {
-    let peer = match kit.side {
-        Side::A => Side::B,
-        Side::B => Side::A,
-    };
-    kit.seg.kit_idle(peer) == kit.seg.kit_gen() && (kit.seg.kit_drained() || kit.seg.kit_moved())
+    kit.seg.kit_idle(kit.side.other()) == kit.seg.kit_gen()
+        && (kit.seg.kit_drained() || kit.seg.kit_moved())
 }
 
 /// The links this thread has a doorbell on: when it ends, their numbers

@@ -282,10 +282,7 @@ impl Drop for Link {
 /// are set is finishing its close: wait for its mark a little.
 fn reusable(kit: &Kit) -> bool {
     let generation = kit.seg.kit_gen();
-    let peer = match kit.side {
-        Side::A => Side::B,
-        Side::B => Side::A,
-    };
+    let peer = kit.side.other();
     let mut waited: Option<Instant> = None;
     loop {
         if kit.seg.kit_idle(peer) == generation {

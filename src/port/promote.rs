@@ -37,7 +37,7 @@ use crate::shm::kit::{Claim, KitWords};
 use crate::shm::layout::{CLOSED_MOVED, KIT_NEW, KITS_IN_ARENAS, KitRef, KitRefs, kit_refs_size};
 use crate::shm::pool::reader::PoolReader;
 use crate::shm::pool::writer::PoolWriter;
-use crate::shm::ring::{Consumer, Corrupt, Kind, Producer, Record};
+use crate::shm::ring::{Barriers, Consumer, Corrupt, Kind, Producer, Record};
 use crate::shm::segment::{Segment, SegmentRelease, SegmentRing, Side};
 use crate::sys;
 use crate::wire::attachment::MAX_RECEIVED_SPIN;
@@ -212,18 +212,14 @@ fn rehome_claimed(tx: &PortSender, rx: &PortReceiver, home: NewHome) -> Result<(
         mine,
         theirs,
     } = home;
-    {
-        let mut p = tx.tx.borrow_mut();
-        let tail = p.tail();
+    let tail = {
+        let p = tx.tx.borrow();
         if p.close_with(CLOSED_MOVED) {
             let _ = sys::socket::send_wake(sh.sock());
         }
-        s.start_ring(out, seg.published_head(out), tail)?;
-        let mut fresh = Producer::new(SegmentRing::new(s.clone(), out), barriers)?;
-        fresh.rewind_from(rewind_min(s.capacity()));
-        *p = fresh;
-    }
-    *tx.pool.borrow_mut() = PoolWriter::new(SegmentRelease::new(s.clone(), out), barriers);
+        p.tail()
+    };
+    write_on_in(tx, &s, seg.published_head(out), tail, barriers)?;
     let sealed_at = rx.rx.borrow_mut().seal()?;
     // The residue, received the ordinary way (attachments, pool blocks,
     // kits of links) and posted into S the ordinary way.
@@ -246,29 +242,13 @@ fn rehome_claimed(tx: &PortSender, rx: &PortReceiver, home: NewHome) -> Result<(
         (c.head(), c.released())
     };
     s.start_ring(inn, released, head)?;
-    let other = match sh.side {
-        Side::A => Side::B,
-        Side::B => Side::A,
-    };
-    let stand_in = MessagePort::from_parts(s.clone(), other, theirs, sh.spin())?;
-    // Its pool would be unknown to the peer that takes its side over:
-    // messages too large for the ring go out of line, each in its memfd.
-    stand_in.set_pool_limit(Some(0));
-    for (fingerprint, bytes, ports) in residue {
-        stand_in
-            .try_post_forwarded(&bytes, fingerprint, ports)
-            .map_err(|e| io::Error::other(e.error.to_string()))?;
+    let theirs = post_residue(&s, sh.side, theirs, sh.spin(), residue)?
+        .into_parts()
+        .sock;
+    let wake = read_on_in(rx, &s, sealed_at, barriers)?;
+    if wake {
+        let _ = sys::socket::send_wake(sh.sock());
     }
-    let theirs = stand_in.into_parts().sock;
-    {
-        let mut c = rx.rx.borrow_mut();
-        c.publish_moved_at(sealed_at);
-        if c.wake_waiting_producer() {
-            let _ = sys::socket::send_wake(sh.sock());
-        }
-        c.switch_memory(SegmentRing::new(s.clone(), inn))?;
-    }
-    *rx.pool_reader() = PoolReader::new(SegmentRelease::new(s.clone(), inn), barriers);
     sys::socket::send_moved(sh.sock(), fd.as_fd(), theirs.as_fd())?;
     sh.push_move(s, mine);
     // The peer makes a new link for the end's next holder; the residue's
@@ -309,9 +289,8 @@ fn move_off(
         // The ring this side writes: closed here, continued in S. If the
         // peer's receiving half closed already, it will not follow: S's
         // ring says so too (this side's posts see the close).
-        let peer_stopped_reading = {
-            let mut p = tx.tx.borrow_mut();
-            let tail = p.tail();
+        let (tail, peer_stopped_reading) = {
+            let p = tx.tx.borrow();
             if p.close_with(CLOSED_MOVED) {
                 link.ring(p.woke());
             }
@@ -320,14 +299,9 @@ fn move_off(
             // either we see its flag here, or it sees CLOSED_MOVED and
             // follows the move before it closes.
             std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-            let stopped = p.consumer_close_code();
-            s.start_ring(out, sh.seg.published_head(out), tail)?;
-            let mut fresh = Producer::new(SegmentRing::new(s.clone(), out), barriers)?;
-            fresh.rewind_from(rewind_min(s.capacity()));
-            *p = fresh;
-            stopped
+            (p.tail(), p.consumer_close_code())
         };
-        *tx.pool.borrow_mut() = PoolWriter::new(SegmentRelease::new(s.clone(), out), barriers);
+        write_on_in(tx, &s, sh.seg.published_head(out), tail, barriers)?;
 
         // The ring this side reads: sealed, its residue posted into S. If
         // the peer's sending half closed already, it will not follow: its
@@ -349,19 +323,7 @@ fn move_off(
             );
             (sealed_at, head, read_residue(link, reader)?, stopped)
         };
-        let other = match side {
-            Side::A => Side::B,
-            Side::B => Side::A,
-        };
-        let stand_in = MessagePort::from_parts(s.clone(), other, theirs, sh.spin())?;
-        // Its pool would be unknown to the peer that takes its side over:
-        // messages too large for the ring go out of line, each in its memfd.
-        stand_in.set_pool_limit(Some(0));
-        for (fingerprint, bytes, ports) in residue {
-            stand_in
-                .try_post_forwarded(&bytes, fingerprint, ports)
-                .map_err(|e| io::Error::other(e.error.to_string()))?;
-        }
+        let stand_in = post_residue(&s, side, theirs, sh.spin(), residue)?;
         debug_assert!(head <= sealed_at);
         // The stand-in wakes nobody: this side reads S only after the move.
         if peer_stopped_writing != 0 {
@@ -375,16 +337,9 @@ fn move_off(
                 .close_with(peer_stopped_reading);
         }
         let theirs = stand_in.into_parts().sock;
-
-        {
-            let mut c = rx.rx.borrow_mut();
-            c.publish_moved_at(sealed_at);
-            if c.wake_waiting_producer() {
-                link.ring(c.woke());
-            }
-            c.switch_memory(SegmentRing::new(s.clone(), inn))?;
+        if read_on_in(rx, &s, sealed_at, barriers)? {
+            link.ring(rx.rx.borrow().woke());
         }
-        *rx.pool_reader() = PoolReader::new(SegmentRelease::new(s.clone(), inn), barriers);
 
         crate::fault::reach(crate::fault::Point::MoveSealed);
         link.announce_moved(kit, generation, fd, theirs)?;
@@ -392,6 +347,70 @@ fn move_off(
         sh.push_move(s, mine);
         Ok(())
     }
+}
+
+/// The ring this side writes, closed to the old segment (with its last
+/// position `tail`), goes on in `s` from there: its producer and the pool
+/// it owns for sending are `s`'s from now on. `head`: where the peer's
+/// reading of the old ring stands.
+fn write_on_in(
+    tx: &PortSender,
+    s: &Arc<Segment>,
+    head: u64,
+    tail: u64,
+    barriers: Barriers,
+) -> Result<(), Moving> {
+    let (out, _) = tx.shared.side.rings();
+    s.start_ring(out, head, tail)?;
+    let mut fresh = Producer::new(SegmentRing::new(s.clone(), out), barriers)?;
+    fresh.rewind_from(rewind_min(s.capacity()));
+    *tx.tx.borrow_mut() = fresh;
+    *tx.pool.borrow_mut() = PoolWriter::new(SegmentRelease::new(s.clone(), out), barriers);
+    Ok(())
+}
+
+/// Post the residue of the sealed ring into `s`'s ring this side reads,
+/// through a stand-in port of `s`'s other side on `theirs` (the socket
+/// end the peer takes over). Returned for the caller to take apart.
+fn post_residue(
+    s: &Arc<Segment>,
+    side: Side,
+    theirs: OwnedFd,
+    spin: Duration,
+    residue: Residue,
+) -> Result<MessagePort, Moving> {
+    let stand_in = MessagePort::from_parts(s.clone(), side.other(), theirs, spin)?;
+    // Its pool would be unknown to the peer that takes its side over:
+    // messages too large for the ring go out of line, each in its memfd.
+    stand_in.set_pool_limit(Some(0));
+    for (fingerprint, bytes, ports) in residue {
+        stand_in
+            .try_post_forwarded(&bytes, fingerprint, ports)
+            .map_err(|e| io::Error::other(e.error.to_string()))?;
+    }
+    Ok(stand_in)
+}
+
+/// The ring this side reads, sealed at `sealed_at`, goes on in `s`: the
+/// position published for the peer's producer, the consumer and the
+/// peer's pool reader `s`'s from now on. `true`: the peer's producer
+/// waits for room and must be woken (it then sees the move).
+fn read_on_in(
+    rx: &PortReceiver,
+    s: &Arc<Segment>,
+    sealed_at: u64,
+    barriers: Barriers,
+) -> Result<bool, Moving> {
+    let (_, inn) = rx.shared.side.rings();
+    let wake = {
+        let mut c = rx.rx.borrow_mut();
+        c.publish_moved_at(sealed_at);
+        let wake = c.wake_waiting_producer();
+        c.switch_memory(SegmentRing::new(s.clone(), inn))?;
+        wake
+    };
+    *rx.pool_reader() = PoolReader::new(SegmentRelease::new(s.clone(), inn), barriers);
+    Ok(wake)
 }
 
 /// Why a move failed.

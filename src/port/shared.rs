@@ -512,49 +512,42 @@ impl Drop for Shared {
             // the old records once both sides left (`renew_kit`).
             drop(self.sock.take());
             if let Some(l) = self.on_link.take() {
-                if !l.link.hung_up() && l.link.broken().is_none() {
-                    let kit = ArenaKit {
-                        id: l.kit,
-                        seg: self.seg.clone(),
-                        side: self.side,
-                    };
-                    l.link.keep(kit, l.generation);
-                } else if self.side == Side::B {
-                    l.link.forget(l.kit);
-                }
+                let keep = l.link.broken().is_none();
+                self.leave_kit(l, keep);
             }
             return;
         }
         let Some(sock) = self.sock.take() else {
             // On a link (or travelled): a clean end of the kit is kept.
             if let Some(l) = self.on_link.take() {
-                if self.transferred.load(Ordering::Relaxed) {
-                    return;
-                }
-                if clean && !l.link.hung_up() && !self.has_moved() {
-                    let kit = ArenaKit {
-                        id: l.kit,
-                        seg: self.seg.clone(),
-                        side: self.side,
-                    };
-                    l.link.keep(kit, l.generation);
-                } else if self.side == Side::B {
-                    l.link.forget(l.kit);
+                if !self.transferred.load(Ordering::Relaxed) {
+                    self.leave_kit(l, clean);
                 }
             }
             return;
         };
-        if let Some(l) = self.on_link.take() {
-            // Moved off its link: the kit stays where it is.
-            if self.side == Side::B {
-                l.link.forget(l.kit);
-            }
-        }
+        // A socket of its own from the start (`Home::Socket`): never on a
+        // link, never moved (both returned above).
         match self.kit.take() {
-            Some(home) if clean && !self.has_moved() => {
-                home.keep(self.seg.clone(), sock, self.side)
-            }
+            Some(home) if clean => home.keep(self.seg.clone(), sock, self.side),
             _ => drop(sock),
+        }
+    }
+}
+
+impl Shared {
+    /// This side is done with its kit in a link's arena: kept for a next
+    /// channel if `keep` and the link lives, otherwise forgotten.
+    fn leave_kit(&self, l: OnLink, keep: bool) {
+        if keep && !l.link.hung_up() {
+            let kit = ArenaKit {
+                id: l.kit,
+                seg: self.seg.clone(),
+                side: self.side,
+            };
+            l.link.keep(kit, l.generation);
+        } else if self.side == Side::B {
+            l.link.forget(l.kit);
         }
     }
 }

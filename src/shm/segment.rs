@@ -401,6 +401,14 @@ impl Side {
             Side::B => (1, 0),
         }
     }
+
+    /// The side across the channel.
+    pub(crate) fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
 }
 
 /// Opening a port from descriptors (a spawned child adopting its port, or a

@@ -175,7 +175,7 @@ pub(crate) trait KitWords: KitMemory {
             if v & MOVER != 0 {
                 return Claim::Theirs;
             }
-            if v & posting_bit(other(side)) != 0 {
+            if v & posting_bit(side.other()) != 0 {
                 return Claim::Busy;
             }
             if word
@@ -191,7 +191,7 @@ pub(crate) trait KitWords: KitMemory {
     /// the channel, or did)? Acquire: pairs with the claim's AcqRel
     /// exchange, as in [`KitWords::claim_move`].
     fn moved_by_other(&self, side: Side) -> bool {
-        self.kit_line().mover.load(Ordering::Acquire) & MOVER == other(side) as u32 + 1
+        self.kit_line().mover.load(Ordering::Acquire) & MOVER == side.other() as u32 + 1
     }
 
     /// `side` is about to post a record whose descriptors or kit
@@ -237,13 +237,6 @@ const MOVER: u32 = 3;
 /// The mover word's bit of `side` posting ([`KitWords::claim_posting`]).
 fn posting_bit(side: Side) -> u32 {
     4 << side as u32
-}
-
-fn other(side: Side) -> Side {
-    match side {
-        Side::A => Side::B,
-        Side::B => Side::A,
-    }
 }
 
 /// What [`KitWords::claim_move`] found.
