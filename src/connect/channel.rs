@@ -104,6 +104,12 @@ impl ChannelBuilder {
     /// default ring suits messages of any size. Memory is touched only as
     /// the ring is used.
     ///
+    /// A channel that goes into a link (see [`own_sockets`](Self::own_sockets))
+    /// gets rings of at most 64 KiB there, whatever is asked: its larger
+    /// messages go into the link's pool, whose blocks serve one channel
+    /// after another, so that thousands of channels to one process take
+    /// little memory. `own_sockets(true)` keeps the ring asked for.
+    ///
     /// ```
     /// use shmport::MessageChannel;
     ///
@@ -176,7 +182,8 @@ impl ChannelBuilder {
     /// one: [`AsFd::as_fd`](std::os::fd::AsFd::as_fd),
     /// [`MessagePort::prepare_poll`], [`MessagePort::split`], a
     /// [`PortSet`](crate::PortSet), async receiving, posting a port or a
-    /// large message over it, or posting it to a third process. That
+    /// message over 64 MiB over it (one up to 64 MiB goes into the link's
+    /// pool), or posting it to a third process. That
     /// move costs what making a channel of its own costs (a memfd and a
     /// socket pair, tens of microseconds). Ports that will be waited on
     /// through their descriptor or split anyway, one channel per request,

@@ -1,10 +1,12 @@
 //! What travels on a link's socket: announcements that carry a descriptor
-//! (an arena, a doorbell, a moved channel's new segment and socket), each
-//! one socket message, sent before anything in shared memory names it.
+//! (an arena, a doorbell, a moved channel's new segment and socket, a
+//! buffer of the sender's link pool), each one socket message, sent before
+//! anything in shared memory names it.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
+use crate::shm::pool::BufferInfo;
 use crate::sys::{self, socket::Incoming};
 
 /// One announcement.
@@ -23,11 +25,20 @@ pub(crate) enum Control {
         seg: OwnedFd,
         sock: OwnedFd,
     },
+    /// A buffer of the sender's link pool (`super::pool`): its memfd; the
+    /// pool's release queue is in the segment at kit number `queue` of the
+    /// sender's arenas.
+    PoolBuffer {
+        queue: u64,
+        info: BufferInfo,
+        fd: OwnedFd,
+    },
 }
 
 const ARENA: u8 = 1;
 const DOORBELL: u8 = 2;
 const MOVED: u8 = 3;
+const POOL_BUFFER: u8 = 4;
 
 impl Control {
     /// Send it (blocking while the socket is full). A hung-up peer is
@@ -55,6 +66,14 @@ impl Control {
                 body.extend_from_slice(&id.to_le_bytes());
                 body.extend_from_slice(&generation.to_le_bytes());
                 vec![seg.as_fd(), sock.as_fd()]
+            }
+            Control::PoolBuffer { queue, info, fd } => {
+                body.push(POOL_BUFFER);
+                body.extend_from_slice(&queue.to_le_bytes());
+                body.extend_from_slice(&info.id.to_le_bytes());
+                body.push(info.log2);
+                body.extend_from_slice(&info.blocks.to_le_bytes());
+                vec![fd.as_fd()]
             }
         };
         sys::socket::send_attachment(sock, &body, &fds, true, true)
@@ -88,6 +107,15 @@ impl Control {
                 generation: u32_at(9).ok_or(Got::Garbage)?,
                 seg: fds.next().ok_or(Got::Garbage)?,
                 sock: fds.next().ok_or(Got::Garbage)?,
+            },
+            (Some(&POOL_BUFFER), 18, 1) => Control::PoolBuffer {
+                queue: u64::from_le_bytes(body[1..9].try_into().map_err(|_| Got::Garbage)?),
+                info: BufferInfo {
+                    id: u32_at(9).ok_or(Got::Garbage)?,
+                    log2: body[13],
+                    blocks: u32_at(14).ok_or(Got::Garbage)?,
+                },
+                fd: fds.next().ok_or(Got::Garbage)?,
             },
             _ => return Err(Got::Garbage),
         };

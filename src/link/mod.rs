@@ -24,6 +24,7 @@
 
 pub(crate) mod bell;
 pub(crate) mod control;
+pub(crate) mod pool;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -75,6 +76,18 @@ pub(crate) fn on_last_carrier(f: fn()) {
     let _ = ON_LAST.set(f);
 }
 
+/// The largest ring of a channel in a link: a message too large for it
+/// goes into the link's pool of its sender's side ([`pool`]), where a
+/// block serves one channel after another. Small rings keep a link's
+/// memory (and the page tables a killed peer's kernel tears down before
+/// its socket hangs up) small with thousands of channels.
+pub(crate) const MAX_LINK_RING: usize = 64 << 10;
+
+/// The ring capacity of a channel built with `capacity`, in a link.
+pub(crate) fn ring_capacity(capacity: usize) -> usize {
+    capacity.min(MAX_LINK_RING)
+}
+
 /// The most arena bytes a peer may announce on one link.
 pub(crate) const PEER_ARENA_QUOTA: usize = 64 << 30;
 /// The most arenas a peer may announce on one link.
@@ -92,6 +105,8 @@ pub(crate) struct ArenaLink {
     broken: OnceLock<Corrupt>,
     state: Mutex<State>,
     bells: Mutex<Bells>,
+    /// The large-message pools of its two directions ([`pool`]).
+    pools: pool::Pools,
     /// When [`ArenaLink::gone`] last looked at the socket.
     looked: Mutex<Option<std::time::Instant>>,
 }
@@ -151,6 +166,7 @@ impl ArenaLink {
             broken: OnceLock::new(),
             state: Mutex::new(State::default()),
             bells: Mutex::new(Bells::default()),
+            pools: pool::Pools::default(),
             looked: Mutex::new(None),
         })
     }
@@ -267,6 +283,9 @@ impl ArenaLink {
                 }
                 st.moved.insert((id, generation), (seg, sock));
             }
+            Control::PoolBuffer { queue, info, fd } => {
+                self.accept_pool_buffer(st, queue, info, fd)?;
+            }
         }
         Ok(())
     }
@@ -316,16 +335,27 @@ impl ArenaLink {
     }
 
     /// A kit made here, idle at both ends, with rings of `capacity`, and
-    /// its next generation (the caller renews it before naming it).
+    /// its next generation (the caller renews it before naming it). A kit
+    /// whose rings hold records never read is settled first
+    /// ([`settle_unread`](Self::settle_unread)).
     pub(crate) fn reuse_kit(&self, capacity: usize) -> Option<(ArenaKit, u32)> {
         let mut st = self.state();
         let n = st.made.len();
         for i in (n.saturating_sub(8)..n).rev() {
             let kit = &st.made[i];
-            if kit.seg.capacity() != capacity || !idle_at_both_ends(kit) {
+            if kit.seg.capacity() != capacity || !idle_at_far_end(kit) {
                 continue;
             }
+            let settled = kit.seg.kit_drained() || kit.seg.kit_moved();
             let kit = st.made.remove(i);
+            if !settled {
+                drop(st);
+                if let Err(c) = self.settle_unread(&kit) {
+                    // The peer wrote over the kit: it is not used again.
+                    self.corrupt(c);
+                    return None;
+                }
+            }
             let next = kit.seg.kit_gen().wrapping_add(1).max(1);
             return Some((kit, next));
         }
@@ -340,11 +370,20 @@ impl ArenaLink {
     /// This side's port on a kit closed cleanly: keep the kit.
     pub(crate) fn keep(&self, kit: ArenaKit, generation: u32) {
         let (seg, side) = (kit.seg.clone(), kit.side);
-        let mut st = self.state();
         if kit.side == Side::A {
-            st.made.push(kit);
+            // The far end closed first, leaving records unread here (or
+            // there): their pool blocks go back now rather than at the
+            // kit's next use, which may be far off.
+            if idle_at_far_end(&kit) && !seg.kit_drained() && !seg.kit_moved() {
+                if let Err(c) = self.settle_unread(&kit) {
+                    self.corrupt(c);
+                    return;
+                }
+            }
+            self.state().made.push(kit);
             return;
         }
+        let mut st = self.state();
         st.live.remove(&kit.id);
         st.held.insert(kit.id, kit);
         drop(st);
@@ -537,11 +576,10 @@ impl Drop for ArenaLink {
     }
 }
 
-/// Is the kit's far end idle at the current generation, with both rings
-/// read to the end?
-fn idle_at_both_ends(kit: &ArenaKit) -> bool {
+/// Is the kit's far end idle at the current generation (its last
+/// positions published)?
+fn idle_at_far_end(kit: &ArenaKit) -> bool {
     kit.seg.kit_idle(kit.side.other()) == kit.seg.kit_gen()
-        && (kit.seg.kit_drained() || kit.seg.kit_moved())
 }
 
 /// The links this thread has a doorbell on: when it ends, their numbers

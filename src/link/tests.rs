@@ -101,3 +101,124 @@ fn a_kit_in_an_arena_never_announced_is_refused() {
     let (_a, b) = pair();
     assert!(b.take_up(7 << 32, 1, true).is_err());
 }
+
+mod pools {
+    use super::*;
+    use crate::port::parts::process_barriers;
+    use crate::shm::layout::{POOL_REF, PoolRef};
+    use crate::shm::pool::{BufferInfo, unkey};
+    use crate::shm::ring::{Kind, Producer, RecordMeta};
+    use crate::shm::segment::SegmentRing;
+
+    /// A block of `link`'s pool of this side, its buffer announced.
+    fn lent_block(link: &ArenaLink) -> u64 {
+        let (queue, pool) = link.pool_out().unwrap();
+        let mut p = pool.lock().unwrap();
+        let block = match p.lend(16).unwrap() {
+            Some(b) => b,
+            None => {
+                assert!(p.grow(16).unwrap());
+                p.lend(16).unwrap().unwrap()
+            }
+        };
+        if let Some((info, fd)) = p.take_announcement(block.key) {
+            link.announce_pool_buffer(queue, info, fd).unwrap();
+        }
+        block.key
+    }
+
+    fn in_flight(link: &ArenaLink) -> usize {
+        let (_, pool) = link.pool_out().unwrap();
+        let mut p = pool.lock().unwrap();
+        p.take_back().unwrap();
+        p.in_flight_of(16)
+    }
+
+    /// Commit a record naming block `key` on ring `ring` of `seg`, then
+    /// close the producer (its last position published).
+    fn post_pooled(seg: &Arc<Segment>, ring: usize, key: u64) {
+        let mut p = Producer::new(SegmentRing::new(seg.clone(), ring), process_barriers()).unwrap();
+        let slot = p.reserve(POOL_REF).unwrap().unwrap();
+        let (buffer, block) = unkey(key);
+        // SAFETY: the slot holds POOL_REF bytes, 32-byte aligned, this
+        // producer's until the commit; the reference is only atomics.
+        let r = unsafe { slot.payload.cast::<PoolRef>().as_ref() };
+        r.buffer
+            .store(buffer, core::sync::atomic::Ordering::Relaxed);
+        r.block.store(block, core::sync::atomic::Ordering::Relaxed);
+        r.len.store(100, core::sync::atomic::Ordering::Relaxed);
+        let meta = RecordMeta {
+            kind: Kind::Raw,
+            out_of_line: false,
+            pool: true,
+            announce: false,
+            kits: false,
+            nports: 0,
+            fingerprint: 0,
+        };
+        p.commit(slot, POOL_REF, meta);
+        let _ = p.close();
+    }
+
+    #[test]
+    fn a_block_crosses_the_link_and_comes_back() {
+        let (a, b) = pair();
+        let key = lent_block(&a);
+        let reader = b.pool_in().expect("the announcement was taken in");
+        let (buffer, block) = unkey(key);
+        reader.lock().unwrap().resolve(buffer, block, 100).unwrap();
+        reader.lock().unwrap().release(key).unwrap();
+        assert_eq!(in_flight(&a), 0);
+        assert!(a.broken().is_none() && b.broken().is_none());
+    }
+
+    #[test]
+    fn blocks_of_records_never_read_come_back_when_their_kit_is_settled() {
+        let (a, b) = pair();
+        let kit = a.make_kit(4096).unwrap();
+        let far = b.take_up(kit.id, 1, true).unwrap();
+        // Each side posts a pooled record the other never reads.
+        let (a_out, _) = kit.side.rings();
+        let (b_out, _) = far.side.rings();
+        post_pooled(&kit.seg, a_out, lent_block(&a));
+        post_pooled(&far.seg, b_out, lent_block(&b));
+        assert_eq!((in_flight(&a), in_flight(&b)), (1, 1));
+        b.keep(far, 1);
+        // The maker settles the kit as its end goes idle after the far one.
+        a.keep(kit, 1);
+        assert_eq!((in_flight(&a), in_flight(&b)), (0, 0));
+        let (kit, next) = a.reuse_kit(4096).expect("settled, so reusable");
+        assert_eq!(next, 2);
+        assert!(kit.seg.kit_drained());
+        assert!(a.broken().is_none() && b.broken().is_none());
+    }
+
+    #[test]
+    fn a_pool_buffer_with_a_channels_id_breaks_the_link() {
+        let (a, b) = pair();
+        let (queue, _) = a.pool_out().unwrap();
+        let fd = sys::memfd::create("x", 1 << 16).unwrap();
+        let info = BufferInfo {
+            id: 3,
+            log2: 16,
+            blocks: 1,
+        };
+        a.announce_pool_buffer(queue, info, fd).unwrap();
+        b.take_in();
+        assert!(b.broken().is_some());
+    }
+
+    #[test]
+    fn a_pool_queue_outside_the_peers_arenas_breaks_the_link() {
+        let (a, b) = pair();
+        let fd = sys::memfd::create("x", 1 << 16).unwrap();
+        let info = BufferInfo {
+            id: crate::shm::pool::LINK_POOL_IDS,
+            log2: 16,
+            blocks: 1,
+        };
+        a.announce_pool_buffer(9 << 32, info, fd).unwrap();
+        b.take_in();
+        assert!(b.broken().is_some());
+    }
+}

@@ -50,6 +50,21 @@ impl MessagePort {
         }
         (made, held)
     }
+
+    /// Bytes of this side's large-message pools on the links of the
+    /// channels this port carries, and whether the port itself still lives
+    /// on a link (for `crate::testing`).
+    pub(crate) fn link_pools(&self) -> (usize, bool) {
+        let sh = &self.tx().shared;
+        let links = sh.links().clone();
+        let bytes = sh
+            .made_link_now()
+            .iter()
+            .chain(links.iter())
+            .map(|l| l.pool_bytes())
+            .sum();
+        (bytes, sh.link_only().is_some())
+    }
 }
 
 impl PortSender {
@@ -148,7 +163,7 @@ impl PortSender {
         let max = self.max_inline_payload().min(self.inline_limit.get());
         let mut kits: Vec<(ArenaKit, u32, bool)> = Vec::with_capacity(n);
         for (f, _) in fresh {
-            let cap = f.settings().capacity;
+            let cap = crate::link::ring_capacity(f.settings().capacity);
             let kit = match link.reuse_kit(cap) {
                 Some((k, g)) => (k, g, false),
                 None => match link.make_kit(cap) {

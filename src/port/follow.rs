@@ -14,9 +14,10 @@ use super::promote::LOOK_FOR_MOVE;
 use super::{PortReceiver, PortSender};
 use crate::error::CloseReason;
 use crate::shm::layout::CLOSED_MOVED;
+use crate::shm::layout::{POOL_REF, PoolRef};
 use crate::shm::pool::reader::PoolReader;
 use crate::shm::pool::writer::PoolWriter;
-use crate::shm::ring::{Consumer, Corrupt, Producer};
+use crate::shm::ring::{Consumer, Corrupt, Producer, Record, RecordMeta};
 use crate::shm::segment::{Segment, SegmentRelease, SegmentRing};
 use crate::sys;
 
@@ -166,11 +167,26 @@ impl PortSender {
                     .take()
                     .map_err(|c| sh.corrupt(c))?
                     .ok_or_else(|| sh.corrupt(Corrupt("the record to re-post is gone")))?;
-                // SAFETY: a taken record's payload is `len` bytes inside
-                // the old ring, which this process maps as long as the
-                // link lives; only this side wrote it.
-                let bytes = unsafe { core::slice::from_raw_parts(rec.payload.as_ptr(), rec.len) };
-                late = Some((rec.meta, bytes.to_vec()));
+                let (meta, bytes) = match rec.meta.pool {
+                    // A block of the link's pool: nobody read it; its bytes
+                    // go on, the block back to the pool.
+                    true => (
+                        RecordMeta {
+                            pool: false,
+                            ..rec.meta
+                        },
+                        self.take_back_late_block(&rec).map_err(|c| sh.corrupt(c))?,
+                    ),
+                    // SAFETY: a taken record's payload is `len` bytes
+                    // inside the old ring, which this process maps as long
+                    // as the link lives; only this side wrote it.
+                    false => (
+                        rec.meta,
+                        unsafe { core::slice::from_raw_parts(rec.payload.as_ptr(), rec.len) }
+                            .to_vec(),
+                    ),
+                };
+                late = Some((meta, bytes));
             }
         }
         let mut fresh =
@@ -183,7 +199,7 @@ impl PortSender {
         drop(p);
         *self.pool.borrow_mut() = PoolWriter::new(SegmentRelease::new(s.clone(), out), barriers);
         if let Some((meta, bytes)) = late {
-            if meta.kits || meta.nports != 0 || meta.pool || meta.out_of_line {
+            if meta.kits || meta.nports != 0 || meta.out_of_line {
                 // Ports never go on a channel whose move has begun (the
                 // mover's claim keeps them out), nor descriptors on a link.
                 return Err(sh.corrupt(Corrupt("a late record that cannot move")));
@@ -203,6 +219,35 @@ impl PortSender {
             })?;
         }
         Ok(())
+    }
+}
+
+impl PortSender {
+    /// The late record `rec` names a block of this side's pool on the link
+    /// the channel moved off: its bytes (a copy), and the block back to
+    /// the pool (nobody read the record).
+    fn take_back_late_block(&self, rec: &Record) -> Result<Vec<u8>, Corrupt> {
+        let on = self.shared.on_link.as_ref();
+        let pool = on.and_then(|on| on.link.pool_out().ok());
+        let (Some((_, pool)), true) = (pool, rec.len == POOL_REF) else {
+            return Err(Corrupt("a late pooled record off a link"));
+        };
+        // SAFETY: the payload holds POOL_REF bytes inside the old ring,
+        // 32-byte aligned; the reference is only atomics.
+        let r = unsafe { rec.payload.cast::<PoolRef>().as_ref() };
+        // Relaxed: ordered after the Acquire load of the commit word.
+        let (buffer, block, len) = (
+            r.buffer.load(Ordering::Relaxed),
+            r.block.load(Ordering::Relaxed),
+            r.len.load(Ordering::Relaxed),
+        );
+        let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = pool
+            .lent_bytes(crate::shm::pool::key(buffer, block), len)
+            .ok_or(Corrupt("a late pooled record names no block in flight"))?
+            .to_vec();
+        pool.reclaim(crate::shm::pool::key(buffer, block))?;
+        Ok(bytes)
     }
 }
 

@@ -2,22 +2,81 @@
 //! sending side's pool (up to 64 MiB; `shm/pool/`), or, past that or when
 //! the pool cannot serve it, out of line in a sealed memfd of its own. The
 //! ring then carries a small record naming where the bytes are.
+//!
+//! A port on a link uses its side's pool of the link (`crate::link::pool`),
+//! shared by every channel on it, whose buffers are announced on the
+//! link's socket: no descriptor travels with the record, and the channel
+//! stays on the link. Only a message that must go out of line moves it off.
 
+use std::cell::RefCell;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rkyv::rancor;
 
 use super::send::check_size;
 use super::{Half, PortReceiver, PortSender, Wait};
 use crate::error::PostError;
+use crate::link::ArenaLink;
 use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor, POOL_REF, PoolRef};
-use crate::shm::pool::writer::Block;
+use crate::shm::pool::writer::{Block, PoolWriter};
 use crate::shm::ring::{Kind, RecordMeta, Slot};
 use crate::wire::attachment::{Attachment, PortParts};
 use crate::wire::writer::{MAX_MESSAGE_SIZE, RecordWriter, WriteFailure};
 
+/// The pool a large message of a port goes into.
+pub(super) enum SendPool<'a> {
+    /// The channel's own (announced in records' attachments).
+    Own(&'a RefCell<PoolWriter>),
+    /// This side's pool of the link the port is on (announced on the
+    /// link's socket; `queue`: the kit number of its release queue).
+    Link {
+        link: Arc<ArenaLink>,
+        queue: u64,
+        pool: Arc<Mutex<PoolWriter>>,
+    },
+}
+
+impl SendPool<'_> {
+    /// Use the pool (the link's is locked for the call: its channels may
+    /// post from several threads).
+    pub(super) fn with<R>(&self, f: impl FnOnce(&mut PoolWriter) -> R) -> R {
+        match self {
+            SendPool::Own(p) => f(&mut p.borrow_mut()),
+            // A panic elsewhere while it was locked leaves it as consistent
+            // as any use of it: no invariant spans a call.
+            SendPool::Link { pool, .. } => f(&mut pool.lock().unwrap_or_else(|e| e.into_inner())),
+        }
+    }
+
+    fn is_link(&self) -> bool {
+        matches!(self, SendPool::Link { .. })
+    }
+}
+
+/// How long a post waiting for a block of a link's pool sleeps between
+/// looks (the link's receivers give blocks back without a wake-up: a wait
+/// there is rare, the pool at its cap).
+const LINK_POOL_LOOK: Duration = Duration::from_micros(200);
+
 impl PortSender {
+    /// The pool a large message posted now goes into: the link's, while
+    /// the port is on one (made at its first use), else the channel's own.
+    pub(super) fn send_pool(&self) -> Result<SendPool<'_>, PostError> {
+        match self.shared.link_only() {
+            None => Ok(SendPool::Own(&self.pool)),
+            Some(on) => {
+                let (queue, pool) = on.link.pool_out().map_err(PostError::Io)?;
+                Ok(SendPool::Link {
+                    link: on.link.clone(),
+                    queue,
+                    pool,
+                })
+            }
+        }
+    }
+
     /// A message too large for the ring (or over the inline limit, `max`),
     /// up to the largest pool block: serialize it into a block of this
     /// side's pool, then commit a small record naming the block. The
@@ -44,68 +103,114 @@ impl PortSender {
             Kind::Typed => size_hint.saturating_add(size_hint / 256 + 256),
             Kind::Raw => size_hint,
         };
-        let (block_ptr, block, len) = loop {
-            // Past the largest block, or a block larger than the cap allows
-            // (a cap of 0 turns the pool off): in a memfd of its own.
-            let log2 = self.pool.borrow().class_for(need);
-            let Some(log2) = log2 else {
-                return self.send_out_of_line(meta, need, wait, fill, ports, rx);
-            };
-            let block = match self.lend_block(log2, need, wait, rx) {
-                Ok(Some(b)) => b,
-                Ok(None) => return self.send_out_of_line(meta, need, wait, fill, ports, rx),
+        loop {
+            let pool = match self.send_pool() {
+                Ok(p) => p,
                 Err(e) => return Err((e, ports)),
             };
-            // SAFETY: the block is `room` bytes of this process's read-write
-            // mapping of a pool buffer, lent to this post only: nobody else
-            // writes it, and the receiver reads it only after the commit.
-            let mut w = unsafe { RecordWriter::slot(block.ptr, block.room) };
-            match fill(&mut w) {
-                Ok(()) => break (block.ptr, block, w.len()),
-                Err(e) => {
-                    self.pool.borrow_mut().give_back(block);
-                    match w.wanted() {
-                        Some(wanted) => need = wanted.max(need + 1),
-                        None => return Err((PostError::Serialize(e), ports)),
+            let (block_ptr, block, len) = loop {
+                // Past the largest block, or a block larger than the cap allows
+                // (a cap of 0 turns the pool off): in a memfd of its own.
+                let Some(log2) = pool.with(|p| p.class_for(need)) else {
+                    return self.out_of_line_from(&pool, meta, need, wait, fill, ports, rx);
+                };
+                let block = match self.lend_block(&pool, log2, need, wait, rx) {
+                    Ok(Some(b)) => b,
+                    Ok(None) => {
+                        return self.out_of_line_from(&pool, meta, need, wait, fill, ports, rx);
+                    }
+                    Err(e) => return Err((e, ports)),
+                };
+                // SAFETY: the block is `room` bytes of this process's read-write
+                // mapping of a pool buffer, lent to this post only: nobody else
+                // writes it, and the receiver reads it only after the commit.
+                let mut w = unsafe { RecordWriter::slot(block.ptr, block.room) };
+                match fill(&mut w) {
+                    Ok(()) => break (block.ptr, block, w.len()),
+                    Err(e) => {
+                        pool.with(|p| p.give_back(block));
+                        match w.wanted() {
+                            Some(wanted) => need = wanted.max(need + 1),
+                            None => return Err((PostError::Serialize(e), ports)),
+                        }
                     }
                 }
+            };
+            if len <= max {
+                // Small after all: a copy into the ring, where it belongs.
+                // SAFETY: the block's first `len` bytes were written just above,
+                // and the block stays lent to this post (nothing else writes
+                // it) until it is given back below, after the copy.
+                let bytes = unsafe { core::slice::from_raw_parts(block_ptr.as_ptr(), len) };
+                self.large_hint.set(0);
+                // (Through `dyn`: one more instance of `send_record`, not one
+                // per nesting.)
+                let mut copy = |w: &mut RecordWriter| w.put(bytes);
+                let copy: &mut dyn FnMut(&mut RecordWriter) -> Result<(), rancor::Error> =
+                    &mut copy;
+                let sent = self.send_record(meta, len, wait, copy, ports, rx);
+                pool.with(|p| p.give_back(block));
+                return sent;
             }
-        };
-        if len <= max {
-            // Small after all: a copy into the ring, where it belongs.
-            // SAFETY: the block's first `len` bytes were written just above,
-            // and the block stays lent to this post (nothing else writes
-            // it) until it is given back below, after the copy.
-            let bytes = unsafe { core::slice::from_raw_parts(block_ptr.as_ptr(), len) };
-            self.large_hint.set(0);
-            // (Through `dyn`: one more instance of `send_record`, not one
-            // per nesting.)
-            let mut copy = |w: &mut RecordWriter| w.put(bytes);
-            let copy: &mut dyn FnMut(&mut RecordWriter) -> Result<(), rancor::Error> = &mut copy;
-            let sent = self.send_record(meta, len, wait, copy, ports, rx);
-            self.pool.borrow_mut().give_back(block);
-            return sent;
-        }
-        let slot = match self.reserve(POOL_REF, wait, rx) {
-            Ok(s) => s,
-            Err(e) => {
-                self.pool.borrow_mut().give_back(block);
-                return Err((e, ports));
+            let slot = match self.reserve(POOL_REF, wait, rx) {
+                Ok(s) => s,
+                Err(e) => {
+                    pool.with(|p| p.give_back(block));
+                    return Err((e, ports));
+                }
+            };
+            if self.left_link_pool(&pool) {
+                // The wait for room followed the peer's move off the link: the
+                // new segment's reader knows only the channel's own pool. Post
+                // again, there (nothing was committed; the next turn takes the
+                // channel's pool).
+                pool.with(|p| p.give_back(block));
+                continue;
             }
-        };
-        if meta.kind == Kind::Typed {
-            self.large_hint.set(len);
+            if meta.kind == Kind::Typed {
+                self.large_hint.set(len);
+            }
+            return self.publish_pooled(&pool, slot, block, len, meta, ports, wait, rx);
         }
-        self.publish_pooled(slot, block, len, meta, ports, wait, rx)
     }
 
-    /// Publish a message written into a pool block: send the block's
-    /// buffer with the record's attachment if the peer has not got it yet
-    /// (and any ports), then commit the record naming the block. On
-    /// failure the block goes back to the pool and the ports come back.
+    /// Did the port leave the link whose pool `pool` is (following its
+    /// peer's move, inside a wait)? A record naming a block of it must not
+    /// go into the new segment.
+    pub(super) fn left_link_pool(&self, pool: &SendPool<'_>) -> bool {
+        pool.is_link() && self.shared.link_only().is_none()
+    }
+
+    /// Out of line, from a post that meant to use `pool`: a port on a link
+    /// moves off it first (the memfd is a descriptor).
+    #[allow(clippy::too_many_arguments)]
+    fn out_of_line_from(
+        &self,
+        pool: &SendPool<'_>,
+        meta: RecordMeta,
+        need: usize,
+        wait: Wait,
+        fill: impl FnMut(&mut RecordWriter) -> Result<(), rancor::Error>,
+        ports: Vec<PortParts>,
+        rx: Option<&PortReceiver>,
+    ) -> Result<(), (PostError, Vec<PortParts>)> {
+        if pool.is_link() {
+            if let Err(e) = self.off_link(rx) {
+                return Err((e, ports));
+            }
+        }
+        self.send_out_of_line(meta, need, wait, fill, ports, rx)
+    }
+
+    /// Publish a message written into a block of `pool`: send the block's
+    /// buffer if the peer has not got it yet (with the record's attachment,
+    /// with any ports, or for a link's pool on the link's socket), then
+    /// commit the record naming the block. On failure the block goes back
+    /// to the pool and the ports come back.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn publish_pooled(
         &self,
+        pool: &SendPool<'_>,
         slot: Slot,
         block: Block,
         len: usize,
@@ -118,13 +223,26 @@ impl PortSender {
         // A pooled record names a block only the peer where it is now can
         // read: it must not commit after a move began (see `claim_posting`).
         if let Err(e) = self.claim_posting() {
-            self.pool.borrow_mut().give_back(block);
+            pool.with(|p| p.give_back(block));
             return Err((e, ports));
         }
-        let announce = self.pool.borrow_mut().take_announcement(key);
+        let announce = pool.with(|p| p.take_announcement(key));
         meta.pool = true;
-        meta.announce = announce.is_some();
-        if announce.is_some() || !ports.is_empty() {
+        if let SendPool::Link { link, queue, .. } = pool {
+            // Ports never travel with a record on a link (they moved it
+            // off first), so there is no attachment.
+            if let Some((info, fd)) = announce {
+                if let Err((e, fd)) = link.announce_pool_buffer(*queue, info, fd) {
+                    self.end_posting();
+                    pool.with(|p| {
+                        p.restore_announcement(key, fd);
+                        p.give_back(block)
+                    });
+                    return Err((PostError::Io(e), ports));
+                }
+            }
+        } else if announce.is_some() || !ports.is_empty() {
+            meta.announce = announce.is_some();
             let att = Attachment {
                 ool: None,
                 pool: announce,
@@ -133,11 +251,12 @@ impl PortSender {
             };
             if let Err(e) = self.attach(&att, wait, rx) {
                 self.end_posting();
-                let mut pool = self.pool.borrow_mut();
-                if let Some((_, fd)) = att.pool {
-                    pool.restore_announcement(key, fd);
-                }
-                pool.give_back(block);
+                pool.with(|p| {
+                    if let Some((_, fd)) = att.pool {
+                        p.restore_announcement(key, fd);
+                    }
+                    p.give_back(block)
+                });
                 return Err((e, att.ports));
             }
         }
@@ -155,18 +274,19 @@ impl PortSender {
         Ok(())
     }
 
-    /// A free block of class `log2` (or larger) for a message of `len`
-    /// bytes, waiting as `wait` allows: take back released blocks; when
+    /// A free block of class `log2` (or larger) of `pool` for a message of
+    /// `len` bytes, waiting as `wait` allows: take back released blocks; when
     /// none of the class came, spin for the port's spin time (a reader
     /// about to give one back is cheaper than a new buffer, and keeps the
     /// pool small and hot), then add a buffer if the cap allows, else lend
     /// a free block of a larger class, else sleep until the reader gives a
-    /// block back. A class with no block in flight does not spin. `None`
-    /// when waiting cannot help (the cap is taken by free buffers of
-    /// smaller classes and nothing large enough is lent): the message then
-    /// travels out of line.
+    /// block back (a link's pool: look again every [`LINK_POOL_LOOK`]). A
+    /// class with no block in flight does not spin. `None` when waiting
+    /// cannot help (the cap is taken by free buffers of smaller classes and
+    /// nothing large enough is lent): the message then travels out of line.
     pub(super) fn lend_block(
         &self,
+        pool: &SendPool<'_>,
         log2: u8,
         len: usize,
         wait: Wait,
@@ -176,31 +296,42 @@ impl PortSender {
         let mut look_at: Option<Instant> = None;
         loop {
             if let Err(e) = self.check_postable() {
-                // Nobody will read from the pool again: free its memory.
-                self.pool.borrow_mut().clear();
+                // Nobody will read from the channel's own pool again: free
+                // its memory. (A link's pool serves the link's other
+                // channels.)
+                if let SendPool::Own(p) = pool {
+                    p.borrow_mut().clear();
+                }
                 return Err(e);
-            }
-            let mut pool = self.pool.borrow_mut();
-            match pool.lend(log2) {
-                Ok(Some(b)) => return Ok(Some(b)),
-                Ok(None) => {}
-                Err(c) => return Err(PostError::Closed(self.corrupt(c))),
             }
             let now = Instant::now();
             let spin_end = *spin_until.get_or_insert_with(|| now + self.shared.spin());
-            let may_spin = !matches!(wait, Wait::No) && pool.in_flight_of(log2) > 0;
-            if !may_spin || now >= spin_end {
-                match pool.grow(log2) {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(e) => return Err(PostError::Io(e)),
+            let may_spin = !matches!(wait, Wait::No);
+            let step = pool.with(|p| -> Result<Result<Block, bool>, PostError> {
+                match p.lend(log2) {
+                    Ok(Some(b)) => return Ok(Ok(b)),
+                    Ok(None) => {}
+                    Err(c) => return Err(PostError::Closed(self.corrupt(c))),
                 }
-                if let Some(b) = pool.lend_larger(log2) {
-                    return Ok(Some(b));
+                let spinning = may_spin && p.in_flight_of(log2) > 0 && now < spin_end;
+                if !spinning {
+                    if p.grow(log2).map_err(PostError::Io)? {
+                        return Ok(p.lend(log2).ok().flatten().ok_or(true));
+                    }
+                    if let Some(b) = p.lend_larger(log2) {
+                        return Ok(Ok(b));
+                    }
+                    if !p.lent_from(log2) {
+                        // Waiting cannot help.
+                        return Ok(Err(false));
+                    }
                 }
-                if !pool.lent_from(log2) {
-                    return Ok(None);
-                }
+                Ok(Err(true))
+            })?;
+            match step {
+                Ok(b) => return Ok(Some(b)),
+                Err(false) => return Ok(None),
+                Err(true) => {}
             }
             if matches!(wait, Wait::No) {
                 self.wanted_room.set(len);
@@ -210,27 +341,35 @@ impl PortSender {
                 return Err(PostError::Timeout);
             }
             if now < spin_end {
-                drop(pool);
                 self.spin_turn(now, &mut look_at)?;
                 continue;
             }
-            drop(pool);
             // Our peer may itself be waiting for room or blocks we hold.
             if let Some(rx) = rx {
                 rx.flush_releases();
             }
-            let pool = self.pool.borrow();
-            if pool.prepare_wait() {
-                // The consumer's close after our announcement would find
-                // it; one before, we see here.
-                if let Err(e) = self.check_postable() {
-                    pool.end_wait();
-                    return Err(e);
+            match pool {
+                SendPool::Own(p) => {
+                    let p = p.borrow();
+                    if p.prepare_wait() {
+                        // The consumer's close after our announcement would
+                        // find it; one before, we see here.
+                        if let Err(e) = self.check_postable() {
+                            p.end_wait();
+                            return Err(e);
+                        }
+                        drop(p);
+                        let r = self.shared.sleep(Half::Sender, wait, false);
+                        self.pool.borrow().end_wait();
+                        r.map_err(PostError::Io)?;
+                    }
                 }
-                drop(pool);
-                let r = self.shared.sleep(Half::Sender, wait, false);
-                self.pool.borrow().end_wait();
-                r.map_err(PostError::Io)?;
+                SendPool::Link { link, .. } => {
+                    if link.hung_up() {
+                        return Err(PostError::Closed(crate::error::CloseReason::PeerDied));
+                    }
+                    std::thread::sleep(LINK_POOL_LOOK);
+                }
             }
         }
     }

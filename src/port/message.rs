@@ -172,7 +172,12 @@ impl<'p> Message<'p> {
     /// `None` for other payloads.
     pub fn pool_class(&self) -> Option<(usize, usize)> {
         match self.body.holder {
-            Holder::Block(key) => self.port.pool_reader().class_of(key),
+            Holder::Block(key) => self
+                .port
+                .pool_for(key)?
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .class_of(key),
             _ => None,
         }
     }
@@ -318,9 +323,16 @@ impl<'p> Message<'p> {
     pub fn into_shared_bytes(mut self) -> Result<SharedBytes, Message<'p>> {
         let memory = match std::mem::replace(&mut self.body.holder, Holder::Ring) {
             Holder::Mapped(map) if map.make_copy_on_write().is_ok() => SharedMemory::Mapped(map),
-            Holder::Block(key) if self.port.pool_reader().open_block(key).is_ok() => {
+            Holder::Block(key)
+                if self.port.pool_for(key).is_some_and(|p| {
+                    p.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .open_block(key)
+                        .is_ok()
+                }) =>
+            {
                 SharedMemory::Block {
-                    pool: self.port.pool.clone(),
+                    pool: self.port.pool_for(key).expect("looked up just above"),
                     core: Arc::downgrade(&self.port.shared),
                     key,
                 }

@@ -39,7 +39,7 @@ use crate::wire::attachment::{Attachment, KitParts, Partial, PortParts, SegmentR
 /// acts on can be the old holder's. Since every sleeper that can issue the
 /// heavy barrier does, a stale "heavy" is still true (ARCHITECTURE.md,
 /// failure model, "Barrier kinds across a move").
-pub(super) fn process_barriers() -> Barriers {
+pub(crate) fn process_barriers() -> Barriers {
     let registered = sys::membarrier::registered();
     Barriers {
         registered,

@@ -34,7 +34,9 @@ use super::{MessagePort, PortReceiver, PortSender};
 use crate::error::CloseReason;
 use crate::link::ArenaLink;
 use crate::shm::kit::{Claim, KitWords};
-use crate::shm::layout::{CLOSED_MOVED, KIT_NEW, KITS_IN_ARENAS, KitRef, KitRefs, kit_refs_size};
+use crate::shm::layout::{
+    CLOSED_MOVED, KIT_NEW, KITS_IN_ARENAS, KitRef, KitRefs, POOL_REF, PoolRef, kit_refs_size,
+};
 use crate::shm::pool::reader::PoolReader;
 use crate::shm::pool::writer::PoolWriter;
 use crate::shm::ring::{Barriers, Consumer, Corrupt, Kind, Producer, Record};
@@ -473,7 +475,12 @@ fn read_residue(
 ) -> Result<Residue, Moving> {
     let mut out = Vec::new();
     while let Some(rec) = reader.take()? {
-        if rec.meta.pool || rec.meta.out_of_line || (rec.meta.nports != 0 && !rec.meta.kits) {
+        if rec.meta.pool {
+            // A block of the link's pool: its bytes go on, the block back.
+            out.push(read_pooled_residue(link, &rec)?);
+            continue;
+        }
+        if rec.meta.out_of_line || (rec.meta.nports != 0 && !rec.meta.kits) {
             return Err(Corrupt("a record with descriptors on a link's channel").into());
         }
         let (ports, prefix) = if rec.meta.kits {
@@ -493,6 +500,47 @@ fn read_residue(
         out.push((fingerprint, bytes.to_vec(), ports));
     }
     Ok(out)
+}
+
+/// A residue record naming a block of the peer's pool on `link`: a copy
+/// of its bytes, and the block given back.
+fn read_pooled_residue(
+    link: &Arc<ArenaLink>,
+    rec: &Record,
+) -> Result<(u64, Vec<u8>, Vec<MessagePort>), Moving> {
+    let bad = || {
+        Moving::Corrupt(Corrupt(
+            "a pooled record on a link's channel names no block",
+        ))
+    };
+    if rec.len != POOL_REF || rec.meta.nports != 0 || rec.meta.announce {
+        return Err(bad());
+    }
+    // SAFETY: the payload holds POOL_REF bytes inside the ring, 32-byte
+    // aligned; the reference is only atomics.
+    let r = unsafe { rec.payload.cast::<PoolRef>().as_ref() };
+    // Relaxed: ordered after the Acquire load of the commit word; each
+    // read once, the copies checked by `resolve`.
+    let (buffer, block, len) = (
+        r.buffer.load(Ordering::Relaxed),
+        r.block.load(Ordering::Relaxed),
+        r.len.load(Ordering::Relaxed),
+    );
+    if !crate::shm::pool::in_link_pool(buffer) {
+        return Err(bad());
+    }
+    let pool = link.pool_in_with(buffer).ok_or_else(bad)?;
+    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+    let (ptr, len, key) = pool.resolve(buffer, block, len)?;
+    // SAFETY: `resolve` checked that `len` bytes at `ptr` lie inside the
+    // buffer's mapping, which the reader (locked) keeps.
+    let bytes = unsafe { core::slice::from_raw_parts(ptr.as_ptr(), len) }.to_vec();
+    pool.release(key)?;
+    let fingerprint = match rec.meta.kind {
+        Kind::Typed => rec.meta.fingerprint,
+        Kind::Raw => 0,
+    };
+    Ok((fingerprint, bytes, Vec::new()))
 }
 
 /// The ports a record names as kits in `link`'s arenas, built here, and

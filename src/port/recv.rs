@@ -11,7 +11,7 @@ use crate::shm::layout::{
     CLOSED_MOVED, KITS_IN_ARENAS, KitRef, KitRefs, OOL_DESCRIPTOR, OolDescriptor, POOL_REF,
     PoolRef, kit_refs_size,
 };
-use crate::shm::pool::reader::AddError;
+use crate::shm::pool::reader::{AddError, PoolReader};
 use crate::shm::ring::{Corrupt, Record};
 use crate::sys::{self, Mapping};
 use crate::wire::attachment::{MAX_RECEIVED_SPIN, Partial, PortParts, SegmentRef};
@@ -245,7 +245,10 @@ impl PortReceiver {
     /// Called by a dropped [`Message`] that held a pool block: give it back
     /// (no system call, unless the peer waits for it).
     pub(crate) fn release_block(&self, key: u64) {
-        let r = self.pool_reader().release(key);
+        let Some(pool) = self.pool_for(key) else {
+            return;
+        };
+        let r = pool.lock().unwrap_or_else(|e| e.into_inner()).release(key);
         match r {
             Ok(true) => {
                 let _ = self.shared.wake_peer(1);
@@ -257,6 +260,18 @@ impl PortReceiver {
                 self.corrupt(c);
             }
         }
+    }
+
+    /// The reader of the pool the block `key` is in: the link's the
+    /// channel was made on (by the buffer id), or the channel's own.
+    pub(crate) fn pool_for(
+        &self,
+        key: u64,
+    ) -> Option<std::sync::Arc<std::sync::Mutex<PoolReader>>> {
+        if !crate::shm::pool::in_link_pool(crate::shm::pool::unkey(key).0) {
+            return Some(self.pool.clone());
+        }
+        self.shared.on_link.as_ref()?.link.pool_in()
     }
 
     /// Called by a dropped [`Message`].
@@ -524,8 +539,20 @@ impl PortReceiver {
             r.block.load(Ordering::Relaxed),
             r.len.load(Ordering::Relaxed),
         );
-        let (ptr, len, key) = self
-            .pool_reader()
+        let pool = match crate::shm::pool::in_link_pool(buffer) {
+            false => self.pool.clone(),
+            true => self
+                .shared
+                .on_link
+                .as_ref()
+                .and_then(|on| on.link.pool_in_with(buffer))
+                .ok_or_else(|| {
+                    RecvError::Closed(self.corrupt(Corrupt("a block of a link's pool off a link")))
+                })?,
+        };
+        let (ptr, len, key) = pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .resolve(buffer, block, len)
             .map_err(|c| RecvError::Closed(self.corrupt(c)))?;
         if len > self.max_message.get() {

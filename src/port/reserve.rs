@@ -4,6 +4,7 @@
 
 use core::ptr::NonNull;
 
+use super::large::SendPool;
 use super::{PortReceiver, PortSender, Wait};
 use crate::error::PostError;
 use crate::shm::layout::POOL_REF;
@@ -19,49 +20,62 @@ impl PortSender {
     ) -> Result<Reservation<'_>, PostError> {
         self.check_not_reserved()?;
         let max = self.max_inline_payload();
-        let block = if len <= max {
-            None
-        } else {
-            let log2 = self.pool.borrow().class_for(len);
-            let Some(log2) = log2 else {
-                return Err(PostError::TooLarge {
-                    len,
-                    max: self.max_reservation(),
-                });
+        loop {
+            let mut pool = None;
+            let block = if len <= max {
+                None
+            } else {
+                let p = pool.insert(self.send_pool()?);
+                let Some(log2) = p.with(|p| p.class_for(len)) else {
+                    return Err(PostError::TooLarge {
+                        len,
+                        max: self.max_reservation(),
+                    });
+                };
+                // `lend_block` checks first that the peer can still read.
+                match self.lend_block(p, log2, len, wait, rx)? {
+                    Some(b) => Some(b),
+                    // A post would go out of line; a reservation needs the
+                    // memory to write into.
+                    None => {
+                        return Err(PostError::Io(std::io::Error::new(
+                            std::io::ErrorKind::OutOfMemory,
+                            "the port's pool is at its cap, held by smaller blocks",
+                        )));
+                    }
+                }
             };
-            // `lend_block` checks first that the peer can still read.
-            match self.lend_block(log2, len, wait, rx)? {
-                Some(b) => Some(b),
-                // A post would go out of line; a reservation needs the
-                // memory to write into.
-                None => {
-                    return Err(PostError::Io(std::io::Error::new(
-                        std::io::ErrorKind::OutOfMemory,
-                        "the port's pool is at its cap, held by smaller blocks",
-                    )));
+            let need = if block.is_some() { POOL_REF } else { len };
+            let slot = self
+                .check_postable()
+                .and_then(|()| self.reserve(need, wait, rx));
+            let give_back = |block: Option<Block>, pool: &Option<SendPool<'_>>| {
+                if let (Some(b), Some(p)) = (block, pool) {
+                    p.with(|p| p.give_back(b));
                 }
-            }
-        };
-        let need = if block.is_some() { POOL_REF } else { len };
-        let slot = match self
-            .check_postable()
-            .and_then(|()| self.reserve(need, wait, rx))
-        {
-            Ok(slot) => slot,
-            Err(e) => {
-                if let Some(b) = block {
-                    self.pool.borrow_mut().give_back(b);
+            };
+            let slot = match slot {
+                Ok(slot) => slot,
+                Err(e) => {
+                    give_back(block, &pool);
+                    return Err(e);
                 }
-                return Err(e);
+            };
+            if pool.as_ref().is_some_and(|p| self.left_link_pool(p)) {
+                // The wait for room followed the peer's move off the link:
+                // a block of the channel's own pool, now.
+                give_back(block, &pool);
+                continue;
             }
-        };
-        self.reserving.set(true);
-        Ok(Reservation {
-            port: self,
-            slot,
-            len,
-            block,
-        })
+            self.reserving.set(true);
+            return Ok(Reservation {
+                port: self,
+                slot,
+                len,
+                block,
+                pool,
+            });
+        }
     }
 }
 
@@ -78,6 +92,8 @@ pub struct Reservation<'p> {
     len: usize,
     /// The pool block the message goes in, if it is too large for the ring.
     block: Option<Block>,
+    /// The pool the block is lent from.
+    pool: Option<SendPool<'p>>,
 }
 
 impl Reservation<'_> {
@@ -153,7 +169,7 @@ impl Reservation<'_> {
             room: self.slot.room,
         };
         port.check_postable()?;
-        let Some(block) = self.block.take() else {
+        let (Some(block), Some(pool)) = (self.block.take(), self.pool.take()) else {
             port.commit(slot, len, super::send::RAW_META);
             return Ok(());
         };
@@ -162,6 +178,7 @@ impl Reservation<'_> {
         // attachments: wait for it; only the peer's end stops the wait,
         // and then the commit fails as documented.
         port.publish_pooled(
+            &pool,
             slot,
             block,
             len,
@@ -177,8 +194,8 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.port.reserving.set(false);
-        if let Some(block) = self.block.take() {
-            self.port.pool.borrow_mut().give_back(block);
+        if let (Some(block), Some(pool)) = (self.block.take(), &self.pool) {
+            pool.with(|p| p.give_back(block));
         }
     }
 }

@@ -429,17 +429,16 @@ impl PortSender {
                 }
                 return Ok(());
             }
-            // Larger than the ring takes: in the pool, or out of line.
-            Ok(Err(larger)) => {
-                if let Err(e) = self.off_link(rx) {
-                    return Err((e, ports));
-                }
-                need = larger
-            }
+            // Larger than the ring takes: in the pool (a link's, for a
+            // port on one), or out of line (off the link first).
+            Ok(Err(larger)) => need = larger,
             Err(e) => return Err((e, ports)),
         }
         if need <= MAX_POOLED {
             return self.send_pooled(meta, need, max, wait, fill, ports, rx);
+        }
+        if let Err(e) = self.off_link(rx) {
+            return Err((e, ports));
         }
         self.send_out_of_line(meta, need, wait, fill, ports, rx)
     }

@@ -201,7 +201,7 @@ impl Segment {
     }
 
     /// Ring `index`'s header (index < 2).
-    pub(super) fn ring_header(&self, index: usize) -> &RingHeader {
+    pub(crate) fn ring_header(&self, index: usize) -> &RingHeader {
         // SAFETY: the mapping is at least HEADER_AREA bytes (checked or
         // created so); RING_HEADER[index] is 128-aligned inside it (layout.rs
         // asserts it, and indexing panics past 2); RingHeader holds only

@@ -17,3 +17,14 @@ pub mod fault {
 pub fn kits(port: &crate::MessagePort) -> (usize, usize) {
     port.kits_kept()
 }
+
+/// Bytes of this process's large-message pools on the links of the
+/// channels `port` carries.
+pub fn link_pool_bytes(port: &crate::MessagePort) -> usize {
+    port.link_pools().0
+}
+
+/// Does `port` still live on a link (no socket of its own)?
+pub fn on_link(port: &crate::MessagePort) -> bool {
+    port.link_pools().1
+}

@@ -107,6 +107,31 @@ pub(crate) trait KitWords: KitMemory {
         })
     }
 
+    /// Ring `index`'s records nobody read, as the two ends left them:
+    /// `(head, tail)`, the consumer's last position and the producer's, if
+    /// they differ. Only once both ends are idle (`kit_idle`, Acquire,
+    /// for the far end; this side's own stores for its end).
+    fn kit_unread(&self, index: usize) -> Option<(u64, u64)> {
+        let h = self.ring_header(index);
+        // Acquire: ordered after the Acquire of `kit_idle`, as in
+        // `kit_drained`.
+        let head = h.consumer.head.load(Ordering::Acquire);
+        let tail = h.producer.tail.load(Ordering::Acquire);
+        (head != tail).then_some((head, tail))
+    }
+
+    /// Ring `index` read to `tail` (its unread records settled: their pool
+    /// blocks given back), so the kit counts as drained.
+    fn kit_mark_read(&self, index: usize, tail: u64) {
+        // Relaxed: nobody reads the rings of a kit idle at both ends; the
+        // next channel on the kit gets this with the record naming it
+        // (its commit is a Release store).
+        self.ring_header(index)
+            .consumer
+            .head
+            .store(tail, Ordering::Relaxed);
+    }
+
     /// Did the channel of this generation move off the kit (one side
     /// claimed the move)? Its rings then end anywhere: the next
     /// generation starts each where its producer stopped.

@@ -128,6 +128,8 @@ fn a_kit_is_taken_up_only_once_its_peer_closed_and_then_clean() {
     });
 }
 
+/// (As it is: the real creator settles such a kit first; see
+/// `unread_block_settled` below.)
 #[test]
 fn a_kit_with_an_unread_record_is_never_taken_up() {
     model(|| {
@@ -196,4 +198,55 @@ fn a_moved_kit_is_taken_up_once_its_peer_left_and_starts_past_the_old_records() 
         }
         peer.join().unwrap();
     });
+}
+
+/// A record of A's (ring 0's last, [0, 64)) names a block of A's pool on
+/// the link. B's port reads it or not (`read`): a read gives the block
+/// back when the message drops (after the ring space), then the port
+/// closes and marks its end idle. A, the creator, waits for the mark and
+/// settles the kit (`crate::link::pool`): the records from B's last
+/// position to A's give their blocks back, then both rings count as read.
+/// The block comes back exactly once, whether B read it or not, and the
+/// kit is then reusable.
+fn unread_block_settled(read: bool) {
+    model(move || {
+        let mem = memory();
+        let given_back = Arc::new(AtomicU32::new(0));
+        let peer = {
+            let (mem, given_back) = (mem.clone(), given_back.clone());
+            thread::spawn(move || {
+                if read {
+                    // The message drops: its ring space, then its block.
+                    mem.rings[0].consumer.head.store(64, Ordering::Release);
+                    given_back.fetch_add(1, Ordering::Relaxed);
+                }
+                peer_closes(&mem, false);
+            })
+        };
+        while mem.kit_idle(Side::B) != mem.kit_gen() {
+            thread::yield_now();
+        }
+        for ring in 0..2 {
+            if let Some((head, tail)) = mem.kit_unread(ring) {
+                // The one pooled record, if it lies in the unread span.
+                if ring == 0 && head == 0 && tail >= 64 {
+                    given_back.fetch_add(1, Ordering::Relaxed);
+                }
+                mem.kit_mark_read(ring, tail);
+            }
+        }
+        assert!(mem.kit_drained());
+        peer.join().unwrap();
+        assert_eq!(given_back.load(Ordering::Relaxed), 1);
+    });
+}
+
+#[test]
+fn a_block_its_reader_gave_back_is_not_given_back_again_at_settling() {
+    unread_block_settled(true);
+}
+
+#[test]
+fn a_block_nobody_read_is_given_back_at_settling() {
+    unread_block_settled(false);
 }

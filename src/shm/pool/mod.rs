@@ -50,6 +50,16 @@ pub fn class_for(len: usize) -> Option<u8> {
     Some(log2.max(MIN_BLOCK_LOG2))
 }
 
+/// Buffer ids of a link's pools start here (`crate::link::pool`); a
+/// channel's own pool counts up from 0 and never gets this far.
+pub const LINK_POOL_IDS: u32 = 1 << 31;
+
+/// Does buffer id `id` name a block of a link's pool?
+#[inline]
+pub const fn in_link_pool(id: u32) -> bool {
+    id >= LINK_POOL_IDS
+}
+
 /// The largest message a pool block holds.
 pub const MAX_POOLED: usize = 1 << MAX_BLOCK_LOG2;
 

@@ -47,6 +47,9 @@ pub struct PoolReader {
     /// The port moved to another process: blocks still shared here (see
     /// [`open_block`](Self::open_block)) are not given back from here.
     moved: bool,
+    /// The reader of a link's pool (`crate::link::pool`): buffer ids from
+    /// [`LINK_POOL_IDS`](super::LINK_POOL_IDS) up; a channel's: below.
+    link: bool,
 }
 
 impl PoolReader {
@@ -59,6 +62,15 @@ impl PoolReader {
             releaser: Releaser::new(release, barriers),
             backlog: VecDeque::new(),
             moved: false,
+            link: false,
+        }
+    }
+
+    /// The reader of one direction of a link's pool.
+    pub fn for_link(release: SegmentRelease, barriers: Barriers) -> PoolReader {
+        PoolReader {
+            link: true,
+            ..PoolReader::new(release, barriers)
         }
     }
 
@@ -69,7 +81,7 @@ impl PoolReader {
         let Some(size) = info.size() else {
             return bad("pool buffer announcement out of range");
         };
-        if info.blocks as usize > RELEASE_SLOTS {
+        if info.blocks as usize > RELEASE_SLOTS || super::in_link_pool(info.id) != self.link {
             return bad("pool buffer announcement out of range");
         }
         if self.buffers.iter().any(|b| b.info.id == info.id) {
@@ -133,6 +145,20 @@ impl PoolReader {
         }
         self.backlog.push_back(key);
         self.flush()
+    }
+
+    /// Is buffer `id` announced here?
+    pub fn knows(&self, id: u32) -> bool {
+        self.buffers.iter().any(|b| b.info.id == id)
+    }
+
+    /// Give back the block of a record never read (`crate::link::pool`),
+    /// if it is one of an announced buffer.
+    pub fn release_unread(&mut self, key: u64) -> Result<(), Corrupt> {
+        if self.block(key).is_none() {
+            return Err(Corrupt("an unread record names a block never announced"));
+        }
+        self.release(key).map(|_| ())
     }
 
     /// The buffer of `key` and the block's offset and size in it.

@@ -102,6 +102,15 @@ impl PoolWriter {
         }
     }
 
+    /// The pool of one direction of a link (`crate::link::pool`), shared by
+    /// its channels: buffer ids from [`LINK_POOL_IDS`](super::LINK_POOL_IDS)
+    /// up, so that a record says by its buffer id alone which pool it names.
+    pub fn for_link(release: SegmentRelease, barriers: Barriers) -> PoolWriter {
+        let mut w = PoolWriter::new(release, barriers);
+        w.base = super::LINK_POOL_IDS;
+        w
+    }
+
     /// Cap the bytes of all buffers (`None`: the default, the larger of
     /// 64 MiB and four blocks of the largest class in use).
     pub fn set_limit(&mut self, bytes: Option<usize>) {
@@ -156,24 +165,40 @@ impl PoolWriter {
             ..
         } = self;
         let reclaimer = reclaimer.as_mut().map_err(|c| *c)?;
-        reclaimer.drain(|k| {
-            let (id, block) = unkey(k);
-            if id < *base {
-                // A block of a pool left behind by an earlier owner.
-                return Ok(());
-            }
-            let b = buffers
-                .get_mut((id - *base) as usize)
-                .ok_or(Corrupt("a pool block given back that was never lent"))?;
-            if block >= b.info.blocks || !b.is_lent(block) {
-                return Err(Corrupt("a pool block given back that is not in flight"));
-            }
-            b.set_lent(block, false);
-            let c = class(b.info.log2);
-            lent[c] -= 1;
-            free[c].push(k);
-            Ok(())
+        reclaimer.drain(|k| back(*base, buffers, free, lent, k))
+    }
+
+    /// The first `len` bytes of block `key`, if it is lent (and `len` fits).
+    pub fn lent_bytes(&self, key: u64, len: u64) -> Option<&[u8]> {
+        let (id, block) = unkey(key);
+        let b = self.buffers.get(id.checked_sub(self.base)? as usize)?;
+        let room = 1usize << b.info.log2;
+        if block >= b.info.blocks || !b.is_lent(block) || len > room as u64 {
+            return None;
+        }
+        // SAFETY: `block < blocks` and `len <= room`: the bytes lie inside
+        // the mapping of `blocks << log2` bytes, which lives as long as
+        // `self`. The block is lent and its record unread: nobody writes it.
+        Some(unsafe {
+            core::slice::from_raw_parts(
+                b.map.ptr().add(block as usize * room).as_ptr(),
+                len as usize,
+            )
         })
+    }
+
+    /// A block named by a record its receiver never read, once the
+    /// channel has ended at both sides (`crate::link::pool`): free again,
+    /// as if given back. Checked as a release is.
+    pub fn reclaim(&mut self, key: u64) -> Result<(), Corrupt> {
+        let PoolWriter {
+            base,
+            buffers,
+            free,
+            lent,
+            ..
+        } = self;
+        back(*base, buffers, free, lent, key)
     }
 
     /// Lend a free block of class `log2`, after taking back what came back.
@@ -235,8 +260,13 @@ impl PoolWriter {
         let blocks = self.next_buffer_blocks(log2);
         // Ids are consecutive from `base`: buffer `id` is at `id - base`.
         // (The shared word is written for a later owner, never read back.)
+        // A channel's own pool stays below the link pools' ids.
+        let end = match super::in_link_pool(self.base) {
+            true => u32::MAX,
+            false => super::LINK_POOL_IDS,
+        };
         let id = match u32::try_from(self.buffers.len()) {
-            Ok(n) => self.base.checked_add(n).filter(|&id| id < u32::MAX),
+            Ok(n) => self.base.checked_add(n).filter(|&id| id < end),
             Err(_) => None,
         };
         let (Some(id), Ok(reclaimer)) = (id, self.reclaimer.as_ref()) else {
@@ -355,6 +385,33 @@ impl PoolWriter {
         // Ids of the cleared buffers are never handed out again.
         self.base = self.base.saturating_add(n);
     }
+}
+
+/// Block `k` came back: free it, if it is one this pool lent and has not
+/// had back since.
+fn back(
+    base: u32,
+    buffers: &mut [WriteBuffer],
+    free: &mut [Vec<u64>; CLASSES],
+    lent: &mut [usize; CLASSES],
+    k: u64,
+) -> Result<(), Corrupt> {
+    let (id, block) = unkey(k);
+    if id < base {
+        // A block of a pool left behind by an earlier owner.
+        return Ok(());
+    }
+    let b = buffers
+        .get_mut((id - base) as usize)
+        .ok_or(Corrupt("a pool block given back that was never lent"))?;
+    if block >= b.info.blocks || !b.is_lent(block) {
+        return Err(Corrupt("a pool block given back that is not in flight"));
+    }
+    b.set_lent(block, false);
+    let c = class(b.info.log2);
+    lent[c] -= 1;
+    free[c].push(k);
+    Ok(())
 }
 
 fn class(log2: u8) -> usize {

@@ -1,0 +1,231 @@
+//! Large messages on channels made per request (issue 16): they go into
+//! the link's pool of their sender's side, shared by every channel of the
+//! link, and the channel stays on its link. Across real processes: the
+//! bytes arrive whole, blocks come back (also those of messages nobody
+//! read), and a channel that leaves its link carries its large messages
+//! along.
+
+mod common;
+
+use std::time::Duration;
+
+use common::raw::serial;
+use common::{Victim, checksum, noise, peer, role};
+use shmport::{CloseReason, MessageChannel, MessagePort, RecvError};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Sizes of the replies, cycling: inside a default ring, and pooled.
+const SIZES: [usize; 4] = [100 << 10, 1 << 20, 3 << 20, 600 << 10];
+
+/// The entry point of every peer process.
+#[test]
+fn peer_entry() {
+    let Some(role) = role() else { return };
+    let port = MessagePort::from_parent().unwrap();
+    match role.as_str() {
+        // Each message holds a size and brings a port: post that many
+        // bytes of noise on it (seeded by the size), then drop it. At the
+        // end, report this process's link pool bytes.
+        "replier" => {
+            while let Ok(mut m) = port.recv() {
+                if m.bytes() == b"report" {
+                    drop(m);
+                    let bytes = shmport::testing::link_pool_bytes(&port) as u64;
+                    port.post(&bytes).unwrap();
+                    continue;
+                }
+                let n = m.get::<u64>().unwrap().to_native() as usize;
+                let reply = m.take_ports().unwrap().pop().unwrap();
+                drop(m);
+                reply.post_bytes(&noise(n, n as u64)).unwrap();
+                assert!(
+                    shmport::testing::on_link(&reply),
+                    "a large post moved the channel off its link"
+                );
+            }
+        }
+        // Each message brings a port: drop it without reading what comes
+        // on it. Answer "dropped" on the carrier.
+        "dropper" => {
+            while let Ok(mut m) = port.recv() {
+                let p = m.take_ports().unwrap().pop().unwrap();
+                drop(m);
+                drop(p);
+                port.post_bytes(b"dropped").unwrap();
+            }
+        }
+        // The first message brings a port to another process; each later
+        // one a port of a link channel: wait for "go", read nothing of it,
+        // and post it on (the channel leaves the link, its unread messages
+        // with it).
+        "forwarder" => {
+            let mut first = port.recv().unwrap();
+            let onward = first.take_ports().unwrap().pop().unwrap();
+            drop(first);
+            while let Ok(mut m) = port.recv() {
+                let ports = m.take_ports().unwrap();
+                drop(m);
+                assert_eq!(port.recv().unwrap().bytes(), b"go");
+                onward.post_bytes_with_ports(b"fwd", ports).unwrap();
+            }
+        }
+        // The first message brings the port ports to check come on. Check
+        // the messages on each (a size, then that many bytes of noise
+        // seeded by it) until its close, and answer how many came.
+        "checker" => {
+            let mut first = port.recv().unwrap();
+            let on = first.take_ports().unwrap().pop().unwrap();
+            drop(first);
+            while let Ok(mut m) = on.recv() {
+                let p = m.take_ports().unwrap().pop().unwrap();
+                drop(m);
+                let mut n = 0u32;
+                loop {
+                    let size = match p.recv() {
+                        Ok(m) => m.get::<u64>().unwrap().to_native() as usize,
+                        Err(RecvError::Closed(CloseReason::Closed)) => break,
+                        Err(e) => panic!("checker: {e:?}"),
+                    };
+                    let m = p.recv().unwrap();
+                    assert_eq!(m.bytes().len(), size);
+                    assert_eq!(checksum(m.bytes()), checksum(&noise(size, size as u64)));
+                    n += 1;
+                }
+                port.post(&n).unwrap();
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// A request channel: its far end goes over `x` (into their link) with
+/// the size of the reply asked for.
+fn request(x: &MessagePort, size: usize) -> MessagePort {
+    let (mine, theirs) = MessageChannel::new().unwrap().into_ports();
+    x.post_with_ports(&(size as u64), vec![theirs]).unwrap();
+    mine
+}
+
+#[test]
+fn large_replies_on_request_channels_come_whole_and_reuse_the_links_pool() {
+    let _serial = serial();
+    let (child, x) = shmport::spawn(peer("replier")).unwrap();
+    let child = Victim::new(child);
+    let mut asked = 0usize;
+    for round in 0..200 {
+        let size = SIZES[round % SIZES.len()];
+        let mine = request(&x, size);
+        let m = mine
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|e| panic!("request {round}: {e:?}"));
+        assert_eq!(m.bytes().len(), size, "request {round}");
+        assert_eq!(
+            checksum(m.bytes()),
+            checksum(&noise(size, size as u64)),
+            "request {round}"
+        );
+        assert!(shmport::testing::on_link(&mine), "request {round}");
+        drop(m);
+        assert!(matches!(
+            mine.recv_timeout(PATIENCE),
+            Err(RecvError::Closed(CloseReason::Closed))
+        ));
+        asked += size;
+    }
+    x.post_bytes(b"report").unwrap();
+    let bytes = x
+        .recv_timeout(PATIENCE)
+        .unwrap()
+        .get::<u64>()
+        .unwrap()
+        .to_native();
+    // One or two blocks of each class in use, not one per request.
+    assert!(bytes > 0, "the replies did not use the link's pool");
+    assert!(
+        bytes <= 16 << 20,
+        "the replier's pool grew to {bytes} bytes for {asked} bytes of replies"
+    );
+    drop(x);
+    child.wait_success();
+}
+
+/// The receiver of each request drops its port without reading the large
+/// message posted on it: the blocks come back all the same (the channel's
+/// maker gives them back once both ends are idle), so posts never wait
+/// for blocks that nobody will release, and the pool stays small.
+#[test]
+fn blocks_of_large_messages_nobody_read_come_back() {
+    let _serial = serial();
+    let (child, x) = shmport::spawn(peer("dropper")).unwrap();
+    let child = Victim::new(child);
+    let body = noise(1 << 20, 7);
+    for round in 0..300 {
+        let (mine, theirs) = MessageChannel::new().unwrap().into_ports();
+        x.post_bytes_with_ports(b"port", vec![theirs]).unwrap();
+        // On the link now: into its pool (the far end may be gone already).
+        let _ = mine.post_bytes(&body);
+        assert_eq!(
+            x.recv_timeout(PATIENCE)
+                .unwrap_or_else(|e| panic!("round {round}: {e:?}"))
+                .bytes(),
+            b"dropped"
+        );
+        // Posted after the far end went: it fails, or stays unread.
+        let _ = mine.post_bytes(&body);
+        drop(mine);
+    }
+    let bytes = shmport::testing::link_pool_bytes(&x);
+    assert!(bytes > 0, "the messages did not use the link's pool");
+    // Without the blocks coming back, the pool would have taken its cap
+    // (64 MiB) and then waited for ever.
+    assert!(bytes <= 8 << 20, "the pool grew to {bytes} bytes");
+    drop(x);
+    child.wait_success();
+}
+
+/// Large messages posted on a link channel and not read before its port
+/// goes on to a third process (the channel leaves the link inside that
+/// post) arrive there whole, in order, with what is posted after.
+#[test]
+fn unread_large_messages_go_along_when_the_channel_leaves_its_link() {
+    let _serial = serial();
+    let (fwd, to_fwd) = shmport::spawn(peer("forwarder")).unwrap();
+    let fwd = Victim::new(fwd);
+    let (chk, to_chk) = shmport::spawn(peer("checker")).unwrap();
+    let chk = Victim::new(chk);
+    let (onward, check_on) = MessageChannel::new().unwrap().into_ports();
+    to_chk.post_bytes_with_ports(b"on", vec![check_on]).unwrap();
+    to_fwd
+        .post_bytes_with_ports(b"onward", vec![onward])
+        .unwrap();
+    for round in 0..20u32 {
+        let (mine, theirs) = MessageChannel::new().unwrap().into_ports();
+        // The far end goes into the link with the forwarder first, then
+        // the messages are posted: they go into this side's link pool, and
+        // the forwarder reads none of them before it posts the port on.
+        to_fwd.post_bytes_with_ports(b"port", vec![theirs]).unwrap();
+        let mut sizes = vec![300 << 10, 2 << 20, 64, 5 << 20];
+        sizes.rotate_left(round as usize % 4);
+        let post = |size: usize| {
+            mine.post(&(size as u64)).unwrap();
+            mine.post_bytes(&noise(size, size as u64)).unwrap();
+        };
+        for &size in &sizes {
+            post(size);
+        }
+        to_fwd.post_bytes(b"go").unwrap();
+        // And after the move, wherever this end is by then.
+        post(1 << 20);
+        post(100);
+        drop(mine);
+        let n = to_chk
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        assert_eq!(*n.get::<u32>().unwrap(), 6, "round {round}");
+    }
+    drop(to_fwd);
+    fwd.wait_success();
+    drop(to_chk);
+    chk.wait_success();
+}
