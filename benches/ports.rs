@@ -32,6 +32,11 @@
 //!   off the link to a segment and socket of its own). Three processes on
 //!   two vCPUs: every side sleeps (spin 0), as three busy spinners would
 //!   share the vCPUs by the scheduler's time slices.
+//! - `large_reply/{channel_per_request,one_channel}`: a channel per
+//!   request whose reply is 1 MiB (into the pool of the link's direction:
+//!   a block reused from request to request), and the same request and
+//!   reply over one long-lived channel (its own pool), in the same run.
+//!   Both sides busy-spin.
 //! - `transferred_rtt/{original,transferred}`: 64-byte round trip, busy
 //!   spin, on the port `spawn` made, and on a port that travelled to the
 //!   child inside a message.
@@ -78,6 +83,7 @@ fn main() {
     socketpair_and_close(&mut c);
     channel_per_request_floor(&mut c);
     parked(&mut c);
+    large_reply(&mut c);
     transferred_rtt(&mut c);
     worker_4_clients(&mut c);
     c.final_summary();
@@ -129,6 +135,23 @@ fn run_role(role: &str) {
             echo(&p)
         }
         "worker" => worker(port),
+        "large-acceptor" => {
+            port.set_spin(BUSY);
+            let reply = vec![7u8; LARGE_REPLY];
+            while let Ok(mut m) = port.recv() {
+                for p in m.take_ports().expect("ports") {
+                    p.set_spin(BUSY);
+                    p.post_bytes(&reply).expect("reply");
+                }
+            }
+        }
+        "large-replier" => {
+            port.set_spin(BUSY);
+            let reply = vec![7u8; LARGE_REPLY];
+            while port.recv().is_ok() {
+                port.post_bytes(&reply).expect("reply");
+            }
+        }
         "forwarder" => {
             // The first message brings the port to forward on.
             let mut m = port.recv().expect("the onward port");
@@ -308,6 +331,43 @@ fn parked(c: &mut Criterion) {
     group.bench_function("rtt_64B", |b| b.iter_custom(|n| rtt(&port, n)));
     finish(child, port);
     third_party_hop(&mut group);
+    group.finish();
+}
+
+/// The reply of `large_reply`.
+const LARGE_REPLY: usize = 1 << 20;
+
+fn large_reply(c: &mut Criterion) {
+    let mut group = c.benchmark_group("large_reply");
+    group.throughput(Throughput::Bytes(LARGE_REPLY as u64));
+    let (child, port) = shmport::spawn(peer("large-acceptor")).expect("spawn");
+    port.set_spin(BUSY);
+    group.bench_function("channel_per_request", |b| {
+        b.iter(|| {
+            let (mine, theirs) = MessageChannel::builder()
+                .spin(BUSY)
+                .build()
+                .expect("channel")
+                .into_ports();
+            port.post_with_ports(&(), vec![theirs])
+                .expect("send a port");
+            let m = mine.recv().expect("reply");
+            assert_eq!(black_box(m.bytes()).len(), LARGE_REPLY);
+            drop(m);
+            assert!(matches!(mine.recv(), Err(RecvError::Closed(_))));
+        })
+    });
+    finish(child, port);
+    let (child, port) = shmport::spawn(peer("large-replier")).expect("spawn");
+    port.set_spin(BUSY);
+    group.bench_function("one_channel", |b| {
+        b.iter(|| {
+            port.post(&()).expect("request");
+            let m = port.recv().expect("reply");
+            assert_eq!(black_box(m.bytes()).len(), LARGE_REPLY);
+        })
+    });
+    finish(child, port);
     group.finish();
 }
 

@@ -229,3 +229,25 @@ fn unread_large_messages_go_along_when_the_channel_leaves_its_link() {
     drop(to_chk);
     chk.wait_success();
 }
+
+/// A reservation larger than a link channel's ring takes a block of the
+/// link's pool, and the message arrives (in one process: the carrier's
+/// two ends are both here).
+#[test]
+fn a_reservation_larger_than_the_ring_of_a_link_channel() {
+    let _serial = serial();
+    let (x1, x2) = MessageChannel::new().unwrap().into_ports();
+    let (mine, theirs) = MessageChannel::new().unwrap().into_ports();
+    x1.post_bytes_with_ports(b"port", vec![theirs]).unwrap();
+    let far = x2.recv().unwrap().take_ports().unwrap().pop().unwrap();
+    for round in 0..3u64 {
+        let body = noise(1 << 20, round);
+        let mut r = mine.reserve_bytes(body.len()).unwrap();
+        r.bytes_mut().copy_from_slice(&body);
+        r.commit().unwrap();
+        let m = far.recv_timeout(PATIENCE).unwrap();
+        assert_eq!(checksum(m.bytes()), checksum(&body), "round {round}");
+    }
+    assert!(shmport::testing::on_link(&mine) && shmport::testing::on_link(&far));
+    assert!(shmport::testing::link_pool_bytes(&x1) + shmport::testing::link_pool_bytes(&x2) > 0);
+}

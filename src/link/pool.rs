@@ -34,12 +34,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::control::Control;
 use super::{ArenaKit, ArenaLink, State};
-use crate::port::parts::process_barriers;
 use crate::shm::kit::KitWords;
 use crate::shm::layout::{MIN_CAPACITY, POOL_REF, PoolRef};
 use crate::shm::pool::reader::{AddError, PoolReader};
 use crate::shm::pool::writer::PoolWriter;
 use crate::shm::pool::{BufferInfo, in_link_pool, key};
+use crate::shm::ring::process_barriers;
 use crate::shm::ring::{Consumer, Corrupt};
 use crate::shm::segment::{Segment, SegmentRelease, SegmentRing};
 

@@ -104,9 +104,9 @@ fn a_kit_in_an_arena_never_announced_is_refused() {
 
 mod pools {
     use super::*;
-    use crate::port::parts::process_barriers;
     use crate::shm::layout::{POOL_REF, PoolRef};
     use crate::shm::pool::{BufferInfo, unkey};
+    use crate::shm::ring::process_barriers;
     use crate::shm::ring::{Kind, Producer, RecordMeta};
     use crate::shm::segment::SegmentRing;
 

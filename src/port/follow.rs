@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::parts::{process_barriers, rewind_min};
+use super::parts::rewind_min;
 use super::promote::LOOK_FOR_MOVE;
 use super::{PortReceiver, PortSender};
 use crate::error::CloseReason;
@@ -17,6 +17,7 @@ use crate::shm::layout::CLOSED_MOVED;
 use crate::shm::layout::{POOL_REF, PoolRef};
 use crate::shm::pool::reader::PoolReader;
 use crate::shm::pool::writer::PoolWriter;
+use crate::shm::ring::process_barriers;
 use crate::shm::ring::{Consumer, Corrupt, Producer, Record, RecordMeta};
 use crate::shm::segment::{Segment, SegmentRelease, SegmentRing};
 use crate::sys;

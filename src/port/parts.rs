@@ -21,35 +21,12 @@ use crate::link::{ArenaKit, ArenaLink};
 use crate::shm::pool::BufferInfo;
 use crate::shm::pool::reader::{AddError, PoolReader};
 use crate::shm::pool::writer::PoolWriter;
-use crate::shm::ring::{Barriers, Consumer, Corrupt, Producer, REWIND_MIN, RingMemory};
+use crate::shm::ring::process_barriers;
+use crate::shm::ring::{Consumer, Corrupt, Producer, REWIND_MIN, RingMemory};
 use crate::shm::segment::OpenError;
 use crate::shm::segment::{Segment, SegmentRelease, SegmentRing, Side};
 use crate::sys::{self};
 use crate::wire::attachment::{Attachment, KitParts, Partial, PortParts, SegmentRef};
-
-/// The barriers this process uses. As a sleeper: the heavy barrier
-/// whenever the kernel lets this process issue it, registered or not. As a
-/// publisher: only a compiler fence when this process is registered (so
-/// the sleeper's heavy barrier reaches it) and the sleeper advertises the
-/// heavy barrier.
-///
-/// Sleeping with the heavy barrier even when unregistered closes the
-/// window of a port move: a publisher may read the advertised barrier
-/// kind just before the port's new holder writes its own, so the kind it
-/// acts on can be the old holder's. Since every sleeper that can issue the
-/// heavy barrier does, a stale "heavy" is still true (ARCHITECTURE.md,
-/// failure model, "Barrier kinds across a move").
-pub(crate) fn process_barriers() -> Barriers {
-    let registered = sys::membarrier::registered();
-    Barriers {
-        registered,
-        heavy: if registered || sys::membarrier::available() {
-            Some(sys::membarrier::heavy)
-        } else {
-            None
-        },
-    }
-}
 
 /// Where a port being built lives: its own socket, or a link.
 pub(crate) enum Home {

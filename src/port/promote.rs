@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::parts::{process_barriers, rewind_min};
+use super::parts::rewind_min;
 use super::{MessagePort, PortReceiver, PortSender};
 use crate::error::CloseReason;
 use crate::link::ArenaLink;
@@ -39,6 +39,7 @@ use crate::shm::layout::{
 };
 use crate::shm::pool::reader::PoolReader;
 use crate::shm::pool::writer::PoolWriter;
+use crate::shm::ring::process_barriers;
 use crate::shm::ring::{Barriers, Consumer, Corrupt, Kind, Producer, Record};
 use crate::shm::segment::{Segment, SegmentRelease, SegmentRing, Side};
 use crate::sys;

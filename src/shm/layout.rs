@@ -107,7 +107,7 @@ use crate::shm::sync::{AtomicU32 as RingU32, AtomicU64 as RingU64};
 /// First word of every segment: `"SHMPORT\x01"` little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
 /// Version of this layout. A segment with another version is refused.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Bytes before the first ring's data area.
 pub const HEADER_AREA: usize = 20480;
 /// Records start on this boundary: a cache line, so that consecutive

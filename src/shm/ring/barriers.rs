@@ -4,6 +4,7 @@
 
 use crate::shm::layout::{BARRIER_FENCE, BARRIER_MEMBARRIER};
 use crate::shm::sync::{Ordering, compiler_fence, fence};
+use crate::sys;
 
 /// How this process takes part in the sleep/wake handshake.
 #[derive(Debug, Clone, Copy)]
@@ -51,5 +52,29 @@ impl Barriers {
         } else {
             fence(Ordering::SeqCst);
         }
+    }
+}
+
+/// The barriers this process uses. As a sleeper: the heavy barrier
+/// whenever the kernel lets this process issue it, registered or not. As a
+/// publisher: only a compiler fence when this process is registered (so
+/// the sleeper's heavy barrier reaches it) and the sleeper advertises the
+/// heavy barrier.
+///
+/// Sleeping with the heavy barrier even when unregistered closes the
+/// window of a port move: a publisher may read the advertised barrier
+/// kind just before the port's new holder writes its own, so the kind it
+/// acts on can be the old holder's. Since every sleeper that can issue the
+/// heavy barrier does, a stale "heavy" is still true (ARCHITECTURE.md,
+/// failure model, "Barrier kinds across a move").
+pub(crate) fn process_barriers() -> Barriers {
+    let registered = sys::membarrier::registered();
+    Barriers {
+        registered,
+        heavy: if registered || sys::membarrier::available() {
+            Some(sys::membarrier::heavy)
+        } else {
+            None
+        },
     }
 }

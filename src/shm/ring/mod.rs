@@ -35,6 +35,7 @@ mod move_model;
 mod producer;
 
 pub use barriers::Barriers;
+pub(crate) use barriers::process_barriers;
 pub use consumer::Consumer;
 pub use producer::Producer;
 
