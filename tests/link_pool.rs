@@ -95,6 +95,44 @@ fn peer_entry() {
                 port.post(&n).unwrap();
             }
         }
+        // Each message brings a port: a thread checks the messages on it
+        // (as "checker" does) until its close; the counts come back on
+        // the carrier, one per port, in the order they finish.
+        "sink" => {
+            let (done, counts) = std::sync::mpsc::channel::<u32>();
+            let mut threads = Vec::new();
+            let mut ports = 0;
+            while let Ok(mut m) = port.recv() {
+                if m.bytes() == b"end" {
+                    break;
+                }
+                let p = m.take_ports().unwrap().pop().unwrap();
+                drop(m);
+                ports += 1;
+                let done = done.clone();
+                threads.push(std::thread::spawn(move || {
+                    let mut n = 0u32;
+                    loop {
+                        let size = match p.recv() {
+                            Ok(m) => m.get::<u64>().unwrap().to_native() as usize,
+                            Err(RecvError::Closed(CloseReason::Closed)) => break,
+                            Err(e) => panic!("sink: {e:?}"),
+                        };
+                        let m = p.recv().unwrap();
+                        assert_eq!(m.bytes().len(), size);
+                        assert_eq!(checksum(m.bytes()), checksum(&noise(size, size as u64)));
+                        n += 1;
+                    }
+                    done.send(n).unwrap();
+                }));
+            }
+            for _ in 0..ports {
+                port.post(&counts.recv().unwrap()).unwrap();
+            }
+            for t in threads {
+                t.join().unwrap();
+            }
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -250,4 +288,47 @@ fn a_reservation_larger_than_the_ring_of_a_link_channel() {
     }
     assert!(shmport::testing::on_link(&mine) && shmport::testing::on_link(&far));
     assert!(shmport::testing::link_pool_bytes(&x1) + shmport::testing::link_pool_bytes(&x2) > 0);
+}
+
+/// Threads of one process post large messages at once on channels of the
+/// same link (one pool for all of them): every message arrives whole, in
+/// its channel's order.
+#[test]
+fn threads_share_the_links_pool() {
+    let _serial = serial();
+    let (child, x) = shmport::spawn(peer("sink")).unwrap();
+    let child = Victim::new(child);
+    const THREADS: usize = 4;
+    const EACH: usize = 40;
+    let mine: Vec<MessagePort> = (0..THREADS)
+        .map(|_| {
+            let (mine, theirs) = MessageChannel::new().unwrap().into_ports();
+            x.post_bytes_with_ports(b"port", vec![theirs]).unwrap();
+            mine
+        })
+        .collect();
+    let posters: Vec<_> = mine
+        .into_iter()
+        .enumerate()
+        .map(|(t, p)| {
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    let size = SIZES[(t + i) % SIZES.len()] + t * 4096 + i;
+                    p.post(&(size as u64)).unwrap();
+                    p.post_bytes(&noise(size, size as u64)).unwrap();
+                }
+                assert!(shmport::testing::on_link(&p));
+            })
+        })
+        .collect();
+    for t in posters {
+        t.join().unwrap();
+    }
+    x.post_bytes(b"end").unwrap();
+    for _ in 0..THREADS {
+        let n = x.recv_timeout(PATIENCE).unwrap();
+        assert_eq!(n.get::<u32>().unwrap().to_native() as usize, EACH);
+    }
+    drop(x);
+    child.wait_success();
 }
