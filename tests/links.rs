@@ -129,6 +129,17 @@ fn peer_entry() {
                 }
             }
         }
+        // Each message brings a port: answer on it after 2 ms (its
+        // receiver is asleep on its doorbell by then), then drop it.
+        "late-answerer" => {
+            port.set_spin(Duration::ZERO);
+            while let Ok(mut m) = port.recv() {
+                let p = m.take_ports().unwrap().pop().unwrap();
+                drop(m);
+                std::thread::sleep(Duration::from_millis(2));
+                p.post(&1u32).unwrap();
+            }
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -368,4 +379,42 @@ fn the_middle_process_may_exit_once_it_posted_a_link_port_on() {
         drop((to_ans, to_mid));
         ans.wait_success();
     }
+}
+
+/// Threads that sleep on link channels and end, one after another and
+/// two at a time: each ending thread gives its doorbell's number back, the
+/// next takes it with a new doorbell, and the peer, whose table still
+/// names the old one, finds that one closed and takes the new one in. No
+/// wake-up is lost (a lost one would leave a receiver asleep past
+/// `PATIENCE`).
+#[test]
+fn doorbell_numbers_reused_by_new_threads_wake_them() {
+    let _serial = serial();
+    let (child, x) = shmport::spawn(peer("late-answerer")).unwrap();
+    let child = Victim::new(child);
+    let x = std::sync::Mutex::new(x);
+    for round in 0..60 {
+        std::thread::scope(|s| {
+            for t in 0..2 {
+                let x = &x;
+                s.spawn(move || {
+                    let (mine, theirs) = MessageChannel::builder()
+                        .spin(Duration::ZERO)
+                        .build()
+                        .unwrap()
+                        .into_ports();
+                    x.lock()
+                        .unwrap()
+                        .post_bytes_with_ports(b"port", vec![theirs])
+                        .unwrap();
+                    let m = mine
+                        .recv_timeout(PATIENCE)
+                        .unwrap_or_else(|e| panic!("round {round}, thread {t}: {e:?}"));
+                    assert_eq!(*m.get::<u32>().unwrap(), 1);
+                });
+            }
+        });
+    }
+    drop(x);
+    child.wait_success();
 }
