@@ -332,3 +332,50 @@ fn threads_share_the_links_pool() {
     drop(x);
     child.wait_success();
 }
+
+/// The other way round: this end's channel leaves the link (its port goes
+/// to a third process) while large messages it posted there are unread;
+/// the far end, which follows the move and carries them over, then posts
+/// its port on to a fourth process before reading them. They arrive there
+/// whole and in order (restated out of line as the port leaves: the fourth
+/// process has no view of the link's pool).
+#[test]
+fn carried_over_large_messages_go_along_to_a_fourth_process() {
+    let _serial = serial();
+    let (fwd, to_fwd) = shmport::spawn(peer("forwarder")).unwrap();
+    let fwd = Victim::new(fwd);
+    let (chk, to_chk) = shmport::spawn(peer("checker")).unwrap();
+    let chk = Victim::new(chk);
+    let (drp, to_drp) = shmport::spawn(peer("dropper")).unwrap();
+    let drp = Victim::new(drp);
+    let (onward, check_on) = MessageChannel::new().unwrap().into_ports();
+    to_chk.post_bytes_with_ports(b"on", vec![check_on]).unwrap();
+    to_fwd
+        .post_bytes_with_ports(b"onward", vec![onward])
+        .unwrap();
+    for round in 0..10u32 {
+        let (mine, theirs) = MessageChannel::new().unwrap().into_ports();
+        to_fwd.post_bytes_with_ports(b"port", vec![theirs]).unwrap();
+        let mut sizes = vec![300 << 10, 2 << 20, 64, 5 << 20];
+        sizes.rotate_left(round as usize % 4);
+        for &size in &sizes {
+            mine.post(&(size as u64)).unwrap();
+            mine.post_bytes(&noise(size, size as u64)).unwrap();
+        }
+        assert!(shmport::testing::on_link(&mine));
+        // This end goes elsewhere (the channel leaves the link here), and
+        // is dropped there: the checker sees the close after the messages.
+        to_drp.post_bytes_with_ports(b"port", vec![mine]).unwrap();
+        assert_eq!(to_drp.recv_timeout(PATIENCE).unwrap().bytes(), b"dropped");
+        to_fwd.post_bytes(b"go").unwrap();
+        let n = to_chk
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        assert_eq!(*n.get::<u32>().unwrap(), 4, "round {round}");
+    }
+    drop((to_fwd, to_drp));
+    fwd.wait_success();
+    drp.wait_success();
+    drop(to_chk);
+    chk.wait_success();
+}

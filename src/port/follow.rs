@@ -5,6 +5,7 @@
 //! move if the mover did not take it, the receiving half once it read the
 //! old ring to its end, carrying over what it had not read.
 
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -14,13 +15,15 @@ use super::promote::LOOK_FOR_MOVE;
 use super::{PortReceiver, PortSender};
 use crate::error::CloseReason;
 use crate::shm::layout::CLOSED_MOVED;
-use crate::shm::layout::{POOL_REF, PoolRef};
+use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor, POOL_REF, PoolRef};
 use crate::shm::pool::reader::PoolReader;
 use crate::shm::pool::writer::PoolWriter;
 use crate::shm::ring::process_barriers;
 use crate::shm::ring::{Consumer, Corrupt, Producer, Record, RecordMeta};
 use crate::shm::segment::{Segment, SegmentRelease, SegmentRing};
 use crate::sys;
+use crate::wire::attachment::Attachment;
+use crate::wire::writer::RecordWriter;
 
 /// How long a closing half waits for the announcement of a move its peer
 /// marked (an honest mover sends it within its own call): a peer that
@@ -253,6 +256,91 @@ impl PortSender {
 }
 
 impl PortReceiver {
+    /// Before the port travels: the records its ring still holds that name
+    /// blocks of the link's pool the channel moved off (carried over when
+    /// this half followed the move) are restated as out of line: their
+    /// bytes copied into sealed memfds, whose attachments go first in the
+    /// inbox (no record still queued has one: a link carries none), and
+    /// their blocks given back. The next holder has no view of that pool.
+    pub(super) fn restate_link_records(&self) -> io::Result<()> {
+        let Some(on) = self.shared.on_link.as_ref() else {
+            return Ok(());
+        };
+        let (mem, head) = {
+            let c = self.rx.borrow();
+            (c.memory().clone(), c.head())
+        };
+        let mut reader = Consumer::reading_between(mem, head, u64::MAX, process_barriers());
+        let mut restated = Vec::new();
+        let done = self.restate_each(on, &mut reader, &mut restated);
+        // Those restated go in whatever stopped the rest (a record still
+        // naming the link's pool fails only where it is read).
+        let mut inbox = self.shared.inbox();
+        for att in restated.into_iter().rev() {
+            inbox.push_front(att);
+        }
+        done
+    }
+
+    fn restate_each(
+        &self,
+        on: &super::shared::OnLink,
+        reader: &mut Consumer<SegmentRing>,
+        restated: &mut Vec<Attachment>,
+    ) -> io::Result<()> {
+        while let Ok(Some(rec)) = reader.take() {
+            if !rec.meta.pool || rec.len != POOL_REF {
+                continue;
+            }
+            // SAFETY: the payload holds POOL_REF bytes inside the ring,
+            // 32-byte aligned; the reference is only atomics.
+            let r = unsafe { rec.payload.cast::<PoolRef>().as_ref() };
+            // Relaxed: ordered after the Acquire load of the commit word;
+            // each read once, the copies checked by `resolve`.
+            let (buffer, block, len) = (
+                r.buffer.load(Ordering::Relaxed),
+                r.block.load(Ordering::Relaxed),
+                r.len.load(Ordering::Relaxed),
+            );
+            if !crate::shm::pool::in_link_pool(buffer) {
+                continue;
+            }
+            let bad = || io::Error::new(io::ErrorKind::InvalidData, "a record of a link's pool");
+            let pool = on.link.pool_in_with(buffer).ok_or_else(bad)?;
+            let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+            let (ptr, len, key) = pool.resolve(buffer, block, len).map_err(|_| bad())?;
+            // SAFETY: `resolve` checked that `len` bytes at `ptr` lie in the
+            // buffer's mapping, which the reader (locked) keeps.
+            let bytes = unsafe { core::slice::from_raw_parts(ptr.as_ptr(), len) };
+            let mut w = RecordWriter::memfd(len)?;
+            w.put(bytes).map_err(io::Error::other)?;
+            let fd = w.finish_memfd()?;
+            let meta = RecordMeta {
+                pool: false,
+                announce: false,
+                out_of_line: true,
+                ..rec.meta
+            };
+            let c = self.rx.borrow();
+            if !c.restate(rec.pos, rec.end, OOL_DESCRIPTOR, meta) {
+                return Err(bad());
+            }
+            // SAFETY: the payload holds POOL_REF >= OOL_DESCRIPTOR bytes,
+            // 32-byte aligned; the descriptor is only atomics.
+            let d = unsafe { rec.payload.cast::<OolDescriptor>().as_ref() };
+            // Relaxed: the next holder reads it after the port's transfer.
+            d.len.store(len as u64, Ordering::Relaxed);
+            let _ = pool.release(key);
+            restated.push(Attachment {
+                ool: Some(fd),
+                pool: None,
+                ports: Vec::new(),
+                lost: false,
+            });
+        }
+        Ok(())
+    }
+
     /// Go on reading in the moved channel's segment: the records not taken
     /// yet are carried over to the same places there (the mover closed the
     /// old ring with [`CLOSED_MOVED`] and writes on after them).

@@ -159,6 +159,7 @@ impl MessagePort {
     /// `Err` only for want of descriptors: the port is unchanged.
     pub(crate) fn ready_to_travel(&self) -> io::Result<()> {
         self.leave_link_or_gone()?;
+        self.rx().restate_link_records()?;
         if self.tx().shared.links().is_empty() {
             return Ok(());
         }

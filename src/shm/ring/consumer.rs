@@ -376,6 +376,23 @@ impl<M: RingMemory> Consumer<M> {
         self.switch_memory(mem)
     }
 
+    /// Restate the record at `pos` (committed, not taken yet) as `meta`
+    /// with a payload of `len` bytes, which its owner rewrote in place
+    /// (a record of a pool the next holder cannot read, sent on out of
+    /// line: `crate::port`). `false`, with nothing changed, if the record
+    /// would end elsewhere than it does.
+    pub fn restate(&self, pos: u64, end: u64, len: usize, meta: RecordMeta) -> bool {
+        if pos.checked_add(align_record(RECORD_HEADER + len) as u64) != Some(end) {
+            return false;
+        }
+        // Relaxed: the record's next reader gets the ring with the port,
+        // after a system call (the port's transfer) that orders this store.
+        header_at(&self.mem, pos)
+            .info
+            .store(super::producer::info_word(&meta, len), Ordering::Relaxed);
+        true
+    }
+
     /// Where the next record is taken.
     pub fn head(&self) -> u64 {
         self.head

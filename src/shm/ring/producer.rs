@@ -229,21 +229,7 @@ impl<M: RingMemory> Producer<M> {
             align_record(RECORD_HEADER + len),
         );
         let h = header_at(&self.mem, slot.pos);
-        h.info.store(
-            pack_info(RecordInfo {
-                len: len as u32,
-                kind: match meta.kind {
-                    Kind::Typed => KIND_TYPED,
-                    Kind::Raw => KIND_RAW,
-                },
-                flags: flag(meta.out_of_line, FLAG_OUT_OF_LINE)
-                    | flag(meta.pool, FLAG_POOL)
-                    | flag(meta.announce, FLAG_ANNOUNCE)
-                    | flag(meta.kits, FLAG_KITS),
-                nports: meta.nports,
-            }),
-            Ordering::Relaxed,
-        );
+        h.info.store(info_word(&meta, len), Ordering::Relaxed);
         h.fingerprint.store(meta.fingerprint, Ordering::Relaxed);
         let next = slot.pos + align_record(RECORD_HEADER + len) as u64;
         // The next header's commit word may hold stale payload bytes of the
@@ -468,6 +454,20 @@ impl<M: RingMemory> Producer<M> {
 }
 
 #[inline(always)]
-fn flag(set: bool, bit: u8) -> u8 {
-    if set { bit } else { 0 }
+/// The header's `info` word of a record of `len` payload bytes stated by
+/// `meta`.
+pub(super) fn info_word(meta: &RecordMeta, len: usize) -> u64 {
+    let flag = |set: bool, bit: u8| if set { bit } else { 0 };
+    pack_info(RecordInfo {
+        len: len as u32,
+        kind: match meta.kind {
+            Kind::Typed => KIND_TYPED,
+            Kind::Raw => KIND_RAW,
+        },
+        flags: flag(meta.out_of_line, FLAG_OUT_OF_LINE)
+            | flag(meta.pool, FLAG_POOL)
+            | flag(meta.announce, FLAG_ANNOUNCE)
+            | flag(meta.kits, FLAG_KITS),
+        nports: meta.nports,
+    })
 }
