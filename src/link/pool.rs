@@ -29,16 +29,15 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::control::Control;
 use super::{ArenaKit, ArenaLink, State};
 use crate::shm::kit::KitWords;
-use crate::shm::layout::{MIN_CAPACITY, POOL_REF, PoolRef};
+use crate::shm::layout::MIN_CAPACITY;
 use crate::shm::pool::reader::{AddError, PoolReader};
 use crate::shm::pool::writer::PoolWriter;
-use crate::shm::pool::{BufferInfo, in_link_pool, key};
+use crate::shm::pool::{BufferInfo, in_link_pool, key, reference};
 use crate::shm::ring::process_barriers;
 use crate::shm::ring::{Consumer, Corrupt};
 use crate::shm::segment::{Segment, SegmentRelease, SegmentRing};
@@ -168,6 +167,27 @@ impl ArenaLink {
         Some(r)
     }
 
+    /// The bytes a record of a channel that was on this link names in the
+    /// peer's pool (`buffer`, `block`, `len` as the record says), copied,
+    /// and the block given back: for a record that goes on elsewhere.
+    pub(crate) fn copy_out_block(
+        &self,
+        buffer: u32,
+        block: u32,
+        len: u64,
+    ) -> Result<Vec<u8>, Corrupt> {
+        let pool = self
+            .pool_in_with(buffer)
+            .ok_or(Corrupt("a record names a block of a pool never announced"))?;
+        let mut pool = lock(&pool);
+        let (ptr, len, key) = pool.resolve(buffer, block, len)?;
+        // SAFETY: `resolve` checked that `len` bytes at `ptr` lie inside
+        // the buffer's mapping, which the reader (locked) keeps.
+        let bytes = unsafe { core::slice::from_raw_parts(ptr.as_ptr(), len) }.to_vec();
+        pool.release(key)?;
+        Ok(bytes)
+    }
+
     /// Kit `kit`, made here, is idle at both ends with records unread:
     /// give the blocks those records name back to their pools (this side's
     /// reclaimed, the peer's released as a read would), then mark both
@@ -184,19 +204,9 @@ impl ArenaLink {
             let mem = SegmentRing::new(kit.seg.clone(), ring);
             let mut reader = Consumer::reading_between(mem, head, tail, barriers);
             while let Some(rec) = reader.take()? {
-                if !rec.meta.pool || rec.len != POOL_REF {
+                let Some((buffer, block, _)) = reference(&rec).filter(|_| rec.meta.pool) else {
                     continue;
-                }
-                // SAFETY: the payload holds POOL_REF bytes inside the ring,
-                // 32-byte aligned; the reference is only atomics, so a
-                // peer writing it races with atomics only.
-                let r = unsafe { rec.payload.cast::<PoolRef>().as_ref() };
-                // Relaxed: ordered after the Acquire load of the commit
-                // word; each read once, the copies checked where used.
-                let (buffer, block) = (
-                    r.buffer.load(Ordering::Relaxed),
-                    r.block.load(Ordering::Relaxed),
-                );
+                };
                 if !in_link_pool(buffer) {
                     continue;
                 }

@@ -15,7 +15,7 @@ use super::promote::LOOK_FOR_MOVE;
 use super::{PortReceiver, PortSender};
 use crate::error::CloseReason;
 use crate::shm::layout::CLOSED_MOVED;
-use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor, POOL_REF, PoolRef};
+use crate::shm::layout::{OOL_DESCRIPTOR, OolDescriptor};
 use crate::shm::pool::reader::PoolReader;
 use crate::shm::pool::writer::PoolWriter;
 use crate::shm::ring::process_barriers;
@@ -233,18 +233,11 @@ impl PortSender {
     fn take_back_late_block(&self, rec: &Record) -> Result<Vec<u8>, Corrupt> {
         let on = self.shared.on_link.as_ref();
         let pool = on.and_then(|on| on.link.pool_out().ok());
-        let (Some((_, pool)), true) = (pool, rec.len == POOL_REF) else {
+        let (Some((_, pool)), Some((buffer, block, len))) =
+            (pool, crate::shm::pool::reference(rec))
+        else {
             return Err(Corrupt("a late pooled record off a link"));
         };
-        // SAFETY: the payload holds POOL_REF bytes inside the old ring,
-        // 32-byte aligned; the reference is only atomics.
-        let r = unsafe { rec.payload.cast::<PoolRef>().as_ref() };
-        // Relaxed: ordered after the Acquire load of the commit word.
-        let (buffer, block, len) = (
-            r.buffer.load(Ordering::Relaxed),
-            r.block.load(Ordering::Relaxed),
-            r.len.load(Ordering::Relaxed),
-        );
         let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
         let bytes = pool
             .lent_bytes(crate::shm::pool::key(buffer, block), len)
@@ -289,31 +282,21 @@ impl PortReceiver {
         restated: &mut Vec<Attachment>,
     ) -> io::Result<()> {
         while let Ok(Some(rec)) = reader.take() {
-            if !rec.meta.pool || rec.len != POOL_REF {
+            let Some((buffer, block, len)) =
+                crate::shm::pool::reference(&rec).filter(|_| rec.meta.pool)
+            else {
                 continue;
-            }
-            // SAFETY: the payload holds POOL_REF bytes inside the ring,
-            // 32-byte aligned; the reference is only atomics.
-            let r = unsafe { rec.payload.cast::<PoolRef>().as_ref() };
-            // Relaxed: ordered after the Acquire load of the commit word;
-            // each read once, the copies checked by `resolve`.
-            let (buffer, block, len) = (
-                r.buffer.load(Ordering::Relaxed),
-                r.block.load(Ordering::Relaxed),
-                r.len.load(Ordering::Relaxed),
-            );
+            };
             if !crate::shm::pool::in_link_pool(buffer) {
                 continue;
             }
-            let bad = || io::Error::new(io::ErrorKind::InvalidData, "a record of a link's pool");
-            let pool = on.link.pool_in_with(buffer).ok_or_else(bad)?;
-            let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-            let (ptr, len, key) = pool.resolve(buffer, block, len).map_err(|_| bad())?;
-            // SAFETY: `resolve` checked that `len` bytes at `ptr` lie in the
-            // buffer's mapping, which the reader (locked) keeps.
-            let bytes = unsafe { core::slice::from_raw_parts(ptr.as_ptr(), len) };
+            let bytes = on
+                .link
+                .copy_out_block(buffer, block, len)
+                .map_err(|c| io::Error::new(io::ErrorKind::InvalidData, c.0))?;
+            let len = bytes.len();
             let mut w = RecordWriter::memfd(len)?;
-            w.put(bytes).map_err(io::Error::other)?;
+            w.put(&bytes).map_err(io::Error::other)?;
             let fd = w.finish_memfd()?;
             let meta = RecordMeta {
                 pool: false,
@@ -323,14 +306,16 @@ impl PortReceiver {
             };
             let c = self.rx.borrow();
             if !c.restate(rec.pos, rec.end, OOL_DESCRIPTOR, meta) {
-                return Err(bad());
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a record of a link's pool",
+                ));
             }
             // SAFETY: the payload holds POOL_REF >= OOL_DESCRIPTOR bytes,
             // 32-byte aligned; the descriptor is only atomics.
             let d = unsafe { rec.payload.cast::<OolDescriptor>().as_ref() };
             // Relaxed: the next holder reads it after the port's transfer.
             d.len.store(len as u64, Ordering::Relaxed);
-            let _ = pool.release(key);
             restated.push(Attachment {
                 ool: Some(fd),
                 pool: None,

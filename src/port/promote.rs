@@ -34,9 +34,7 @@ use super::{MessagePort, PortReceiver, PortSender};
 use crate::error::CloseReason;
 use crate::link::ArenaLink;
 use crate::shm::kit::{Claim, KitWords};
-use crate::shm::layout::{
-    CLOSED_MOVED, KIT_NEW, KITS_IN_ARENAS, KitRef, KitRefs, POOL_REF, PoolRef, kit_refs_size,
-};
+use crate::shm::layout::{CLOSED_MOVED, KIT_NEW, KITS_IN_ARENAS, KitRef, KitRefs, kit_refs_size};
 use crate::shm::pool::reader::PoolReader;
 use crate::shm::pool::writer::PoolWriter;
 use crate::shm::ring::process_barriers;
@@ -515,29 +513,13 @@ fn read_pooled_residue(
             "a pooled record on a link's channel names no block",
         ))
     };
-    if rec.len != POOL_REF || rec.meta.nports != 0 || rec.meta.announce {
+    let Some((buffer, block, len)) = crate::shm::pool::reference(rec)
+        .filter(|&(buffer, _, _)| crate::shm::pool::in_link_pool(buffer))
+        .filter(|_| rec.meta.nports == 0 && !rec.meta.announce)
+    else {
         return Err(bad());
-    }
-    // SAFETY: the payload holds POOL_REF bytes inside the ring, 32-byte
-    // aligned; the reference is only atomics.
-    let r = unsafe { rec.payload.cast::<PoolRef>().as_ref() };
-    // Relaxed: ordered after the Acquire load of the commit word; each
-    // read once, the copies checked by `resolve`.
-    let (buffer, block, len) = (
-        r.buffer.load(Ordering::Relaxed),
-        r.block.load(Ordering::Relaxed),
-        r.len.load(Ordering::Relaxed),
-    );
-    if !crate::shm::pool::in_link_pool(buffer) {
-        return Err(bad());
-    }
-    let pool = link.pool_in_with(buffer).ok_or_else(bad)?;
-    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-    let (ptr, len, key) = pool.resolve(buffer, block, len)?;
-    // SAFETY: `resolve` checked that `len` bytes at `ptr` lie inside the
-    // buffer's mapping, which the reader (locked) keeps.
-    let bytes = unsafe { core::slice::from_raw_parts(ptr.as_ptr(), len) }.to_vec();
-    pool.release(key)?;
+    };
+    let bytes = link.copy_out_block(buffer, block, len)?;
     let fingerprint = match rec.meta.kind {
         Kind::Typed => rec.meta.fingerprint,
         Kind::Raw => 0,

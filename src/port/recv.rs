@@ -8,8 +8,7 @@ use crate::error::{CloseReason, RecvError};
 use crate::port::message::{Arrived, Body, Holder, Message};
 use crate::shm::kit::KitWords;
 use crate::shm::layout::{
-    CLOSED_MOVED, KITS_IN_ARENAS, KitRef, KitRefs, OOL_DESCRIPTOR, OolDescriptor, POOL_REF,
-    PoolRef, kit_refs_size,
+    CLOSED_MOVED, KITS_IN_ARENAS, KitRef, KitRefs, OOL_DESCRIPTOR, OolDescriptor, kit_refs_size,
 };
 use crate::shm::pool::reader::{AddError, PoolReader};
 use crate::shm::ring::{Corrupt, Record};
@@ -522,23 +521,11 @@ impl PortReceiver {
     /// The body of a pooled record: the block its reference names, in the
     /// peer's pool buffer mapped here.
     fn pooled(&self, rec: &Record) -> Result<Body, RecvError> {
-        if rec.len != POOL_REF {
+        let Some((buffer, block, len)) = crate::shm::pool::reference(rec) else {
             return Err(RecvError::Closed(
                 self.corrupt(Corrupt("pool reference has the wrong size")),
             ));
-        }
-        // SAFETY: the record's payload holds POOL_REF bytes inside the ring,
-        // 32-byte aligned (more than a PoolRef needs); the reference is only
-        // atomics, so a peer writing it races with atomics only.
-        let r = unsafe { rec.payload.cast::<PoolRef>().as_ref() };
-        // Relaxed: ordered after the Acquire load of the commit word that
-        // handed us the record. Each field is read once; only the copies
-        // are checked and used.
-        let (buffer, block, len) = (
-            r.buffer.load(Ordering::Relaxed),
-            r.block.load(Ordering::Relaxed),
-            r.len.load(Ordering::Relaxed),
-        );
+        };
         let pool = match crate::shm::pool::in_link_pool(buffer) {
             false => self.pool.clone(),
             true => self

@@ -26,7 +26,10 @@
 pub mod reader;
 pub mod writer;
 
-use crate::shm::layout::{MAX_BLOCK_LOG2, MIN_BLOCK_LOG2};
+use core::sync::atomic::Ordering;
+
+use crate::shm::layout::{MAX_BLOCK_LOG2, MIN_BLOCK_LOG2, POOL_REF, PoolRef};
+use crate::shm::ring::Record;
 
 /// A block's key in the release queue: its buffer's id and its index.
 #[inline]
@@ -38,6 +41,27 @@ pub const fn key(buffer: u32, block: u32) -> u64 {
 #[inline]
 pub const fn unkey(key: u64) -> (u32, u32) {
     ((key >> 32) as u32, key as u32)
+}
+
+/// What a pooled record's reference says: buffer id, block index and the
+/// message's length, each read once (a peer may write them meanwhile:
+/// only these copies are checked and used). `None` if the payload is not
+/// a reference's size.
+pub fn reference(rec: &Record) -> Option<(u32, u32, u64)> {
+    if rec.len != POOL_REF {
+        return None;
+    }
+    // SAFETY: the record's payload holds POOL_REF bytes inside the ring,
+    // 32-byte aligned (more than a PoolRef needs); the reference is only
+    // atomics, so a peer writing it races with atomics only.
+    let r = unsafe { rec.payload.cast::<PoolRef>().as_ref() };
+    // Relaxed: ordered after the Acquire load of the commit word that
+    // handed the record over.
+    Some((
+        r.buffer.load(Ordering::Relaxed),
+        r.block.load(Ordering::Relaxed),
+        r.len.load(Ordering::Relaxed),
+    ))
 }
 
 /// The size class (log2 of the block size) for a message of `len` bytes,
