@@ -80,19 +80,7 @@ fn peer_entry() {
             while let Ok(mut m) = on.recv() {
                 let p = m.take_ports().unwrap().pop().unwrap();
                 drop(m);
-                let mut n = 0u32;
-                loop {
-                    let size = match p.recv() {
-                        Ok(m) => m.get::<u64>().unwrap().to_native() as usize,
-                        Err(RecvError::Closed(CloseReason::Closed)) => break,
-                        Err(e) => panic!("checker: {e:?}"),
-                    };
-                    let m = p.recv().unwrap();
-                    assert_eq!(m.bytes().len(), size);
-                    assert_eq!(checksum(m.bytes()), checksum(&noise(size, size as u64)));
-                    n += 1;
-                }
-                port.post(&n).unwrap();
+                port.post(&check_until_close(&p)).unwrap();
             }
         }
         // Each message brings a port: a thread checks the messages on it
@@ -111,19 +99,7 @@ fn peer_entry() {
                 ports += 1;
                 let done = done.clone();
                 threads.push(std::thread::spawn(move || {
-                    let mut n = 0u32;
-                    loop {
-                        let size = match p.recv() {
-                            Ok(m) => m.get::<u64>().unwrap().to_native() as usize,
-                            Err(RecvError::Closed(CloseReason::Closed)) => break,
-                            Err(e) => panic!("sink: {e:?}"),
-                        };
-                        let m = p.recv().unwrap();
-                        assert_eq!(m.bytes().len(), size);
-                        assert_eq!(checksum(m.bytes()), checksum(&noise(size, size as u64)));
-                        n += 1;
-                    }
-                    done.send(n).unwrap();
+                    done.send(check_until_close(&p)).unwrap();
                 }));
             }
             for _ in 0..ports {
@@ -135,6 +111,36 @@ fn peer_entry() {
         }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// Check the messages on `p` (a size, then that many bytes of noise
+/// seeded by it) until its close; how many pairs came.
+fn check_until_close(p: &MessagePort) -> u32 {
+    let mut n = 0u32;
+    loop {
+        let size = match p.recv() {
+            Ok(m) => m.get::<u64>().unwrap().to_native() as usize,
+            Err(RecvError::Closed(CloseReason::Closed)) => return n,
+            Err(e) => panic!("checking: {e:?}"),
+        };
+        let m = p.recv().unwrap();
+        assert_eq!(m.bytes().len(), size);
+        assert_eq!(checksum(m.bytes()), checksum(&noise(size, size as u64)));
+        n += 1;
+    }
+}
+
+/// A "forwarder" whose onward port goes to a "checker": each process and
+/// the port to it.
+fn forwarder_to_checker() -> ((Victim, MessagePort), (Victim, MessagePort)) {
+    let (fwd, to_fwd) = shmport::spawn(peer("forwarder")).unwrap();
+    let (chk, to_chk) = shmport::spawn(peer("checker")).unwrap();
+    let (onward, check_on) = MessageChannel::new().unwrap().into_ports();
+    to_chk.post_bytes_with_ports(b"on", vec![check_on]).unwrap();
+    to_fwd
+        .post_bytes_with_ports(b"onward", vec![onward])
+        .unwrap();
+    ((Victim::new(fwd), to_fwd), (Victim::new(chk), to_chk))
 }
 
 /// A request channel: its far end goes over `x` (into their link) with
@@ -228,15 +234,7 @@ fn blocks_of_large_messages_nobody_read_come_back() {
 #[test]
 fn unread_large_messages_go_along_when_the_channel_leaves_its_link() {
     let _serial = serial();
-    let (fwd, to_fwd) = shmport::spawn(peer("forwarder")).unwrap();
-    let fwd = Victim::new(fwd);
-    let (chk, to_chk) = shmport::spawn(peer("checker")).unwrap();
-    let chk = Victim::new(chk);
-    let (onward, check_on) = MessageChannel::new().unwrap().into_ports();
-    to_chk.post_bytes_with_ports(b"on", vec![check_on]).unwrap();
-    to_fwd
-        .post_bytes_with_ports(b"onward", vec![onward])
-        .unwrap();
+    let ((fwd, to_fwd), (chk, to_chk)) = forwarder_to_checker();
     for round in 0..20u32 {
         let (mine, theirs) = MessageChannel::new().unwrap().into_ports();
         // The far end goes into the link with the forwarder first, then
@@ -342,17 +340,9 @@ fn threads_share_the_links_pool() {
 #[test]
 fn carried_over_large_messages_go_along_to_a_fourth_process() {
     let _serial = serial();
-    let (fwd, to_fwd) = shmport::spawn(peer("forwarder")).unwrap();
-    let fwd = Victim::new(fwd);
-    let (chk, to_chk) = shmport::spawn(peer("checker")).unwrap();
-    let chk = Victim::new(chk);
+    let ((fwd, to_fwd), (chk, to_chk)) = forwarder_to_checker();
     let (drp, to_drp) = shmport::spawn(peer("dropper")).unwrap();
     let drp = Victim::new(drp);
-    let (onward, check_on) = MessageChannel::new().unwrap().into_ports();
-    to_chk.post_bytes_with_ports(b"on", vec![check_on]).unwrap();
-    to_fwd
-        .post_bytes_with_ports(b"onward", vec![onward])
-        .unwrap();
     for round in 0..10u32 {
         let (mine, theirs) = MessageChannel::new().unwrap().into_ports();
         to_fwd.post_bytes_with_ports(b"port", vec![theirs]).unwrap();
