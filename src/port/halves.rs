@@ -44,8 +44,9 @@ pub struct PortSender {
     /// serialized first.
     pub(super) large_hint: Cell<usize>,
     /// Scratch space for rkyv serializers (kept here, not in a thread local:
-    /// no lookup per post).
-    pub(super) arena: RefCell<Arena>,
+    /// no lookup per post), made at the first typed post (2 KiB: thousands
+    /// of ports that never post a typed value do without).
+    pub(super) arena: RefCell<Option<Arena>>,
     /// The blocks this side lends for messages too large for the ring.
     pub(super) pool: RefCell<PoolWriter>,
 }

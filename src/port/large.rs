@@ -226,22 +226,33 @@ impl PortSender {
             pool.with(|p| p.give_back(block));
             return Err((e, ports));
         }
-        let announce = pool.with(|p| p.take_announcement(key));
         meta.pool = true;
         if let SendPool::Link { link, queue, .. } = pool {
-            // Ports never travel with a record on a link (they moved it
-            // off first), so there is no attachment.
-            if let Some((info, fd)) = announce {
-                if let Err((e, fd)) = link.announce_pool_buffer(*queue, info, fd) {
-                    self.end_posting();
-                    pool.with(|p| {
-                        p.restore_announcement(key, fd);
-                        p.give_back(block)
-                    });
-                    return Err((PostError::Io(e), ports));
+            // Taken and sent under the pool's lock: another thread's post
+            // that lends a block of the same new buffer finds the
+            // announcement gone only once it is on the link's socket, ahead
+            // of its record. Ports never travel with a record on a link
+            // (they moved it off first), so there is no attachment.
+            let announced = pool.with(|p| match p.take_announcement(key) {
+                None => Ok(()),
+                Some((info, fd)) => {
+                    link.announce_pool_buffer(*queue, info, fd)
+                        .map_err(|(e, fd)| {
+                            p.restore_announcement(key, fd);
+                            e
+                        })
                 }
+            });
+            if let Err(e) = announced {
+                self.end_posting();
+                pool.with(|p| p.give_back(block));
+                return Err((PostError::Io(e), ports));
             }
-        } else if announce.is_some() || !ports.is_empty() {
+            self.commit_pooled(slot, key, len, meta);
+            return Ok(());
+        }
+        let announce = pool.with(|p| p.take_announcement(key));
+        if announce.is_some() || !ports.is_empty() {
             meta.announce = announce.is_some();
             let att = Attachment {
                 ool: None,
@@ -260,6 +271,13 @@ impl PortSender {
                 return Err((e, att.ports));
             }
         }
+        self.commit_pooled(slot, key, len, meta);
+        Ok(())
+    }
+
+    /// Write the reference to block `key` (`len` bytes of message) into
+    /// `slot` and commit it.
+    fn commit_pooled(&self, slot: Slot, key: u64, len: usize, meta: RecordMeta) {
         let (buffer, index) = crate::shm::pool::unkey(key);
         // SAFETY: the slot holds at least POOL_REF bytes, 32-byte aligned
         // (more than a PoolRef needs), written only by this producer until
@@ -271,7 +289,6 @@ impl PortSender {
         r.block.store(index, Ordering::Relaxed);
         r.len.store(len as u64, Ordering::Relaxed);
         self.commit(slot, POOL_REF, meta);
-        Ok(())
     }
 
     /// A free block of class `log2` (or larger) of `pool` for a message of

@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use rkyv::ser::allocator::Arena;
-
 use super::kit::{Kit, KitHome};
 use super::shared::OnLink;
 use super::{DEFAULT_MAX_MESSAGE_SIZE, MessagePort, PortReceiver, PortSender, Shared, Trust};
@@ -191,7 +189,7 @@ impl MessagePort {
                 wanted_room: Cell::new(0),
                 inline_limit: Cell::new(usize::MAX),
                 large_hint: Cell::new(0),
-                arena: RefCell::new(Arena::new()),
+                arena: RefCell::new(None),
                 pool: RefCell::new(pool_writer),
             },
             PortReceiver {

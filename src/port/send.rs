@@ -315,6 +315,7 @@ impl PortSender {
         w: &mut RecordWriter,
     ) -> Result<(), rancor::Error> {
         let mut arena = self.arena.borrow_mut();
+        let arena = arena.get_or_insert_with(rkyv::ser::allocator::Arena::new);
         rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(value, w, arena.acquire())
             .map(|_| ())
     }

@@ -218,9 +218,6 @@ impl Shared {
     }
 
     pub(super) fn corrupt(&self, c: Corrupt) -> CloseReason {
-        if std::env::var_os("SHMPORT_TRACE_CORRUPT").is_some() {
-            eprintln!("[{}] corrupt: {}", std::process::id(), c.0);
-        }
         let _ = self.broken.set(c);
         CloseReason::ProtocolError
     }
