@@ -396,7 +396,7 @@ class MessagePortMain extends EventEmitter {
         throw e;
       }
       if (due || ++n === 1000) {
-        this._collect = due;
+        this._collect = this._collect || due;
         setImmediate(() => this._ready(false));
         return false;
       }
