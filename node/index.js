@@ -22,9 +22,11 @@ let copyMode = process.env.SHMPORT_COPY === '1' || !!process.versions.electron;
 // scavenge (a minor collection, about 35 µs here with little alive) once
 // views hold half of the blocks of one size of the sender's pool (the
 // native `collectionDue`), or after `collectEvery` bytes of such payloads
-// (on all ports of this thread), before the listener sees the next one;
-// then it lets the loop turn, which runs the finalizers that give the
-// blocks back. Buffers a listener keeps are promoted, as by any scavenge.
+// (on all ports of this thread), once the listener of the message that
+// made it due has returned (so that this message's Buffer is garbage too,
+// and does not survive it: see `collectNow`); then it lets the loop turn,
+// which runs the finalizers that give the blocks back. Buffers a listener
+// keeps are promoted, as by any scavenge.
 const COLLECT_EVERY = 16 << 20;
 // Payloads from this size on count towards `collectEvery` (the pool's
 // smallest block).
@@ -63,9 +65,9 @@ function scavenger() {
   }
 }
 
-// Count a delivered payload; scavenge when one is due. True: it scavenged
-// (let the loop turn before the next message).
-function collectAfter(data) {
+// Count a delivered payload; true when a scavenge is due (made by
+// `collectNow` once the listener has returned).
+function collectDue(data) {
   if (!collectEvery || !(data instanceof Uint8Array) || data.byteLength < VIEWED_FROM) return false;
   if (data.byteLength >= COLLECTED_FROM) deliveredSince += data.byteLength;
   if (!native.collectionDue() && deliveredSince < collectEvery) return false;
@@ -77,14 +79,25 @@ function collectAfter(data) {
       scavenge = null; // no gc() to be had: collections come as V8 decides
     }
   }
-  if (!scavenge) return false;
+  return !!scavenge;
+}
+
+// The scavenge itself. Made after the listener has returned, from a frame
+// that holds no received Buffer: a Buffer alive during one scavenge is
+// moved to the young generation's survivors, and alive during a second
+// collection (V8 makes its own for the views' external memory) it is
+// promoted to the old generation, where only a mark-compact frees it; its
+// block then stays out until one comes. Made before the listener, with the
+// message's Buffer still alive, it promoted one or two views a batch and
+// a sender with four blocks of a size saw nearly all of its messages of
+// that size copied.
+function collectNow() {
   if (SWEEP_INLINE) v8.setFlagsFromString('--no-concurrent-array-buffer-sweeping');
   try {
     scavenge({ type: 'minor' });
   } finally {
     if (SWEEP_INLINE) v8.setFlagsFromString('--concurrent-array-buffer-sweeping');
   }
-  return true;
 }
 
 // Payload tags: 0 raw bytes (Buffer / Uint8Array), 1 v8.serialize, 2.. views.
@@ -164,6 +177,8 @@ class MessagePortMain extends EventEmitter {
     // lacks room for an out-of-line message's descriptor).
     this._roomEvents = 0;
     this._closing = false;
+    // A scavenge is due once delivery stops (see _deliver).
+    this._collect = false;
     this.closeReason = null;
     collected.register(this, id, this);
   }
@@ -254,7 +269,16 @@ class MessagePortMain extends EventEmitter {
   // watch spins for the next one first.
   _ready(spin) {
     for (;;) {
-      if (!this._deliver()) return false;
+      if (!this._deliver()) {
+        // A scavenge is due: make it now that _deliver's frame is gone.
+        // Its finalizers (which give the blocks back) run before the
+        // delivery that _deliver left for setImmediate.
+        if (this._collect) {
+          this._collect = false;
+          collectNow();
+        }
+        return false;
+      }
       if (this._roomEvents) {
         native.endRoom(this._id); // reads the socket: before the announcements
         this._flush(); // announces the wait for room if the ring is still full
@@ -337,16 +361,18 @@ class MessagePortMain extends EventEmitter {
 
   // Deliver what the ring holds; true once it is empty (or the port is
   // not started), false when delivery stopped: the port ended, or after
-  // 1000 messages or a scavenge (the rest in setImmediate, so the loop runs
-  // its other work).
+  // 1000 messages or a message after which a scavenge is due (`_collect`,
+  // made by _ready; the rest in setImmediate, so the loop runs its other
+  // work and the scavenge's finalizers).
   _deliver() {
     let n = 0;
     while (this._id !== null && this._started) {
       const ev = native.tryRecv(this._id, copyMode);
       if (ev === null) return true;
-      // Before the listener sees it, so that the scavenge finds the Buffers
-      // of the messages before it unreachable (and this one alive).
-      const collected = collectAfter(ev instanceof Uint8Array ? ev : ev.data);
+      // Counted on receipt (the views' share is the native side's); the
+      // scavenge comes after the listener, when this Buffer is garbage
+      // too unless the listener kept it.
+      const due = collectDue(ev instanceof Uint8Array ? ev : ev.data);
       let data = ev;
       let ports = [];
       if (!(ev instanceof Uint8Array)) { // raw bytes without ports come as they are
@@ -365,12 +391,12 @@ class MessagePortMain extends EventEmitter {
       try {
         this.emit('message', { data, ports });
       } catch (e) {
+        this._collect = this._collect || due;
         setImmediate(() => this._ready(false));
         throw e;
       }
-      // After a scavenge, the loop turns (the finalizers that give blocks
-      // back run there), then delivery goes on.
-      if (collected || ++n === 1000) {
+      if (due || ++n === 1000) {
+        this._collect = this._collect || due;
         setImmediate(() => this._ready(false));
         return false;
       }

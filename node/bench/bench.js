@@ -22,8 +22,19 @@
 // case on every transport, in an order that rotates from round to round; the
 // report gives the median of the rounds, the range, and the median of the
 // per-round ratios to process.send.
+// Quiet peers: all peers stay alive for the whole run, and a peer goes on
+// running after its measurement ends (its garbage collector and V8's
+// helper threads, the finalizers of what it received): a receiver of
+// 128 MiB of copies ran 1 to 5 ms into the next transport's measurement
+// here. So before every measurement, of every transport alike, the bench
+// waits until the peers are idle: no peer process, and no thread of this
+// process but its main thread (the worker thread, V8's helpers), ran more
+// than 0.2 ms in the last 10 ms (their CPU time from /proc, Linux; at most
+// 1 s, then it measures anyway and counts a timeout). Load from outside
+// the bench is not waited for: it is printed at the start and the end.
 //   npm run bench              (about half a minute)
 //   node bench/bench.js --quick
+const fs = require('node:fs');
 const path = require('node:path');
 const os = require('node:os');
 const childProcess = require('node:child_process');
@@ -65,6 +76,7 @@ function openShmport(capacity, poolLimit) {
   port.start();
   const exited = new Promise((r) => child.on('exit', r));
   return {
+    pid: child.pid,
     post: (m) => port.postMessage(m),
     next,
     async close() { port.postMessage('exit'); await exited; port.close(); },
@@ -76,6 +88,7 @@ function openIpc() {
   const next = queueOf((f) => child.on('message', f));
   const exited = new Promise((r) => child.on('exit', r));
   return {
+    pid: child.pid,
     post: (m) => child.send(m),
     next,
     async close() { child.send('exit'); await exited; },
@@ -143,6 +156,44 @@ async function oneWay(t, size, count, payload) {
   return (size * count) / (1 << 20) / s;
 }
 
+// CPU time (ns) the threads of process `pid` have run, but `skip`'s.
+function ranNs(pid, skip) {
+  let ns = 0;
+  let tids;
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return 0; // gone
+  }
+  for (const tid of tids) {
+    if (Number(tid) === skip) continue;
+    try {
+      ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // the thread ended
+    }
+  }
+  return ns;
+}
+
+// Wait until the peers in `pids` and this process's other threads are
+// idle (see the header); false if they were not within a second.
+const QUIET_WINDOW_MS = 10;
+const QUIET_NS = 0.2e6;
+const QUIET_LIMIT_MS = 1000;
+async function quiet(pids) {
+  const ran = () => pids.reduce((sum, pid) => sum + ranNs(pid), ranNs(process.pid, process.pid));
+  const began = Date.now();
+  let before = ran();
+  for (;;) {
+    await new Promise((r) => setTimeout(r, QUIET_WINDOW_MS));
+    const now = ran();
+    if (now - before <= QUIET_NS) return true;
+    if (Date.now() - began > QUIET_LIMIT_MS) return false;
+    before = now;
+  }
+}
+
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -155,7 +206,7 @@ async function main() {
   console.log(`node ${process.version}, ${os.cpus().length} CPUs (${os.cpus()[0].model}), load ${load()}, ${ROUNDS} rounds`);
   const payloads = { [1 << 20]: Buffer.alloc(1 << 20, 1), [16 << 20]: Buffer.alloc(16 << 20, 2) };
   const cases = [
-    { name: '64 B round trip', unit: 'µs', lowerIsBetter: true, run: (t) => (t.oneWay ? null : roundTrip(t, PINGS)) },
+    { name: '64 B round trip', unit: 'µs', lowerIsBetter: true, skips: (t) => !!t.oneWay, run: (t) => (t.oneWay ? null : roundTrip(t, PINGS)) },
     ...Object.keys(BATCH).map(Number).map((size) => ({
       name: `${size >> 20} MiB one-way`,
       unit: 'MiB/s',
@@ -163,16 +214,24 @@ async function main() {
     })),
   ];
   const results = cases.map(() => Object.fromEntries([...TRANSPORTS, ...LATER].map(([n]) => [n, []])));
+  let waits = 0;
+  let timeouts = 0;
   for (const group of [TRANSPORTS, LATER]) {
     const open = {};
     for (const [name, make] of group) open[name] = make();
+    const pids = Object.values(open).map((t) => t.pid).filter((pid) => pid !== undefined);
     // Warm-up: every case once on every transport.
     for (const c of cases) for (const [name] of group) await c.run(open[name]);
     for (let r = 0; r < ROUNDS; r++) {
       const order = group.map((_, i) => group[(i + r) % group.length][0]);
       for (let ci = 0; ci < cases.length; ci++) {
         for (const name of order) {
-          results[ci][name].push(await cases[ci].run(open[name]));
+          const t = open[name];
+          if (!cases[ci].skips?.(t)) {
+            waits++;
+            if (!(await quiet(pids))) timeouts++;
+          }
+          results[ci][name].push(await cases[ci].run(t));
           global.gc?.();
         }
       }
@@ -195,7 +254,7 @@ async function main() {
       console.log(`| ${c.name} | ${name} | ${fmt(median(xs))} ${c.unit} | ${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))} | ${median(ratios).toFixed(2)}× (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}) |`);
     }
   }
-  console.log(`\nload ${load()} at the end; ${((Date.now() - began) / 1000).toFixed(0)} s`);
+  console.log(`\nload ${load()} at the end; ${((Date.now() - began) / 1000).toFixed(0)} s; peers not quiet within ${QUIET_LIMIT_MS / 1000} s before ${timeouts} of ${waits} measurements`);
 }
 
 main().catch((e) => {

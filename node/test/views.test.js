@@ -156,3 +156,36 @@ test('setCollectEvery takes a whole number of bytes, 0 or more, or null', () => 
   shmport.setCollectEvery(null);
   assert.strictEqual(shmport.collectEvery, 16 * MIB);
 });
+
+// The port's scavenge comes once the listener of the message that made it
+// due has returned, so a Buffer that listener dropped is freed by it. (Made
+// before the listener, with that Buffer alive, it left the last view of a
+// batch held; and a Buffer alive at two collections is promoted, after
+// which only a mark-compact frees it.)
+test('the scavenge after a listener frees the view that listener dropped', { timeout: 60000 }, async () => {
+  const { MessageChannelMain } = require('..');
+  const { port1, port2 } = new MessageChannelMain();
+  const COUNT16 = 4; // posted at once: the sender's pool grows to 4 blocks of 16 MiB
+  let n = 0;
+  let viewedAtLast = 0;
+  let done;
+  const all = new Promise((r) => { done = r; });
+  port2.on('message', (e) => {
+    assert.strictEqual(e.data.byteLength, 16 * MIB);
+    assert.strictEqual(e.data[0], n % 256);
+    if (++n === COUNT16) {
+      viewedAtLast = port2.viewedBlocks;
+      done();
+    }
+  });
+  port2.start();
+  for (let i = 0; i < COUNT16; i++) port1.postMessage(Buffer.alloc(16 * MIB, i)); // each makes a scavenge due
+  await all;
+  // The finalizers that give the blocks back run in the loop.
+  for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
+  const after = port2.viewedBlocks;
+  port1.close();
+  port2.close();
+  assert.ok(viewedAtLast >= 1, `the last message was a view (${viewedAtLast} views held in its listener)`);
+  assert.strictEqual(after, 0, 'no view is held once the listeners returned and the loop turned');
+});
