@@ -15,14 +15,16 @@
 //! reported `Closed(PeerDied)` (over all channels of all kills), `rest`
 //! that time after the first wake-up. (The kernel closes a killed
 //! process's descriptors after it has torn down its memory: the victim's
-//! 1,000 channels' mappings are part of `first`.)
+//! 1,000 channels' mappings are part of `first`.) `link_1000_maker`: the
+//! other end killed: the victim made the 1,000 channels (posting their far
+//! ends to the survivor) and holds their near ends.
 //!
 //! Each kill uses a fresh child (this binary, re-executed with
 //! `SHMPORT_BENCH_ROLE=victim`). `cargo bench --bench kill_to_wake` runs
 //! 1,000 kills per mode; `-- --kills N` changes that; `-- --test` (CI) runs
 //! 10 and only checks that every wake-up is the right close event.
 
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -42,6 +44,7 @@ fn main() {
     match std::env::var(ROLE_ENV).as_deref() {
         Ok("victim") => return victim(),
         Ok("holder") => return holder(),
+        Ok("maker") => return maker(),
         _ => {}
     }
     let args: Vec<String> = std::env::args().collect();
@@ -72,6 +75,21 @@ fn main() {
             .collect(),
     );
     report("link_1000/all", kills, runs.into_iter().flatten().collect());
+    // The other end killed: the victim made the 1,000 channels and holds
+    // their near ends; the survivor holds the far ends.
+    let runs: Vec<Vec<Duration>> = (0..kills)
+        .map(|_| kill_maker_of_link_channels(1000))
+        .collect();
+    report(
+        "link_1000_maker/first",
+        kills,
+        runs.iter().map(|r| r[0]).collect(),
+    );
+    report(
+        "link_1000_maker/all",
+        kills,
+        runs.into_iter().flatten().collect(),
+    );
 }
 
 fn report(name: &str, kills: usize, mut times: Vec<Duration>) {
@@ -103,6 +121,97 @@ fn holder() {
     while port.recv().is_ok() {}
 }
 
+/// The child for `link_1000_maker`: make the channels the first message
+/// asks for, post each far end to the parent, say ready, then wait to be
+/// killed holding the near ends.
+fn maker() {
+    let port = MessagePort::from_parent().expect("maker: adopting the port");
+    let n = port
+        .recv()
+        .expect("how many")
+        .get::<u32>()
+        .expect("a count")
+        .to_native();
+    let mut kept = Vec::new();
+    for _ in 0..n {
+        let (mine, theirs) = MessageChannel::builder()
+            .spin(Duration::ZERO)
+            .build()
+            .expect("channel")
+            .into_ports();
+        if port
+            .post_bytes_with_ports(b"far end", vec![theirs])
+            .is_err()
+        {
+            return;
+        }
+        kept.push(mine);
+    }
+    if port.post_bytes(b"ready").is_err() {
+        return;
+    }
+    while port.recv().is_ok() {}
+}
+
+/// One kill of a process that made `n` channels per request and holds
+/// their near ends (this process the far ends): per channel, the time from
+/// the kill to its `PeerDied`.
+fn kill_maker_of_link_channels(n: usize) -> Vec<Duration> {
+    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+    cmd.env(ROLE_ENV, "maker");
+    let (mut child, port) = MessageChannel::builder()
+        .spin(Duration::ZERO)
+        .spawn(cmd)
+        .expect("spawning a maker");
+    port.post(&(n as u32)).expect("post the count");
+    let mut theirs = Vec::with_capacity(n);
+    loop {
+        let mut m = port.recv().expect("far ends, then ready");
+        if m.bytes() == b"ready" {
+            break;
+        }
+        theirs.extend(m.take_ports().expect("a far end"));
+    }
+    assert_eq!(theirs.len(), n);
+    for p in &theirs {
+        p.set_spin(Duration::ZERO);
+    }
+    wait_for_the_kill(&mut child, theirs)
+}
+
+/// Park a thread on the first of `ports` (all on channels whose other
+/// ends `child` holds), kill `child`, then ask every port in turn: per
+/// port, the time from the kill to its `PeerDied`. Reaps `child`.
+fn wait_for_the_kill(child: &mut Child, mut ports: Vec<MessagePort>) -> Vec<Duration> {
+    // Each channel in use (built, looked at) before the kill, as a
+    // survivor waiting on them would have them.
+    for p in &ports {
+        assert!(matches!(p.try_recv(), Err(RecvError::Empty)));
+    }
+    let first = ports.remove(0);
+    let waiter = thread::spawn(move || {
+        let r = first.recv().map(|m| m.bytes().len());
+        (Instant::now(), r)
+    });
+    thread::sleep(Duration::from_millis(2));
+    let t0 = Instant::now();
+    child.kill().expect("kill the victim");
+    let (woke, r) = waiter.join().expect("waiter thread");
+    assert!(
+        matches!(r, Err(RecvError::Closed(CloseReason::PeerDied))),
+        "link_1000: woke with {r:?}"
+    );
+    let mut times = vec![woke - t0];
+    for m in &ports {
+        match m.recv() {
+            Err(RecvError::Closed(CloseReason::PeerDied)) => times.push(t0.elapsed()),
+            other => panic!("link_1000: a channel got {other:?}, not Closed(PeerDied)"),
+        }
+    }
+    child.wait().expect("reap the victim");
+    times
+}
+
 /// One kill of a process holding the far ends of `n` channels made per
 /// request: per channel, the time from the kill to its `PeerDied`.
 fn kill_with_link_channels(n: usize) -> Vec<Duration> {
@@ -125,33 +234,7 @@ fn kill_with_link_channels(n: usize) -> Vec<Duration> {
     }
     port.post_bytes(b"held").expect("post");
     assert_eq!(port.recv().expect("ready").bytes(), b"ready");
-    // Each channel in use (built, looked at) before the kill, as a
-    // survivor waiting on them would have them.
-    for m in &mine {
-        assert!(matches!(m.try_recv(), Err(RecvError::Empty)));
-    }
-    let first = mine.remove(0);
-    let waiter = thread::spawn(move || {
-        let r = first.recv().map(|m| m.bytes().len());
-        (Instant::now(), r)
-    });
-    thread::sleep(Duration::from_millis(2));
-    let t0 = Instant::now();
-    child.kill().expect("kill the holder");
-    let (woke, r) = waiter.join().expect("waiter thread");
-    assert!(
-        matches!(r, Err(RecvError::Closed(CloseReason::PeerDied))),
-        "link_1000: woke with {r:?}"
-    );
-    let mut times = vec![woke - t0];
-    for m in &mine {
-        match m.recv() {
-            Err(RecvError::Closed(CloseReason::PeerDied)) => times.push(t0.elapsed()),
-            other => panic!("link_1000: a channel got {other:?}, not Closed(PeerDied)"),
-        }
-    }
-    child.wait().expect("reap the holder");
-    times
+    wait_for_the_kill(&mut child, mine)
 }
 
 /// The child: say ready, then wait to be killed.
