@@ -121,6 +121,16 @@ fn holder() {
     while port.recv().is_ok() {}
 }
 
+/// This binary again, in `role`, and its port; both ends parked (spin 0).
+fn spawn_parked(role: &str) -> (Child, MessagePort) {
+    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+    cmd.env(ROLE_ENV, role);
+    MessageChannel::builder()
+        .spin(Duration::ZERO)
+        .spawn(cmd)
+        .unwrap_or_else(|e| panic!("spawning a {role}: {e}"))
+}
+
 /// The child for `link_1000_maker`: make the channels the first message
 /// asks for, post each far end to the parent, say ready, then wait to be
 /// killed holding the near ends.
@@ -157,12 +167,7 @@ fn maker() {
 /// their near ends (this process the far ends): per channel, the time from
 /// the kill to its `PeerDied`.
 fn kill_maker_of_link_channels(n: usize) -> Vec<Duration> {
-    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-    cmd.env(ROLE_ENV, "maker");
-    let (mut child, port) = MessageChannel::builder()
-        .spin(Duration::ZERO)
-        .spawn(cmd)
-        .expect("spawning a maker");
+    let (mut child, port) = spawn_parked("maker");
     port.post(&(n as u32)).expect("post the count");
     let mut theirs = Vec::with_capacity(n);
     loop {
@@ -215,12 +220,7 @@ fn wait_for_the_kill(child: &mut Child, mut ports: Vec<MessagePort>) -> Vec<Dura
 /// One kill of a process holding the far ends of `n` channels made per
 /// request: per channel, the time from the kill to its `PeerDied`.
 fn kill_with_link_channels(n: usize) -> Vec<Duration> {
-    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-    cmd.env(ROLE_ENV, "holder");
-    let (mut child, port) = MessageChannel::builder()
-        .spin(Duration::ZERO)
-        .spawn(cmd)
-        .expect("spawning a holder");
+    let (mut child, port) = spawn_parked("holder");
     let mut mine = Vec::with_capacity(n);
     for _ in 0..n {
         let (m, theirs) = MessageChannel::builder()
@@ -265,12 +265,7 @@ fn wait_for_close(port: MessagePort, mode: Mode) -> Result<usize, RecvError> {
 }
 
 fn one_kill(mode: Mode) -> Duration {
-    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-    cmd.env(ROLE_ENV, "victim");
-    let (mut child, port) = MessageChannel::builder()
-        .spin(Duration::ZERO)
-        .spawn(cmd)
-        .expect("spawning a victim");
+    let (mut child, port) = spawn_parked("victim");
     let (ready_tx, ready_rx) = mpsc::channel();
     let waiter = thread::spawn(move || {
         let ready = port.recv().expect("victim's ready message");

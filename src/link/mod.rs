@@ -409,22 +409,11 @@ impl ArenaLink {
             if st.held.contains_key(&id) {
                 return Err(self.corrupt(Corrupt("a new kit under a number held here")));
             }
-            let arena_id = (id >> 32) as u32;
-            if !st.peer.contains_key(&arena_id) {
+            if !st.peer.contains_key(&((id >> 32) as u32)) {
                 // Announced before the record: it is queued, or corrupt.
                 self.take_in_locked(&mut st);
             }
-            let arena = st
-                .peer
-                .get(&arena_id)
-                .cloned()
-                .ok_or_else(|| self.corrupt(Corrupt("a kit in an arena never announced")))?;
-            let offset = ((id & 0xffff_ffff) as usize).saturating_mul(4096);
-            let seg = Segment::open_in_arena(arena, offset)
-                .map_err(|_| self.corrupt(Corrupt("a kit that is not a segment")))?;
-            if seg.kit_id() != id {
-                return Err(self.corrupt(Corrupt("a kit whose number is not its own")));
-            }
+            let seg = peer_segment(&st, id).map_err(|c| self.corrupt(c))?;
             ArenaKit {
                 id,
                 seg,
@@ -574,6 +563,24 @@ impl Drop for ArenaLink {
     fn drop(&mut self) {
         carrier_gone();
     }
+}
+
+/// The segment at kit number `id` (arena << 32 | offset / 4096) in the
+/// peer's arenas, checked: the arena announced, a segment there, its
+/// number its own.
+fn peer_segment(st: &State, id: u64) -> Result<Arc<Segment>, Corrupt> {
+    let arena = st
+        .peer
+        .get(&((id >> 32) as u32))
+        .cloned()
+        .ok_or(Corrupt("a kit in an arena never announced"))?;
+    let offset = ((id & 0xffff_ffff) as usize).saturating_mul(4096);
+    let seg = Segment::open_in_arena(arena, offset)
+        .map_err(|_| Corrupt("a kit that is not a segment"))?;
+    if seg.kit_id() != id {
+        return Err(Corrupt("a kit whose number is not its own"));
+    }
+    Ok(seg)
 }
 
 /// Is the kit's far end idle at the current generation (its last

@@ -40,7 +40,7 @@ use crate::shm::pool::writer::PoolWriter;
 use crate::shm::pool::{BufferInfo, in_link_pool, key, reference};
 use crate::shm::ring::process_barriers;
 use crate::shm::ring::{Consumer, Corrupt};
-use crate::shm::segment::{Segment, SegmentRelease, SegmentRing};
+use crate::shm::segment::{SegmentRelease, SegmentRing};
 
 /// The release queue of a link's pool is that of ring 0 of its segment.
 const QUEUE_RING: usize = 0;
@@ -117,17 +117,7 @@ impl ArenaLink {
         }
         let mut inn = lock(&self.pools.inn);
         if inn.is_none() {
-            let arena = st
-                .peer
-                .get(&((queue >> 32) as u32))
-                .cloned()
-                .ok_or(Corrupt("a link's pool queue in an arena never announced"))?;
-            let offset = ((queue & 0xffff_ffff) as usize).saturating_mul(4096);
-            let seg = Segment::open_in_arena(arena, offset)
-                .map_err(|_| Corrupt("a link's pool queue that is not a segment"))?;
-            if seg.kit_id() != queue {
-                return Err(Corrupt("a link's pool queue whose number is not its own"));
-            }
+            let seg = super::peer_segment(st, queue)?;
             let release = SegmentRelease::new(seg, QUEUE_RING);
             let reader = PoolReader::for_link(release, process_barriers());
             *inn = Some((queue, Arc::new(Mutex::new(reader))));
@@ -155,37 +145,45 @@ impl ArenaLink {
         })
     }
 
-    /// The reader, if a buffer of the peer's pool was announced and the
-    /// buffer `id` is known to it; else takes in what the socket holds and
-    /// looks again.
-    pub(crate) fn pool_in_with(&self, id: u32) -> Option<Arc<Mutex<PoolReader>>> {
-        let r = self.pool_in()?;
-        if lock(&r).knows(id) {
-            return Some(r);
+    /// Run `f` on the block a record names in the peer's pool (`buffer`,
+    /// `block`, `len` as the record says): its bytes, resolved and checked,
+    /// and its key, with the reader locked. A buffer not known yet is
+    /// looked for once in what the link's socket holds (its announcement
+    /// comes before any record that names it).
+    pub(crate) fn with_peer_block<R>(
+        &self,
+        buffer: u32,
+        block: u32,
+        len: u64,
+        f: impl FnOnce(&mut PoolReader, &[u8], u64) -> R,
+    ) -> Result<R, Corrupt> {
+        let never = Corrupt("a record names a block of a pool never announced");
+        let mut reader = self.pool_in().ok_or(never)?;
+        if !lock(&reader).knows(buffer) {
+            self.take_in();
+            reader = self.pool_in().ok_or(never)?;
         }
-        self.take_in();
-        Some(r)
+        let mut pool = lock(&reader);
+        let (ptr, len, key) = pool.resolve(buffer, block, len)?;
+        // SAFETY: `resolve` checked that `len` bytes at `ptr` lie inside
+        // the buffer's mapping, which the reader (locked) keeps.
+        let bytes = unsafe { core::slice::from_raw_parts(ptr.as_ptr(), len) };
+        Ok(f(&mut pool, bytes, key))
     }
 
     /// The bytes a record of a channel that was on this link names in the
-    /// peer's pool (`buffer`, `block`, `len` as the record says), copied,
-    /// and the block given back: for a record that goes on elsewhere.
+    /// peer's pool, copied, and the block given back: for a record that
+    /// goes on elsewhere.
     pub(crate) fn copy_out_block(
         &self,
         buffer: u32,
         block: u32,
         len: u64,
     ) -> Result<Vec<u8>, Corrupt> {
-        let pool = self
-            .pool_in_with(buffer)
-            .ok_or(Corrupt("a record names a block of a pool never announced"))?;
-        let mut pool = lock(&pool);
-        let (ptr, len, key) = pool.resolve(buffer, block, len)?;
-        // SAFETY: `resolve` checked that `len` bytes at `ptr` lie inside
-        // the buffer's mapping, which the reader (locked) keeps.
-        let bytes = unsafe { core::slice::from_raw_parts(ptr.as_ptr(), len) }.to_vec();
-        pool.release(key)?;
-        Ok(bytes)
+        self.with_peer_block(buffer, block, len, |pool, bytes, key| {
+            let copy = bytes.to_vec();
+            pool.release(key).map(|_| copy)
+        })?
     }
 
     /// Kit `kit`, made here, is idle at both ends with records unread:

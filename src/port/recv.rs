@@ -1,6 +1,8 @@
 //! Receiving: take the next record, spin, then sleep; close events.
 
+use core::ptr::NonNull;
 use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Half, MAX_PORTS, MessagePort, PortReceiver, Trust, Wait};
@@ -244,10 +246,18 @@ impl PortReceiver {
     /// Called by a dropped [`Message`] that held a pool block: give it back
     /// (no system call, unless the peer waits for it).
     pub(crate) fn release_block(&self, key: u64) {
-        let Some(pool) = self.pool_for(key) else {
-            return;
+        let r = match crate::shm::pool::in_link_pool(crate::shm::pool::unkey(key).0) {
+            false => self.pool_reader().release(key),
+            true => match self
+                .shared
+                .on_link
+                .as_ref()
+                .and_then(|on| on.link.pool_in())
+            {
+                Some(pool) => pool.lock().unwrap_or_else(|e| e.into_inner()).release(key),
+                None => return,
+            },
         };
-        let r = pool.lock().unwrap_or_else(|e| e.into_inner()).release(key);
         match r {
             Ok(true) => {
                 let _ = self.shared.wake_peer(1);
@@ -263,10 +273,7 @@ impl PortReceiver {
 
     /// The reader of the pool the block `key` is in: the link's the
     /// channel was made on (by the buffer id), or the channel's own.
-    pub(crate) fn pool_for(
-        &self,
-        key: u64,
-    ) -> Option<std::sync::Arc<std::sync::Mutex<PoolReader>>> {
+    pub(crate) fn pool_for(&self, key: u64) -> Option<Arc<Mutex<PoolReader>>> {
         if !crate::shm::pool::in_link_pool(crate::shm::pool::unkey(key).0) {
             return Some(self.pool.clone());
         }
@@ -526,22 +533,18 @@ impl PortReceiver {
                 self.corrupt(Corrupt("pool reference has the wrong size")),
             ));
         };
-        let pool = match crate::shm::pool::in_link_pool(buffer) {
-            false => self.pool.clone(),
-            true => self
-                .shared
-                .on_link
-                .as_ref()
-                .and_then(|on| on.link.pool_in_with(buffer))
-                .ok_or_else(|| {
-                    RecvError::Closed(self.corrupt(Corrupt("a block of a link's pool off a link")))
-                })?,
+        let resolved = match crate::shm::pool::in_link_pool(buffer) {
+            false => self.pool_reader().resolve(buffer, block, len),
+            true => match self.shared.on_link.as_ref() {
+                Some(on) => on
+                    .link
+                    .with_peer_block(buffer, block, len, |_, bytes, key| {
+                        (NonNull::from(bytes).cast::<u8>(), bytes.len(), key)
+                    }),
+                None => Err(Corrupt("a block of a link's pool off a link")),
+            },
         };
-        let (ptr, len, key) = pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .resolve(buffer, block, len)
-            .map_err(|c| RecvError::Closed(self.corrupt(c)))?;
+        let (ptr, len, key) = resolved.map_err(|c| RecvError::Closed(self.corrupt(c)))?;
         if len > self.max_message.get() {
             // The block goes back at once; this message only.
             self.release_block(key);

@@ -446,7 +446,9 @@ pub const MAX_BLOCK_LOG2: u8 = 26;
 /// The ring payload of a pooled record.
 #[repr(C)]
 pub struct PoolRef {
-    /// Id of the pool buffer.
+    /// Id of the pool buffer: below `pool::LINK_POOL_IDS` (2^31) one of the
+    /// channel's own pool, from there one of its link's pool (announced
+    /// on the link's socket).
     pub buffer: AtomicU32,
     /// Block index in the buffer.
     pub block: AtomicU32,
