@@ -124,7 +124,8 @@ impl PortSender {
                 // SAFETY: the block is `room` bytes of this process's read-write
                 // mapping of a pool buffer, lent to this post only: nobody else
                 // writes it, and the receiver reads it only after the commit.
-                let mut w = unsafe { RecordWriter::slot(block.ptr, block.room) };
+                let mut w =
+                    unsafe { RecordWriter::slot(block.ptr, block.room) }.out_of_cache(block.cold);
                 match fill(&mut w) {
                     Ok(()) => break (block.ptr, block, w.len()),
                     Err(e) => {

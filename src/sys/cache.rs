@@ -1,9 +1,13 @@
-//! The size of the last-level CPU cache, read once from sysfs.
+//! The sizes of the CPU caches, read once from sysfs: the last level's,
+//! and that of the largest cache of one core's own.
 
 use std::sync::OnceLock;
 
 /// Assumed when sysfs does not say: a common L3 size.
 const DEFAULT: usize = 32 << 20;
+
+/// Assumed when sysfs does not say: a common L2 size.
+const DEFAULT_OWN: usize = 1 << 20;
 
 /// Bytes of the largest cache CPU 0 reports (its last level, shared by the
 /// cores that run the two ends of a ring on most machines).
@@ -12,13 +16,32 @@ pub fn last_level_bytes() -> usize {
     *SIZE.get_or_init(|| read().unwrap_or(DEFAULT))
 }
 
-fn read() -> Option<usize> {
-    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+/// Bytes of the largest cache CPU 0 shares with no other CPU (its L2 on
+/// most machines): where the lines it writes stay first.
+pub fn own_bytes() -> usize {
+    static SIZE: OnceLock<usize> = OnceLock::new();
+    *SIZE.get_or_init(|| read_own().unwrap_or(DEFAULT_OWN))
+}
+
+/// CPU 0's caches: (size, shared with no other CPU).
+fn caches() -> impl Iterator<Item = (usize, bool)> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache")
+        .into_iter()
+        .flatten();
     dir.filter_map(|e| {
-        let text = std::fs::read_to_string(e.ok()?.path().join("size")).ok()?;
-        parse_size(text.trim())
+        let path = e.ok()?.path();
+        let size = parse_size(std::fs::read_to_string(path.join("size")).ok()?.trim())?;
+        let shared = std::fs::read_to_string(path.join("shared_cpu_list")).ok()?;
+        Some((size, shared.trim() == "0"))
     })
-    .max()
+}
+
+fn read() -> Option<usize> {
+    caches().map(|(size, _)| size).max()
+}
+
+fn read_own() -> Option<usize> {
+    caches().filter(|&(_, own)| own).map(|(size, _)| size).max()
 }
 
 /// "32768K", "1M", "512": bytes.
@@ -50,5 +73,6 @@ mod tests {
         assert_eq!(parse_size("12Q"), None);
         assert_eq!(parse_size(""), None);
         assert!(last_level_bytes() >= 1 << 10);
+        assert!(own_bytes() >= 1 << 10 && own_bytes() <= last_level_bytes().max(DEFAULT_OWN));
     }
 }

@@ -6,19 +6,52 @@
 //! source and the destination together outgrow the last-level cache, each
 //! line then comes from memory. Non-temporal stores write whole lines
 //! without reading them: a copy of 16 MiB into a pool block measured
-//! 36–37 GiB/s with them against 24–30 GiB/s with `memcpy` (the pool
-//! lends blocks in turn, so the destination is rarely the one written
-//! last). Below half the last-level cache, `memcpy` is mostly faster (the
-//! lines are in the cache, and the reader finds them there too: 51–56
-//! against 39 GiB/s for 1–4 MiB), and is used.
+//! 36–37 GiB/s with them against 24–30 GiB/s with `memcpy`. Where the
+//! destination is still in the cache, `memcpy` is mostly faster (and the
+//! reader finds the lines there too: 51–56 against 39 GiB/s for 1–4 MiB
+//! written into the same blocks again), and is used.
+//!
+//! So a write streams when its destination is out of the cache: when the
+//! write alone is larger than half the last-level cache (it evicts its own
+//! start), or when its destination was last written more than [`reach`] bytes of writes
+//! ago (a pool block lent again after many others: the caller says so,
+//! [`cold`]). A copy of 1 MiB into one of 128 blocks lent in turn
+//! measured 8.6–9.1 GB/s with `memcpy` and 17–21 GB/s streamed, against
+//! 19–27 GB/s with `memcpy` into one of 1 to 4 blocks.
 
 use crate::sys;
 
-/// Does a write of `len` bytes stream past the caches? From half the
-/// last-level cache up.
+/// The bytes of writes after which a line this process wrote is taken to
+/// have left its caches: twice the core's own cache (its L2), at most half
+/// the last-level cache. Not the last-level cache itself: the other
+/// process's writes and reads share it, and a VM reports its host's whole
+/// last-level cache (260 MiB on the machines here), most of which serves
+/// other guests. A Node sender of 1 MiB messages into blocks last written
+/// 1 to 32 MiB of blocks ago (its receiver gives them back in batches)
+/// measured 7.5–8.8 GB/s with this limit at 16 MiB, 5.8–11.6 at 8 MiB,
+/// 9.2–13.7 at 4 MiB (twice its 2 MiB L2) and 9.0–12.8 at 2 MiB.
+pub(crate) fn reach() -> usize {
+    (2 * sys::cache::own_bytes()).min(sys::cache::last_level_bytes() / 2)
+}
+
+/// A write into a destination out of the cache ([`cold`]) streams from
+/// this size (smaller ones are headers and tails, where the fence would
+/// cost more than the stores save).
+const COLD_FROM: usize = 4 << 10;
+
+/// Does a write of `len` bytes stream past the caches whatever its
+/// destination? From half the last-level cache up: the write evicts its
+/// own start.
 #[inline]
 pub(crate) fn streams(len: usize) -> bool {
     len >= sys::cache::last_level_bytes() / 2
+}
+
+/// Does a write of `len` bytes into a destination last written more than
+/// [`reach`] bytes of writes ago (or never) stream past the caches?
+#[inline]
+pub(crate) fn cold(len: usize) -> bool {
+    len >= COLD_FROM
 }
 
 /// Copy `src` to `dst` with non-temporal stores where the target has them
@@ -97,9 +130,11 @@ mod tests {
     }
 
     #[test]
-    fn streams_from_half_the_last_level_cache() {
+    fn streams_from_half_the_last_level_cache_or_past_twice_the_cores_own() {
         let half = sys::cache::last_level_bytes() / 2;
         assert!(streams(half));
         assert!(!streams(half - 1));
+        assert!(reach() <= half && reach() <= 2 * sys::cache::own_bytes());
+        assert!(cold(COLD_FROM) && !cold(COLD_FROM - 1));
     }
 }

@@ -113,7 +113,12 @@ pub(crate) enum WriteFailure {
 }
 
 enum Target {
-    Slot { ptr: NonNull<u8>, room: usize },
+    Slot {
+        ptr: NonNull<u8>,
+        room: usize,
+        /// The slot was last written long ago (`stream_copy::cold`).
+        cold: bool,
+    },
     Memfd(OolBuffer),
 }
 
@@ -141,12 +146,26 @@ impl RecordWriter {
     /// Rust reference, for as long as the writer is used.
     pub(crate) unsafe fn slot(ptr: NonNull<u8>, room: usize) -> Self {
         RecordWriter {
-            target: Target::Slot { ptr, room },
+            target: Target::Slot {
+                ptr,
+                room,
+                cold: false,
+            },
             pos: 0,
             wanted: None,
             failure: None,
             limit: MAX_MESSAGE_SIZE,
         }
+    }
+
+    /// The slot's memory was last written more than
+    /// `stream_copy::reach` bytes of writes ago, or never: large pieces
+    /// are written past the caches.
+    pub(crate) fn out_of_cache(mut self, yes: bool) -> Self {
+        if let Target::Slot { cold, .. } = &mut self.target {
+            *cold = yes;
+        }
+        self
     }
 
     /// A writer into a fresh memfd, sized for `hint` bytes to start with
@@ -221,7 +240,7 @@ impl<E: Source> Writer<E> for RecordWriter {
             }
         };
         match &mut self.target {
-            Target::Slot { ptr, room } => {
+            Target::Slot { ptr, room, cold } => {
                 if end > *room {
                     self.wanted = Some(end);
                     return Err(E::new(NO_ROOM));
@@ -231,7 +250,9 @@ impl<E: Source> Writer<E> for RecordWriter {
                 // covers, so `bytes` cannot overlap them.
                 unsafe {
                     let to = ptr.as_ptr().add(self.pos);
-                    if stream_copy::streams(bytes.len()) {
+                    if stream_copy::streams(bytes.len())
+                        || (*cold && stream_copy::cold(bytes.len()))
+                    {
                         stream_copy::copy(bytes, to);
                     } else {
                         core::ptr::copy_nonoverlapping(bytes.as_ptr(), to, bytes.len());

@@ -33,6 +33,9 @@ struct WriteBuffer {
     fd: Option<OwnedFd>,
     /// One bit per block: lent and not given back.
     lent: Vec<u64>,
+    /// Per block: the pool's `written` count just after it was last lent
+    /// (0: never).
+    last: Vec<u64>,
 }
 
 impl WriteBuffer {
@@ -60,6 +63,10 @@ pub struct Block {
     pub ptr: NonNull<u8>,
     /// Its size.
     pub room: usize,
+    /// Never lent before, or last lent more than
+    /// [`reach`](crate::wire::stream_copy::reach) bytes of blocks ago: its
+    /// lines have left this process's caches (write it past them).
+    pub cold: bool,
 }
 
 /// The pool a ring's producer owns.
@@ -75,6 +82,8 @@ pub struct PoolWriter {
     free: [Vec<u64>; CLASSES],
     /// Blocks lent and not given back, per class.
     lent: [usize; CLASSES],
+    /// Bytes of blocks lent so far: the clock of `WriteBuffer::last`.
+    written: u64,
     bytes: usize,
     blocks: usize,
     limit: Option<usize>,
@@ -95,6 +104,7 @@ impl PoolWriter {
             buffers: Vec::new(),
             free: Default::default(),
             lent: [0; CLASSES],
+            written: 0,
             bytes: 0,
             blocks: 0,
             limit: None,
@@ -217,10 +227,19 @@ impl PoolWriter {
         b.set_lent(block, true);
         self.lent[c] += 1;
         let room = 1usize << b.info.log2;
+        let last = &mut b.last[block as usize];
+        let cold = *last == 0 || self.written - *last >= crate::wire::stream_copy::reach() as u64;
+        self.written += room as u64;
+        *last = self.written;
         // SAFETY: `block < blocks`, so the block lies inside the mapping of
         // `blocks << log2` bytes.
         let ptr = unsafe { b.map.ptr().add(block as usize * room) };
-        Some(Block { key: k, ptr, room })
+        Some(Block {
+            key: k,
+            ptr,
+            room,
+            cold,
+        })
     }
 
     /// Lend a free block of a class larger than `log2` (the smallest there
@@ -295,6 +314,7 @@ impl PoolWriter {
             map,
             fd: Some(fd),
             lent: vec![0; blocks.div_ceil(64)],
+            last: vec![0; blocks],
         });
         // Pushed in reverse, so that block 0 is lent first.
         self.free[c].extend((0..blocks as u32).rev().map(|b| key(id, b)));
@@ -416,4 +436,59 @@ fn back(
 
 fn class(log2: u8) -> usize {
     (log2 - MIN_BLOCK_LOG2) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::segment::Segment;
+
+    fn pool() -> PoolWriter {
+        let seg = Segment::create(1 << 16).unwrap();
+        PoolWriter::new(SegmentRelease::new(seg, 0), Barriers::FENCES)
+    }
+
+    #[test]
+    fn a_block_is_cold_when_new_or_lent_again_past_the_caches_reach() {
+        let reach = crate::wire::stream_copy::reach();
+        let mut w = pool();
+        assert!(w.grow(16).unwrap());
+        // Never written: cold.
+        let a = w.lend(16).unwrap().unwrap();
+        assert!(a.cold);
+        // Given back and lent again at once (last freed on top): warm.
+        let key = a.key;
+        w.give_back(a);
+        let again = w.lend(16).unwrap().unwrap();
+        assert_eq!(again.key, key);
+        assert!(!again.cold);
+        w.give_back(again);
+        // Lent again after `reach` bytes of other blocks: cold. Lend blocks
+        // one after another, giving each back under the first, so that the
+        // first comes up again only once the others have gone round.
+        let first = w.lend(16).unwrap().unwrap();
+        let others = reach.div_ceil(1 << 16);
+        let mut lent = Vec::new();
+        for _ in 0..others {
+            let b = match w.lend(16).unwrap() {
+                Some(b) => b,
+                None => {
+                    assert!(w.grow(16).unwrap());
+                    w.lend(16).unwrap().unwrap()
+                }
+            };
+            lent.push(b);
+        }
+        w.give_back(first);
+        let first = w.lend(16).unwrap().unwrap();
+        assert_eq!(first.key, key);
+        assert!(first.cold, "lent again after {others} blocks of 64 KiB");
+        // One of the others, given back and lent again at once: warm.
+        let b = lent.pop().unwrap();
+        let k = b.key;
+        w.give_back(b);
+        let b = w.lend(16).unwrap().unwrap();
+        assert_eq!(b.key, k);
+        assert!(!b.cold);
+    }
 }
