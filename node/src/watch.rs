@@ -47,10 +47,6 @@ struct State {
     lp: *mut sys::uv_loop_s,
     /// The port whose descriptor this is (0: another descriptor).
     port: u32,
-    /// Spins in a row that found nothing, and wake-ups still to go without
-    /// spinning (see `spin_allowed`).
-    misses: Cell<u32>,
-    skip: Cell<u32>,
     /// The handle's memory (`uv_handle_size(UV_POLL)` bytes, 8-aligned).
     mem: Vec<u64>,
 }
@@ -132,8 +128,6 @@ pub fn watch_new(env: Env, fd: i32, callback: Function<(), ()>, port: Option<u32
         ctx,
         lp,
         port: port.unwrap_or(0),
-        misses: Cell::new(0),
-        skip: Cell::new(0),
         mem: vec![0u64; size.div_ceil(8)],
     }));
     // SAFETY: `state` was just made; its `mem` is large enough for a
@@ -234,7 +228,7 @@ unsafe extern "C" fn on_poll(h: *mut c_void, _status: c_int, _events: c_int) {
     // The callback returns `true` only when it was asked to leave the
     // sleep to us (`spin`) and found the ring empty.
     while call(s, Some(spin)) {
-        if spin_allowed(s, h) && spun(s, crate::spin_for_event(s.port)) {
+        if spin_allowed(s, h) && spin_for_next(s.port) {
             // A message came while spinning: deliver it, and go on
             // spinning while the budget lasts; then the callback
             // announces the sleep itself.
@@ -251,36 +245,88 @@ unsafe extern "C" fn on_poll(h: *mut c_void, _status: c_int, _events: c_int) {
 /// Whether a port's watch spins for the next message: it keeps the loop
 /// alive (a port the program `unref()`ed should not hold a CPU for it),
 /// nothing else is due on the loop (no timer expired, no `setImmediate`
-/// queued, no handle closing: libuv's next poll would not block), and the
+/// queued, no handle closing: libuv's next poll would not block), the
 /// port's spin time is not zero, with its peer not on this thread's loop
-/// (which cannot answer while we spin).
-///
-/// And it backs off: after a spin that found nothing, the next wake-up
-/// does not spin, after two in a row the next three do not, and so on up
-/// to 63; one that finds a message starts over. A peer that answers
-/// within the spin keeps it going; one that does not (it is slow, or it
-/// cannot run because this spin holds the CPU it needs, as when other
-/// processes load this machine's vCPUs) stops costing a spin per message.
+/// (which cannot answer while we spin), and the thread's budget for
+/// spins that find nothing is not spent (`MISS_SHARE`).
 fn spin_allowed(s: &State, h: *mut c_void) -> bool {
-    if s.skip.get() > 0 {
-        s.skip.set(s.skip.get() - 1);
-        return false;
-    }
     // SAFETY: `h` is a live handle of the loop `s.lp`, on its own thread.
     let idle = unsafe { uv_has_ref(h) != 0 && uv_backend_timeout(s.lp) != 0 };
-    idle && crate::spins(s.port)
+    idle && crate::spins(s.port) && MISSES.with(|m| m.allows(Instant::now()))
 }
 
-/// Note how a spin ended (see `spin_allowed`); returns `found`.
-fn spun(s: &State, found: bool) -> bool {
-    if found {
-        s.misses.set(0);
-    } else {
-        let misses = (s.misses.get() + 1).min(6);
-        s.misses.set(misses);
-        s.skip.set((1 << misses) - 1);
+/// Spin for port `id`'s next event; `true` if one came. A spin that
+/// found nothing is charged to the thread's budget.
+fn spin_for_next(id: u32) -> bool {
+    let began = Instant::now();
+    let found = crate::spin_for_event(id);
+    if !found {
+        let now = Instant::now();
+        MISSES.with(|m| m.charge(now - began, now));
     }
     found
+}
+
+/// Spins that find nothing may take this share of a loop thread's time
+/// (one part in `MISS_SHARE`), in bursts of up to `MISS_BURST`. A peer
+/// that answers within the spin costs no wake-up (a round trip of two
+/// Node processes here: 10 to 15 µs spinning, 70 to 80 µs through the
+/// loop's sleep); one that does not (it is slow, or it cannot run because
+/// this spin holds the CPU it needs) costs at most that share.
+///
+/// A budget, not a count of misses: the watch used to skip its next 2^k −
+/// 1 spins after k misses in a row, and in a ping-pong one side's skipped
+/// spin (a sleep, then a wake-up slower than the other side's spin) made
+/// the other side miss, which made it skip: in 14,000 round trips a
+/// receiver skipped 3,381 spins after 172 misses, each skip a round trip
+/// through both loops' sleeps.
+const MISS_SHARE: u32 = 8;
+const MISS_BURST: Duration = Duration::from_millis(1);
+
+/// A loop thread's budget for spins that find nothing: the nanoseconds
+/// that may still be spent (below zero: overspent by a spin longer than
+/// what was left), as of `at`; refilled at one `MISS_SHARE`th of the time
+/// passed, up to `MISS_BURST`.
+struct MissBudget {
+    left: Cell<i64>,
+    at: Cell<Option<Instant>>,
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+impl MissBudget {
+    fn refill(&self, now: Instant) {
+        let left = match self.at.get() {
+            Some(at) => self
+                .left
+                .get()
+                .saturating_add(nanos(now.saturating_duration_since(at)) / i64::from(MISS_SHARE)),
+            None => nanos(MISS_BURST),
+        };
+        self.left.set(left.min(nanos(MISS_BURST)));
+        self.at.set(Some(now));
+    }
+
+    fn allows(&self, now: Instant) -> bool {
+        self.refill(now);
+        self.left.get() > 0
+    }
+
+    fn charge(&self, spent: Duration, now: Instant) {
+        self.refill(now);
+        self.left.set(self.left.get().saturating_sub(nanos(spent)));
+    }
+}
+
+thread_local! {
+    static MISSES: MissBudget = const {
+        MissBudget {
+            left: Cell::new(0),
+            at: Cell::new(None),
+        }
+    };
 }
 
 /// Call the watch's callback (with `spin` as its argument, if any) the
@@ -346,4 +392,57 @@ pub fn close_fd(fd: i32) {
     // SAFETY: JavaScript hands back a pidfd it owns, once, after its watch
     // is closed; closing an invalid number only returns EBADF.
     unsafe { libc::close(fd) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget() -> MissBudget {
+        MissBudget {
+            left: Cell::new(0),
+            at: Cell::new(None),
+        }
+    }
+
+    #[test]
+    fn spins_that_find_nothing_take_at_most_their_share_of_the_time() {
+        let b = budget();
+        let t0 = Instant::now();
+        // A full burst to start with.
+        assert!(b.allows(t0));
+        b.charge(MISS_BURST - Duration::from_micros(1), t0);
+        assert!(b.allows(t0));
+        b.charge(Duration::from_micros(20), t0);
+        assert!(!b.allows(t0), "the burst is spent, and 19 µs more");
+        // Refilled at one part in MISS_SHARE of the time passed: the 19 µs
+        // overspent are made up after 19 * MISS_SHARE µs.
+        let us = |n: u64| Duration::from_micros(n);
+        let share = u64::from(MISS_SHARE);
+        assert!(!b.allows(t0 + us(19 * share)));
+        let t1 = t0 + us(20 * share);
+        assert!(b.allows(t1));
+        b.charge(us(20), t1);
+        assert!(!b.allows(t1 + us(19 * share)));
+        let t2 = t1 + us(20 * share);
+        assert!(b.allows(t2));
+        // Over a long run of misses, the spin time stays within the share.
+        let mut now = t2;
+        let mut spent = Duration::ZERO;
+        let start = now;
+        for _ in 0..10_000 {
+            if b.allows(now) {
+                b.charge(Duration::from_micros(20), now);
+                spent += Duration::from_micros(20);
+            }
+            now += Duration::from_micros(30);
+        }
+        let share = spent.as_secs_f64() / (now - start).as_secs_f64();
+        let most = 1.0 / MISS_SHARE as f64 + MISS_BURST.as_secs_f64() / (now - start).as_secs_f64();
+        assert!(share <= most, "{share} of the time spent in vain");
+        // The budget never holds more than one burst, however long idle.
+        let later = now + Duration::from_secs(60);
+        b.refill(later);
+        assert_eq!(b.left.get(), nanos(MISS_BURST));
+    }
 }
