@@ -13,26 +13,13 @@
 //!
 //! So a write streams when its destination is out of the cache: when the
 //! write alone is larger than half the last-level cache (it evicts its own
-//! start), or when its destination was last written more than [`reach`] bytes of writes
-//! ago (a pool block lent again after many others: the caller says so,
-//! [`cold`]). A copy of 1 MiB into one of 128 blocks lent in turn
+//! start), or when its destination was last written more than
+//! [`sys::cache::reach`] bytes of writes ago (a pool block lent again after
+//! many others: the caller says so, [`cold`]). A copy of 1 MiB into one of 128 blocks lent in turn
 //! measured 8.6–9.1 GB/s with `memcpy` and 17–21 GB/s streamed, against
 //! 19–27 GB/s with `memcpy` into one of 1 to 4 blocks.
 
 use crate::sys;
-
-/// The bytes of writes after which a line this process wrote is taken to
-/// have left its caches: twice the core's own cache (its L2), at most half
-/// the last-level cache. Not the last-level cache itself: the other
-/// process's writes and reads share it, and a VM reports its host's whole
-/// last-level cache (260 MiB on the machines here), most of which serves
-/// other guests. A Node sender of 1 MiB messages into blocks last written
-/// 1 to 32 MiB of blocks ago (its receiver gives them back in batches)
-/// measured 7.5–8.8 GB/s with this limit at 16 MiB, 5.8–11.6 at 8 MiB,
-/// 9.2–13.7 at 4 MiB (twice its 2 MiB L2) and 9.0–12.8 at 2 MiB.
-pub(crate) fn reach() -> usize {
-    (2 * sys::cache::own_bytes()).min(sys::cache::last_level_bytes() / 2)
-}
 
 /// A write into a destination out of the cache ([`cold`]) streams from
 /// this size (smaller ones are headers and tails, where the fence would
@@ -48,7 +35,8 @@ pub(crate) fn streams(len: usize) -> bool {
 }
 
 /// Does a write of `len` bytes into a destination last written more than
-/// [`reach`] bytes of writes ago (or never) stream past the caches?
+/// [`sys::cache::reach`] bytes of writes ago (or never) stream past the
+/// caches?
 #[inline]
 pub(crate) fn cold(len: usize) -> bool {
     len >= COLD_FROM
@@ -134,7 +122,8 @@ mod tests {
         let half = sys::cache::last_level_bytes() / 2;
         assert!(streams(half));
         assert!(!streams(half - 1));
-        assert!(reach() <= half && reach() <= 2 * sys::cache::own_bytes());
+        let reach = sys::cache::reach();
+        assert!(reach <= half && reach <= 2 * sys::cache::own_bytes());
         assert!(cold(COLD_FROM) && !cold(COLD_FROM - 1));
     }
 }

@@ -64,7 +64,7 @@ pub struct Block {
     /// Its size.
     pub room: usize,
     /// Never lent before, or last lent more than
-    /// [`reach`](crate::wire::stream_copy::reach) bytes of blocks ago: its
+    /// [`reach`](crate::sys::cache::reach) bytes of blocks ago: its
     /// lines have left this process's caches (write it past them).
     pub cold: bool,
 }
@@ -228,7 +228,7 @@ impl PoolWriter {
         self.lent[c] += 1;
         let room = 1usize << b.info.log2;
         let last = &mut b.last[block as usize];
-        let cold = *last == 0 || self.written - *last >= crate::wire::stream_copy::reach() as u64;
+        let cold = *last == 0 || self.written - *last >= sys::cache::reach() as u64;
         self.written += room as u64;
         *last = self.written;
         // SAFETY: `block < blocks`, so the block lies inside the mapping of
@@ -450,7 +450,7 @@ mod tests {
 
     #[test]
     fn a_block_is_cold_when_new_or_lent_again_past_the_caches_reach() {
-        let reach = crate::wire::stream_copy::reach();
+        let reach = sys::cache::reach();
         let mut w = pool();
         assert!(w.grow(16).unwrap());
         // Never written: cold.
