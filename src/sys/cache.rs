@@ -37,7 +37,8 @@ pub fn reach() -> usize {
     (2 * own_bytes()).min(last_level_bytes() / 2)
 }
 
-/// CPU 0's caches: (size, shared with no other CPU).
+/// CPU 0's caches: (size, shared with no other CPU). A cache whose sharing
+/// sysfs does not say still counts for the last level, as one shared.
 fn caches() -> impl Iterator<Item = (usize, bool)> {
     let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache")
         .into_iter()
@@ -45,8 +46,9 @@ fn caches() -> impl Iterator<Item = (usize, bool)> {
     dir.filter_map(|e| {
         let path = e.ok()?.path();
         let size = parse_size(std::fs::read_to_string(path.join("size")).ok()?.trim())?;
-        let shared = std::fs::read_to_string(path.join("shared_cpu_list")).ok()?;
-        Some((size, shared.trim() == "0"))
+        let own = std::fs::read_to_string(path.join("shared_cpu_list"))
+            .is_ok_and(|cpus| cpus.trim() == "0");
+        Some((size, own))
     })
 }
 
